@@ -1,0 +1,325 @@
+//! Command-line interface: one subcommand per job.
+
+use crate::checkpoint;
+use crate::config::{ModelConfig, PRESETS};
+use crate::data::{PretrainData, PretrainEncoding};
+use crate::generate::{generate, Sampler, SamplingParams};
+use crate::params::InitScheme;
+use crate::pretrain::PretrainStage;
+use crate::tokenizer::{ChatMessage, TextStream, Tokenizer};
+use crate::train::{train, TrainOptions, TrainSummary};
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device};
+use clap::{Args, Parser, Subcommand};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+#[derive(Parser)]
+#[command(name = "minimind", version, about = "Train, fine-tune and run MiniMind-style small language models")]
+pub struct Cli {
+    /// CPU threads for tensor ops (default: all cores).
+    #[arg(long, global = true)]
+    pub threads: Option<usize>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Train a tokenizer, pretrain a small model on the bundled Song ci corpus and sample from it.
+    Demo(crate::demo::DemoArgs),
+    /// Train a byte-level BPE tokenizer on the "text" field of a JSON Lines file.
+    TrainTokenizer(TrainTokenizerArgs),
+    /// Pretrain a model from scratch on {"text": …} JSON Lines.
+    Pretrain(PretrainArgs),
+    /// Generate text from a model folder, streaming tokens to stdout.
+    Generate(GenerateArgs),
+    /// Redraw the loss/lr chart of a run from its metrics.jsonl.
+    Chart {
+        /// A run folder (containing metrics.jsonl) or a metrics.jsonl file.
+        path: PathBuf,
+        /// Output PNG (default: loss.png next to metrics.jsonl).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Print a model config (preset, config.json or model folder) and its parameter count.
+    Info {
+        #[arg(long, conflicts_with = "config")]
+        preset: Option<String>,
+        /// config.json or a model folder.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+}
+
+#[derive(Args)]
+pub struct TrainTokenizerArgs {
+    #[arg(long)]
+    pub data: PathBuf,
+    #[arg(long, default_value_t = 6400)]
+    pub vocab_size: usize,
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Skip malformed lines (and report how many) instead of stopping at the first.
+    #[arg(long)]
+    pub skip_bad_lines: bool,
+}
+
+#[derive(Args, Clone)]
+pub struct PretrainArgs {
+    /// JSON Lines with a "text" field per line.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Folder with tokenizer.json (+ tokenizer_config.json).
+    #[arg(long)]
+    pub tokenizer: PathBuf,
+    /// Output model folder (config, weights, tokenizer, metrics.jsonl, loss.png).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Model preset: tiny, minimind2-small, minimind2.
+    #[arg(long, default_value = "minimind2-small", conflicts_with = "config")]
+    pub preset: String,
+    /// A config.json to use instead of a preset.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    #[arg(long, default_value_t = 1)]
+    pub epochs: usize,
+    #[arg(long, default_value_t = 32)]
+    pub batch_size: usize,
+    #[arg(long, default_value_t = 8)]
+    pub accumulation_steps: usize,
+    #[arg(long, default_value_t = 5e-4)]
+    pub lr: f64,
+    #[arg(long, default_value_t = 512)]
+    pub max_seq_len: usize,
+    #[arg(long, default_value_t = 1.0)]
+    pub grad_clip: f64,
+    #[arg(long, default_value_t = 0.01)]
+    pub weight_decay: f64,
+    /// Checkpoint every N optimizer steps (0: only at the end).
+    #[arg(long, default_value_t = 100)]
+    pub save_every: usize,
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Train exactly N optimizer steps (overrides --epochs; the data wraps around).
+    #[arg(long)]
+    pub max_steps: Option<usize>,
+    /// Weight initialization: minimind2 (U(±1/√fan_in)) or normal (N(0, 0.02), minimind-3).
+    #[arg(long, value_enum, default_value_t = InitScheme::Minimind2)]
+    pub init: InitScheme,
+    /// Do not wrap texts as [bos] + text + [eos] (for data that already carries the markers).
+    #[arg(long)]
+    pub no_wrap: bool,
+    #[arg(long)]
+    pub skip_bad_lines: bool,
+    /// cpu, or cuda / cuda:N with a CUDA build.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Stop early (saving the model) once this many minutes have passed.
+    #[arg(long)]
+    pub max_minutes: Option<f64>,
+}
+
+#[derive(Args)]
+pub struct GenerateArgs {
+    /// Model folder (config.json, model.safetensors, tokenizer files).
+    #[arg(long)]
+    pub model: PathBuf,
+    #[arg(long)]
+    pub prompt: String,
+    /// Render the prompt as a user turn with the chat template (plus the generation prompt).
+    #[arg(long)]
+    pub chat: bool,
+    #[arg(long, default_value_t = 256)]
+    pub max_new_tokens: usize,
+    /// 0 = greedy.
+    #[arg(long, default_value_t = 0.85)]
+    pub temperature: f64,
+    /// 0 disables top-k.
+    #[arg(long, default_value_t = 50)]
+    pub top_k: usize,
+    #[arg(long, default_value_t = 0.85)]
+    pub top_p: f64,
+    #[arg(long, default_value_t = 1.0)]
+    pub repetition_penalty: f64,
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+}
+
+/// Parses `cpu`, `cuda`, `cuda:N`.
+pub fn parse_device(spec: &str) -> Result<Device> {
+    match spec {
+        "cpu" => Ok(Device::Cpu),
+        s if s == "cuda" || s.starts_with("cuda:") => {
+            let ordinal = s.strip_prefix("cuda:").map_or(Ok(0), |n| n.parse::<usize>()).context("cuda:N needs a number")?;
+            if !candle_core::utils::cuda_is_available() {
+                bail!("--device {s}: this binary was built without CUDA (rebuild with --features cuda)");
+            }
+            Ok(Device::new_cuda(ordinal)?)
+        }
+        other => bail!("unknown --device {other:?}; expected cpu, cuda or cuda:N"),
+    }
+}
+
+pub fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Demo(args) => crate::demo::run(args),
+        Command::TrainTokenizer(a) => {
+            crate::train_tokenizer::train_tokenizer(&a.data, a.vocab_size, &a.out, a.skip_bad_lines)?;
+            println!("tokenizer written to {}", a.out.display());
+            Ok(())
+        }
+        Command::Pretrain(a) => {
+            let summary = pretrain(&a, true)?;
+            println!(
+                "pretrained {} steps in {:.1}s: loss {:.4} → {:.4}, {:.0} tokens/s; model in {}",
+                summary.steps, summary.elapsed_s, summary.first_loss, summary.final_loss, summary.tokens_per_sec,
+                a.out.display()
+            );
+            Ok(())
+        }
+        Command::Generate(a) => generate_cmd(&a),
+        Command::Chart { path, out } => {
+            let metrics = if path.is_dir() { path.join("metrics.jsonl") } else { path.clone() };
+            let out = out.unwrap_or_else(|| metrics.with_file_name("loss.png"));
+            let rows = crate::metrics::read_metrics(&metrics)?;
+            crate::metrics::write_chart(&rows, "training", &out)?;
+            println!("chart written to {}", out.display());
+            Ok(())
+        }
+        Command::Info { preset, config } => {
+            let c = match (preset, config) {
+                (_, Some(p)) => ModelConfig::load(&if p.is_dir() { p.join("config.json") } else { p })?,
+                (p, None) => ModelConfig::preset(p.as_deref().unwrap_or("minimind2-small"))?,
+            };
+            println!("{}", c.to_json()?);
+            println!("parameters: {}", c.num_parameters());
+            Ok(())
+        }
+    }
+}
+
+fn model_config(a: &PretrainArgs, vocab_size: usize) -> Result<ModelConfig> {
+    let config = match &a.config {
+        Some(path) => ModelConfig::load(path)?,
+        None => ModelConfig::preset(&a.preset).with_context(|| format!("presets: {}", PRESETS.join(", ")))?,
+    };
+    if vocab_size > config.vocab_size {
+        bail!("the tokenizer has {vocab_size} tokens but the model's vocab_size is {}", config.vocab_size);
+    }
+    Ok(config)
+}
+
+/// `minimind pretrain`: returns the run summary.
+pub fn pretrain(a: &PretrainArgs, show_progress: bool) -> Result<TrainSummary> {
+    let device = parse_device(&a.device)?;
+    let tokenizer = Tokenizer::load(&a.tokenizer)?;
+    let config = model_config(a, tokenizer.vocab_size())?;
+    if a.max_seq_len < 2 || a.max_seq_len > config.max_position_embeddings {
+        bail!("--max-seq-len must be in 2..={}", config.max_position_embeddings);
+    }
+    if a.batch_size == 0 {
+        bail!("--batch-size must be at least 1");
+    }
+    let encoding = PretrainEncoding {
+        max_seq_len: a.max_seq_len,
+        wrap: !a.no_wrap,
+        bos: tokenizer.bos_id()?,
+        eos: tokenizer.eos_id()?,
+        pad: tokenizer.pad_id()?,
+    };
+    let data = PretrainData::open(&a.data, a.skip_bad_lines, encoding, a.batch_size, a.seed)?;
+    if data.index.skipped > 0 {
+        eprintln!("skipping {} malformed lines of {}", data.index.skipped, a.data.display());
+    }
+    let (model, params) = checkpoint::init_model(&config, a.init, a.seed, &device)?;
+    eprintln!(
+        "model: {} parameters ({} layers, hidden {}), {} rows of data",
+        params.num_elements(), config.num_hidden_layers, config.hidden_size, data.index.len()
+    );
+    let mut stage = PretrainStage { data, tokenizer: &tokenizer, device };
+    let opts = TrainOptions {
+        epochs: a.epochs,
+        accumulation_steps: a.accumulation_steps,
+        lr: a.lr,
+        grad_clip: a.grad_clip,
+        weight_decay: a.weight_decay,
+        save_every: a.save_every,
+        max_steps: a.max_steps,
+        seed: a.seed,
+        out_dir: a.out.clone(),
+        tokenizer_dir: Some(a.tokenizer.clone()),
+        show_progress,
+        time_limit_s: a.max_minutes.map(|m| m * 60.0),
+    };
+    let summary = train(&model, &params, &mut stage, &opts)?;
+    if stage.data.index.skipped > 0 {
+        eprintln!("skipped {} malformed lines", stage.data.index.skipped);
+    }
+    Ok(summary)
+}
+
+/// Encodes a prompt the way the model was trained: chat template, or a plain text with a leading bos.
+pub fn encode_prompt(tokenizer: &Tokenizer, prompt: &str, chat: bool) -> Result<Vec<u32>> {
+    if chat {
+        let text = tokenizer.render_chat(&[ChatMessage::new("user", prompt)], true)?;
+        tokenizer.encode(&text)
+    } else {
+        let mut ids = vec![tokenizer.bos_id()?];
+        ids.extend(tokenizer.encode(prompt)?);
+        Ok(ids)
+    }
+}
+
+/// Streams a completion of `prompt_ids` into `out`; returns the full generated text.
+pub fn stream_completion(
+    model_dir: &Path,
+    model: &crate::model::MiniMindForCausalLM,
+    tokenizer: &Tokenizer,
+    prompt_ids: &[u32],
+    max_new_tokens: usize,
+    sampling: SamplingParams,
+    out: &mut dyn Write,
+) -> Result<String> {
+    let mut sampler = Sampler::new(sampling)?;
+    let mut stream = TextStream::new(tokenizer);
+    let mut text = String::new();
+    let stops = tokenizer.stop_ids()?;
+    generate(model, prompt_ids, max_new_tokens, &stops, &mut sampler, |id| {
+        if let Some(piece) = stream.push(id)? {
+            out.write_all(piece.as_bytes())?;
+            out.flush()?;
+            text.push_str(&piece);
+        }
+        Ok(true)
+    })
+    .with_context(|| format!("generating with {}", model_dir.display()))?;
+    if let Some(rest) = stream.finish()? {
+        out.write_all(rest.as_bytes())?;
+        text.push_str(&rest);
+    }
+    Ok(text)
+}
+
+fn generate_cmd(a: &GenerateArgs) -> Result<()> {
+    let device = parse_device(&a.device)?;
+    let (model, _) = checkpoint::load_model(&a.model, &device, DType::F32, false)?;
+    let tokenizer = Tokenizer::load(&a.model)?;
+    let prompt = encode_prompt(&tokenizer, &a.prompt, a.chat)?;
+    let sampling = SamplingParams {
+        temperature: a.temperature,
+        top_k: a.top_k,
+        top_p: a.top_p,
+        repetition_penalty: a.repetition_penalty,
+        seed: a.seed,
+    };
+    let mut stdout = std::io::stdout().lock();
+    if !a.chat {
+        write!(stdout, "{}", a.prompt)?;
+    }
+    stream_completion(&a.model, &model, &tokenizer, &prompt, a.max_new_tokens, sampling, &mut stdout)?;
+    writeln!(stdout)?;
+    Ok(())
+}

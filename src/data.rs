@@ -1,0 +1,251 @@
+//! Training data: JSON Lines read as a stream, shuffled by line, tokenized batch by batch.
+//!
+//! A first pass over the file validates every line and records where it starts (8 + 4 bytes per
+//! line), so a multi-GB corpus is never held in memory; batches then read their lines by offset.
+//! Bad lines stop the run with `file:line: what was expected`, or are skipped and counted with
+//! `--skip-bad-lines`.
+
+use crate::tokenizer::Tokenizer;
+use anyhow::{bail, Context, Result};
+use candle_core::{Device, Tensor};
+use rand::seq::SliceRandom;
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use serde::Deserialize;
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+/// Byte offsets of the valid lines of a JSON Lines file.
+pub struct JsonlIndex {
+    pub path: PathBuf,
+    /// `(offset, length, 1-based line number)` of each valid, non-blank line.
+    lines: Vec<(u64, u32, u32)>,
+    pub skipped: usize,
+    file: Mutex<File>,
+}
+
+impl JsonlIndex {
+    /// Scans `path`, checking each non-blank line with `validate` (returns what was expected on
+    /// failure). Blank lines are ignored. An error names `file:line`; with `skip_bad` bad lines are
+    /// counted in `skipped` instead. A file without a single valid line is an error.
+    pub fn build(path: &Path, skip_bad: bool, validate: impl Fn(&str) -> Result<(), String>) -> Result<Self> {
+        let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+        let mut reader = BufReader::with_capacity(1 << 20, file);
+        let (mut lines, mut skipped, mut offset, mut buf) = (Vec::new(), 0usize, 0u64, Vec::new());
+        for line_no in 1u32.. {
+            buf.clear();
+            let n = reader.read_until(b'\n', &mut buf).with_context(|| format!("reading {}", path.display()))?;
+            if n == 0 {
+                break;
+            }
+            let start = offset;
+            offset += n as u64;
+            let content = trim_newline(&buf);
+            if content.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            let problem = match std::str::from_utf8(content) {
+                Err(e) => Some(format!("invalid UTF-8 at byte {}", e.valid_up_to())),
+                Ok(text) => validate(text).err(),
+            };
+            match problem {
+                None => lines.push((start, content.len() as u32, line_no)),
+                Some(_) if skip_bad => skipped += 1,
+                Some(p) => bail!("{}:{line_no}: {p}", path.display()),
+            }
+        }
+        if lines.is_empty() {
+            let why = if skipped > 0 { format!("all {skipped} lines are malformed") } else { "the file is empty".into() };
+            bail!("{}: no training rows ({why})", path.display());
+        }
+        let file = File::open(path)?;
+        Ok(Self { path: path.to_path_buf(), lines, skipped, file: Mutex::new(file) })
+    }
+
+    pub fn len(&self) -> usize {
+        self.lines.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.lines.is_empty()
+    }
+
+    /// 1-based line number in the file of row `i`.
+    pub fn line_number(&self, i: usize) -> u32 {
+        self.lines[i].2
+    }
+
+    /// The text of row `i` (validated during the scan).
+    pub fn read(&self, i: usize) -> Result<String> {
+        let (offset, len, line_no) = self.lines[i];
+        let mut buf = vec![0u8; len as usize];
+        let mut file = self.file.lock().map_err(|_| anyhow::anyhow!("data file lock poisoned"))?;
+        file.seek(SeekFrom::Start(offset))?;
+        file.read_exact(&mut buf)
+            .with_context(|| format!("{}:{line_no}: file changed while training", self.path.display()))?;
+        String::from_utf8(buf).with_context(|| format!("{}:{line_no}: invalid UTF-8", self.path.display()))
+    }
+}
+
+fn trim_newline(buf: &[u8]) -> &[u8] {
+    let buf = buf.strip_suffix(b"\n").unwrap_or(buf);
+    buf.strip_suffix(b"\r").unwrap_or(buf)
+}
+
+#[derive(Deserialize)]
+struct TextRow {
+    text: String,
+}
+
+/// The `text` of a pretraining row `{"text": "…"}`, or what was expected instead.
+pub fn parse_text_row(line: &str) -> Result<String, String> {
+    serde_json::from_str::<TextRow>(line)
+        .map(|row| row.text)
+        .map_err(|e| format!("expected a JSON object with a string field \"text\" ({e})"))
+}
+
+/// One batch of next-token prediction: `x` `[B, T]` u32, `y` `[B, T]` u32, `mask` `[B, T]` f32.
+pub struct LmBatch {
+    pub x: Tensor,
+    pub y: Tensor,
+    pub mask: Tensor,
+}
+
+impl LmBatch {
+    /// Positions fed to the model (B·T).
+    pub fn tokens(&self) -> usize {
+        self.x.elem_count()
+    }
+
+    /// Builds `X = ids[:-1]`, `Y = ids[1:]`, `mask[j] = 1` where target `j+1` is a real (non-pad)
+    /// token, from rows of equal length `max_len` whose first `len` ids are real.
+    pub fn from_rows(rows: &[(Vec<u32>, usize)], device: &Device) -> Result<Self> {
+        let t = rows[0].0.len() - 1;
+        let (mut x, mut y, mut mask) = (Vec::new(), Vec::new(), Vec::new());
+        for (ids, len) in rows {
+            x.extend_from_slice(&ids[..t]);
+            y.extend_from_slice(&ids[1..]);
+            mask.extend((1..=t).map(|j| if j < *len { 1f32 } else { 0.0 }));
+        }
+        let b = rows.len();
+        Ok(Self {
+            x: Tensor::from_vec(x, (b, t), device)?,
+            y: Tensor::from_vec(y, (b, t), device)?,
+            mask: Tensor::from_vec(mask, (b, t), device)?,
+        })
+    }
+}
+
+/// How pretraining text becomes ids.
+#[derive(Clone, Copy)]
+pub struct PretrainEncoding {
+    pub max_seq_len: usize,
+    /// Wrap every text as `[bos] + tokens + [eos]` (minimind-3's rule); off for data that already
+    /// carries its own markers.
+    pub wrap: bool,
+    pub bos: u32,
+    pub eos: u32,
+    pub pad: u32,
+}
+
+impl PretrainEncoding {
+    /// `[bos] + tokens[:max_len−2] + [eos]` (or `tokens[:max_len]` unwrapped), right-padded with
+    /// `pad` to `max_seq_len`. Returns the ids and the count of real tokens.
+    pub fn encode(&self, tokenizer: &Tokenizer, text: &str) -> Result<(Vec<u32>, usize)> {
+        let tokens = tokenizer.encode(text)?;
+        let n = self.max_seq_len;
+        let mut ids = Vec::with_capacity(n);
+        if self.wrap {
+            ids.push(self.bos);
+            ids.extend(tokens.iter().take(n.saturating_sub(2)));
+            ids.push(self.eos);
+        } else {
+            ids.extend(tokens.iter().take(n));
+        }
+        let len = ids.len();
+        ids.resize(n, self.pad);
+        Ok((ids, len))
+    }
+}
+
+/// Where a pass over the data stands: which epoch, and how many rows of it were consumed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DataCursor {
+    pub epoch: usize,
+    pub row: usize,
+}
+
+/// A seeded, reshuffled-every-epoch order over `n` rows: epoch e uses the permutation drawn from
+/// `seed + e`, so any position can be restored from `(seed, cursor)` alone.
+pub struct ShuffledRows {
+    n: usize,
+    seed: u64,
+    order: Vec<usize>,
+    pub cursor: DataCursor,
+}
+
+impl ShuffledRows {
+    pub fn new(n: usize, seed: u64, cursor: DataCursor) -> Self {
+        let mut rows = Self { n, seed, order: Vec::new(), cursor };
+        rows.order = rows.permutation(cursor.epoch);
+        rows
+    }
+
+    fn permutation(&self, epoch: usize) -> Vec<usize> {
+        let mut order: Vec<usize> = (0..self.n).collect();
+        order.shuffle(&mut StdRng::seed_from_u64(self.seed.wrapping_add(epoch as u64)));
+        order
+    }
+
+    /// The next (up to) `batch` row indices, moving to a fresh permutation at an epoch boundary.
+    /// The last batch of an epoch may be short; it never spans two epochs.
+    pub fn next_batch(&mut self, batch: usize) -> Vec<usize> {
+        if self.cursor.row >= self.n {
+            self.cursor = DataCursor { epoch: self.cursor.epoch + 1, row: 0 };
+            self.order = self.permutation(self.cursor.epoch);
+        }
+        let end = (self.cursor.row + batch).min(self.n);
+        let rows = self.order[self.cursor.row..end].to_vec();
+        self.cursor.row = end;
+        rows
+    }
+}
+
+/// Pretraining batches from a `{"text": …}` JSON Lines file.
+pub struct PretrainData {
+    pub index: JsonlIndex,
+    pub encoding: PretrainEncoding,
+    order: ShuffledRows,
+    batch_size: usize,
+}
+
+impl PretrainData {
+    pub fn open(path: &Path, skip_bad: bool, encoding: PretrainEncoding, batch_size: usize, seed: u64) -> Result<Self> {
+        let index = JsonlIndex::build(path, skip_bad, |line| parse_text_row(line).map(|_| ()))?;
+        let order = ShuffledRows::new(index.len(), seed, DataCursor::default());
+        Ok(Self { index, encoding, order, batch_size })
+    }
+
+    /// Batches per epoch (the last one may be short).
+    pub fn batches_per_epoch(&self) -> usize {
+        self.index.len().div_ceil(self.batch_size)
+    }
+
+    pub fn cursor(&self) -> DataCursor {
+        self.order.cursor
+    }
+
+    pub fn next_batch(&mut self, tokenizer: &Tokenizer, device: &Device) -> Result<LmBatch> {
+        let rows = self.order.next_batch(self.batch_size);
+        let encoded = rows
+            .iter()
+            .map(|&i| {
+                let text = parse_text_row(&self.index.read(i)?).map_err(anyhow::Error::msg)?;
+                self.encoding.encode(tokenizer, &text)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        LmBatch::from_rows(&encoded, device)
+    }
+}

@@ -1,0 +1,34 @@
+//! minimind: MiniMind-style small language models in one native binary.
+//!
+//! Module map (see `docs/ARCHITECTURE.md`):
+//! - [`config`] model hyper-parameters (`config.json`), presets
+//! - [`ops`] the math: RMSNorm, RoPE, attention, SwiGLU, cross-entropy (all with a backward)
+//! - [`model`] the transformer, its KV cache, weights by checkpoint name
+//! - [`params`] random initialization or checkpoint loading, by tensor name
+//! - [`checkpoint`] model folders, atomic writes
+//! - [`tokenizer`], [`train_tokenizer`] HF tokenizers, chat templates, BPE training
+//! - [`data`] streaming JSON Lines, shuffling, batches
+//! - [`optim`], [`train`], [`pretrain`] AdamW, the training loop, the pretraining stage
+//! - [`metrics`] metrics.jsonl and the PNG chart
+//! - [`generate`] sampling and KV-cached decoding
+//! - [`cli`], [`demo`] the command line
+
+pub mod checkpoint;
+pub mod cli;
+pub mod config;
+pub mod data;
+pub mod demo;
+pub mod generate;
+pub mod metrics;
+pub mod model;
+pub mod ops;
+pub mod optim;
+pub mod params;
+pub mod pretrain;
+pub mod tokenizer;
+pub mod train;
+pub mod train_tokenizer;
+
+pub use config::ModelConfig;
+pub use model::{KvCache, MiniMindForCausalLM};
+pub use tokenizer::Tokenizer;

@@ -1,0 +1,392 @@
+//! MiniMind2: a decoder-only, Llama-style transformer.
+//!
+//! ```text
+//! ids ─ embed_tokens ─┬─ [ DecoderLayer × L ] ─ norm ─ lm_head (= embed_tokensᵀ when tied) ─ logits
+//!                     │
+//! DecoderLayer(x):  h   = x + o_proj(Attention(RoPE(q_proj(n)), RoPE(k_proj(n)), v_proj(n))),  n = RMSNorm(x)
+//!                   out = h + down_proj(silu(gate_proj(m)) ⊙ up_proj(m)),                      m = RMSNorm(h)
+//! ```
+//! Struct fields carry the checkpoint's tensor names (HF Llama / MiniMind2), so building the model
+//! from a checkpoint is a walk over these structs. All math lives in [`crate::ops`].
+
+use crate::config::ModelConfig;
+use crate::ops;
+use crate::params::{Init, InitScheme, WeightBuilder};
+use anyhow::{bail, Result};
+use candle_core::{DType, Device, Module, Tensor, D};
+
+/// A bias-free linear layer `y = x·Wᵀ`, `W` stored `[out, in]` as in PyTorch.
+#[derive(Clone)]
+pub struct Linear {
+    pub weight: Tensor,
+}
+
+impl Linear {
+    fn new(wb: &WeightBuilder, name: &str, (out, inp): (usize, usize), scheme: InitScheme) -> Result<Self> {
+        let weight = wb.get(&format!("{name}.weight"), (out, inp), scheme.linear(inp))?;
+        Ok(Self { weight })
+    }
+}
+
+impl Module for Linear {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        // Flatten the leading axes so one 2-D matmul serves any batch shape.
+        let dims = x.dims();
+        let inp = dims[dims.len() - 1];
+        let rows = x.elem_count() / inp;
+        let y = x.reshape((rows, inp))?.matmul(&self.weight.t()?)?;
+        let mut out_dims = dims.to_vec();
+        *out_dims.last_mut().unwrap() = self.weight.dim(0)?;
+        y.reshape(out_dims)
+    }
+}
+
+/// RMSNorm with a learned per-channel gain (initialized to ones).
+#[derive(Clone)]
+pub struct RmsNorm {
+    pub weight: Tensor,
+    eps: f64,
+}
+
+impl RmsNorm {
+    fn new(wb: &WeightBuilder, name: &str, dim: usize, eps: f64) -> Result<Self> {
+        Ok(Self { weight: wb.get(&format!("{name}.weight"), dim, Init::Ones)?, eps })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(ops::rms_norm(x, &self.weight, self.eps)?)
+    }
+}
+
+/// `inv_freq[i] = θ^(−2i/D)` for i < D/2, computed in f32 as PyTorch does.
+pub fn rope_inv_freq(head_dim: usize, theta: f64) -> Vec<f32> {
+    let theta = theta as f32;
+    (0..head_dim / 2).map(|i| 1.0 / theta.powf((2 * i) as f32 / head_dim as f32)).collect()
+}
+
+/// Precomputed RoPE tables `cos`, `sin`: `[max_positions, D]`, each row `[cos φ, cos φ]` with
+/// `φ[p, i] = p · inv_freq[i]` (the halves repeat for the rotate_half convention).
+#[derive(Clone)]
+pub struct RotaryEmbedding {
+    pub cos: Tensor,
+    pub sin: Tensor,
+}
+
+impl RotaryEmbedding {
+    pub fn new(config: &ModelConfig, device: &Device) -> Result<Self> {
+        let d = config.head_dim();
+        let inv_freq = rope_inv_freq(d, config.rope_theta);
+        let n = config.max_position_embeddings;
+        let mut cos = Vec::with_capacity(n * d);
+        let mut sin = Vec::with_capacity(n * d);
+        for p in 0..n {
+            for _ in 0..2 {
+                for f in &inv_freq {
+                    let angle = p as f32 * f;
+                    cos.push(angle.cos());
+                    sin.push(angle.sin());
+                }
+            }
+        }
+        Ok(Self {
+            cos: Tensor::from_vec(cos, (n, d), device)?,
+            sin: Tensor::from_vec(sin, (n, d), device)?,
+        })
+    }
+
+    /// Rows for positions `start .. start + len`.
+    fn rows(&self, start: usize, len: usize) -> Result<(Tensor, Tensor)> {
+        Ok((self.cos.narrow(0, start, len)?, self.sin.narrow(0, start, len)?))
+    }
+}
+
+/// Per-layer key/value cache, pre-allocated `[B, K, capacity, D]` and filled in place, holding
+/// post-RoPE keys (before any head repetition), as MiniMind's cache does.
+pub struct KvCache {
+    layers: Vec<(Tensor, Tensor)>,
+    len: usize,
+    capacity: usize,
+}
+
+impl KvCache {
+    pub fn new(config: &ModelConfig, batch: usize, capacity: usize, dtype: DType, device: &Device) -> Result<Self> {
+        if capacity > config.max_position_embeddings {
+            bail!("KV cache of {capacity} positions exceeds max_position_embeddings {}", config.max_position_embeddings);
+        }
+        let shape = (batch, config.num_key_value_heads, capacity, config.head_dim());
+        let layers = (0..config.num_hidden_layers)
+            .map(|_| Ok((Tensor::zeros(shape, dtype, device)?, Tensor::zeros(shape, dtype, device)?)))
+            .collect::<Result<_>>()?;
+        Ok(Self { layers, len: 0, capacity })
+    }
+
+    /// Positions already cached.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Writes this step's `k`, `v` (`[B, K, T, D]`) after the cached ones; returns views of all.
+    fn append(&mut self, layer: usize, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
+        let t = k.dim(2)?;
+        if self.len + t > self.capacity {
+            bail!("KV cache full: {} + {t} positions > capacity {}", self.len, self.capacity);
+        }
+        let (k_buf, v_buf) = &self.layers[layer];
+        k_buf.slice_set(&k.contiguous()?, 2, self.len)?;
+        v_buf.slice_set(&v.contiguous()?, 2, self.len)?;
+        Ok((k_buf.narrow(2, 0, self.len + t)?, v_buf.narrow(2, 0, self.len + t)?))
+    }
+}
+
+/// Training-time randomness of one forward pass: dropout is active iff this is `Some(seed)`.
+pub type DropoutSeed = Option<u64>;
+
+fn site_seed(seed: u64, layer: usize, site: u64) -> u64 {
+    seed ^ ((layer as u64 + 1) << 32) ^ site.wrapping_mul(0x2545_F491_4F6C_DD1D)
+}
+
+#[derive(Clone)]
+pub struct Attention {
+    pub q_proj: Linear,
+    pub k_proj: Linear,
+    pub v_proj: Linear,
+    pub o_proj: Linear,
+    num_heads: usize,
+    num_kv_heads: usize,
+    head_dim: usize,
+}
+
+impl Attention {
+    fn new(wb: &WeightBuilder, name: &str, c: &ModelConfig, scheme: InitScheme) -> Result<Self> {
+        let (d, hd) = (c.hidden_size, c.head_dim());
+        let (h, k) = (c.num_attention_heads, c.num_key_value_heads);
+        Ok(Self {
+            q_proj: Linear::new(wb, &format!("{name}.q_proj"), (h * hd, d), scheme)?,
+            k_proj: Linear::new(wb, &format!("{name}.k_proj"), (k * hd, d), scheme)?,
+            v_proj: Linear::new(wb, &format!("{name}.v_proj"), (k * hd, d), scheme)?,
+            o_proj: Linear::new(wb, &format!("{name}.o_proj"), (d, h * hd), scheme)?,
+            num_heads: h,
+            num_kv_heads: k,
+            head_dim: hd,
+        })
+    }
+
+    /// `x`: `[B, T, d]` at positions `past .. past+T`; returns `[B, T, d]`.
+    fn forward(
+        &self,
+        x: &Tensor,
+        rope: &RotaryEmbedding,
+        cache: Option<(&mut KvCache, usize)>,
+        dropout: Option<(f64, u64)>,
+    ) -> Result<Tensor> {
+        let (b, t, _) = x.dims3()?;
+        let past = cache.as_ref().map_or(0, |(c, _)| c.len());
+        let heads = |proj: &Linear, n: usize| -> Result<Tensor> {
+            Ok(proj.forward(x)?.reshape((b, t, n, self.head_dim))?.transpose(1, 2)?.contiguous()?)
+        };
+        let (cos, sin) = rope.rows(past, t)?;
+        let q = ops::apply_rope(&heads(&self.q_proj, self.num_heads)?, &cos, &sin)?;
+        let k = ops::apply_rope(&heads(&self.k_proj, self.num_kv_heads)?, &cos, &sin)?;
+        let v = heads(&self.v_proj, self.num_kv_heads)?;
+        let (k, v) = match cache {
+            Some((cache, layer)) => cache.append(layer, &k, &v)?,
+            None => (k, v),
+        };
+        let attn_dropout = dropout.map(|(p, s)| (p, site_seed(s, 0, 1)));
+        let y = ops::causal_attention(&q, &k, &v, attn_dropout)?;
+        let y = y.transpose(1, 2)?.reshape((b, t, self.num_heads * self.head_dim))?;
+        let y = self.o_proj.forward(&y)?;
+        Ok(match dropout {
+            Some((p, s)) => ops::dropout(&y, p, site_seed(s, 0, 2))?,
+            None => y,
+        })
+    }
+}
+
+/// SwiGLU feed-forward: `down_proj(silu(gate_proj(x)) ⊙ up_proj(x))`.
+#[derive(Clone)]
+pub struct Mlp {
+    pub gate_proj: Linear,
+    pub up_proj: Linear,
+    pub down_proj: Linear,
+}
+
+impl Mlp {
+    fn new(wb: &WeightBuilder, name: &str, c: &ModelConfig, scheme: InitScheme) -> Result<Self> {
+        let (d, f) = (c.hidden_size, c.ffn_size());
+        Ok(Self {
+            gate_proj: Linear::new(wb, &format!("{name}.gate_proj"), (f, d), scheme)?,
+            down_proj: Linear::new(wb, &format!("{name}.down_proj"), (d, f), scheme)?,
+            up_proj: Linear::new(wb, &format!("{name}.up_proj"), (f, d), scheme)?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let hidden = ops::swiglu(&self.gate_proj.forward(x)?, &self.up_proj.forward(x)?)?;
+        Ok(self.down_proj.forward(&hidden)?)
+    }
+}
+
+/// One pre-norm transformer block.
+#[derive(Clone)]
+pub struct DecoderLayer {
+    pub self_attn: Attention,
+    pub mlp: Mlp,
+    pub input_layernorm: RmsNorm,
+    pub post_attention_layernorm: RmsNorm,
+}
+
+impl DecoderLayer {
+    fn new(wb: &WeightBuilder, name: &str, c: &ModelConfig, scheme: InitScheme) -> Result<Self> {
+        let (d, eps) = (c.hidden_size, c.rms_norm_eps);
+        Ok(Self {
+            self_attn: Attention::new(wb, &format!("{name}.self_attn"), c, scheme)?,
+            input_layernorm: RmsNorm::new(wb, &format!("{name}.input_layernorm"), d, eps)?,
+            post_attention_layernorm: RmsNorm::new(wb, &format!("{name}.post_attention_layernorm"), d, eps)?,
+            mlp: Mlp::new(wb, &format!("{name}.mlp"), c, scheme)?,
+        })
+    }
+}
+
+/// The transformer body: embeddings, blocks, final norm (`model.*` tensors).
+#[derive(Clone)]
+pub struct MiniMindModel {
+    pub embed_tokens: Tensor,
+    pub layers: Vec<DecoderLayer>,
+    pub norm: RmsNorm,
+    pub rotary: RotaryEmbedding,
+}
+
+/// The causal language model: [`MiniMindModel`] plus the output head.
+#[derive(Clone)]
+pub struct MiniMindForCausalLM {
+    pub config: ModelConfig,
+    pub model: MiniMindModel,
+    /// The output projection `[V, d]`; the same tensor as `model.embed_tokens` when tied.
+    pub lm_head: Linear,
+}
+
+impl MiniMindForCausalLM {
+    /// Builds the model, asking `wb` for every tensor in MiniMind2's state-dict order.
+    /// With tied embeddings the single shared tensor is `model.embed_tokens.weight`, initialized
+    /// like the head (a Linear with fan_in = d), as MiniMind2 does.
+    pub fn new(config: &ModelConfig, wb: &WeightBuilder, scheme: InitScheme) -> Result<Self> {
+        let c = config.clone().resolved()?;
+        let (v, d) = (c.vocab_size, c.hidden_size);
+        let embed_init = match (scheme, c.tie_word_embeddings) {
+            (InitScheme::Minimind2, true) => scheme.linear(d),
+            // nn.Embedding's own default is N(0, 1).
+            (InitScheme::Minimind2, false) => Init::Normal(1.0),
+            (InitScheme::Normal, _) => Init::Normal(0.02),
+        };
+        let embed_tokens = wb.get("model.embed_tokens.weight", (v, d), embed_init)?;
+        let layers = (0..c.num_hidden_layers)
+            .map(|i| DecoderLayer::new(wb, &format!("model.layers.{i}"), &c, scheme))
+            .collect::<Result<Vec<_>>>()?;
+        let norm = RmsNorm::new(wb, "model.norm", d, c.rms_norm_eps)?;
+        let lm_head = if c.tie_word_embeddings {
+            Linear { weight: embed_tokens.clone() }
+        } else {
+            Linear::new(wb, "lm_head", (v, d), scheme)?
+        };
+        let rotary = RotaryEmbedding::new(&c, wb.device())?;
+        Ok(Self { model: MiniMindModel { embed_tokens, layers, norm, rotary }, lm_head, config: c })
+    }
+
+    /// Final hidden states `[B, T, d]` (after the last norm) for `input_ids` `[B, T]`.
+    /// With a cache, the ids continue the cached sequence and their keys/values are appended.
+    pub fn forward_hidden(&self, input_ids: &Tensor, mut cache: Option<&mut KvCache>, dropout: DropoutSeed) -> Result<Tensor> {
+        let (b, t) = input_ids.dims2()?;
+        let past = cache.as_ref().map_or(0, |c| c.len());
+        if past + t > self.config.max_position_embeddings {
+            bail!("sequence of {} positions exceeds max_position_embeddings {}", past + t, self.config.max_position_embeddings);
+        }
+        let d = self.config.hidden_size;
+        let p = self.config.dropout;
+        let mut x = self.model.embed_tokens.index_select(&input_ids.flatten_all()?, 0)?.reshape((b, t, d))?;
+        let drop = |x: Tensor, layer: usize, site: u64| -> Result<Tensor> {
+            match dropout {
+                Some(seed) if p > 0.0 => Ok(ops::dropout(&x, p, site_seed(seed, layer, site))?),
+                _ => Ok(x),
+            }
+        };
+        x = drop(x, usize::MAX >> 1, 0)?;
+        for (i, layer) in self.model.layers.iter().enumerate() {
+            let layer_dropout = dropout.filter(|_| p > 0.0).map(|s| (p, site_seed(s, i, 3)));
+            let attn_cache = cache.as_deref_mut().map(|c| (c, i));
+            let h = layer.self_attn.forward(&layer.input_layernorm.forward(&x)?, &self.model.rotary, attn_cache, layer_dropout)?;
+            let x_mid = (x + h)?;
+            let m = drop(layer.mlp.forward(&layer.post_attention_layernorm.forward(&x_mid)?)?, i, 4)?;
+            x = (x_mid + m)?;
+        }
+        if let Some(cache) = cache {
+            cache.len += t;
+        }
+        self.model.norm.forward(&x)
+    }
+
+    /// Logits `[B, T, V]` for every position.
+    pub fn forward(&self, input_ids: &Tensor, cache: Option<&mut KvCache>) -> Result<Tensor> {
+        let hidden = self.forward_hidden(input_ids, cache, None)?;
+        Ok(self.lm_head.forward(&hidden)?)
+    }
+
+    /// Logits `[B, V]` of the last position only (what decoding needs; skips the other rows of
+    /// the V-wide head matmul).
+    pub fn forward_last(&self, input_ids: &Tensor, cache: Option<&mut KvCache>) -> Result<Tensor> {
+        let hidden = self.forward_hidden(input_ids, cache, None)?;
+        let t = hidden.dim(1)?;
+        let last = hidden.narrow(1, t - 1, 1)?.squeeze(1)?;
+        Ok(self.lm_head.forward(&last)?)
+    }
+
+    /// Training logits `[B·T, V]` with dropout active when `dropout` is set.
+    pub fn forward_train(&self, input_ids: &Tensor, dropout: DropoutSeed) -> Result<Tensor> {
+        let hidden = self.forward_hidden(input_ids, None, dropout)?;
+        let d = hidden.dim(D::Minus1)?;
+        Ok(self.lm_head.forward(&hidden.reshape(((), d))?)?)
+    }
+
+    pub fn device(&self) -> &Device {
+        self.model.embed_tokens.device()
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.model.embed_tokens.dtype()
+    }
+
+    /// Every tensor by checkpoint name (the tied head is stored once, as the embedding).
+    pub fn named_tensors(&self) -> Vec<(String, Tensor)> {
+        let mut out = vec![("model.embed_tokens.weight".to_string(), self.model.embed_tokens.clone())];
+        for (i, l) in self.model.layers.iter().enumerate() {
+            let p = format!("model.layers.{i}");
+            let a = &l.self_attn;
+            for (name, t) in [
+                ("self_attn.q_proj", &a.q_proj.weight),
+                ("self_attn.k_proj", &a.k_proj.weight),
+                ("self_attn.v_proj", &a.v_proj.weight),
+                ("self_attn.o_proj", &a.o_proj.weight),
+                ("input_layernorm", &l.input_layernorm.weight),
+                ("post_attention_layernorm", &l.post_attention_layernorm.weight),
+                ("mlp.gate_proj", &l.mlp.gate_proj.weight),
+                ("mlp.down_proj", &l.mlp.down_proj.weight),
+                ("mlp.up_proj", &l.mlp.up_proj.weight),
+            ] {
+                out.push((format!("{p}.{name}.weight"), t.clone()));
+            }
+        }
+        out.push(("model.norm.weight".into(), self.model.norm.weight.clone()));
+        if !self.config.tie_word_embeddings {
+            out.push(("lm_head.weight".into(), self.lm_head.weight.clone()));
+        }
+        out
+    }
+}

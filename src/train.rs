@@ -1,0 +1,190 @@
+//! The one training loop every stage uses. A stage supplies batches and a loss; the loop does
+//! gradient accumulation, global-norm clipping, AdamW with the cosine schedule, progress display,
+//! `metrics.jsonl`, the loss/lr chart and atomic checkpoints.
+
+use crate::checkpoint;
+use crate::metrics::{write_chart, MetricsWriter, StepMetrics};
+use crate::model::{DropoutSeed, MiniMindForCausalLM};
+use crate::optim::{clip_grad_norm, cosine_lr, AdamW, AdamWConfig, GradAccumulator};
+use crate::params::Params;
+use anyhow::{bail, Context, Result};
+use candle_core::Tensor;
+use indicatif::{ProgressBar, ProgressStyle};
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// What a training stage contributes: its data and its loss.
+pub trait Stage {
+    type Batch;
+    /// Display name (progress bar, chart title).
+    fn name(&self) -> &str;
+    fn batches_per_epoch(&self) -> usize;
+    /// The next micro-batch; the stage wraps around epochs itself.
+    fn next_batch(&mut self) -> Result<Self::Batch>;
+    /// Scalar loss of one micro-batch (dropout active when `dropout` is set).
+    fn loss(&self, model: &MiniMindForCausalLM, batch: &Self::Batch, dropout: DropoutSeed) -> Result<Tensor>;
+    /// Positions the model processed for this batch (for tokens/s).
+    fn tokens(&self, batch: &Self::Batch) -> usize;
+    /// Current epoch (for logs).
+    fn epoch(&self) -> usize;
+}
+
+#[derive(Debug, Clone)]
+pub struct TrainOptions {
+    pub epochs: usize,
+    pub accumulation_steps: usize,
+    pub lr: f64,
+    pub grad_clip: f64,
+    pub weight_decay: f64,
+    /// Checkpoint every this many optimizer steps (0 = only at the end).
+    pub save_every: usize,
+    /// Train exactly this many optimizer steps, overriding `epochs` (the schedule spans them).
+    pub max_steps: Option<usize>,
+    pub seed: u64,
+    pub out_dir: PathBuf,
+    /// Where the tokenizer files come from, copied into `out_dir` so it is a complete model folder.
+    pub tokenizer_dir: Option<PathBuf>,
+    pub show_progress: bool,
+    /// Stop after the step that crosses this many seconds, saving as at the end.
+    pub time_limit_s: Option<f64>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TrainSummary {
+    pub steps: usize,
+    pub first_loss: f64,
+    pub final_loss: f64,
+    pub tokens_per_sec: f64,
+    pub elapsed_s: f64,
+}
+
+/// Optimizer steps the run will take: `--max-steps` when given (as in HF, it overrides the epoch
+/// count and the data wraps around), else `epochs · ceil(batches per epoch / accumulation)`.
+pub fn total_steps(opts: &TrainOptions, batches_per_epoch: usize) -> usize {
+    let per_epoch = batches_per_epoch.div_ceil(opts.accumulation_steps.max(1));
+    opts.max_steps.unwrap_or(per_epoch * opts.epochs)
+}
+
+pub fn train<S: Stage>(model: &MiniMindForCausalLM, params: &Params, stage: &mut S, opts: &TrainOptions) -> Result<TrainSummary> {
+    if opts.epochs == 0 || opts.accumulation_steps == 0 || opts.max_steps == Some(0) {
+        bail!("--epochs, --accumulation-steps and --max-steps must be at least 1");
+    }
+    let total = total_steps(opts, stage.batches_per_epoch());
+    std::fs::create_dir_all(&opts.out_dir).with_context(|| format!("creating {}", opts.out_dir.display()))?;
+    if let Some(dir) = &opts.tokenizer_dir {
+        checkpoint::copy_tokenizer_files(dir, &opts.out_dir)?;
+    }
+    let mut metrics = MetricsWriter::open(&opts.out_dir.join("metrics.jsonl"), true)?;
+    let mut optimizer = AdamW::new(params, AdamWConfig { weight_decay: opts.weight_decay, ..Default::default() })?;
+    let mut accumulator = GradAccumulator::new(params);
+    let progress = Progress::new(stage.name(), total, opts.show_progress);
+    let start = Instant::now();
+    let (mut first_loss, mut last_loss, mut tokens_total) = (f64::NAN, f64::NAN, 0usize);
+    let mut steps_done = total;
+    for step in 0..total {
+        let step_start = Instant::now();
+        let lr = cosine_lr(opts.lr, step, total);
+        let (mut loss_sum, mut tokens) = (0f64, 0usize);
+        for micro in 0..opts.accumulation_steps {
+            let batch = stage.next_batch()?;
+            let dropout = Some(opts.seed ^ ((step * opts.accumulation_steps + micro) as u64).wrapping_mul(0x9E37_79B9));
+            let loss = stage.loss(model, &batch, dropout)?;
+            let value = loss.to_scalar::<f32>()? as f64;
+            if !value.is_finite() {
+                bail!("loss became {value} at step {step}; lower --lr or check the data");
+            }
+            // Mean over micro-batches: each contributes loss/accumulation_steps to the gradient.
+            let grads = (loss / opts.accumulation_steps as f64)?.backward()?;
+            accumulator.add(params, &grads)?;
+            loss_sum += value;
+            tokens += stage.tokens(&batch);
+        }
+        let mut grads = accumulator.take(params)?;
+        let grad_norm = clip_grad_norm(&mut grads, opts.grad_clip)?;
+        optimizer.step(&grads, lr)?;
+        let loss = loss_sum / opts.accumulation_steps as f64;
+        if step == 0 {
+            first_loss = loss;
+        }
+        last_loss = loss;
+        tokens_total += tokens;
+        let step_secs = step_start.elapsed().as_secs_f64();
+        let row = StepMetrics {
+            step: step + 1,
+            epoch: stage.epoch(),
+            loss,
+            lr,
+            grad_norm,
+            tokens,
+            tokens_per_sec: tokens as f64 / step_secs.max(1e-9),
+            elapsed_s: start.elapsed().as_secs_f64(),
+        };
+        metrics.write(&row)?;
+        progress.update(&row);
+        let out_of_time = opts.time_limit_s.is_some_and(|limit| start.elapsed().as_secs_f64() >= limit);
+        let done = step + 1 == total || out_of_time;
+        if done || (opts.save_every > 0 && (step + 1) % opts.save_every == 0) {
+            save(model, &opts.out_dir, stage.name())?;
+        }
+        if out_of_time {
+            steps_done = step + 1;
+            break;
+        }
+    }
+    progress.finish();
+    let elapsed = start.elapsed().as_secs_f64();
+    Ok(TrainSummary {
+        steps: steps_done,
+        first_loss,
+        final_loss: last_loss,
+        tokens_per_sec: tokens_total as f64 / elapsed.max(1e-9),
+        elapsed_s: elapsed,
+    })
+}
+
+/// Writes the model folder and refreshes the chart.
+fn save(model: &MiniMindForCausalLM, out: &Path, title: &str) -> Result<()> {
+    checkpoint::save_model(out, model)?;
+    let rows = crate::metrics::read_metrics(&out.join("metrics.jsonl"))?;
+    write_chart(&rows, title, &out.join("loss.png"))
+}
+
+/// A progress bar on a terminal; a plain log line every ~5% otherwise (CI, pipes).
+struct Progress {
+    bar: Option<ProgressBar>,
+    total: usize,
+}
+
+impl Progress {
+    fn new(name: &str, total: usize, show: bool) -> Self {
+        let bar = (show && std::io::stderr().is_terminal()).then(|| {
+            let bar = ProgressBar::new(total as u64);
+            let style = ProgressStyle::with_template("{prefix} {bar:30} {pos}/{len} {msg} eta {eta}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar());
+            bar.set_style(style);
+            bar.set_prefix(name.to_string());
+            bar
+        });
+        if show && bar.is_none() {
+            eprintln!("{name}: {total} steps");
+        }
+        Self { bar: if show { bar } else { None }, total: if show { total } else { 0 } }
+    }
+
+    fn update(&self, m: &StepMetrics) {
+        let msg = format!("loss {:.4} lr {:.2e} {:.0} tok/s", m.loss, m.lr, m.tokens_per_sec);
+        if let Some(bar) = &self.bar {
+            bar.set_position(m.step as u64);
+            bar.set_message(msg);
+        } else if self.total > 0 && (m.step % (self.total / 20).max(1) == 0 || m.step == self.total) {
+            eprintln!("step {}/{} {msg} ({:.0}s)", m.step, self.total, m.elapsed_s);
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish();
+        }
+    }
+}
