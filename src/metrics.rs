@@ -111,7 +111,7 @@ fn draw_series(
         .configure_mesh()
         .x_desc("step")
         .y_desc(label)
-        .y_label_formatter(&|v| format!("{v:.3e}"))
+        .y_label_formatter(&|v| if label == "lr" { format!("{v:.1e}") } else { format!("{v:.3}") })
         .draw()
         .map_err(chart_err)?;
     chart.draw_series(LineSeries::new(points.iter().copied(), color)).map_err(chart_err)?;

@@ -1,0 +1,59 @@
+#![allow(dead_code)]
+use candle_core::{DType, Device, Tensor};
+use minimind::checkpoint::init_model;
+use minimind::params::{InitScheme, Params};
+use minimind::{MiniMindForCausalLM, ModelConfig};
+use std::path::PathBuf;
+
+pub fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+}
+
+pub fn tokenizer_dir(version: &str) -> PathBuf {
+    fixture("tokenizers").join(version)
+}
+
+/// A very small config for fast tests (vocab kept small too).
+pub fn micro_config(vocab: usize, heads: usize, kv_heads: usize, head_dim: usize) -> ModelConfig {
+    ModelConfig {
+        hidden_size: heads * head_dim,
+        num_hidden_layers: 2,
+        num_attention_heads: heads,
+        num_key_value_heads: kv_heads,
+        vocab_size: vocab,
+        max_position_embeddings: 256,
+        intermediate_size: None,
+        ..ModelConfig::default()
+    }
+    .resolved()
+    .unwrap()
+}
+
+pub fn micro_model(seed: u64) -> (MiniMindForCausalLM, Params) {
+    init_model(&micro_config(97, 4, 2, 16), InitScheme::Minimind2, seed, &Device::Cpu).unwrap()
+}
+
+/// Deterministic pseudo-random ids in `0..vocab`, shape `[b, t]`.
+pub fn random_ids(b: usize, t: usize, vocab: usize, seed: u64) -> Tensor {
+    let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let ids: Vec<u32> = (0..b * t)
+        .map(|_| {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((x >> 33) % vocab as u64) as u32
+        })
+        .collect();
+    Tensor::from_vec(ids, (b, t), &Device::Cpu).unwrap()
+}
+
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    (a.to_dtype(DType::F32).unwrap() - b.to_dtype(DType::F32).unwrap())
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}

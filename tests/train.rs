@@ -1,0 +1,188 @@
+//! Training loop, optimizer, checkpoints, sampling.
+mod common;
+
+use candle_core::{DType, Device, Tensor};
+use common::*;
+use minimind::checkpoint::{atomic_write, load_model, save_model};
+use minimind::data::LmBatch;
+use minimind::generate::{apply_repetition_penalty, generate, Sampler, SamplingParams};
+use minimind::model::{DropoutSeed, MiniMindForCausalLM};
+use minimind::optim::{clip_grad_norm, cosine_lr};
+use minimind::pretrain::lm_loss;
+use minimind::train::{train, Stage, TrainOptions};
+
+/// The same batch over and over: the loss must fall.
+struct RepeatedBatch(LmBatch);
+
+impl Stage for RepeatedBatch {
+    type Batch = ();
+    fn name(&self) -> &str {
+        "repeat"
+    }
+    fn batches_per_epoch(&self) -> usize {
+        1
+    }
+    fn next_batch(&mut self) -> anyhow::Result<()> {
+        Ok(())
+    }
+    fn loss(&self, model: &MiniMindForCausalLM, _: &(), dropout: DropoutSeed) -> anyhow::Result<Tensor> {
+        lm_loss(model, &self.0, dropout)
+    }
+    fn tokens(&self, _: &()) -> usize {
+        self.0.tokens()
+    }
+    fn epoch(&self) -> usize {
+        0
+    }
+}
+
+fn options(out: &std::path::Path, steps: usize) -> TrainOptions {
+    TrainOptions {
+        epochs: 1,
+        accumulation_steps: 2,
+        lr: 3e-3,
+        grad_clip: 1.0,
+        weight_decay: 0.01,
+        save_every: 0,
+        max_steps: Some(steps),
+        seed: 1,
+        out_dir: out.to_path_buf(),
+        tokenizer_dir: None,
+        show_progress: false,
+        time_limit_s: None,
+    }
+}
+
+#[test]
+fn loss_falls_on_a_repeated_batch_and_metrics_are_written() {
+    let (model, params) = micro_model(2);
+    let ids = random_ids(2, 17, 97, 3);
+    let rows: Vec<(Vec<u32>, usize)> = ids.to_vec2::<u32>().unwrap().into_iter().map(|r| (r, 17)).collect();
+    let mut stage = RepeatedBatch(LmBatch::from_rows(&rows, &Device::Cpu).unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let summary = train(&model, &params, &mut stage, &options(dir.path(), 30)).unwrap();
+    assert!(summary.final_loss < summary.first_loss - 1.0, "{summary:?}");
+    let metrics = minimind::metrics::read_metrics(&dir.path().join("metrics.jsonl")).unwrap();
+    assert_eq!(metrics.len(), 30);
+    assert_eq!(metrics[0].lr, 3e-3);
+    assert!(dir.path().join("loss.png").exists() && dir.path().join("model.safetensors").exists());
+}
+
+#[test]
+fn cosine_schedule_and_clipping() {
+    assert_eq!(cosine_lr(1.0, 0, 100), 1.0);
+    assert!((cosine_lr(1.0, 50, 100) - 0.55).abs() < 1e-12);
+    assert!((cosine_lr(1.0, 100, 100) - 0.1).abs() < 1e-12);
+    let mut grads = vec![Tensor::new(&[3f32, 0.], &Device::Cpu).unwrap(), Tensor::new(&[4f32], &Device::Cpu).unwrap()];
+    let norm = clip_grad_norm(&mut grads, 1.0).unwrap();
+    assert!((norm - 5.0).abs() < 1e-6);
+    assert!((grads[0].to_vec1::<f32>().unwrap()[0] - 0.6).abs() < 1e-5);
+    let mut small = vec![Tensor::new(&[0.3f32], &Device::Cpu).unwrap()];
+    clip_grad_norm(&mut small, 1.0).unwrap();
+    assert_eq!(small[0].to_vec1::<f32>().unwrap(), [0.3]);
+}
+
+#[test]
+fn checkpoint_round_trip_gives_identical_logits() {
+    let (model, _) = micro_model(4);
+    let dir = tempfile::tempdir().unwrap();
+    save_model(dir.path(), &model).unwrap();
+    let (loaded, _) = load_model(dir.path(), &Device::Cpu, DType::F32, false).unwrap();
+    let ids = random_ids(1, 10, 97, 9);
+    let a = model.forward(&ids, None).unwrap();
+    let b = loaded.forward(&ids, None).unwrap();
+    assert_eq!(max_abs_diff(&a, &b), 0.0);
+    // A tied checkpoint may also carry lm_head.weight (MiniMind .pth style) if it equals the embedding.
+    let mut tensors = minimind::checkpoint::load_tensors(&dir.path().join("model.safetensors"), &Device::Cpu).unwrap();
+    let embed = tensors["model.embed_tokens.weight"].clone();
+    tensors.insert("lm_head.weight".into(), embed.clone());
+    let list: Vec<(String, Tensor)> = tensors.into_iter().collect();
+    minimind::checkpoint::save_tensors(&dir.path().join("model.safetensors"), &list).unwrap();
+    assert!(load_model(dir.path(), &Device::Cpu, DType::F32, false).is_ok());
+}
+
+#[test]
+fn checkpoint_mismatches_are_listed() {
+    let (model, _) = micro_model(4);
+    let dir = tempfile::tempdir().unwrap();
+    save_model(dir.path(), &model).unwrap();
+    let mut tensors = minimind::checkpoint::load_tensors(&dir.path().join("model.safetensors"), &Device::Cpu).unwrap();
+    tensors.remove("model.norm.weight");
+    tensors.insert("model.layers.0.mlp.up_proj.weight".into(), Tensor::zeros((3, 3), DType::F32, &Device::Cpu).unwrap());
+    tensors.insert("model.extra.weight".into(), Tensor::zeros(2, DType::F32, &Device::Cpu).unwrap());
+    let list: Vec<(String, Tensor)> = tensors.into_iter().collect();
+    minimind::checkpoint::save_tensors(&dir.path().join("model.safetensors"), &list).unwrap();
+    let err = format!("{:#}", load_model(dir.path(), &Device::Cpu, DType::F32, false).err().unwrap());
+    assert!(err.contains("model.norm.weight: missing"), "{err}");
+    assert!(err.contains("model.layers.0.mlp.up_proj.weight: shape [3, 3], expected [192, 64]"), "{err}");
+    assert!(err.contains("model.extra.weight: unexpected tensor"), "{err}");
+}
+
+#[test]
+fn interrupted_write_leaves_previous_file_intact() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("model.safetensors");
+    atomic_write(&path, |w| Ok(w.write_all(b"complete version 1")?)).unwrap();
+    // The writer dies halfway (as a kill would): the target keeps version 1 and no temp file remains.
+    let result = atomic_write(&path, |w| {
+        w.write_all(b"half of vers")?;
+        anyhow::bail!("killed")
+    });
+    assert!(result.is_err());
+    assert_eq!(std::fs::read(&path).unwrap(), b"complete version 1");
+    let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(names.len(), 1, "{names:?}");
+}
+
+#[test]
+fn sampling_follows_hf_semantics() {
+    let logits = [1.0f32, 3.0, 2.0, -1.0];
+    let mut greedy = Sampler::new(SamplingParams { temperature: 0.0, ..Default::default() }).unwrap();
+    assert_eq!(greedy.sample(&logits, &[]), 1);
+    // top-k 1 and a tiny top-p both reduce to the most likely token.
+    let mut top1 = Sampler::new(SamplingParams { temperature: 1.0, top_k: 1, top_p: 1.0, ..Default::default() }).unwrap();
+    let mut topp = Sampler::new(SamplingParams { temperature: 1.0, top_k: 0, top_p: 0.01, ..Default::default() }).unwrap();
+    for _ in 0..20 {
+        assert_eq!(top1.sample(&logits, &[]), 1);
+        assert_eq!(topp.sample(&logits, &[]), 1);
+    }
+    // top-p keeps the token that crosses p: p = 0.7 keeps {1, 2} (0.66 + 0.24 > 0.7).
+    let mut p07 = Sampler::new(SamplingParams { temperature: 1.0, top_k: 0, top_p: 0.7, seed: 3, ..Default::default() }).unwrap();
+    let picks: std::collections::HashSet<u32> = (0..200).map(|_| p07.sample(&logits, &[])).collect();
+    assert_eq!(picks, [1, 2].into_iter().collect());
+    // Sign-aware repetition penalty: positive ÷ p, negative × p, once per distinct token.
+    let mut l = logits.to_vec();
+    apply_repetition_penalty(&mut l, &[1, 3, 1], 2.0);
+    assert_eq!(l, [1.0, 1.5, 2.0, -2.0]);
+    // Same seed, same draws.
+    let draw = |seed| {
+        let mut s = Sampler::new(SamplingParams { temperature: 1.0, top_k: 0, top_p: 1.0, seed, ..Default::default() }).unwrap();
+        (0..10).map(|_| s.sample(&logits, &[])).collect::<Vec<_>>()
+    };
+    assert_eq!(draw(5), draw(5));
+    assert!(Sampler::new(SamplingParams { top_p: 0.0, ..Default::default() }).is_err());
+}
+
+#[test]
+fn greedy_generation_matches_argmax_of_full_forward() {
+    let (model, _) = micro_model(6);
+    let prompt = [1u32, 5, 9];
+    let mut sampler = Sampler::new(SamplingParams { temperature: 0.0, ..Default::default() }).unwrap();
+    let out = generate(&model, &prompt, 6, &[], &mut sampler, |_| Ok(true)).unwrap();
+    assert_eq!(out.tokens.len(), 6);
+    assert_eq!(out.finish_reason, minimind::generate::FinishReason::Length);
+    // Recompute each token without the cache.
+    let mut seq = prompt.to_vec();
+    for &tok in &out.tokens {
+        let ids = Tensor::new(seq.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+        let logits: Vec<f32> = model.forward_last(&ids, None).unwrap().squeeze(0).unwrap().to_vec1().unwrap();
+        assert_eq!(minimind::generate::argmax(&logits), tok);
+        seq.push(tok);
+    }
+    // A stop id ends generation without being emitted.
+    let stop = out.tokens[2];
+    let mut sampler = Sampler::new(SamplingParams { temperature: 0.0, ..Default::default() }).unwrap();
+    let stopped = generate(&model, &prompt, 6, &[stop], &mut sampler, |_| Ok(true)).unwrap();
+    assert_eq!(stopped.finish_reason, minimind::generate::FinishReason::Stop);
+    assert!(!stopped.tokens.contains(&stop));
+}
