@@ -86,7 +86,10 @@ fn normalize_tied(tensors: &mut HashMap<String, Tensor>, path: &Path) -> Result<
             let same = embed.shape() == head.shape()
                 && embed.to_dtype(DType::F32)?.ne(&head.to_dtype(DType::F32)?)?.sum_all()?.to_scalar::<u8>()? == 0;
             if !same {
-                bail!("{}: config says tie_word_embeddings but lm_head.weight differs from model.embed_tokens.weight", path.display());
+                bail!(
+                    "{}: config says tie_word_embeddings but lm_head.weight differs from model.embed_tokens.weight",
+                    path.display()
+                );
             }
         }
     }
@@ -108,7 +111,12 @@ pub fn load_model(dir: &Path, device: &Device, dtype: DType, trainable: bool) ->
 }
 
 /// A new randomly initialized model, trainable.
-pub fn init_model(config: &ModelConfig, scheme: InitScheme, seed: u64, device: &Device) -> Result<(MiniMindForCausalLM, Params)> {
+pub fn init_model(
+    config: &ModelConfig,
+    scheme: InitScheme,
+    seed: u64,
+    device: &Device,
+) -> Result<(MiniMindForCausalLM, Params)> {
     let wb = WeightBuilder::random(seed, DType::F32, device, true);
     let model = MiniMindForCausalLM::new(config, &wb, scheme)?;
     Ok((model, wb.finish()?))

@@ -153,7 +153,8 @@ pub fn parse_device(spec: &str) -> Result<Device> {
     match spec {
         "cpu" => Ok(Device::Cpu),
         s if s == "cuda" || s.starts_with("cuda:") => {
-            let ordinal = s.strip_prefix("cuda:").map_or(Ok(0), |n| n.parse::<usize>()).context("cuda:N needs a number")?;
+            let ordinal =
+                s.strip_prefix("cuda:").map_or(Ok(0), |n| n.parse::<usize>()).context("cuda:N needs a number")?;
             if !candle_core::utils::cuda_is_available() {
                 bail!("--device {s}: this binary was built without CUDA (rebuild with --features cuda)");
             }
@@ -175,7 +176,11 @@ pub fn run(cli: Cli) -> Result<()> {
             let summary = pretrain(&a, true)?;
             println!(
                 "pretrained {} steps in {:.1}s: loss {:.4} → {:.4}, {:.0} tokens/s; model in {}",
-                summary.steps, summary.elapsed_s, summary.first_loss, summary.final_loss, summary.tokens_per_sec,
+                summary.steps,
+                summary.elapsed_s,
+                summary.first_loss,
+                summary.final_loss,
+                summary.tokens_per_sec,
                 a.out.display()
             );
             Ok(())
@@ -237,7 +242,10 @@ pub fn pretrain(a: &PretrainArgs, show_progress: bool) -> Result<TrainSummary> {
     let (model, params) = checkpoint::init_model(&config, a.init, a.seed, &device)?;
     eprintln!(
         "model: {} parameters ({} layers, hidden {}), {} rows of data",
-        params.num_elements(), config.num_hidden_layers, config.hidden_size, data.index.len()
+        params.num_elements(),
+        config.num_hidden_layers,
+        config.hidden_size,
+        data.index.len()
     );
     let mut stage = PretrainStage { data, tokenizer: &tokenizer, device };
     let opts = TrainOptions {

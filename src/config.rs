@@ -116,7 +116,9 @@ impl ModelConfig {
     fn validate(&self) -> Result<()> {
         let (h, q, kv) = (self.hidden_size, self.num_attention_heads, self.num_key_value_heads);
         if h == 0 || q == 0 || kv == 0 || self.num_hidden_layers == 0 || self.vocab_size == 0 {
-            bail!("hidden_size, num_attention_heads, num_key_value_heads, num_hidden_layers and vocab_size must be > 0");
+            bail!(
+                "hidden_size, num_attention_heads, num_key_value_heads, num_hidden_layers and vocab_size must be > 0"
+            );
         }
         if h % q != 0 {
             bail!("hidden_size {h} is not divisible by num_attention_heads {q}");
@@ -144,8 +146,7 @@ impl ModelConfig {
     }
 
     pub fn ffn_size(&self) -> usize {
-        self.intermediate_size
-            .unwrap_or_else(|| Self::default_intermediate_size(self.hidden_size))
+        self.intermediate_size.unwrap_or_else(|| Self::default_intermediate_size(self.hidden_size))
     }
 
     /// Trainable parameters, counting a tied embedding/head once.
@@ -159,8 +160,7 @@ impl ModelConfig {
     }
 
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("reading model config {}", path.display()))?;
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading model config {}", path.display()))?;
         let config: Self = serde_json::from_str(&text)
             .with_context(|| format!("{}: not a valid model config.json", path.display()))?;
         config.resolved().with_context(|| format!("{}: invalid model config", path.display()))

@@ -8,8 +8,8 @@
 use crate::tokenizer::Tokenizer;
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
-use rand::seq::SliceRandom;
 use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use serde::Deserialize;
 use std::fs::File;
@@ -57,7 +57,8 @@ impl JsonlIndex {
             }
         }
         if lines.is_empty() {
-            let why = if skipped > 0 { format!("all {skipped} lines are malformed") } else { "the file is empty".into() };
+            let why =
+                if skipped > 0 { format!("all {skipped} lines are malformed") } else { "the file is empty".into() };
             bail!("{}: no training rows ({why})", path.display());
         }
         let file = File::open(path)?;

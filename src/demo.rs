@@ -27,10 +27,10 @@ pub struct DemoArgs {
     #[arg(long, default_value = "runs/demo")]
     pub out: PathBuf,
     /// Optimizer steps of pretraining.
-    #[arg(long, default_value_t = 600)]
+    #[arg(long, default_value_t = 500)]
     pub steps: usize,
     /// Stop pretraining early (and keep the model) after this many minutes.
-    #[arg(long, default_value_t = 7.0)]
+    #[arg(long, default_value_t = 6.5)]
     pub max_minutes: f64,
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
@@ -84,7 +84,13 @@ pub fn run(args: DemoArgs) -> Result<()> {
         println!("\n--- sample {} ---", i + 1);
         print!("{prompt}");
         let ids = encode_prompt(&tokenizer, prompt, false)?;
-        let sampling = SamplingParams { temperature: 0.8, top_k: 0, top_p: 0.9, repetition_penalty: 1.0, seed: args.seed + i as u64 };
+        let sampling = SamplingParams {
+            temperature: 0.8,
+            top_k: 0,
+            top_p: 0.9,
+            repetition_penalty: 1.0,
+            seed: args.seed + i as u64,
+        };
         stream_completion(&model_dir, &model, &tokenizer, &ids, 120, sampling, &mut stdout)?;
         println!();
     }

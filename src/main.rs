@@ -12,7 +12,10 @@ fn main() {
         // Read by candle's matmul and by rayon; must be set before either starts.
         std::env::set_var("RAYON_NUM_THREADS", n.max(1).to_string());
     }
-    tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .init();
     if let Err(e) = run(cli) {
         eprintln!("error: {e:#}");
         std::process::exit(1);

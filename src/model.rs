@@ -88,10 +88,7 @@ impl RotaryEmbedding {
                 }
             }
         }
-        Ok(Self {
-            cos: Tensor::from_vec(cos, (n, d), device)?,
-            sin: Tensor::from_vec(sin, (n, d), device)?,
-        })
+        Ok(Self { cos: Tensor::from_vec(cos, (n, d), device)?, sin: Tensor::from_vec(sin, (n, d), device)? })
     }
 
     /// Rows for positions `start .. start + len`.
@@ -111,7 +108,10 @@ pub struct KvCache {
 impl KvCache {
     pub fn new(config: &ModelConfig, batch: usize, capacity: usize, dtype: DType, device: &Device) -> Result<Self> {
         if capacity > config.max_position_embeddings {
-            bail!("KV cache of {capacity} positions exceeds max_position_embeddings {}", config.max_position_embeddings);
+            bail!(
+                "KV cache of {capacity} positions exceeds max_position_embeddings {}",
+                config.max_position_embeddings
+            );
         }
         let shape = (batch, config.num_key_value_heads, capacity, config.head_dim());
         let layers = (0..config.num_hidden_layers)
@@ -254,6 +254,22 @@ impl DecoderLayer {
             mlp: Mlp::new(wb, &format!("{name}.mlp"), c, scheme)?,
         })
     }
+
+    /// `h = x + Attention(RMSNorm(x))`, then `h + MLP(RMSNorm(h))`.
+    fn forward(
+        &self,
+        x: &Tensor,
+        rope: &RotaryEmbedding,
+        cache: Option<(&mut KvCache, usize)>,
+        dropout: Option<(f64, u64)>,
+    ) -> Result<Tensor> {
+        let h = (x + self.self_attn.forward(&self.input_layernorm.forward(x)?, rope, cache, dropout)?)?;
+        let mut m = self.mlp.forward(&self.post_attention_layernorm.forward(&h)?)?;
+        if let Some((p, seed)) = dropout {
+            m = ops::dropout(&m, p, site_seed(seed, 0, 4))?;
+        }
+        Ok((h + m)?)
+    }
 }
 
 /// The transformer body: embeddings, blocks, final norm (`model.*` tensors).
@@ -303,29 +319,32 @@ impl MiniMindForCausalLM {
 
     /// Final hidden states `[B, T, d]` (after the last norm) for `input_ids` `[B, T]`.
     /// With a cache, the ids continue the cached sequence and their keys/values are appended.
-    pub fn forward_hidden(&self, input_ids: &Tensor, mut cache: Option<&mut KvCache>, dropout: DropoutSeed) -> Result<Tensor> {
+    pub fn forward_hidden(
+        &self,
+        input_ids: &Tensor,
+        mut cache: Option<&mut KvCache>,
+        dropout: DropoutSeed,
+    ) -> Result<Tensor> {
         let (b, t) = input_ids.dims2()?;
         let past = cache.as_ref().map_or(0, |c| c.len());
         if past + t > self.config.max_position_embeddings {
-            bail!("sequence of {} positions exceeds max_position_embeddings {}", past + t, self.config.max_position_embeddings);
+            bail!(
+                "sequence of {} positions exceeds max_position_embeddings {}",
+                past + t,
+                self.config.max_position_embeddings
+            );
         }
         let d = self.config.hidden_size;
-        let p = self.config.dropout;
         let mut x = self.model.embed_tokens.index_select(&input_ids.flatten_all()?, 0)?.reshape((b, t, d))?;
-        let drop = |x: Tensor, layer: usize, site: u64| -> Result<Tensor> {
-            match dropout {
-                Some(seed) if p > 0.0 => Ok(ops::dropout(&x, p, site_seed(seed, layer, site))?),
-                _ => Ok(x),
-            }
-        };
-        x = drop(x, usize::MAX >> 1, 0)?;
+        // Dropout sites get distinct seeds: (layer, site), the embedding counting as layer L.
+        let dropout = dropout.filter(|_| self.config.dropout > 0.0).map(|seed| (self.config.dropout, seed));
+        if let Some((p, seed)) = dropout {
+            x = ops::dropout(&x, p, site_seed(seed, self.config.num_hidden_layers, 0))?;
+        }
         for (i, layer) in self.model.layers.iter().enumerate() {
-            let layer_dropout = dropout.filter(|_| p > 0.0).map(|s| (p, site_seed(s, i, 3)));
-            let attn_cache = cache.as_deref_mut().map(|c| (c, i));
-            let h = layer.self_attn.forward(&layer.input_layernorm.forward(&x)?, &self.model.rotary, attn_cache, layer_dropout)?;
-            let x_mid = (x + h)?;
-            let m = drop(layer.mlp.forward(&layer.post_attention_layernorm.forward(&x_mid)?)?, i, 4)?;
-            x = (x_mid + m)?;
+            let layer_cache = cache.as_deref_mut().map(|c| (c, i));
+            let layer_dropout = dropout.map(|(p, seed)| (p, site_seed(seed, i, 3)));
+            x = layer.forward(&x, &self.model.rotary, layer_cache, layer_dropout)?;
         }
         if let Some(cache) = cache {
             cache.len += t;

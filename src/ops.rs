@@ -60,9 +60,8 @@ pub fn log_softmax_last_dim(x: &Tensor) -> Result<Tensor> {
 /// Additive causal mask `[T, past+T]`: query t (absolute position past+t) sees keys 0..=past+t.
 pub fn causal_mask(t: usize, past: usize, device: &Device) -> Result<Tensor> {
     let total = past + t;
-    let mask: Vec<f32> = (0..t)
-        .flat_map(|i| (0..total).map(move |j| if j <= past + i { 0.0 } else { f32::NEG_INFINITY }))
-        .collect();
+    let mask: Vec<f32> =
+        (0..t).flat_map(|i| (0..total).map(move |j| if j <= past + i { 0.0 } else { f32::NEG_INFINITY })).collect();
     Tensor::from_vec(mask, (t, total), device)
 }
 
@@ -72,12 +71,7 @@ pub fn causal_mask(t: usize, past: usize, device: &Device) -> Result<Tensor> {
 /// `H = K·rep`. Query head `h` uses KV head `h / rep` (MiniMind's `repeat_kv` order). Instead of
 /// copying each KV head `rep` times, the `rep` query heads of a group are stacked along time:
 /// `[B, K, rep·T, D]`, so one matmul per group serves them all.
-pub fn causal_attention(
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    dropout: Option<(f64, u64)>,
-) -> Result<Tensor> {
+pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor, dropout: Option<(f64, u64)>) -> Result<Tensor> {
     let (b, h, t, d) = q.dims4()?;
     let (_, kv_heads, s, _) = k.dims4()?;
     let rep = h / kv_heads;
@@ -120,9 +114,7 @@ pub fn dropout(x: &Tensor, p: f64, seed: u64) -> Result<Tensor> {
     }
     let n = x.elem_count();
     let scale = (1.0 / (1.0 - p)) as f32;
-    let mask: Vec<f32> = (0..n as u64)
-        .map(|i| if unit_hash(seed, i) >= p { scale } else { 0.0 })
-        .collect();
+    let mask: Vec<f32> = (0..n as u64).map(|i| if unit_hash(seed, i) >= p { scale } else { 0.0 }).collect();
     let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
     x * mask
 }

@@ -120,7 +120,8 @@ impl GradAccumulator {
             .zip(&params.entries)
             .map(|(slot, (name, var))| match slot.take() {
                 Some(g) => Ok(g),
-                None => Tensor::zeros(var.shape(), var.dtype(), var.device()).with_context(|| format!("zero grad for {name}")),
+                None => Tensor::zeros(var.shape(), var.dtype(), var.device())
+                    .with_context(|| format!("zero grad for {name}")),
             })
             .collect()
     }

@@ -41,7 +41,7 @@ impl InitScheme {
 }
 
 enum Source {
-    Random { rng: RefCell<StdRng> },
+    Random { rng: Box<RefCell<StdRng>> },
     Loaded { tensors: HashMap<String, Tensor> },
 }
 
@@ -81,7 +81,7 @@ pub struct WeightBuilder {
 impl WeightBuilder {
     /// Random weights from `seed`; `trainable` makes every tensor a `Var` that receives gradients.
     pub fn random(seed: u64, dtype: DType, device: &Device, trainable: bool) -> Self {
-        let source = Source::Random { rng: RefCell::new(StdRng::seed_from_u64(seed)) };
+        let source = Source::Random { rng: Box::new(RefCell::new(StdRng::seed_from_u64(seed))) };
         Self::new(source, dtype, device, trainable)
     }
 

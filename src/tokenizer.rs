@@ -41,7 +41,8 @@ impl Tokenizer {
             .map_err(|e| anyhow!("{}: not a valid tokenizer.json: {e}", path.display()))?;
         let config_path = dir.join("tokenizer_config.json");
         let config: Json = if config_path.exists() {
-            let text = std::fs::read_to_string(&config_path).with_context(|| format!("reading {}", config_path.display()))?;
+            let text =
+                std::fs::read_to_string(&config_path).with_context(|| format!("reading {}", config_path.display()))?;
             serde_json::from_str(&text).with_context(|| format!("{}: invalid JSON", config_path.display()))?
         } else {
             Json::Object(Default::default())
@@ -137,9 +138,7 @@ impl Tokenizer {
         ctx.insert("messages".into(), messages.clone());
         ctx.insert("add_generation_prompt".into(), Json::Bool(add_generation_prompt));
         let template = env.get_template("chat")?;
-        template
-            .render(Value::from_serialize(&ctx))
-            .map_err(|e| anyhow!("rendering the chat template: {e:#}"))
+        template.render(Value::from_serialize(&ctx)).map_err(|e| anyhow!("rendering the chat template: {e:#}"))
     }
 
     /// Chat-template rendering of simple messages.
@@ -207,39 +206,51 @@ fn write_python_json(v: &Json, indent: Option<usize>, level: usize, out: &mut St
 }
 
 /// Incremental detokenizer for streaming: yields text only once it forms whole UTF-8 characters.
+///
+/// It decodes a short window — the previously emitted token(s) as context plus the pending ones — so
+/// each step costs O(1) regardless of how long the generation is (transformers' `DecodeStream` idea).
 pub struct TextStream<'a> {
     tokenizer: &'a Tokenizer,
     ids: Vec<u32>,
-    printed: usize,
+    /// Window start (context tokens already emitted).
+    prefix_start: usize,
+    /// First token not yet emitted.
+    read_start: usize,
+    /// Decoded text of `ids[prefix_start..read_start]`.
+    prefix: String,
 }
 
 impl<'a> TextStream<'a> {
     pub fn new(tokenizer: &'a Tokenizer) -> Self {
-        Self { tokenizer, ids: Vec::new(), printed: 0 }
+        Self { tokenizer, ids: Vec::new(), prefix_start: 0, read_start: 0, prefix: String::new() }
     }
 
-    /// Adds one id; returns the newly completed text, if any. Text ending in U+FFFD (an
-    /// incomplete byte sequence so far) is held back until the next token completes it.
+    /// Adds one id; returns the newly completed text, if any. Text ending in U+FFFD (an incomplete
+    /// byte sequence so far) is held back until a later token completes it.
     pub fn push(&mut self, id: u32) -> Result<Option<String>> {
         self.ids.push(id);
-        let text = self.tokenizer.decode(&self.ids, true)?;
-        if text.ends_with('\u{FFFD}') || text.len() <= self.printed {
+        let text = self.tokenizer.decode(&self.ids[self.prefix_start..], true)?;
+        if text.len() <= self.prefix.len() || text.ends_with('\u{FFFD}') {
             return Ok(None);
         }
-        let Some(new) = text.get(self.printed..) else {
-            bail!("detokenized text changed below the printed prefix");
+        let Some(new) = text.get(self.prefix.len()..) else {
+            bail!("streaming detokenization: the context text changed");
         };
         let new = new.to_string();
-        self.printed = text.len();
+        self.prefix_start = self.read_start;
+        self.read_start = self.ids.len();
+        self.prefix = self.tokenizer.decode(&self.ids[self.prefix_start..self.read_start], true)?;
         Ok(Some(new))
     }
 
-    /// Whatever is left at the end (including a trailing replacement character, if the model
-    /// really produced invalid bytes).
+    /// Whatever is still held back at the end (a trailing replacement character if the model
+    /// really produced an invalid byte sequence).
     pub fn finish(&mut self) -> Result<Option<String>> {
-        let text = self.tokenizer.decode(&self.ids, true)?;
-        let rest = text.get(self.printed..).unwrap_or("").to_string();
-        self.printed = text.len();
+        let text = self.tokenizer.decode(&self.ids[self.prefix_start..], true)?;
+        let rest = text.get(self.prefix.len()..).unwrap_or("").to_string();
+        self.prefix_start = self.ids.len();
+        self.read_start = self.ids.len();
+        self.prefix.clear();
         Ok((!rest.is_empty()).then_some(rest))
     }
 }

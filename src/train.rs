@@ -66,7 +66,12 @@ pub fn total_steps(opts: &TrainOptions, batches_per_epoch: usize) -> usize {
     opts.max_steps.unwrap_or(per_epoch * opts.epochs)
 }
 
-pub fn train<S: Stage>(model: &MiniMindForCausalLM, params: &Params, stage: &mut S, opts: &TrainOptions) -> Result<TrainSummary> {
+pub fn train<S: Stage>(
+    model: &MiniMindForCausalLM,
+    params: &Params,
+    stage: &mut S,
+    opts: &TrainOptions,
+) -> Result<TrainSummary> {
     if opts.epochs == 0 || opts.accumulation_steps == 0 || opts.max_steps == Some(0) {
         bail!("--epochs, --accumulation-steps and --max-steps must be at least 1");
     }
@@ -178,7 +183,8 @@ impl Progress {
             bar.set_position(m.step as u64);
             bar.set_message(msg);
         } else if self.total > 0 && (m.step % (self.total / 20).max(1) == 0 || m.step == self.total) {
-            eprintln!("step {}/{} {msg} ({:.0}s)", m.step, self.total, m.elapsed_s);
+            let eta = m.elapsed_s / m.step as f64 * (self.total - m.step) as f64;
+            eprintln!("step {}/{} {msg} ({:.0}s, eta {:.0}s)", m.step, self.total, m.elapsed_s, eta);
         }
     }
 

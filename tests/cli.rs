@@ -26,23 +26,52 @@ fn tokenizer_pretrain_generate_end_to_end() {
     let data = fixture("pretrain_zh_songci_32.jsonl");
     ok(minimind(&["train-tokenizer", "--data", p(&data), "--vocab-size", "800", "--out", p(&tok)]));
     let out = ok(minimind(&[
-        "pretrain", "--data", p(&data), "--tokenizer", p(&tok), "--out", p(&model), "--preset", "tiny",
-        "--batch-size", "4", "--accumulation-steps", "2", "--max-seq-len", "64", "--max-steps", "6",
-        "--save-every", "4", "--lr", "2e-3",
+        "pretrain",
+        "--data",
+        p(&data),
+        "--tokenizer",
+        p(&tok),
+        "--out",
+        p(&model),
+        "--preset",
+        "tiny",
+        "--batch-size",
+        "4",
+        "--accumulation-steps",
+        "2",
+        "--max-seq-len",
+        "64",
+        "--max-steps",
+        "6",
+        "--save-every",
+        "4",
+        "--lr",
+        "2e-3",
     ]));
     assert!(out.contains("pretrained 6 steps"), "{out}");
-    for file in ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "metrics.jsonl", "loss.png"] {
+    for file in
+        ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "metrics.jsonl", "loss.png"]
+    {
         assert!(model.join(file).exists(), "{file} missing");
     }
     let metrics = std::fs::read_to_string(model.join("metrics.jsonl")).unwrap();
     assert_eq!(metrics.lines().count(), 6);
     let text = ok(minimind(&[
-        "generate", "--model", p(&model), "--prompt", "浣溪沙（", "--max-new-tokens", "12", "--seed", "1",
+        "generate",
+        "--model",
+        p(&model),
+        "--prompt",
+        "浣溪沙（",
+        "--max-new-tokens",
+        "12",
+        "--seed",
+        "1",
     ]));
     assert!(text.starts_with("浣溪沙（") && text.chars().count() > "浣溪沙（".chars().count(), "{text:?}");
     // Greedy decoding is deterministic; the chat path renders the template.
     let greedy = |chat: bool| {
-        let mut args = vec!["generate", "--model", p(&model), "--prompt", "你好", "--temperature", "0", "--max-new-tokens", "8"];
+        let mut args =
+            vec!["generate", "--model", p(&model), "--prompt", "你好", "--temperature", "0", "--max-new-tokens", "8"];
         if chat {
             args.push("--chat");
         }
@@ -62,15 +91,44 @@ fn bad_input_gives_a_clear_error_not_a_panic() {
     let bad = dir.path().join("bad.jsonl");
     std::fs::write(&bad, "{\"text\": \"a\"}\n{\"text\": [1]}\n").unwrap();
     let tok = tokenizer_dir("v2");
-    let out = minimind(&["pretrain", "--data", p(&bad), "--tokenizer", p(&tok), "--out", p(&dir.path().join("m")), "--preset", "tiny", "--max-steps", "1"]);
+    let out = minimind(&[
+        "pretrain",
+        "--data",
+        p(&bad),
+        "--tokenizer",
+        p(&tok),
+        "--out",
+        p(&dir.path().join("m")),
+        "--preset",
+        "tiny",
+        "--max-steps",
+        "1",
+    ]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains(&format!("{}:2: expected a JSON object with a string field \"text\"", bad.display())), "{stderr}");
+    assert!(
+        stderr.contains(&format!("{}:2: expected a JSON object with a string field \"text\"", bad.display())),
+        "{stderr}"
+    );
     assert!(!stderr.contains("panicked"));
     // With --skip-bad-lines the bad row is skipped and reported.
     let out = minimind(&[
-        "pretrain", "--data", p(&bad), "--tokenizer", p(&tok), "--out", p(&dir.path().join("m")), "--preset", "tiny",
-        "--max-steps", "1", "--batch-size", "1", "--max-seq-len", "16", "--skip-bad-lines",
+        "pretrain",
+        "--data",
+        p(&bad),
+        "--tokenizer",
+        p(&tok),
+        "--out",
+        p(&dir.path().join("m")),
+        "--preset",
+        "tiny",
+        "--max-steps",
+        "1",
+        "--batch-size",
+        "1",
+        "--max-seq-len",
+        "16",
+        "--skip-bad-lines",
     ]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
@@ -78,7 +136,17 @@ fn bad_input_gives_a_clear_error_not_a_panic() {
     // Empty data, a missing model folder and a bad preset are errors too.
     let empty = dir.path().join("empty.jsonl");
     std::fs::write(&empty, "").unwrap();
-    let out = minimind(&["pretrain", "--data", p(&empty), "--tokenizer", p(&tok), "--out", p(&dir.path().join("m2")), "--preset", "tiny"]);
+    let out = minimind(&[
+        "pretrain",
+        "--data",
+        p(&empty),
+        "--tokenizer",
+        p(&tok),
+        "--out",
+        p(&dir.path().join("m2")),
+        "--preset",
+        "tiny",
+    ]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("the file is empty"));
     let out = minimind(&["generate", "--model", p(&dir.path().join("nothing")), "--prompt", "x"]);
     assert_eq!(out.status.code(), Some(1));
@@ -102,7 +170,18 @@ fn killing_training_never_leaves_a_truncated_checkpoint() {
     for delay_ms in [700u64, 1100, 1500] {
         let mut child = Command::new(env!("CARGO_BIN_EXE_minimind"))
             .args(["pretrain", "--data", p(&data), "--tokenizer", p(&tok), "--out", p(&model), "--preset", "tiny"])
-            .args(["--batch-size", "2", "--accumulation-steps", "1", "--max-seq-len", "32", "--max-steps", "100000", "--save-every", "1"])
+            .args([
+                "--batch-size",
+                "2",
+                "--accumulation-steps",
+                "1",
+                "--max-seq-len",
+                "32",
+                "--max-steps",
+                "100000",
+                "--save-every",
+                "1",
+            ])
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap();
@@ -113,7 +192,8 @@ fn killing_training_never_leaves_a_truncated_checkpoint() {
         std::thread::sleep(std::time::Duration::from_millis(delay_ms));
         child.kill().unwrap();
         child.wait().unwrap();
-        let loaded = minimind::checkpoint::load_model(&model, &candle_core::Device::Cpu, candle_core::DType::F32, false);
+        let loaded =
+            minimind::checkpoint::load_model(&model, &candle_core::Device::Cpu, candle_core::DType::F32, false);
         assert!(loaded.is_ok(), "checkpoint unreadable after kill at +{delay_ms} ms: {:#}", loaded.err().unwrap());
     }
 }

@@ -3,7 +3,7 @@ mod common;
 
 use candle_core::Device;
 use common::*;
-use minimind::data::{parse_text_row, JsonlIndex, LmBatch, PretrainData, PretrainEncoding, ShuffledRows, DataCursor};
+use minimind::data::{parse_text_row, DataCursor, JsonlIndex, LmBatch, PretrainData, PretrainEncoding, ShuffledRows};
 use minimind::tokenizer::Tokenizer;
 use std::io::Write;
 

@@ -32,7 +32,8 @@ fn config_json_round_trip_writes_resolved_ffn() {
     let back: ModelConfig = serde_json::from_str(&json).unwrap();
     assert_eq!(back, c);
     // A hand-written config with only a few fields gets MiniMind2 defaults and the derived width.
-    let partial: ModelConfig = serde_json::from_str(r#"{"hidden_size": 768, "num_hidden_layers": 16, "torch_dtype": "float16"}"#).unwrap();
+    let partial: ModelConfig =
+        serde_json::from_str(r#"{"hidden_size": 768, "num_hidden_layers": 16, "torch_dtype": "float16"}"#).unwrap();
     assert_eq!(partial.resolved().unwrap().intermediate_size, Some(2048));
 }
 

@@ -66,8 +66,14 @@ fn chat_template_v2_classic_matches_transformers() {
     let t = load("v2-classic");
     let messages = [ChatMessage::new("user", "你好"), ChatMessage::new("assistant", "你好！")];
     let text = t.render_chat(&messages, false).unwrap();
-    assert_eq!(text, "<s>system\n你是 MiniMind，是一个有用的人工智能助手。</s>\n<s>user\n你好</s>\n<s>assistant\n你好！</s>\n");
-    let ids = [1, 85, 736, 201, 608, 345, 562, 261, 75, 47, 807, 270, 1589, 400, 411, 1946, 740, 1728, 945, 1184, 286, 2, 201, 1, 320, 275, 201, 5134, 2, 201, 1, 1078, 538, 501, 201, 5134, 2207, 2, 201];
+    assert_eq!(
+        text,
+        "<s>system\n你是 MiniMind，是一个有用的人工智能助手。</s>\n<s>user\n你好</s>\n<s>assistant\n你好！</s>\n"
+    );
+    let ids = [
+        1, 85, 736, 201, 608, 345, 562, 261, 75, 47, 807, 270, 1589, 400, 411, 1946, 740, 1728, 945, 1184, 286, 2, 201,
+        1, 320, 275, 201, 5134, 2, 201, 1, 1078, 538, 501, 201, 5134, 2207, 2, 201,
+    ];
     assert_eq!(t.encode(&text).unwrap(), ids);
 }
 
@@ -77,7 +83,10 @@ fn chat_template_v2_matches_transformers() {
     let messages = [ChatMessage::new("user", "你好"), ChatMessage::new("assistant", "你好！")];
     let text = t.render_chat(&messages, false).unwrap();
     assert_eq!(text, "<|im_start|>system\nYou are a helpful assistant<|im_end|>\n<|im_start|>user\n你好<|im_end|>\n<|im_start|>assistant\n你好！<|im_end|>\n");
-    let ids = [1, 85, 736, 201, 59, 292, 389, 260, 3836, 1861, 501, 2, 201, 1, 320, 275, 201, 5134, 2, 201, 1, 1078, 538, 501, 201, 5134, 2207, 2, 201];
+    let ids = [
+        1, 85, 736, 201, 59, 292, 389, 260, 3836, 1861, 501, 2, 201, 1, 320, 275, 201, 5134, 2, 201, 1, 1078, 538, 501,
+        201, 5134, 2207, 2, 201,
+    ];
     assert_eq!(t.encode(&text).unwrap(), ids);
     // An explicit system message replaces the default one.
     let sys = t.render_chat(&[ChatMessage::new("system", "S"), ChatMessage::new("user", "Q")], true).unwrap();
@@ -89,22 +98,35 @@ fn chat_template_v3_matches_transformers() {
     let t = load("v3");
     let messages = [ChatMessage::new("user", "你好"), ChatMessage::new("assistant", "你好！")];
     let text = t.render_chat(&messages, false).unwrap();
-    assert_eq!(text, "<|im_start|>user\n你好<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n你好！<|im_end|>\n");
+    assert_eq!(
+        text,
+        "<|im_start|>user\n你好<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n你好！<|im_end|>\n"
+    );
     let ids = [1, 832, 311, 234, 1968, 2, 234, 1, 1388, 570, 811, 234, 25, 234, 234, 26, 234, 234, 1968, 1364, 2, 234];
     assert_eq!(t.encode(&text).unwrap(), ids);
     // Generation prompt, with and without open thinking; reasoning split out of the content.
     let q = json!([{"role": "user", "content": "Q"}]);
-    assert_eq!(t.apply_chat_template(&q, true, &json!({})).unwrap(), "<|im_start|>user\nQ<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n");
-    assert_eq!(t.apply_chat_template(&q, true, &json!({"open_thinking": true})).unwrap(), "<|im_start|>user\nQ<|im_end|>\n<|im_start|>assistant\n<think>\n");
+    assert_eq!(
+        t.apply_chat_template(&q, true, &json!({})).unwrap(),
+        "<|im_start|>user\nQ<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
+    );
+    assert_eq!(
+        t.apply_chat_template(&q, true, &json!({"open_thinking": true})).unwrap(),
+        "<|im_start|>user\nQ<|im_end|>\n<|im_start|>assistant\n<think>\n"
+    );
     let r = json!([{"role": "user", "content": "Q"}, {"role": "assistant", "content": "<think>\nplan\n</think>\n\nA"}]);
-    assert!(t.apply_chat_template(&r, false, &json!({})).unwrap().ends_with("<|im_start|>assistant\n<think>\nplan\n</think>\n\nA<|im_end|>\n"));
+    assert!(t
+        .apply_chat_template(&r, false, &json!({}))
+        .unwrap()
+        .ends_with("<|im_start|>assistant\n<think>\nplan\n</think>\n\nA<|im_end|>\n"));
 }
 
 #[test]
 fn chat_template_v3_tools_use_python_json() {
     let t = load("v3");
     let tools = json!([{"type": "function", "function": {"name": "add", "parameters": {"a": 1, "b": [1, 2]}}}]);
-    let text = t.apply_chat_template(&json!([{"role": "user", "content": "Q"}]), false, &json!({"tools": tools})).unwrap();
+    let text =
+        t.apply_chat_template(&json!([{"role": "user", "content": "Q"}]), false, &json!({"tools": tools})).unwrap();
     assert!(text.contains("<tools>\n{\"type\": \"function\", \"function\": {\"name\": \"add\", \"parameters\": {\"a\": 1, \"b\": [1, 2]}}}\n</tools>"), "{text}");
 }
 
@@ -127,9 +149,26 @@ fn stream_decoding_never_splits_a_character() {
 }
 
 #[test]
+fn stream_decoding_equals_full_decoding() {
+    for version in ["v2-classic", "v2", "v3"] {
+        let t = load(version);
+        let text = "水调歌头（苏轼）\n明月几时有？把酒问青天。🦀 Rust — “quoted” 𝄞 end.\n\n  spaces";
+        let ids = t.encode(text).unwrap();
+        let mut stream = TextStream::new(&t);
+        let mut out = String::new();
+        for &id in &ids {
+            out.push_str(&stream.push(id).unwrap().unwrap_or_default());
+        }
+        out.push_str(&stream.finish().unwrap().unwrap_or_default());
+        assert_eq!(out, t.decode(&ids, true).unwrap(), "{version}");
+    }
+}
+
+#[test]
 fn trained_tokenizer_has_specials_first_and_round_trips() {
     let dir = tempfile::tempdir().unwrap();
-    minimind::train_tokenizer::train_tokenizer(&fixture("pretrain_zh_songci_32.jsonl"), 600, dir.path(), false).unwrap();
+    minimind::train_tokenizer::train_tokenizer(&fixture("pretrain_zh_songci_32.jsonl"), 600, dir.path(), false)
+        .unwrap();
     let t = Tokenizer::load(dir.path()).unwrap();
     for (id, token) in ["<|endoftext|>", "<|im_start|>", "<|im_end|>"].iter().enumerate() {
         assert_eq!(t.token_to_id(token), Some(id as u32));

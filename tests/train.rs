@@ -108,7 +108,8 @@ fn checkpoint_mismatches_are_listed() {
     save_model(dir.path(), &model).unwrap();
     let mut tensors = minimind::checkpoint::load_tensors(&dir.path().join("model.safetensors"), &Device::Cpu).unwrap();
     tensors.remove("model.norm.weight");
-    tensors.insert("model.layers.0.mlp.up_proj.weight".into(), Tensor::zeros((3, 3), DType::F32, &Device::Cpu).unwrap());
+    tensors
+        .insert("model.layers.0.mlp.up_proj.weight".into(), Tensor::zeros((3, 3), DType::F32, &Device::Cpu).unwrap());
     tensors.insert("model.extra.weight".into(), Tensor::zeros(2, DType::F32, &Device::Cpu).unwrap());
     let list: Vec<(String, Tensor)> = tensors.into_iter().collect();
     minimind::checkpoint::save_tensors(&dir.path().join("model.safetensors"), &list).unwrap();
@@ -140,14 +141,17 @@ fn sampling_follows_hf_semantics() {
     let mut greedy = Sampler::new(SamplingParams { temperature: 0.0, ..Default::default() }).unwrap();
     assert_eq!(greedy.sample(&logits, &[]), 1);
     // top-k 1 and a tiny top-p both reduce to the most likely token.
-    let mut top1 = Sampler::new(SamplingParams { temperature: 1.0, top_k: 1, top_p: 1.0, ..Default::default() }).unwrap();
-    let mut topp = Sampler::new(SamplingParams { temperature: 1.0, top_k: 0, top_p: 0.01, ..Default::default() }).unwrap();
+    let mut top1 =
+        Sampler::new(SamplingParams { temperature: 1.0, top_k: 1, top_p: 1.0, ..Default::default() }).unwrap();
+    let mut topp =
+        Sampler::new(SamplingParams { temperature: 1.0, top_k: 0, top_p: 0.01, ..Default::default() }).unwrap();
     for _ in 0..20 {
         assert_eq!(top1.sample(&logits, &[]), 1);
         assert_eq!(topp.sample(&logits, &[]), 1);
     }
     // top-p keeps the token that crosses p: p = 0.7 keeps {1, 2} (0.66 + 0.24 > 0.7).
-    let mut p07 = Sampler::new(SamplingParams { temperature: 1.0, top_k: 0, top_p: 0.7, seed: 3, ..Default::default() }).unwrap();
+    let mut p07 =
+        Sampler::new(SamplingParams { temperature: 1.0, top_k: 0, top_p: 0.7, seed: 3, ..Default::default() }).unwrap();
     let picks: std::collections::HashSet<u32> = (0..200).map(|_| p07.sample(&logits, &[])).collect();
     assert_eq!(picks, [1, 2].into_iter().collect());
     // Sign-aware repetition penalty: positive ÷ p, negative × p, once per distinct token.
@@ -156,7 +160,8 @@ fn sampling_follows_hf_semantics() {
     assert_eq!(l, [1.0, 1.5, 2.0, -2.0]);
     // Same seed, same draws.
     let draw = |seed| {
-        let mut s = Sampler::new(SamplingParams { temperature: 1.0, top_k: 0, top_p: 1.0, seed, ..Default::default() }).unwrap();
+        let mut s = Sampler::new(SamplingParams { temperature: 1.0, top_k: 0, top_p: 1.0, seed, ..Default::default() })
+            .unwrap();
         (0..10).map(|_| s.sample(&logits, &[])).collect::<Vec<_>>()
     };
     assert_eq!(draw(5), draw(5));
