@@ -34,6 +34,8 @@ pub enum Command {
     Pretrain(PretrainArgs),
     /// Generate text from a model folder, streaming tokens to stdout.
     Generate(GenerateArgs),
+    /// Measure training, forward or decoding throughput on synthetic tokens.
+    Bench(crate::bench::BenchArgs),
     /// Redraw the loss/lr chart of a run from its metrics.jsonl.
     Chart {
         /// A run folder (containing metrics.jsonl) or a metrics.jsonl file.
@@ -167,6 +169,7 @@ pub fn parse_device(spec: &str) -> Result<Device> {
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Demo(args) => crate::demo::run(args),
+        Command::Bench(args) => crate::bench::run(&args),
         Command::TrainTokenizer(a) => {
             crate::train_tokenizer::train_tokenizer(&a.data, a.vocab_size, &a.out, a.skip_bad_lines)?;
             println!("tokenizer written to {}", a.out.display());

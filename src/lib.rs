@@ -11,8 +11,11 @@
 //! - [`optim`], [`train`], [`pretrain`] AdamW, the training loop, the pretraining stage
 //! - [`metrics`] metrics.jsonl and the PNG chart
 //! - [`generate`] sampling and KV-cached decoding
+//! - [`bench`] throughput benchmarks
 //! - [`cli`], [`demo`] the command line
 
+pub mod bench;
+pub mod blas;
 pub mod checkpoint;
 pub mod cli;
 pub mod config;

@@ -30,14 +30,7 @@ impl Linear {
 
 impl Module for Linear {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        // Flatten the leading axes so one 2-D matmul serves any batch shape.
-        let dims = x.dims();
-        let inp = dims[dims.len() - 1];
-        let rows = x.elem_count() / inp;
-        let y = x.reshape((rows, inp))?.matmul(&self.weight.t()?)?;
-        let mut out_dims = dims.to_vec();
-        *out_dims.last_mut().unwrap() = self.weight.dim(0)?;
-        y.reshape(out_dims)
+        ops::matmul_nt(x, &self.weight)
     }
 }
 

@@ -1,9 +1,6 @@
-//! The numerical building blocks of the transformer, written with candle ops that all have a backward.
-//!
-//! The model calls only these functions for normalization, rotary embeddings, attention, activation
-//! and the loss, so a faster implementation (a fused custom op with its own backward) replaces the
-//! body of one function here without touching `model.rs`. These composed versions stay as the
-//! reference the fused kernels are tested against.
+//! The reference implementations: every building block written with plain candle ops, all of which
+//! have a backward and run on any device. The fused CPU kernels are tested against these, and they
+//! are what other devices run.
 //!
 //! Trap avoided on purpose: candle's `softmax_last_dim`, `rms_norm`, `rope*` and `sdpa` have no
 //! backward; gradients through them silently vanish while the loss still falls.
