@@ -55,11 +55,11 @@ impl AdamW {
         let bias1 = 1.0 - c.beta1.powi(t);
         let bias2 = 1.0 - c.beta2.powi(t);
         for (i, var) in self.vars.iter().enumerate() {
-            let g = grads[i].to_dtype(DType::F32)?;
+            let g = grads[i].detach().to_dtype(DType::F32)?;
             let m = ((&self.m[i] * c.beta1)? + (&g * (1.0 - c.beta1))?)?;
             let v = ((&self.v[i] * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?;
             let update = ((&m / bias1)? / ((&v / bias2)?.sqrt()? + c.eps)?)?;
-            let p = var.as_tensor().to_dtype(DType::F32)?;
+            let p = var.as_tensor().detach().to_dtype(DType::F32)?;
             let p = ((p * (1.0 - lr * c.weight_decay))? - (update * lr)?)?;
             var.set(&p.to_dtype(var.dtype())?)?;
             self.m[i] = m;
@@ -104,9 +104,12 @@ impl GradAccumulator {
     pub fn add(&mut self, params: &Params, grads: &candle_core::backprop::GradStore) -> Result<()> {
         for (slot, (_, var)) in self.sums.iter_mut().zip(&params.entries) {
             if let Some(g) = grads.get(var.as_tensor()) {
+                // Detached: a gradient may still reference the step's graph, which the optimizer
+                // state must not keep alive across steps.
+                let g = g.detach();
                 *slot = Some(match slot.take() {
                     Some(sum) => (sum + g)?,
-                    None => g.clone(),
+                    None => g,
                 });
             }
         }

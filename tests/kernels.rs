@@ -5,21 +5,24 @@ use candle_core::{Device, Tensor, Var};
 use common::*;
 use minimind::ops;
 
-/// Values and input gradients of `f` with fused kernels on, then with the composed reference.
-fn both_paths(inputs: &[Tensor], f: impl Fn(&[Tensor]) -> Tensor) -> [(Tensor, Vec<Tensor>); 2] {
-    [true, false].map(|fused| {
-        ops::set_fused(fused);
+/// Values and input gradients of `fused`, then of `reference`, on the same inputs.
+fn both_paths(
+    inputs: &[Tensor],
+    fused: impl Fn(&[Tensor]) -> Tensor,
+    reference: impl Fn(&[Tensor]) -> Tensor,
+) -> [(Tensor, Vec<Tensor>); 2] {
+    let run = |f: &dyn Fn(&[Tensor]) -> Tensor| {
         let vars: Vec<Var> = inputs.iter().map(|t| Var::from_tensor(t).unwrap()).collect();
         let ts: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
         let out = f(&ts);
-        // A fixed random projection of the output makes every output element matter to the loss.
+        // A fixed pattern projection makes every output element matter to the loss.
         let pattern: Vec<f32> = (0..out.elem_count()).map(|i| ((i * 7919) % 13) as f32 / 13.0 - 0.5).collect();
-        let proj = Tensor::from_vec(pattern, out.shape(), &Device::Cpu).unwrap().to_dtype(out.dtype()).unwrap();
+        let proj = Tensor::from_vec(pattern, out.shape(), &Device::Cpu).unwrap();
         let grads = (&out * &proj).unwrap().sum_all().unwrap().backward().unwrap();
         let g = vars.iter().map(|v| grads.get(v.as_tensor()).expect("input without gradient").clone()).collect();
-        ops::set_fused(true);
         (out.detach(), g)
-    })
+    };
+    [run(&fused), run(&reference)]
 }
 
 fn assert_close(name: &str, [(a, ga), (b, gb)]: [(Tensor, Vec<Tensor>); 2], tol: f32) {
@@ -43,13 +46,16 @@ fn gemm_all_transpositions() {
     for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
         let a = randn(&if ta { [k, m] } else { [m, k] });
         let b = randn(&if tb { [n, k] } else { [k, n] });
-        let [fused, _] = both_paths(&[a.clone(), b.clone()], |t| ops::gemm::matmul(&t[0], &t[1], ta, tb).unwrap());
-        let reference = both_paths(&[a, b], |t| {
-            let a = if ta { t[0].t().unwrap() } else { t[0].clone() };
-            let b = if tb { t[1].t().unwrap() } else { t[1].clone() };
-            a.matmul(&b).unwrap()
-        });
-        assert_close(&format!("gemm ta={ta} tb={tb}"), [fused, reference[1].clone()], 1e-4);
+        let run = both_paths(
+            &[a, b],
+            |t| ops::gemm::matmul(&t[0], &t[1], ta, tb).unwrap(),
+            |t| {
+                let a = if ta { t[0].t().unwrap() } else { t[0].clone() };
+                let b = if tb { t[1].t().unwrap() } else { t[1].clone() };
+                a.matmul(&b).unwrap()
+            },
+        );
+        assert_close(&format!("gemm ta={ta} tb={tb}"), run, 1e-4);
     }
 }
 
@@ -57,5 +63,42 @@ fn gemm_all_transpositions() {
 fn linear_matmul_matches_composed() {
     let x = randn(&[3, 17, 40]);
     let w = randn(&[24, 40]);
-    assert_close("matmul_nt", both_paths(&[x, w], |t| ops::matmul_nt(&t[0], &t[1]).unwrap()), 1e-4);
+    let run = both_paths(
+        &[x, w],
+        |t| ops::matmul_nt(&t[0], &t[1]).unwrap(),
+        |t| t[0].broadcast_matmul(&t[1].t().unwrap()).unwrap(),
+    );
+    assert_close("matmul_nt", run, 1e-4);
+}
+
+#[test]
+fn attention_matches_composed_on_odd_shapes() {
+    // (batch, heads, kv heads, T, past, head_dim): GQA ratios 1/2/4, head_dim 64/80/96,
+    // T not a multiple of the 64-row tile, batch 1, and a cached prefix.
+    for (b, h, kv, t, past, d) in
+        [(1, 4, 4, 70, 0, 64), (2, 4, 2, 33, 0, 80), (1, 8, 2, 130, 0, 96), (2, 4, 1, 5, 9, 64), (1, 2, 1, 1, 20, 32)]
+    {
+        let q = randn(&[b, h, t, d]);
+        let k = randn(&[b, kv, past + t, d]);
+        let v = randn(&[b, kv, past + t, d]);
+        let run = both_paths(
+            &[q, k, v],
+            |x| ops::attention::causal_attention(&x[0], &x[1], &x[2]).unwrap(),
+            |x| ops::composed::causal_attention(&x[0], &x[1], &x[2], None).unwrap(),
+        );
+        assert_close(&format!("attention b{b} h{h} kv{kv} t{t} past{past} d{d}"), run, 2e-4);
+    }
+}
+
+#[test]
+fn attention_reads_a_strided_cache_view() {
+    // Keys/values as the KV cache hands them over: a narrow of a larger pre-allocated buffer.
+    let (b, h, kv, d, cap) = (2, 4, 2, 16, 40);
+    let k_buf = randn(&[b, kv, cap, d]);
+    let v_buf = randn(&[b, kv, cap, d]);
+    let (k, v) = (k_buf.narrow(2, 0, 23).unwrap(), v_buf.narrow(2, 0, 23).unwrap());
+    let q = randn(&[b, h, 3, d]);
+    let fused = ops::attention::causal_attention(&q, &k, &v).unwrap();
+    let reference = ops::composed::causal_attention(&q, &k, &v, None).unwrap();
+    assert!(max_abs_diff(&fused, &reference) < 1e-5);
 }

@@ -5,6 +5,7 @@
 //! input lives on the CPU, and to the composed reference in [`composed`] otherwise — or always, after
 //! [`set_fused(false)`](set_fused) or with `MINIMIND_KERNELS=composed` in the environment.
 
+pub mod attention;
 pub mod composed;
 pub mod gemm;
 
@@ -12,8 +13,8 @@ use candle_core::{Device, Result, Tensor};
 use std::sync::atomic::{AtomicU8, Ordering};
 
 pub use composed::{
-    apply_rope, causal_attention, causal_mask, cross_entropy, dropout, log_softmax_last_dim, rms_norm,
-    softmax_last_dim, swiglu, target_log_probs,
+    apply_rope, causal_mask, cross_entropy, dropout, log_softmax_last_dim, rms_norm, softmax_last_dim, swiglu,
+    target_log_probs,
 };
 
 const UNSET: u8 = 0;
@@ -53,4 +54,16 @@ pub fn matmul_nt(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     let mut out_dims = dims.to_vec();
     out_dims[dims.len() - 1] = w.dim(0)?;
     y.reshape(out_dims)
+}
+
+/// Causal grouped-query attention `softmax(QKᵀ/√D + mask)·V`: `q` `[B, H, T, D]`, `k`/`v`
+/// `[B, K, S, D]` with `S = past + T` (the cache included) and `H = K·rep`; query head `h` uses KV
+/// head `h / rep`. `dropout = Some((p, seed))` drops attention probabilities (composed path only).
+pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor, dropout: Option<(f64, u64)>) -> Result<Tensor> {
+    let f32s = [q, k, v].iter().all(|t| t.dtype() == candle_core::DType::F32);
+    if fused_on(q) && f32s && dropout.is_none() {
+        attention::causal_attention(q, k, v)
+    } else {
+        composed::causal_attention(q, k, v, dropout)
+    }
 }

@@ -1,0 +1,272 @@
+//! Fused causal GQA attention for CPU fp32, with its backward.
+//!
+//! Forward, per (batch, query head), in tiles of `TILE` query rows: scores `S = scale·Q_tile·Kᵀ` over
+//! only the keys the tile can see (causality), row-wise softmax in place, `O_tile = P·V`, and the
+//! row's log-sum-exp kept for the backward. Only one tile's scores exist at a time (TILE × S per
+//! thread), never the B×H×T×S tensor. KV heads are read in place by every query head of their group
+//! (no `repeat_kv` copy). Backward, per (batch, KV head), recomputes `P = exp(S − lse)` tile by tile:
+//! `dV += Pᵀ·dO`, `dP = dO·Vᵀ`, `dS = P ⊙ (dP − rowsum(dO ⊙ O))`, `dQ = scale·dS·K`,
+//! `dK += scale·dSᵀ·Q`. Matmuls inside a tile use the single-threaded `gemm` crate; threads split
+//! the (batch, head) pairs.
+
+use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
+use gemm::{gemm, Parallelism};
+use rayon::prelude::*;
+use std::sync::Mutex;
+
+/// Query rows per tile.
+const TILE: usize = 64;
+
+#[derive(Clone, Copy)]
+struct Dims {
+    h: usize,
+    kv: usize,
+    t: usize,
+    s: usize,
+}
+
+impl Dims {
+    fn rep(&self) -> usize {
+        self.h / self.kv
+    }
+    fn past(&self) -> usize {
+        self.s - self.t
+    }
+}
+
+struct FlashAttention {
+    scale: f32,
+    /// Log-sum-exp of each query row's scores, `[B·H·T]`, written by the forward for the backward.
+    lse: Mutex<Vec<f32>>,
+}
+
+/// `softmax(QKᵀ·scale + causal mask)·V`; `q` `[B,H,T,D]`, `k`/`v` `[B,K,S,D]`, fp32 on the CPU.
+pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
+    let d = q.dim(3)?;
+    let op = FlashAttention { scale: 1.0 / (d as f32).sqrt(), lse: Mutex::new(Vec::new()) };
+    q.contiguous()?.apply_op3(k, v, op)
+}
+
+/// `dst[m×n] (+)= alpha · A·B`, with each matrix given by its pointer, row stride and column stride.
+#[allow(clippy::too_many_arguments)]
+unsafe fn matmul(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut f32,
+    dst_rs: usize,
+    accumulate: bool,
+    a: (*const f32, usize, usize),
+    b: (*const f32, usize, usize),
+    alpha: f32,
+) {
+    // gemm computes dst = 1·dst (when read) + alpha·lhs·rhs; strides are (column, row).
+    gemm(
+        m,
+        n,
+        k,
+        dst,
+        1,
+        dst_rs as isize,
+        accumulate,
+        a.0,
+        a.2 as isize,
+        a.1 as isize,
+        b.0,
+        b.2 as isize,
+        b.1 as isize,
+        1.0,
+        alpha,
+        false,
+        false,
+        false,
+        Parallelism::None,
+    )
+}
+
+/// Element offset of (batch, head) in a `[B, heads, rows, D]` tensor whose rows are contiguous.
+fn head_offset(l: &Layout, b: usize, head: usize) -> usize {
+    let st = l.stride();
+    l.start_offset() + b * st[0] + head * st[1]
+}
+
+fn check_rows_contiguous(l: &Layout, d: usize, name: &str) -> Result<()> {
+    let st = l.stride();
+    if st[3] != 1 || st[2] != d {
+        candle_core::bail!("flash attention: {name} rows must be contiguous");
+    }
+    Ok(())
+}
+
+/// Softmax of row `r` of a tile in place over its first `len` columns, zeroing the rest;
+/// returns the row's log-sum-exp.
+fn softmax_row(row: &mut [f32], len: usize) -> f32 {
+    let (live, masked) = row.split_at_mut(len);
+    let max = live.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0f32;
+    for x in live.iter_mut() {
+        *x = (*x - max).exp();
+        sum += *x;
+    }
+    let inv = 1.0 / sum;
+    live.iter_mut().for_each(|x| *x *= inv);
+    masked.fill(0.0);
+    max + sum.ln()
+}
+
+impl CustomOp3 for FlashAttention {
+    fn name(&self) -> &'static str {
+        "flash-attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        sq: &CpuStorage,
+        lq: &Layout,
+        sk: &CpuStorage,
+        lk: &Layout,
+        sv: &CpuStorage,
+        lv: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (b, h, t, d) = lq.shape().dims4()?;
+        let (_, kv, s, _) = lk.shape().dims4()?;
+        let dims = Dims { h, kv, t, s };
+        if h % kv != 0 || s < t || lv.shape() != lk.shape() {
+            candle_core::bail!("flash attention: bad shapes q {:?} k {:?} v {:?}", lq.dims(), lk.dims(), lv.dims());
+        }
+        check_rows_contiguous(lk, d, "k")?;
+        check_rows_contiguous(lv, d, "v")?;
+        let (q, k, v) = (sq.as_slice::<f32>()?, sk.as_slice::<f32>()?, sv.as_slice::<f32>()?);
+        let q = &q[lq.start_offset()..];
+        let mut out = vec![0f32; b * h * t * d];
+        let mut lse = vec![0f32; b * h * t];
+        out.par_chunks_mut(t * d).zip(lse.par_chunks_mut(t)).enumerate().for_each(|(bh, (o, lse))| {
+            let (bi, hi) = (bh / h, bh % h);
+            let g = hi / dims.rep();
+            let q = &q[bh * t * d..];
+            let (k, v) = (&k[head_offset(lk, bi, g)..], &v[head_offset(lv, bi, g)..]);
+            let mut scores = vec![0f32; TILE * s];
+            for t0 in (0..t).step_by(TILE) {
+                let rows = TILE.min(t - t0);
+                let keys = dims.past() + t0 + rows;
+                // SAFETY: every block below lies inside its buffer (rows ≤ t, keys ≤ s).
+                unsafe {
+                    let qp = (q.as_ptr().add(t0 * d), d, 1);
+                    matmul(rows, keys, d, scores.as_mut_ptr(), keys, false, qp, (k.as_ptr(), 1, d), self.scale);
+                }
+                for r in 0..rows {
+                    let row = &mut scores[r * keys..(r + 1) * keys];
+                    lse[t0 + r] = softmax_row(row, dims.past() + t0 + r + 1);
+                }
+                unsafe {
+                    let dst = o.as_mut_ptr().add(t0 * d);
+                    matmul(rows, d, keys, dst, d, false, (scores.as_ptr(), keys, 1), (v.as_ptr(), d, 1), 1.0);
+                }
+            }
+        });
+        *self.lse.lock().map_err(|_| candle_core::Error::Msg("lse lock poisoned".into()))? = lse;
+        Ok((CpuStorage::F32(out), Shape::from((b, h, t, d))))
+    }
+
+    fn bwd(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        o: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (b, h, t, d) = q.dims4()?;
+        let (_, kv, s, _) = k.dims4()?;
+        let dims = Dims { h, kv, t, s };
+        let flat = |x: &Tensor| x.flatten_all()?.to_vec1::<f32>();
+        let (q, k, v, o, dout) = (flat(q)?, flat(k)?, flat(v)?, flat(o)?, flat(grad)?);
+        let lse = self.lse.lock().map_err(|_| candle_core::Error::Msg("lse lock poisoned".into()))?;
+        let (mut dq, mut dk, mut dv) = (vec![0f32; q.len()], vec![0f32; k.len()], vec![0f32; v.len()]);
+        let rep = dims.rep();
+        dq.par_chunks_mut(rep * t * d)
+            .zip(dk.par_chunks_mut(s * d).zip(dv.par_chunks_mut(s * d)))
+            .enumerate()
+            .for_each(|(bg, (dq, (dk, dv)))| {
+                let mut p = vec![0f32; TILE * s];
+                let mut ds = vec![0f32; TILE * s];
+                let (kh, vh) = (&k[bg * s * d..], &v[bg * s * d..]);
+                for j in 0..rep {
+                    let bh = bg * rep + j;
+                    let at = bh * t * d;
+                    let (qh, oh, doh) = (&q[at..], &o[at..], &dout[at..]);
+                    let dqh = &mut dq[j * t * d..];
+                    let lse = &lse[bh * t..];
+                    for t0 in (0..t).step_by(TILE) {
+                        let rows = TILE.min(t - t0);
+                        let keys = dims.past() + t0 + rows;
+                        let (qt, dot) = (qh[t0 * d..].as_ptr(), doh[t0 * d..].as_ptr());
+                        // SAFETY: all blocks lie inside their buffers (rows ≤ t, keys ≤ s).
+                        unsafe {
+                            matmul(
+                                rows,
+                                keys,
+                                d,
+                                p.as_mut_ptr(),
+                                keys,
+                                false,
+                                (qt, d, 1),
+                                (kh.as_ptr(), 1, d),
+                                self.scale,
+                            );
+                        }
+                        for r in 0..rows {
+                            let len = dims.past() + t0 + r + 1;
+                            let row = &mut p[r * keys..(r + 1) * keys];
+                            row[..len].iter_mut().for_each(|x| *x = (*x - lse[t0 + r]).exp());
+                            row[len..].fill(0.0);
+                        }
+                        unsafe {
+                            // dV += Pᵀ·dO ; dP = dO·Vᵀ
+                            matmul(keys, d, rows, dv.as_mut_ptr(), d, true, (p.as_ptr(), 1, keys), (dot, d, 1), 1.0);
+                            matmul(rows, keys, d, ds.as_mut_ptr(), keys, false, (dot, d, 1), (vh.as_ptr(), 1, d), 1.0);
+                        }
+                        for r in 0..rows {
+                            let row_o = &oh[(t0 + r) * d..(t0 + r + 1) * d];
+                            let row_do = &doh[(t0 + r) * d..(t0 + r + 1) * d];
+                            let di: f32 = row_o.iter().zip(row_do).map(|(a, b)| a * b).sum();
+                            let (pr, dsr) = (&p[r * keys..(r + 1) * keys], &mut ds[r * keys..(r + 1) * keys]);
+                            dsr.iter_mut().zip(pr).for_each(|(x, p)| *x = p * (*x - di));
+                        }
+                        unsafe {
+                            // dQ = scale·dS·K ; dK += scale·dSᵀ·Q
+                            let dst = dqh.as_mut_ptr().add(t0 * d);
+                            matmul(
+                                rows,
+                                d,
+                                keys,
+                                dst,
+                                d,
+                                false,
+                                (ds.as_ptr(), keys, 1),
+                                (kh.as_ptr(), d, 1),
+                                self.scale,
+                            );
+                            matmul(
+                                keys,
+                                d,
+                                rows,
+                                dk.as_mut_ptr(),
+                                d,
+                                true,
+                                (ds.as_ptr(), 1, keys),
+                                (qt, d, 1),
+                                self.scale,
+                            );
+                        }
+                    }
+                }
+            });
+        let dev = candle_core::Device::Cpu;
+        Ok((
+            Some(Tensor::from_vec(dq, (b, h, t, d), &dev)?),
+            Some(Tensor::from_vec(dk, (b, kv, s, d), &dev)?),
+            Some(Tensor::from_vec(dv, (b, kv, s, d), &dev)?),
+        ))
+    }
+}
