@@ -6,7 +6,7 @@ use crate::checkpoint::init_model;
 use crate::config::ModelConfig;
 use crate::generate::{generate, Sampler, SamplingParams};
 use crate::ops;
-use crate::optim::{clip_grad_norm, AdamW, AdamWConfig, GradAccumulator};
+use crate::optim::{clip_factor, grad_norm, AdamW, AdamWConfig, GradAccumulator};
 use crate::params::InitScheme;
 use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor};
@@ -131,9 +131,9 @@ pub fn run(a: &BenchArgs) -> Result<()> {
             let times = time_steps(a.warmup, a.steps, || {
                 let loss = ops::cross_entropy(&model.forward_train(&x, None)?, &y, &mask)?;
                 acc.add(&params, &loss.backward()?)?;
-                let mut grads = acc.take(&params)?;
-                clip_grad_norm(&mut grads, 1.0)?;
-                optimizer.step(&grads, 1e-4)
+                let grads = acc.take(&params)?;
+                let norm = grad_norm(&grads)?;
+                optimizer.step(&grads, 1e-4, clip_factor(norm, 1.0))
             })?;
             (a.batch_size * a.seq_len, 3.0 * forward_flops(&config, a.batch_size, a.seq_len), times)
         }

@@ -1,9 +1,15 @@
 //! AdamW, the cosine learning-rate schedule and global-norm gradient clipping, as MiniMind uses them
 //! (PyTorch semantics: decoupled weight decay applied to every parameter, bias-corrected moments).
+//!
+//! On the CPU the update runs in place, multi-threaded, one pass over each parameter with the
+//! clipping factor folded in; elsewhere (and as the test reference) it is composed of tensor ops.
 
+use crate::ops;
 use crate::params::Params;
 use anyhow::{Context, Result};
-use candle_core::{DType, Tensor, Var};
+use candle_core::{CpuStorage, DType, Device, InplaceOp2, Layout, Tensor, Var};
+use rayon::prelude::*;
+use std::sync::Mutex;
 
 /// MiniMind's cosine schedule over `total` steps: `lr·(0.1 + 0.45·(1 + cos(π·t/T)))`, from `lr`
 /// at t = 0 down to 0.1·lr at t = T.
@@ -27,63 +33,171 @@ impl Default for AdamWConfig {
     }
 }
 
+/// First and second moments of one parameter: host vectors for the in-place CPU path, tensors otherwise.
+enum Moments {
+    Host { m: Vec<f32>, v: Vec<f32> },
+    Tensors { m: Tensor, v: Tensor },
+}
+
 /// AdamW with first/second moments per parameter (same order as [`Params`]).
 pub struct AdamW {
     pub config: AdamWConfig,
     vars: Vec<Var>,
-    m: Vec<Tensor>,
-    v: Vec<Tensor>,
+    moments: Vec<Moments>,
     /// Optimizer steps taken (bias correction uses t = step after the increment).
     pub step: usize,
 }
 
 impl AdamW {
+    /// In-place updates where possible (CPU, f32, fused kernels enabled).
     pub fn new(params: &Params, config: AdamWConfig) -> Result<Self> {
-        let vars: Vec<Var> = params.vars().cloned().collect();
-        let zeros = |v: &Var| Tensor::zeros(v.shape(), DType::F32, v.device());
-        let m = vars.iter().map(zeros).collect::<candle_core::Result<Vec<_>>>()?;
-        let v = vars.iter().map(zeros).collect::<candle_core::Result<Vec<_>>>()?;
-        Ok(Self { config, vars, m, v, step: 0 })
+        Self::build(params, config, true)
     }
 
-    /// One update with gradients `grads[i]` for parameter i:
-    /// `p ← p·(1 − lr·wd) − lr·m̂/(√v̂ + ε)`, `m̂ = m/(1−β₁ᵗ)`, `v̂ = v/(1−β₂ᵗ)`.
-    pub fn step(&mut self, grads: &[Tensor], lr: f64) -> Result<()> {
+    /// Always the composed tensor-op update (the reference the in-place path is tested against).
+    pub fn composed(params: &Params, config: AdamWConfig) -> Result<Self> {
+        Self::build(params, config, false)
+    }
+
+    fn build(params: &Params, config: AdamWConfig, allow_in_place: bool) -> Result<Self> {
+        let vars: Vec<Var> = params.vars().cloned().collect();
+        let moments = vars
+            .iter()
+            .map(|v| -> Result<Moments> {
+                if allow_in_place && in_place(v) {
+                    Ok(Moments::Host { m: vec![0.0; v.elem_count()], v: vec![0.0; v.elem_count()] })
+                } else {
+                    let zeros = || Tensor::zeros(v.shape(), DType::F32, v.device());
+                    Ok(Moments::Tensors { m: zeros()?, v: zeros()? })
+                }
+            })
+            .collect::<Result<_>>()?;
+        Ok(Self { config, vars, moments, step: 0 })
+    }
+
+    /// One update with gradients `grads[i]` for parameter i, each first multiplied by `grad_scale`
+    /// (the clipping factor): `p ← p·(1 − lr·wd) − lr·m̂/(√v̂ + ε)`, `m̂ = m/(1−β₁ᵗ)`, `v̂ = v/(1−β₂ᵗ)`.
+    pub fn step(&mut self, grads: &[Tensor], lr: f64, grad_scale: f64) -> Result<()> {
         self.step += 1;
-        let c = self.config;
         let t = self.step as i32;
-        let bias1 = 1.0 - c.beta1.powi(t);
-        let bias2 = 1.0 - c.beta2.powi(t);
-        for (i, var) in self.vars.iter().enumerate() {
-            let g = grads[i].detach().to_dtype(DType::F32)?;
-            let m = ((&self.m[i] * c.beta1)? + (&g * (1.0 - c.beta1))?)?;
-            let v = ((&self.v[i] * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?;
-            let update = ((&m / bias1)? / ((&v / bias2)?.sqrt()? + c.eps)?)?;
-            let p = var.as_tensor().detach().to_dtype(DType::F32)?;
-            let p = ((p * (1.0 - lr * c.weight_decay))? - (update * lr)?)?;
-            var.set(&p.to_dtype(var.dtype())?)?;
-            self.m[i] = m;
-            self.v[i] = v;
+        let c = self.config;
+        let update = Update {
+            lr: lr as f32,
+            decay: (1.0 - lr * c.weight_decay) as f32,
+            beta1: c.beta1 as f32,
+            beta2: c.beta2 as f32,
+            eps: c.eps as f32,
+            bias1: (1.0 - c.beta1.powi(t)) as f32,
+            bias2: (1.0 - c.beta2.powi(t)) as f32,
+            grad_scale: grad_scale as f32,
+        };
+        for ((var, moments), grad) in self.vars.iter().zip(&mut self.moments).zip(grads) {
+            match moments {
+                Moments::Host { m, v } => {
+                    let op = InPlaceAdamW { update, m: Mutex::new((m, v)) };
+                    var.as_tensor().inplace_op2(&grad.to_dtype(DType::F32)?, &op)?;
+                }
+                Moments::Tensors { m, v } => composed_step(var, m, v, grad, &update)?,
+            }
         }
         Ok(())
     }
 }
 
-/// Global L2 norm of all gradients, `√Σ‖g‖²`.
+fn in_place(v: &Var) -> bool {
+    matches!(v.device(), Device::Cpu) && v.dtype() == DType::F32 && v.is_contiguous() && ops::fused_enabled()
+}
+
+#[derive(Clone, Copy)]
+struct Update {
+    lr: f32,
+    decay: f32,
+    beta1: f32,
+    beta2: f32,
+    eps: f32,
+    bias1: f32,
+    bias2: f32,
+    grad_scale: f32,
+}
+
+/// The update as tensor ops (any device, any dtype).
+fn composed_step(var: &Var, m: &mut Tensor, v: &mut Tensor, grad: &Tensor, u: &Update) -> Result<()> {
+    let g = (grad.detach().to_dtype(DType::F32)? * u.grad_scale as f64)?;
+    *m = ((&*m * u.beta1 as f64)? + (&g * (1.0 - u.beta1 as f64))?)?;
+    *v = ((&*v * u.beta2 as f64)? + (g.sqr()? * (1.0 - u.beta2 as f64))?)?;
+    let step = ((&*m / u.bias1 as f64)? / ((&*v / u.bias2 as f64)?.sqrt()? + u.eps as f64)?)?;
+    let p = var.as_tensor().detach().to_dtype(DType::F32)?;
+    let p = ((p * u.decay as f64)? - (step * u.lr as f64)?)?;
+    var.set(&p.to_dtype(var.dtype())?)?;
+    Ok(())
+}
+
+struct InPlaceAdamW<'a> {
+    update: Update,
+    m: Mutex<(&'a mut Vec<f32>, &'a mut Vec<f32>)>,
+}
+
+impl InplaceOp2 for InPlaceAdamW<'_> {
+    fn name(&self) -> &'static str {
+        "adamw-in-place"
+    }
+
+    fn cpu_fwd(&self, s1: &mut CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<()> {
+        let u = self.update;
+        let grad = crate::ops::cpu_f32_slice(s2, l2)?;
+        let (start, end) = l1.contiguous_offsets().ok_or_else(|| candle_core::Error::Msg("non-contiguous".into()))?;
+        let CpuStorage::F32(data) = s1 else { candle_core::bail!("adamw: parameter is not f32") };
+        let param = &mut data[start..end];
+        let mut guard = self.m.lock().map_err(|_| candle_core::Error::Msg("moments lock poisoned".into()))?;
+        let (m, v) = &mut *guard;
+        const CHUNK: usize = 1 << 14;
+        param
+            .par_chunks_mut(CHUNK)
+            .zip(m.par_chunks_mut(CHUNK))
+            .zip(v.par_chunks_mut(CHUNK))
+            .zip(grad.par_chunks(CHUNK))
+            .for_each(|(((p, m), v), g)| {
+                for i in 0..p.len() {
+                    let g = g[i] * u.grad_scale;
+                    m[i] = u.beta1 * m[i] + (1.0 - u.beta1) * g;
+                    v[i] = u.beta2 * v[i] + (1.0 - u.beta2) * g * g;
+                    let step = (m[i] / u.bias1) / ((v[i] / u.bias2).sqrt() + u.eps);
+                    p[i] = p[i] * u.decay - u.lr * step;
+                }
+            });
+        Ok(())
+    }
+}
+
+/// Global L2 norm of all gradients, `√Σ‖g‖²` (accumulated in f64).
 pub fn grad_norm(grads: &[Tensor]) -> Result<f64> {
     let mut total = 0f64;
     for g in grads {
-        total += g.to_dtype(DType::F32)?.sqr()?.sum_all()?.to_scalar::<f32>()? as f64;
+        total += if matches!(g.device(), Device::Cpu) && g.dtype() == DType::F32 {
+            crate::ops::with_cpu_f32(g, |s| {
+                s.par_chunks(1 << 14).map(|c| c.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>()).sum::<f64>()
+            })?
+        } else {
+            g.to_dtype(DType::F64)?.sqr()?.sum_all()?.to_scalar::<f64>()?
+        };
     }
     Ok(total.sqrt())
 }
 
-/// Scales gradients so their global norm is at most `max_norm` (PyTorch's `clip_grad_norm_`:
-/// coefficient `max_norm/(norm + 1e-6)`, capped at 1). Returns the norm before clipping.
+/// PyTorch's `clip_grad_norm_` factor: `max_norm/(norm + 1e-6)` capped at 1 (1 when `max_norm` ≤ 0).
+pub fn clip_factor(norm: f64, max_norm: f64) -> f64 {
+    if max_norm > 0.0 {
+        (max_norm / (norm + 1e-6)).min(1.0)
+    } else {
+        1.0
+    }
+}
+
+/// Scales gradients so their global norm is at most `max_norm`. Returns the norm before clipping.
 pub fn clip_grad_norm(grads: &mut [Tensor], max_norm: f64) -> Result<f64> {
     let norm = grad_norm(grads)?;
-    let coef = max_norm / (norm + 1e-6);
-    if max_norm > 0.0 && coef < 1.0 {
+    let coef = clip_factor(norm, max_norm);
+    if coef < 1.0 {
         for g in grads.iter_mut() {
             *g = (&*g * coef)?;
         }

@@ -5,7 +5,7 @@
 use crate::checkpoint;
 use crate::metrics::{write_chart, MetricsWriter, StepMetrics};
 use crate::model::{DropoutSeed, MiniMindForCausalLM};
-use crate::optim::{clip_grad_norm, cosine_lr, AdamW, AdamWConfig, GradAccumulator};
+use crate::optim::{clip_factor, cosine_lr, grad_norm, AdamW, AdamWConfig, GradAccumulator};
 use crate::params::Params;
 use anyhow::{bail, Context, Result};
 use candle_core::Tensor;
@@ -105,9 +105,9 @@ pub fn train<S: Stage>(
             loss_sum += value;
             tokens += stage.tokens(&batch);
         }
-        let mut grads = accumulator.take(params)?;
-        let grad_norm = clip_grad_norm(&mut grads, opts.grad_clip)?;
-        optimizer.step(&grads, lr)?;
+        let grads = accumulator.take(params)?;
+        let grad_norm = grad_norm(&grads)?;
+        optimizer.step(&grads, lr, clip_factor(grad_norm, opts.grad_clip))?;
         let loss = loss_sum / opts.accumulation_steps as f64;
         if step == 0 {
             first_loss = loss;

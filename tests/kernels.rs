@@ -102,3 +102,97 @@ fn attention_reads_a_strided_cache_view() {
     let reference = ops::composed::causal_attention(&q, &k, &v, None).unwrap();
     assert!(max_abs_diff(&fused, &reference) < 1e-5);
 }
+
+#[test]
+fn rms_norm_matches_composed() {
+    for shape in [[1, 1, 64], [2, 7, 80], [3, 5, 96]] {
+        let x = randn(&shape);
+        let w = ((randn(&[shape[2]]) * 0.3).unwrap() + 1.0).unwrap();
+        let run = both_paths(
+            &[x, w],
+            |t| ops::norm::rms_norm(&t[0], &t[1], 1e-5).unwrap(),
+            |t| ops::composed::rms_norm(&t[0], &t[1], 1e-5).unwrap(),
+        );
+        assert_close(&format!("rms_norm {shape:?}"), run, 1e-4);
+    }
+}
+
+#[test]
+fn swiglu_matches_composed() {
+    let (g, u) = (randn(&[3, 11, 37]), randn(&[3, 11, 37]));
+    let run = both_paths(
+        &[(g * 3.0).unwrap(), u],
+        |t| ops::swiglu::swiglu(&t[0], &t[1]).unwrap(),
+        |t| ops::composed::swiglu(&t[0], &t[1]).unwrap(),
+    );
+    assert_close("swiglu", run, 1e-5);
+}
+
+#[test]
+fn rope_matches_composed() {
+    for (b, h, t, d) in [(1, 1, 1, 64), (2, 3, 13, 80), (1, 2, 70, 96)] {
+        let x = randn(&[b, h, t, d]);
+        let config = minimind::ModelConfig { hidden_size: d * 8, max_position_embeddings: 128, ..Default::default() };
+        let rope = minimind::model::RotaryEmbedding::new(&config, &Device::Cpu).unwrap();
+        let (cos, sin) = (rope.cos.narrow(0, 5, t).unwrap(), rope.sin.narrow(0, 5, t).unwrap());
+        let run = both_paths(
+            &[x],
+            |x| ops::rope::apply_rope(&x[0], &cos, &sin).unwrap(),
+            |x| ops::composed::apply_rope(&x[0], &cos, &sin).unwrap(),
+        );
+        assert_close(&format!("rope {b}x{h}x{t}x{d}"), run, 1e-5);
+    }
+}
+
+#[test]
+fn cross_entropy_matches_composed_with_masked_rows() {
+    let (n, v) = (37, 101);
+    let logits = (randn(&[n, v]) * 4.0).unwrap();
+    let targets = random_ids(1, n, v, 3).flatten_all().unwrap();
+    let mask: Vec<f32> = (0..n)
+        .map(|i| {
+            if i % 5 == 0 {
+                0.0
+            } else if i % 7 == 0 {
+                10.0
+            } else {
+                1.0
+            }
+        })
+        .collect();
+    let mask = Tensor::from_vec(mask, n, &Device::Cpu).unwrap();
+    let run = both_paths(
+        &[logits],
+        |x| ops::xent::cross_entropy(&x[0], &targets, &mask).unwrap(),
+        |x| ops::composed::cross_entropy(&x[0], &targets, &mask).unwrap(),
+    );
+    assert_close("cross_entropy", run, 1e-5);
+    // A target outside the vocabulary is an error, not a read past the row.
+    let bad = Tensor::from_vec(vec![v as u32; n], n, &Device::Cpu).unwrap();
+    assert!(ops::xent::cross_entropy(&randn(&[n, v]), &bad, &mask).is_err());
+}
+
+#[test]
+fn in_place_adamw_matches_composed_update() {
+    use minimind::optim::{AdamW, AdamWConfig};
+    let (model_a, params_a) = micro_model(8);
+    let (_, params_b) = micro_model(8);
+    let ids = random_ids(2, 9, 97, 4);
+    let (x, y) = (ids.narrow(1, 0, 8).unwrap(), ids.narrow(1, 1, 8).unwrap().flatten_all().unwrap());
+    let mask = Tensor::ones(16, candle_core::DType::F32, &Device::Cpu).unwrap();
+    let loss = ops::cross_entropy(&model_a.forward_train(&x, None).unwrap(), &y, &mask).unwrap();
+    let store = loss.backward().unwrap();
+    let grads: Vec<Tensor> = params_a.vars().map(|v| store.get(v.as_tensor()).unwrap().detach()).collect();
+    let mut fused = AdamW::new(&params_a, AdamWConfig::default()).unwrap();
+    let mut reference = AdamW::composed(&params_b, AdamWConfig::default()).unwrap();
+    for step in 0..3 {
+        fused.step(&grads, 1e-2, 0.5).unwrap();
+        reference.step(&grads, 1e-2, 0.5).unwrap();
+        for ((name, a), (_, b)) in params_a.entries.iter().zip(&params_b.entries) {
+            let d = max_abs_diff(a.as_tensor(), b.as_tensor());
+            assert!(d < 1e-6, "step {step}: {name} differs by {d}");
+        }
+    }
+    let moved = max_abs_diff(params_a.entries[1].1.as_tensor(), micro_model(8).1.entries[1].1.as_tensor());
+    assert!(moved > 1e-3, "parameters did not move");
+}

@@ -1,5 +1,6 @@
 //! fp32 matrix product through the run-time BLAS ([`crate::blas`]), as a candle op with a backward.
 
+use super::cpu::f32_slice;
 use crate::blas::{blas, Blas};
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
 
@@ -24,14 +25,6 @@ pub fn matmul(a: &Tensor, b: &Tensor, trans_a: bool, trans_b: bool) -> Result<Te
     a.contiguous()?.apply_op2(&b.contiguous()?, Gemm { trans_a, trans_b })
 }
 
-fn slice<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
-    let data = s.as_slice::<f32>()?;
-    match l.contiguous_offsets() {
-        Some((start, end)) => Ok(&data[start..end]),
-        None => candle_core::bail!("gemm expects contiguous operands"),
-    }
-}
-
 impl CustomOp2 for Gemm {
     fn name(&self) -> &'static str {
         "blas-gemm"
@@ -46,7 +39,7 @@ impl CustomOp2 for Gemm {
             candle_core::bail!("gemm: inner dimensions differ ({m}×{k} · {k2}×{n})");
         }
         let blas: &Blas = blas().ok_or_else(|| candle_core::Error::Msg("no BLAS loaded".into()))?;
-        let out = blas.sgemm(self.trans_a, self.trans_b, m, n, k, slice(s1, l1)?, slice(s2, l2)?);
+        let out = blas.sgemm(self.trans_a, self.trans_b, m, n, k, f32_slice(s1, l1)?, f32_slice(s2, l2)?);
         Ok((CpuStorage::F32(out), Shape::from((m, n))))
     }
 

@@ -7,15 +7,19 @@
 
 pub mod attention;
 pub mod composed;
+mod cpu;
 pub mod gemm;
+pub mod norm;
+pub mod rope;
+pub mod swiglu;
+pub mod xent;
 
-use candle_core::{Device, Result, Tensor};
+pub use cpu::{f32_slice as cpu_f32_slice, with_f32 as with_cpu_f32};
+
+use candle_core::{DType, Device, Result, Tensor};
 use std::sync::atomic::{AtomicU8, Ordering};
 
-pub use composed::{
-    apply_rope, causal_mask, cross_entropy, dropout, log_softmax_last_dim, rms_norm, softmax_last_dim, swiglu,
-    target_log_probs,
-};
+pub use composed::{causal_mask, dropout, log_softmax_last_dim, softmax_last_dim, target_log_probs};
 
 const UNSET: u8 = 0;
 const FUSED: u8 = 1;
@@ -44,6 +48,49 @@ fn fused_on(t: &Tensor) -> bool {
     matches!(t.device(), Device::Cpu) && fused_enabled()
 }
 
+/// Fused kernels are fp32 CPU code: every operand must be an f32 CPU tensor.
+fn fused_f32(ts: &[&Tensor]) -> bool {
+    ts.iter().all(|t| t.dtype() == DType::F32) && fused_on(ts[0])
+}
+
+/// RMSNorm: `y = w ⊙ x / sqrt(mean(x²) + ε)`, ε inside the root, normalized in f32.
+pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
+    if fused_f32(&[x, weight]) {
+        norm::rms_norm(x, weight, eps)
+    } else {
+        composed::rms_norm(x, weight, eps)
+    }
+}
+
+/// SwiGLU's gate: `silu(gate) ⊙ up`.
+pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    if fused_f32(&[gate, up]) {
+        swiglu::swiglu(gate, up)
+    } else {
+        composed::swiglu(gate, up)
+    }
+}
+
+/// Rotary position embedding (rotate_half convention) of `x` `[B, heads, T, D]` with the `[T, D]`
+/// table rows of its positions.
+pub fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    if fused_f32(&[x, cos, sin]) {
+        rope::apply_rope(x, cos, sin)
+    } else {
+        composed::apply_rope(x, cos, sin)
+    }
+}
+
+/// Masked mean cross-entropy `Σ mask·(−log p(y)) / Σ mask` of `logits` `[N, V]`, `targets` `[N]`
+/// (u32), `mask` `[N]` (f32 weights).
+pub fn cross_entropy(logits: &Tensor, targets: &Tensor, mask: &Tensor) -> Result<Tensor> {
+    if fused_f32(&[logits, mask]) {
+        xent::cross_entropy(logits, targets, mask)
+    } else {
+        composed::cross_entropy(logits, targets, mask)
+    }
+}
+
 /// `x · wᵀ` for `x` `[.., in]` and a PyTorch-layout weight `w` `[out, in]` (a bias-free Linear).
 /// The leading axes are flattened so one 2-D matmul serves any batch shape.
 pub fn matmul_nt(x: &Tensor, w: &Tensor) -> Result<Tensor> {
@@ -60,8 +107,7 @@ pub fn matmul_nt(x: &Tensor, w: &Tensor) -> Result<Tensor> {
 /// `[B, K, S, D]` with `S = past + T` (the cache included) and `H = K·rep`; query head `h` uses KV
 /// head `h / rep`. `dropout = Some((p, seed))` drops attention probabilities (composed path only).
 pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor, dropout: Option<(f64, u64)>) -> Result<Tensor> {
-    let f32s = [q, k, v].iter().all(|t| t.dtype() == candle_core::DType::F32);
-    if fused_on(q) && f32s && dropout.is_none() {
+    if fused_f32(&[q, k, v]) && dropout.is_none() {
         attention::causal_attention(q, k, v)
     } else {
         composed::causal_attention(q, k, v, dropout)

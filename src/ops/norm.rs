@@ -1,0 +1,73 @@
+//! Fused RMSNorm for CPU fp32: `y = w ⊙ x·r`, `r = 1/√(mean(x²) + ε)` per row, with its backward:
+//! `dx = r·(w⊙dy) − x·r³/d·Σ(w⊙dy⊙x)`, `dw = Σ_rows dy ⊙ x·r`.
+
+use super::cpu::{f32_slice, with_f32};
+use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+use std::sync::Mutex;
+
+struct RmsNorm {
+    eps: f32,
+    /// `r` of every row, kept by the forward for the backward.
+    inv_rms: Mutex<Vec<f32>>,
+}
+
+/// RMSNorm of `x` `[.., d]` with weight `w` `[d]` (both f32 on the CPU).
+pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
+    let op = RmsNorm { eps: eps as f32, inv_rms: Mutex::new(Vec::new()) };
+    x.contiguous()?.apply_op2(&w.contiguous()?, op)
+}
+
+impl CustomOp2 for RmsNorm {
+    fn name(&self) -> &'static str {
+        "rms-norm"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (x, w) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?);
+        let d = w.len();
+        if l1.dims().last() != Some(&d) {
+            candle_core::bail!("rms-norm: weight of {d} for input {:?}", l1.dims());
+        }
+        let mut y = vec![0f32; x.len()];
+        let mut inv = vec![0f32; x.len() / d];
+        y.par_chunks_mut(d).zip(x.par_chunks(d)).zip(inv.par_iter_mut()).for_each(|((y, x), r)| {
+            let mean_square = x.iter().map(|v| v * v).sum::<f32>() / d as f32;
+            *r = 1.0 / (mean_square + self.eps).sqrt();
+            for ((yi, xi), wi) in y.iter_mut().zip(x).zip(w) {
+                *yi = wi * (xi * *r);
+            }
+        });
+        *self.inv_rms.lock().map_err(|_| candle_core::Error::Msg("lock poisoned".into()))? = inv;
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+
+    fn bwd(&self, x: &Tensor, w: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let d = w.elem_count();
+        let inv = self.inv_rms.lock().map_err(|_| candle_core::Error::Msg("lock poisoned".into()))?;
+        let w = w.to_vec1::<f32>()?;
+        let mut dx = vec![0f32; x.elem_count()];
+        let dw = with_f32(x, |xs| {
+            with_f32(grad, |dy| {
+                dx.par_chunks_mut(d)
+                    .zip(xs.par_chunks(d).zip(dy.par_chunks(d)))
+                    .zip(inv.par_iter())
+                    .fold(
+                        || vec![0f32; d],
+                        |mut dw, ((dx, (x, dy)), &r)| {
+                            let dot: f32 = (0..d).map(|j| w[j] * dy[j] * x[j]).sum();
+                            let c = r * r * r * dot / d as f32;
+                            for j in 0..d {
+                                dx[j] = r * w[j] * dy[j] - c * x[j];
+                                dw[j] += dy[j] * x[j] * r;
+                            }
+                            dw
+                        },
+                    )
+                    .reduce(|| vec![0f32; d], |a, b| a.iter().zip(&b).map(|(x, y)| x + y).collect())
+            })
+        })??;
+        let dev = x.device();
+        Ok((Some(Tensor::from_vec(dx, x.shape(), dev)?), Some(Tensor::from_vec(dw, d, dev)?)))
+    }
+}
