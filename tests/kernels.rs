@@ -196,3 +196,17 @@ fn in_place_adamw_matches_composed_update() {
     let moved = max_abs_diff(params_a.entries[1].1.as_tensor(), micro_model(8).1.entries[1].1.as_tensor());
     assert!(moved > 1e-3, "parameters did not move");
 }
+
+#[test]
+fn gemv_matches_composed_for_decode_rows() {
+    for m in 1..=4 {
+        let x = randn(&[m, 67]);
+        let w = randn(&[45, 67]);
+        let run = both_paths(
+            &[x, w],
+            |t| ops::gemv::matmul_nt(&t[0], &t[1]).unwrap(),
+            |t| t[0].matmul(&t[1].t().unwrap()).unwrap(),
+        );
+        assert_close(&format!("gemv m={m}"), run, 1e-4);
+    }
+}
