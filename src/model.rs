@@ -154,7 +154,6 @@ pub struct Attention {
     pub o_proj: Linear,
     num_heads: usize,
     num_kv_heads: usize,
-    head_dim: usize,
 }
 
 impl Attention {
@@ -168,7 +167,6 @@ impl Attention {
             o_proj: Linear::new(wb, &format!("{name}.o_proj"), (d, h * hd), scheme)?,
             num_heads: h,
             num_kv_heads: k,
-            head_dim: hd,
         })
     }
 
@@ -180,23 +178,20 @@ impl Attention {
         cache: Option<(&mut KvCache, usize)>,
         dropout: Option<(f64, u64)>,
     ) -> Result<Tensor> {
-        let (b, t, _) = x.dims3()?;
+        let t = x.dim(1)?;
         let past = cache.as_ref().map_or(0, |(c, _)| c.len());
-        let heads = |proj: &Linear, n: usize| -> Result<Tensor> {
-            Ok(proj.forward(x)?.reshape((b, t, n, self.head_dim))?.transpose(1, 2)?.contiguous()?)
-        };
         let (cos, sin) = rope.rows(past, t)?;
-        let q = ops::apply_rope(&heads(&self.q_proj, self.num_heads)?, &cos, &sin)?;
-        let k = ops::apply_rope(&heads(&self.k_proj, self.num_kv_heads)?, &cos, &sin)?;
-        let v = heads(&self.v_proj, self.num_kv_heads)?;
+        let rope = Some((&cos, &sin));
+        let q = ops::project_heads(x, &self.q_proj.weight, self.num_heads, rope)?;
+        let k = ops::project_heads(x, &self.k_proj.weight, self.num_kv_heads, rope)?;
+        let v = ops::project_heads(x, &self.v_proj.weight, self.num_kv_heads, None)?;
         let (k, v) = match cache {
             Some((cache, layer)) => cache.append(layer, &k, &v)?,
             None => (k, v),
         };
         let attn_dropout = dropout.map(|(p, s)| (p, site_seed(s, 0, 1)));
         let y = ops::causal_attention(&q, &k, &v, attn_dropout)?;
-        let y = y.transpose(1, 2)?.reshape((b, t, self.num_heads * self.head_dim))?;
-        let y = self.o_proj.forward(&y)?;
+        let y = ops::merge_heads(&y, &self.o_proj.weight)?;
         Ok(match dropout {
             Some((p, s)) => ops::dropout(&y, p, site_seed(s, 0, 2))?,
             None => y,

@@ -210,3 +210,31 @@ fn gemv_matches_composed_for_decode_rows() {
         assert_close(&format!("gemv m={m}"), run, 1e-4);
     }
 }
+
+#[test]
+fn head_projections_match_composed() {
+    for (b, t, d_model, n, d) in [(1, 7, 48, 2, 80), (2, 13, 40, 4, 64), (2, 5, 96, 3, 96)] {
+        let config = minimind::ModelConfig { hidden_size: 8 * d, max_position_embeddings: 64, ..Default::default() };
+        let rope = minimind::model::RotaryEmbedding::new(&config, &Device::Cpu).unwrap();
+        let (cos, sin) = (rope.cos.narrow(0, 3, t).unwrap(), rope.sin.narrow(0, 3, t).unwrap());
+        let x = randn(&[b, t, d_model]);
+        let w = randn(&[n * d, d_model]);
+        for with_rope in [true, false] {
+            let tables = with_rope.then_some((&cos, &sin));
+            let run = both_paths(
+                &[x.clone(), w.clone()],
+                |a| ops::heads::project_heads(&a[0], &a[1], n, tables).unwrap(),
+                |a| ops::composed::project_heads(&a[0], &a[1], n, tables).unwrap(),
+            );
+            assert_close(&format!("project_heads {b}x{t}x{d_model}→{n}x{d} rope={with_rope}"), run, 2e-4);
+        }
+        let y = randn(&[b, n, t, d]);
+        let wo = randn(&[d_model, n * d]);
+        let run = both_paths(
+            &[y, wo],
+            |a| ops::heads::merge_heads(&a[0], &a[1]).unwrap(),
+            |a| ops::composed::merge_heads(&a[0], &a[1]).unwrap(),
+        );
+        assert_close(&format!("merge_heads {b}x{n}x{t}x{d}→{d_model}"), run, 2e-4);
+    }
+}

@@ -124,3 +124,22 @@ fn unit_hash(seed: u64, i: u64) -> f64 {
     z ^= z >> 31;
     (z >> 11) as f64 / (1u64 << 53) as f64
 }
+
+/// `x` `[B, T, d]` projected by `w` `[n·D, d]` into heads `[B, n, T, D]`, RoPE applied when given.
+pub fn project_heads(x: &Tensor, w: &Tensor, heads: usize, rope: Option<(&Tensor, &Tensor)>) -> Result<Tensor> {
+    let (b, t, d_model) = x.dims3()?;
+    let out = w.dim(0)?;
+    let z = x.reshape((b * t, d_model))?.matmul(&w.t()?)?;
+    let z = z.reshape((b, t, heads, out / heads))?.transpose(1, 2)?.contiguous()?;
+    match rope {
+        Some((cos, sin)) => apply_rope(&z, cos, sin),
+        None => Ok(z),
+    }
+}
+
+/// Heads `[B, H, T, D]` concatenated per position and projected by `w` `[d, H·D]` → `[B, T, d]`.
+pub fn merge_heads(y: &Tensor, w: &Tensor) -> Result<Tensor> {
+    let (b, h, t, d) = y.dims4()?;
+    let z = y.transpose(1, 2)?.reshape((b * t, h * d))?;
+    z.matmul(&w.t()?)?.reshape((b, t, w.dim(0)?))
+}

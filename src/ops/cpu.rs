@@ -20,3 +20,43 @@ pub fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
         _ => candle_core::bail!("fused kernel expects a CPU tensor"),
     }
 }
+
+/// `op(a)·op(b)` as a new row-major `m×n` buffer: BLAS when one is loaded, else the multi-threaded
+/// `gemm` crate (candle's own kernel).
+#[allow(clippy::too_many_arguments)]
+pub fn sgemm(trans_a: bool, trans_b: bool, m: usize, n: usize, k: usize, a: &[f32], b: &[f32]) -> Vec<f32> {
+    if let Some(blas) = crate::blas::blas() {
+        return blas.sgemm(trans_a, trans_b, m, n, k, a, b);
+    }
+    let mut c = vec![0f32; m * n];
+    // Row-major strides: element (i, j) of a non-transposed m×k matrix is at i·k + j.
+    let (a_rs, a_cs) = if trans_a { (1, m) } else { (k, 1) };
+    let (b_rs, b_cs) = if trans_b { (1, k) } else { (n, 1) };
+    let threads = candle_core::utils::get_num_threads();
+    let par = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
+    // SAFETY: the strides describe the m×k, k×n and m×n buffers above.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            c.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            a.as_ptr(),
+            a_cs as isize,
+            a_rs as isize,
+            b.as_ptr(),
+            b_cs as isize,
+            b_rs as isize,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            par,
+        );
+    }
+    c
+}

@@ -10,6 +10,7 @@ pub mod composed;
 mod cpu;
 pub mod gemm;
 pub mod gemv;
+pub mod heads;
 pub mod norm;
 pub mod rope;
 pub mod swiglu;
@@ -119,5 +120,34 @@ pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor, dropout: Option<(f64
         attention::causal_attention(q, k, v)
     } else {
         composed::causal_attention(q, k, v, dropout)
+    }
+}
+
+/// Attention's input projection: `x` `[B, T, d]` times `w` `[n·D, d]`, split into heads
+/// `[B, n, T, D]`, with RoPE (the `[T, D]` table rows of these positions) when given.
+pub fn project_heads(x: &Tensor, w: &Tensor, heads: usize, rope: Option<(&Tensor, &Tensor)>) -> Result<Tensor> {
+    let rows = x.elem_count() / x.dim(candle_core::D::Minus1)?;
+    let tables_f32 = rope.is_none_or(|(c, s)| c.dtype() == DType::F32 && s.dtype() == DType::F32);
+    if fused_f32(&[x, w]) && tables_f32 && rows > gemv::MAX_ROWS {
+        heads::project_heads(x, w, heads, rope)
+    } else {
+        // Decoding (a few rows) goes through `matmul_nt`'s gemv path.
+        let (b, t, _) = x.dims3()?;
+        let z = matmul_nt(x, w)?.reshape((b, t, heads, w.dim(0)? / heads))?.transpose(1, 2)?.contiguous()?;
+        match rope {
+            Some((cos, sin)) => apply_rope(&z, cos, sin),
+            None => Ok(z),
+        }
+    }
+}
+
+/// Attention's output projection: heads `[B, H, T, D]` concatenated per position, times `w`
+/// `[d, H·D]` → `[B, T, d]`.
+pub fn merge_heads(y: &Tensor, w: &Tensor) -> Result<Tensor> {
+    let (b, h, t, d) = y.dims4()?;
+    if fused_f32(&[y, w]) && b * t > gemv::MAX_ROWS {
+        heads::merge_heads(y, w)
+    } else {
+        matmul_nt(&y.transpose(1, 2)?.reshape((b, t, h * d))?, w)
     }
 }
