@@ -218,7 +218,7 @@ impl Mlp {
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let hidden = ops::swiglu(&self.gate_proj.forward(x)?, &self.up_proj.forward(x)?)?;
+        let hidden = ops::swiglu_in(x, &self.gate_proj.weight, &self.up_proj.weight)?;
         Ok(self.down_proj.forward(&hidden)?)
     }
 }

@@ -238,3 +238,18 @@ fn head_projections_match_composed() {
         assert_close(&format!("merge_heads {b}x{n}x{t}x{d}→{d_model}"), run, 2e-4);
     }
 }
+
+#[test]
+fn swiglu_input_half_matches_composed() {
+    let x = randn(&[2, 9, 40]);
+    let (wg, wu) = (randn(&[56, 40]), randn(&[56, 40]));
+    let run = both_paths(
+        &[x, wg, wu],
+        |a| ops::mlp::swiglu_in(&a[0], &a[1], &a[2]).unwrap(),
+        |a| {
+            let proj = |w: &Tensor| a[0].broadcast_matmul(&w.t().unwrap()).unwrap();
+            ops::composed::swiglu(&proj(&a[1]), &proj(&a[2])).unwrap()
+        },
+    );
+    assert_close("swiglu_in", run, 2e-4);
+}

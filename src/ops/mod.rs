@@ -11,6 +11,7 @@ mod cpu;
 pub mod gemm;
 pub mod gemv;
 pub mod heads;
+pub mod mlp;
 pub mod norm;
 pub mod rope;
 pub mod swiglu;
@@ -149,5 +150,15 @@ pub fn merge_heads(y: &Tensor, w: &Tensor) -> Result<Tensor> {
         heads::merge_heads(y, w)
     } else {
         matmul_nt(&y.transpose(1, 2)?.reshape((b, t, h * d))?, w)
+    }
+}
+
+/// The SwiGLU block's input half: `silu(x·W_gateᵀ) ⊙ (x·W_upᵀ)` for `x` `[.., d]`, weights `[F, d]`.
+pub fn swiglu_in(x: &Tensor, w_gate: &Tensor, w_up: &Tensor) -> Result<Tensor> {
+    let rows = x.elem_count() / x.dim(candle_core::D::Minus1)?;
+    if fused_f32(&[x, w_gate, w_up]) && rows > gemv::MAX_ROWS {
+        mlp::swiglu_in(x, w_gate, w_up)
+    } else {
+        swiglu(&matmul_nt(x, w_gate)?, &matmul_nt(x, w_up)?)
     }
 }
