@@ -99,15 +99,12 @@ pub fn cross_entropy(logits: &Tensor, targets: &Tensor, mask: &Tensor) -> Result
 pub fn matmul_nt(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     let dims = x.dims();
     let inp = dims[dims.len() - 1];
-    let x2 = x.reshape((x.elem_count() / inp, inp))?;
-    let rows = x2.dim(0)?;
-    let y = if fused_f32(&[x, w]) && rows <= gemv::MAX_ROWS {
-        gemv::matmul_nt(&x2, w)?
-    } else if fused_on(x) && gemm::available(x, w) {
-        gemm::matmul(&x2, w, false, true)?
-    } else {
-        x2.matmul(&w.t()?)?
-    };
+    let rows = x.elem_count() / inp;
+    if fused_f32(&[x, w]) && rows > gemv::MAX_ROWS {
+        return gemm::matmul(x, w, false, true); // keeps x's batch axes itself
+    }
+    let x2 = x.reshape((rows, inp))?;
+    let y = if fused_f32(&[x, w]) { gemv::matmul_nt(&x2, w)? } else { x2.matmul(&w.t()?)? };
     let mut out_dims = dims.to_vec();
     out_dims[dims.len() - 1] = w.dim(0)?;
     y.reshape(out_dims)
