@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Side-by-side benchmark: minimind vs the PyTorch reference (bench/torch_reference.py), same model,
+# same shapes, same thread count. Prints one table of tokens/s.
+#
+#   bench/compare.sh [THREADS] [PRESET]        e.g. bench/compare.sh 2 minimind2-small
+#
+# Needs a release build (cargo build --release) and a Python with torch (PYTHON=/path/to/python).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+threads=${1:-$(nproc)}
+preset=${2:-minimind2-small}
+python=${PYTHON:-python3}
+bin=target/release/minimind
+run() { grep -Eo '[0-9.]+ tokens/s' | grep -Eo '^[0-9.]+'; }
+rss() { grep -Eo 'peak RSS: [0-9]+' | grep -Eo '[0-9]+$'; }
+printf '%-9s %12s %12s %7s %14s %14s\n' mode minimind torch ratio "minimind RSS" "torch RSS"
+for mode in train forward generate; do
+  ours=$("$bin" --threads "$threads" bench "$mode" --preset "$preset" --steps 5)
+  theirs=$("$python" bench/torch_reference.py "$mode" --preset "$preset" --threads "$threads" --steps 5)
+  a=$(echo "$ours" | run); b=$(echo "$theirs" | run)
+  printf '%-9s %12s %12s %7s %11s MiB %11s MiB\n' "$mode" "$a" "$b" "$(echo "scale=2; $a / $b" | bc)" \
+    "$(echo "$ours" | rss)" "$(echo "$theirs" | rss)"
+done
