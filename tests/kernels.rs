@@ -253,3 +253,25 @@ fn swiglu_input_half_matches_composed() {
     );
     assert_close("swiglu_in", run, 2e-4);
 }
+
+#[test]
+fn vectorized_helpers_match_scalar_math() {
+    use minimind::ops::simd;
+    let mut worst = 0f64;
+    for i in 0..20_000 {
+        let x = -87.0 + i as f32 * (87.0 + 80.0) / 20_000.0;
+        let (fast, exact) = (simd::exp(x) as f64, (x as f64).exp());
+        worst = worst.max((fast - exact).abs() / exact);
+    }
+    assert!(worst < 5e-7, "relative error of exp: {worst}");
+    let xs: Vec<f32> = (0..37).map(|i| ((i * 17) % 11) as f32 * 0.7 - 3.0).collect();
+    let ys: Vec<f32> = (0..37).map(|i| ((i * 5) % 7) as f32 * 0.3 - 1.0).collect();
+    let dot: f32 = xs.iter().zip(&ys).map(|(a, b)| a * b).sum();
+    assert!((simd::dot(&xs, &ys) - dot).abs() < 1e-4);
+    assert_eq!(simd::max(&xs), xs.iter().copied().fold(f32::NEG_INFINITY, f32::max));
+    let sum: f32 = xs.iter().map(|v| (v - 1.5).exp()).sum();
+    assert!((simd::exp_sum(&xs, 1.5) - sum).abs() / sum < 1e-5);
+    let mut e = xs.clone();
+    assert!((simd::exp_shifted_sum(&mut e, 1.5) - sum).abs() / sum < 1e-5);
+    assert!((e[3] - (xs[3] - 1.5).exp()).abs() < 1e-5);
+}

@@ -9,6 +9,7 @@
 //! `dK += scale·dSᵀ·Q`. Matmuls inside a tile use the single-threaded `gemm` crate; threads split
 //! the (batch, head) pairs.
 
+use super::simd;
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use gemm::{gemm, Parallelism};
 use rayon::prelude::*;
@@ -102,14 +103,9 @@ fn check_rows_contiguous(l: &Layout, d: usize, name: &str) -> Result<()> {
 /// returns the row's log-sum-exp.
 fn softmax_row(row: &mut [f32], len: usize) -> f32 {
     let (live, masked) = row.split_at_mut(len);
-    let max = live.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0f32;
-    for x in live.iter_mut() {
-        *x = (*x - max).exp();
-        sum += *x;
-    }
-    let inv = 1.0 / sum;
-    live.iter_mut().for_each(|x| *x *= inv);
+    let max = simd::max(live);
+    let sum = simd::exp_shifted_sum(live, max);
+    simd::scale(live, 1.0 / sum);
     masked.fill(0.0);
     max + sum.ln()
 }
@@ -218,7 +214,7 @@ impl CustomOp3 for FlashAttention {
                         for r in 0..rows {
                             let len = dims.past() + t0 + r + 1;
                             let row = &mut p[r * keys..(r + 1) * keys];
-                            row[..len].iter_mut().for_each(|x| *x = (*x - lse[t0 + r]).exp());
+                            simd::exp_shifted_sum(&mut row[..len], lse[t0 + r]);
                             row[len..].fill(0.0);
                         }
                         unsafe {
@@ -229,7 +225,7 @@ impl CustomOp3 for FlashAttention {
                         for r in 0..rows {
                             let row_o = &oh[(t0 + r) * d..(t0 + r + 1) * d];
                             let row_do = &doh[(t0 + r) * d..(t0 + r + 1) * d];
-                            let di: f32 = row_o.iter().zip(row_do).map(|(a, b)| a * b).sum();
+                            let di = simd::dot(row_o, row_do);
                             let (pr, dsr) = (&p[r * keys..(r + 1) * keys], &mut ds[r * keys..(r + 1) * keys]);
                             dsr.iter_mut().zip(pr).for_each(|(x, p)| *x = p * (*x - di));
                         }

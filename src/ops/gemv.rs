@@ -5,6 +5,7 @@
 //! over 16 independent lanes so the compiler can vectorize it. The backward reuses [`super::gemm`].
 
 use super::cpu::f32_slice;
+use super::simd;
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -16,57 +17,6 @@ struct Gemv;
 /// `x · wᵀ` for `x` `[m, k]` (small m) and `w` `[n, k]`.
 pub fn matmul_nt(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     x.contiguous()?.apply_op2(&w.contiguous()?, Gemv)
-}
-
-/// `Σ a_i·b_i` over 16 independent lanes (vectorizable without reassociating a single sum).
-#[inline(always)]
-fn dot_lanes(a: &[f32], b: &[f32]) -> f32 {
-    let mut lanes = [0f32; 16];
-    let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
-    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
-    for (x, y) in ca.zip(cb) {
-        for i in 0..16 {
-            lanes[i] += x[i] * y[i];
-        }
-    }
-    lanes.iter().sum::<f32>() + tail
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn dot_avx512(a: &[f32], b: &[f32]) -> f32 {
-    dot_lanes(a, b)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
-    dot_lanes(a, b)
-}
-
-/// The dot product compiled for the widest vector unit this CPU has (checked once).
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use std::sync::OnceLock;
-        static LEVEL: OnceLock<u8> = OnceLock::new();
-        let level = *LEVEL.get_or_init(|| {
-            if is_x86_feature_detected!("avx512f") {
-                2
-            } else if is_x86_feature_detected!("avx2") {
-                1
-            } else {
-                0
-            }
-        });
-        // SAFETY: the target feature was detected at run time.
-        match level {
-            2 => return unsafe { dot_avx512(a, b) },
-            1 => return unsafe { dot_avx2(a, b) },
-            _ => {}
-        }
-    }
-    dot_lanes(a, b)
 }
 
 impl CustomOp2 for Gemv {
@@ -86,7 +36,7 @@ impl CustomOp2 for Gemv {
         by_feature.par_chunks_mut(m * 64).zip(w.par_chunks(k * 64)).for_each(|(out, w)| {
             for (j, w_row) in w.chunks_exact(k).enumerate() {
                 for r in 0..m {
-                    out[j * m + r] = dot(&x[r * k..(r + 1) * k], w_row);
+                    out[j * m + r] = simd::dot(&x[r * k..(r + 1) * k], w_row);
                 }
             }
         });

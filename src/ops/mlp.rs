@@ -4,6 +4,7 @@
 //! `dx = dg·W_gate + du·W_up`, `dW_gate = dgᵀ·x`, `dW_up = duᵀ·x`.
 
 use super::cpu::{f32_slice, sgemm, with_f32};
+use super::simd;
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 use std::sync::Mutex;
@@ -19,10 +20,6 @@ struct SwiGluIn {
 pub fn swiglu_in(x: &Tensor, w_gate: &Tensor, w_up: &Tensor) -> Result<Tensor> {
     let op = SwiGluIn { saved: Mutex::new((Vec::new(), Vec::new())) };
     x.contiguous()?.apply_op3(&w_gate.contiguous()?, &w_up.contiguous()?, op)
-}
-
-fn sigmoid(x: f32) -> f32 {
-    1.0 / (1.0 + (-x).exp())
 }
 
 fn lock_err<T>(_: T) -> candle_core::Error {
@@ -53,9 +50,7 @@ impl CustomOp3 for SwiGluIn {
         let up = sgemm(false, true, rows, f, d, x, f32_slice(s3, l3)?);
         let mut h = vec![0f32; rows * f];
         h.par_chunks_mut(CHUNK).zip(gate.par_chunks(CHUNK).zip(up.par_chunks(CHUNK))).for_each(|(h, (g, u))| {
-            for i in 0..h.len() {
-                h[i] = g[i] * sigmoid(g[i]) * u[i];
-            }
+            simd::swiglu(h, g, u);
         });
         *self.saved.lock().map_err(lock_err)? = (gate, up);
         let mut dims = l1.dims().to_vec();
@@ -81,11 +76,7 @@ impl CustomOp3 for SwiGluIn {
                 .zip(du.par_chunks_mut(CHUNK))
                 .zip(gate.par_chunks(CHUNK).zip(up.par_chunks(CHUNK)).zip(dh.par_chunks(CHUNK)))
                 .for_each(|((dg, du), ((g, u), dh))| {
-                    for i in 0..dg.len() {
-                        let s = sigmoid(g[i]);
-                        du[i] = dh[i] * g[i] * s;
-                        dg[i] = dh[i] * u[i] * s * (1.0 + g[i] * (1.0 - s));
-                    }
+                    simd::swiglu_backward(dg, du, g, u, dh);
                 })
         })?;
         let mut dx = with_f32(w_gate, |w| sgemm(false, false, rows, d, f, &dg, w))?;

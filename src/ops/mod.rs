@@ -14,6 +14,7 @@ pub mod heads;
 pub mod mlp;
 pub mod norm;
 pub mod rope;
+pub mod simd;
 pub mod swiglu;
 pub mod xent;
 

@@ -2,6 +2,7 @@
 //! `dx = r·(w⊙dy) − x·r³/d·Σ(w⊙dy⊙x)`, `dw = Σ_rows dy ⊙ x·r`.
 
 use super::cpu::{f32_slice, with_f32};
+use super::simd;
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 use std::sync::Mutex;
@@ -32,7 +33,7 @@ impl CustomOp2 for RmsNorm {
         let mut y = vec![0f32; x.len()];
         let mut inv = vec![0f32; x.len() / d];
         y.par_chunks_mut(d).zip(x.par_chunks(d)).zip(inv.par_iter_mut()).for_each(|((y, x), r)| {
-            let mean_square = x.iter().map(|v| v * v).sum::<f32>() / d as f32;
+            let mean_square = simd::dot(x, x) / d as f32;
             *r = 1.0 / (mean_square + self.eps).sqrt();
             for ((yi, xi), wi) in y.iter_mut().zip(x).zip(w) {
                 *yi = wi * (xi * *r);

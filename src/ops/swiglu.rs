@@ -2,6 +2,7 @@
 //! `du = dy·silu(g)`, `dg = dy·u·σ(g)·(1 + g·(1 − σ(g)))`.
 
 use super::cpu::{f32_slice, with_f32};
+use super::simd;
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -11,10 +12,6 @@ const CHUNK: usize = 1 << 13;
 
 pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
     gate.contiguous()?.apply_op2(&up.contiguous()?, SwiGlu)
-}
-
-fn sigmoid(x: f32) -> f32 {
-    1.0 / (1.0 + (-x).exp())
 }
 
 impl CustomOp2 for SwiGlu {
@@ -29,9 +26,7 @@ impl CustomOp2 for SwiGlu {
         }
         let mut y = vec![0f32; g.len()];
         y.par_chunks_mut(CHUNK).zip(g.par_chunks(CHUNK).zip(u.par_chunks(CHUNK))).for_each(|(y, (g, u))| {
-            for i in 0..y.len() {
-                y[i] = g[i] * sigmoid(g[i]) * u[i];
-            }
+            simd::swiglu(y, g, u);
         });
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
@@ -52,11 +47,7 @@ impl CustomOp2 for SwiGlu {
                         .zip(du.par_chunks_mut(CHUNK))
                         .zip(g.par_chunks(CHUNK).zip(u.par_chunks(CHUNK)).zip(dy.par_chunks(CHUNK)))
                         .for_each(|((dg, du), ((g, u), dy))| {
-                            for i in 0..dg.len() {
-                                let s = sigmoid(g[i]);
-                                du[i] = dy[i] * g[i] * s;
-                                dg[i] = dy[i] * u[i] * s * (1.0 + g[i] * (1.0 - s));
-                            }
+                            simd::swiglu_backward(dg, du, g, u, dy);
                         })
                 })
             })

@@ -4,6 +4,7 @@
 //! `∂/∂z_ij = g·w_i/Σw · (exp(z_ij − lse_i) − [j = y_i])` directly, with no second V-wide buffer.
 
 use super::cpu::f32_slice;
+use super::simd;
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 use std::sync::Mutex;
@@ -49,8 +50,8 @@ impl CustomOp3 for CrossEntropy {
         let lse: Vec<f32> = logits
             .par_chunks(v)
             .map(|row| {
-                let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                max + row.iter().map(|&z| (z - max).exp()).sum::<f32>().ln()
+                let max = simd::max(row);
+                max + simd::exp_sum(row, max).ln()
             })
             .collect();
         let (mut total, mut weight) = (0f64, 0f64);
@@ -83,9 +84,7 @@ impl CustomOp3 for CrossEntropy {
                 if scale == 0.0 {
                     return; // masked row: zero gradient (already zeroed)
                 }
-                for (d, &zj) in dz.iter_mut().zip(z) {
-                    *d = scale * (zj - lse[i]).exp();
-                }
+                simd::scaled_exp(dz, z, lse[i], scale);
                 dz[targets[i] as usize] -= scale;
             })
         })?;
