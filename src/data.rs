@@ -107,6 +107,22 @@ pub fn parse_text_row(line: &str) -> Result<String, String> {
         .map_err(|e| format!("expected a JSON object with a string field \"text\" ({e})"))
 }
 
+/// One training row: token ids and a loss weight per position (`mask[j]` weighs predicting `ids[j]`
+/// from the ids before it; the first position is never a target).
+#[derive(Debug, Clone, PartialEq)]
+pub struct EncodedRow {
+    pub ids: Vec<u32>,
+    pub mask: Vec<f32>,
+}
+
+impl EncodedRow {
+    /// A row whose first `len` ids are real and the rest padding: every real id is a target.
+    pub fn prefix(ids: Vec<u32>, len: usize) -> Self {
+        let mask = (0..ids.len()).map(|j| if j < len { 1.0 } else { 0.0 }).collect();
+        Self { ids, mask }
+    }
+}
+
 /// One batch of next-token prediction: `x` `[B, T]` u32, `y` `[B, T]` u32, `mask` `[B, T]` f32.
 pub struct LmBatch {
     pub x: Tensor,
@@ -120,15 +136,14 @@ impl LmBatch {
         self.x.elem_count()
     }
 
-    /// Builds `X = ids[:-1]`, `Y = ids[1:]`, `mask[j] = 1` where target `j+1` is a real (non-pad)
-    /// token, from rows of equal length `max_len` whose first `len` ids are real.
-    pub fn from_rows(rows: &[(Vec<u32>, usize)], device: &Device) -> Result<Self> {
-        let t = rows[0].0.len() - 1;
+    /// `X = ids[:-1]`, `Y = ids[1:]`, loss mask `mask[1:]`, from rows of equal length.
+    pub fn from_encoded(rows: &[EncodedRow], device: &Device) -> Result<Self> {
+        let t = rows[0].ids.len() - 1;
         let (mut x, mut y, mut mask) = (Vec::new(), Vec::new(), Vec::new());
-        for (ids, len) in rows {
-            x.extend_from_slice(&ids[..t]);
-            y.extend_from_slice(&ids[1..]);
-            mask.extend((1..=t).map(|j| if j < *len { 1f32 } else { 0.0 }));
+        for row in rows {
+            x.extend_from_slice(&row.ids[..t]);
+            y.extend_from_slice(&row.ids[1..]);
+            mask.extend_from_slice(&row.mask[1..]);
         }
         let b = rows.len();
         Ok(Self {
@@ -136,6 +151,12 @@ impl LmBatch {
             y: Tensor::from_vec(y, (b, t), device)?,
             mask: Tensor::from_vec(mask, (b, t), device)?,
         })
+    }
+
+    /// Rows of real-then-padding ids (`(ids, real length)`): every real next token is a target.
+    pub fn from_rows(rows: &[(Vec<u32>, usize)], device: &Device) -> Result<Self> {
+        let rows: Vec<EncodedRow> = rows.iter().map(|(ids, len)| EncodedRow::prefix(ids.clone(), *len)).collect();
+        Self::from_encoded(&rows, device)
     }
 }
 
@@ -182,7 +203,7 @@ pub struct DataCursor {
 /// `seed + e`, so any position can be restored from `(seed, cursor)` alone.
 pub struct ShuffledRows {
     n: usize,
-    seed: u64,
+    pub seed: u64,
     order: Vec<usize>,
     pub cursor: DataCursor,
 }
@@ -214,19 +235,21 @@ impl ShuffledRows {
     }
 }
 
-/// Pretraining batches from a `{"text": …}` JSON Lines file.
-pub struct PretrainData {
+/// Turns one validated line of the data file into a training row.
+pub type RowEncoder<'a> = Box<dyn Fn(&str) -> Result<EncodedRow> + 'a>;
+
+/// Shuffled batches of encoded rows from a JSON Lines file; what every next-token stage trains on.
+pub struct LmData<'a> {
     pub index: JsonlIndex,
-    pub encoding: PretrainEncoding,
     order: ShuffledRows,
     batch_size: usize,
+    encode: RowEncoder<'a>,
 }
 
-impl PretrainData {
-    pub fn open(path: &Path, skip_bad: bool, encoding: PretrainEncoding, batch_size: usize, seed: u64) -> Result<Self> {
-        let index = JsonlIndex::build(path, skip_bad, |line| parse_text_row(line).map(|_| ()))?;
+impl<'a> LmData<'a> {
+    pub fn new(index: JsonlIndex, batch_size: usize, seed: u64, encode: RowEncoder<'a>) -> Self {
         let order = ShuffledRows::new(index.len(), seed, DataCursor::default());
-        Ok(Self { index, encoding, order, batch_size })
+        Self { index, order, batch_size, encode }
     }
 
     /// Batches per epoch (the last one may be short).
@@ -238,15 +261,39 @@ impl PretrainData {
         self.order.cursor
     }
 
-    pub fn next_batch(&mut self, tokenizer: &Tokenizer, device: &Device) -> Result<LmBatch> {
+    /// Continues from a saved position (same seed ⇒ same order as an uninterrupted run).
+    pub fn seek(&mut self, cursor: DataCursor) {
+        self.order = ShuffledRows::new(self.index.len(), self.order.seed, cursor);
+    }
+
+    pub fn next_batch(&mut self, device: &Device) -> Result<LmBatch> {
         let rows = self.order.next_batch(self.batch_size);
         let encoded = rows
             .iter()
             .map(|&i| {
-                let text = parse_text_row(&self.index.read(i)?).map_err(anyhow::Error::msg)?;
-                self.encoding.encode(tokenizer, &text)
+                let line = self.index.read(i)?;
+                (self.encode)(&line)
+                    .with_context(|| format!("{}:{}", self.index.path.display(), self.index.line_number(i)))
             })
             .collect::<Result<Vec<_>>>()?;
-        LmBatch::from_rows(&encoded, device)
+        LmBatch::from_encoded(&encoded, device)
     }
+}
+
+/// Pretraining data: `{"text": …}` lines encoded with `encoding`.
+pub fn pretrain_data<'a>(
+    path: &Path,
+    skip_bad: bool,
+    encoding: PretrainEncoding,
+    tokenizer: &'a Tokenizer,
+    batch_size: usize,
+    seed: u64,
+) -> Result<LmData<'a>> {
+    let index = JsonlIndex::build(path, skip_bad, |line| parse_text_row(line).map(|_| ()))?;
+    let encode: RowEncoder<'a> = Box::new(move |line| {
+        let text = parse_text_row(line).map_err(anyhow::Error::msg)?;
+        let (ids, len) = encoding.encode(tokenizer, &text)?;
+        Ok(EncodedRow::prefix(ids, len))
+    });
+    Ok(LmData::new(index, batch_size, seed, encode))
 }

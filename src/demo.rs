@@ -2,7 +2,7 @@
 //! train a tokenizer, pretrain the `tiny` model, then sample a few poems.
 
 use crate::checkpoint;
-use crate::cli::{encode_prompt, pretrain, stream_completion, PretrainArgs};
+use crate::cli::{encode_prompt, stream_completion, PretrainArgs, TrainerArgs};
 use crate::generate::SamplingParams;
 use crate::params::InitScheme;
 use crate::tokenizer::Tokenizer;
@@ -51,26 +51,28 @@ pub fn run(args: DemoArgs) -> Result<()> {
     let pretrain_args = PretrainArgs {
         data: args.data.clone(),
         tokenizer: tokenizer_dir.clone(),
-        out: model_dir.clone(),
         preset: "tiny".into(),
         config: None,
-        epochs: 1,
-        batch_size: 16,
-        accumulation_steps: 1,
-        lr: 3e-3,
-        max_seq_len: 128,
-        grad_clip: 1.0,
-        weight_decay: 0.01,
-        save_every: 100,
-        seed: args.seed,
-        max_steps: Some(args.steps),
         init: InitScheme::Minimind2,
         no_wrap: false,
-        skip_bad_lines: false,
-        device: "cpu".into(),
-        max_minutes: Some(args.max_minutes),
+        train: TrainerArgs {
+            out: model_dir.clone(),
+            epochs: Some(1),
+            batch_size: Some(16),
+            accumulation_steps: Some(1),
+            lr: Some(3e-3),
+            max_seq_len: Some(128),
+            grad_clip: 1.0,
+            weight_decay: 0.01,
+            save_every: 100,
+            seed: args.seed,
+            max_steps: Some(args.steps),
+            max_minutes: Some(args.max_minutes),
+            device: "cpu".into(),
+            ..Default::default()
+        },
     };
-    let summary = pretrain(&pretrain_args, true)?;
+    let summary = crate::cli::train::pretrain(&pretrain_args)?;
     println!(
         "      {} steps in {:.0}s, loss {:.3} → {:.3}, {:.0} tokens/s",
         summary.steps, summary.elapsed_s, summary.first_loss, summary.final_loss, summary.tokens_per_sec

@@ -8,7 +8,8 @@
 //! - [`checkpoint`] model folders, atomic writes
 //! - [`tokenizer`], [`train_tokenizer`] HF tokenizers, chat templates, BPE training
 //! - [`data`] streaming JSON Lines, shuffling, batches
-//! - [`optim`], [`train`], [`pretrain`] AdamW, the training loop, the pretraining stage
+//! - [`optim`], [`train`], [`resume`] AdamW, the training loop, exact resume
+//! - [`lm_stage`], [`sft`] next-token stages: pretraining and supervised fine-tuning
 //! - [`metrics`] metrics.jsonl and the PNG chart
 //! - [`generate`] sampling and KV-cached decoding
 //! - [`bench`] throughput benchmarks
@@ -22,12 +23,14 @@ pub mod config;
 pub mod data;
 pub mod demo;
 pub mod generate;
+pub mod lm_stage;
 pub mod metrics;
 pub mod model;
 pub mod ops;
 pub mod optim;
 pub mod params;
-pub mod pretrain;
+pub mod resume;
+pub mod sft;
 pub mod tokenizer;
 pub mod train;
 pub mod train_tokenizer;

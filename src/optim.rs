@@ -104,6 +104,54 @@ impl AdamW {
     }
 }
 
+impl AdamW {
+    /// The moments as named tensors (`m.<param>`, `v.<param>`) for the resume checkpoint.
+    pub fn state_tensors(&self, params: &Params) -> Result<Vec<(String, Tensor)>> {
+        let mut out = Vec::with_capacity(2 * self.moments.len());
+        for ((name, var), moments) in params.entries.iter().zip(&self.moments) {
+            let (m, v) = match moments {
+                Moments::Host { m, v } => (
+                    Tensor::from_slice(m, var.shape(), &Device::Cpu)?,
+                    Tensor::from_slice(v, var.shape(), &Device::Cpu)?,
+                ),
+                Moments::Tensors { m, v } => (m.clone(), v.clone()),
+            };
+            out.push((format!("m.{name}"), m));
+            out.push((format!("v.{name}"), v));
+        }
+        Ok(out)
+    }
+
+    /// Restores the moments written by [`AdamW::state_tensors`] and the step count.
+    pub fn load_state(
+        &mut self,
+        params: &Params,
+        tensors: &std::collections::HashMap<String, Tensor>,
+        step: usize,
+    ) -> Result<()> {
+        for ((name, var), moments) in params.entries.iter().zip(&mut self.moments) {
+            let get = |key: String| -> Result<Tensor> {
+                let t = tensors.get(&key).with_context(|| format!("optimizer state has no {key}"))?;
+                if t.shape() != var.shape() {
+                    anyhow::bail!("optimizer state {key} has shape {:?}, expected {:?}", t.dims(), var.dims());
+                }
+                Ok(t.to_dtype(DType::F32)?)
+            };
+            let (m, v) = (get(format!("m.{name}"))?, get(format!("v.{name}"))?);
+            *moments = match moments {
+                Moments::Host { .. } => {
+                    Moments::Host { m: m.flatten_all()?.to_vec1()?, v: v.flatten_all()?.to_vec1()? }
+                }
+                Moments::Tensors { .. } => {
+                    Moments::Tensors { m: m.to_device(var.device())?, v: v.to_device(var.device())? }
+                }
+            };
+        }
+        self.step = step;
+        Ok(())
+    }
+}
+
 fn in_place(v: &Var) -> bool {
     matches!(v.device(), Device::Cpu) && v.dtype() == DType::F32 && v.is_contiguous() && ops::fused_enabled()
 }
@@ -174,8 +222,11 @@ pub fn grad_norm(grads: &[Tensor]) -> Result<f64> {
     let mut total = 0f64;
     for g in grads {
         total += if matches!(g.device(), Device::Cpu) && g.dtype() == DType::F32 {
+            // Partial sums per fixed chunk, added in order: the same bits on every run.
             crate::ops::with_cpu_f32(g, |s| {
-                s.par_chunks(1 << 14).map(|c| c.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>()).sum::<f64>()
+                let partial: Vec<f64> =
+                    s.par_chunks(1 << 14).map(|c| c.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>()).collect();
+                partial.iter().sum::<f64>()
             })?
         } else {
             g.to_dtype(DType::F64)?.sqr()?.sum_all()?.to_scalar::<f64>()?

@@ -3,10 +3,12 @@
 //! `metrics.jsonl`, the loss/lr chart and atomic checkpoints.
 
 use crate::checkpoint;
+use crate::data::DataCursor;
 use crate::metrics::{write_chart, MetricsWriter, StepMetrics};
 use crate::model::{DropoutSeed, MiniMindForCausalLM};
 use crate::optim::{clip_factor, cosine_lr, grad_norm, AdamW, AdamWConfig, GradAccumulator};
 use crate::params::Params;
+use crate::resume::{self, Resume, RunState};
 use anyhow::{bail, Context, Result};
 use candle_core::Tensor;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -26,8 +28,10 @@ pub trait Stage {
     fn loss(&self, model: &MiniMindForCausalLM, batch: &Self::Batch, dropout: DropoutSeed) -> Result<Tensor>;
     /// Positions the model processed for this batch (for tokens/s).
     fn tokens(&self, batch: &Self::Batch) -> usize;
-    /// Current epoch (for logs).
-    fn epoch(&self) -> usize;
+    /// Where the data stands (epoch and row), saved for resuming.
+    fn cursor(&self) -> DataCursor;
+    /// Continues the data from a saved cursor.
+    fn seek(&mut self, cursor: DataCursor);
 }
 
 #[derive(Debug, Clone)]
@@ -48,6 +52,9 @@ pub struct TrainOptions {
     pub show_progress: bool,
     /// Stop after the step that crosses this many seconds, saving as at the end.
     pub time_limit_s: Option<f64>,
+    /// Continue a run: its state and optimizer tensors from `resume::load_run` (whose parameters the
+    /// model was built from).
+    pub resume: Option<Resume>,
 }
 
 #[derive(Debug, Clone)]
@@ -80,14 +87,33 @@ pub fn train<S: Stage>(
     if let Some(dir) = &opts.tokenizer_dir {
         checkpoint::copy_tokenizer_files(dir, &opts.out_dir)?;
     }
-    let mut metrics = MetricsWriter::open(&opts.out_dir.join("metrics.jsonl"), true)?;
+    let metrics_path = opts.out_dir.join("metrics.jsonl");
     let mut optimizer = AdamW::new(params, AdamWConfig { weight_decay: opts.weight_decay, ..Default::default() })?;
+    let first_step = match opts.resume.as_ref().map(|r| &r.state) {
+        Some(state) => {
+            if state.total_steps != total || state.seed != opts.seed {
+                bail!(
+                    "cannot resume: the checkpoint is step {} of {} with seed {}, this run has {total} steps and seed {}; \
+                     use the same --epochs/--max-steps/--batch-size/--accumulation-steps/--seed",
+                    state.step, state.total_steps, state.seed, opts.seed
+                );
+            }
+            stage.seek(state.cursor);
+            keep_metrics_up_to(&metrics_path, state.step)?;
+            state.step
+        }
+        None => 0,
+    };
+    if let Some(r) = &opts.resume {
+        optimizer.load_state(params, &r.optimizer, r.state.step)?;
+    }
+    let mut metrics = MetricsWriter::open(&metrics_path, opts.resume.is_none())?;
     let mut accumulator = GradAccumulator::new(params);
-    let progress = Progress::new(stage.name(), total, opts.show_progress);
+    let progress = Progress::new(stage.name(), total, first_step, opts.show_progress);
     let start = Instant::now();
     let (mut first_loss, mut last_loss, mut tokens_total) = (f64::NAN, f64::NAN, 0usize);
     let mut steps_done = total;
-    for step in 0..total {
+    for step in first_step..total {
         let step_start = Instant::now();
         let lr = cosine_lr(opts.lr, step, total);
         let (mut loss_sum, mut tokens) = (0f64, 0usize);
@@ -109,7 +135,7 @@ pub fn train<S: Stage>(
         let grad_norm = grad_norm(&grads)?;
         optimizer.step(&grads, lr, clip_factor(grad_norm, opts.grad_clip))?;
         let loss = loss_sum / opts.accumulation_steps as f64;
-        if step == 0 {
+        if first_loss.is_nan() {
             first_loss = loss;
         }
         last_loss = loss;
@@ -117,7 +143,7 @@ pub fn train<S: Stage>(
         let step_secs = step_start.elapsed().as_secs_f64();
         let row = StepMetrics {
             step: step + 1,
-            epoch: stage.epoch(),
+            epoch: stage.cursor().epoch,
             loss,
             lr,
             grad_norm,
@@ -130,7 +156,8 @@ pub fn train<S: Stage>(
         let out_of_time = opts.time_limit_s.is_some_and(|limit| start.elapsed().as_secs_f64() >= limit);
         let done = step + 1 == total || out_of_time;
         if done || (opts.save_every > 0 && (step + 1) % opts.save_every == 0) {
-            save(model, &opts.out_dir, stage.name())?;
+            let state = RunState { step: step + 1, total_steps: total, cursor: stage.cursor(), seed: opts.seed };
+            save(model, params, &optimizer, &state, &opts.out_dir, stage.name())?;
         }
         if out_of_time {
             steps_done = step + 1;
@@ -148,9 +175,36 @@ pub fn train<S: Stage>(
     })
 }
 
-/// Writes the model folder and refreshes the chart.
-fn save(model: &MiniMindForCausalLM, out: &Path, title: &str) -> Result<()> {
+/// Drops metrics lines past `step` (written after the checkpoint a resumed run continues from),
+/// keeping the others byte for byte.
+fn keep_metrics_up_to(path: &Path, step: usize) -> Result<()> {
+    if !path.exists() {
+        return Ok(());
+    }
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut kept = String::new();
+    for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        let row: StepMetrics = serde_json::from_str(line)
+            .with_context(|| format!("{}:{}: expected a metrics object", path.display(), i + 1))?;
+        if row.step <= step {
+            kept.push_str(line);
+            kept.push('\n');
+        }
+    }
+    checkpoint::atomic_write(path, |w| Ok(w.write_all(kept.as_bytes())?))
+}
+
+/// Writes the model folder, the resume state and the chart.
+fn save(
+    model: &MiniMindForCausalLM,
+    params: &Params,
+    optimizer: &AdamW,
+    state: &RunState,
+    out: &Path,
+    title: &str,
+) -> Result<()> {
     checkpoint::save_model(out, model)?;
+    resume::save(out, state, params, optimizer.state_tensors(params)?)?;
     let rows = crate::metrics::read_metrics(&out.join("metrics.jsonl"))?;
     write_chart(&rows, title, &out.join("loss.png"))
 }
@@ -159,12 +213,14 @@ fn save(model: &MiniMindForCausalLM, out: &Path, title: &str) -> Result<()> {
 struct Progress {
     bar: Option<ProgressBar>,
     total: usize,
+    first: usize,
 }
 
 impl Progress {
-    fn new(name: &str, total: usize, show: bool) -> Self {
+    fn new(name: &str, total: usize, first_step: usize, show: bool) -> Self {
         let bar = (show && std::io::stderr().is_terminal()).then(|| {
             let bar = ProgressBar::new(total as u64);
+            bar.set_position(first_step as u64);
             let style = ProgressStyle::with_template("{prefix} {bar:30} {pos}/{len} {msg} eta {eta}")
                 .unwrap_or_else(|_| ProgressStyle::default_bar());
             bar.set_style(style);
@@ -172,9 +228,12 @@ impl Progress {
             bar
         });
         if show && bar.is_none() {
-            eprintln!("{name}: {total} steps");
+            match first_step {
+                0 => eprintln!("{name}: {total} steps"),
+                s => eprintln!("{name}: resuming at step {s} of {total}"),
+            }
         }
-        Self { bar: if show { bar } else { None }, total: if show { total } else { 0 } }
+        Self { bar: if show { bar } else { None }, total: if show { total } else { 0 }, first: first_step }
     }
 
     fn update(&self, m: &StepMetrics) {
@@ -183,7 +242,7 @@ impl Progress {
             bar.set_position(m.step as u64);
             bar.set_message(msg);
         } else if self.total > 0 && (m.step % (self.total / 20).max(1) == 0 || m.step == self.total) {
-            let eta = m.elapsed_s / m.step as f64 * (self.total - m.step) as f64;
+            let eta = m.elapsed_s / (m.step - self.first) as f64 * (self.total - m.step) as f64;
             eprintln!("step {}/{} {msg} ({:.0}s, eta {:.0}s)", m.step, self.total, m.elapsed_s, eta);
         }
     }

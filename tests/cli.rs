@@ -197,3 +197,75 @@ fn killing_training_never_leaves_a_truncated_checkpoint() {
         assert!(loaded.is_ok(), "checkpoint unreadable after kill at +{delay_ms} ms: {:#}", loaded.err().unwrap());
     }
 }
+
+#[test]
+fn sft_and_resume_through_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tok, base, chat) = (dir.path().join("tok"), dir.path().join("base"), dir.path().join("chat"));
+    let corpus = fixture("pretrain_zh_songci_32.jsonl");
+    ok(minimind(&["train-tokenizer", "--data", p(&corpus), "--vocab-size", "700", "--out", p(&tok)]));
+    let pretrain = |extra: &[&str]| {
+        let mut args = vec![
+            "pretrain",
+            "--data",
+            p(&corpus),
+            "--tokenizer",
+            p(&tok),
+            "--out",
+            p(&base),
+            "--preset",
+            "tiny",
+            "--batch-size",
+            "4",
+            "--accumulation-steps",
+            "1",
+            "--max-seq-len",
+            "48",
+            "--max-steps",
+            "6",
+            "--save-every",
+            "3",
+        ];
+        args.extend_from_slice(extra);
+        minimind(&args)
+    };
+    ok(pretrain(&[]));
+    let straight = std::fs::read_to_string(base.join("metrics.jsonl")).unwrap();
+    // --resume of a finished run continues from its last checkpoint: nothing left, same metrics.
+    ok(pretrain(&["--resume"]));
+    assert_eq!(std::fs::read_to_string(base.join("metrics.jsonl")).unwrap(), straight);
+    // Resuming with a different schedule is refused with a reason.
+    let out = pretrain(&["--resume", "--seed", "7"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot resume"), "{}", String::from_utf8_lossy(&out.stderr));
+    // SFT from the pretrained folder on the chat fixture.
+    let sft = fixture("sft_zh_en_32.jsonl");
+    let out = ok(minimind(&[
+        "sft",
+        "--model",
+        p(&base),
+        "--data",
+        p(&sft),
+        "--out",
+        p(&chat),
+        "--batch-size",
+        "4",
+        "--max-seq-len",
+        "160",
+        "--max-steps",
+        "4",
+        "--lr",
+        "1e-3",
+    ]));
+    assert!(out.contains("fine-tuned 4 steps"), "{out}");
+    for file in ["model.safetensors", "tokenizer_config.json", "metrics.jsonl", "loss.png", "trainer_state.safetensors"]
+    {
+        assert!(chat.join(file).exists(), "{file} missing");
+    }
+    let answer =
+        ok(minimind(&["generate", "--model", p(&chat), "--chat", "--prompt", "你好", "--max-new-tokens", "8"]));
+    assert!(!answer.contains("<|im_start|>"), "special tokens are not printed: {answer}");
+    // SFT data in the wrong format names the line.
+    let out = minimind(&["sft", "--model", p(&base), "--data", p(&corpus), "--out", p(&dir.path().join("x"))]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(":1: expected {\"conversations\""), "{stderr}");
+}

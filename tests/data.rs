@@ -3,7 +3,7 @@ mod common;
 
 use candle_core::Device;
 use common::*;
-use minimind::data::{parse_text_row, DataCursor, JsonlIndex, LmBatch, PretrainData, PretrainEncoding, ShuffledRows};
+use minimind::data::{parse_text_row, pretrain_data, DataCursor, JsonlIndex, LmBatch, PretrainEncoding, ShuffledRows};
 use minimind::tokenizer::Tokenizer;
 use std::io::Write;
 
@@ -117,10 +117,10 @@ fn shuffling_is_seeded_and_covers_every_row_each_epoch() {
 #[test]
 fn pretrain_batches_from_fixture() {
     let t = Tokenizer::load(&tokenizer_dir("v2")).unwrap();
-    let mut data = PretrainData::open(&fixture("pretrain_zh_songci_32.jsonl"), false, encoding(64), 5, 1).unwrap();
+    let mut data = pretrain_data(&fixture("pretrain_zh_songci_32.jsonl"), false, encoding(64), &t, 5, 1).unwrap();
     assert_eq!(data.index.len(), 32);
     assert_eq!(data.batches_per_epoch(), 7);
-    let batch = data.next_batch(&t, &Device::Cpu).unwrap();
+    let batch = data.next_batch(&Device::Cpu).unwrap();
     assert_eq!(batch.x.dims(), [5, 63]);
     assert_eq!(batch.x.to_vec2::<u32>().unwrap()[0][0], 1, "rows start with bos");
 }

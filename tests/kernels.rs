@@ -167,6 +167,15 @@ fn cross_entropy_matches_composed_with_masked_rows() {
         |x| ops::composed::cross_entropy(&x[0], &targets, &mask).unwrap(),
     );
     assert_close("cross_entropy", run, 1e-5);
+    // Nothing supervised: loss 0 and zero gradients on both paths, not 0/0.
+    let none = Tensor::zeros(n, candle_core::DType::F32, &Device::Cpu).unwrap();
+    let run = both_paths(
+        &[randn(&[n, v])],
+        |x| ops::xent::cross_entropy(&x[0], &targets, &none).unwrap(),
+        |x| ops::composed::cross_entropy(&x[0], &targets, &none).unwrap(),
+    );
+    assert_eq!(run[0].0.to_scalar::<f32>().unwrap(), 0.0);
+    assert_close("cross_entropy, empty mask", run, 0.0);
     // A target outside the vocabulary is an error, not a read past the row.
     let bad = Tensor::from_vec(vec![v as u32; n], n, &Device::Cpu).unwrap();
     assert!(ops::xent::cross_entropy(&randn(&[n, v]), &bad, &mask).is_err());

@@ -6,7 +6,7 @@ use candle_core::Device;
 use common::*;
 use minimind::data::LmBatch;
 use minimind::optim::{clip_factor, cosine_lr, grad_norm, AdamW, AdamWConfig, GradAccumulator};
-use minimind::{ops, pretrain::lm_loss};
+use minimind::{lm_stage::lm_loss, ops};
 
 fn loss_curve(fused: bool) -> Vec<f64> {
     ops::set_fused(fused);

@@ -6,9 +6,9 @@ use common::*;
 use minimind::checkpoint::{atomic_write, load_model, save_model};
 use minimind::data::LmBatch;
 use minimind::generate::{apply_repetition_penalty, generate, Sampler, SamplingParams};
+use minimind::lm_stage::lm_loss;
 use minimind::model::{DropoutSeed, MiniMindForCausalLM};
 use minimind::optim::{clip_grad_norm, cosine_lr};
-use minimind::pretrain::lm_loss;
 use minimind::train::{train, Stage, TrainOptions};
 
 /// The same batch over and over: the loss must fall.
@@ -31,9 +31,10 @@ impl Stage for RepeatedBatch {
     fn tokens(&self, _: &()) -> usize {
         self.0.tokens()
     }
-    fn epoch(&self) -> usize {
-        0
+    fn cursor(&self) -> minimind::data::DataCursor {
+        Default::default()
     }
+    fn seek(&mut self, _: minimind::data::DataCursor) {}
 }
 
 fn options(out: &std::path::Path, steps: usize) -> TrainOptions {
@@ -50,6 +51,7 @@ fn options(out: &std::path::Path, steps: usize) -> TrainOptions {
         tokenizer_dir: None,
         show_progress: false,
         time_limit_s: None,
+        resume: None,
     }
 }
 
@@ -190,4 +192,98 @@ fn greedy_generation_matches_argmax_of_full_forward() {
     let stopped = generate(&model, &prompt, 6, &[stop], &mut sampler, |_| Ok(true)).unwrap();
     assert_eq!(stopped.finish_reason, minimind::generate::FinishReason::Stop);
     assert!(!stopped.tokens.contains(&stop));
+}
+
+#[test]
+fn resumed_run_matches_an_uninterrupted_one_exactly() {
+    use minimind::data::{pretrain_data, PretrainEncoding};
+    use minimind::lm_stage::LmStage;
+    use minimind::tokenizer::Tokenizer;
+    let tok = Tokenizer::load(&tokenizer_dir("v2")).unwrap();
+    let enc = PretrainEncoding { max_seq_len: 24, wrap: true, bos: 1, eos: 2, pad: 0 };
+    let data = || pretrain_data(&fixture("pretrain_en_austen_16.jsonl"), false, enc, &tok, 3, 9).unwrap();
+    let config = micro_config(6400, 4, 2, 16);
+    let opts = |dir: &std::path::Path| TrainOptions {
+        max_steps: Some(8),
+        save_every: 4,
+        accumulation_steps: 2,
+        lr: 2e-3,
+        ..options(dir, 8)
+    };
+    // Straight through: 8 steps (6 batches per epoch, so the data wraps into a second epoch).
+    let straight = tempfile::tempdir().unwrap();
+    let (model, params) =
+        minimind::checkpoint::init_model(&config, minimind::params::InitScheme::Minimind2, 3, &Device::Cpu).unwrap();
+    let mut stage = LmStage { name: "pretrain", data: data(), device: Device::Cpu };
+    train(&model, &params, &mut stage, &opts(straight.path())).unwrap();
+    // Interrupted: the same run stopped after its step-4 checkpoint (a later crash loses nothing
+    // saved), then resumed from the folder.
+    let resumed = tempfile::tempdir().unwrap();
+    let (model, params) =
+        minimind::checkpoint::init_model(&config, minimind::params::InitScheme::Minimind2, 3, &Device::Cpu).unwrap();
+    let mut stage = LmStage { name: "pretrain", data: data(), device: Device::Cpu };
+    // Run 4 steps of the 8-step schedule, dying in step 5 after the step-4 checkpoint.
+    train_until(&model, &params, &mut stage, &opts(resumed.path()), 4);
+    let (model, params, resume) = minimind::resume::load_run(resumed.path(), &Device::Cpu).unwrap();
+    assert_eq!(resume.state.step, 4);
+    let mut stage = LmStage { name: "pretrain", data: data(), device: Device::Cpu };
+    train(&model, &params, &mut stage, &TrainOptions { resume: Some(resume), ..opts(resumed.path()) }).unwrap();
+    let a = minimind::metrics::read_metrics(&straight.path().join("metrics.jsonl")).unwrap();
+    let b = minimind::metrics::read_metrics(&resumed.path().join("metrics.jsonl")).unwrap();
+    let losses = |m: &[minimind::metrics::StepMetrics]| {
+        m.iter().map(|r| (r.step, r.loss, r.lr, r.grad_norm)).collect::<Vec<_>>()
+    };
+    assert_eq!(losses(&a), losses(&b), "loss, lr and grad-norm sequences must be identical");
+    let wa = minimind::checkpoint::load_tensors(&straight.path().join("model.safetensors"), &Device::Cpu).unwrap();
+    let wb = minimind::checkpoint::load_tensors(&resumed.path().join("model.safetensors"), &Device::Cpu).unwrap();
+    for (name, t) in &wa {
+        assert_eq!(max_abs_diff(t, &wb[name]), 0.0, "{name} differs");
+    }
+}
+
+/// Trains `opts` but stops right after the checkpoint at `stop_after` steps, as a killed run would.
+fn train_until(
+    model: &MiniMindForCausalLM,
+    params: &minimind::params::Params,
+    stage: &mut impl Stage,
+    opts: &TrainOptions,
+    stop_after: usize,
+) {
+    struct Stop<'a, S: Stage> {
+        inner: &'a mut S,
+        batches_left: usize,
+    }
+    impl<S: Stage> Stage for Stop<'_, S> {
+        type Batch = S::Batch;
+        fn name(&self) -> &str {
+            self.inner.name()
+        }
+        fn batches_per_epoch(&self) -> usize {
+            self.inner.batches_per_epoch()
+        }
+        fn next_batch(&mut self) -> anyhow::Result<S::Batch> {
+            if self.batches_left == 0 {
+                anyhow::bail!("killed");
+            }
+            self.batches_left -= 1;
+            self.inner.next_batch()
+        }
+        fn loss(&self, m: &MiniMindForCausalLM, b: &S::Batch, d: DropoutSeed) -> anyhow::Result<Tensor> {
+            self.inner.loss(m, b, d)
+        }
+        fn tokens(&self, b: &S::Batch) -> usize {
+            self.inner.tokens(b)
+        }
+        fn cursor(&self) -> minimind::data::DataCursor {
+            self.inner.cursor()
+        }
+        fn seek(&mut self, c: minimind::data::DataCursor) {
+            self.inner.seek(c)
+        }
+    }
+    // Let it run into step stop_after + 1 and die there, after the checkpoint of step stop_after.
+    let batches = (stop_after + 1) * opts.accumulation_steps - 1;
+    let mut stopping = Stop { inner: stage, batches_left: batches };
+    let err = train(model, params, &mut stopping, opts).unwrap_err();
+    assert!(err.to_string().contains("killed"));
 }

@@ -87,12 +87,13 @@ pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor, dropout: Option<(f64
     out.reshape((b, h, t, d))
 }
 
-/// Masked mean cross-entropy: `Σ_i mask_i · (−log p(y_i | x)) / Σ_i mask_i`.
+/// Masked mean cross-entropy: `Σ_i mask_i · (−log p(y_i | x)) / Σ_i mask_i` (0 when the mask is empty).
 /// `logits` `[N, V]`, `targets` `[N]` (u32), `mask` `[N]` (f32, 0 or 1 or a weight).
 pub fn cross_entropy(logits: &Tensor, targets: &Tensor, mask: &Tensor) -> Result<Tensor> {
     let token_log_probs = target_log_probs(logits, targets)?;
     let total = (token_log_probs * mask)?.sum_all()?.neg()?;
-    let count = mask.sum_all()?;
+    // A batch with nothing to supervise contributes 0 (not 0/0).
+    let count = mask.sum_all()?.maximum(1e-12)?;
     total.broadcast_div(&count)
 }
 

@@ -48,26 +48,35 @@ impl CustomOp2 for RmsNorm {
         let inv = self.inv_rms.lock().map_err(|_| candle_core::Error::Msg("lock poisoned".into()))?;
         let w = w.to_vec1::<f32>()?;
         let mut dx = vec![0f32; x.elem_count()];
-        let dw = with_f32(x, |xs| {
+        // dw sums over rows: partial sums per fixed block of rows, added in order, so the result is
+        // the same on every run (resumable training must be bit-reproducible).
+        const ROWS: usize = 64;
+        let partials: Vec<Vec<f32>> = with_f32(x, |xs| {
             with_f32(grad, |dy| {
-                dx.par_chunks_mut(d)
-                    .zip(xs.par_chunks(d).zip(dy.par_chunks(d)))
-                    .zip(inv.par_iter())
-                    .fold(
-                        || vec![0f32; d],
-                        |mut dw, ((dx, (x, dy)), &r)| {
+                dx.par_chunks_mut(d * ROWS)
+                    .zip(xs.par_chunks(d * ROWS).zip(dy.par_chunks(d * ROWS)))
+                    .zip(inv.par_chunks(ROWS))
+                    .map(|((dx, (x, dy)), rs)| {
+                        let mut dw = vec![0f32; d];
+                        for (r, &ri) in rs.iter().enumerate() {
+                            let span = r * d..(r + 1) * d;
+                            let (x, dy, dx) = (&x[span.clone()], &dy[span.clone()], &mut dx[span]);
                             let dot: f32 = (0..d).map(|j| w[j] * dy[j] * x[j]).sum();
-                            let c = r * r * r * dot / d as f32;
+                            let c = ri * ri * ri * dot / d as f32;
                             for j in 0..d {
-                                dx[j] = r * w[j] * dy[j] - c * x[j];
-                                dw[j] += dy[j] * x[j] * r;
+                                dx[j] = ri * w[j] * dy[j] - c * x[j];
+                                dw[j] += dy[j] * x[j] * ri;
                             }
-                            dw
-                        },
-                    )
-                    .reduce(|| vec![0f32; d], |a, b| a.iter().zip(&b).map(|(x, y)| x + y).collect())
+                        }
+                        dw
+                    })
+                    .collect()
             })
         })??;
+        let mut dw = vec![0f32; d];
+        for p in &partials {
+            dw.iter_mut().zip(p).for_each(|(a, b)| *a += b);
+        }
         let dev = x.device();
         Ok((Some(Tensor::from_vec(dx, x.shape(), dev)?), Some(Tensor::from_vec(dw, d, dev)?)))
     }

@@ -60,7 +60,9 @@ impl CustomOp3 for CrossEntropy {
             weight += mask[i] as f64;
         }
         *self.lse.lock().map_err(|_| candle_core::Error::Msg("lse lock poisoned".into()))? = lse;
-        Ok((CpuStorage::F32(vec![(total / weight) as f32]), Shape::from(())))
+        // A batch with nothing to supervise contributes 0 (not 0/0).
+        let loss = if weight > 0.0 { total / weight } else { 0.0 };
+        Ok((CpuStorage::F32(vec![loss as f32]), Shape::from(())))
     }
 
     fn bwd(
@@ -80,7 +82,7 @@ impl CustomOp3 for CrossEntropy {
         let mut out = vec![0f32; n * v];
         super::cpu::with_f32(logits, |z| {
             out.par_chunks_mut(v).zip(z.par_chunks(v)).enumerate().for_each(|(i, (dz, z))| {
-                let scale = (g as f64 * mask[i] as f64 / total) as f32;
+                let scale = if total > 0.0 { (g as f64 * mask[i] as f64 / total) as f32 } else { 0.0 };
                 if scale == 0.0 {
                     return; // masked row: zero gradient (already zeroed)
                 }

@@ -1,13 +1,13 @@
 //! Command-line interface: one subcommand per job.
 
+pub mod train;
+
+pub use train::{PretrainArgs, SftArgs, TrainerArgs};
+
 use crate::checkpoint;
-use crate::config::{ModelConfig, PRESETS};
-use crate::data::{PretrainData, PretrainEncoding};
+use crate::config::ModelConfig;
 use crate::generate::{generate, Sampler, SamplingParams};
-use crate::params::InitScheme;
-use crate::pretrain::PretrainStage;
 use crate::tokenizer::{ChatMessage, TextStream, Tokenizer};
-use crate::train::{train, TrainOptions, TrainSummary};
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device};
 use clap::{Args, Parser, Subcommand};
@@ -32,6 +32,8 @@ pub enum Command {
     TrainTokenizer(TrainTokenizerArgs),
     /// Pretrain a model from scratch on {"text": …} JSON Lines.
     Pretrain(PretrainArgs),
+    /// Supervised fine-tuning on {"conversations": […]} JSON Lines, starting from a model folder.
+    Sft(SftArgs),
     /// Generate text from a model folder, streaming tokens to stdout.
     Generate(GenerateArgs),
     /// Measure training, forward or decoding throughput on synthetic tokens.
@@ -65,61 +67,6 @@ pub struct TrainTokenizerArgs {
     /// Skip malformed lines (and report how many) instead of stopping at the first.
     #[arg(long)]
     pub skip_bad_lines: bool,
-}
-
-#[derive(Args, Clone)]
-pub struct PretrainArgs {
-    /// JSON Lines with a "text" field per line.
-    #[arg(long)]
-    pub data: PathBuf,
-    /// Folder with tokenizer.json (+ tokenizer_config.json).
-    #[arg(long)]
-    pub tokenizer: PathBuf,
-    /// Output model folder (config, weights, tokenizer, metrics.jsonl, loss.png).
-    #[arg(long)]
-    pub out: PathBuf,
-    /// Model preset: tiny, minimind2-small, minimind2.
-    #[arg(long, default_value = "minimind2-small", conflicts_with = "config")]
-    pub preset: String,
-    /// A config.json to use instead of a preset.
-    #[arg(long)]
-    pub config: Option<PathBuf>,
-    #[arg(long, default_value_t = 1)]
-    pub epochs: usize,
-    #[arg(long, default_value_t = 32)]
-    pub batch_size: usize,
-    #[arg(long, default_value_t = 8)]
-    pub accumulation_steps: usize,
-    #[arg(long, default_value_t = 5e-4)]
-    pub lr: f64,
-    #[arg(long, default_value_t = 512)]
-    pub max_seq_len: usize,
-    #[arg(long, default_value_t = 1.0)]
-    pub grad_clip: f64,
-    #[arg(long, default_value_t = 0.01)]
-    pub weight_decay: f64,
-    /// Checkpoint every N optimizer steps (0: only at the end).
-    #[arg(long, default_value_t = 100)]
-    pub save_every: usize,
-    #[arg(long, default_value_t = 42)]
-    pub seed: u64,
-    /// Train exactly N optimizer steps (overrides --epochs; the data wraps around).
-    #[arg(long)]
-    pub max_steps: Option<usize>,
-    /// Weight initialization: minimind2 (U(±1/√fan_in)) or normal (N(0, 0.02), minimind-3).
-    #[arg(long, value_enum, default_value_t = InitScheme::Minimind2)]
-    pub init: InitScheme,
-    /// Do not wrap texts as [bos] + text + [eos] (for data that already carries the markers).
-    #[arg(long)]
-    pub no_wrap: bool,
-    #[arg(long)]
-    pub skip_bad_lines: bool,
-    /// cpu, or cuda / cuda:N with a CUDA build.
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
-    /// Stop early (saving the model) once this many minutes have passed.
-    #[arg(long)]
-    pub max_minutes: Option<f64>,
 }
 
 #[derive(Args)]
@@ -175,19 +122,8 @@ pub fn run(cli: Cli) -> Result<()> {
             println!("tokenizer written to {}", a.out.display());
             Ok(())
         }
-        Command::Pretrain(a) => {
-            let summary = pretrain(&a, true)?;
-            println!(
-                "pretrained {} steps in {:.1}s: loss {:.4} → {:.4}, {:.0} tokens/s; model in {}",
-                summary.steps,
-                summary.elapsed_s,
-                summary.first_loss,
-                summary.final_loss,
-                summary.tokens_per_sec,
-                a.out.display()
-            );
-            Ok(())
-        }
+        Command::Pretrain(a) => report("pretrained", &train::pretrain(&a)?, &a.train.out),
+        Command::Sft(a) => report("fine-tuned", &train::sft(&a)?, &a.train.out),
         Command::Generate(a) => generate_cmd(&a),
         Command::Chart { path, out } => {
             let metrics = if path.is_dir() { path.join("metrics.jsonl") } else { path.clone() };
@@ -209,67 +145,17 @@ pub fn run(cli: Cli) -> Result<()> {
     }
 }
 
-fn model_config(a: &PretrainArgs, vocab_size: usize) -> Result<ModelConfig> {
-    let config = match &a.config {
-        Some(path) => ModelConfig::load(path)?,
-        None => ModelConfig::preset(&a.preset).with_context(|| format!("presets: {}", PRESETS.join(", ")))?,
-    };
-    if vocab_size > config.vocab_size {
-        bail!("the tokenizer has {vocab_size} tokens but the model's vocab_size is {}", config.vocab_size);
-    }
-    Ok(config)
-}
-
-/// `minimind pretrain`: returns the run summary.
-pub fn pretrain(a: &PretrainArgs, show_progress: bool) -> Result<TrainSummary> {
-    let device = parse_device(&a.device)?;
-    let tokenizer = Tokenizer::load(&a.tokenizer)?;
-    let config = model_config(a, tokenizer.vocab_size())?;
-    if a.max_seq_len < 2 || a.max_seq_len > config.max_position_embeddings {
-        bail!("--max-seq-len must be in 2..={}", config.max_position_embeddings);
-    }
-    if a.batch_size == 0 {
-        bail!("--batch-size must be at least 1");
-    }
-    let encoding = PretrainEncoding {
-        max_seq_len: a.max_seq_len,
-        wrap: !a.no_wrap,
-        bos: tokenizer.bos_id()?,
-        eos: tokenizer.eos_id()?,
-        pad: tokenizer.pad_id()?,
-    };
-    let data = PretrainData::open(&a.data, a.skip_bad_lines, encoding, a.batch_size, a.seed)?;
-    if data.index.skipped > 0 {
-        eprintln!("skipping {} malformed lines of {}", data.index.skipped, a.data.display());
-    }
-    let (model, params) = checkpoint::init_model(&config, a.init, a.seed, &device)?;
-    eprintln!(
-        "model: {} parameters ({} layers, hidden {}), {} rows of data",
-        params.num_elements(),
-        config.num_hidden_layers,
-        config.hidden_size,
-        data.index.len()
+fn report(what: &str, s: &crate::train::TrainSummary, out: &Path) -> Result<()> {
+    println!(
+        "{what} {} steps in {:.1}s: loss {:.4} → {:.4}, {:.0} tokens/s; model in {}",
+        s.steps,
+        s.elapsed_s,
+        s.first_loss,
+        s.final_loss,
+        s.tokens_per_sec,
+        out.display()
     );
-    let mut stage = PretrainStage { data, tokenizer: &tokenizer, device };
-    let opts = TrainOptions {
-        epochs: a.epochs,
-        accumulation_steps: a.accumulation_steps,
-        lr: a.lr,
-        grad_clip: a.grad_clip,
-        weight_decay: a.weight_decay,
-        save_every: a.save_every,
-        max_steps: a.max_steps,
-        seed: a.seed,
-        out_dir: a.out.clone(),
-        tokenizer_dir: Some(a.tokenizer.clone()),
-        show_progress,
-        time_limit_s: a.max_minutes.map(|m| m * 60.0),
-    };
-    let summary = train(&model, &params, &mut stage, &opts)?;
-    if stage.data.index.skipped > 0 {
-        eprintln!("skipped {} malformed lines", stage.data.index.skipped);
-    }
-    Ok(summary)
+    Ok(())
 }
 
 /// Encodes a prompt the way the model was trained: chat template, or a plain text with a leading bos.

@@ -1,9 +1,9 @@
-//! The pretraining stage: next-token prediction on plain text, masked mean cross-entropy.
+//! Next-token stages (pretraining, SFT, reasoning SFT): a data file encoded into rows with a loss
+//! mask, and the masked mean cross-entropy. What differs between them is only the row encoder.
 
-use crate::data::{LmBatch, PretrainData};
+use crate::data::{DataCursor, LmBatch, LmData};
 use crate::model::{DropoutSeed, MiniMindForCausalLM};
 use crate::ops;
-use crate::tokenizer::Tokenizer;
 use crate::train::Stage;
 use anyhow::Result;
 use candle_core::{Device, Tensor};
@@ -14,17 +14,17 @@ pub fn lm_loss(model: &MiniMindForCausalLM, batch: &LmBatch, dropout: DropoutSee
     Ok(ops::cross_entropy(&logits, &batch.y.flatten_all()?, &batch.mask.flatten_all()?)?)
 }
 
-pub struct PretrainStage<'a> {
-    pub data: PretrainData,
-    pub tokenizer: &'a Tokenizer,
+pub struct LmStage<'a> {
+    pub name: &'static str,
+    pub data: LmData<'a>,
     pub device: Device,
 }
 
-impl Stage for PretrainStage<'_> {
+impl Stage for LmStage<'_> {
     type Batch = LmBatch;
 
     fn name(&self) -> &str {
-        "pretrain"
+        self.name
     }
 
     fn batches_per_epoch(&self) -> usize {
@@ -32,7 +32,7 @@ impl Stage for PretrainStage<'_> {
     }
 
     fn next_batch(&mut self) -> Result<LmBatch> {
-        self.data.next_batch(self.tokenizer, &self.device)
+        self.data.next_batch(&self.device)
     }
 
     fn loss(&self, model: &MiniMindForCausalLM, batch: &LmBatch, dropout: DropoutSeed) -> Result<Tensor> {
@@ -43,7 +43,11 @@ impl Stage for PretrainStage<'_> {
         batch.tokens()
     }
 
-    fn epoch(&self) -> usize {
-        self.data.cursor().epoch
+    fn cursor(&self) -> DataCursor {
+        self.data.cursor()
+    }
+
+    fn seek(&mut self, cursor: DataCursor) {
+        self.data.seek(cursor)
     }
 }

@@ -1,0 +1,221 @@
+//! `minimind pretrain` and `minimind sft`: the shared trainer flags and what each stage adds.
+
+use super::parse_device;
+use crate::checkpoint;
+use crate::config::{ModelConfig, PRESETS};
+use crate::data::{pretrain_data, PretrainEncoding};
+use crate::lm_stage::LmStage;
+use crate::params::InitScheme;
+use crate::sft::{sft_data, SftEncoding};
+use crate::tokenizer::Tokenizer;
+use crate::train::{train, TrainOptions, TrainSummary};
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device};
+use clap::Args;
+use std::path::PathBuf;
+
+/// Flags every training stage takes. Unset ones get the stage's MiniMind default.
+#[derive(Args, Clone, Debug, Default)]
+pub struct TrainerArgs {
+    /// Output model folder (config, weights, tokenizer, metrics.jsonl, loss.png, trainer_state).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Passes over the data [pretrain 1, sft 1].
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    /// Rows per micro-batch [pretrain 32, sft 32].
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// Micro-batches per optimizer step [pretrain 8, sft 1].
+    #[arg(long)]
+    pub accumulation_steps: Option<usize>,
+    /// Peak learning rate of the cosine schedule [pretrain 5e-4, sft 5e-5].
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// Tokens per row [512].
+    #[arg(long)]
+    pub max_seq_len: Option<usize>,
+    #[arg(long, default_value_t = 1.0)]
+    pub grad_clip: f64,
+    #[arg(long, default_value_t = 0.01)]
+    pub weight_decay: f64,
+    /// Checkpoint every N optimizer steps (0: only at the end).
+    #[arg(long, default_value_t = 100)]
+    pub save_every: usize,
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Train exactly N optimizer steps (overrides --epochs; the data wraps around).
+    #[arg(long)]
+    pub max_steps: Option<usize>,
+    /// Stop early (saving everything) once this many minutes have passed.
+    #[arg(long)]
+    pub max_minutes: Option<f64>,
+    /// Continue the run in --out from its last checkpoint, exactly as if never interrupted.
+    #[arg(long)]
+    pub resume: bool,
+    /// Skip malformed data lines (and report how many) instead of stopping at the first.
+    #[arg(long)]
+    pub skip_bad_lines: bool,
+    /// cpu, or cuda / cuda:N with a CUDA build.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+}
+
+/// A stage's MiniMind defaults for the optional trainer flags.
+pub struct StageDefaults {
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub accumulation_steps: usize,
+    pub lr: f64,
+    pub max_seq_len: usize,
+}
+
+pub const PRETRAIN: StageDefaults =
+    StageDefaults { epochs: 1, batch_size: 32, accumulation_steps: 8, lr: 5e-4, max_seq_len: 512 };
+pub const SFT: StageDefaults =
+    StageDefaults { epochs: 1, batch_size: 32, accumulation_steps: 1, lr: 5e-5, max_seq_len: 512 };
+
+impl TrainerArgs {
+    fn batch_size(&self, d: &StageDefaults) -> Result<usize> {
+        let b = self.batch_size.unwrap_or(d.batch_size);
+        if b == 0 {
+            bail!("--batch-size must be at least 1");
+        }
+        Ok(b)
+    }
+
+    fn max_seq_len(&self, d: &StageDefaults, config: &ModelConfig) -> Result<usize> {
+        let n = self.max_seq_len.unwrap_or(d.max_seq_len);
+        if n < 2 || n > config.max_position_embeddings {
+            bail!("--max-seq-len must be in 2..={}", config.max_position_embeddings);
+        }
+        Ok(n)
+    }
+
+    fn options(&self, d: &StageDefaults, tokenizer_dir: PathBuf) -> TrainOptions {
+        TrainOptions {
+            epochs: self.epochs.unwrap_or(d.epochs),
+            accumulation_steps: self.accumulation_steps.unwrap_or(d.accumulation_steps),
+            lr: self.lr.unwrap_or(d.lr),
+            grad_clip: self.grad_clip,
+            weight_decay: self.weight_decay,
+            save_every: self.save_every,
+            max_steps: self.max_steps,
+            seed: self.seed,
+            out_dir: self.out.clone(),
+            tokenizer_dir: Some(tokenizer_dir),
+            show_progress: true,
+            time_limit_s: self.max_minutes.map(|m| m * 60.0),
+            resume: None,
+        }
+    }
+}
+
+#[derive(Args, Clone)]
+pub struct PretrainArgs {
+    /// JSON Lines with a "text" field per line.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Folder with tokenizer.json (+ tokenizer_config.json).
+    #[arg(long)]
+    pub tokenizer: PathBuf,
+    /// Model preset: tiny, minimind2-small, minimind2.
+    #[arg(long, default_value = "minimind2-small", conflicts_with = "config")]
+    pub preset: String,
+    /// A config.json to use instead of a preset.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Weight initialization: minimind2 (U(±1/√fan_in)) or normal (N(0, 0.02), minimind-3).
+    #[arg(long, value_enum, default_value_t = InitScheme::Minimind2)]
+    pub init: InitScheme,
+    /// Do not wrap texts as [bos] + text + [eos] (for data that already carries the markers).
+    #[arg(long)]
+    pub no_wrap: bool,
+    #[command(flatten)]
+    pub train: TrainerArgs,
+}
+
+#[derive(Args, Clone)]
+pub struct SftArgs {
+    /// The model folder to start from (a pretrained model).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// JSON Lines of {"conversations": [{"role", "content"}, …]}.
+    #[arg(long)]
+    pub data: PathBuf,
+    #[command(flatten)]
+    pub train: TrainerArgs,
+}
+
+fn model_config(a: &PretrainArgs, vocab_size: usize) -> Result<ModelConfig> {
+    let config = match &a.config {
+        Some(path) => ModelConfig::load(path)?,
+        None => ModelConfig::preset(&a.preset).with_context(|| format!("presets: {}", PRESETS.join(", ")))?,
+    };
+    if vocab_size > config.vocab_size {
+        bail!("the tokenizer has {vocab_size} tokens but the model's vocab_size is {}", config.vocab_size);
+    }
+    Ok(config)
+}
+
+/// Trains `stage` from `model`/`params` (or, with --resume, from the checkpoint in --out).
+fn fit(
+    t: &TrainerArgs,
+    mut opts: TrainOptions,
+    device: &Device,
+    stage: &mut LmStage,
+    fresh: impl FnOnce() -> Result<(crate::MiniMindForCausalLM, crate::params::Params)>,
+) -> Result<TrainSummary> {
+    let (model, params) = if t.resume {
+        let (model, params, resume) = crate::resume::load_run(&t.out, device)?;
+        eprintln!("resuming {} at step {}", t.out.display(), resume.state.step);
+        opts.resume = Some(resume);
+        (model, params)
+    } else {
+        fresh()?
+    };
+    eprintln!("model: {} parameters, {} rows of data", params.num_elements(), stage.data.index.len());
+    let summary = train(&model, &params, stage, &opts)?;
+    if stage.data.index.skipped > 0 {
+        eprintln!("skipped {} malformed lines of the data", stage.data.index.skipped);
+    }
+    Ok(summary)
+}
+
+/// `minimind pretrain`.
+pub fn pretrain(a: &PretrainArgs) -> Result<TrainSummary> {
+    let t = &a.train;
+    let device = parse_device(&t.device)?;
+    let tokenizer = Tokenizer::load(&a.tokenizer)?;
+    let config = model_config(a, tokenizer.vocab_size())?;
+    let encoding = PretrainEncoding {
+        max_seq_len: t.max_seq_len(&PRETRAIN, &config)?,
+        wrap: !a.no_wrap,
+        bos: tokenizer.bos_id()?,
+        eos: tokenizer.eos_id()?,
+        pad: tokenizer.pad_id()?,
+    };
+    let data = pretrain_data(&a.data, t.skip_bad_lines, encoding, &tokenizer, t.batch_size(&PRETRAIN)?, t.seed)?;
+    if data.index.skipped > 0 {
+        eprintln!("skipping {} malformed lines of {}", data.index.skipped, a.data.display());
+    }
+    let mut stage = LmStage { name: "pretrain", data, device: device.clone() };
+    let opts = t.options(&PRETRAIN, a.tokenizer.clone());
+    fit(t, opts, &device, &mut stage, || checkpoint::init_model(&config, a.init, t.seed, &device))
+}
+
+/// `minimind sft`: starts from `--model`, whose tokenizer (and chat template) it uses.
+pub fn sft(a: &SftArgs) -> Result<TrainSummary> {
+    let t = &a.train;
+    let device = parse_device(&t.device)?;
+    let tokenizer = Tokenizer::load(&a.model)?;
+    let config = ModelConfig::load(&a.model.join(checkpoint::CONFIG_FILE))?;
+    let encoding = SftEncoding::for_tokenizer(&tokenizer, t.max_seq_len(&SFT, &config)?)?;
+    let data = sft_data(&a.data, t.skip_bad_lines, encoding, &tokenizer, t.batch_size(&SFT)?, t.seed)?;
+    if data.index.skipped > 0 {
+        eprintln!("skipping {} malformed lines of {}", data.index.skipped, a.data.display());
+    }
+    let mut stage = LmStage { name: "sft", data, device: device.clone() };
+    let opts = t.options(&SFT, a.model.clone());
+    fit(t, opts, &device, &mut stage, || checkpoint::load_model(&a.model, &device, DType::F32, true))
+}
