@@ -167,8 +167,8 @@ fn stream_decoding_equals_full_decoding() {
 #[test]
 fn trained_tokenizer_has_specials_first_and_round_trips() {
     let dir = tempfile::tempdir().unwrap();
-    minimind::train_tokenizer::train_tokenizer(&fixture("pretrain_zh_songci_32.jsonl"), 600, dir.path(), false)
-        .unwrap();
+    let files = [fixture("pretrain_zh_songci_32.jsonl"), fixture("sft_zh_en_32.jsonl")];
+    minimind::train_tokenizer::train_tokenizer(&files, 600, dir.path(), false).unwrap();
     let t = Tokenizer::load(dir.path()).unwrap();
     for (id, token) in ["<|endoftext|>", "<|im_start|>", "<|im_end|>"].iter().enumerate() {
         assert_eq!(t.token_to_id(token), Some(id as u32));
@@ -182,4 +182,14 @@ fn trained_tokenizer_has_specials_first_and_round_trips() {
     // The written config carries MiniMind2's chat template.
     let chat = t.render_chat(&[ChatMessage::new("user", "你好")], true).unwrap();
     assert_eq!(chat, "<|im_start|>system\nYou are a helpful assistant<|im_end|>\n<|im_start|>user\n你好<|im_end|>\n<|im_start|>assistant\n");
+}
+
+#[test]
+fn tokenizer_corpus_lines_may_be_text_or_conversations() {
+    use minimind::train_tokenizer::corpus_text;
+    assert_eq!(corpus_text(r#"{"text": "a b"}"#).unwrap(), "a b");
+    let chat = r#"{"conversations": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}"#;
+    assert_eq!(corpus_text(chat).unwrap(), "q\na");
+    let err = corpus_text(r#"{"txt": 1}"#).unwrap_err();
+    assert!(err.contains("\"text\"") && err.contains("conversations"), "{err}");
 }

@@ -28,7 +28,7 @@ pub struct Cli {
 pub enum Command {
     /// Train a tokenizer, pretrain a small model on the bundled Song ci corpus and sample from it.
     Demo(crate::demo::DemoArgs),
-    /// Train a byte-level BPE tokenizer on the "text" field of a JSON Lines file.
+    /// Train a byte-level BPE tokenizer on JSON Lines text (pretraining or SFT rows).
     TrainTokenizer(TrainTokenizerArgs),
     /// Pretrain a model from scratch on {"text": …} JSON Lines.
     Pretrain(PretrainArgs),
@@ -58,8 +58,9 @@ pub enum Command {
 
 #[derive(Args)]
 pub struct TrainTokenizerArgs {
-    #[arg(long)]
-    pub data: PathBuf,
+    /// JSON Lines of {"text": …} or {"conversations": […]} rows; repeat for several files.
+    #[arg(long, required = true)]
+    pub data: Vec<PathBuf>,
     #[arg(long, default_value_t = 6400)]
     pub vocab_size: usize,
     #[arg(long)]
