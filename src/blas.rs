@@ -55,12 +55,16 @@ pub fn blas() -> Option<&'static Blas> {
     BLAS.get_or_init(load).as_ref()
 }
 
-fn load() -> Option<Blas> {
-    // OpenBLAS worker threads spin for ~0.1 s after each call by default, stealing the cores the
-    // next (non-BLAS) op needs; let them sleep almost at once unless the user chose otherwise.
+/// OpenBLAS worker threads spin for ~0.1 s after each call by default, stealing the cores the next
+/// (non-BLAS) op needs; this lets them sleep almost at once. Call before any thread starts (it sets
+/// an environment variable), unless the user chose a value.
+pub fn configure_environment() {
     if std::env::var_os("OPENBLAS_THREAD_TIMEOUT").is_none() {
         std::env::set_var("OPENBLAS_THREAD_TIMEOUT", "4");
     }
+}
+
+fn load() -> Option<Blas> {
     let candidates: Vec<String> = match std::env::var("MINIMIND_BLAS") {
         Ok(v) if v == "none" || v.is_empty() => return None,
         Ok(v) => vec![v],
@@ -87,6 +91,10 @@ impl Blas {
     #[allow(clippy::too_many_arguments)]
     pub fn sgemm(&self, trans_a: bool, trans_b: bool, m: usize, n: usize, k: usize, a: &[f32], b: &[f32]) -> Vec<f32> {
         assert!(a.len() >= m * k && b.len() >= k * n, "sgemm: buffers too small");
+        if m == 0 || n == 0 || k == 0 {
+            return vec![0.0; m * n]; // BLAS may reject empty shapes without writing C
+        }
+        let int = |v: usize| c_int::try_from(v).expect("matrix dimension exceeds BLAS's 32-bit integers");
         // With beta = 0 BLAS writes every element of C, so it need not be zeroed first.
         let mut c = Vec::<f32>::with_capacity(m * n);
         let lda = if trans_a { m } else { k };
@@ -98,17 +106,17 @@ impl Blas {
                 ROW_MAJOR,
                 flag(trans_a),
                 flag(trans_b),
-                m as c_int,
-                n as c_int,
-                k as c_int,
+                int(m),
+                int(n),
+                int(k),
                 1.0,
                 a.as_ptr(),
-                lda as c_int,
+                int(lda),
                 b.as_ptr(),
-                ldb as c_int,
+                int(ldb),
                 0.0,
                 c.as_mut_ptr(),
-                n as c_int,
+                int(n),
             );
             c.set_len(m * n);
         }

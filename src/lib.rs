@@ -9,7 +9,7 @@
 //! - [`tokenizer`], [`train_tokenizer`] HF tokenizers, chat templates, BPE training
 //! - [`data`] streaming JSON Lines, shuffling, batches
 //! - [`optim`], [`train`], [`resume`] AdamW, the training loop, exact resume
-//! - [`lm_stage`], [`sft`] next-token stages: pretraining and supervised fine-tuning
+//! - [`lm_stage`], [`sft`], [`dpo`] the stages: pretraining, supervised fine-tuning, preference optimization
 //! - [`metrics`] metrics.jsonl and the PNG chart
 //! - [`generate`] sampling and KV-cached decoding
 //! - [`bench`] throughput benchmarks
@@ -22,6 +22,7 @@ pub mod cli;
 pub mod config;
 pub mod data;
 pub mod demo;
+pub mod dpo;
 pub mod generate;
 pub mod lm_stage;
 pub mod metrics;

@@ -17,6 +17,7 @@ fn main() {
         libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1);
         libmimalloc_sys::mi_option_set(MI_OPTION_ARENA_EAGER_COMMIT, 1);
     }
+    minimind::blas::configure_environment();
     let cli = Cli::parse();
     if let Some(n) = cli.threads {
         // Read by candle's matmul and by rayon; must be set before either starts.

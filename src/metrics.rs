@@ -20,6 +20,9 @@ pub struct StepMetrics {
     pub tokens: usize,
     pub tokens_per_sec: f64,
     pub elapsed_s: f64,
+    /// Stage-specific figures (DPO: `reward_margin`, `accuracy`), one chart panel each.
+    #[serde(flatten, default)]
+    pub extra: std::collections::BTreeMap<String, f64>,
 }
 
 /// Appends metrics lines, flushing each so a crash loses nothing already logged.
@@ -71,20 +74,31 @@ fn register_font() {
     });
 }
 
-/// Draws loss (top) and learning rate (bottom) against the step into a PNG at `out`.
+/// Draws loss, learning rate and any stage-specific series against the step into a PNG at `out`,
+/// one panel each, loss on top.
 pub fn write_chart(metrics: &[StepMetrics], title: &str, out: &Path) -> Result<()> {
     if metrics.is_empty() {
         bail!("no metrics to chart");
     }
     register_font();
-    let root = BitMapBackend::new(out, (960, 720)).into_drawing_area();
+    let keys: Vec<&String> = metrics[0].extra.keys().collect();
+    let height = 460 + 260 * (1 + keys.len() as u32);
+    let root = BitMapBackend::new(out, (960, height)).into_drawing_area();
     root.fill(&WHITE).map_err(chart_err)?;
-    let (top, bottom) = root.split_vertically(460);
+    let (top, rest) = root.split_vertically(460);
+    let panels = rest.split_evenly((1 + keys.len(), 1));
     let steps = metrics.iter().map(|m| m.step).max().unwrap_or(1).max(1) as f64;
-    let loss: Vec<(f64, f64)> = metrics.iter().map(|m| (m.step as f64, m.loss)).collect();
-    let lr: Vec<(f64, f64)> = metrics.iter().map(|m| (m.step as f64, m.lr)).collect();
-    draw_series(&top, &format!("{title} — loss"), "loss", &loss, steps, &BLUE)?;
-    draw_series(&bottom, "learning rate", "lr", &lr, steps, &RED)?;
+    let series = |f: &dyn Fn(&StepMetrics) -> Option<f64>| -> Vec<(f64, f64)> {
+        metrics.iter().filter_map(|m| f(m).map(|v| (m.step as f64, v))).collect()
+    };
+    draw_series(&top, &format!("{title} — loss"), "loss", &series(&|m| Some(m.loss)), steps, &BLUE)?;
+    draw_series(&panels[0], "learning rate", "lr", &series(&|m| Some(m.lr)), steps, &RED)?;
+    for (panel, key) in panels[1..].iter().zip(keys) {
+        let points = series(&|m| m.extra.get(key).copied());
+        if !points.is_empty() {
+            draw_series(panel, key, key, &points, steps, &GREEN)?;
+        }
+    }
     root.present().map_err(chart_err)?;
     Ok(())
 }

@@ -95,7 +95,7 @@ impl AdamW {
             match moments {
                 Moments::Host { m, v } => {
                     let op = InPlaceAdamW { update, m: Mutex::new((m, v)) };
-                    var.as_tensor().inplace_op2(&grad.to_dtype(DType::F32)?, &op)?;
+                    var.as_tensor().inplace_op2(&grad.to_dtype(DType::F32)?.contiguous()?, &op)?;
                 }
                 Moments::Tensors { m, v } => composed_step(var, m, v, grad, &update)?,
             }

@@ -233,8 +233,8 @@ impl<'a> TextStream<'a> {
         if text.len() <= self.prefix.len() || text.ends_with('\u{FFFD}') {
             return Ok(None);
         }
-        let Some(new) = text.get(self.prefix.len()..) else {
-            bail!("streaming detokenization: the context text changed");
+        let Some(new) = text.strip_prefix(self.prefix.as_str()) else {
+            bail!("streaming detokenization: the decoder rewrote text it had already produced");
         };
         let new = new.to_string();
         self.prefix_start = self.read_start;

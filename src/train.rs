@@ -32,6 +32,11 @@ pub trait Stage {
     fn cursor(&self) -> DataCursor;
     /// Continues the data from a saved cursor.
     fn seek(&mut self, cursor: DataCursor);
+    /// Extra figures of the last `loss` call (e.g. DPO's reward margin), averaged per step and
+    /// logged beside the loss.
+    fn batch_metrics(&self) -> Vec<(String, f64)> {
+        Vec::new()
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -117,6 +122,7 @@ pub fn train<S: Stage>(
         let step_start = Instant::now();
         let lr = cosine_lr(opts.lr, step, total);
         let (mut loss_sum, mut tokens) = (0f64, 0usize);
+        let mut extra = std::collections::BTreeMap::new();
         for micro in 0..opts.accumulation_steps {
             let batch = stage.next_batch()?;
             let dropout = Some(opts.seed ^ ((step * opts.accumulation_steps + micro) as u64).wrapping_mul(0x9E37_79B9));
@@ -130,6 +136,9 @@ pub fn train<S: Stage>(
             accumulator.add(params, &grads)?;
             loss_sum += value;
             tokens += stage.tokens(&batch);
+            for (key, v) in stage.batch_metrics() {
+                *extra.entry(key).or_insert(0.0) += v / opts.accumulation_steps as f64;
+            }
         }
         let grads = accumulator.take(params)?;
         let grad_norm = grad_norm(&grads)?;
@@ -150,6 +159,7 @@ pub fn train<S: Stage>(
             tokens,
             tokens_per_sec: tokens as f64 / step_secs.max(1e-9),
             elapsed_s: start.elapsed().as_secs_f64(),
+            extra,
         };
         metrics.write(&row)?;
         progress.update(&row);

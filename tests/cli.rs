@@ -264,6 +264,33 @@ fn sft_and_resume_through_the_cli() {
     let answer =
         ok(minimind(&["generate", "--model", p(&chat), "--chat", "--prompt", "你好", "--max-new-tokens", "8"]));
     assert!(!answer.contains("<|im_start|>"), "special tokens are not printed: {answer}");
+    // DPO from the SFT model on the preference fixture: margin and accuracy are logged and charted.
+    let prefs = fixture("dpo_zh_en_16.jsonl");
+    let dpo = dir.path().join("dpo");
+    let out = ok(minimind(&[
+        "dpo",
+        "--model",
+        p(&chat),
+        "--data",
+        p(&prefs),
+        "--out",
+        p(&dpo),
+        "--batch-size",
+        "2",
+        "--max-seq-len",
+        "160",
+        "--max-steps",
+        "3",
+        "--lr",
+        "1e-4",
+        "--beta",
+        "0.1",
+    ]));
+    assert!(out.contains("preference-tuned 3 steps"), "{out}");
+    let metrics = minimind::metrics::read_metrics(&dpo.join("metrics.jsonl")).unwrap();
+    assert!((metrics[0].loss - std::f64::consts::LN_2).abs() < 1e-4, "first DPO loss {}", metrics[0].loss);
+    assert!(metrics.iter().all(|m| m.extra.contains_key("reward_margin") && m.extra.contains_key("accuracy")));
+    assert!(dpo.join("loss.png").exists());
     // SFT data in the wrong format names the line.
     let out = minimind(&["sft", "--model", p(&base), "--data", p(&corpus), "--out", p(&dir.path().join("x"))]);
     let stderr = String::from_utf8_lossy(&out.stderr);

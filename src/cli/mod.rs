@@ -34,6 +34,8 @@ pub enum Command {
     Pretrain(PretrainArgs),
     /// Supervised fine-tuning on {"conversations": […]} JSON Lines, starting from a model folder.
     Sft(SftArgs),
+    /// Direct preference optimization on {"chosen": […], "rejected": […]} pairs.
+    Dpo(train::DpoArgs),
     /// Generate text from a model folder, streaming tokens to stdout.
     Generate(GenerateArgs),
     /// Measure training, forward or decoding throughput on synthetic tokens.
@@ -125,6 +127,7 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Command::Pretrain(a) => report("pretrained", &train::pretrain(&a)?, &a.train.out),
         Command::Sft(a) => report("fine-tuned", &train::sft(&a)?, &a.train.out),
+        Command::Dpo(a) => report("preference-tuned", &train::dpo(&a)?, &a.train.out),
         Command::Generate(a) => generate_cmd(&a),
         Command::Chart { path, out } => {
             let metrics = if path.is_dir() { path.join("metrics.jsonl") } else { path.clone() };

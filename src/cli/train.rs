@@ -3,12 +3,13 @@
 use super::parse_device;
 use crate::checkpoint;
 use crate::config::{ModelConfig, PRESETS};
-use crate::data::{pretrain_data, PretrainEncoding};
+use crate::data::{pretrain_data, JsonlIndex, PretrainEncoding};
+use crate::dpo::{DpoData, DpoStage, SeqLogProb};
 use crate::lm_stage::LmStage;
 use crate::params::InitScheme;
 use crate::sft::{sft_data, SftEncoding};
 use crate::tokenizer::Tokenizer;
-use crate::train::{train, TrainOptions, TrainSummary};
+use crate::train::{train, Stage, TrainOptions, TrainSummary};
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device};
 use clap::Args;
@@ -20,19 +21,19 @@ pub struct TrainerArgs {
     /// Output model folder (config, weights, tokenizer, metrics.jsonl, loss.png, trainer_state).
     #[arg(long)]
     pub out: PathBuf,
-    /// Passes over the data [pretrain 1, sft 1].
+    /// Passes over the data [pretrain 1, sft 1, dpo 2].
     #[arg(long)]
     pub epochs: Option<usize>,
-    /// Rows per micro-batch [pretrain 32, sft 32].
+    /// Rows (pairs for dpo) per micro-batch [pretrain 32, sft 32, dpo 8].
     #[arg(long)]
     pub batch_size: Option<usize>,
-    /// Micro-batches per optimizer step [pretrain 8, sft 1].
+    /// Micro-batches per optimizer step [pretrain 8, sft 1, dpo 1].
     #[arg(long)]
     pub accumulation_steps: Option<usize>,
-    /// Peak learning rate of the cosine schedule [pretrain 5e-4, sft 5e-5].
+    /// Peak learning rate of the cosine schedule [pretrain 5e-4, sft 5e-5, dpo 1e-8].
     #[arg(long)]
     pub lr: Option<f64>,
-    /// Tokens per row [512].
+    /// Tokens per row [pretrain 512, sft 512, dpo 1024].
     #[arg(long)]
     pub max_seq_len: Option<usize>,
     #[arg(long, default_value_t = 1.0)]
@@ -74,6 +75,9 @@ pub const PRETRAIN: StageDefaults =
     StageDefaults { epochs: 1, batch_size: 32, accumulation_steps: 8, lr: 5e-4, max_seq_len: 512 };
 pub const SFT: StageDefaults =
     StageDefaults { epochs: 1, batch_size: 32, accumulation_steps: 1, lr: 5e-5, max_seq_len: 512 };
+/// MiniMind2's DPO recipe: a tiny learning rate (larger ones make the model "forget"), long rows.
+pub const DPO: StageDefaults =
+    StageDefaults { epochs: 2, batch_size: 8, accumulation_steps: 1, lr: 1e-8, max_seq_len: 1024 };
 
 impl TrainerArgs {
     fn batch_size(&self, d: &StageDefaults) -> Result<usize> {
@@ -159,11 +163,12 @@ fn model_config(a: &PretrainArgs, vocab_size: usize) -> Result<ModelConfig> {
 }
 
 /// Trains `stage` from `model`/`params` (or, with --resume, from the checkpoint in --out).
-fn fit(
+fn fit<S: Stage>(
     t: &TrainerArgs,
     mut opts: TrainOptions,
     device: &Device,
-    stage: &mut LmStage,
+    stage: &mut S,
+    index: impl Fn(&S) -> &JsonlIndex,
     fresh: impl FnOnce() -> Result<(crate::MiniMindForCausalLM, crate::params::Params)>,
 ) -> Result<TrainSummary> {
     let (model, params) = if t.resume {
@@ -174,12 +179,12 @@ fn fit(
     } else {
         fresh()?
     };
-    eprintln!("model: {} parameters, {} rows of data", params.num_elements(), stage.data.index.len());
-    let summary = train(&model, &params, stage, &opts)?;
-    if stage.data.index.skipped > 0 {
-        eprintln!("skipped {} malformed lines of the data", stage.data.index.skipped);
+    let data = index(stage);
+    eprintln!("model: {} parameters, {} rows of data", params.num_elements(), data.len());
+    if data.skipped > 0 {
+        eprintln!("skipping {} malformed lines of {}", data.skipped, data.path.display());
     }
-    Ok(summary)
+    train(&model, &params, stage, &opts)
 }
 
 /// `minimind pretrain`.
@@ -196,12 +201,9 @@ pub fn pretrain(a: &PretrainArgs) -> Result<TrainSummary> {
         pad: tokenizer.pad_id()?,
     };
     let data = pretrain_data(&a.data, t.skip_bad_lines, encoding, &tokenizer, t.batch_size(&PRETRAIN)?, t.seed)?;
-    if data.index.skipped > 0 {
-        eprintln!("skipping {} malformed lines of {}", data.index.skipped, a.data.display());
-    }
     let mut stage = LmStage { name: "pretrain", data, device: device.clone() };
     let opts = t.options(&PRETRAIN, a.tokenizer.clone());
-    fit(t, opts, &device, &mut stage, || checkpoint::init_model(&config, a.init, t.seed, &device))
+    fit(t, opts, &device, &mut stage, |s| &s.data.index, || checkpoint::init_model(&config, a.init, t.seed, &device))
 }
 
 /// `minimind sft`: starts from `--model`, whose tokenizer (and chat template) it uses.
@@ -212,10 +214,38 @@ pub fn sft(a: &SftArgs) -> Result<TrainSummary> {
     let config = ModelConfig::load(&a.model.join(checkpoint::CONFIG_FILE))?;
     let encoding = SftEncoding::for_tokenizer(&tokenizer, t.max_seq_len(&SFT, &config)?)?;
     let data = sft_data(&a.data, t.skip_bad_lines, encoding, &tokenizer, t.batch_size(&SFT)?, t.seed)?;
-    if data.index.skipped > 0 {
-        eprintln!("skipping {} malformed lines of {}", data.index.skipped, a.data.display());
-    }
     let mut stage = LmStage { name: "sft", data, device: device.clone() };
     let opts = t.options(&SFT, a.model.clone());
-    fit(t, opts, &device, &mut stage, || checkpoint::load_model(&a.model, &device, DType::F32, true))
+    fit(t, opts, &device, &mut stage, |s| &s.data.index, || checkpoint::load_model(&a.model, &device, DType::F32, true))
+}
+
+#[derive(Args, Clone)]
+pub struct DpoArgs {
+    /// The model folder to start from (an SFT model); also the frozen reference.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// JSON Lines of {"chosen": [...], "rejected": [...]} conversations.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// β of the DPO loss.
+    #[arg(long, default_value_t = 0.1)]
+    pub beta: f64,
+    /// Sequence score: mean (MiniMind2) or sum (minimind-3) of the supervised tokens' log-probs.
+    #[arg(long, value_enum, default_value_t = SeqLogProb::Mean)]
+    pub seq_logp: SeqLogProb,
+    #[command(flatten)]
+    pub train: TrainerArgs,
+}
+
+/// `minimind dpo`: policy and frozen reference both start from `--model`.
+pub fn dpo(a: &DpoArgs) -> Result<TrainSummary> {
+    let t = &a.train;
+    let device = parse_device(&t.device)?;
+    let tokenizer = Tokenizer::load(&a.model)?;
+    let (reference, _) = checkpoint::load_model(&a.model, &device, DType::F32, false)?;
+    let encoding = SftEncoding::for_tokenizer(&tokenizer, t.max_seq_len(&DPO, &reference.config)?)?;
+    let data = DpoData::open(&a.data, t.skip_bad_lines, encoding, &tokenizer, t.batch_size(&DPO)?, t.seed)?;
+    let mut stage = DpoStage::new(data, reference, a.beta, a.seq_logp, device.clone());
+    let opts = t.options(&DPO, a.model.clone());
+    fit(t, opts, &device, &mut stage, |s| &s.data.index, || checkpoint::load_model(&a.model, &device, DType::F32, true))
 }

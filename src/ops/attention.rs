@@ -127,7 +127,8 @@ impl CustomOp3 for FlashAttention {
         let (b, h, t, d) = lq.shape().dims4()?;
         let (_, kv, s, _) = lk.shape().dims4()?;
         let dims = Dims { h, kv, t, s };
-        if h % kv != 0 || s < t || lv.shape() != lk.shape() {
+        let (kb, kd) = (lk.dims()[0], lk.dims()[3]);
+        if kv == 0 || h % kv != 0 || s < t || kb != b || kd != d || lv.shape() != lk.shape() {
             candle_core::bail!("flash attention: bad shapes q {:?} k {:?} v {:?}", lq.dims(), lk.dims(), lv.dims());
         }
         check_rows_contiguous(lk, d, "k")?;

@@ -94,6 +94,11 @@ impl CustomOp2 for ProjectHeads {
             candle_core::bail!("project-heads: x {:?}, w {:?}, {n} heads", l1.dims(), l2.dims());
         }
         let d = out / n;
+        if let Some((c, s)) = &self.rope {
+            if c.dims() != [t, d] || s.dims() != [t, d] {
+                candle_core::bail!("project-heads: RoPE tables {:?} for {t} positions of head_dim {d}", c.dims());
+            }
+        }
         let z = sgemm(false, true, b * t, out, dm, f32_slice(s1, l1)?, f32_slice(s2, l2)?);
         let y = self.with_tables(|tables| rows_to_heads(&z, (b, t, n, d), tables.map(|(c, s)| (c, s, 1.0))))?;
         Ok((CpuStorage::F32(y), Shape::from((b, n, t, d))))

@@ -6,7 +6,7 @@
 /// `e^r` by a polynomial, `2^n` built in the exponent bits.
 #[inline(always)]
 pub fn exp(x: f32) -> f32 {
-    let x = x.clamp(-87.3, 88.7);
+    let x = x.clamp(-87.3, 88.37); // e^88.37 is near f32's largest finite value
     let n = (x * std::f32::consts::LOG2_E).round();
     // ln 2 split into a part exact in f32 and the rest, so n·ln2 subtracts without rounding error.
     let r = (x - n * 0.693_359_4) + n * 2.121_944_4e-4;
