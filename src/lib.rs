@@ -10,6 +10,7 @@
 //! - [`data`] streaming JSON Lines, shuffling, batches
 //! - [`optim`], [`train`], [`resume`] AdamW, the training loop, exact resume
 //! - [`lm_stage`], [`sft`], [`dpo`] the stages: pretraining, supervised fine-tuning, preference optimization
+//! - [`lora`] low-rank adapters: attach, save/load, merge
 //! - [`metrics`] metrics.jsonl and the PNG chart
 //! - [`generate`] sampling and KV-cached decoding
 //! - [`bench`] throughput benchmarks
@@ -25,6 +26,7 @@ pub mod demo;
 pub mod dpo;
 pub mod generate;
 pub mod lm_stage;
+pub mod lora;
 pub mod metrics;
 pub mod model;
 pub mod ops;

@@ -15,22 +15,44 @@ use crate::params::{Init, InitScheme, WeightBuilder};
 use anyhow::{bail, Result};
 use candle_core::{DType, Device, Module, Tensor, D};
 
-/// A bias-free linear layer `y = x·Wᵀ`, `W` stored `[out, in]` as in PyTorch.
+/// A low-rank adapter (LoRA) on a Linear: `y = W·x + (α/r)·B·(A·x)`, `A` `[r, in]`, `B` `[out, r]`.
+#[derive(Clone)]
+pub struct LoraAdapter {
+    pub a: Tensor,
+    pub b: Tensor,
+    /// α / r.
+    pub scale: f64,
+}
+
+/// A bias-free linear layer `y = x·Wᵀ`, `W` stored `[out, in]` as in PyTorch, optionally with a LoRA
+/// adapter (`lora.A` / `lora.B` in checkpoints).
 #[derive(Clone)]
 pub struct Linear {
     pub weight: Tensor,
+    pub lora: Option<LoraAdapter>,
 }
 
 impl Linear {
     fn new(wb: &WeightBuilder, name: &str, (out, inp): (usize, usize), scheme: InitScheme) -> Result<Self> {
         let weight = wb.get(&format!("{name}.weight"), (out, inp), scheme.linear(inp))?;
-        Ok(Self { weight })
+        Ok(Self { weight, lora: None })
+    }
+
+    /// The matrix the layer applies: `W`, or `W + (α/r)·B·A` with an adapter — the same function as
+    /// `W·x + (α/r)·B·(A·x)`, as one matrix so the fused kernels need not know about adapters (and
+    /// the extra `B·A` costs `out·r·in`, small next to the `tokens·out·in` of the layer).
+    pub fn effective_weight(&self) -> Result<Tensor> {
+        match &self.lora {
+            None => Ok(self.weight.clone()),
+            Some(l) => Ok((&self.weight + (l.b.matmul(&l.a)? * l.scale)?)?),
+        }
     }
 }
 
 impl Module for Linear {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        ops::matmul_nt(x, &self.weight)
+        let w = self.effective_weight().map_err(|e| candle_core::Error::Msg(format!("{e:#}")))?;
+        ops::matmul_nt(x, &w)
     }
 }
 
@@ -182,16 +204,16 @@ impl Attention {
         let past = cache.as_ref().map_or(0, |(c, _)| c.len());
         let (cos, sin) = rope.rows(past, t)?;
         let rope = Some((&cos, &sin));
-        let q = ops::project_heads(x, &self.q_proj.weight, self.num_heads, rope)?;
-        let k = ops::project_heads(x, &self.k_proj.weight, self.num_kv_heads, rope)?;
-        let v = ops::project_heads(x, &self.v_proj.weight, self.num_kv_heads, None)?;
+        let q = ops::project_heads(x, &self.q_proj.effective_weight()?, self.num_heads, rope)?;
+        let k = ops::project_heads(x, &self.k_proj.effective_weight()?, self.num_kv_heads, rope)?;
+        let v = ops::project_heads(x, &self.v_proj.effective_weight()?, self.num_kv_heads, None)?;
         let (k, v) = match cache {
             Some((cache, layer)) => cache.append(layer, &k, &v)?,
             None => (k, v),
         };
         let attn_dropout = dropout.map(|(p, s)| (p, site_seed(s, 0, 1)));
         let y = ops::causal_attention(&q, &k, &v, attn_dropout)?;
-        let y = ops::merge_heads(&y, &self.o_proj.weight)?;
+        let y = ops::merge_heads(&y, &self.o_proj.effective_weight()?)?;
         Ok(match dropout {
             Some((p, s)) => ops::dropout(&y, p, site_seed(s, 0, 2))?,
             None => y,
@@ -218,7 +240,7 @@ impl Mlp {
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let hidden = ops::swiglu_in(x, &self.gate_proj.weight, &self.up_proj.weight)?;
+        let hidden = ops::swiglu_in(x, &self.gate_proj.effective_weight()?, &self.up_proj.effective_weight()?)?;
         Ok(self.down_proj.forward(&hidden)?)
     }
 }
@@ -297,7 +319,7 @@ impl MiniMindForCausalLM {
             .collect::<Result<Vec<_>>>()?;
         let norm = RmsNorm::new(wb, "model.norm", d, c.rms_norm_eps)?;
         let lm_head = if c.tie_word_embeddings {
-            Linear { weight: embed_tokens.clone() }
+            Linear { weight: embed_tokens.clone(), lora: None }
         } else {
             Linear::new(wb, "lm_head", (v, d), scheme)?
         };
@@ -368,6 +390,25 @@ impl MiniMindForCausalLM {
 
     pub fn dtype(&self) -> DType {
         self.model.embed_tokens.dtype()
+    }
+
+    /// The projection layers of every block by module path (`model.layers.{i}.self_attn.q_proj`, …),
+    /// what LoRA adapters attach to.
+    pub fn linears_mut(&mut self) -> Vec<(String, &mut Linear)> {
+        let mut out = Vec::new();
+        for (i, l) in self.model.layers.iter_mut().enumerate() {
+            let p = format!("model.layers.{i}");
+            let a = &mut l.self_attn;
+            out.push((format!("{p}.self_attn.q_proj"), &mut a.q_proj));
+            out.push((format!("{p}.self_attn.k_proj"), &mut a.k_proj));
+            out.push((format!("{p}.self_attn.v_proj"), &mut a.v_proj));
+            out.push((format!("{p}.self_attn.o_proj"), &mut a.o_proj));
+            let m = &mut l.mlp;
+            out.push((format!("{p}.mlp.gate_proj"), &mut m.gate_proj));
+            out.push((format!("{p}.mlp.down_proj"), &mut m.down_proj));
+            out.push((format!("{p}.mlp.up_proj"), &mut m.up_proj));
+        }
+        out
     }
 
     /// Every tensor by checkpoint name (the tied head is stored once, as the embedding).

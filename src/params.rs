@@ -19,6 +19,7 @@ pub enum Init {
     /// N(0, std²).
     Normal(f64),
     Ones,
+    Zeros,
 }
 
 /// Initialization of a new model.
@@ -143,6 +144,7 @@ impl WeightBuilder {
         let n = shape.elem_count();
         let values: Vec<f32> = match init {
             Init::Ones => vec![1.0; n],
+            Init::Zeros => vec![0.0; n],
             Init::Uniform(bound) => {
                 let b = bound as f32;
                 (0..n).map(|_| rng.gen_range(-b..b)).collect()

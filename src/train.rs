@@ -60,6 +60,17 @@ pub struct TrainOptions {
     /// Continue a run: its state and optimizer tensors from `resume::load_run` (whose parameters the
     /// model was built from).
     pub resume: Option<Resume>,
+    /// What a checkpoint writes besides the resume state: the whole model folder, or only a LoRA adapter.
+    pub output: ModelOutput,
+}
+
+#[derive(Debug, Clone, Default)]
+pub enum ModelOutput {
+    /// `config.json` + `model.safetensors` (+ tokenizer files).
+    #[default]
+    Full,
+    /// `adapter.safetensors` + `adapter_config.json` for a frozen base model.
+    Adapter(crate::lora::LoraConfig),
 }
 
 #[derive(Debug, Clone)]
@@ -167,7 +178,7 @@ pub fn train<S: Stage>(
         let done = step + 1 == total || out_of_time;
         if done || (opts.save_every > 0 && (step + 1) % opts.save_every == 0) {
             let state = RunState { step: step + 1, total_steps: total, cursor: stage.cursor(), seed: opts.seed };
-            save(model, params, &optimizer, &state, &opts.out_dir, stage.name())?;
+            save(model, params, &optimizer, &state, opts, stage.name())?;
         }
         if out_of_time {
             steps_done = step + 1;
@@ -210,10 +221,14 @@ fn save(
     params: &Params,
     optimizer: &AdamW,
     state: &RunState,
-    out: &Path,
+    opts: &TrainOptions,
     title: &str,
 ) -> Result<()> {
-    checkpoint::save_model(out, model)?;
+    let out = opts.out_dir.as_path();
+    match &opts.output {
+        ModelOutput::Full => checkpoint::save_model(out, model)?,
+        ModelOutput::Adapter(config) => crate::lora::save(out, model, config)?,
+    }
     resume::save(out, state, params, optimizer.state_tensors(params)?)?;
     let rows = crate::metrics::read_metrics(&out.join("metrics.jsonl"))?;
     write_chart(&rows, title, &out.join("loss.png"))

@@ -291,6 +291,38 @@ fn sft_and_resume_through_the_cli() {
     assert!((metrics[0].loss - std::f64::consts::LN_2).abs() < 1e-4, "first DPO loss {}", metrics[0].loss);
     assert!(metrics.iter().all(|m| m.extra.contains_key("reward_margin") && m.extra.contains_key("accuracy")));
     assert!(dpo.join("loss.png").exists());
+    // LoRA on the chat model: only the adapter is written; generate applies it; merge folds it in.
+    let adapter = dir.path().join("lora");
+    let out = ok(minimind(&[
+        "lora",
+        "--model",
+        p(&chat),
+        "--data",
+        p(&fixture("sft_zh_en_32.jsonl")),
+        "--out",
+        p(&adapter),
+        "--batch-size",
+        "4",
+        "--max-seq-len",
+        "160",
+        "--max-steps",
+        "3",
+        "--lr",
+        "1e-2",
+        "--rank",
+        "4",
+    ]));
+    assert!(out.contains("adapted 3 steps"), "{out}");
+    assert!(adapter.join("adapter.safetensors").exists() && !adapter.join("model.safetensors").exists());
+    let greedy = |args: &[&str]| {
+        let mut all = vec!["generate", "--chat", "--prompt", "你好", "--temperature", "0", "--max-new-tokens", "8"];
+        all.extend_from_slice(args);
+        ok(minimind(&all))
+    };
+    let with_adapter = greedy(&["--model", p(&chat), "--lora", p(&adapter)]);
+    let merged = dir.path().join("merged");
+    ok(minimind(&["lora", "merge", "--model", p(&chat), "--lora", p(&adapter), "--out", p(&merged)]));
+    assert_eq!(greedy(&["--model", p(&merged)]), with_adapter, "merged model decodes like base + adapter");
     // SFT data in the wrong format names the line.
     let out = minimind(&["sft", "--model", p(&base), "--data", p(&corpus), "--out", p(&dir.path().join("x"))]);
     let stderr = String::from_utf8_lossy(&out.stderr);

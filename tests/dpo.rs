@@ -86,6 +86,7 @@ fn training_raises_the_margin_and_leaves_the_reference_alone() {
         show_progress: false,
         time_limit_s: None,
         resume: None,
+        output: Default::default(),
     };
     train(&policy, &params, &mut stage, &opts).unwrap();
     let metrics = minimind::metrics::read_metrics(&dir.path().join("metrics.jsonl")).unwrap();

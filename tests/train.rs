@@ -52,6 +52,7 @@ fn options(out: &std::path::Path, steps: usize) -> TrainOptions {
         show_progress: false,
         time_limit_s: None,
         resume: None,
+        output: Default::default(),
     }
 }
 

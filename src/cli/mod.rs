@@ -36,6 +36,9 @@ pub enum Command {
     Sft(SftArgs),
     /// Direct preference optimization on {"chosen": […], "rejected": […]} pairs.
     Dpo(train::DpoArgs),
+    /// Train LoRA adapters on a frozen model (SFT data); `lora merge --model --lora --out` folds an
+    /// adapter into a plain model folder.
+    Lora(train::LoraArgs),
     /// Generate text from a model folder, streaming tokens to stdout.
     Generate(GenerateArgs),
     /// Measure training, forward or decoding throughput on synthetic tokens.
@@ -72,11 +75,24 @@ pub struct TrainTokenizerArgs {
     pub skip_bad_lines: bool,
 }
 
+fn merge_lora(base: &Path, adapter: &Path, out: &Path) -> Result<()> {
+    let (mut model, _) = checkpoint::load_model(base, &Device::Cpu, DType::F32, false)?;
+    crate::lora::load(&mut model, adapter, &Device::Cpu)?;
+    crate::lora::merge(&mut model)?;
+    checkpoint::save_model(out, &model)?;
+    checkpoint::copy_tokenizer_files(base, out)?;
+    println!("merged {} into {} → {}", adapter.display(), base.display(), out.display());
+    Ok(())
+}
+
 #[derive(Args)]
 pub struct GenerateArgs {
     /// Model folder (config.json, model.safetensors, tokenizer files).
     #[arg(long)]
     pub model: PathBuf,
+    /// A LoRA adapter folder to apply on top of the model.
+    #[arg(long)]
+    pub lora: Option<PathBuf>,
     #[arg(long)]
     pub prompt: String,
     /// Render the prompt as a user turn with the chat template (plus the generation prompt).
@@ -128,6 +144,11 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Pretrain(a) => report("pretrained", &train::pretrain(&a)?, &a.train.out),
         Command::Sft(a) => report("fine-tuned", &train::sft(&a)?, &a.train.out),
         Command::Dpo(a) => report("preference-tuned", &train::dpo(&a)?, &a.train.out),
+        Command::Lora(a) => match (a.action, &a.model, &a.lora) {
+            (Some(train::LoraAction::Merge), Some(model), Some(lora)) => merge_lora(model, lora, &a.train.out),
+            (Some(train::LoraAction::Merge), _, _) => bail!("minimind lora merge needs --model, --lora and --out"),
+            (None, _, _) => report("adapted", &train::lora(&a)?, &a.train.out),
+        },
         Command::Generate(a) => generate_cmd(&a),
         Command::Chart { path, out } => {
             let metrics = if path.is_dir() { path.join("metrics.jsonl") } else { path.clone() };
@@ -206,7 +227,10 @@ pub fn stream_completion(
 
 fn generate_cmd(a: &GenerateArgs) -> Result<()> {
     let device = parse_device(&a.device)?;
-    let (model, _) = checkpoint::load_model(&a.model, &device, DType::F32, false)?;
+    let (mut model, _) = checkpoint::load_model(&a.model, &device, DType::F32, false)?;
+    if let Some(dir) = &a.lora {
+        crate::lora::load(&mut model, dir, &device)?;
+    }
     let tokenizer = Tokenizer::load(&a.model)?;
     let prompt = encode_prompt(&tokenizer, &a.prompt, a.chat)?;
     let sampling = SamplingParams {

@@ -6,10 +6,13 @@ use crate::config::{ModelConfig, PRESETS};
 use crate::data::{pretrain_data, JsonlIndex, PretrainEncoding};
 use crate::dpo::{DpoData, DpoStage, SeqLogProb};
 use crate::lm_stage::LmStage;
+use crate::lora::LoraConfig;
 use crate::params::InitScheme;
+use crate::params::WeightBuilder;
+use crate::resume::Resume;
 use crate::sft::{sft_data, SftEncoding};
 use crate::tokenizer::Tokenizer;
-use crate::train::{train, Stage, TrainOptions, TrainSummary};
+use crate::train::{train, ModelOutput, Stage, TrainOptions, TrainSummary};
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device};
 use clap::Args;
@@ -111,6 +114,7 @@ impl TrainerArgs {
             show_progress: true,
             time_limit_s: self.max_minutes.map(|m| m * 60.0),
             resume: None,
+            output: Default::default(),
         }
     }
 }
@@ -248,4 +252,71 @@ pub fn dpo(a: &DpoArgs) -> Result<TrainSummary> {
     let mut stage = DpoStage::new(data, reference, a.beta, a.seq_logp, device.clone());
     let opts = t.options(&DPO, a.model.clone());
     fit(t, opts, &device, &mut stage, |s| &s.data.index, || checkpoint::load_model(&a.model, &device, DType::F32, true))
+}
+
+/// MiniMind2 (HF-style) LoRA recipe: 10 epochs, batch 32, lr 1e-4.
+pub const LORA: StageDefaults =
+    StageDefaults { epochs: 10, batch_size: 32, accumulation_steps: 1, lr: 1e-4, max_seq_len: 512 };
+
+/// `minimind lora merge …` instead of training.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LoraAction {
+    /// Write `W + (α/r)·B·A` for every adapter of --lora into a plain model folder --out.
+    Merge,
+}
+
+#[derive(Args, Clone)]
+pub struct LoraArgs {
+    /// `merge`: fold the adapter --lora into --model and write a plain model folder to --out.
+    #[arg(value_enum)]
+    pub action: Option<LoraAction>,
+    /// The frozen base model folder.
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// merge: the adapter folder (adapter.safetensors + adapter_config.json).
+    #[arg(long)]
+    pub lora: Option<PathBuf>,
+    /// JSON Lines of {"conversations": […]} (SFT format).
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Adapter rank r.
+    #[arg(long, default_value_t = 16)]
+    pub rank: usize,
+    /// Adapter α (scale α/r; MiniMind uses α = r) [default: the rank].
+    #[arg(long)]
+    pub alpha: Option<f64>,
+    /// Projections to adapt, comma-separated (q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj).
+    #[arg(long, value_delimiter = ',', default_value = "q_proj,o_proj")]
+    pub targets: Vec<String>,
+    #[command(flatten)]
+    pub train: TrainerArgs,
+}
+
+/// `minimind lora`: trains adapters on a frozen `--model`; `--out` gets only the adapter.
+pub fn lora(a: &LoraArgs) -> Result<TrainSummary> {
+    let t = &a.train;
+    let (Some(base), Some(data_path)) = (&a.model, &a.data) else { bail!("minimind lora needs --model and --data") };
+    let device = parse_device(&t.device)?;
+    let tokenizer = Tokenizer::load(base)?;
+    let config = LoraConfig { rank: a.rank, alpha: a.alpha.unwrap_or(a.rank as f64), targets: a.targets.clone() };
+    config.validate()?;
+    let (mut model, _) = checkpoint::load_model(base, &device, DType::F32, false)?;
+    let encoding = SftEncoding::for_tokenizer(&tokenizer, t.max_seq_len(&LORA, &model.config)?)?;
+    let data = sft_data(data_path, t.skip_bad_lines, encoding, &tokenizer, t.batch_size(&LORA)?, t.seed)?;
+    let mut stage = LmStage { name: "lora", data, device: device.clone() };
+    let mut opts = t.options(&LORA, base.clone());
+    opts.tokenizer_dir = None;
+    opts.output = ModelOutput::Adapter(config.clone());
+    let (params, resume) = if t.resume {
+        let (state, tensors, optimizer) = crate::resume::load(&t.out, &device)?;
+        let wb = WeightBuilder::loaded(tensors, DType::F32, &device, true);
+        crate::lora::attach(&mut model, &config, &wb)?;
+        (wb.finish()?, Some(Resume { state, optimizer }))
+    } else {
+        (crate::lora::attach_new(&mut model, &config, t.seed)?, None)
+    };
+    opts.resume = resume;
+    let frozen = model.config.num_parameters();
+    eprintln!("LoRA: {} trainable parameters on a frozen base of {frozen}", params.num_elements());
+    train(&model, &params, &mut stage, &opts)
 }
