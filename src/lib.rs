@@ -11,6 +11,7 @@
 //! - [`optim`], [`train`], [`resume`] AdamW, the training loop, exact resume
 //! - [`lm_stage`], [`sft`], [`dpo`] the stages: pretraining, supervised fine-tuning, preference optimization
 //! - [`lora`] low-rank adapters: attach, save/load, merge
+//! - [`distill`] white-box distillation and teacher-written SFT data
 //! - [`metrics`] metrics.jsonl and the PNG chart
 //! - [`generate`] sampling and KV-cached decoding
 //! - [`bench`] throughput benchmarks
@@ -23,6 +24,7 @@ pub mod cli;
 pub mod config;
 pub mod data;
 pub mod demo;
+pub mod distill;
 pub mod dpo;
 pub mod generate;
 pub mod lm_stage;

@@ -323,6 +323,50 @@ fn sft_and_resume_through_the_cli() {
     let merged = dir.path().join("merged");
     ok(minimind(&["lora", "merge", "--model", p(&chat), "--lora", p(&adapter), "--out", p(&merged)]));
     assert_eq!(greedy(&["--model", p(&merged)]), with_adapter, "merged model decodes like base + adapter");
+    // Black-box distillation data from a teacher, then white-box distillation into the base model.
+    let written = dir.path().join("teacher.jsonl");
+    let out = ok(minimind(&[
+        "generate-dataset",
+        "--teacher",
+        p(&chat),
+        "--prompts",
+        p(&fixture("sft_zh_en_32.jsonl")),
+        "--out",
+        p(&written),
+        "--max-new-tokens",
+        "6",
+    ]));
+    assert!(out.contains("32 teacher answers"), "{out}");
+    let first = std::fs::read_to_string(&written).unwrap();
+    assert_eq!(first.lines().count(), 32);
+    assert!(minimind::sft::parse_conversation(first.lines().next().unwrap()).is_ok());
+    let student = dir.path().join("student");
+    let out = ok(minimind(&[
+        "distill",
+        "--student",
+        p(&base),
+        "--teacher",
+        p(&chat),
+        "--data",
+        p(&written),
+        "--out",
+        p(&student),
+        "--batch-size",
+        "4",
+        "--max-seq-len",
+        "160",
+        "--max-steps",
+        "2",
+        "--lr",
+        "1e-3",
+        "--alpha",
+        "0.5",
+        "--temperature",
+        "2",
+    ]));
+    assert!(out.contains("distilled 2 steps"), "{out}");
+    let metrics = minimind::metrics::read_metrics(&student.join("metrics.jsonl")).unwrap();
+    assert!(metrics.iter().all(|m| m.extra.contains_key("ce") && m.extra.contains_key("kd")));
     // SFT data in the wrong format names the line.
     let out = minimind(&["sft", "--model", p(&base), "--data", p(&corpus), "--out", p(&dir.path().join("x"))]);
     let stderr = String::from_utf8_lossy(&out.stderr);

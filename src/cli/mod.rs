@@ -36,6 +36,10 @@ pub enum Command {
     Sft(SftArgs),
     /// Direct preference optimization on {"chosen": […], "rejected": […]} pairs.
     Dpo(train::DpoArgs),
+    /// White-box distillation: the student learns the teacher's distributions on SFT data.
+    Distill(train::DistillArgs),
+    /// Black-box distillation data: a teacher answers prompts, written as SFT rows.
+    GenerateDataset(GenerateDatasetArgs),
     /// Train LoRA adapters on a frozen model (SFT data); `lora merge --model --lora --out` folds an
     /// adapter into a plain model folder.
     Lora(train::LoraArgs),
@@ -73,6 +77,36 @@ pub struct TrainTokenizerArgs {
     /// Skip malformed lines (and report how many) instead of stopping at the first.
     #[arg(long)]
     pub skip_bad_lines: bool,
+}
+
+#[derive(Args)]
+pub struct GenerateDatasetArgs {
+    /// The teacher model folder.
+    #[arg(long)]
+    pub teacher: PathBuf,
+    /// JSON Lines of {"prompt": "…"} or {"conversations": […]} (answered after the last user turn).
+    #[arg(long)]
+    pub prompts: PathBuf,
+    /// Output SFT JSON Lines.
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long, default_value_t = 256)]
+    pub max_new_tokens: usize,
+    #[arg(long, default_value_t = 0.85)]
+    pub temperature: f64,
+    #[arg(long, default_value_t = 0.85)]
+    pub top_p: f64,
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+}
+
+fn generate_dataset_cmd(a: &GenerateDatasetArgs) -> Result<()> {
+    let (teacher, _) = checkpoint::load_model(&a.teacher, &Device::Cpu, DType::F32, false)?;
+    let tokenizer = Tokenizer::load(&a.teacher)?;
+    let sampling = SamplingParams { temperature: a.temperature, top_p: a.top_p, seed: a.seed, ..Default::default() };
+    let n = crate::distill::generate_dataset(&teacher, &tokenizer, &a.prompts, &a.out, a.max_new_tokens, sampling)?;
+    println!("{n} teacher answers written to {}", a.out.display());
+    Ok(())
 }
 
 fn merge_lora(base: &Path, adapter: &Path, out: &Path) -> Result<()> {
@@ -144,6 +178,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Pretrain(a) => report("pretrained", &train::pretrain(&a)?, &a.train.out),
         Command::Sft(a) => report("fine-tuned", &train::sft(&a)?, &a.train.out),
         Command::Dpo(a) => report("preference-tuned", &train::dpo(&a)?, &a.train.out),
+        Command::Distill(a) => report("distilled", &train::distill(&a)?, &a.train.out),
+        Command::GenerateDataset(a) => generate_dataset_cmd(&a),
         Command::Lora(a) => match (a.action, &a.model, &a.lora) {
             (Some(train::LoraAction::Merge), Some(model), Some(lora)) => merge_lora(model, lora, &a.train.out),
             (Some(train::LoraAction::Merge), _, _) => bail!("minimind lora merge needs --model, --lora and --out"),

@@ -4,6 +4,7 @@ use super::parse_device;
 use crate::checkpoint;
 use crate::config::{ModelConfig, PRESETS};
 use crate::data::{pretrain_data, JsonlIndex, PretrainEncoding};
+use crate::distill::DistillStage;
 use crate::dpo::{DpoData, DpoStage, SeqLogProb};
 use crate::lm_stage::LmStage;
 use crate::lora::LoraConfig;
@@ -319,4 +320,61 @@ pub fn lora(a: &LoraArgs) -> Result<TrainSummary> {
     let frozen = model.config.num_parameters();
     eprintln!("LoRA: {} trainable parameters on a frozen base of {frozen}", params.num_elements());
     train(&model, &params, &mut stage, &opts)
+}
+
+/// MiniMind2's white-box distillation recipe.
+pub const DISTILL: StageDefaults =
+    StageDefaults { epochs: 6, batch_size: 32, accumulation_steps: 1, lr: 5e-6, max_seq_len: 512 };
+
+#[derive(Args, Clone)]
+pub struct DistillArgs {
+    /// The student model folder (trained; its tokenizer is used).
+    #[arg(long)]
+    pub student: PathBuf,
+    /// The teacher model folder (frozen; vocabulary at least the student's, cut to it).
+    #[arg(long)]
+    pub teacher: PathBuf,
+    /// SFT-format data ({"conversations": […]}).
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Weight of the cross-entropy on the data; 1 − α goes to the KL to the teacher.
+    #[arg(long, default_value_t = 0.0)]
+    pub alpha: f64,
+    /// Softmax temperature of the KL term (scaled back by T²).
+    #[arg(long, default_value_t = 1.0)]
+    pub temperature: f64,
+    #[command(flatten)]
+    pub train: TrainerArgs,
+}
+
+/// `minimind distill`: white-box distillation of `--teacher` into `--student`.
+pub fn distill(a: &DistillArgs) -> Result<TrainSummary> {
+    let t = &a.train;
+    if !(0.0..=1.0).contains(&a.alpha) || a.temperature <= 0.0 {
+        bail!("--alpha must be in [0, 1] and --temperature > 0");
+    }
+    let device = parse_device(&t.device)?;
+    let tokenizer = Tokenizer::load(&a.student)?;
+    let (teacher, _) = checkpoint::load_model(&a.teacher, &device, DType::F32, false)?;
+    let student_config = ModelConfig::load(&a.student.join(checkpoint::CONFIG_FILE))?;
+    if teacher.config.vocab_size < student_config.vocab_size {
+        bail!(
+            "the teacher's vocab_size {} is smaller than the student's {}",
+            teacher.config.vocab_size,
+            student_config.vocab_size
+        );
+    }
+    let max_len = t.max_seq_len(&DISTILL, &student_config)?.min(teacher.config.max_position_embeddings);
+    let encoding = SftEncoding::for_tokenizer(&tokenizer, max_len)?;
+    let data = sft_data(&a.data, t.skip_bad_lines, encoding, &tokenizer, t.batch_size(&DISTILL)?, t.seed)?;
+    let mut stage = DistillStage::new(data, teacher, a.alpha, a.temperature, device.clone());
+    let opts = t.options(&DISTILL, a.student.clone());
+    fit(
+        t,
+        opts,
+        &device,
+        &mut stage,
+        |s| &s.data.index,
+        || checkpoint::load_model(&a.student, &device, DType::F32, true),
+    )
 }
