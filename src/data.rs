@@ -113,13 +113,16 @@ pub fn parse_text_row(line: &str) -> Result<String, String> {
 pub struct EncodedRow {
     pub ids: Vec<u32>,
     pub mask: Vec<f32>,
+    /// The loss's denominator share of this row when it is not `Σ mask[1..]` (reasoning SFT
+    /// up-weights tag tokens but divides by the plain supervised count).
+    pub norm: Option<f32>,
 }
 
 impl EncodedRow {
     /// A row whose first `len` ids are real and the rest padding: every real id is a target.
     pub fn prefix(ids: Vec<u32>, len: usize) -> Self {
         let mask = (0..ids.len()).map(|j| if j < len { 1.0 } else { 0.0 }).collect();
-        Self { ids, mask }
+        Self { ids, mask, norm: None }
     }
 }
 
@@ -128,6 +131,8 @@ pub struct LmBatch {
     pub x: Tensor,
     pub y: Tensor,
     pub mask: Tensor,
+    /// Denominator of the masked mean when it differs from `Σ mask` (see [`EncodedRow::norm`]).
+    pub norm: Option<f32>,
 }
 
 impl LmBatch {
@@ -145,11 +150,16 @@ impl LmBatch {
             y.extend_from_slice(&row.ids[1..]);
             mask.extend_from_slice(&row.mask[1..]);
         }
+        let norm = rows
+            .iter()
+            .any(|r| r.norm.is_some())
+            .then(|| rows.iter().map(|r| r.norm.unwrap_or_else(|| r.mask[1..].iter().sum())).sum());
         let b = rows.len();
         Ok(Self {
             x: Tensor::from_vec(x, (b, t), device)?,
             y: Tensor::from_vec(y, (b, t), device)?,
             mask: Tensor::from_vec(mask, (b, t), device)?,
+            norm,
         })
     }
 

@@ -12,6 +12,7 @@
 //! - [`lm_stage`], [`sft`], [`dpo`] the stages: pretraining, supervised fine-tuning, preference optimization
 //! - [`lora`] low-rank adapters: attach, save/load, merge
 //! - [`distill`] white-box distillation and teacher-written SFT data
+//! - [`reason`] reasoning SFT with up-weighted format tags, and the think display
 //! - [`metrics`] metrics.jsonl and the PNG chart
 //! - [`generate`] sampling and KV-cached decoding
 //! - [`bench`] throughput benchmarks
@@ -34,6 +35,7 @@ pub mod model;
 pub mod ops;
 pub mod optim;
 pub mod params;
+pub mod reason;
 pub mod resume;
 pub mod sft;
 pub mod tokenizer;

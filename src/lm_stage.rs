@@ -8,10 +8,19 @@ use crate::train::Stage;
 use anyhow::Result;
 use candle_core::{Device, Tensor};
 
-/// Masked mean next-token cross-entropy of a batch: `Σ mask·CE / Σ mask`.
+/// Masked mean next-token cross-entropy of a batch: `Σ mask·CE / Σ mask` (or `/ norm` when the
+/// batch carries its own denominator, as reasoning SFT's up-weighted tags do).
 pub fn lm_loss(model: &MiniMindForCausalLM, batch: &LmBatch, dropout: DropoutSeed) -> Result<Tensor> {
     let logits = model.forward_train(&batch.x, dropout)?;
-    Ok(ops::cross_entropy(&logits, &batch.y.flatten_all()?, &batch.mask.flatten_all()?)?)
+    let mask = batch.mask.flatten_all()?;
+    let loss = ops::cross_entropy(&logits, &batch.y.flatten_all()?, &mask)?;
+    match batch.norm {
+        None => Ok(loss),
+        Some(norm) => {
+            let weights = mask.sum_all()?.to_scalar::<f32>()? as f64;
+            Ok((loss * (weights / (norm as f64).max(1e-12)))?)
+        }
+    }
 }
 
 pub struct LmStage<'a> {

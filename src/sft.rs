@@ -82,7 +82,7 @@ impl SftEncoding {
         ids.truncate(self.max_seq_len);
         ids.resize(self.max_seq_len, self.pad);
         let mask = assistant_mask(&ids, &self.header, &self.end);
-        Ok(EncodedRow { ids, mask })
+        Ok(EncodedRow { ids, mask, norm: None })
     }
 }
 

@@ -367,6 +367,27 @@ fn sft_and_resume_through_the_cli() {
     assert!(out.contains("distilled 2 steps"), "{out}");
     let metrics = minimind::metrics::read_metrics(&student.join("metrics.jsonl")).unwrap();
     assert!(metrics.iter().all(|m| m.extra.contains_key("ce") && m.extra.contains_key("kd")));
+    // Reasoning distillation on think/answer data; generation shows the think part apart.
+    let reasoner = dir.path().join("reason");
+    let out = ok(minimind(&[
+        "reason",
+        "--model",
+        p(&chat),
+        "--data",
+        p(&fixture("reason_zh_en_8.jsonl")),
+        "--out",
+        p(&reasoner),
+        "--batch-size",
+        "4",
+        "--max-seq-len",
+        "160",
+        "--max-steps",
+        "2",
+        "--lr",
+        "1e-3",
+    ]));
+    assert!(out.contains("reasoning-tuned 2 steps"), "{out}");
+    assert!(reasoner.join("model.safetensors").exists());
     // SFT data in the wrong format names the line.
     let out = minimind(&["sft", "--model", p(&base), "--data", p(&corpus), "--out", p(&dir.path().join("x"))]);
     let stderr = String::from_utf8_lossy(&out.stderr);

@@ -36,6 +36,8 @@ pub enum Command {
     Sft(SftArgs),
     /// Direct preference optimization on {"chosen": […], "rejected": […]} pairs.
     Dpo(train::DpoArgs),
+    /// Reasoning distillation: SFT on <think>…</think><answer>…</answer> answers, tags up-weighted.
+    Reason(train::ReasonArgs),
     /// White-box distillation: the student learns the teacher's distributions on SFT data.
     Distill(train::DistillArgs),
     /// Black-box distillation data: a teacher answers prompts, written as SFT rows.
@@ -179,6 +181,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Sft(a) => report("fine-tuned", &train::sft(&a)?, &a.train.out),
         Command::Dpo(a) => report("preference-tuned", &train::dpo(&a)?, &a.train.out),
         Command::Distill(a) => report("distilled", &train::distill(&a)?, &a.train.out),
+        Command::Reason(a) => report("reasoning-tuned", &train::reason(&a)?, &a.train.out),
         Command::GenerateDataset(a) => generate_dataset_cmd(&a),
         Command::Lora(a) => match (a.action, &a.model, &a.lora) {
             (Some(train::LoraAction::Merge), Some(model), Some(lora)) => merge_lora(model, lora, &a.train.out),
@@ -243,21 +246,23 @@ pub fn stream_completion(
 ) -> Result<String> {
     let mut sampler = Sampler::new(sampling)?;
     let mut stream = TextStream::new(tokenizer);
+    // Shows a reasoning model's <think> part as a [think] … [/think] block; the returned text is raw.
+    let mut display = crate::reason::ThinkDisplay::default();
     let mut text = String::new();
     let stops = tokenizer.stop_ids()?;
     generate(model, prompt_ids, max_new_tokens, &stops, &mut sampler, |id| {
         if let Some(piece) = stream.push(id)? {
-            out.write_all(piece.as_bytes())?;
+            out.write_all(display.push(&piece).as_bytes())?;
             out.flush()?;
             text.push_str(&piece);
         }
         Ok(true)
     })
     .with_context(|| format!("generating with {}", model_dir.display()))?;
-    if let Some(rest) = stream.finish()? {
-        out.write_all(rest.as_bytes())?;
-        text.push_str(&rest);
-    }
+    let rest = stream.finish()?.unwrap_or_default();
+    text.push_str(&rest);
+    let shown = display.push(&rest) + &display.finish();
+    out.write_all(shown.as_bytes())?;
     Ok(text)
 }
 

@@ -10,6 +10,7 @@ use crate::lm_stage::LmStage;
 use crate::lora::LoraConfig;
 use crate::params::InitScheme;
 use crate::params::WeightBuilder;
+use crate::reason::{reason_data, ReasonEncoding};
 use crate::resume::Resume;
 use crate::sft::{sft_data, SftEncoding};
 use crate::tokenizer::Tokenizer;
@@ -377,4 +378,37 @@ pub fn distill(a: &DistillArgs) -> Result<TrainSummary> {
         |s| &s.data.index,
         || checkpoint::load_model(&a.student, &device, DType::F32, true),
     )
+}
+
+/// MiniMind2's reasoning distillation recipe (1 epoch, batch 8, lr 1e-6, 1024 tokens).
+pub const REASON: StageDefaults =
+    StageDefaults { epochs: 1, batch_size: 8, accumulation_steps: 1, lr: 1e-6, max_seq_len: 1024 };
+
+#[derive(Args, Clone)]
+pub struct ReasonArgs {
+    /// The model folder to start from.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// SFT-format data whose answers read `<think>…</think><answer>…</answer>`.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Loss weight of the tokens spelling the think/answer tags.
+    #[arg(long, default_value_t = 10.0)]
+    pub tag_weight: f32,
+    #[command(flatten)]
+    pub train: TrainerArgs,
+}
+
+/// `minimind reason`: reasoning distillation (SFT with up-weighted format tags).
+pub fn reason(a: &ReasonArgs) -> Result<TrainSummary> {
+    let t = &a.train;
+    let device = parse_device(&t.device)?;
+    let tokenizer = Tokenizer::load(&a.model)?;
+    let config = ModelConfig::load(&a.model.join(checkpoint::CONFIG_FILE))?;
+    let sft = SftEncoding::for_tokenizer(&tokenizer, t.max_seq_len(&REASON, &config)?)?;
+    let encoding = ReasonEncoding::new(&tokenizer, sft, a.tag_weight)?;
+    let data = reason_data(&a.data, t.skip_bad_lines, encoding, &tokenizer, t.batch_size(&REASON)?, t.seed)?;
+    let mut stage = LmStage { name: "reason", data, device: device.clone() };
+    let opts = t.options(&REASON, a.model.clone());
+    fit(t, opts, &device, &mut stage, |s| &s.data.index, || checkpoint::load_model(&a.model, &device, DType::F32, true))
 }
