@@ -329,8 +329,8 @@ pub const DISTILL: StageDefaults =
 
 #[derive(Args, Clone)]
 pub struct DistillArgs {
-    /// The student model folder (trained; its tokenizer is used).
-    #[arg(long)]
+    /// The student model folder (trained; its tokenizer is used); `--model` works too.
+    #[arg(long, visible_alias = "model")]
     pub student: PathBuf,
     /// The teacher model folder (frozen; vocabulary at least the student's, cut to it).
     #[arg(long)]
