@@ -388,6 +388,20 @@ fn sft_and_resume_through_the_cli() {
     ]));
     assert!(out.contains("reasoning-tuned 2 steps"), "{out}");
     assert!(reasoner.join("model.safetensors").exists());
+    // The terminal chat: greedy answers repeat after /reset, /exit stops reading.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_minimind"))
+        .args(["chat", "--model", p(&chat), "--temperature", "0", "--max-new-tokens", "6", "--history", "2"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write as _;
+    child.stdin.take().unwrap().write_all("你好\n/reset\n你好\n/exit\nnot read\n".as_bytes()).unwrap();
+    let transcript = ok(child.wait_with_output().unwrap());
+    let parts: Vec<&str> = transcript.split("(conversation reset)\n").collect();
+    assert_eq!(parts.len(), 2, "{transcript:?}");
+    assert_eq!(parts[0], parts[1], "the same greedy answer before and after /reset, and nothing after /exit");
     // SFT data in the wrong format names the line.
     let out = minimind(&["sft", "--model", p(&base), "--data", p(&corpus), "--out", p(&dir.path().join("x"))]);
     let stderr = String::from_utf8_lossy(&out.stderr);

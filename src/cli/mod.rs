@@ -1,5 +1,6 @@
 //! Command-line interface: one subcommand per job.
 
+pub mod chat;
 pub mod train;
 
 pub use train::{PretrainArgs, SftArgs, TrainerArgs};
@@ -47,6 +48,8 @@ pub enum Command {
     Lora(train::LoraArgs),
     /// Generate text from a model folder, streaming tokens to stdout.
     Generate(GenerateArgs),
+    /// Chat in the terminal: streaming answers, history, /reset, /exit.
+    Chat(chat::ChatArgs),
     /// Measure training, forward or decoding throughput on synthetic tokens.
     Bench(crate::bench::BenchArgs),
     /// Redraw the loss/lr chart of a run from its metrics.jsonl.
@@ -121,19 +124,34 @@ fn merge_lora(base: &Path, adapter: &Path, out: &Path) -> Result<()> {
     Ok(())
 }
 
-#[derive(Args)]
-pub struct GenerateArgs {
+/// The model to run: a folder, an optional LoRA adapter, the device.
+#[derive(Args, Clone)]
+pub struct ModelArgs {
     /// Model folder (config.json, model.safetensors, tokenizer files).
     #[arg(long)]
     pub model: PathBuf,
     /// A LoRA adapter folder to apply on top of the model.
     #[arg(long)]
     pub lora: Option<PathBuf>,
-    #[arg(long)]
-    pub prompt: String,
-    /// Render the prompt as a user turn with the chat template (plus the generation prompt).
-    #[arg(long)]
-    pub chat: bool,
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+}
+
+impl ModelArgs {
+    /// The model (with its adapter, if any) and its tokenizer, ready for inference.
+    pub fn load(&self) -> Result<(crate::MiniMindForCausalLM, Tokenizer)> {
+        let device = parse_device(&self.device)?;
+        let (mut model, _) = checkpoint::load_model(&self.model, &device, DType::F32, false)?;
+        if let Some(dir) = &self.lora {
+            crate::lora::load(&mut model, dir, &device)?;
+        }
+        Ok((model, Tokenizer::load(&self.model)?))
+    }
+}
+
+/// Decoding settings (HF semantics).
+#[derive(Args, Clone)]
+pub struct SamplingArgs {
     #[arg(long, default_value_t = 256)]
     pub max_new_tokens: usize,
     /// 0 = greedy.
@@ -148,8 +166,31 @@ pub struct GenerateArgs {
     pub repetition_penalty: f64,
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
+}
+
+impl SamplingArgs {
+    pub fn params(&self, seed_offset: u64) -> SamplingParams {
+        SamplingParams {
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            repetition_penalty: self.repetition_penalty,
+            seed: self.seed.wrapping_add(seed_offset),
+        }
+    }
+}
+
+#[derive(Args)]
+pub struct GenerateArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[arg(long)]
+    pub prompt: String,
+    /// Render the prompt as a user turn with the chat template (plus the generation prompt).
+    #[arg(long)]
+    pub chat: bool,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
 }
 
 /// Parses `cpu`, `cuda`, `cuda:N`.
@@ -189,6 +230,7 @@ pub fn run(cli: Cli) -> Result<()> {
             (None, _, _) => report("adapted", &train::lora(&a)?, &a.train.out),
         },
         Command::Generate(a) => generate_cmd(&a),
+        Command::Chat(a) => chat::run(&a),
         Command::Chart { path, out } => {
             let metrics = if path.is_dir() { path.join("metrics.jsonl") } else { path.clone() };
             let out = out.unwrap_or_else(|| metrics.with_file_name("loss.png"));
@@ -267,25 +309,14 @@ pub fn stream_completion(
 }
 
 fn generate_cmd(a: &GenerateArgs) -> Result<()> {
-    let device = parse_device(&a.device)?;
-    let (mut model, _) = checkpoint::load_model(&a.model, &device, DType::F32, false)?;
-    if let Some(dir) = &a.lora {
-        crate::lora::load(&mut model, dir, &device)?;
-    }
-    let tokenizer = Tokenizer::load(&a.model)?;
+    let (model, tokenizer) = a.model.load()?;
     let prompt = encode_prompt(&tokenizer, &a.prompt, a.chat)?;
-    let sampling = SamplingParams {
-        temperature: a.temperature,
-        top_k: a.top_k,
-        top_p: a.top_p,
-        repetition_penalty: a.repetition_penalty,
-        seed: a.seed,
-    };
     let mut stdout = std::io::stdout().lock();
     if !a.chat {
         write!(stdout, "{}", a.prompt)?;
     }
-    stream_completion(&a.model, &model, &tokenizer, &prompt, a.max_new_tokens, sampling, &mut stdout)?;
+    let sampling = a.sampling.params(0);
+    stream_completion(&a.model.model, &model, &tokenizer, &prompt, a.sampling.max_new_tokens, sampling, &mut stdout)?;
     writeln!(stdout)?;
     Ok(())
 }
