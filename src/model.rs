@@ -110,6 +110,17 @@ impl RotaryEmbedding {
     fn rows(&self, start: usize, len: usize) -> Result<(Tensor, Tensor)> {
         Ok((self.cos.narrow(0, start, len)?, self.sin.narrow(0, start, len)?))
     }
+
+    /// Per-row tables `[B, 1, T, D]` for slots `past .. past+T` of left-padded rows: row b's slot c
+    /// is position `c − left[b]` (padding slots get position 0).
+    fn rows_padded(&self, past: usize, t: usize, left: &[usize]) -> Result<(Tensor, Tensor)> {
+        let positions: Vec<u32> =
+            left.iter().flat_map(|&l| (past..past + t).map(move |c| c.saturating_sub(l) as u32)).collect();
+        let index = Tensor::from_vec(positions, left.len() * t, self.cos.device())?;
+        let d = self.cos.dim(1)?;
+        let pick = |table: &Tensor| table.index_select(&index, 0)?.reshape((left.len(), 1, t, d));
+        Ok((pick(&self.cos)?, pick(&self.sin)?))
+    }
 }
 
 /// Per-layer key/value cache, pre-allocated `[B, K, capacity, D]` and filled in place, holding
@@ -199,14 +210,31 @@ impl Attention {
         rope: &RotaryEmbedding,
         cache: Option<(&mut KvCache, usize)>,
         dropout: Option<(f64, u64)>,
+        padding: Option<&[usize]>,
     ) -> Result<Tensor> {
         let t = x.dim(1)?;
         let past = cache.as_ref().map_or(0, |(c, _)| c.len());
+        let (wq, wk, wv) =
+            (self.q_proj.effective_weight()?, self.k_proj.effective_weight()?, self.v_proj.effective_weight()?);
+        if let Some(left) = padding {
+            // Rows of different lengths (batched decoding): per-row positions and a padding mask.
+            let (cos, sin) = rope.rows_padded(past, t, left)?;
+            let q = ops::composed::project_heads(x, &wq, self.num_heads, Some((&cos, &sin)))?;
+            let k = ops::composed::project_heads(x, &wk, self.num_kv_heads, Some((&cos, &sin)))?;
+            let v = ops::composed::project_heads(x, &wv, self.num_kv_heads, None)?;
+            let (k, v) = match cache {
+                Some((cache, layer)) => cache.append(layer, &k, &v)?,
+                None => (k, v),
+            };
+            let mask = ops::composed::padded_causal_mask(t, past, left, x.device())?;
+            let y = ops::composed::masked_attention(&q, &k, &v, &mask)?;
+            return Ok(ops::merge_heads(&y, &self.o_proj.effective_weight()?)?);
+        }
         let (cos, sin) = rope.rows(past, t)?;
         let rope = Some((&cos, &sin));
-        let q = ops::project_heads(x, &self.q_proj.effective_weight()?, self.num_heads, rope)?;
-        let k = ops::project_heads(x, &self.k_proj.effective_weight()?, self.num_kv_heads, rope)?;
-        let v = ops::project_heads(x, &self.v_proj.effective_weight()?, self.num_kv_heads, None)?;
+        let q = ops::project_heads(x, &wq, self.num_heads, rope)?;
+        let k = ops::project_heads(x, &wk, self.num_kv_heads, rope)?;
+        let v = ops::project_heads(x, &wv, self.num_kv_heads, None)?;
         let (k, v) = match cache {
             Some((cache, layer)) => cache.append(layer, &k, &v)?,
             None => (k, v),
@@ -272,8 +300,9 @@ impl DecoderLayer {
         rope: &RotaryEmbedding,
         cache: Option<(&mut KvCache, usize)>,
         dropout: Option<(f64, u64)>,
+        padding: Option<&[usize]>,
     ) -> Result<Tensor> {
-        let h = (x + self.self_attn.forward(&self.input_layernorm.forward(x)?, rope, cache, dropout)?)?;
+        let h = (x + self.self_attn.forward(&self.input_layernorm.forward(x)?, rope, cache, dropout, padding)?)?;
         let mut m = self.mlp.forward(&self.post_attention_layernorm.forward(&h)?)?;
         if let Some((p, seed)) = dropout {
             m = ops::dropout(&m, p, site_seed(seed, 0, 4))?;
@@ -332,8 +361,21 @@ impl MiniMindForCausalLM {
     pub fn forward_hidden(
         &self,
         input_ids: &Tensor,
+        cache: Option<&mut KvCache>,
+        dropout: DropoutSeed,
+    ) -> Result<Tensor> {
+        self.forward_hidden_padded(input_ids, cache, dropout, None)
+    }
+
+    /// [`forward_hidden`](Self::forward_hidden) for a batch of left-padded rows: row b's first
+    /// `padding[b]` slots (of the whole sequence, cache included) are padding — masked out as keys,
+    /// and positions count from the row's first real token.
+    pub fn forward_hidden_padded(
+        &self,
+        input_ids: &Tensor,
         mut cache: Option<&mut KvCache>,
         dropout: DropoutSeed,
+        padding: Option<&[usize]>,
     ) -> Result<Tensor> {
         let (b, t) = input_ids.dims2()?;
         let past = cache.as_ref().map_or(0, |c| c.len());
@@ -354,7 +396,7 @@ impl MiniMindForCausalLM {
         for (i, layer) in self.model.layers.iter().enumerate() {
             let layer_cache = cache.as_deref_mut().map(|c| (c, i));
             let layer_dropout = dropout.map(|(p, seed)| (p, site_seed(seed, i, 3)));
-            x = layer.forward(&x, &self.model.rotary, layer_cache, layer_dropout)?;
+            x = layer.forward(&x, &self.model.rotary, layer_cache, layer_dropout, padding)?;
         }
         if let Some(cache) = cache {
             cache.len += t;
@@ -366,6 +408,18 @@ impl MiniMindForCausalLM {
     pub fn forward(&self, input_ids: &Tensor, cache: Option<&mut KvCache>) -> Result<Tensor> {
         let hidden = self.forward_hidden(input_ids, cache, None)?;
         Ok(self.lm_head.forward(&hidden)?)
+    }
+
+    /// Last-position logits `[B, V]` of left-padded rows (see [`forward_hidden_padded`](Self::forward_hidden_padded)).
+    pub fn forward_last_padded(
+        &self,
+        input_ids: &Tensor,
+        cache: Option<&mut KvCache>,
+        padding: &[usize],
+    ) -> Result<Tensor> {
+        let hidden = self.forward_hidden_padded(input_ids, cache, None, Some(padding))?;
+        let t = hidden.dim(1)?;
+        Ok(self.lm_head.forward(&hidden.narrow(1, t - 1, 1)?.squeeze(1)?)?)
     }
 
     /// Logits `[B, V]` of the last position only (what decoding needs; skips the other rows of

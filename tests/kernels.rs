@@ -284,3 +284,14 @@ fn vectorized_helpers_match_scalar_math() {
     assert!((simd::exp_shifted_sum(&mut e, 1.5) - sum).abs() / sum < 1e-5);
     assert!((e[3] - (xs[3] - 1.5).exp()).abs() < 1e-5);
 }
+
+#[test]
+fn attention_accepts_size_one_axes_with_any_stride() {
+    // [1, K, 1, D] made by transposing [1, 1, K, D]: contiguous for candle, odd strides on size-1 axes.
+    let k = randn(&[1, 1, 2, 16]).transpose(1, 2).unwrap();
+    let v = randn(&[1, 1, 2, 16]).transpose(1, 2).unwrap();
+    let q = randn(&[1, 4, 1, 16]);
+    let fused = ops::attention::causal_attention(&q, &k, &v).unwrap();
+    let reference = ops::composed::causal_attention(&q, &k, &v, None).unwrap();
+    assert!(max_abs_diff(&fused, &reference) < 1e-5);
+}

@@ -92,8 +92,9 @@ fn head_offset(l: &Layout, b: usize, head: usize) -> usize {
 }
 
 fn check_rows_contiguous(l: &Layout, d: usize, name: &str) -> Result<()> {
-    let st = l.stride();
-    if st[3] != 1 || st[2] != d {
+    // A size-1 axis may carry any stride (candle still calls the tensor contiguous).
+    let (st, dims) = (l.stride(), l.dims());
+    if (dims[3] > 1 && st[3] != 1) || (dims[2] > 1 && st[2] != d) {
         candle_core::bail!("flash attention: {name} rows must be contiguous");
     }
     Ok(())
