@@ -15,6 +15,7 @@
 //! - [`reason`] reasoning SFT with up-weighted format tags, and the think display
 //! - [`metrics`] metrics.jsonl and the PNG chart
 //! - [`generate`] sampling and KV-cached decoding
+//! - [`serve`] the OpenAI-compatible server and the web chat page
 //! - [`bench`] throughput benchmarks
 //! - [`cli`], [`demo`] the command line
 
@@ -37,6 +38,7 @@ pub mod optim;
 pub mod params;
 pub mod reason;
 pub mod resume;
+pub mod serve;
 pub mod sft;
 pub mod tokenizer;
 pub mod train;

@@ -50,6 +50,8 @@ pub enum Command {
     Generate(GenerateArgs),
     /// Chat in the terminal: streaming answers, history, /reset, /exit.
     Chat(chat::ChatArgs),
+    /// Serve models over an OpenAI-compatible HTTP API, with a web chat page at /.
+    Serve(ServeArgs),
     /// Measure training, forward or decoding throughput on synthetic tokens.
     Bench(crate::bench::BenchArgs),
     /// Redraw the loss/lr chart of a run from its metrics.jsonl.
@@ -122,6 +124,48 @@ fn merge_lora(base: &Path, adapter: &Path, out: &Path) -> Result<()> {
     checkpoint::copy_tokenizer_files(base, out)?;
     println!("merged {} into {} → {}", adapter.display(), base.display(), out.display());
     Ok(())
+}
+
+#[derive(Args)]
+pub struct ServeArgs {
+    /// Model folder(s) to serve; the folder name is the model id. Repeat for several.
+    #[arg(long, required = true)]
+    pub model: Vec<PathBuf>,
+    /// A LoRA adapter applied to the first model.
+    #[arg(long)]
+    pub lora: Option<PathBuf>,
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    #[arg(long, default_value_t = 8998)]
+    pub port: u16,
+    /// Requests that may wait for the model before new ones are refused (503).
+    #[arg(long, default_value_t = 64)]
+    pub queue: usize,
+}
+
+fn serve_cmd(a: &ServeArgs) -> Result<()> {
+    let mut models = Vec::new();
+    for (i, dir) in a.model.iter().enumerate() {
+        let args =
+            ModelArgs { model: dir.clone(), lora: if i == 0 { a.lora.clone() } else { None }, device: "cpu".into() };
+        let (model, tokenizer) = args.load()?;
+        let id = dir.file_name().map_or_else(|| format!("model-{i}"), |n| n.to_string_lossy().to_string());
+        if models.iter().any(|m: &crate::serve::engine::LoadedModel| m.id == id) {
+            bail!("two models are named {id:?}; give the folders distinct names");
+        }
+        models.push(crate::serve::engine::LoadedModel { id, model, tokenizer });
+    }
+    let ids: Vec<String> = models.iter().map(|m| m.id.clone()).collect();
+    let engine = crate::serve::engine::Engine::start(models, a.queue.max(1));
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind((a.host.as_str(), a.port))
+            .await
+            .with_context(|| format!("binding {}:{}", a.host, a.port))?;
+        eprintln!("serving {} on http://{} (web chat at /, API at /v1)", ids.join(", "), listener.local_addr()?);
+        axum::serve(listener, crate::serve::router(engine)).await?;
+        Ok(())
+    })
 }
 
 /// The model to run: a folder, an optional LoRA adapter, the device.
@@ -231,6 +275,7 @@ pub fn run(cli: Cli) -> Result<()> {
         },
         Command::Generate(a) => generate_cmd(&a),
         Command::Chat(a) => chat::run(&a),
+        Command::Serve(a) => serve_cmd(&a),
         Command::Chart { path, out } => {
             let metrics = if path.is_dir() { path.join("metrics.jsonl") } else { path.clone() };
             let out = out.unwrap_or_else(|| metrics.with_file_name("loss.png"));

@@ -1,0 +1,135 @@
+//! The generation worker behind the server: one thread runs requests from a bounded FIFO queue, one
+//! at a time, streaming text pieces back over a channel. A client that goes away makes its sends fail,
+//! which cancels its generation at the next token, so its slot frees at once.
+
+use crate::generate::{generate, FinishReason, Sampler, SamplingParams};
+use crate::tokenizer::{TextStream, Tokenizer};
+use crate::MiniMindForCausalLM;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
+use std::sync::Arc;
+use tokio::sync::mpsc::UnboundedSender;
+
+/// A model the server can run.
+pub struct LoadedModel {
+    pub id: String,
+    pub model: MiniMindForCausalLM,
+    pub tokenizer: Tokenizer,
+}
+
+/// What the worker reports about a job.
+#[derive(Debug)]
+pub enum Event {
+    /// Newly decoded text.
+    Text(String),
+    Done {
+        finish: FinishReason,
+        prompt_tokens: usize,
+        completion_tokens: usize,
+    },
+    Error(String),
+}
+
+pub struct Job {
+    pub model: usize,
+    pub prompt: Vec<u32>,
+    pub max_new_tokens: usize,
+    pub sampling: SamplingParams,
+    /// Strings that end the answer (not included in it).
+    pub stop: Vec<String>,
+    pub events: UnboundedSender<Event>,
+}
+
+/// Handle to the worker: submit jobs, read the load.
+#[derive(Clone)]
+pub struct Engine {
+    queue: SyncSender<Job>,
+    pub models: Arc<Vec<LoadedModel>>,
+    /// Jobs waiting or running.
+    pub pending: Arc<AtomicUsize>,
+    /// Tokens generated since start (a cancelled request stops adding to it).
+    pub generated: Arc<AtomicUsize>,
+}
+
+impl Engine {
+    /// Starts the worker thread with room for `queue` waiting jobs.
+    pub fn start(models: Vec<LoadedModel>, queue: usize) -> Self {
+        let (tx, rx) = sync_channel::<Job>(queue);
+        let models = Arc::new(models);
+        let pending = Arc::new(AtomicUsize::new(0));
+        let generated = Arc::new(AtomicUsize::new(0));
+        let (worker_models, worker_pending, worker_generated) = (models.clone(), pending.clone(), generated.clone());
+        std::thread::spawn(move || {
+            for job in rx {
+                run(&worker_models[job.model], job, &worker_generated);
+                worker_pending.fetch_sub(1, Ordering::SeqCst);
+            }
+        });
+        Self { queue: tx, models, pending, generated }
+    }
+
+    /// Queues a job; `Err` when the queue is full.
+    pub fn submit(&self, job: Job) -> Result<(), &'static str> {
+        self.pending.fetch_add(1, Ordering::SeqCst);
+        match self.queue.try_send(job) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                self.pending.fetch_sub(1, Ordering::SeqCst);
+                Err("the server is at capacity; retry later")
+            }
+        }
+    }
+}
+
+/// Runs one job, sending its text as it is decoded.
+fn run(m: &LoadedModel, job: Job, generated: &AtomicUsize) {
+    let result = (|| -> anyhow::Result<(FinishReason, usize)> {
+        let mut sampler = Sampler::new(job.sampling.clone())?;
+        let mut stream = TextStream::new(&m.tokenizer);
+        let stops = m.tokenizer.stop_ids()?;
+        let mut text = String::new();
+        let mut sent = 0usize;
+        let mut hit_stop = false;
+        let generation = generate(&m.model, &job.prompt, job.max_new_tokens, &stops, &mut sampler, |id| {
+            generated.fetch_add(1, Ordering::SeqCst);
+            if let Some(piece) = stream.push(id)? {
+                text.push_str(&piece);
+            }
+            // Hold back a tail that could still grow into a stop string.
+            let (end, stop) = match job.stop.iter().filter_map(|s| text.find(s.as_str())).min() {
+                Some(at) => (at, true),
+                None => {
+                    let hold = job.stop.iter().map(|s| s.len().saturating_sub(1)).max().unwrap_or(0);
+                    let mut end = text.len().saturating_sub(hold).max(sent);
+                    while !text.is_char_boundary(end) {
+                        end -= 1;
+                    }
+                    (end, false)
+                }
+            };
+            if end > sent {
+                if job.events.send(Event::Text(text[sent..end].to_string())).is_err() {
+                    return Ok(false); // the client went away
+                }
+                sent = end;
+            }
+            hit_stop = stop;
+            Ok(!stop)
+        })?;
+        if !hit_stop {
+            if let Some(rest) = stream.finish()? {
+                text.push_str(&rest);
+            }
+            if text.len() > sent {
+                let _ = job.events.send(Event::Text(text[sent..].to_string()));
+            }
+        }
+        let finish = if hit_stop { FinishReason::Stop } else { generation.finish_reason };
+        Ok((finish, generation.tokens.len()))
+    })();
+    let event = match result {
+        Ok((finish, completion_tokens)) => Event::Done { finish, prompt_tokens: job.prompt.len(), completion_tokens },
+        Err(e) => Event::Error(format!("{e:#}")),
+    };
+    let _ = job.events.send(event);
+}

@@ -1,0 +1,256 @@
+//! `minimind serve`: an OpenAI-compatible HTTP API (`/v1/chat/completions`, `/v1/completions`,
+//! `/v1/models`, `/health`) and a web chat page at `/`, over the generation [`engine`].
+//!
+//! Responses follow OpenAI's shapes: `chat.completion` objects with `usage`; streams of
+//! `chat.completion.chunk` events (the first delta carries the role, the last the `finish_reason`,
+//! an optional usage-only chunk) ending with `data: [DONE]`; errors as
+//! `{"error": {"message", "type", "param", "code"}}` with a 4xx/5xx status. Text inside
+//! `<think>…</think>` goes to `reasoning_content`.
+
+pub mod engine;
+mod request;
+
+use crate::generate::FinishReason;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::sse::{Event as SseEvent, Sse};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use engine::{Engine, Event, Job};
+use request::{ApiError, Request};
+use serde_json::{json, Value};
+use std::convert::Infallible;
+use std::sync::atomic::Ordering;
+use std::time::{SystemTime, UNIX_EPOCH};
+use tokio::sync::mpsc::unbounded_channel;
+
+const PAGE: &str = include_str!("page.html");
+
+/// The HTTP routes over a running engine.
+pub fn router(engine: Engine) -> Router {
+    Router::new()
+        .route("/", get(|| async { Html(PAGE) }))
+        .route("/health", get(health))
+        .route("/v1/models", get(models))
+        .route("/v1/chat/completions", post(chat_completions))
+        .route("/v1/completions", post(completions))
+        .with_state(engine)
+}
+
+fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+async fn health(State(engine): State<Engine>) -> Json<Value> {
+    let pending = engine.pending.load(Ordering::SeqCst);
+    Json(json!({"status": "ok", "pending": pending, "generated_tokens": engine.generated.load(Ordering::SeqCst)}))
+}
+
+async fn models(State(engine): State<Engine>) -> Json<Value> {
+    let data: Vec<Value> = engine
+        .models
+        .iter()
+        .map(|m| json!({"id": m.id, "object": "model", "created": now(), "owned_by": "minimind"}))
+        .collect();
+    Json(json!({"object": "list", "data": data}))
+}
+
+async fn chat_completions(State(engine): State<Engine>, body: Bytes) -> Response {
+    respond(engine, body, true).await
+}
+
+async fn completions(State(engine): State<Engine>, body: Bytes) -> Response {
+    respond(engine, body, false).await
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body =
+            json!({"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}});
+        (self.status, Json(body)).into_response()
+    }
+}
+
+fn finish_name(f: FinishReason) -> &'static str {
+    match f {
+        FinishReason::Stop | FinishReason::Cancelled => "stop",
+        FinishReason::Length => "length",
+    }
+}
+
+async fn respond(engine: Engine, body: Bytes, chat: bool) -> Response {
+    let req = match Request::parse(&engine, &body, chat) {
+        Ok(r) => r,
+        Err(e) => return e.into_response(),
+    };
+    let (tx, mut rx) = unbounded_channel();
+    let job = Job {
+        model: req.model,
+        prompt: req.prompt.clone(),
+        max_new_tokens: req.max_tokens,
+        sampling: req.sampling.clone(),
+        stop: req.stop.clone(),
+        events: tx,
+    };
+    if let Err(msg) = engine.submit(job) {
+        return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "server_error", msg).into_response();
+    }
+    let id = format!("{}-{:x}", if chat { "chatcmpl" } else { "cmpl" }, rand::random::<u64>());
+    let model_id = engine.models[req.model].id.clone();
+    let created = now();
+    if !req.stream {
+        let mut text = String::new();
+        loop {
+            match rx.recv().await {
+                Some(Event::Text(t)) => text.push_str(&t),
+                Some(Event::Done { finish, prompt_tokens, completion_tokens }) => {
+                    let usage = json!({"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                                       "total_tokens": prompt_tokens + completion_tokens});
+                    let choice = if chat {
+                        let (reasoning, content) = split_reasoning(&text);
+                        let mut message = json!({"role": "assistant", "content": content});
+                        if let Some(r) = reasoning {
+                            message["reasoning_content"] = json!(r);
+                        }
+                        json!({"index": 0, "message": message, "finish_reason": finish_name(finish)})
+                    } else {
+                        json!({"index": 0, "text": text, "finish_reason": finish_name(finish)})
+                    };
+                    let object = if chat { "chat.completion" } else { "text_completion" };
+                    return Json(json!({"id": id, "object": object, "created": created, "model": model_id,
+                                       "choices": [choice], "usage": usage}))
+                    .into_response();
+                }
+                Some(Event::Error(e)) => {
+                    return ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", &e).into_response()
+                }
+                None => {
+                    return ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "generation stopped")
+                        .into_response()
+                }
+            }
+        }
+    }
+    // Streaming: the first chunk carries the role; deltas; a final chunk with the finish reason;
+    // the usage chunk when asked; then [DONE].
+    let include_usage = req.include_usage;
+    let chunk = move |delta: Value, finish: Option<&str>| -> Value {
+        if chat {
+            json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": model_id,
+                   "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+        } else {
+            json!({"id": id, "object": "text_completion", "created": created, "model": model_id,
+                   "choices": [{"index": 0, "text": delta.get("content").cloned().unwrap_or(json!("")), "finish_reason": finish}]})
+        }
+    };
+    let first = if chat {
+        chunk(json!({"role": "assistant", "content": ""}), None)
+    } else {
+        chunk(json!({"content": ""}), None)
+    };
+    let queue = std::collections::VecDeque::from([first.to_string()]);
+    let state = (rx, Splitter::new(chat), queue, false, chunk);
+    let stream = futures_util::stream::unfold(
+        state,
+        move |(mut rx, mut splitter, mut queue, mut finished, chunk)| async move {
+            while queue.is_empty() && !finished {
+                match rx.recv().await {
+                    Some(Event::Text(t)) => queue.push_back(chunk(splitter.delta(&t), None).to_string()),
+                    Some(Event::Done { finish, prompt_tokens, completion_tokens }) => {
+                        queue.push_back(chunk(json!({}), Some(finish_name(finish))).to_string());
+                        if include_usage {
+                            let mut usage = chunk(json!({}), None);
+                            usage["choices"] = json!([]);
+                            usage["usage"] = json!({"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                                                "total_tokens": prompt_tokens + completion_tokens});
+                            queue.push_back(usage.to_string());
+                        }
+                        queue.push_back("[DONE]".to_string());
+                        finished = true;
+                    }
+                    Some(Event::Error(e)) => {
+                        queue.push_back(
+                            json!({"error": {"message": e, "type": "server_error", "param": null, "code": null}})
+                                .to_string(),
+                        );
+                        queue.push_back("[DONE]".to_string());
+                        finished = true;
+                    }
+                    None => finished = true,
+                }
+            }
+            let data = queue.pop_front()?;
+            Some((Ok::<_, Infallible>(SseEvent::default().data(data)), (rx, splitter, queue, finished, chunk)))
+        },
+    );
+    let mut response = Sse::new(stream).into_response();
+    response.headers_mut().insert(header::CACHE_CONTROL, "no-cache".parse().expect("static header"));
+    response
+}
+
+/// Splits a whole answer into (reasoning, content) at `</think>`.
+pub fn split_reasoning(text: &str) -> (Option<String>, String) {
+    match text.split_once("</think>") {
+        Some((think, rest)) => {
+            let think = think.trim_start().strip_prefix("<think>").unwrap_or(think);
+            (Some(think.trim().to_string()), rest.trim_start().to_string())
+        }
+        None => (None, text.to_string()),
+    }
+}
+
+/// Streaming counterpart of [`split_reasoning`]: routes deltas to `reasoning_content` until `</think>`.
+struct Splitter {
+    enabled: bool,
+    buffer: String,
+    in_think: bool,
+}
+
+impl Splitter {
+    fn new(enabled: bool) -> Self {
+        Self { enabled, buffer: String::new(), in_think: false }
+    }
+
+    fn delta(&mut self, piece: &str) -> Value {
+        if !self.enabled {
+            return json!({"content": piece});
+        }
+        self.buffer.push_str(piece);
+        let mut reasoning = String::new();
+        let mut content = String::new();
+        loop {
+            let tag = if self.in_think { "</think>" } else { "<think>" };
+            if let Some(at) = self.buffer.find(tag) {
+                let before: String = self.buffer.drain(..at).collect();
+                if self.in_think {
+                    reasoning.push_str(&before)
+                } else {
+                    content.push_str(&before)
+                }
+                self.buffer.drain(..tag.len());
+                self.in_think = !self.in_think;
+                continue;
+            }
+            // Keep a possible partial tag for the next piece.
+            let keep = (1..tag.len()).rev().find(|&n| self.buffer.ends_with(&tag[..n])).unwrap_or(0);
+            let cut = self.buffer.len() - keep;
+            let flush: String = self.buffer.drain(..cut).collect();
+            if self.in_think {
+                reasoning.push_str(&flush)
+            } else {
+                content.push_str(&flush)
+            }
+            break;
+        }
+        let mut delta = json!({});
+        if !reasoning.is_empty() {
+            delta["reasoning_content"] = json!(reasoning);
+        }
+        if !content.is_empty() || reasoning.is_empty() {
+            delta["content"] = json!(content);
+        }
+        delta
+    }
+}

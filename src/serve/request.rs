@@ -1,0 +1,195 @@
+//! Parsing and validating OpenAI-style requests into generation jobs, with OpenAI-shaped errors.
+
+use super::engine::Engine;
+use crate::generate::SamplingParams;
+use axum::http::StatusCode;
+use serde_json::{json, Value};
+
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub kind: &'static str,
+    pub message: String,
+    pub param: Option<&'static str>,
+    pub code: Option<&'static str>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, kind: &'static str, message: &str) -> Self {
+        Self { status, kind, message: message.to_string(), param: None, code: None }
+    }
+
+    fn invalid(param: &'static str, message: String) -> Self {
+        Self { status: StatusCode::BAD_REQUEST, kind: "invalid_request_error", message, param: Some(param), code: None }
+    }
+}
+
+pub struct Request {
+    pub model: usize,
+    pub prompt: Vec<u32>,
+    pub max_tokens: usize,
+    pub sampling: SamplingParams,
+    pub stop: Vec<String>,
+    pub stream: bool,
+    pub include_usage: bool,
+}
+
+/// Default answer length when the request names none (bounded by the context).
+const DEFAULT_MAX_TOKENS: usize = 512;
+
+fn number(body: &Value, key: &'static str) -> Result<Option<f64>, ApiError> {
+    match body.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => v.as_f64().map(Some).ok_or_else(|| ApiError::invalid(key, format!("{key} must be a number"))),
+    }
+}
+
+/// Text of a message's `content`: a string, or an array of `{"type": "text", "text": …}` parts.
+fn content_text(content: &Value) -> Option<String> {
+    match content {
+        Value::String(s) => Some(s.clone()),
+        Value::Array(parts) => {
+            parts.iter().map(|p| p.get("text").and_then(Value::as_str)).collect::<Option<Vec<_>>>().map(|v| v.concat())
+        }
+        _ => None,
+    }
+}
+
+impl Request {
+    pub fn parse(engine: &Engine, body: &[u8], chat: bool) -> Result<Self, ApiError> {
+        let body: Value = serde_json::from_slice(body)
+            .map_err(|e| ApiError::invalid("body", format!("the request body is not valid JSON: {e}")))?;
+        if !body.is_object() {
+            return Err(ApiError::invalid("body", "the request body must be a JSON object".into()));
+        }
+        let name = body
+            .get("model")
+            .and_then(Value::as_str)
+            .ok_or_else(|| ApiError::invalid("model", "model is required".into()))?;
+        let model = engine.models.iter().position(|m| m.id == name).ok_or_else(|| {
+            let known: Vec<&str> = engine.models.iter().map(|m| m.id.as_str()).collect();
+            ApiError {
+                status: StatusCode::NOT_FOUND,
+                kind: "invalid_request_error",
+                message: format!("the model {name:?} does not exist; available: {}", known.join(", ")),
+                param: Some("model"),
+                code: Some("model_not_found"),
+            }
+        })?;
+        let m = &engine.models[model];
+        let prompt = if chat { chat_prompt(m, &body)? } else { completion_prompt(m, &body)? };
+        let context = m.model.config.max_position_embeddings;
+        if prompt.len() >= context {
+            return Err(ApiError::invalid(
+                "messages",
+                format!("the prompt has {} tokens; the context holds {context}", prompt.len()),
+            ));
+        }
+        let room = context - prompt.len();
+        let max_tokens = match (number(&body, "max_completion_tokens")?, number(&body, "max_tokens")?) {
+            (Some(n), _) | (None, Some(n)) => {
+                if n < 1.0 || n.fract() != 0.0 {
+                    return Err(ApiError::invalid(
+                        "max_tokens",
+                        format!("max_tokens must be a positive integer, got {n}"),
+                    ));
+                }
+                if n as usize > room {
+                    return Err(ApiError::invalid(
+                        "max_tokens",
+                        format!(
+                            "max_tokens {n} plus the prompt's {} tokens exceeds the context of {context}",
+                            prompt.len()
+                        ),
+                    ));
+                }
+                n as usize
+            }
+            (None, None) => DEFAULT_MAX_TOKENS.min(room),
+        };
+        if let Some(n) = number(&body, "n")? {
+            if n != 1.0 {
+                return Err(ApiError::invalid("n", "only n = 1 is supported".into()));
+            }
+        }
+        let temperature = number(&body, "temperature")?.unwrap_or(0.85);
+        let top_p = number(&body, "top_p")?.unwrap_or(0.85);
+        if !((0.0..=2.0).contains(&temperature) && top_p > 0.0 && top_p <= 1.0) {
+            return Err(ApiError::invalid("temperature", "temperature must be in [0, 2] and top_p in (0, 1]".into()));
+        }
+        // frequency_penalty f maps onto the repetition penalty 1 + f (HF semantics).
+        let repetition_penalty = match (number(&body, "repetition_penalty")?, number(&body, "frequency_penalty")?) {
+            (Some(r), _) => r,
+            (None, Some(f)) => (1.0 + f).max(0.01),
+            (None, None) => 1.0,
+        };
+        if repetition_penalty <= 0.0 {
+            return Err(ApiError::invalid("repetition_penalty", "repetition_penalty must be > 0".into()));
+        }
+        let sampling = SamplingParams {
+            temperature,
+            top_k: number(&body, "top_k")?.unwrap_or(0.0).max(0.0) as usize,
+            top_p,
+            repetition_penalty,
+            seed: number(&body, "seed")?.map_or_else(rand::random::<u64>, |s| s as u64),
+        };
+        let stop = match body.get("stop") {
+            None | Some(Value::Null) => Vec::new(),
+            Some(Value::String(s)) => vec![s.clone()],
+            Some(Value::Array(items)) => items
+                .iter()
+                .map(|s| s.as_str().map(str::to_string))
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(|| ApiError::invalid("stop", "stop must be a string or an array of strings".into()))?,
+            Some(_) => return Err(ApiError::invalid("stop", "stop must be a string or an array of strings".into())),
+        };
+        let stop = stop.into_iter().filter(|s| !s.is_empty()).collect();
+        let stream = body.get("stream").and_then(Value::as_bool).unwrap_or(false);
+        let include_usage = body.pointer("/stream_options/include_usage").and_then(Value::as_bool).unwrap_or(false);
+        Ok(Self { model, prompt, max_tokens, sampling, stop, stream, include_usage })
+    }
+}
+
+fn chat_prompt(m: &super::engine::LoadedModel, body: &Value) -> Result<Vec<u32>, ApiError> {
+    let messages = body
+        .get("messages")
+        .and_then(Value::as_array)
+        .ok_or_else(|| ApiError::invalid("messages", "messages must be an array".into()))?;
+    if messages.is_empty() {
+        return Err(ApiError::invalid("messages", "messages must not be empty".into()));
+    }
+    let mut clean = Vec::with_capacity(messages.len());
+    for (i, msg) in messages.iter().enumerate() {
+        let role = msg.get("role").and_then(Value::as_str).unwrap_or("");
+        if !["system", "user", "assistant"].contains(&role) {
+            return Err(ApiError::invalid(
+                "messages",
+                format!("messages[{i}].role must be system, user or assistant, got {role:?}"),
+            ));
+        }
+        let content = msg
+            .get("content")
+            .and_then(content_text)
+            .ok_or_else(|| ApiError::invalid("messages", format!("messages[{i}].content must be a string")))?;
+        clean.push(json!({"role": role, "content": content}));
+    }
+    let text = m
+        .tokenizer
+        .apply_chat_template(&Value::Array(clean), true, &json!({}))
+        .map_err(|e| ApiError::invalid("messages", format!("{e:#}")))?;
+    m.tokenizer
+        .encode(&text)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", &format!("{e:#}")))
+}
+
+fn completion_prompt(m: &super::engine::LoadedModel, body: &Value) -> Result<Vec<u32>, ApiError> {
+    let prompt = match body.get("prompt") {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Array(items)) if items.len() == 1 && items[0].is_string() => {
+            items[0].as_str().unwrap_or_default().to_string()
+        }
+        _ => return Err(ApiError::invalid("prompt", "prompt must be a string".into())),
+    };
+    crate::cli::encode_prompt(&m.tokenizer, &prompt, false)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", &format!("{e:#}")))
+}
