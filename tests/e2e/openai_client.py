@@ -1,0 +1,40 @@
+"""The official `openai` client against a live `minimind serve` (base URL and model id as arguments)."""
+import sys
+
+from openai import OpenAI
+
+base_url, model = sys.argv[1], sys.argv[2]
+client = OpenAI(base_url=base_url, api_key="none")
+
+ids = [m.id for m in client.models.list()]
+assert model in ids, ids
+
+r = client.chat.completions.create(
+    model=model, messages=[{"role": "user", "content": "你好"}], max_tokens=5, temperature=0
+)
+assert r.object == "chat.completion" and r.choices[0].message.role == "assistant", r
+assert r.choices[0].finish_reason in ("stop", "length"), r
+assert r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens, r.usage
+
+text, usage, finish = "", None, None
+stream = client.chat.completions.create(
+    model=model, messages=[{"role": "user", "content": "你好"}], max_tokens=5, temperature=0,
+    stream=True, stream_options={"include_usage": True},
+)
+for chunk in stream:
+    if chunk.usage is not None:
+        usage = chunk.usage
+    for choice in chunk.choices:
+        text += choice.delta.content or ""
+        finish = choice.finish_reason or finish
+assert text == r.choices[0].message.content, (text, r.choices[0].message.content)
+assert usage is not None and usage.completion_tokens == r.usage.completion_tokens, usage
+assert finish == r.choices[0].finish_reason, finish
+
+try:
+    client.chat.completions.create(model="no-such-model", messages=[{"role": "user", "content": "x"}])
+    raise AssertionError("unknown model accepted")
+except Exception as e:  # openai.NotFoundError
+    assert getattr(e, "status_code", None) == 404, e
+
+print("openai client: models.list, chat (non-stream), chat (stream + usage), 404 error — OK")

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# End-to-end checks against a live `minimind serve`: the official `openai` Python client (in a
+# throw-away venv) and the web page in headless Chromium (Playwright). Installs what it needs.
+#   tests/e2e/run.sh [path/to/minimind]
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+bin=${1:-target/debug/minimind}
+work=$(mktemp -d)
+trap 'kill $server 2>/dev/null || true; rm -rf "$work"' EXIT
+
+# A tiny model to serve.
+"$bin" train-tokenizer --data tests/fixtures/pretrain_zh_songci_32.jsonl --data tests/fixtures/sft_zh_en_32.jsonl \
+  --vocab-size 800 --out "$work/tok" >/dev/null
+"$bin" pretrain --data tests/fixtures/pretrain_zh_songci_32.jsonl --tokenizer "$work/tok" --out "$work/tiny" \
+  --preset tiny --batch-size 4 --accumulation-steps 1 --max-seq-len 64 --max-steps 3 2>/dev/null >/dev/null
+port=$((20000 + RANDOM % 20000))
+"$bin" serve --model "$work/tiny" --port "$port" 2>"$work/serve.log" &
+server=$!
+for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/health" >/dev/null && break; sleep 0.1; done
+
+python3 -m venv "$work/venv"
+"$work/venv/bin/pip" install -q openai
+"$work/venv/bin/python" tests/e2e/openai_client.py "http://127.0.0.1:$port/v1" tiny
+passed=1
+
+if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+  (apt-get update -qq && apt-get install -y -qq chromium) >/dev/null 2>&1 || true
+fi
+if [ -x /usr/bin/chromium ] && command -v npm >/dev/null; then
+  (cd "$work" && npm init -y >/dev/null && npm install -s playwright-core >/dev/null 2>&1)
+  cp tests/e2e/browser.mjs "$work/browser.mjs"
+  node "$work/browser.mjs" "http://127.0.0.1:$port/" "${SCREENSHOT:-}"
+  passed=2
+else
+  echo "browser test skipped: no Chromium/npm on this machine"
+fi
+echo "e2e: $passed passed, 0 failed"
