@@ -209,3 +209,29 @@ fn answer(port: u16, prompt: &str) -> String {
         .filter_map(|c| c["choices"][0]["delta"]["content"].as_str().map(str::to_string))
         .collect()
 }
+
+#[test]
+fn reasoning_goes_to_reasoning_content() {
+    use minimind::serve::{split_reasoning, Splitter};
+    assert_eq!(split_reasoning("<think>\nplan\n</think>\n\nanswer"), (Some("plan".to_string()), "answer".to_string()));
+    assert_eq!(split_reasoning("plain"), (None, "plain".to_string()));
+    // Streaming: tags split across pieces still route each part.
+    let mut s = Splitter::new(true);
+    let deltas: Vec<Value> = ["<th", "ink>pl", "an</thi", "nk>ans", "wer"].iter().map(|p| s.delta(p)).collect();
+    let reasoning: String = deltas.iter().filter_map(|d| d["reasoning_content"].as_str()).collect();
+    let content: String = deltas.iter().filter_map(|d| d["content"].as_str()).collect();
+    assert_eq!((reasoning.as_str(), content.as_str()), ("plan", "answer"));
+}
+
+#[test]
+fn stop_strings_end_the_answer() {
+    let port = start();
+    let (_, r, _) = post(port, "/v1/chat/completions", chat(json!({"max_tokens": 12})));
+    let content = r["choices"][0]["message"]["content"].as_str().unwrap().to_string();
+    let Some(second) = content.chars().nth(1) else { return };
+    let stop = second.to_string();
+    let expected = &content[..content.find(&stop).unwrap()];
+    let (_, r, _) = post(port, "/v1/chat/completions", chat(json!({"max_tokens": 12, "stop": [stop]})));
+    assert_eq!(r["choices"][0]["message"]["content"], expected);
+    assert_eq!(r["choices"][0]["finish_reason"], "stop");
+}

@@ -202,18 +202,18 @@ pub fn split_reasoning(text: &str) -> (Option<String>, String) {
 }
 
 /// Streaming counterpart of [`split_reasoning`]: routes deltas to `reasoning_content` until `</think>`.
-struct Splitter {
+pub struct Splitter {
     enabled: bool,
     buffer: String,
     in_think: bool,
 }
 
 impl Splitter {
-    fn new(enabled: bool) -> Self {
+    pub fn new(enabled: bool) -> Self {
         Self { enabled, buffer: String::new(), in_think: false }
     }
 
-    fn delta(&mut self, piece: &str) -> Value {
+    pub fn delta(&mut self, piece: &str) -> Value {
         if !self.enabled {
             return json!({"content": piece});
         }

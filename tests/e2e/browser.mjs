@@ -11,6 +11,7 @@ const page = await browser.newPage();
 await page.goto(url);
 await page.waitForFunction(() => document.querySelectorAll("#model option").length > 0);
 await page.fill("#max_tokens", "12");
+await page.$eval("#temperature", (e) => { e.value = "0"; e.dispatchEvent(new Event("input")); });
 await page.fill("#input", "你好");
 await page.click("#send");
 await page.waitForSelector(".msg.assistant");
@@ -19,7 +20,15 @@ await page.waitForFunction(() => !document.querySelector("#send").disabled, null
 const answer = await page.textContent(".msg.assistant");
 const user = await page.textContent(".msg.user");
 if (user !== "你好") throw new Error(`user bubble: ${user}`);
-if (!answer || answer.includes("[error")) throw new Error(`assistant bubble: ${answer}`);
+if (answer.includes("[error")) throw new Error(`assistant bubble: ${answer}`);
+// The page shows exactly what the API answers for the same greedy request.
+const model = await page.$eval("#model", (e) => e.value);
+const res = await fetch(new URL("/v1/chat/completions", url), {
+  method: "POST", headers: { "Content-Type": "application/json" },
+  body: JSON.stringify({ model, messages: [{ role: "user", content: "你好" }], temperature: 0, top_p: 0.85, max_tokens: 12 }),
+});
+const expected = (await res.json()).choices[0].message.content;
+if (answer !== expected) throw new Error(`page shows ${JSON.stringify(answer)}, API answers ${JSON.stringify(expected)}`);
 if (shot) await page.screenshot({ path: shot });
 await browser.close();
 console.log(`browser: sent a message, streamed answer of ${answer.length} chars — OK`);
