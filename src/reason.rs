@@ -4,8 +4,8 @@
 //! becomes `tag_weight` (10) — even outside the answer — while the mean still divides by the number
 //! of ordinarily supervised tokens. Plus a display filter that sets the think part apart.
 
-use crate::data::{EncodedRow, JsonlIndex, LmData, RowEncoder};
-use crate::sft::{parse_conversation, SftEncoding};
+use crate::data::{EncodedRow, LmData};
+use crate::sft::{conversation_data, SftEncoding};
 use crate::tokenizer::Tokenizer;
 use anyhow::Result;
 use std::collections::BTreeSet;
@@ -54,12 +54,7 @@ pub fn reason_data<'a>(
     batch_size: usize,
     seed: u64,
 ) -> Result<LmData<'a>> {
-    let index = JsonlIndex::build(path, skip_bad, |line| parse_conversation(line).map(|_| ()))?;
-    let encode: RowEncoder<'a> = Box::new(move |line| {
-        let messages = parse_conversation(line).map_err(anyhow::Error::msg)?;
-        encoding.encode(tokenizer, &messages)
-    });
-    Ok(LmData::new(index, batch_size, seed, encode))
+    conversation_data(path, skip_bad, tokenizer, batch_size, seed, move |messages| encoding.encode(tokenizer, messages))
 }
 
 /// Rewrites streamed text so the reasoning stands apart: `<think>` opens a `[think]` block,

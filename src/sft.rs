@@ -95,14 +95,26 @@ pub fn sft_data<'a>(
     batch_size: usize,
     seed: u64,
 ) -> Result<LmData<'a>> {
-    // The chat template must render before hours of training find out it does not.
+    conversation_data(path, skip_bad, tokenizer, batch_size, seed, move |messages| encoding.encode(tokenizer, messages))
+}
+
+/// Conversation lines (`{"conversations": …}`) turned into rows by `encode`; checks first that the
+/// tokenizer's chat template renders, before hours of training find out it does not.
+pub fn conversation_data<'a>(
+    path: &Path,
+    skip_bad: bool,
+    tokenizer: &'a Tokenizer,
+    batch_size: usize,
+    seed: u64,
+    encode: impl Fn(&[ChatMessage]) -> Result<EncodedRow> + 'a,
+) -> Result<LmData<'a>> {
     tokenizer
         .render_chat(&[ChatMessage::new("user", "x"), ChatMessage::new("assistant", "y")], false)
         .with_context(|| format!("the tokenizer in {} cannot render SFT data", tokenizer.dir.display()))?;
     let index = JsonlIndex::build(path, skip_bad, |line| parse_conversation(line).map(|_| ()))?;
     let encode: RowEncoder<'a> = Box::new(move |line| {
         let messages = parse_conversation(line).map_err(anyhow::Error::msg)?;
-        encoding.encode(tokenizer, &messages)
+        encode(&messages)
     });
     Ok(LmData::new(index, batch_size, seed, encode))
 }
