@@ -52,6 +52,27 @@ pub enum Command {
     Chat(chat::ChatArgs),
     /// Serve models over an OpenAI-compatible HTTP API, with a web chat page at /.
     Serve(ServeArgs),
+    /// Export a model folder for other tools (hf-llama: transformers' LlamaForCausalLM).
+    Export {
+        /// The model folder.
+        model: PathBuf,
+        #[arg(long, value_enum, default_value_t = ExportFormat::HfLlama)]
+        format: ExportFormat,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, value_enum, default_value_t = crate::interop::ExportDType::F32)]
+        dtype: crate::interop::ExportDType,
+    },
+    /// Import an HF folder (MiniMind or Llama; safetensors or pytorch_model.bin) as a model folder.
+    Import {
+        /// The source folder (config.json + weights).
+        src: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        /// Take the tokenizer files from here instead of the source folder.
+        #[arg(long)]
+        tokenizer: Option<PathBuf>,
+    },
     /// Measure training, forward or decoding throughput on synthetic tokens.
     Bench(crate::bench::BenchArgs),
     /// Redraw the loss/lr chart of a run from its metrics.jsonl.
@@ -124,6 +145,12 @@ fn merge_lora(base: &Path, adapter: &Path, out: &Path) -> Result<()> {
     checkpoint::copy_tokenizer_files(base, out)?;
     println!("merged {} into {} → {}", adapter.display(), base.display(), out.display());
     Ok(())
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ExportFormat {
+    /// transformers' `LlamaForCausalLM` folder (config.json, model.safetensors, tokenizer files).
+    HfLlama,
 }
 
 #[derive(Args)]
@@ -276,6 +303,16 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Generate(a) => generate_cmd(&a),
         Command::Chat(a) => chat::run(&a),
         Command::Serve(a) => serve_cmd(&a),
+        Command::Export { model, format: ExportFormat::HfLlama, out, dtype } => {
+            crate::interop::export_hf_llama(&model, &out, dtype)?;
+            println!("exported {} as HF Llama ({dtype:?}) to {}", model.display(), out.display());
+            Ok(())
+        }
+        Command::Import { src, out, tokenizer } => {
+            let model = crate::interop::import_hf(&src, &out, tokenizer.as_deref())?;
+            println!("imported {} ({} parameters) to {}", src.display(), model.config.num_parameters(), out.display());
+            Ok(())
+        }
         Command::Chart { path, out } => {
             let metrics = if path.is_dir() { path.join("metrics.jsonl") } else { path.clone() };
             let out = out.unwrap_or_else(|| metrics.with_file_name("loss.png"));

@@ -1,0 +1,91 @@
+//! HF Llama export and HF folder import: round trips, config fields, validation.
+mod common;
+
+use candle_core::{DType, Device, Tensor};
+use common::*;
+use minimind::checkpoint::{load_model, load_tensors, save_model, save_tensors};
+use minimind::interop::{export_hf_llama, import_hf, ExportDType};
+
+fn model_folder() -> (tempfile::TempDir, minimind::MiniMindForCausalLM) {
+    let dir = tempfile::tempdir().unwrap();
+    let (model, _) = micro_model(31);
+    save_model(dir.path(), &model).unwrap();
+    (dir, model)
+}
+
+#[test]
+fn f32_export_then_import_is_bit_exact() {
+    let (src, model) = model_folder();
+    let hf = tempfile::tempdir().unwrap();
+    export_hf_llama(src.path(), hf.path(), ExportDType::F32).unwrap();
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(hf.path().join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["architectures"][0], "LlamaForCausalLM");
+    for key in [
+        "rope_theta",
+        "rms_norm_eps",
+        "num_key_value_heads",
+        "max_position_embeddings",
+        "intermediate_size",
+        "bos_token_id",
+        "eos_token_id",
+        "tie_word_embeddings",
+    ] {
+        assert!(config.get(key).is_some(), "config.json lacks {key}");
+    }
+    assert!(hf.path().join("generation_config.json").exists());
+    let tensors = load_tensors(&hf.path().join("model.safetensors"), &Device::Cpu).unwrap();
+    assert!(tensors.contains_key("lm_head.weight"), "Llama exports carry an explicit head");
+    let back = tempfile::tempdir().unwrap();
+    let imported = import_hf(hf.path(), back.path(), None).unwrap();
+    assert!(imported.config.tie_word_embeddings, "an exported head equal to the embedding is tied again");
+    for ((name, a), (_, b)) in model.named_tensors().iter().zip(imported.named_tensors()) {
+        assert_eq!(max_abs_diff(a, &b), 0.0, "{name}");
+    }
+    let (reloaded, _) = load_model(back.path(), &Device::Cpu, DType::F32, false).unwrap();
+    let ids = random_ids(1, 9, 97, 2);
+    assert_eq!(max_abs_diff(&model.forward(&ids, None).unwrap(), &reloaded.forward(&ids, None).unwrap()), 0.0);
+}
+
+#[test]
+fn half_precision_exports_keep_logits_close() {
+    let (src, model) = model_folder();
+    let ids = random_ids(1, 9, 97, 3);
+    let reference = model.forward(&ids, None).unwrap();
+    for (dtype, tol) in [(ExportDType::F16, 5e-3), (ExportDType::Bf16, 5e-2)] {
+        let hf = tempfile::tempdir().unwrap();
+        export_hf_llama(src.path(), hf.path(), dtype).unwrap();
+        let back = tempfile::tempdir().unwrap();
+        let imported = import_hf(hf.path(), back.path(), None).unwrap();
+        let d = max_abs_diff(&reference, &imported.forward(&ids, None).unwrap());
+        assert!(d < tol, "{dtype:?}: logits differ by {d}");
+    }
+}
+
+#[test]
+fn import_lists_missing_extra_and_misshaped_tensors() {
+    let (src, _) = model_folder();
+    let hf = tempfile::tempdir().unwrap();
+    export_hf_llama(src.path(), hf.path(), ExportDType::F32).unwrap();
+    let path = hf.path().join("model.safetensors");
+    let mut tensors = load_tensors(&path, &Device::Cpu).unwrap();
+    tensors.remove("model.layers.1.mlp.up_proj.weight");
+    tensors.insert(
+        "model.layers.0.self_attn.k_proj.weight".into(),
+        Tensor::zeros((5, 5), DType::F32, &Device::Cpu).unwrap(),
+    );
+    tensors.insert("model.rotary_emb.inv_freq".into(), Tensor::zeros(8, DType::F32, &Device::Cpu).unwrap());
+    save_tensors(&path, &tensors.into_iter().collect::<Vec<_>>()).unwrap();
+    let err = format!("{:#}", import_hf(hf.path(), tempfile::tempdir().unwrap().path(), None).err().unwrap());
+    for expect in [
+        "model.layers.1.mlp.up_proj.weight: missing",
+        "k_proj.weight: shape [5, 5]",
+        "model.rotary_emb.inv_freq: unexpected",
+    ] {
+        assert!(err.contains(expect), "{err}");
+    }
+    // A MoE config is refused plainly.
+    std::fs::write(hf.path().join("config.json"), r#"{"model_type": "minimind", "use_moe": true}"#).unwrap();
+    let err = format!("{:#}", import_hf(hf.path(), tempfile::tempdir().unwrap().path(), None).err().unwrap());
+    assert!(err.contains("not supported yet"), "{err}");
+}
