@@ -10,7 +10,6 @@ use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use serde_json::{json, Value};
 use std::collections::HashMap;
-use std::io::Write as _;
 use std::path::Path;
 
 /// Storage type of exported weights.
