@@ -16,7 +16,7 @@
 //! - [`metrics`] metrics.jsonl and the PNG chart
 //! - [`generate`] sampling and KV-cached decoding
 //! - [`serve`] the OpenAI-compatible server and the web chat page
-//! - [`interop`] HF Llama export, HF folder import
+//! - [`interop`], [`gguf`] HF Llama export, HF folder import, GGUF export for llama.cpp
 //! - [`bench`] throughput benchmarks
 //! - [`cli`], [`demo`] the command line
 
@@ -30,6 +30,7 @@ pub mod demo;
 pub mod distill;
 pub mod dpo;
 pub mod generate;
+pub mod gguf;
 pub mod interop;
 pub mod lm_stage;
 pub mod lora;

@@ -60,8 +60,9 @@ pub enum Command {
         format: ExportFormat,
         #[arg(long)]
         out: PathBuf,
-        #[arg(long, value_enum, default_value_t = crate::interop::ExportDType::F32)]
-        dtype: crate::interop::ExportDType,
+        /// f32, f16, bf16 (hf-llama) or f32, f16, q8_0 (gguf).
+        #[arg(long, default_value = "f32")]
+        dtype: String,
     },
     /// Import an HF folder (MiniMind or Llama; safetensors or pytorch_model.bin) as a model folder.
     Import {
@@ -151,6 +152,8 @@ fn merge_lora(base: &Path, adapter: &Path, out: &Path) -> Result<()> {
 pub enum ExportFormat {
     /// transformers' `LlamaForCausalLM` folder (config.json, model.safetensors, tokenizer files).
     HfLlama,
+    /// A GGUF v3 file for llama.cpp / ollama (`--out model.gguf`; `--dtype f32|f16|q8_0`).
+    Gguf,
 }
 
 #[derive(Args)]
@@ -303,9 +306,21 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Generate(a) => generate_cmd(&a),
         Command::Chat(a) => chat::run(&a),
         Command::Serve(a) => serve_cmd(&a),
-        Command::Export { model, format: ExportFormat::HfLlama, out, dtype } => {
-            crate::interop::export_hf_llama(&model, &out, dtype)?;
-            println!("exported {} as HF Llama ({dtype:?}) to {}", model.display(), out.display());
+        Command::Export { model, format, out, dtype } => {
+            use clap::ValueEnum;
+            match format {
+                ExportFormat::HfLlama => {
+                    let ty = crate::interop::ExportDType::from_str(&dtype, true)
+                        .map_err(|_| anyhow::anyhow!("--dtype {dtype:?}: expected f32, f16 or bf16 for hf-llama"))?;
+                    crate::interop::export_hf_llama(&model, &out, ty)?;
+                }
+                ExportFormat::Gguf => {
+                    let ty = crate::gguf::GgufType::from_str(&dtype, true)
+                        .map_err(|_| anyhow::anyhow!("--dtype {dtype:?}: expected f32, f16 or q8_0 for gguf"))?;
+                    crate::gguf::export(&model, &out, ty)?;
+                }
+            }
+            println!("exported {} ({format:?}, {dtype}) to {}", model.display(), out.display());
             Ok(())
         }
         Command::Import { src, out, tokenizer } => {
