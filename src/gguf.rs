@@ -21,6 +21,7 @@ use std::path::Path;
 pub enum GgufType {
     F32,
     F16,
+    #[value(name = "q8_0")]
     Q8_0,
 }
 
