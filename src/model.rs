@@ -214,33 +214,33 @@ impl Attention {
     ) -> Result<Tensor> {
         let t = x.dim(1)?;
         let past = cache.as_ref().map_or(0, |(c, _)| c.len());
-        let (wq, wk, wv) =
-            (self.q_proj.effective_weight()?, self.k_proj.effective_weight()?, self.v_proj.effective_weight()?);
-        if let Some(left) = padding {
-            // Rows of different lengths (batched decoding): per-row positions and a padding mask.
-            let (cos, sin) = rope.rows_padded(past, t, left)?;
-            let q = ops::composed::project_heads(x, &wq, self.num_heads, Some((&cos, &sin)))?;
-            let k = ops::composed::project_heads(x, &wk, self.num_kv_heads, Some((&cos, &sin)))?;
-            let v = ops::composed::project_heads(x, &wv, self.num_kv_heads, None)?;
-            let (k, v) = match cache {
-                Some((cache, layer)) => cache.append(layer, &k, &v)?,
-                None => (k, v),
-            };
-            let mask = ops::composed::padded_causal_mask(t, past, left, x.device())?;
-            let y = ops::composed::masked_attention(&q, &k, &v, &mask)?;
-            return Ok(ops::merge_heads(&y, &self.o_proj.effective_weight()?)?);
-        }
-        let (cos, sin) = rope.rows(past, t)?;
-        let rope = Some((&cos, &sin));
-        let q = ops::project_heads(x, &wq, self.num_heads, rope)?;
-        let k = ops::project_heads(x, &wk, self.num_kv_heads, rope)?;
-        let v = ops::project_heads(x, &wv, self.num_kv_heads, None)?;
+        // Rows of different lengths (batched decoding) need per-row positions and a padding mask,
+        // which only the composed ops take.
+        let (cos, sin) = match padding {
+            Some(left) => rope.rows_padded(past, t, left)?,
+            None => rope.rows(past, t)?,
+        };
+        let project = |linear: &Linear, heads: usize, rotate: bool| -> Result<Tensor> {
+            let (w, tables) = (linear.effective_weight()?, rotate.then_some((&cos, &sin)));
+            Ok(match padding {
+                Some(_) => ops::composed::project_heads(x, &w, heads, tables)?,
+                None => ops::project_heads(x, &w, heads, tables)?,
+            })
+        };
+        let q = project(&self.q_proj, self.num_heads, true)?;
+        let k = project(&self.k_proj, self.num_kv_heads, true)?;
+        let v = project(&self.v_proj, self.num_kv_heads, false)?;
         let (k, v) = match cache {
             Some((cache, layer)) => cache.append(layer, &k, &v)?,
             None => (k, v),
         };
-        let attn_dropout = dropout.map(|(p, s)| (p, site_seed(s, 0, 1)));
-        let y = ops::causal_attention(&q, &k, &v, attn_dropout)?;
+        let y = match padding {
+            Some(left) => {
+                let mask = ops::composed::padded_causal_mask(t, past, left, x.device())?;
+                ops::composed::masked_attention(&q, &k, &v, &mask)?
+            }
+            None => ops::causal_attention(&q, &k, &v, dropout.map(|(p, s)| (p, site_seed(s, 0, 1))))?,
+        };
         let y = ops::merge_heads(&y, &self.o_proj.effective_weight()?)?;
         Ok(match dropout {
             Some((p, s)) => ops::dropout(&y, p, site_seed(s, 0, 2))?,

@@ -129,9 +129,14 @@ fn unit_hash(seed: u64, i: u64) -> f64 {
 /// `x` `[B, T, d]` projected by `w` `[n·D, d]` into heads `[B, n, T, D]`, RoPE applied when given.
 pub fn project_heads(x: &Tensor, w: &Tensor, heads: usize, rope: Option<(&Tensor, &Tensor)>) -> Result<Tensor> {
     let (b, t, d_model) = x.dims3()?;
-    let out = w.dim(0)?;
-    let z = x.reshape((b * t, d_model))?.matmul(&w.t()?)?;
-    let z = z.reshape((b, t, heads, out / heads))?.transpose(1, 2)?.contiguous()?;
+    let z = x.reshape((b * t, d_model))?.matmul(&w.t()?)?.reshape((b, t, w.dim(0)?))?;
+    split_heads(&z, heads, rope)
+}
+
+/// Projections `z` `[B, T, n·D]` split into heads `[B, n, T, D]`, RoPE applied when given.
+pub fn split_heads(z: &Tensor, heads: usize, rope: Option<(&Tensor, &Tensor)>) -> Result<Tensor> {
+    let (b, t, width) = z.dims3()?;
+    let z = z.reshape((b, t, heads, width / heads))?.transpose(1, 2)?.contiguous()?;
     match rope {
         Some((cos, sin)) => apply_rope(&z, cos, sin),
         None => Ok(z),

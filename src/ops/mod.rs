@@ -131,12 +131,7 @@ pub fn project_heads(x: &Tensor, w: &Tensor, heads: usize, rope: Option<(&Tensor
         heads::project_heads(x, w, heads, rope)
     } else {
         // Decoding (a few rows) goes through `matmul_nt`'s gemv path.
-        let (b, t, _) = x.dims3()?;
-        let z = matmul_nt(x, w)?.reshape((b, t, heads, w.dim(0)? / heads))?.transpose(1, 2)?.contiguous()?;
-        match rope {
-            Some((cos, sin)) => apply_rope(&z, cos, sin),
-            None => Ok(z),
-        }
+        composed::split_heads(&matmul_nt(x, w)?, heads, rope)
     }
 }
 
