@@ -6,11 +6,11 @@
 //! rotate_half (HF's); like llama.cpp's own converter, the Q and K rows of every head are permuted:
 //! new row `i·2 + j` = old row `j·D/2 + i`.
 
-use crate::checkpoint::{self, atomic_write};
+use crate::checkpoint::atomic_write;
 use crate::tokenizer::Tokenizer;
 use anyhow::{bail, Context, Result};
 use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
-use candle_core::{DType, Device, Tensor};
+use candle_core::Tensor;
 use gguf_file::Value;
 use serde_json::Value as Json;
 use std::io::Cursor;
@@ -100,8 +100,8 @@ fn vocabulary(tokenizer_json: &Json, vocab_size: usize) -> Result<(Vec<String>, 
 }
 
 /// Writes `model_dir` as a GGUF v3 file at `out`.
-pub fn export(model_dir: &Path, out: &Path, ty: GgufType) -> Result<()> {
-    let (model, _) = checkpoint::load_model(model_dir, &Device::Cpu, DType::F32, false)?;
+pub fn export(model_dir: &Path, lora: Option<&Path>, out: &Path, ty: GgufType) -> Result<()> {
+    let model = crate::lora::load_merged(model_dir, lora)?;
     let c = &model.config;
     let tokenizer = Tokenizer::load(model_dir)?;
     let tj: Json = serde_json::from_str(&std::fs::read_to_string(model_dir.join("tokenizer.json"))?)?;

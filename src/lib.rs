@@ -16,7 +16,8 @@
 //! - [`metrics`] metrics.jsonl and the PNG chart
 //! - [`generate`] sampling and KV-cached decoding
 //! - [`serve`] the OpenAI-compatible server and the web chat page
-//! - [`interop`], [`gguf`] HF Llama export, HF folder import, GGUF export for llama.cpp
+//! - [`import`] MiniMind `.pth` (classic and renamed), HF folders and LoRA files into model folders
+//! - [`interop`], [`gguf`] HF Llama export, GGUF export for llama.cpp
 //! - [`bench`] throughput benchmarks
 //! - [`cli`], [`demo`] the command line
 
@@ -31,6 +32,7 @@ pub mod distill;
 pub mod dpo;
 pub mod generate;
 pub mod gguf;
+pub mod import;
 pub mod interop;
 pub mod lm_stage;
 pub mod lora;

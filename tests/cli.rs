@@ -407,3 +407,34 @@ fn sft_and_resume_through_the_cli() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains(":1: expected {\"conversations\""), "{stderr}");
 }
+
+#[test]
+fn import_a_classic_pth_then_chat_with_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (pth, model, adapter) = (dir.path().join("full_sft_64.pth"), dir.path().join("model"), dir.path().join("lora"));
+    let config = micro_config(6400, 4, 2, 16);
+    let weights = common::pth::classic_weights(&config, 9);
+    common::pth::write_pth(&pth, &weights, &[("output.weight", "tok_embeddings.weight")]);
+    let out = ok(minimind(&["import", p(&pth), "--out", p(&model), "--heads", "4"]));
+    assert!(out.contains("MiniMind2-classic names") && out.contains("bundled minimind2-classic"), "{out}");
+    assert!(out.contains("4 heads / 2 KV heads, vocab 6400, tied head"), "{out}");
+    let lora: Vec<(String, candle_core::Tensor)> = (0..2)
+        .flat_map(|l| {
+            let path = format!("layers.{l}.attention.wq.lora");
+            let a = common::pth::random_normal(&[4, 64], l as u64);
+            let b = common::pth::random_normal(&[64, 4], l as u64 + 7);
+            [(format!("{path}.A.weight"), a), (format!("{path}.B.weight"), b)]
+        })
+        .collect();
+    let lora_pth = dir.path().join("lora_x_64.pth");
+    common::pth::write_pth(&lora_pth, &lora, &[]);
+    let out = ok(minimind(&["import", p(&lora_pth), "--base", p(&model), "--out", p(&adapter)]));
+    assert!(out.contains("rank 4, targets q_proj"), "{out}");
+    for extra in [&[][..], &["--lora", p(&adapter)][..]] {
+        let mut args = vec!["generate", "--model", p(&model), "--chat", "--prompt", "你好", "--max-new-tokens", "4"];
+        args.extend_from_slice(extra);
+        ok(minimind(&args));
+    }
+    let out = minimind(&["import", p(&lora_pth), "--out", p(&adapter)]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("--base"));
+}

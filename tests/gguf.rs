@@ -15,7 +15,7 @@ fn exported(ty: GgufType) -> (tempfile::TempDir, minimind::MiniMindForCausalLM, 
     minimind::checkpoint::save_model(&folder, &model).unwrap();
     minimind::checkpoint::copy_tokenizer_files(&tokenizer_dir("v2"), &folder).unwrap();
     let path = dir.path().join("m.gguf");
-    export(&folder, &path, ty).unwrap();
+    export(&folder, None, &path, ty).unwrap();
     let mut file = std::fs::File::open(&path).unwrap();
     let content = Content::read(&mut file).unwrap();
     (dir, model, content, file)

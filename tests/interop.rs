@@ -4,7 +4,8 @@ mod common;
 use candle_core::{DType, Device, Tensor};
 use common::*;
 use minimind::checkpoint::{load_model, load_tensors, save_model, save_tensors};
-use minimind::interop::{export_hf_llama, import_hf, ExportDType};
+use minimind::import::import_hf;
+use minimind::interop::{export_hf_llama, ExportDType};
 
 fn model_folder() -> (tempfile::TempDir, minimind::MiniMindForCausalLM) {
     let dir = tempfile::tempdir().unwrap();
@@ -17,7 +18,7 @@ fn model_folder() -> (tempfile::TempDir, minimind::MiniMindForCausalLM) {
 fn f32_export_then_import_is_bit_exact() {
     let (src, model) = model_folder();
     let hf = tempfile::tempdir().unwrap();
-    export_hf_llama(src.path(), hf.path(), ExportDType::F32).unwrap();
+    export_hf_llama(src.path(), None, hf.path(), ExportDType::F32).unwrap();
     let config: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(hf.path().join("config.json")).unwrap()).unwrap();
     assert_eq!(config["architectures"][0], "LlamaForCausalLM");
@@ -54,7 +55,7 @@ fn half_precision_exports_keep_logits_close() {
     let reference = model.forward(&ids, None).unwrap();
     for (dtype, tol) in [(ExportDType::F16, 5e-3), (ExportDType::Bf16, 5e-2)] {
         let hf = tempfile::tempdir().unwrap();
-        export_hf_llama(src.path(), hf.path(), dtype).unwrap();
+        export_hf_llama(src.path(), None, hf.path(), dtype).unwrap();
         let back = tempfile::tempdir().unwrap();
         let imported = import_hf(hf.path(), back.path(), None).unwrap();
         let d = max_abs_diff(&reference, &imported.forward(&ids, None).unwrap());
@@ -66,7 +67,7 @@ fn half_precision_exports_keep_logits_close() {
 fn import_lists_missing_extra_and_misshaped_tensors() {
     let (src, _) = model_folder();
     let hf = tempfile::tempdir().unwrap();
-    export_hf_llama(src.path(), hf.path(), ExportDType::F32).unwrap();
+    export_hf_llama(src.path(), None, hf.path(), ExportDType::F32).unwrap();
     let path = hf.path().join("model.safetensors");
     let mut tensors = load_tensors(&path, &Device::Cpu).unwrap();
     tensors.remove("model.layers.1.mlp.up_proj.weight");
@@ -74,13 +75,13 @@ fn import_lists_missing_extra_and_misshaped_tensors() {
         "model.layers.0.self_attn.k_proj.weight".into(),
         Tensor::zeros((5, 5), DType::F32, &Device::Cpu).unwrap(),
     );
-    tensors.insert("model.rotary_emb.inv_freq".into(), Tensor::zeros(8, DType::F32, &Device::Cpu).unwrap());
+    tensors.insert("model.layers.0.extra.weight".into(), Tensor::zeros(8, DType::F32, &Device::Cpu).unwrap());
     save_tensors(&path, &tensors.into_iter().collect::<Vec<_>>()).unwrap();
     let err = format!("{:#}", import_hf(hf.path(), tempfile::tempdir().unwrap().path(), None).err().unwrap());
     for expect in [
         "model.layers.1.mlp.up_proj.weight: missing",
         "k_proj.weight: shape [5, 5]",
-        "model.rotary_emb.inv_freq: unexpected",
+        "model.layers.0.extra.weight: unexpected",
     ] {
         assert!(err.contains(expect), "{err}");
     }
@@ -88,4 +89,29 @@ fn import_lists_missing_extra_and_misshaped_tensors() {
     std::fs::write(hf.path().join("config.json"), r#"{"model_type": "minimind", "use_moe": true}"#).unwrap();
     let err = format!("{:#}", import_hf(hf.path(), tempfile::tempdir().unwrap().path(), None).err().unwrap());
     assert!(err.contains("not supported yet"), "{err}");
+}
+
+#[test]
+fn export_with_a_lora_adapter_writes_the_merged_model() {
+    let (src, model) = model_folder();
+    let mut adapted = model.clone();
+    let config = minimind::lora::LoraConfig { rank: 2, alpha: 4.0, targets: vec!["q_proj".into(), "down_proj".into()] };
+    let wb = minimind::params::WeightBuilder::random(5, DType::F32, &Device::Cpu, false);
+    minimind::lora::attach(&mut adapted, &config, &wb).unwrap();
+    for (_, linear) in adapted.linears_mut() {
+        if let Some(l) = &mut linear.lora {
+            l.b = (Tensor::ones(l.b.shape(), DType::F32, &Device::Cpu).unwrap() * 0.05).unwrap();
+        }
+    }
+    let adapter = tempfile::tempdir().unwrap();
+    minimind::lora::save(adapter.path(), &adapted, &config).unwrap();
+    let hf = tempfile::tempdir().unwrap();
+    export_hf_llama(src.path(), Some(adapter.path()), hf.path(), ExportDType::F32).unwrap();
+    let back = tempfile::tempdir().unwrap();
+    let merged = import_hf(hf.path(), back.path(), None).unwrap();
+    let ids = random_ids(1, 8, 97, 6);
+    let expected = adapted.forward(&ids, None).unwrap();
+    assert!(max_abs_diff(&expected, &model.forward(&ids, None).unwrap()) > 1e-3, "the adapter changes the model");
+    let d = max_abs_diff(&expected, &merged.forward(&ids, None).unwrap());
+    assert!(d < 1e-4, "merged export differs from base + adapter by {d}");
 }

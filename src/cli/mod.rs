@@ -63,16 +63,30 @@ pub enum Command {
         /// f32, f16, bf16 (hf-llama) or f32, f16, q8_0 (gguf).
         #[arg(long, default_value = "f32")]
         dtype: String,
+        /// A LoRA adapter folder to merge into the model before exporting.
+        #[arg(long)]
+        lora: Option<PathBuf>,
     },
-    /// Import an HF folder (MiniMind or Llama; safetensors or pytorch_model.bin) as a model folder.
+    /// Import a checkpoint as a model folder: a MiniMind `.pth` (MiniMind2 or MiniMind2-classic), an HF
+    /// folder (MiniMind or Llama; safetensors or pytorch_model.bin), or a LoRA `.pth` (with --base).
     Import {
-        /// The source folder (config.json + weights).
+        /// The checkpoint file (`.pth`, `.bin`, `.safetensors`) or HF folder.
         src: PathBuf,
         #[arg(long)]
         out: PathBuf,
-        /// Take the tokenizer files from here instead of the source folder.
+        /// Tokenizer folder, or a bundled one: minimind2, minimind2-classic. Default: the source's
+        /// folder, else MiniMind's tokenizer of the checkpoint's generation.
         #[arg(long)]
         tokenizer: Option<PathBuf>,
+        /// A config.json giving the shape (default: the folder's, else read off the tensors).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Query heads when the shape is read off the tensors (MiniMind's default: 8).
+        #[arg(long)]
+        heads: Option<usize>,
+        /// Base model folder of a LoRA checkpoint; the adapter is written to --out.
+        #[arg(long)]
+        base: Option<PathBuf>,
     },
     /// Measure training, forward or decoding throughput on synthetic tokens.
     Bench(crate::bench::BenchArgs),
@@ -139,9 +153,7 @@ fn generate_dataset_cmd(a: &GenerateDatasetArgs) -> Result<()> {
 }
 
 fn merge_lora(base: &Path, adapter: &Path, out: &Path) -> Result<()> {
-    let (mut model, _) = checkpoint::load_model(base, &Device::Cpu, DType::F32, false)?;
-    crate::lora::load(&mut model, adapter, &Device::Cpu)?;
-    crate::lora::merge(&mut model)?;
+    let model = crate::lora::load_merged(base, Some(adapter))?;
     checkpoint::save_model(out, &model)?;
     checkpoint::copy_tokenizer_files(base, out)?;
     println!("merged {} into {} → {}", adapter.display(), base.display(), out.display());
@@ -306,27 +318,26 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Generate(a) => generate_cmd(&a),
         Command::Chat(a) => chat::run(&a),
         Command::Serve(a) => serve_cmd(&a),
-        Command::Export { model, format, out, dtype } => {
+        Command::Export { model, format, out, dtype, lora } => {
             use clap::ValueEnum;
             match format {
                 ExportFormat::HfLlama => {
                     let ty = crate::interop::ExportDType::from_str(&dtype, true)
                         .map_err(|_| anyhow::anyhow!("--dtype {dtype:?}: expected f32, f16 or bf16 for hf-llama"))?;
-                    crate::interop::export_hf_llama(&model, &out, ty)?;
+                    crate::interop::export_hf_llama(&model, lora.as_deref(), &out, ty)?;
                 }
                 ExportFormat::Gguf => {
                     let ty = crate::gguf::GgufType::from_str(&dtype, true)
                         .map_err(|_| anyhow::anyhow!("--dtype {dtype:?}: expected f32, f16 or q8_0 for gguf"))?;
-                    crate::gguf::export(&model, &out, ty)?;
+                    crate::gguf::export(&model, lora.as_deref(), &out, ty)?;
                 }
             }
             println!("exported {} ({format:?}, {dtype}) to {}", model.display(), out.display());
             Ok(())
         }
-        Command::Import { src, out, tokenizer } => {
-            let model = crate::interop::import_hf(&src, &out, tokenizer.as_deref())?;
-            println!("imported {} ({} parameters) to {}", src.display(), model.config.num_parameters(), out.display());
-            Ok(())
+        Command::Import { src, out, tokenizer, config, heads, base } => {
+            let opts = crate::import::ImportOptions { tokenizer, config, heads, base };
+            import_cmd(&src, &out, &opts)
         }
         Command::Chart { path, out } => {
             let metrics = if path.is_dir() { path.join("metrics.jsonl") } else { path.clone() };
@@ -346,6 +357,37 @@ pub fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
     }
+}
+
+fn import_cmd(src: &Path, out: &Path, opts: &crate::import::ImportOptions) -> Result<()> {
+    let naming = |classic: bool| if classic { "MiniMind2-classic names, RoPE rows permuted" } else { "HF names" };
+    match crate::import::import(src, out, opts)? {
+        crate::import::Imported::Model { model, classic, tokenizer } => {
+            let c = &model.config;
+            println!(
+                "imported {} ({}): {} parameters, hidden {}, {} layers, {} heads / {} KV heads, vocab {}, {}",
+                src.display(),
+                naming(classic),
+                c.num_parameters(),
+                c.hidden_size,
+                c.num_hidden_layers,
+                c.num_attention_heads,
+                c.num_key_value_heads,
+                c.vocab_size,
+                if c.tie_word_embeddings { "tied head" } else { "separate head" }
+            );
+            println!("tokenizer: {tokenizer}; model folder: {}", out.display());
+        }
+        crate::import::Imported::Adapter { config, classic } => println!(
+            "imported LoRA adapter {} ({}): rank {}, targets {}; adapter folder: {} (use with --lora)",
+            src.display(),
+            naming(classic),
+            config.rank,
+            config.targets.join(","),
+            out.display()
+        ),
+    }
+    Ok(())
 }
 
 fn report(what: &str, s: &crate::train::TrainSummary, out: &Path) -> Result<()> {

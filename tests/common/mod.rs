@@ -1,4 +1,5 @@
 #![allow(dead_code)]
+pub mod pth;
 use candle_core::{DType, Device, Tensor};
 use minimind::checkpoint::init_model;
 use minimind::params::{InitScheme, Params};
@@ -10,7 +11,7 @@ pub fn fixture(name: &str) -> PathBuf {
 }
 
 pub fn tokenizer_dir(version: &str) -> PathBuf {
-    fixture("tokenizers").join(version)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("assets/tokenizers").join(version)
 }
 
 /// A very small config for fast tests (vocab kept small too).
