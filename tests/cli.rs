@@ -435,6 +435,25 @@ fn import_a_classic_pth_then_chat_with_it() {
         args.extend_from_slice(extra);
         ok(minimind(&args));
     }
+    // --logits-out writes the prompt's logits: [tokens, vocab], matching the library forward.
+    let logits_path = dir.path().join("logits.safetensors");
+    ok(minimind(&[
+        "generate",
+        "--model",
+        p(&model),
+        "--prompt",
+        "春风",
+        "--max-new-tokens",
+        "1",
+        "--logits-out",
+        p(&logits_path),
+    ]));
+    let saved = minimind::checkpoint::load_tensors(&logits_path, &candle_core::Device::Cpu).unwrap();
+    let (loaded, _) =
+        minimind::checkpoint::load_model(&model, &candle_core::Device::Cpu, candle_core::DType::F32, false).unwrap();
+    let ids = saved["input_ids"].unsqueeze(0).unwrap();
+    assert_eq!(saved["logits"].dims(), &[ids.dim(1).unwrap(), 6400]);
+    assert_eq!(max_abs_diff(&saved["logits"], &loaded.forward(&ids, None).unwrap().squeeze(0).unwrap()), 0.0);
     let out = minimind(&["import", p(&lora_pth), "--out", p(&adapter)]);
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("--base"));
 }

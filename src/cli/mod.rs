@@ -10,7 +10,7 @@ use crate::config::ModelConfig;
 use crate::generate::{generate, Sampler, SamplingParams};
 use crate::tokenizer::{ChatMessage, TextStream, Tokenizer};
 use anyhow::{bail, Context, Result};
-use candle_core::{DType, Device};
+use candle_core::{DType, Device, Tensor};
 use clap::{Args, Parser, Subcommand};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -277,6 +277,10 @@ pub struct GenerateArgs {
     pub chat: bool,
     #[command(flatten)]
     pub sampling: SamplingArgs,
+    /// Also write the prompt's logits to this safetensors file (`logits` f32 [tokens, vocab] and
+    /// `input_ids`), for parity checks against other implementations.
+    #[arg(long)]
+    pub logits_out: Option<PathBuf>,
 }
 
 /// Parses `cpu`, `cuda`, `cuda:N`.
@@ -450,6 +454,11 @@ pub fn stream_completion(
 fn generate_cmd(a: &GenerateArgs) -> Result<()> {
     let (model, tokenizer) = a.model.load()?;
     let prompt = encode_prompt(&tokenizer, &a.prompt, a.chat)?;
+    if let Some(path) = &a.logits_out {
+        let ids = Tensor::new(prompt.as_slice(), model.device())?.unsqueeze(0)?;
+        let logits = model.forward(&ids, None)?.squeeze(0)?.to_dtype(DType::F32)?;
+        checkpoint::save_tensors(path, &[("logits".into(), logits), ("input_ids".into(), ids.squeeze(0)?)])?;
+    }
     let mut stdout = std::io::stdout().lock();
     if !a.chat {
         write!(stdout, "{}", a.prompt)?;
