@@ -13,7 +13,7 @@ use candle_core::{DType, Device, Tensor};
 use clap::{Args, ValueEnum};
 use std::time::Instant;
 
-#[derive(Clone, Copy, Debug, ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum BenchMode {
     /// Forward + backward + AdamW step (fp32), batch × seq-len tokens per step.
     Train,
@@ -44,6 +44,9 @@ pub struct BenchArgs {
     /// generate: tokens to decode.
     #[arg(long, default_value_t = 256)]
     pub new_tokens: usize,
+    /// forward/generate with int8 weights (inference only).
+    #[arg(long)]
+    pub int8: bool,
 }
 
 /// Runs `f` `warmup + steps` times; returns the measured durations in seconds.
@@ -107,7 +110,13 @@ pub fn run(a: &BenchArgs) -> Result<()> {
     }
     let config = ModelConfig::preset(&a.preset)?;
     let threads = candle_core::utils::get_num_threads();
-    let (model, params) = init_model(&config, InitScheme::Minimind2, 0, &Device::Cpu)?;
+    let (mut model, params) = init_model(&config, InitScheme::Minimind2, 0, &Device::Cpu)?;
+    if a.int8 {
+        if a.mode == BenchMode::Train {
+            bail!("--int8 is for inference (forward, generate), not training");
+        }
+        model.quantize_int8()?;
+    }
     let ceiling = matmul_ceiling_gflops(a.batch_size * a.seq_len, config.hidden_size, config.ffn_size())?;
     let ids = Tensor::rand(0f32, config.vocab_size as f32, (a.batch_size, a.seq_len + 1), &Device::Cpu)?
         .to_dtype(DType::U32)?;
@@ -115,8 +124,9 @@ pub fn run(a: &BenchArgs) -> Result<()> {
     let y = ids.narrow(1, 1, a.seq_len)?.flatten_all()?;
     let mask = Tensor::ones(a.batch_size * a.seq_len, DType::F32, &Device::Cpu)?;
     println!(
-        "bench {:?}: {} ({} parameters), batch {} × {}, {} threads, matmul ceiling {:.1} GFLOP/s",
+        "bench {:?}{}: {} ({} parameters), batch {} × {}, {} threads, matmul ceiling {:.1} GFLOP/s",
         a.mode,
+        if a.int8 { " (int8 weights)" } else { "" },
         a.preset,
         config.num_parameters(),
         a.batch_size,

@@ -49,6 +49,16 @@ impl Linear {
     }
 }
 
+impl Linear {
+    fn quantize_int8(&mut self) -> Result<()> {
+        if !ops::int8::is_int8(&self.weight) {
+            self.weight = ops::int8::quantize(&self.effective_weight()?)?;
+            self.lora = None;
+        }
+        Ok(())
+    }
+}
+
 impl Module for Linear {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let w = self.effective_weight().map_err(|e| candle_core::Error::Msg(format!("{e:#}")))?;
@@ -223,7 +233,7 @@ impl Attention {
         let project = |linear: &Linear, heads: usize, rotate: bool| -> Result<Tensor> {
             let (w, tables) = (linear.effective_weight()?, rotate.then_some((&cos, &sin)));
             Ok(match padding {
-                Some(_) => ops::composed::project_heads(x, &w, heads, tables)?,
+                Some(_) => ops::composed::split_heads(&ops::matmul_nt(x, &w)?, heads, tables)?,
                 None => ops::project_heads(x, &w, heads, tables)?,
             })
         };
@@ -463,6 +473,27 @@ impl MiniMindForCausalLM {
             out.push((format!("{p}.mlp.up_proj"), &mut m.up_proj));
         }
         out
+    }
+
+    /// Converts every projection and the head to int8 weights ([`ops::int8`]) for inference: ≈ 3.6×
+    /// fewer bytes read per decoded token. LoRA adapters are merged first; the embedding lookup keeps
+    /// its f32 table. Such a model cannot be trained or saved.
+    pub fn quantize_int8(&mut self) -> Result<()> {
+        if self.dtype() != DType::F32 {
+            bail!("int8 quantization starts from f32 weights, this model is {:?}", self.dtype());
+        }
+        let head = &mut self.lm_head;
+        let mut linears = self.model.layers.iter_mut().flat_map(|l| {
+            let (a, m) = (&mut l.self_attn, &mut l.mlp);
+            [&mut a.q_proj, &mut a.k_proj, &mut a.v_proj, &mut a.o_proj, &mut m.gate_proj, &mut m.up_proj, &mut m.down_proj]
+        });
+        linears.try_for_each(|linear| linear.quantize_int8())?;
+        head.quantize_int8()
+    }
+
+    /// Whether [`Self::quantize_int8`] was applied.
+    pub fn is_int8(&self) -> bool {
+        ops::int8::is_int8(&self.lm_head.weight)
     }
 
     /// Every tensor by checkpoint name (the tied head is stored once, as the embedding).

@@ -11,6 +11,7 @@ mod cpu;
 pub mod gemm;
 pub mod gemv;
 pub mod heads;
+pub mod int8;
 pub mod mlp;
 pub mod norm;
 pub mod rope;
@@ -95,12 +96,18 @@ pub fn cross_entropy(logits: &Tensor, targets: &Tensor, mask: &Tensor) -> Result
     }
 }
 
-/// `x · wᵀ` for `x` `[.., in]` and a PyTorch-layout weight `w` `[out, in]` (a bias-free Linear).
-/// The leading axes are flattened so one 2-D matmul serves any batch shape.
+/// `x · wᵀ` for `x` `[.., in]` and a PyTorch-layout weight `w` `[out, in]` (a bias-free Linear),
+/// f32 or packed int8 ([`int8`]). The leading axes are flattened so one 2-D matmul serves any batch
+/// shape.
 pub fn matmul_nt(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     let dims = x.dims();
     let inp = dims[dims.len() - 1];
     let rows = x.elem_count() / inp;
+    if int8::is_int8(w) {
+        let mut out_dims = dims.to_vec();
+        out_dims[dims.len() - 1] = w.dim(0)?;
+        return int8::matmul_nt(&x.reshape((rows, inp))?, w)?.reshape(out_dims);
+    }
     if fused_f32(&[x, w]) && rows > gemv::MAX_ROWS {
         return gemm::matmul(x, w, false, true); // keeps x's batch axes itself
     }

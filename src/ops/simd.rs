@@ -77,6 +77,25 @@ dispatch! {
 }
 
 dispatch! {
+    /// `Σ x_i·scale_g·q_i` for int8 `q` in groups of 32, each group's f32 scale stored as 4
+    /// little-endian bytes in `scales`; `x.len()` a multiple of 32.
+    pub fn dot_int8(x: &[f32], q: &[i8], scales: &[u8]) -> f32 {
+        let mut acc = [0f32; 16];
+        for ((xg, qg), s) in x.chunks_exact(32).zip(q.chunks_exact(32)).zip(scales.chunks_exact(4)) {
+            let scale = f32::from_le_bytes([s[0], s[1], s[2], s[3]]);
+            let mut lanes = [0f32; 16];
+            for i in 0..16 {
+                lanes[i] += xg[i] * qg[i] as f32 + xg[16 + i] * qg[16 + i] as f32;
+            }
+            for i in 0..16 {
+                acc[i] += lanes[i] * scale;
+            }
+        }
+        acc.iter().sum()
+    }
+}
+
+dispatch! {
     /// `x_i ← e^(x_i − shift)` in place; returns `Σ e^(x_i − shift)`.
     pub fn exp_shifted_sum(x: &mut [f32], shift: f32) -> f32 {
         let mut lanes = [0f32; 16];
