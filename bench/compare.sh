@@ -13,11 +13,13 @@ python=${PYTHON:-python3}
 bin=target/release/minimind
 run() { grep -Eo '[0-9.]+ tokens/s' | grep -Eo '^[0-9.]+'; }
 rss() { grep -Eo 'peak RSS: [0-9]+' | grep -Eo '[0-9]+$'; }
-printf '%-9s %12s %12s %7s %14s %14s\n' mode minimind torch ratio "minimind RSS" "torch RSS"
-for mode in train forward generate; do
-  ours=$("$bin" --threads "$threads" bench "$mode" --preset "$preset" --steps 5)
-  theirs=$("$python" bench/torch_reference.py "$mode" --preset "$preset" --threads "$threads" --steps 5)
+printf '%-13s %12s %12s %7s %14s %14s\n' mode minimind torch ratio "minimind RSS" "torch RSS"
+# "generate-int8": our decode with int8 weights against PyTorch's fp32 loop.
+for mode in train forward generate generate-int8; do
+  flags=(); [ "$mode" = generate-int8 ] && flags=(--int8)
+  ours=$("$bin" --threads "$threads" bench "${mode%-int8}" --preset "$preset" --steps 5 "${flags[@]}")
+  theirs=$("$python" bench/torch_reference.py "${mode%-int8}" --preset "$preset" --threads "$threads" --steps 5)
   a=$(echo "$ours" | run); b=$(echo "$theirs" | run)
-  printf '%-9s %12s %12s %7s %11s MiB %11s MiB\n' "$mode" "$a" "$b" "$(echo "scale=2; $a / $b" | bc)" \
+  printf '%-13s %12s %12s %7s %11s MiB %11s MiB\n' "$mode" "$a" "$b" "$(echo "scale=2; $a / $b" | bc)" \
     "$(echo "$ours" | rss)" "$(echo "$theirs" | rss)"
 done

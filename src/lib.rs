@@ -18,6 +18,7 @@
 //! - [`serve`] the OpenAI-compatible server and the web chat page
 //! - [`import`] MiniMind `.pth` (classic and renamed), HF folders and LoRA files into model folders
 //! - [`interop`], [`gguf`] HF Llama export, GGUF export for llama.cpp
+//! - [`eval`] perplexity on held-out text
 //! - [`bench`] throughput benchmarks
 //! - [`cli`], [`demo`] the command line
 
@@ -30,6 +31,7 @@ pub mod data;
 pub mod demo;
 pub mod distill;
 pub mod dpo;
+pub mod eval;
 pub mod generate;
 pub mod gguf;
 pub mod import;

@@ -485,7 +485,15 @@ impl MiniMindForCausalLM {
         let head = &mut self.lm_head;
         let mut linears = self.model.layers.iter_mut().flat_map(|l| {
             let (a, m) = (&mut l.self_attn, &mut l.mlp);
-            [&mut a.q_proj, &mut a.k_proj, &mut a.v_proj, &mut a.o_proj, &mut m.gate_proj, &mut m.up_proj, &mut m.down_proj]
+            [
+                &mut a.q_proj,
+                &mut a.k_proj,
+                &mut a.v_proj,
+                &mut a.o_proj,
+                &mut m.gate_proj,
+                &mut m.up_proj,
+                &mut m.down_proj,
+            ]
         });
         linears.try_for_each(|linear| linear.quantize_int8())?;
         head.quantize_int8()

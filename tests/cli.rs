@@ -435,6 +435,27 @@ fn import_a_classic_pth_then_chat_with_it() {
         args.extend_from_slice(extra);
         ok(minimind(&args));
     }
+    // Perplexity, and int8 weights for eval and generate.
+    let data = fixture("pretrain_zh_songci_32.jsonl");
+    let f32_eval =
+        ok(minimind(&["eval", "--model", p(&model), "--data", p(&data), "--max-seq-len", "32", "--rows", "6"]));
+    let int8_eval = ok(minimind(&[
+        "eval",
+        "--model",
+        p(&model),
+        "--data",
+        p(&data),
+        "--max-seq-len",
+        "32",
+        "--rows",
+        "6",
+        "--int8",
+    ]));
+    assert!(f32_eval.starts_with("perplexity ") && f32_eval.contains("of 6 rows)"), "{f32_eval}");
+    assert!(int8_eval.contains("int8 weights"), "{int8_eval}");
+    let ppl = |s: &str| s.split_whitespace().nth(1).unwrap().parse::<f64>().unwrap();
+    assert!((ppl(&f32_eval) / ppl(&int8_eval) - 1.0).abs() < 0.05, "{f32_eval} vs {int8_eval}");
+    ok(minimind(&["generate", "--model", p(&model), "--prompt", "春", "--max-new-tokens", "3", "--int8"]));
     // --logits-out writes the prompt's logits: [tokens, vocab], matching the library forward.
     let logits_path = dir.path().join("logits.safetensors");
     ok(minimind(&[

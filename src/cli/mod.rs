@@ -88,6 +88,8 @@ pub enum Command {
         #[arg(long)]
         base: Option<PathBuf>,
     },
+    /// Perplexity of a model on `{"text": …}` rows (encoded as in pretraining).
+    Eval(EvalArgs),
     /// Measure training, forward or decoding throughput on synthetic tokens.
     Bench(crate::bench::BenchArgs),
     /// Redraw the loss/lr chart of a run from its metrics.jsonl.
@@ -277,6 +279,22 @@ impl SamplingArgs {
 }
 
 #[derive(Args)]
+pub struct EvalArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// JSON Lines file of `{"text": …}` rows.
+    #[arg(long)]
+    pub data: PathBuf,
+    #[arg(long, default_value_t = 512)]
+    pub max_seq_len: usize,
+    #[arg(long, default_value_t = 4)]
+    pub batch_size: usize,
+    /// Evaluate only the first N rows.
+    #[arg(long)]
+    pub rows: Option<usize>,
+}
+
+#[derive(Args)]
 pub struct GenerateArgs {
     #[command(flatten)]
     pub model: ModelArgs,
@@ -352,6 +370,19 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Import { src, out, tokenizer, config, heads, base } => {
             let opts = crate::import::ImportOptions { tokenizer, config, heads, base };
             import_cmd(&src, &out, &opts)
+        }
+        Command::Eval(a) => {
+            let (model, tokenizer) = a.model.load()?;
+            let p = crate::eval::perplexity(&model, &tokenizer, &a.data, a.max_seq_len, a.batch_size, a.rows)?;
+            println!(
+                "perplexity {:.4} (mean NLL {:.5} nats/token over {} tokens of {} rows{})",
+                p.value(),
+                p.nll,
+                p.tokens,
+                p.rows,
+                if model.is_int8() { ", int8 weights" } else { "" }
+            );
+            Ok(())
         }
         Command::Chart { path, out } => {
             let metrics = if path.is_dir() { path.join("metrics.jsonl") } else { path.clone() };

@@ -7,7 +7,6 @@
 use super::cpu::f32_slice;
 use super::simd;
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
-use rayon::prelude::*;
 
 /// Rows up to which the gemv path is used instead of a full matrix product.
 pub const MAX_ROWS: usize = 4;
@@ -33,7 +32,8 @@ impl CustomOp2 for Gemv {
         let (x, w) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?);
         // Output laid out [n, m] while computing (one weight row serves all m inputs), then transposed.
         let mut by_feature = vec![0f32; n * m];
-        by_feature.par_chunks_mut(m * 64).zip(w.par_chunks(k * 64)).for_each(|(out, w)| {
+        super::pool::for_each_chunk_mut(&mut by_feature, m * 64, |c, out| {
+            let w = &w[c * 64 * k..(c * 64 * k + out.len() / m * k)];
             for (j, w_row) in w.chunks_exact(k).enumerate() {
                 for r in 0..m {
                     out[j * m + r] = simd::dot(&x[r * k..(r + 1) * k], w_row);

@@ -113,7 +113,8 @@ impl CustomOp2 for Int8Gemv {
             xs[r * kp..r * kp + k].copy_from_slice(&x[r * k..(r + 1) * k]);
         }
         let mut by_feature = vec![0f32; n * m];
-        by_feature.par_chunks_mut(m * 64).zip(w.par_chunks(width * 64)).for_each(|(out, rows)| {
+        super::pool::for_each_chunk_mut(&mut by_feature, m * 64, |c, out| {
+            let rows = &w[c * 64 * width..(c * 64 * width + out.len() / m * width)];
             for (j, packed) in rows.chunks_exact(width).enumerate() {
                 let (q, scales) = packed.split_at(kp);
                 // SAFETY: i8 and u8 have the same size and alignment.

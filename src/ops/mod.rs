@@ -14,6 +14,7 @@ pub mod heads;
 pub mod int8;
 pub mod mlp;
 pub mod norm;
+mod pool;
 pub mod rope;
 pub mod simd;
 pub mod swiglu;

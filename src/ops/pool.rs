@@ -1,0 +1,158 @@
+//! A fork-join loop for decode-sized work: a few dozen microseconds per call, about sixty calls per
+//! decoded token. Waking a sleeping rayon worker through the kernel costs about as much as the work
+//! itself, so these loops use their own workers that spin briefly between calls (then park), and the
+//! calling thread takes chunks too.
+//!
+//! One loop runs at a time; a caller that finds the pool busy (another thread's loop) runs its chunks
+//! itself.
+
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering::SeqCst};
+use std::sync::{Condvar, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+/// How long an idle worker spins before it parks.
+const SPIN: Duration = Duration::from_micros(200);
+
+/// One published loop: chunk indices `0..n` handed out through `next`.
+struct Job<'a> {
+    f: &'a (dyn Fn(usize) + Sync),
+    n: usize,
+    next: AtomicUsize,
+    done: AtomicUsize,
+}
+
+impl Job<'_> {
+    /// Claims and runs chunks until none are left.
+    fn work(&self) {
+        loop {
+            let i = self.next.fetch_add(1, SeqCst);
+            if i >= self.n {
+                return;
+            }
+            (self.f)(i);
+            self.done.fetch_add(1, SeqCst);
+        }
+    }
+}
+
+struct Pool {
+    /// The current job (type-erased `*const Job`), null when idle.
+    job: AtomicPtr<()>,
+    /// Bumped for every published job, so workers notice new work.
+    epoch: AtomicUsize,
+    /// Workers currently holding a pointer to the job.
+    active: AtomicUsize,
+    workers: usize,
+    parked: Mutex<usize>,
+    wake: Condvar,
+    any_parked: AtomicBool,
+}
+
+fn pool() -> &'static Pool {
+    static POOL: OnceLock<&'static Pool> = OnceLock::new();
+    POOL.get_or_init(|| {
+        let workers = candle_core::utils::get_num_threads().saturating_sub(1);
+        let pool: &'static Pool = Box::leak(Box::new(Pool {
+            job: AtomicPtr::new(std::ptr::null_mut()),
+            epoch: AtomicUsize::new(0),
+            active: AtomicUsize::new(0),
+            workers,
+            parked: Mutex::new(0),
+            wake: Condvar::new(),
+            any_parked: AtomicBool::new(false),
+        }));
+        for i in 0..workers {
+            std::thread::Builder::new()
+                .name(format!("minimind-loop-{i}"))
+                .spawn(move || worker(pool))
+                .expect("spawning a loop worker");
+        }
+        pool
+    })
+}
+
+fn worker(pool: &'static Pool) {
+    let mut seen = pool.epoch.load(SeqCst);
+    loop {
+        let start = Instant::now();
+        let mut spins = 0u32;
+        while pool.epoch.load(SeqCst) == seen {
+            spins = spins.wrapping_add(1);
+            if spins % 256 == 0 && start.elapsed() > SPIN {
+                park(pool, seen);
+            }
+            std::hint::spin_loop();
+        }
+        seen = pool.epoch.load(SeqCst);
+        // Announce before reading the pointer; the publisher waits for `active` to drop to zero
+        // after clearing it, so a job is never touched after its caller returned.
+        pool.active.fetch_add(1, SeqCst);
+        let ptr = pool.job.load(SeqCst);
+        if !ptr.is_null() {
+            // SAFETY: non-null means the publisher is still inside `for_each` (it waits for us).
+            let job = unsafe { &*(ptr as *const Job) };
+            job.work();
+        }
+        pool.active.fetch_sub(1, SeqCst);
+    }
+}
+
+fn park(pool: &Pool, seen: usize) {
+    let mut parked = pool.parked.lock().unwrap_or_else(|e| e.into_inner());
+    *parked += 1;
+    pool.any_parked.store(true, SeqCst);
+    while pool.epoch.load(SeqCst) == seen {
+        parked = pool.wake.wait(parked).unwrap_or_else(|e| e.into_inner());
+    }
+    *parked -= 1;
+    pool.any_parked.store(*parked > 0, SeqCst);
+}
+
+/// Runs `f(i)` for every `i < n`, spread over the loop workers and the calling thread.
+pub fn for_each(n: usize, f: &(dyn Fn(usize) + Sync)) {
+    let pool = pool();
+    if n <= 1 || pool.workers == 0 {
+        return (0..n).for_each(f);
+    }
+    let job = Job { f, n, next: AtomicUsize::new(0), done: AtomicUsize::new(0) };
+    let ptr = &job as *const Job as *mut ();
+    if pool.job.compare_exchange(std::ptr::null_mut(), ptr, SeqCst, SeqCst).is_err() {
+        return (0..n).for_each(f); // another thread's loop is running
+    }
+    pool.epoch.fetch_add(1, SeqCst);
+    if pool.any_parked.load(SeqCst) {
+        let _guard = pool.parked.lock().unwrap_or_else(|e| e.into_inner());
+        pool.wake.notify_all();
+    }
+    job.work();
+    while job.done.load(SeqCst) < n {
+        std::hint::spin_loop();
+    }
+    pool.job.store(std::ptr::null_mut(), SeqCst);
+    while pool.active.load(SeqCst) > 0 {
+        std::hint::spin_loop();
+    }
+}
+
+/// Runs `f(i, chunk)` for the `chunk`-sized pieces of `out` (the last may be shorter), in parallel.
+pub fn for_each_chunk_mut<T: Send>(out: &mut [T], chunk: usize, f: impl Fn(usize, &mut [T]) + Sync) {
+    let len = out.len();
+    let n = len.div_ceil(chunk.max(1));
+    let base = SendPtr(out.as_mut_ptr());
+    for_each(n, &|i| {
+        let start = i * chunk;
+        let end = (start + chunk).min(len);
+        // SAFETY: chunk i covers out[start..end]; chunks are disjoint and each index runs once.
+        let piece = unsafe { std::slice::from_raw_parts_mut(base.get().add(start), end - start) };
+        f(i, piece);
+    });
+}
+
+struct SendPtr<T>(*mut T);
+// SAFETY: used only to hand disjoint pieces of one slice to the loop's threads.
+unsafe impl<T: Send> Sync for SendPtr<T> {}
+impl<T> SendPtr<T> {
+    fn get(&self) -> *mut T {
+        self.0
+    }
+}
