@@ -110,12 +110,13 @@ pub fn run(a: &BenchArgs) -> Result<()> {
     }
     let config = ModelConfig::preset(&a.preset)?;
     let threads = candle_core::utils::get_num_threads();
-    let (mut model, params) = init_model(&config, InitScheme::Minimind2, 0, &Device::Cpu)?;
+    let (mut model, mut params) = init_model(&config, InitScheme::Minimind2, 0, &Device::Cpu)?;
     if a.int8 {
         if a.mode == BenchMode::Train {
             bail!("--int8 is for inference (forward, generate), not training");
         }
         model.quantize_int8()?;
+        params = Default::default(); // frees the f32 projection weights
     }
     let ceiling = matmul_ceiling_gflops(a.batch_size * a.seq_len, config.hidden_size, config.ffn_size())?;
     let ids = Tensor::rand(0f32, config.vocab_size as f32, (a.batch_size, a.seq_len + 1), &Device::Cpu)?
