@@ -84,7 +84,13 @@ fn normalize_tied(tensors: &mut HashMap<String, Tensor>, path: &Path) -> Result<
         }
         Some(embed) => {
             let same = embed.shape() == head.shape()
-                && embed.to_dtype(DType::F32)?.ne(&head.to_dtype(DType::F32)?)?.sum_all()?.to_scalar::<u8>()? == 0;
+                && embed
+                    .to_dtype(DType::F32)?
+                    .ne(&head.to_dtype(DType::F32)?)?
+                    .to_dtype(DType::F32)?
+                    .sum_all()?
+                    .to_scalar::<f32>()?
+                    == 0.0;
             if !same {
                 bail!(
                     "{}: config says tie_word_embeddings but lm_head.weight differs from model.embed_tokens.weight",

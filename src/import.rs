@@ -323,7 +323,8 @@ pub fn infer_config(t: &HashMap<String, Tensor>, heads: usize) -> Result<ModelCo
 
 fn same_values(a: &Tensor, b: &Tensor) -> Result<bool> {
     Ok(a.shape() == b.shape()
-        && a.to_dtype(DType::F32)?.ne(&b.to_dtype(DType::F32)?)?.sum_all()?.to_scalar::<u8>()? == 0)
+        && a.to_dtype(DType::F32)?.ne(&b.to_dtype(DType::F32)?)?.to_dtype(DType::F32)?.sum_all()?.to_scalar::<f32>()?
+            == 0.0)
 }
 
 /// Builds the f32 model from HF-named tensors. Tied when there is no separate head, or when the head
