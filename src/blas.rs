@@ -86,6 +86,41 @@ fn open(path: &str) -> Option<Blas> {
 }
 
 impl Blas {
+    /// `C = alpha·op(A)·op(B) + beta·C` on row-major buffers with leading dimensions, as CBLAS.
+    ///
+    /// # Safety
+    /// The pointers and leading dimensions must describe buffers holding the whole operands.
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn sgemm_raw(
+        &self,
+        (trans_a, trans_b): (bool, bool),
+        (m, n, k): (usize, usize, usize),
+        alpha: f32,
+        (a, lda): (*const f32, usize),
+        (b, ldb): (*const f32, usize),
+        beta: f32,
+        (c, ldc): (*mut f32, usize),
+    ) {
+        let flag = |t: bool| if t { TRANS } else { NO_TRANS };
+        let int = |v: usize| v as c_int;
+        (self.sgemm)(
+            ROW_MAJOR,
+            flag(trans_a),
+            flag(trans_b),
+            int(m),
+            int(n),
+            int(k),
+            alpha,
+            a,
+            int(lda),
+            b,
+            int(ldb),
+            beta,
+            c,
+            int(ldc),
+        )
+    }
+
     /// `op(a)·op(b)` as a new row-major `m×n` buffer, for row-major contiguous `a` (`m×k`, or `k×m`
     /// if `trans_a`) and `b` (`k×n`, or `n×k` if `trans_b`).
     #[allow(clippy::too_many_arguments)]

@@ -6,8 +6,8 @@
 //! thread), never the B×H×T×S tensor. KV heads are read in place by every query head of their group
 //! (no `repeat_kv` copy). Backward, per (batch, KV head), recomputes `P = exp(S − lse)` tile by tile:
 //! `dV += Pᵀ·dO`, `dP = dO·Vᵀ`, `dS = P ⊙ (dP − rowsum(dO ⊙ O))`, `dQ = scale·dS·K`,
-//! `dK += scale·dSᵀ·Q`. Matmuls inside a tile use the single-threaded `gemm` crate; threads split
-//! the (batch, head) pairs.
+//! `dK += scale·dSᵀ·Q`. Matmuls inside a tile run single-threaded (OpenBLAS in 64-wide blocks, or the
+//! `gemm` crate); threads split the (batch, head) pairs.
 
 use super::simd;
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
@@ -48,7 +48,8 @@ pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
     q.contiguous()?.apply_op3(k, v, op)
 }
 
-/// `dst[m×n] (+)= alpha · A·B`, with each matrix given by its pointer, row stride and column stride.
+/// `dst[m×n] (+)= alpha · A·B`, with each matrix given by its pointer, row stride and column stride:
+/// OpenBLAS (AVX-512 kernels) when loaded, else the `gemm` crate.
 #[allow(clippy::too_many_arguments)]
 unsafe fn matmul(
     m: usize,
@@ -61,6 +62,29 @@ unsafe fn matmul(
     b: (*const f32, usize, usize),
     alpha: f32,
 ) {
+    if let Some(blas) = crate::blas::blas() {
+        // CBLAS needs a unit stride on one side of each operand: rows (no transpose) or columns.
+        let op = |(p, rs, cs): (*const f32, usize, usize)| if cs == 1 { (false, p, rs) } else { (true, p, cs) };
+        let ((ta, ap, lda), (tb, bp, ldb)) = (op(a), op(b));
+        // Chunks of at most 64·64·64 multiply-adds stay single-threaded inside OpenBLAS, so the
+        // calls from our threads do not nest threads.
+        const C: usize = 64;
+        for i0 in (0..m).step_by(C) {
+            let mi = C.min(m - i0);
+            for j0 in (0..n).step_by(C) {
+                let nj = C.min(n - j0);
+                for p0 in (0..k).step_by(C) {
+                    let kp = C.min(k - p0);
+                    let a_at = if ta { ap.add(p0 * lda + i0) } else { ap.add(i0 * lda + p0) };
+                    let b_at = if tb { bp.add(j0 * ldb + p0) } else { bp.add(p0 * ldb + j0) };
+                    let beta = if accumulate || p0 > 0 { 1.0 } else { 0.0 };
+                    let c_at = dst.add(i0 * dst_rs + j0);
+                    blas.sgemm_raw((ta, tb), (mi, nj, kp), alpha, (a_at, lda), (b_at, ldb), beta, (c_at, dst_rs));
+                }
+            }
+        }
+        return;
+    }
     // gemm computes dst = 1·dst (when read) + alpha·lhs·rhs; strides are (column, row).
     gemm(
         m,
