@@ -19,6 +19,8 @@ struct Job<'a> {
     n: usize,
     next: AtomicUsize,
     done: AtomicUsize,
+    /// A chunk panicked (on any thread); the caller re-raises it once every chunk is accounted for.
+    panicked: AtomicBool,
 }
 
 impl Job<'_> {
@@ -29,7 +31,10 @@ impl Job<'_> {
             if i >= self.n {
                 return;
             }
-            (self.f)(i);
+            let run = std::panic::AssertUnwindSafe(|| (self.f)(i));
+            if std::panic::catch_unwind(run).is_err() {
+                self.panicked.store(true, SeqCst);
+            }
             self.done.fetch_add(1, SeqCst);
         }
     }
@@ -114,7 +119,7 @@ pub fn for_each(n: usize, f: &(dyn Fn(usize) + Sync)) {
     if n <= 1 || pool.workers == 0 {
         return (0..n).for_each(f);
     }
-    let job = Job { f, n, next: AtomicUsize::new(0), done: AtomicUsize::new(0) };
+    let job = Job { f, n, next: AtomicUsize::new(0), done: AtomicUsize::new(0), panicked: AtomicBool::new(false) };
     let ptr = &job as *const Job as *mut ();
     if pool.job.compare_exchange(std::ptr::null_mut(), ptr, SeqCst, SeqCst).is_err() {
         return (0..n).for_each(f); // another thread's loop is running
@@ -131,6 +136,9 @@ pub fn for_each(n: usize, f: &(dyn Fn(usize) + Sync)) {
     pool.job.store(std::ptr::null_mut(), SeqCst);
     while pool.active.load(SeqCst) > 0 {
         std::hint::spin_loop();
+    }
+    if job.panicked.load(SeqCst) {
+        panic!("a parallel loop chunk panicked");
     }
 }
 
