@@ -21,6 +21,7 @@ const answer = await page.textContent(".msg.assistant");
 const user = await page.textContent(".msg.user");
 if (user !== "你好") throw new Error(`user bubble: ${user}`);
 if (answer.includes("[error")) throw new Error(`assistant bubble: ${answer}`);
+if (answer.length === 0) throw new Error("the assistant bubble stayed empty");
 // The page shows exactly what the API answers for the same greedy request.
 const model = await page.$eval("#model", (e) => e.value);
 const res = await fetch(new URL("/v1/chat/completions", url), {
