@@ -3,7 +3,7 @@
 //! Module map (see `docs/ARCHITECTURE.md`):
 //! - [`config`] model hyper-parameters (`config.json`), presets
 //! - [`ops`] the math: RMSNorm, RoPE, attention, SwiGLU, cross-entropy (all with a backward)
-//! - [`model`] the transformer, its KV cache, weights by checkpoint name
+//! - [`model`] the transformer, weights by checkpoint name; [`kv_cache`] its decoding cache
 //! - [`params`] random initialization or checkpoint loading, by tensor name
 //! - [`checkpoint`] model folders, atomic writes
 //! - [`tokenizer`], [`train_tokenizer`] HF tokenizers, chat templates, BPE training
@@ -36,6 +36,7 @@ pub mod generate;
 pub mod gguf;
 pub mod import;
 pub mod interop;
+pub mod kv_cache;
 pub mod lm_stage;
 pub mod lora;
 pub mod metrics;

@@ -10,6 +10,7 @@
 //! from a checkpoint is a walk over these structs. All math lives in [`crate::ops`].
 
 use crate::config::ModelConfig;
+pub use crate::kv_cache::KvCache;
 use crate::ops;
 use crate::params::{Init, InitScheme, WeightBuilder};
 use anyhow::{bail, Result};
@@ -130,55 +131,6 @@ impl RotaryEmbedding {
         let d = self.cos.dim(1)?;
         let pick = |table: &Tensor| table.index_select(&index, 0)?.reshape((left.len(), 1, t, d));
         Ok((pick(&self.cos)?, pick(&self.sin)?))
-    }
-}
-
-/// Per-layer key/value cache, pre-allocated `[B, K, capacity, D]` and filled in place, holding
-/// post-RoPE keys (before any head repetition), as MiniMind's cache does.
-pub struct KvCache {
-    layers: Vec<(Tensor, Tensor)>,
-    len: usize,
-    capacity: usize,
-}
-
-impl KvCache {
-    pub fn new(config: &ModelConfig, batch: usize, capacity: usize, dtype: DType, device: &Device) -> Result<Self> {
-        if capacity > config.max_position_embeddings {
-            bail!(
-                "KV cache of {capacity} positions exceeds max_position_embeddings {}",
-                config.max_position_embeddings
-            );
-        }
-        let shape = (batch, config.num_key_value_heads, capacity, config.head_dim());
-        let layers = (0..config.num_hidden_layers)
-            .map(|_| Ok((Tensor::zeros(shape, dtype, device)?, Tensor::zeros(shape, dtype, device)?)))
-            .collect::<Result<_>>()?;
-        Ok(Self { layers, len: 0, capacity })
-    }
-
-    /// Positions already cached.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    pub fn capacity(&self) -> usize {
-        self.capacity
-    }
-
-    /// Writes this step's `k`, `v` (`[B, K, T, D]`) after the cached ones; returns views of all.
-    fn append(&mut self, layer: usize, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
-        let t = k.dim(2)?;
-        if self.len + t > self.capacity {
-            bail!("KV cache full: {} + {t} positions > capacity {}", self.len, self.capacity);
-        }
-        let (k_buf, v_buf) = &self.layers[layer];
-        k_buf.slice_set(&k.contiguous()?, 2, self.len)?;
-        v_buf.slice_set(&v.contiguous()?, 2, self.len)?;
-        Ok((k_buf.narrow(2, 0, self.len + t)?, v_buf.narrow(2, 0, self.len + t)?))
     }
 }
 
@@ -409,7 +361,7 @@ impl MiniMindForCausalLM {
             x = layer.forward(&x, &self.model.rotary, layer_cache, layer_dropout, padding)?;
         }
         if let Some(cache) = cache {
-            cache.len += t;
+            cache.advance(t);
         }
         self.model.norm.forward(&x)
     }

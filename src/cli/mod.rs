@@ -1,8 +1,10 @@
 //! Command-line interface: one subcommand per job.
 
 pub mod chat;
+mod interop;
 pub mod train;
 
+pub use interop::ExportFormat;
 pub use train::{PretrainArgs, SftArgs, TrainerArgs};
 
 use crate::checkpoint;
@@ -160,14 +162,6 @@ fn merge_lora(base: &Path, adapter: &Path, out: &Path) -> Result<()> {
     checkpoint::copy_tokenizer_files(base, out)?;
     println!("merged {} into {} → {}", adapter.display(), base.display(), out.display());
     Ok(())
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum ExportFormat {
-    /// transformers' `LlamaForCausalLM` folder (config.json, model.safetensors, tokenizer files).
-    HfLlama,
-    /// A GGUF v3 file for llama.cpp / ollama (`--out model.gguf`; `--dtype f32|f16|q8_0`).
-    Gguf,
 }
 
 #[derive(Args)]
@@ -351,25 +345,11 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Chat(a) => chat::run(&a),
         Command::Serve(a) => serve_cmd(&a),
         Command::Export { model, format, out, dtype, lora } => {
-            use clap::ValueEnum;
-            match format {
-                ExportFormat::HfLlama => {
-                    let ty = crate::interop::ExportDType::from_str(&dtype, true)
-                        .map_err(|_| anyhow::anyhow!("--dtype {dtype:?}: expected f32, f16 or bf16 for hf-llama"))?;
-                    crate::interop::export_hf_llama(&model, lora.as_deref(), &out, ty)?;
-                }
-                ExportFormat::Gguf => {
-                    let ty = crate::gguf::GgufType::from_str(&dtype, true)
-                        .map_err(|_| anyhow::anyhow!("--dtype {dtype:?}: expected f32, f16 or q8_0 for gguf"))?;
-                    crate::gguf::export(&model, lora.as_deref(), &out, ty)?;
-                }
-            }
-            println!("exported {} ({format:?}, {dtype}) to {}", model.display(), out.display());
-            Ok(())
+            interop::export_cmd(&model, format, &out, &dtype, lora.as_deref())
         }
         Command::Import { src, out, tokenizer, config, heads, base } => {
             let opts = crate::import::ImportOptions { tokenizer, config, heads, base };
-            import_cmd(&src, &out, &opts)
+            interop::import_cmd(&src, &out, &opts)
         }
         Command::Eval(a) => {
             let (model, tokenizer) = a.model.load()?;
@@ -402,37 +382,6 @@ pub fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
     }
-}
-
-fn import_cmd(src: &Path, out: &Path, opts: &crate::import::ImportOptions) -> Result<()> {
-    let naming = |classic: bool| if classic { "MiniMind2-classic names, RoPE rows permuted" } else { "HF names" };
-    match crate::import::import(src, out, opts)? {
-        crate::import::Imported::Model { model, classic, tokenizer } => {
-            let c = &model.config;
-            println!(
-                "imported {} ({}): {} parameters, hidden {}, {} layers, {} heads / {} KV heads, vocab {}, {}",
-                src.display(),
-                naming(classic),
-                c.num_parameters(),
-                c.hidden_size,
-                c.num_hidden_layers,
-                c.num_attention_heads,
-                c.num_key_value_heads,
-                c.vocab_size,
-                if c.tie_word_embeddings { "tied head" } else { "separate head" }
-            );
-            println!("tokenizer: {tokenizer}; model folder: {}", out.display());
-        }
-        crate::import::Imported::Adapter { config, classic } => println!(
-            "imported LoRA adapter {} ({}): rank {}, targets {}; adapter folder: {} (use with --lora)",
-            src.display(),
-            naming(classic),
-            config.rank,
-            config.targets.join(","),
-            out.display()
-        ),
-    }
-    Ok(())
 }
 
 fn report(what: &str, s: &crate::train::TrainSummary, out: &Path) -> Result<()> {

@@ -1,0 +1,62 @@
+//! `export` and `import`: model folders to and from other tools' formats.
+
+use crate::import::{import, ImportOptions, Imported};
+use anyhow::Result;
+use std::path::Path;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ExportFormat {
+    /// transformers' `LlamaForCausalLM` folder (config.json, model.safetensors, tokenizer files).
+    HfLlama,
+    /// A GGUF v3 file for llama.cpp / ollama (`--out model.gguf`; `--dtype f32|f16|q8_0`).
+    Gguf,
+}
+
+pub fn export_cmd(model: &Path, format: ExportFormat, out: &Path, dtype: &str, lora: Option<&Path>) -> Result<()> {
+    use clap::ValueEnum;
+    match format {
+        ExportFormat::HfLlama => {
+            let ty = crate::interop::ExportDType::from_str(dtype, true)
+                .map_err(|_| anyhow::anyhow!("--dtype {dtype:?}: expected f32, f16 or bf16 for hf-llama"))?;
+            crate::interop::export_hf_llama(model, lora, out, ty)?;
+        }
+        ExportFormat::Gguf => {
+            let ty = crate::gguf::GgufType::from_str(dtype, true)
+                .map_err(|_| anyhow::anyhow!("--dtype {dtype:?}: expected f32, f16 or q8_0 for gguf"))?;
+            crate::gguf::export(model, lora, out, ty)?;
+        }
+    }
+    println!("exported {} ({format:?}, {dtype}) to {}", model.display(), out.display());
+    Ok(())
+}
+
+pub fn import_cmd(src: &Path, out: &Path, opts: &ImportOptions) -> Result<()> {
+    let naming = |classic: bool| if classic { "MiniMind2-classic names, RoPE rows permuted" } else { "HF names" };
+    match import(src, out, opts)? {
+        Imported::Model { model, classic, tokenizer } => {
+            let c = &model.config;
+            println!(
+                "imported {} ({}): {} parameters, hidden {}, {} layers, {} heads / {} KV heads, vocab {}, {}",
+                src.display(),
+                naming(classic),
+                c.num_parameters(),
+                c.hidden_size,
+                c.num_hidden_layers,
+                c.num_attention_heads,
+                c.num_key_value_heads,
+                c.vocab_size,
+                if c.tie_word_embeddings { "tied head" } else { "separate head" }
+            );
+            println!("tokenizer: {tokenizer}; model folder: {}", out.display());
+        }
+        Imported::Adapter { config, classic } => println!(
+            "imported LoRA adapter {} ({}): rank {}, targets {}; adapter folder: {} (use with --lora)",
+            src.display(),
+            naming(classic),
+            config.rank,
+            config.targets.join(","),
+            out.display()
+        ),
+    }
+    Ok(())
+}
