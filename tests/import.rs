@@ -334,3 +334,22 @@ fn torch_saved_checkpoints_reproduce_torch_logits() {
         assert!(d < tol, "{file}: logits differ from PyTorch's by {d}");
     }
 }
+
+/// MiniMind2-classic's own HF export (`convert_model.py`): config.json with `LMConfig` fields and a
+/// `pytorch_model.bin` under classic names.
+#[test]
+fn classic_hf_folder_with_lmconfig_imports() {
+    let c = config();
+    let weights = classic_weights(&c, 4);
+    let dir = tempfile::tempdir().unwrap();
+    write_pth(&dir.path().join("pytorch_model.bin"), &weights, &[("output.weight", "tok_embeddings.weight")]);
+    let lm_config = serde_json::json!({"model_type": "minimind", "architectures": ["MiniMindLM"], "dim": 64,
+        "n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "vocab_size": 97, "hidden_dim": c.ffn_size(),
+        "norm_eps": 1e-5, "rope_theta": 1e6, "max_seq_len": 8192});
+    std::fs::write(dir.path().join("config.json"), lm_config.to_string()).unwrap();
+    let (_out, model, classic) = import_model(dir.path(), &ImportOptions::default());
+    assert!(classic && model.config.num_attention_heads == 4);
+    let ids = random_ids(1, 10, 97, 9);
+    let d = max_abs_diff(&classic_forward(&weights.into_iter().collect(), &c, &ids), &model.forward(&ids, None).unwrap());
+    assert!(d < 1e-4, "{d}");
+}

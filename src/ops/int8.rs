@@ -17,6 +17,11 @@ use rayon::prelude::*;
 /// Weights per scale.
 pub const GROUP: usize = 32;
 
+/// Rows up to which the int8 gemv is used; more rows (prefill) expand the weight to f32 for BLAS.
+/// Higher than the f32 gemv's limit: expanding costs a pass over the whole weight, and a batch of
+/// decoding rows (served requests) reuses each weight row from cache.
+pub const MAX_ROWS: usize = 8;
+
 fn padded(k: usize) -> usize {
     k.div_ceil(GROUP) * GROUP
 }
@@ -83,7 +88,7 @@ fn scales_of(bytes: &[u8]) -> Vec<f32> {
 /// the weight is expanded to f32 for one matrix product (prefill, scoring).
 pub fn matmul_nt(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     let (m, k) = x.dims2()?;
-    if m > super::gemv::MAX_ROWS || !matches!(x.device(), candle_core::Device::Cpu) {
+    if m > MAX_ROWS || !matches!(x.device(), candle_core::Device::Cpu) {
         let dense = dequantize(w, k)?;
         return super::matmul_nt(x, &dense.to_dtype(x.dtype())?);
     }
