@@ -36,7 +36,7 @@ pub struct ImportOptions {
 
 /// What an import wrote.
 pub enum Imported {
-    Model { model: MiniMindForCausalLM, classic: bool, tokenizer: String },
+    Model { model: Box<MiniMindForCausalLM>, classic: bool, tokenizer: String },
     Adapter { config: LoraConfig, classic: bool },
 }
 
@@ -62,14 +62,14 @@ pub fn import(src: &Path, out: &Path, opts: &ImportOptions) -> Result<Imported> 
     })?;
     checkpoint::save_model(out, &model)?;
     let tokenizer = write_tokenizer(src, out, opts.tokenizer.as_deref(), classic)?;
-    Ok(Imported::Model { model, classic, tokenizer })
+    Ok(Imported::Model { model: Box::new(model), classic, tokenizer })
 }
 
 /// Imports an HF folder (kept for callers that know they have one).
 pub fn import_hf(src: &Path, out: &Path, tokenizer_dir: Option<&Path>) -> Result<MiniMindForCausalLM> {
     let opts = ImportOptions { tokenizer: tokenizer_dir.map(Path::to_path_buf), ..Default::default() };
     match import(src, out, &opts)? {
-        Imported::Model { model, .. } => Ok(model),
+        Imported::Model { model, .. } => Ok(*model),
         Imported::Adapter { .. } => bail!("{} is a LoRA adapter, not a model", src.display()),
     }
 }
@@ -194,7 +194,7 @@ pub fn classic_to_hf(name: &str) -> String {
         _ => None,
     };
     match renamed {
-        Some((head, rest)) if rest.is_empty() => head,
+        Some((head, [])) => head,
         Some((head, rest)) => format!("{head}.{}", rest.join(".")),
         None => name.to_string(),
     }

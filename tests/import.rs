@@ -350,6 +350,7 @@ fn classic_hf_folder_with_lmconfig_imports() {
     let (_out, model, classic) = import_model(dir.path(), &ImportOptions::default());
     assert!(classic && model.config.num_attention_heads == 4);
     let ids = random_ids(1, 10, 97, 9);
-    let d = max_abs_diff(&classic_forward(&weights.into_iter().collect(), &c, &ids), &model.forward(&ids, None).unwrap());
+    let d =
+        max_abs_diff(&classic_forward(&weights.into_iter().collect(), &c, &ids), &model.forward(&ids, None).unwrap());
     assert!(d < 1e-4, "{d}");
 }

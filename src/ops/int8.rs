@@ -125,7 +125,7 @@ impl CustomOp2 for Int8Gemv {
                 // SAFETY: i8 and u8 have the same size and alignment.
                 let q: &[i8] = unsafe { std::slice::from_raw_parts(q.as_ptr().cast(), q.len()) };
                 for r in 0..m {
-                    out[j * m + r] = simd::dot_int8(&xs[r * kp..(r + 1) * kp], q, &scales);
+                    out[j * m + r] = simd::dot_int8(&xs[r * kp..(r + 1) * kp], q, scales);
                 }
             }
         });
