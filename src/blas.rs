@@ -102,7 +102,7 @@ impl Blas {
         (c, ldc): (*mut f32, usize),
     ) {
         let flag = |t: bool| if t { TRANS } else { NO_TRANS };
-        let int = |v: usize| v as c_int;
+        let int = |v: usize| c_int::try_from(v).expect("matrix dimension exceeds BLAS's 32-bit integers");
         (self.sgemm)(
             ROW_MAJOR,
             flag(trans_a),
@@ -129,30 +129,14 @@ impl Blas {
         if m == 0 || n == 0 || k == 0 {
             return vec![0.0; m * n]; // BLAS may reject empty shapes without writing C
         }
-        let int = |v: usize| c_int::try_from(v).expect("matrix dimension exceeds BLAS's 32-bit integers");
         // With beta = 0 BLAS writes every element of C, so it need not be zeroed first.
         let mut c = Vec::<f32>::with_capacity(m * n);
         let lda = if trans_a { m } else { k };
         let ldb = if trans_b { k } else { n };
-        let flag = |t: bool| if t { TRANS } else { NO_TRANS };
         // SAFETY: sizes and leading dimensions describe the checked buffers.
         unsafe {
-            (self.sgemm)(
-                ROW_MAJOR,
-                flag(trans_a),
-                flag(trans_b),
-                int(m),
-                int(n),
-                int(k),
-                1.0,
-                a.as_ptr(),
-                int(lda),
-                b.as_ptr(),
-                int(ldb),
-                0.0,
-                c.as_mut_ptr(),
-                int(n),
-            );
+            let (a, b, c_out) = ((a.as_ptr(), lda), (b.as_ptr(), ldb), (c.as_mut_ptr(), n));
+            self.sgemm_raw((trans_a, trans_b), (m, n, k), 1.0, a, b, 0.0, c_out);
             c.set_len(m * n);
         }
         c
