@@ -141,6 +141,12 @@ fn v2_fp16_pth_with_the_tied_weight_stored_twice() {
     write_pth(&pth, &with_head, &[]);
     let (_out, imported, classic) = import_model(&pth, &heads(4));
     assert!(!classic && imported.config.tie_word_embeddings);
+    // The same state dict inside a resume-style dict (`{"model": …, "step": 7}`) imports the same.
+    let nested = dir.path().join("resume.pth");
+    common::pth::write_pth_under(&nested, &with_head, &[], Some("model"));
+    let (_out, from_nested, _) = import_model(&nested, &heads(4));
+    let ids = random_ids(1, 5, 97, 3);
+    assert_eq!(max_abs_diff(&imported.forward(&ids, None).unwrap(), &from_nested.forward(&ids, None).unwrap()), 0.0);
     for ((name, a), (_, b)) in f16.iter().zip(imported.named_tensors()) {
         assert_eq!(max_abs_diff(a, &b), 0.0, "{name}: fp16 values are widened exactly");
     }

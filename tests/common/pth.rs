@@ -65,7 +65,16 @@ fn raw_bytes(t: &Tensor) -> Vec<u8> {
 /// Writes `tensors` (name, tensor) as a state dict; `aliases` (name, of) add entries sharing the
 /// storage of an earlier entry, as PyTorch saves tied weights.
 pub fn write_pth(path: &Path, tensors: &[(String, Tensor)], aliases: &[(&str, &str)]) {
+    write_pth_under(path, tensors, aliases, None)
+}
+
+/// As [`write_pth`], with the state dict stored under `key` of an outer dict (as resume files do:
+/// `{"model": state_dict, "step": …}`) when `key` is given.
+pub fn write_pth_under(path: &Path, tensors: &[(String, Tensor)], aliases: &[(&str, &str)], key: Option<&str>) {
     let mut p = Pickle(vec![0x80, 2]);
+    if let Some(key) = key {
+        p.op(b'}').op(b'(').string(key);
+    }
     p.ordered_dict().op(b'(');
     let mut entries: Vec<(String, usize)> = Vec::new();
     for (i, (name, _)) in tensors.iter().enumerate() {
@@ -88,7 +97,11 @@ pub fn write_pth(path: &Path, tensors: &[(String, Tensor)], aliases: &[(&str, &s
         p.int(0).int_tuple(&dims).int_tuple(&strides).op(0x89).ordered_dict();
         p.op(b't').op(b'R');
     }
-    p.op(b'u').op(b'.');
+    p.op(b'u');
+    if key.is_some() {
+        p.string("step").int(7).op(b'u');
+    }
+    p.op(b'.');
 
     let file = std::fs::File::create(path).unwrap();
     let mut zip = zip::ZipWriter::new(file);
