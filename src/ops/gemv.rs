@@ -30,21 +30,31 @@ impl CustomOp2 for Gemv {
             candle_core::bail!("gemv: {m}×{k} · ({n}×{k2})ᵀ");
         }
         let (x, w) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?);
-        // Output laid out [n, m] while computing (one weight row serves all m inputs), then transposed.
-        let mut by_feature = vec![0f32; n * m];
-        super::pool::for_each_chunk_mut(&mut by_feature, m * 64, |c, out| {
-            let w = &w[c * 64 * k..(c * 64 * k + out.len() / m * k)];
-            for (j, w_row) in w.chunks_exact(k).enumerate() {
-                for r in 0..m {
-                    out[j * m + r] = simd::dot(&x[r * k..(r + 1) * k], w_row);
-                }
-            }
-        });
-        let out = if m == 1 { by_feature } else { (0..m * n).map(|i| by_feature[(i % n) * m + i / n]).collect() };
+        let out = by_feature(m, n, |r, j| simd::dot(&x[r * k..(r + 1) * k], &w[j * k..(j + 1) * k]));
         Ok((CpuStorage::F32(out), Shape::from((m, n))))
     }
 
     fn bwd(&self, x: &Tensor, w: &Tensor, _res: &Tensor, g: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
         Ok((Some(super::gemm::matmul(g, w, false, false)?), Some(super::gemm::matmul(g, x, true, false)?)))
+    }
+}
+
+/// `out[r][j] = dot(r, j)` for `m` input rows and `n` output features, as `[m, n]` row-major. Threads
+/// split the features in blocks of 64; all `m` products of a feature are computed together, so each
+/// weight row is read once. Shared by the f32 and the int8 decode kernels.
+pub(super) fn by_feature(m: usize, n: usize, dot: impl Fn(usize, usize) -> f32 + Sync) -> Vec<f32> {
+    // Laid out [n, m] while computing, then transposed.
+    let mut by_feature = vec![0f32; n * m];
+    super::pool::for_each_chunk_mut(&mut by_feature, m * 64, |c, out| {
+        for (i, feature) in out.chunks_exact_mut(m).enumerate() {
+            for (r, v) in feature.iter_mut().enumerate() {
+                *v = dot(r, c * 64 + i);
+            }
+        }
+    });
+    if m == 1 {
+        by_feature
+    } else {
+        (0..m * n).map(|i| by_feature[(i % n) * m + i / n]).collect()
     }
 }

@@ -117,19 +117,12 @@ impl CustomOp2 for Int8Gemv {
         for r in 0..m {
             xs[r * kp..r * kp + k].copy_from_slice(&x[r * k..(r + 1) * k]);
         }
-        let mut by_feature = vec![0f32; n * m];
-        super::pool::for_each_chunk_mut(&mut by_feature, m * 64, |c, out| {
-            let rows = &w[c * 64 * width..(c * 64 * width + out.len() / m * width)];
-            for (j, packed) in rows.chunks_exact(width).enumerate() {
-                let (q, scales) = packed.split_at(kp);
-                // SAFETY: i8 and u8 have the same size and alignment.
-                let q: &[i8] = unsafe { std::slice::from_raw_parts(q.as_ptr().cast(), q.len()) };
-                for r in 0..m {
-                    out[j * m + r] = simd::dot_int8(&xs[r * kp..(r + 1) * kp], q, scales);
-                }
-            }
+        let out = super::gemv::by_feature(m, n, |r, j| {
+            let (q, scales) = w[j * width..(j + 1) * width].split_at(kp);
+            // SAFETY: i8 and u8 have the same size and alignment.
+            let q: &[i8] = unsafe { std::slice::from_raw_parts(q.as_ptr().cast(), q.len()) };
+            simd::dot_int8(&xs[r * kp..(r + 1) * kp], q, scales)
         });
-        let out = if m == 1 { by_feature } else { (0..m * n).map(|i| by_feature[(i % n) * m + i / n]).collect() };
         Ok((CpuStorage::F32(out), Shape::from((m, n))))
     }
 }
