@@ -74,6 +74,16 @@ pub fn copy_tokenizer_files(from: &Path, to: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Whether two tensors have the same shape and values (compared in f32; the count of differing
+/// values is summed in f32, as a byte count would wrap).
+pub fn same_values(a: &Tensor, b: &Tensor) -> Result<bool> {
+    if a.shape() != b.shape() {
+        return Ok(false);
+    }
+    let differing = a.to_dtype(DType::F32)?.ne(&b.to_dtype(DType::F32)?)?.to_dtype(DType::F32)?;
+    Ok(differing.sum_all()?.to_scalar::<f32>()? == 0.0)
+}
+
 /// A tied model stores its one embedding/head tensor once. Checkpoints written by other tools may
 /// hold it as `lm_head.weight`, or under both names; accept both, checking the copies agree.
 fn normalize_tied(tensors: &mut HashMap<String, Tensor>, path: &Path) -> Result<()> {
@@ -83,14 +93,7 @@ fn normalize_tied(tensors: &mut HashMap<String, Tensor>, path: &Path) -> Result<
             tensors.insert("model.embed_tokens.weight".into(), head);
         }
         Some(embed) => {
-            let same = embed.shape() == head.shape()
-                && embed
-                    .to_dtype(DType::F32)?
-                    .ne(&head.to_dtype(DType::F32)?)?
-                    .to_dtype(DType::F32)?
-                    .sum_all()?
-                    .to_scalar::<f32>()?
-                    == 0.0;
+            let same = same_values(embed, &head)?;
             if !same {
                 bail!(
                     "{}: config says tie_word_embeddings but lm_head.weight differs from model.embed_tokens.weight",

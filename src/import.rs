@@ -321,12 +321,6 @@ pub fn infer_config(t: &HashMap<String, Tensor>, heads: usize) -> Result<ModelCo
 
 // ---- building ------------------------------------------------------------------------------------
 
-fn same_values(a: &Tensor, b: &Tensor) -> Result<bool> {
-    Ok(a.shape() == b.shape()
-        && a.to_dtype(DType::F32)?.ne(&b.to_dtype(DType::F32)?)?.to_dtype(DType::F32)?.sum_all()?.to_scalar::<f32>()?
-            == 0.0)
-}
-
 /// Builds the f32 model from HF-named tensors. Tied when there is no separate head, or when the head
 /// equals the embedding (MiniMind stores the tied tensor twice; Llama exports write an explicit copy).
 fn build_model(
@@ -339,7 +333,7 @@ fn build_model(
     }
     config.tie_word_embeddings = match (tensors.get("lm_head.weight"), tensors.get("model.embed_tokens.weight")) {
         (None, _) => true,
-        (Some(head), Some(embed)) if same_values(head, embed)? => {
+        (Some(head), Some(embed)) if checkpoint::same_values(head, embed)? => {
             tensors.remove("lm_head.weight");
             true
         }
