@@ -48,9 +48,8 @@ impl Linear {
             Some(l) => Ok((&self.weight + (l.b.matmul(&l.a)? * l.scale)?)?),
         }
     }
-}
 
-impl Linear {
+    /// Replaces the (adapted) weight by its int8 packing ([`ops::int8`]).
     fn quantize_int8(&mut self) -> Result<()> {
         if !ops::int8::is_int8(&self.weight) {
             self.weight = ops::int8::quantize(&self.effective_weight()?)?;
@@ -434,21 +433,10 @@ impl MiniMindForCausalLM {
         if self.dtype() != DType::F32 {
             bail!("int8 quantization starts from f32 weights, this model is {:?}", self.dtype());
         }
-        let head = &mut self.lm_head;
-        let mut linears = self.model.layers.iter_mut().flat_map(|l| {
-            let (a, m) = (&mut l.self_attn, &mut l.mlp);
-            [
-                &mut a.q_proj,
-                &mut a.k_proj,
-                &mut a.v_proj,
-                &mut a.o_proj,
-                &mut m.gate_proj,
-                &mut m.up_proj,
-                &mut m.down_proj,
-            ]
-        });
-        linears.try_for_each(|linear| linear.quantize_int8())?;
-        head.quantize_int8()
+        for (_, linear) in self.linears_mut() {
+            linear.quantize_int8()?;
+        }
+        self.lm_head.quantize_int8()
     }
 
     /// Whether [`Self::quantize_int8`] was applied.
