@@ -183,6 +183,11 @@ pub struct PretrainEncoding {
 }
 
 impl PretrainEncoding {
+    /// The encoding with `tokenizer`'s bos / eos / pad ids.
+    pub fn for_tokenizer(tokenizer: &Tokenizer, max_seq_len: usize, wrap: bool) -> Result<Self> {
+        Ok(Self { max_seq_len, wrap, bos: tokenizer.bos_id()?, eos: tokenizer.eos_id()?, pad: tokenizer.pad_id()? })
+    }
+
     /// `[bos] + tokens[:max_len−2] + [eos]` (or `tokens[:max_len]` unwrapped), right-padded with
     /// `pad` to `max_seq_len`. Returns the ids and the count of real tokens.
     pub fn encode(&self, tokenizer: &Tokenizer, text: &str) -> Result<(Vec<u32>, usize)> {

@@ -38,13 +38,7 @@ pub fn perplexity(
     if rows == 0 {
         bail!("{}: no rows to evaluate", path.display());
     }
-    let encoding = PretrainEncoding {
-        max_seq_len,
-        wrap: true,
-        bos: tokenizer.bos_id()?,
-        eos: tokenizer.eos_id()?,
-        pad: tokenizer.pad_id()?,
-    };
+    let encoding = PretrainEncoding::for_tokenizer(tokenizer, max_seq_len, true)?;
     let (mut total, mut tokens) = (0f64, 0usize);
     for start in (0..rows).step_by(batch) {
         let mut encoded = Vec::new();

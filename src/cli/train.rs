@@ -199,13 +199,7 @@ pub fn pretrain(a: &PretrainArgs) -> Result<TrainSummary> {
     let device = parse_device(&t.device)?;
     let tokenizer = Tokenizer::load(&a.tokenizer)?;
     let config = model_config(a, tokenizer.vocab_size())?;
-    let encoding = PretrainEncoding {
-        max_seq_len: t.max_seq_len(&PRETRAIN, &config)?,
-        wrap: !a.no_wrap,
-        bos: tokenizer.bos_id()?,
-        eos: tokenizer.eos_id()?,
-        pad: tokenizer.pad_id()?,
-    };
+    let encoding = PretrainEncoding::for_tokenizer(&tokenizer, t.max_seq_len(&PRETRAIN, &config)?, !a.no_wrap)?;
     let data = pretrain_data(&a.data, t.skip_bad_lines, encoding, &tokenizer, t.batch_size(&PRETRAIN)?, t.seed)?;
     let mut stage = LmStage { name: "pretrain", data, device: device.clone() };
     let opts = t.options(&PRETRAIN, a.tokenizer.clone());
