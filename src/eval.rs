@@ -2,7 +2,8 @@
 //! real next token of every row, each row encoded as in pretraining (`[bos] text [eos]`, cut to the
 //! sequence length). Used to state what a change such as int8 weights costs in quality.
 
-use crate::data::{parse_text_row, JsonlIndex, LmBatch, PretrainEncoding};
+use crate::data::pretrain::{parse_text_row, PretrainEncoding};
+use crate::data::{JsonlIndex, LmBatch};
 use crate::{ops, MiniMindForCausalLM, Tokenizer};
 use anyhow::{bail, Result};
 use std::path::Path;

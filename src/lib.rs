@@ -22,36 +22,40 @@
 //! - [`bench`] throughput benchmarks
 //! - [`cli`], [`demo`] the command line
 
-pub mod bench;
-pub mod blas;
-pub mod checkpoint;
+/// A fieldless enum with fixed names: `FromStr` (an error listing the names) and `Display`, so
+/// the command line can parse it without the library depending on the CLI's parser.
+macro_rules! named_enum {
+    ($ty:ident { $($variant:ident => $name:literal),+ $(,)? }) => {
+        impl $ty {
+            /// The accepted names.
+            pub const NAMES: &'static [&'static str] = &[$($name),+];
+        }
+        impl std::str::FromStr for $ty {
+            type Err = String;
+            fn from_str(s: &str) -> Result<Self, String> {
+                match s.to_ascii_lowercase().as_str() {
+                    $($name => Ok(Self::$variant),)+
+                    other => Err(format!("{other:?} is not one of {}", Self::NAMES.join(", "))),
+                }
+            }
+        }
+        impl std::fmt::Display for $ty {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(match self { $(Self::$variant => $name,)+ })
+            }
+        }
+    };
+}
+
 pub mod cli;
-pub mod config;
 pub mod data;
-pub mod demo;
-pub mod distill;
-pub mod dpo;
 pub mod eval;
-pub mod generate;
-pub mod gguf;
-pub mod import;
+pub mod infer;
 pub mod interop;
-pub mod kv_cache;
-pub mod lm_stage;
-pub mod lora;
-pub mod metrics;
 pub mod model;
 pub mod ops;
-pub mod optim;
-pub mod params;
-pub mod reason;
-pub mod resume;
 pub mod serve;
-pub mod sft;
-pub mod tokenizer;
 pub mod train;
-pub mod train_tokenizer;
 
-pub use config::ModelConfig;
-pub use model::{KvCache, MiniMindForCausalLM};
-pub use tokenizer::Tokenizer;
+pub use data::tokenizer::Tokenizer;
+pub use model::{KvCache, MiniMindForCausalLM, ModelConfig};

@@ -17,16 +17,12 @@ fn main() {
         libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1);
         libmimalloc_sys::mi_option_set(MI_OPTION_ARENA_EAGER_COMMIT, 1);
     }
-    minimind::blas::configure_environment();
+    minimind::ops::blas::configure_environment();
     let cli = Cli::parse();
     if let Some(n) = cli.threads {
         // Read by candle's matmul and by rayon; must be set before either starts.
         std::env::set_var("RAYON_NUM_THREADS", n.max(1).to_string());
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_writer(std::io::stderr)
-        .init();
     if let Err(e) = run(cli) {
         eprintln!("error: {e:#}");
         std::process::exit(1);

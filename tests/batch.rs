@@ -4,7 +4,7 @@ mod common;
 
 use candle_core::{Device, Tensor};
 use common::*;
-use minimind::generate::{generate, generate_batch, Sampler, SamplingParams};
+use minimind::infer::{generate, generate_batch, Sampler, SamplingParams};
 use minimind::model::KvCache;
 use minimind::ops;
 
@@ -43,6 +43,6 @@ fn batched_decoding_equals_one_at_a_time() {
     let mut samplers: Vec<Sampler> = prompts.iter().map(|_| greedy()).collect();
     let stopped = generate_batch(&model, &prompts, 9, &[stop], &mut samplers).unwrap();
     assert_eq!(stopped[1].tokens, together[1].tokens[..2]);
-    assert_eq!(stopped[1].finish_reason, minimind::generate::FinishReason::Stop);
+    assert_eq!(stopped[1].finish_reason, minimind::infer::FinishReason::Stop);
     ops::set_fused(true);
 }

@@ -5,8 +5,8 @@ mod common;
 use candle_core::Device;
 use common::*;
 use minimind::data::LmBatch;
-use minimind::optim::{clip_factor, cosine_lr, grad_norm, AdamW, AdamWConfig, GradAccumulator};
-use minimind::{lm_stage::lm_loss, ops};
+use minimind::train::optim::{clip_factor, grad_norm, AdamW, AdamWConfig, GradAccumulator, LrSchedule};
+use minimind::{ops, train::lm::lm_loss};
 
 fn loss_curve(fused: bool) -> Vec<f64> {
     ops::set_fused(fused);
@@ -32,7 +32,7 @@ fn loss_curve(fused: bool) -> Vec<f64> {
         acc.add(&params, &loss.backward().unwrap()).unwrap();
         let grads = acc.take(&params).unwrap();
         let norm = grad_norm(&grads).unwrap();
-        optimizer.step(&grads, cosine_lr(3e-3, step, 12), clip_factor(norm, 1.0)).unwrap();
+        optimizer.step(&grads, LrSchedule::Minimind2.at(3e-3, step, 12), clip_factor(norm, 1.0)).unwrap();
     }
     ops::set_fused(true);
     losses

@@ -2,8 +2,9 @@
 //! turns through the model's chat template; answers stream as they are decoded. `/reset` forgets
 //! the conversation, `/exit` (or end of input) quits.
 
-use super::{stream_completion, ModelArgs, SamplingArgs};
-use crate::tokenizer::ChatMessage;
+use super::{ModelArgs, SamplingArgs};
+use crate::infer::generate::stream_completion;
+use crate::data::tokenizer::ChatMessage;
 use anyhow::Result;
 use clap::Args;
 use std::io::{BufRead, IsTerminal, Write};

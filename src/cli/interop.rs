@@ -1,6 +1,6 @@
 //! `export` and `import`: model folders to and from other tools' formats.
 
-use crate::import::{import, ImportOptions, Imported};
+use crate::interop::import::{import, ImportOptions, Imported};
 use anyhow::Result;
 use std::path::Path;
 
@@ -13,17 +13,16 @@ pub enum ExportFormat {
 }
 
 pub fn export_cmd(model: &Path, format: ExportFormat, out: &Path, dtype: &str, lora: Option<&Path>) -> Result<()> {
-    use clap::ValueEnum;
     match format {
         ExportFormat::HfLlama => {
-            let ty = crate::interop::ExportDType::from_str(dtype, true)
+            let ty = dtype.parse::<crate::interop::hf::ExportDType>()
                 .map_err(|_| anyhow::anyhow!("--dtype {dtype:?}: expected f32, f16 or bf16 for hf-llama"))?;
-            crate::interop::export_hf_llama(model, lora, out, ty)?;
+            crate::interop::hf::export_hf_llama(model, lora, out, ty)?;
         }
         ExportFormat::Gguf => {
-            let ty = crate::gguf::GgufType::from_str(dtype, true)
+            let ty = dtype.parse::<crate::interop::gguf::GgufType>()
                 .map_err(|_| anyhow::anyhow!("--dtype {dtype:?}: expected f32, f16 or q8_0 for gguf"))?;
-            crate::gguf::export(model, lora, out, ty)?;
+            crate::interop::gguf::export(model, lora, out, ty)?;
         }
     }
     println!("exported {} ({format:?}, {dtype}) to {}", model.display(), out.display());

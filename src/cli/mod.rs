@@ -1,16 +1,18 @@
 //! Command-line interface: one subcommand per job.
 
+pub mod bench;
 pub mod chat;
+pub mod demo;
 mod interop;
 pub mod train;
 
 pub use interop::ExportFormat;
 pub use train::{PretrainArgs, SftArgs, TrainerArgs};
 
-use crate::checkpoint;
-use crate::config::ModelConfig;
-use crate::generate::{generate, Sampler, SamplingParams};
-use crate::tokenizer::{ChatMessage, TextStream, Tokenizer};
+use crate::model::checkpoint;
+use crate::model::config::ModelConfig;
+use crate::infer::sampler::{SamplingParams, DEFAULT_MAX_NEW_TOKENS};
+use crate::data::tokenizer::Tokenizer;
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use clap::{Args, Parser, Subcommand};
@@ -30,7 +32,7 @@ pub struct Cli {
 #[derive(Subcommand)]
 pub enum Command {
     /// Train a tokenizer, pretrain a small model on the bundled Song ci corpus and sample from it.
-    Demo(crate::demo::DemoArgs),
+    Demo(crate::cli::demo::DemoArgs),
     /// Train a byte-level BPE tokenizer on JSON Lines text (pretraining or SFT rows).
     TrainTokenizer(TrainTokenizerArgs),
     /// Pretrain a model from scratch on {"text": …} JSON Lines.
@@ -93,7 +95,7 @@ pub enum Command {
     /// Perplexity of a model on `{"text": …}` rows (encoded as in pretraining).
     Eval(EvalArgs),
     /// Measure training, forward or decoding throughput on synthetic tokens.
-    Bench(crate::bench::BenchArgs),
+    Bench(crate::cli::bench::BenchArgs),
     /// Redraw the loss/lr chart of a run from its metrics.jsonl.
     Chart {
         /// A run folder (containing metrics.jsonl) or a metrics.jsonl file.
@@ -137,27 +139,23 @@ pub struct GenerateDatasetArgs {
     /// Output SFT JSON Lines.
     #[arg(long)]
     pub out: PathBuf,
-    #[arg(long, default_value_t = 256)]
-    pub max_new_tokens: usize,
-    #[arg(long, default_value_t = 0.85)]
-    pub temperature: f64,
-    #[arg(long, default_value_t = 0.85)]
-    pub top_p: f64,
-    #[arg(long, default_value_t = 42)]
-    pub seed: u64,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+    /// cpu, or cuda / cuda:N with a CUDA build.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
 }
 
 fn generate_dataset_cmd(a: &GenerateDatasetArgs) -> Result<()> {
-    let (teacher, _) = checkpoint::load_model(&a.teacher, &Device::Cpu, DType::F32, false)?;
-    let tokenizer = Tokenizer::load(&a.teacher)?;
-    let sampling = SamplingParams { temperature: a.temperature, top_p: a.top_p, seed: a.seed, ..Default::default() };
-    let n = crate::distill::generate_dataset(&teacher, &tokenizer, &a.prompts, &a.out, a.max_new_tokens, sampling)?;
+    let (teacher, tokenizer) = crate::infer::load(&a.teacher, None, &parse_device(&a.device)?, false)?;
+    let (sampling, max_new) = (a.sampling.params(0), a.sampling.max_new_tokens);
+    let n = crate::train::distill::generate_dataset(&teacher, &tokenizer, &a.prompts, &a.out, max_new, sampling)?;
     println!("{n} teacher answers written to {}", a.out.display());
     Ok(())
 }
 
 fn merge_lora(base: &Path, adapter: &Path, out: &Path) -> Result<()> {
-    let model = crate::lora::load_merged(base, Some(adapter))?;
+    let model = crate::model::lora::load_merged(base, Some(adapter))?;
     checkpoint::save_model(out, &model)?;
     checkpoint::copy_tokenizer_files(base, out)?;
     println!("merged {} into {} → {}", adapter.display(), base.display(), out.display());
@@ -182,19 +180,30 @@ pub struct ServeArgs {
     /// Serve with int8 weights (faster decoding on CPU).
     #[arg(long)]
     pub int8: bool,
+    /// Names clients may use for the first model (e.g. `minimind`), as vLLM's flag: the first is the
+    /// id `/v1/models` lists. Default: the folder name.
+    #[arg(long, num_args = 1..)]
+    pub served_model_name: Vec<String>,
+    /// cpu, or cuda / cuda:N with a CUDA build.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
 }
 
 fn serve_cmd(a: &ServeArgs) -> Result<()> {
     let mut models = Vec::new();
     for (i, dir) in a.model.iter().enumerate() {
         let lora = if i == 0 { a.lora.clone() } else { None };
-        let args = ModelArgs { model: dir.clone(), lora, device: "cpu".into(), int8: a.int8 };
+        let args = ModelArgs { model: dir.clone(), lora, device: a.device.clone(), int8: a.int8 };
         let (model, tokenizer) = args.load()?;
-        let id = dir.file_name().map_or_else(|| format!("model-{i}"), |n| n.to_string_lossy().to_string());
+        let folder = dir.file_name().map_or_else(|| format!("model-{i}"), |n| n.to_string_lossy().to_string());
+        let (id, aliases) = match (i, a.served_model_name.split_first()) {
+            (0, Some((first, rest))) => (first.clone(), rest.to_vec()),
+            _ => (folder, Vec::new()),
+        };
         if models.iter().any(|m: &crate::serve::engine::LoadedModel| m.id == id) {
             bail!("two models are named {id:?}; give the folders distinct names");
         }
-        models.push(crate::serve::engine::LoadedModel { id, model, tokenizer });
+        models.push(crate::serve::engine::LoadedModel { id, aliases, model, tokenizer });
     }
     let ids: Vec<String> = models.iter().map(|m| m.id.clone()).collect();
     let engine = crate::serve::engine::Engine::start(models, a.queue.max(1));
@@ -227,34 +236,26 @@ pub struct ModelArgs {
 }
 
 impl ModelArgs {
-    /// The model (with its adapter, if any) and its tokenizer, ready for inference.
+    /// The model (its adapter merged in, if any) and its tokenizer, ready for inference.
     pub fn load(&self) -> Result<(crate::MiniMindForCausalLM, Tokenizer)> {
-        let device = parse_device(&self.device)?;
-        let (mut model, _) = checkpoint::load_model(&self.model, &device, DType::F32, false)?;
-        if let Some(dir) = &self.lora {
-            crate::lora::load(&mut model, dir, &device)?;
-        }
-        if self.int8 {
-            model.quantize_int8()?;
-        }
-        Ok((model, Tokenizer::load(&self.model)?))
+        crate::infer::load(&self.model, self.lora.as_deref(), &parse_device(&self.device)?, self.int8)
     }
 }
 
 /// Decoding settings (HF semantics).
 #[derive(Args, Clone)]
 pub struct SamplingArgs {
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = DEFAULT_MAX_NEW_TOKENS)]
     pub max_new_tokens: usize,
     /// 0 = greedy.
-    #[arg(long, default_value_t = 0.85)]
+    #[arg(long, default_value_t = SamplingParams::default().temperature)]
     pub temperature: f64,
     /// 0 disables top-k.
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, default_value_t = SamplingParams::default().top_k)]
     pub top_k: usize,
-    #[arg(long, default_value_t = 0.85)]
+    #[arg(long, default_value_t = SamplingParams::default().top_p)]
     pub top_p: f64,
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = SamplingParams::default().repetition_penalty)]
     pub repetition_penalty: f64,
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
@@ -323,15 +324,15 @@ pub fn parse_device(spec: &str) -> Result<Device> {
 
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Demo(args) => crate::demo::run(args),
-        Command::Bench(args) => crate::bench::run(&args),
+        Command::Demo(args) => crate::cli::demo::run(args),
+        Command::Bench(args) => crate::cli::bench::run(&args),
         Command::TrainTokenizer(a) => {
-            crate::train_tokenizer::train_tokenizer(&a.data, a.vocab_size, &a.out, a.skip_bad_lines)?;
+            crate::data::train_tokenizer::train_tokenizer(&a.data, a.vocab_size, &a.out, a.skip_bad_lines)?;
             println!("tokenizer written to {}", a.out.display());
             Ok(())
         }
-        Command::Pretrain(a) => report("pretrained", &train::pretrain(&a)?, &a.train.out),
-        Command::Sft(a) => report("fine-tuned", &train::sft(&a)?, &a.train.out),
+        Command::Pretrain(a) => report("pretrained", &crate::train::pretrain(&a.config()?)?, &a.train.out),
+        Command::Sft(a) => report("fine-tuned", &crate::train::sft(&a.config()?)?, &a.train.out),
         Command::Dpo(a) => report("preference-tuned", &train::dpo(&a)?, &a.train.out),
         Command::Distill(a) => report("distilled", &train::distill(&a)?, &a.train.out),
         Command::Reason(a) => report("reasoning-tuned", &train::reason(&a)?, &a.train.out),
@@ -348,7 +349,7 @@ pub fn run(cli: Cli) -> Result<()> {
             interop::export_cmd(&model, format, &out, &dtype, lora.as_deref())
         }
         Command::Import { src, out, tokenizer, config, heads, base } => {
-            let opts = crate::import::ImportOptions { tokenizer, config, heads, base };
+            let opts = crate::interop::import::ImportOptions { tokenizer, config, heads, base };
             interop::import_cmd(&src, &out, &opts)
         }
         Command::Eval(a) => {
@@ -367,8 +368,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Chart { path, out } => {
             let metrics = if path.is_dir() { path.join("metrics.jsonl") } else { path.clone() };
             let out = out.unwrap_or_else(|| metrics.with_file_name("loss.png"));
-            let rows = crate::metrics::read_metrics(&metrics)?;
-            crate::metrics::write_chart(&rows, "training", &out)?;
+            let rows = crate::train::metrics::read_metrics(&metrics)?;
+            crate::train::metrics::write_chart(&rows, "training", &out)?;
             println!("chart written to {}", out.display());
             Ok(())
         }
@@ -397,53 +398,9 @@ fn report(what: &str, s: &crate::train::TrainSummary, out: &Path) -> Result<()> 
     Ok(())
 }
 
-/// Encodes a prompt the way the model was trained: chat template, or a plain text with a leading bos.
-pub fn encode_prompt(tokenizer: &Tokenizer, prompt: &str, chat: bool) -> Result<Vec<u32>> {
-    if chat {
-        let text = tokenizer.render_chat(&[ChatMessage::new("user", prompt)], true)?;
-        tokenizer.encode(&text)
-    } else {
-        let mut ids = vec![tokenizer.bos_id()?];
-        ids.extend(tokenizer.encode(prompt)?);
-        Ok(ids)
-    }
-}
-
-/// Streams a completion of `prompt_ids` into `out`; returns the full generated text.
-pub fn stream_completion(
-    model_dir: &Path,
-    model: &crate::model::MiniMindForCausalLM,
-    tokenizer: &Tokenizer,
-    prompt_ids: &[u32],
-    max_new_tokens: usize,
-    sampling: SamplingParams,
-    out: &mut dyn Write,
-) -> Result<String> {
-    let mut sampler = Sampler::new(sampling)?;
-    let mut stream = TextStream::new(tokenizer);
-    // Shows a reasoning model's <think> part as a [think] … [/think] block; the returned text is raw.
-    let mut display = crate::reason::ThinkDisplay::default();
-    let mut text = String::new();
-    let stops = tokenizer.stop_ids()?;
-    generate(model, prompt_ids, max_new_tokens, &stops, &mut sampler, |id| {
-        if let Some(piece) = stream.push(id)? {
-            out.write_all(display.push(&piece).as_bytes())?;
-            out.flush()?;
-            text.push_str(&piece);
-        }
-        Ok(true)
-    })
-    .with_context(|| format!("generating with {}", model_dir.display()))?;
-    let rest = stream.finish()?.unwrap_or_default();
-    text.push_str(&rest);
-    let shown = display.push(&rest) + &display.finish();
-    out.write_all(shown.as_bytes())?;
-    Ok(text)
-}
-
 fn generate_cmd(a: &GenerateArgs) -> Result<()> {
     let (model, tokenizer) = a.model.load()?;
-    let prompt = encode_prompt(&tokenizer, &a.prompt, a.chat)?;
+    let prompt = crate::infer::generate::encode_prompt(&tokenizer, &a.prompt, a.chat)?;
     if let Some(path) = &a.logits_out {
         let ids = Tensor::new(prompt.as_slice(), model.device())?.unsqueeze(0)?;
         let logits = model.forward(&ids, None)?.squeeze(0)?.to_dtype(DType::F32)?;
@@ -454,7 +411,7 @@ fn generate_cmd(a: &GenerateArgs) -> Result<()> {
         write!(stdout, "{}", a.prompt)?;
     }
     let sampling = a.sampling.params(0);
-    stream_completion(&a.model.model, &model, &tokenizer, &prompt, a.sampling.max_new_tokens, sampling, &mut stdout)?;
+    crate::infer::generate::stream_completion(&a.model.model, &model, &tokenizer, &prompt, a.sampling.max_new_tokens, sampling, &mut stdout)?;
     writeln!(stdout)?;
     Ok(())
 }

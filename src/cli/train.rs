@@ -1,22 +1,14 @@
-//! `minimind pretrain` and `minimind sft`: the shared trainer flags and what each stage adds.
+//! The training subcommands' flags, turned into the library's stage configs
+//! ([`crate::train`]); the stages themselves live there.
 
 use super::parse_device;
-use crate::checkpoint;
-use crate::config::{ModelConfig, PRESETS};
-use crate::data::{pretrain_data, JsonlIndex, PretrainEncoding};
-use crate::distill::DistillStage;
-use crate::dpo::{DpoData, DpoStage, SeqLogProb};
-use crate::lm_stage::LmStage;
-use crate::lora::LoraConfig;
-use crate::params::InitScheme;
-use crate::params::WeightBuilder;
-use crate::reason::{reason_data, ReasonEncoding};
-use crate::resume::Resume;
-use crate::sft::{sft_data, SftEncoding};
-use crate::tokenizer::Tokenizer;
-use crate::train::{train, ModelOutput, Stage, TrainOptions, TrainSummary};
+use crate::model::lora::LoraConfig;
+use crate::model::params::InitScheme;
+use crate::model::ModelConfig;
+use crate::train::dpo::SeqLogProb;
+use crate::train::optim::LrSchedule;
+use crate::train::{self, TrainConfig, TrainSummary};
 use anyhow::{bail, Context, Result};
-use candle_core::{DType, Device};
 use clap::Args;
 use std::path::PathBuf;
 
@@ -26,19 +18,23 @@ pub struct TrainerArgs {
     /// Output model folder (config, weights, tokenizer, metrics.jsonl, loss.png, trainer_state).
     #[arg(long)]
     pub out: PathBuf,
-    /// Passes over the data [pretrain 1, sft 1, dpo 2].
+    /// Passes over the data [pretrain 1, sft 1, dpo 2, lora 10, distill 6, reason 1].
     #[arg(long)]
     pub epochs: Option<usize>,
-    /// Rows (pairs for dpo) per micro-batch [pretrain 32, sft 32, dpo 8].
+    /// Rows (pairs for dpo) per micro-batch [pretrain 32, sft 32, dpo 8, lora 32, distill 32, reason 8].
     #[arg(long)]
     pub batch_size: Option<usize>,
-    /// Micro-batches per optimizer step [pretrain 8, sft 1, dpo 1].
+    /// Micro-batches per optimizer step [pretrain 8, others 1]; an epoch's last step may have fewer.
     #[arg(long)]
     pub accumulation_steps: Option<usize>,
-    /// Peak learning rate of the cosine schedule [pretrain 5e-4, sft 5e-5, dpo 1e-8].
+    /// Peak learning rate [pretrain 5e-4, sft 5e-5, dpo 1e-8, lora 1e-4, distill 5e-6, reason 1e-6].
     #[arg(long)]
     pub lr: Option<f64>,
-    /// Tokens per row [pretrain 512, sft 512, dpo 1024].
+    /// Cosine schedule per micro-step: minimind2 (lr/10 + lr/2·(1+cos), starts at 1.1·lr) or
+    /// minimind3 (lr·(0.1 + 0.45·(1+cos)), 1-based) [minimind2, the recipes' version].
+    #[arg(long)]
+    pub lr_schedule: Option<LrSchedule>,
+    /// Tokens per row [512; dpo and reason 1024].
     #[arg(long)]
     pub max_seq_len: Option<usize>,
     #[arg(long, default_value_t = 1.0)]
@@ -59,7 +55,7 @@ pub struct TrainerArgs {
     /// Continue the run in --out from its last checkpoint, exactly as if never interrupted.
     #[arg(long)]
     pub resume: bool,
-    /// Skip malformed data lines (and report how many) instead of stopping at the first.
+    /// Skip data lines that cannot train (and report how many) instead of stopping at the first.
     #[arg(long)]
     pub skip_bad_lines: bool,
     /// cpu, or cuda / cuda:N with a CUDA build.
@@ -67,57 +63,27 @@ pub struct TrainerArgs {
     pub device: String,
 }
 
-/// A stage's MiniMind defaults for the optional trainer flags.
-pub struct StageDefaults {
-    pub epochs: usize,
-    pub batch_size: usize,
-    pub accumulation_steps: usize,
-    pub lr: f64,
-    pub max_seq_len: usize,
-}
-
-pub const PRETRAIN: StageDefaults =
-    StageDefaults { epochs: 1, batch_size: 32, accumulation_steps: 8, lr: 5e-4, max_seq_len: 512 };
-pub const SFT: StageDefaults =
-    StageDefaults { epochs: 1, batch_size: 32, accumulation_steps: 1, lr: 5e-5, max_seq_len: 512 };
-/// MiniMind2's DPO recipe: a tiny learning rate (larger ones make the model "forget"), long rows.
-pub const DPO: StageDefaults =
-    StageDefaults { epochs: 2, batch_size: 8, accumulation_steps: 1, lr: 1e-8, max_seq_len: 1024 };
-
 impl TrainerArgs {
-    fn batch_size(&self, d: &StageDefaults) -> Result<usize> {
-        let b = self.batch_size.unwrap_or(d.batch_size);
-        if b == 0 {
-            bail!("--batch-size must be at least 1");
-        }
-        Ok(b)
-    }
-
-    fn max_seq_len(&self, d: &StageDefaults, config: &ModelConfig) -> Result<usize> {
-        let n = self.max_seq_len.unwrap_or(d.max_seq_len);
-        if n < 2 || n > config.max_position_embeddings {
-            bail!("--max-seq-len must be in 2..={}", config.max_position_embeddings);
-        }
-        Ok(n)
-    }
-
-    fn options(&self, d: &StageDefaults, tokenizer_dir: PathBuf) -> TrainOptions {
-        TrainOptions {
-            epochs: self.epochs.unwrap_or(d.epochs),
-            accumulation_steps: self.accumulation_steps.unwrap_or(d.accumulation_steps),
-            lr: self.lr.unwrap_or(d.lr),
+    pub fn config(&self) -> Result<TrainConfig> {
+        Ok(TrainConfig {
+            out: self.out.clone(),
+            epochs: self.epochs,
+            batch_size: self.batch_size,
+            accumulation_steps: self.accumulation_steps,
+            lr: self.lr,
+            lr_schedule: self.lr_schedule,
+            max_seq_len: self.max_seq_len,
             grad_clip: self.grad_clip,
             weight_decay: self.weight_decay,
             save_every: self.save_every,
-            max_steps: self.max_steps,
             seed: self.seed,
-            out_dir: self.out.clone(),
-            tokenizer_dir: Some(tokenizer_dir),
+            max_steps: self.max_steps,
+            max_minutes: self.max_minutes,
+            resume: self.resume,
+            skip_bad_lines: self.skip_bad_lines,
+            device: parse_device(&self.device)?,
             show_progress: true,
-            time_limit_s: self.max_minutes.map(|m| m * 60.0),
-            resume: None,
-            output: Default::default(),
-        }
+        })
     }
 }
 
@@ -136,13 +102,31 @@ pub struct PretrainArgs {
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// Weight initialization: minimind2 (U(±1/√fan_in)) or normal (N(0, 0.02), minimind-3).
-    #[arg(long, value_enum, default_value_t = InitScheme::Minimind2)]
+    #[arg(long, default_value_t = InitScheme::Minimind2)]
     pub init: InitScheme,
     /// Do not wrap texts as [bos] + text + [eos] (for data that already carries the markers).
     #[arg(long)]
     pub no_wrap: bool,
     #[command(flatten)]
     pub train: TrainerArgs,
+}
+
+impl PretrainArgs {
+    pub fn config(&self) -> Result<train::PretrainConfig> {
+        let model = match &self.config {
+            Some(path) => ModelConfig::load(path)?,
+            None => ModelConfig::preset(&self.preset)
+                .with_context(|| format!("presets: {}", crate::model::config::PRESETS.join(", ")))?,
+        };
+        Ok(train::PretrainConfig {
+            data: self.data.clone(),
+            tokenizer: self.tokenizer.clone(),
+            model,
+            init: self.init,
+            wrap: !self.no_wrap,
+            train: self.train.config()?,
+        })
+    }
 }
 
 #[derive(Args, Clone)]
@@ -157,66 +141,10 @@ pub struct SftArgs {
     pub train: TrainerArgs,
 }
 
-fn model_config(a: &PretrainArgs, vocab_size: usize) -> Result<ModelConfig> {
-    let config = match &a.config {
-        Some(path) => ModelConfig::load(path)?,
-        None => ModelConfig::preset(&a.preset).with_context(|| format!("presets: {}", PRESETS.join(", ")))?,
-    };
-    if vocab_size > config.vocab_size {
-        bail!("the tokenizer has {vocab_size} tokens but the model's vocab_size is {}", config.vocab_size);
+impl SftArgs {
+    pub fn config(&self) -> Result<train::SftConfig> {
+        Ok(train::SftConfig { model: self.model.clone(), data: self.data.clone(), train: self.train.config()? })
     }
-    Ok(config)
-}
-
-/// Trains `stage` from `model`/`params` (or, with --resume, from the checkpoint in --out).
-fn fit<S: Stage>(
-    t: &TrainerArgs,
-    mut opts: TrainOptions,
-    device: &Device,
-    stage: &mut S,
-    index: impl Fn(&S) -> &JsonlIndex,
-    fresh: impl FnOnce() -> Result<(crate::MiniMindForCausalLM, crate::params::Params)>,
-) -> Result<TrainSummary> {
-    let (model, params) = if t.resume {
-        let (model, params, resume) = crate::resume::load_run(&t.out, device)?;
-        eprintln!("resuming {} at step {}", t.out.display(), resume.state.step);
-        opts.resume = Some(resume);
-        (model, params)
-    } else {
-        fresh()?
-    };
-    let data = index(stage);
-    eprintln!("model: {} parameters, {} rows of data", params.num_elements(), data.len());
-    if data.skipped > 0 {
-        eprintln!("skipping {} malformed lines of {}", data.skipped, data.path.display());
-    }
-    train(&model, &params, stage, &opts)
-}
-
-/// `minimind pretrain`.
-pub fn pretrain(a: &PretrainArgs) -> Result<TrainSummary> {
-    let t = &a.train;
-    let device = parse_device(&t.device)?;
-    let tokenizer = Tokenizer::load(&a.tokenizer)?;
-    let config = model_config(a, tokenizer.vocab_size())?;
-    let encoding = PretrainEncoding::for_tokenizer(&tokenizer, t.max_seq_len(&PRETRAIN, &config)?, !a.no_wrap)?;
-    let data = pretrain_data(&a.data, t.skip_bad_lines, encoding, &tokenizer, t.batch_size(&PRETRAIN)?, t.seed)?;
-    let mut stage = LmStage { name: "pretrain", data, device: device.clone() };
-    let opts = t.options(&PRETRAIN, a.tokenizer.clone());
-    fit(t, opts, &device, &mut stage, |s| &s.data.index, || checkpoint::init_model(&config, a.init, t.seed, &device))
-}
-
-/// `minimind sft`: starts from `--model`, whose tokenizer (and chat template) it uses.
-pub fn sft(a: &SftArgs) -> Result<TrainSummary> {
-    let t = &a.train;
-    let device = parse_device(&t.device)?;
-    let tokenizer = Tokenizer::load(&a.model)?;
-    let config = ModelConfig::load(&a.model.join(checkpoint::CONFIG_FILE))?;
-    let encoding = SftEncoding::for_tokenizer(&tokenizer, t.max_seq_len(&SFT, &config)?)?;
-    let data = sft_data(&a.data, t.skip_bad_lines, encoding, &tokenizer, t.batch_size(&SFT)?, t.seed)?;
-    let mut stage = LmStage { name: "sft", data, device: device.clone() };
-    let opts = t.options(&SFT, a.model.clone());
-    fit(t, opts, &device, &mut stage, |s| &s.data.index, || checkpoint::load_model(&a.model, &device, DType::F32, true))
 }
 
 #[derive(Args, Clone)]
@@ -231,28 +159,16 @@ pub struct DpoArgs {
     #[arg(long, default_value_t = 0.1)]
     pub beta: f64,
     /// Sequence score: mean (MiniMind2) or sum (minimind-3) of the supervised tokens' log-probs.
-    #[arg(long, value_enum, default_value_t = SeqLogProb::Mean)]
+    #[arg(long, default_value_t = SeqLogProb::Mean)]
     pub seq_logp: SeqLogProb,
     #[command(flatten)]
     pub train: TrainerArgs,
 }
 
-/// `minimind dpo`: policy and frozen reference both start from `--model`.
 pub fn dpo(a: &DpoArgs) -> Result<TrainSummary> {
-    let t = &a.train;
-    let device = parse_device(&t.device)?;
-    let tokenizer = Tokenizer::load(&a.model)?;
-    let (reference, _) = checkpoint::load_model(&a.model, &device, DType::F32, false)?;
-    let encoding = SftEncoding::for_tokenizer(&tokenizer, t.max_seq_len(&DPO, &reference.config)?)?;
-    let data = DpoData::open(&a.data, t.skip_bad_lines, encoding, &tokenizer, t.batch_size(&DPO)?, t.seed)?;
-    let mut stage = DpoStage::new(data, reference, a.beta, a.seq_logp, device.clone());
-    let opts = t.options(&DPO, a.model.clone());
-    fit(t, opts, &device, &mut stage, |s| &s.data.index, || checkpoint::load_model(&a.model, &device, DType::F32, true))
+    let (model, data, train) = (a.model.clone(), a.data.clone(), a.train.config()?);
+    train::dpo(&train::DpoConfig { model, data, beta: a.beta, seq_logp: a.seq_logp, train })
 }
-
-/// MiniMind2 (HF-style) LoRA recipe: 10 epochs, batch 32, lr 1e-4.
-pub const LORA: StageDefaults =
-    StageDefaults { epochs: 10, batch_size: 32, accumulation_steps: 1, lr: 1e-4, max_seq_len: 512 };
 
 /// `minimind lora merge …` instead of training.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -288,38 +204,12 @@ pub struct LoraArgs {
     pub train: TrainerArgs,
 }
 
-/// `minimind lora`: trains adapters on a frozen `--model`; `--out` gets only the adapter.
 pub fn lora(a: &LoraArgs) -> Result<TrainSummary> {
-    let t = &a.train;
-    let (Some(base), Some(data_path)) = (&a.model, &a.data) else { bail!("minimind lora needs --model and --data") };
-    let device = parse_device(&t.device)?;
-    let tokenizer = Tokenizer::load(base)?;
-    let config = LoraConfig { rank: a.rank, alpha: a.alpha.unwrap_or(a.rank as f64), targets: a.targets.clone() };
-    config.validate()?;
-    let (mut model, _) = checkpoint::load_model(base, &device, DType::F32, false)?;
-    let encoding = SftEncoding::for_tokenizer(&tokenizer, t.max_seq_len(&LORA, &model.config)?)?;
-    let data = sft_data(data_path, t.skip_bad_lines, encoding, &tokenizer, t.batch_size(&LORA)?, t.seed)?;
-    let mut stage = LmStage { name: "lora", data, device: device.clone() };
-    let mut opts = t.options(&LORA, base.clone());
-    opts.tokenizer_dir = None;
-    opts.output = ModelOutput::Adapter(config.clone());
-    let (params, resume) = if t.resume {
-        let (state, tensors, optimizer) = crate::resume::load(&t.out, &device)?;
-        let wb = WeightBuilder::loaded(tensors, DType::F32, &device, true);
-        crate::lora::attach(&mut model, &config, &wb)?;
-        (wb.finish()?, Some(Resume { state, optimizer }))
-    } else {
-        (crate::lora::attach_new(&mut model, &config, t.seed)?, None)
-    };
-    opts.resume = resume;
-    let frozen = model.config.num_parameters();
-    eprintln!("LoRA: {} trainable parameters on a frozen base of {frozen}", params.num_elements());
-    train(&model, &params, &mut stage, &opts)
+    let (Some(model), Some(data)) = (&a.model, &a.data) else { bail!("minimind lora needs --model and --data") };
+    let adapter = LoraConfig { rank: a.rank, alpha: a.alpha.unwrap_or(a.rank as f64), targets: a.targets.clone() };
+    let train = a.train.config()?;
+    train::lora(&train::LoraTrainConfig { model: model.clone(), data: data.clone(), adapter, train })
 }
-
-/// MiniMind2's white-box distillation recipe.
-pub const DISTILL: StageDefaults =
-    StageDefaults { epochs: 6, batch_size: 32, accumulation_steps: 1, lr: 5e-6, max_seq_len: 512 };
 
 #[derive(Args, Clone)]
 pub struct DistillArgs {
@@ -342,41 +232,16 @@ pub struct DistillArgs {
     pub train: TrainerArgs,
 }
 
-/// `minimind distill`: white-box distillation of `--teacher` into `--student`.
 pub fn distill(a: &DistillArgs) -> Result<TrainSummary> {
-    let t = &a.train;
-    if !(0.0..=1.0).contains(&a.alpha) || a.temperature <= 0.0 {
-        bail!("--alpha must be in [0, 1] and --temperature > 0");
-    }
-    let device = parse_device(&t.device)?;
-    let tokenizer = Tokenizer::load(&a.student)?;
-    let (teacher, _) = checkpoint::load_model(&a.teacher, &device, DType::F32, false)?;
-    let student_config = ModelConfig::load(&a.student.join(checkpoint::CONFIG_FILE))?;
-    if teacher.config.vocab_size < student_config.vocab_size {
-        bail!(
-            "the teacher's vocab_size {} is smaller than the student's {}",
-            teacher.config.vocab_size,
-            student_config.vocab_size
-        );
-    }
-    let max_len = t.max_seq_len(&DISTILL, &student_config)?.min(teacher.config.max_position_embeddings);
-    let encoding = SftEncoding::for_tokenizer(&tokenizer, max_len)?;
-    let data = sft_data(&a.data, t.skip_bad_lines, encoding, &tokenizer, t.batch_size(&DISTILL)?, t.seed)?;
-    let mut stage = DistillStage::new(data, teacher, a.alpha, a.temperature, device.clone());
-    let opts = t.options(&DISTILL, a.student.clone());
-    fit(
-        t,
-        opts,
-        &device,
-        &mut stage,
-        |s| &s.data.index,
-        || checkpoint::load_model(&a.student, &device, DType::F32, true),
-    )
+    train::distill(&train::DistillConfig {
+        student: a.student.clone(),
+        teacher: a.teacher.clone(),
+        data: a.data.clone(),
+        alpha: a.alpha,
+        temperature: a.temperature,
+        train: a.train.config()?,
+    })
 }
-
-/// MiniMind2's reasoning distillation recipe (1 epoch, batch 8, lr 1e-6, 1024 tokens).
-pub const REASON: StageDefaults =
-    StageDefaults { epochs: 1, batch_size: 8, accumulation_steps: 1, lr: 1e-6, max_seq_len: 1024 };
 
 #[derive(Args, Clone)]
 pub struct ReasonArgs {
@@ -393,16 +258,7 @@ pub struct ReasonArgs {
     pub train: TrainerArgs,
 }
 
-/// `minimind reason`: reasoning distillation (SFT with up-weighted format tags).
 pub fn reason(a: &ReasonArgs) -> Result<TrainSummary> {
-    let t = &a.train;
-    let device = parse_device(&t.device)?;
-    let tokenizer = Tokenizer::load(&a.model)?;
-    let config = ModelConfig::load(&a.model.join(checkpoint::CONFIG_FILE))?;
-    let sft = SftEncoding::for_tokenizer(&tokenizer, t.max_seq_len(&REASON, &config)?)?;
-    let encoding = ReasonEncoding::new(&tokenizer, sft, a.tag_weight)?;
-    let data = reason_data(&a.data, t.skip_bad_lines, encoding, &tokenizer, t.batch_size(&REASON)?, t.seed)?;
-    let mut stage = LmStage { name: "reason", data, device: device.clone() };
-    let opts = t.options(&REASON, a.model.clone());
-    fit(t, opts, &device, &mut stage, |s| &s.data.index, || checkpoint::load_model(&a.model, &device, DType::F32, true))
+    let (model, data, train) = (a.model.clone(), a.data.clone(), a.train.config()?);
+    train::reason(&train::ReasonConfig { model, data, tag_weight: a.tag_weight, train })
 }

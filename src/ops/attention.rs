@@ -62,7 +62,7 @@ unsafe fn matmul(
     b: (*const f32, usize, usize),
     alpha: f32,
 ) {
-    if let Some(blas) = crate::blas::blas() {
+    if let Some(blas) = crate::ops::blas::blas() {
         // CBLAS needs a unit stride on one side of each operand: rows (no transpose) or columns.
         let op = |(p, rs, cs): (*const f32, usize, usize)| if cs == 1 { (false, p, rs) } else { (true, p, cs) };
         let ((ta, ap, lda), (tb, bp, ldb)) = (op(a), op(b));

@@ -25,7 +25,7 @@ pub fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
 /// `gemm` crate (candle's own kernel).
 #[allow(clippy::too_many_arguments)]
 pub fn sgemm(trans_a: bool, trans_b: bool, m: usize, n: usize, k: usize, a: &[f32], b: &[f32]) -> Vec<f32> {
-    if let Some(blas) = crate::blas::blas() {
+    if let Some(blas) = crate::ops::blas::blas() {
         return blas.sgemm(trans_a, trans_b, m, n, k, a, b);
     }
     let mut c = vec![0f32; m * n];

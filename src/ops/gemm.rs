@@ -1,4 +1,4 @@
-//! fp32 matrix product as a candle op with a backward: the run-time BLAS ([`crate::blas`]) when one is
+//! fp32 matrix product as a candle op with a backward: the run-time BLAS ([`crate::ops::blas`]) when one is
 //! loaded, else the `gemm` crate; one graph node whatever the batch axes.
 
 use super::cpu::{f32_slice, sgemm};

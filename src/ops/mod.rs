@@ -6,6 +6,7 @@
 //! [`set_fused(false)`](set_fused) or with `MINIMIND_KERNELS=composed` in the environment.
 
 pub mod attention;
+pub mod blas;
 pub mod composed;
 mod cpu;
 pub mod gemm;

@@ -2,8 +2,8 @@
 //! at a time, streaming text pieces back over a channel. A client that goes away makes its sends fail,
 //! which cancels its generation at the next token, so its slot frees at once.
 
-use crate::generate::{generate, FinishReason, Sampler, SamplingParams};
-use crate::tokenizer::{TextStream, Tokenizer};
+use crate::infer::{generate, FinishReason, Sampler, SamplingParams};
+use crate::data::tokenizer::{TextStream, Tokenizer};
 use crate::MiniMindForCausalLM;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
@@ -12,9 +12,18 @@ use tokio::sync::mpsc::UnboundedSender;
 
 /// A model the server can run.
 pub struct LoadedModel {
+    /// The id `/v1/models` lists.
     pub id: String,
+    /// Further names requests may use for it (`--served-model-name`).
+    pub aliases: Vec<String>,
     pub model: MiniMindForCausalLM,
     pub tokenizer: Tokenizer,
+}
+
+impl LoadedModel {
+    pub fn answers_to(&self, name: &str) -> bool {
+        self.id == name || self.aliases.iter().any(|a| a == name)
+    }
 }
 
 /// What the worker reports about a job.

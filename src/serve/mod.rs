@@ -10,7 +10,8 @@
 pub mod engine;
 mod request;
 
-use crate::generate::FinishReason;
+use crate::infer::reasoning::{ReasoningSplit, Split};
+use crate::infer::FinishReason;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -109,10 +110,10 @@ async fn respond(engine: Engine, body: Bytes, chat: bool) -> Response {
                     let usage = json!({"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                                        "total_tokens": prompt_tokens + completion_tokens});
                     let choice = if chat {
-                        let (reasoning, content) = split_reasoning(&text);
-                        let mut message = json!({"role": "assistant", "content": content});
-                        if let Some(r) = reasoning {
-                            message["reasoning_content"] = json!(r);
+                        let split = ReasoningSplit::whole(&text, req.opens_thinking);
+                        let mut message = json!({"role": "assistant", "content": split.content});
+                        if !split.reasoning.is_empty() {
+                            message["reasoning_content"] = json!(split.reasoning);
                         }
                         json!({"index": 0, "message": message, "finish_reason": finish_name(finish)})
                     } else {
@@ -151,14 +152,28 @@ async fn respond(engine: Engine, body: Bytes, chat: bool) -> Response {
         chunk(json!({"content": ""}), None)
     };
     let queue = std::collections::VecDeque::from([first.to_string()]);
-    let state = (rx, Splitter::new(chat), queue, false, chunk);
+    // Completions stream raw text; chat streams it split into reasoning and content.
+    let splitter = chat.then(|| ReasoningSplit::new(req.opens_thinking));
+    let state = (rx, splitter, queue, false, chunk);
     let stream = futures_util::stream::unfold(
         state,
         move |(mut rx, mut splitter, mut queue, mut finished, chunk)| async move {
             while queue.is_empty() && !finished {
                 match rx.recv().await {
-                    Some(Event::Text(t)) => queue.push_back(chunk(splitter.delta(&t), None).to_string()),
+                    Some(Event::Text(t)) => {
+                        let piece = match splitter.as_mut() {
+                            Some(s) => delta(s.push(&t)),
+                            None => json!({"content": t}),
+                        };
+                        queue.push_back(chunk(piece, None).to_string())
+                    }
                     Some(Event::Done { finish, prompt_tokens, completion_tokens }) => {
+                        // A partial tag held back at the very end is text after all.
+                        if let Some(rest) = splitter.as_mut().map(ReasoningSplit::finish) {
+                            if rest != Split::default() {
+                                queue.push_back(chunk(delta(rest), None).to_string());
+                            }
+                        }
                         queue.push_back(chunk(json!({}), Some(finish_name(finish))).to_string());
                         if include_usage {
                             let mut usage = chunk(json!({}), None);
@@ -190,67 +205,14 @@ async fn respond(engine: Engine, body: Bytes, chat: bool) -> Response {
     response
 }
 
-/// Splits a whole answer into (reasoning, content) at `</think>`.
-pub fn split_reasoning(text: &str) -> (Option<String>, String) {
-    match text.split_once("</think>") {
-        Some((think, rest)) => {
-            let think = think.trim_start().strip_prefix("<think>").unwrap_or(think);
-            (Some(think.trim().to_string()), rest.trim_start().to_string())
-        }
-        None => (None, text.to_string()),
+/// A chat delta from a piece of split answer: `reasoning_content` and/or `content`.
+fn delta(piece: Split) -> Value {
+    let mut delta = json!({});
+    if !piece.reasoning.is_empty() {
+        delta["reasoning_content"] = json!(piece.reasoning);
     }
-}
-
-/// Streaming counterpart of [`split_reasoning`]: routes deltas to `reasoning_content` until `</think>`.
-pub struct Splitter {
-    enabled: bool,
-    buffer: String,
-    in_think: bool,
-}
-
-impl Splitter {
-    pub fn new(enabled: bool) -> Self {
-        Self { enabled, buffer: String::new(), in_think: false }
+    if !piece.content.is_empty() || piece.reasoning.is_empty() {
+        delta["content"] = json!(piece.content);
     }
-
-    pub fn delta(&mut self, piece: &str) -> Value {
-        if !self.enabled {
-            return json!({"content": piece});
-        }
-        self.buffer.push_str(piece);
-        let mut reasoning = String::new();
-        let mut content = String::new();
-        loop {
-            let tag = if self.in_think { "</think>" } else { "<think>" };
-            if let Some(at) = self.buffer.find(tag) {
-                let before: String = self.buffer.drain(..at).collect();
-                if self.in_think {
-                    reasoning.push_str(&before)
-                } else {
-                    content.push_str(&before)
-                }
-                self.buffer.drain(..tag.len());
-                self.in_think = !self.in_think;
-                continue;
-            }
-            // Keep a possible partial tag for the next piece.
-            let keep = (1..tag.len()).rev().find(|&n| self.buffer.ends_with(&tag[..n])).unwrap_or(0);
-            let cut = self.buffer.len() - keep;
-            let flush: String = self.buffer.drain(..cut).collect();
-            if self.in_think {
-                reasoning.push_str(&flush)
-            } else {
-                content.push_str(&flush)
-            }
-            break;
-        }
-        let mut delta = json!({});
-        if !reasoning.is_empty() {
-            delta["reasoning_content"] = json!(reasoning);
-        }
-        if !content.is_empty() || reasoning.is_empty() {
-            delta["content"] = json!(content);
-        }
-        delta
-    }
+    delta
 }

@@ -1,7 +1,7 @@
 //! Parsing and validating OpenAI-style requests into generation jobs, with OpenAI-shaped errors.
 
 use super::engine::Engine;
-use crate::generate::SamplingParams;
+use crate::infer::sampler::{SamplingParams, DEFAULT_MAX_NEW_TOKENS};
 use axum::http::StatusCode;
 use serde_json::{json, Value};
 
@@ -32,10 +32,9 @@ pub struct Request {
     pub stop: Vec<String>,
     pub stream: bool,
     pub include_usage: bool,
+    /// The rendered prompt ends inside an opened `<think>` block (the answer starts in its reasoning).
+    pub opens_thinking: bool,
 }
-
-/// Default answer length when the request names none (bounded by the context).
-const DEFAULT_MAX_TOKENS: usize = 512;
 
 fn number(body: &Value, key: &'static str) -> Result<Option<f64>, ApiError> {
     match body.get(key) {
@@ -66,7 +65,7 @@ impl Request {
             .get("model")
             .and_then(Value::as_str)
             .ok_or_else(|| ApiError::invalid("model", "model is required".into()))?;
-        let model = engine.models.iter().position(|m| m.id == name).ok_or_else(|| {
+        let model = engine.models.iter().position(|m| m.answers_to(name)).ok_or_else(|| {
             let known: Vec<&str> = engine.models.iter().map(|m| m.id.as_str()).collect();
             ApiError {
                 status: StatusCode::NOT_FOUND,
@@ -77,7 +76,7 @@ impl Request {
             }
         })?;
         let m = &engine.models[model];
-        let prompt = if chat { chat_prompt(m, &body)? } else { completion_prompt(m, &body)? };
+        let (prompt, opens_thinking) = if chat { chat_prompt(m, &body)? } else { (completion_prompt(m, &body)?, false) };
         let context = m.model.config.max_position_embeddings;
         if prompt.len() >= context {
             return Err(ApiError::invalid(
@@ -105,15 +104,17 @@ impl Request {
                 }
                 n as usize
             }
-            (None, None) => DEFAULT_MAX_TOKENS.min(room),
+            (None, None) => DEFAULT_MAX_NEW_TOKENS.min(room),
         };
         if let Some(n) = number(&body, "n")? {
             if n != 1.0 {
                 return Err(ApiError::invalid("n", "only n = 1 is supported".into()));
             }
         }
-        let temperature = number(&body, "temperature")?.unwrap_or(0.85);
-        let top_p = number(&body, "top_p")?.unwrap_or(0.85);
+        // Unset fields take the same defaults as `minimind generate` / `chat`.
+        let defaults = SamplingParams::default();
+        let temperature = number(&body, "temperature")?.unwrap_or(defaults.temperature);
+        let top_p = number(&body, "top_p")?.unwrap_or(defaults.top_p);
         if !((0.0..=2.0).contains(&temperature) && top_p > 0.0 && top_p <= 1.0) {
             return Err(ApiError::invalid("temperature", "temperature must be in [0, 2] and top_p in (0, 1]".into()));
         }
@@ -121,14 +122,14 @@ impl Request {
         let repetition_penalty = match (number(&body, "repetition_penalty")?, number(&body, "frequency_penalty")?) {
             (Some(r), _) => r,
             (None, Some(f)) => (1.0 + f).max(0.01),
-            (None, None) => 1.0,
+            (None, None) => defaults.repetition_penalty,
         };
         if repetition_penalty <= 0.0 {
             return Err(ApiError::invalid("repetition_penalty", "repetition_penalty must be > 0".into()));
         }
         let sampling = SamplingParams {
             temperature,
-            top_k: number(&body, "top_k")?.unwrap_or(0.0).max(0.0) as usize,
+            top_k: number(&body, "top_k")?.map_or(defaults.top_k, |k| k.max(0.0) as usize),
             top_p,
             repetition_penalty,
             seed: number(&body, "seed")?.map_or_else(rand::random::<u64>, |s| s as u64),
@@ -146,11 +147,12 @@ impl Request {
         let stop = stop.into_iter().filter(|s| !s.is_empty()).collect();
         let stream = body.get("stream").and_then(Value::as_bool).unwrap_or(false);
         let include_usage = body.pointer("/stream_options/include_usage").and_then(Value::as_bool).unwrap_or(false);
-        Ok(Self { model, prompt, max_tokens, sampling, stop, stream, include_usage })
+        Ok(Self { model, prompt, max_tokens, sampling, stop, stream, include_usage, opens_thinking })
     }
 }
 
-fn chat_prompt(m: &super::engine::LoadedModel, body: &Value) -> Result<Vec<u32>, ApiError> {
+/// The chat prompt's ids, and whether it ends inside an opened `<think>` block.
+fn chat_prompt(m: &super::engine::LoadedModel, body: &Value) -> Result<(Vec<u32>, bool), ApiError> {
     let messages = body
         .get("messages")
         .and_then(Value::as_array)
@@ -177,9 +179,11 @@ fn chat_prompt(m: &super::engine::LoadedModel, body: &Value) -> Result<Vec<u32>,
         .tokenizer
         .apply_chat_template(&Value::Array(clean), true, &json!({}))
         .map_err(|e| ApiError::invalid("messages", format!("{e:#}")))?;
-    m.tokenizer
+    let ids = m
+        .tokenizer
         .encode(&text)
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", &format!("{e:#}")))
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", &format!("{e:#}")))?;
+    Ok((ids, text.trim_end().ends_with("<think>")))
 }
 
 fn completion_prompt(m: &super::engine::LoadedModel, body: &Value) -> Result<Vec<u32>, ApiError> {
@@ -190,6 +194,6 @@ fn completion_prompt(m: &super::engine::LoadedModel, body: &Value) -> Result<Vec
         }
         _ => return Err(ApiError::invalid("prompt", "prompt must be a string".into())),
     };
-    crate::cli::encode_prompt(&m.tokenizer, &prompt, false)
+    crate::infer::generate::encode_prompt(&m.tokenizer, &prompt, false)
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", &format!("{e:#}")))
 }

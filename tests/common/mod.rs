@@ -1,8 +1,8 @@
 #![allow(dead_code)]
 pub mod pth;
 use candle_core::{DType, Device, Tensor};
-use minimind::checkpoint::init_model;
-use minimind::params::{InitScheme, Params};
+use minimind::model::checkpoint::init_model;
+use minimind::model::params::{InitScheme, Params};
 use minimind::{MiniMindForCausalLM, ModelConfig};
 use std::path::PathBuf;
 

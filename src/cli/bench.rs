@@ -1,0 +1,193 @@
+//! `minimind bench train|forward|generate`: throughput of the real model code on synthetic tokens,
+//! reported against this machine's measured matmul ceiling. `bench/torch_reference.py` runs the same
+//! model and steps in PyTorch, so the two can be compared in one go.
+
+use crate::model::checkpoint::init_model;
+use crate::model::config::ModelConfig;
+use crate::infer::{generate, Sampler, SamplingParams};
+use crate::ops;
+use crate::train::optim::{clip_factor, grad_norm, AdamW, AdamWConfig, GradAccumulator};
+use crate::model::lora::{self, LoraConfig};
+use crate::model::params::InitScheme;
+use anyhow::{bail, Result};
+use candle_core::{DType, Device, Tensor};
+use clap::{Args, ValueEnum};
+use std::time::Instant;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum BenchMode {
+    /// Forward + backward + AdamW step (fp32), batch × seq-len tokens per step.
+    Train,
+    /// Forward only (no gradients), batch × seq-len tokens per step.
+    Forward,
+    /// Batch-1 decoding with the KV cache: a prompt, then one token per step.
+    Generate,
+}
+
+#[derive(Args)]
+pub struct BenchArgs {
+    #[arg(value_enum)]
+    pub mode: BenchMode,
+    #[arg(long, default_value = "minimind2-small")]
+    pub preset: String,
+    #[arg(long, default_value_t = 4)]
+    pub batch_size: usize,
+    #[arg(long, default_value_t = 512)]
+    pub seq_len: usize,
+    /// Measured steps (after the warm-up).
+    #[arg(long, default_value_t = 5)]
+    pub steps: usize,
+    #[arg(long, default_value_t = 1)]
+    pub warmup: usize,
+    /// generate: prompt length.
+    #[arg(long, default_value_t = 128)]
+    pub prompt_len: usize,
+    /// generate: tokens to decode.
+    #[arg(long, default_value_t = 256)]
+    pub new_tokens: usize,
+    /// forward/generate with int8 weights (inference only).
+    #[arg(long)]
+    pub int8: bool,
+    /// forward/generate with a rank-R LoRA adapter on q_proj and o_proj, merged once at load as
+    /// `generate`, `chat` and `serve` do.
+    #[arg(long, value_name = "R")]
+    pub lora: Option<usize>,
+}
+
+/// Runs `f` `warmup + steps` times; returns the measured durations in seconds.
+fn time_steps(warmup: usize, steps: usize, mut f: impl FnMut() -> Result<()>) -> Result<Vec<f64>> {
+    let mut times = Vec::with_capacity(steps);
+    for i in 0..warmup + steps {
+        let start = Instant::now();
+        f()?;
+        if i >= warmup {
+            times.push(start.elapsed().as_secs_f64());
+        }
+    }
+    Ok(times)
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// Peak resident set size of this process in bytes (Linux `VmHWM`; 0 where unavailable).
+pub fn peak_rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// Single-precision matmul throughput on the model's own FFN shape `[B·T × d]·[d × F]`, through the
+/// same matmul path the model uses: the ceiling the achieved GFLOP/s is compared with.
+pub fn matmul_ceiling_gflops(m: usize, k: usize, n: usize) -> Result<f64> {
+    let a = Tensor::randn(0f32, 1., (m, k), &Device::Cpu)?;
+    let b = Tensor::randn(0f32, 1., (n, k), &Device::Cpu)?;
+    let times = time_steps(2, 5, || {
+        ops::matmul_nt(&a, &b)?;
+        Ok(())
+    })?;
+    Ok(2.0 * (m * k * n) as f64 / median(&times) / 1e9)
+}
+
+/// Matmul FLOPs of one forward pass over `tokens` positions: 2·N per token for the weights (the tied
+/// head counted once, as it is used once) plus `4·T·D` per token, head and layer for QKᵀ and PV.
+fn forward_flops(c: &ModelConfig, batch: usize, seq: usize) -> f64 {
+    let tokens = (batch * seq) as f64;
+    let weights = 2.0 * c.num_parameters() as f64 * tokens;
+    let attention = 4.0 * tokens * seq as f64 * c.hidden_size as f64 * c.num_hidden_layers as f64;
+    weights + attention
+}
+
+pub fn run(a: &BenchArgs) -> Result<()> {
+    if a.steps == 0 || a.batch_size == 0 || a.seq_len < 2 {
+        bail!("--steps, --batch-size must be ≥ 1 and --seq-len ≥ 2");
+    }
+    let config = ModelConfig::preset(&a.preset)?;
+    let threads = candle_core::utils::get_num_threads();
+    let (mut model, mut params) = init_model(&config, InitScheme::Minimind2, 0, &Device::Cpu)?;
+    if let Some(rank) = a.lora {
+        if a.mode == BenchMode::Train {
+            bail!("--lora is for inference (forward, generate); `minimind lora` trains adapters");
+        }
+        let adapter = LoraConfig { rank, alpha: rank as f64, targets: vec!["q_proj".into(), "o_proj".into()] };
+        lora::attach_new(&mut model, &adapter, 1)?;
+        lora::merge(&mut model)?;
+    }
+    if a.int8 {
+        if a.mode == BenchMode::Train {
+            bail!("--int8 is for inference (forward, generate), not training");
+        }
+        model.quantize_int8()?;
+        params = Default::default(); // frees the f32 projection weights
+    }
+    let ceiling = matmul_ceiling_gflops(a.batch_size * a.seq_len, config.hidden_size, config.ffn_size())?;
+    let ids = Tensor::rand(0f32, config.vocab_size as f32, (a.batch_size, a.seq_len + 1), &Device::Cpu)?
+        .to_dtype(DType::U32)?;
+    let x = ids.narrow(1, 0, a.seq_len)?;
+    let y = ids.narrow(1, 1, a.seq_len)?.flatten_all()?;
+    let mask = Tensor::ones(a.batch_size * a.seq_len, DType::F32, &Device::Cpu)?;
+    println!(
+        "bench {:?}{}{}: {} ({} parameters), batch {} × {}, {} threads, matmul ceiling {:.1} GFLOP/s",
+        a.mode,
+        if a.int8 { " (int8 weights)" } else { "" },
+        a.lora.map_or(String::new(), |r| format!(" (rank-{r} LoRA, merged)")),
+        a.preset,
+        config.num_parameters(),
+        a.batch_size,
+        a.seq_len,
+        threads,
+        ceiling
+    );
+    let (tokens_per_step, flops_per_step, times) = match a.mode {
+        BenchMode::Train => {
+            let mut optimizer = AdamW::new(&params, AdamWConfig::default())?;
+            let mut acc = GradAccumulator::new(&params);
+            let times = time_steps(a.warmup, a.steps, || {
+                let loss = ops::cross_entropy(&model.forward_train(&x, None)?, &y, &mask)?;
+                acc.add(&params, &loss.backward()?)?;
+                let grads = acc.take(&params)?;
+                let norm = grad_norm(&grads)?;
+                optimizer.step(&grads, 1e-4, clip_factor(norm, 1.0))
+            })?;
+            (a.batch_size * a.seq_len, 3.0 * forward_flops(&config, a.batch_size, a.seq_len), times)
+        }
+        BenchMode::Forward => {
+            let times = time_steps(a.warmup, a.steps, || {
+                model.forward(&x, None)?;
+                Ok(())
+            })?;
+            (a.batch_size * a.seq_len, forward_flops(&config, a.batch_size, a.seq_len), times)
+        }
+        BenchMode::Generate => {
+            let prompt: Vec<u32> = ids.narrow(1, 0, a.prompt_len.min(a.seq_len))?.get(0)?.to_vec1()?;
+            let times = time_steps(a.warmup, a.steps, || {
+                let mut sampler = Sampler::new(SamplingParams { temperature: 0.0, ..Default::default() })?;
+                let out = generate(&model, &prompt, a.new_tokens, &[], &mut sampler, |_| Ok(true))?;
+                if out.tokens.len() != a.new_tokens {
+                    bail!("generated {} tokens instead of {}", out.tokens.len(), a.new_tokens);
+                }
+                Ok(())
+            })?;
+            let flops = 2.0 * config.num_parameters() as f64 * (prompt.len() + a.new_tokens) as f64;
+            (a.new_tokens, flops, times)
+        }
+    };
+    let step = median(&times);
+    let gflops = flops_per_step / step / 1e9;
+    println!("step time (median of {}): {:.3} s", times.len(), step);
+    println!("peak RSS: {:.0} MiB", peak_rss_bytes() as f64 / (1 << 20) as f64);
+    println!("achieved: {:.1} GFLOP/s = {:.0}% of the matmul ceiling", gflops, 100.0 * gflops / ceiling);
+    println!("{:?} throughput: {:.1} tokens/s", a.mode, tokens_per_step as f64 / step);
+    Ok(())
+}

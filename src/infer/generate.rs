@@ -1,0 +1,169 @@
+//! Autoregressive decoding with the KV cache: one prompt ([`generate`], streamed token by token)
+//! or several at once ([`generate_batch`]); prompts encoded as the model was trained.
+
+use super::sampler::{Sampler, SamplingParams};
+use crate::data::tokenizer::{ChatMessage, TextStream, Tokenizer};
+use crate::model::{KvCache, MiniMindForCausalLM};
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Tensor};
+use std::io::Write;
+use std::path::Path;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinishReason {
+    /// A stop token was produced.
+    Stop,
+    /// `max_new_tokens` or the context length was reached.
+    Length,
+    /// The callback asked to stop.
+    Cancelled,
+}
+
+#[derive(Debug, Clone)]
+pub struct Generation {
+    /// New tokens (the stop token excluded).
+    pub tokens: Vec<u32>,
+    pub finish_reason: FinishReason,
+}
+
+/// Generates up to `max_new_tokens` after `prompt`, calling `on_token(id)` for each new token
+/// (return `false` to stop). Prefills the prompt once, then feeds one token per step.
+pub fn generate(
+    model: &MiniMindForCausalLM,
+    prompt: &[u32],
+    max_new_tokens: usize,
+    stop_ids: &[u32],
+    sampler: &mut Sampler,
+    mut on_token: impl FnMut(u32) -> Result<bool>,
+) -> Result<Generation> {
+    if prompt.is_empty() {
+        bail!("the prompt is empty");
+    }
+    let max_len = model.config.max_position_embeddings;
+    if prompt.len() >= max_len {
+        bail!("prompt of {} tokens does not fit the context of {max_len}", prompt.len());
+    }
+    let capacity = (prompt.len() + max_new_tokens).min(max_len);
+    let mut cache = KvCache::new(&model.config, 1, capacity, model.dtype(), model.device())?;
+    let mut seen = prompt.to_vec();
+    let mut input = Tensor::new(prompt, model.device())?.unsqueeze(0)?;
+    let mut tokens = Vec::new();
+    let finish_reason = loop {
+        if tokens.len() >= max_new_tokens || cache.len() + input.dim(1)? > capacity {
+            break FinishReason::Length;
+        }
+        let logits = model.forward_last(&input, Some(&mut cache))?;
+        let logits: Vec<f32> = logits.squeeze(0)?.to_dtype(DType::F32)?.to_vec1()?;
+        let next = sampler.sample(&logits, &seen);
+        if stop_ids.contains(&next) {
+            break FinishReason::Stop;
+        }
+        tokens.push(next);
+        seen.push(next);
+        if !on_token(next)? {
+            break FinishReason::Cancelled;
+        }
+        input = Tensor::new(&[next], model.device())?.unsqueeze(0)?;
+    };
+    Ok(Generation { tokens, finish_reason })
+}
+
+/// Several prompts decoded together: left-padded to the longest, one batched forward per step with
+/// per-row positions and a padding mask, each row with its own sampler and stop. Greedy outputs
+/// equal one-at-a-time [`generate`]. Rows that finish keep a slot until the batch is done.
+pub fn generate_batch(
+    model: &MiniMindForCausalLM,
+    prompts: &[Vec<u32>],
+    max_new_tokens: usize,
+    stop_ids: &[u32],
+    samplers: &mut [Sampler],
+) -> Result<Vec<Generation>> {
+    if prompts.is_empty() || prompts.iter().any(|p| p.is_empty()) || samplers.len() != prompts.len() {
+        bail!("generate_batch needs one sampler per prompt and no empty prompt");
+    }
+    let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
+    let max_len = model.config.max_position_embeddings;
+    if longest >= max_len {
+        bail!("prompt of {longest} tokens does not fit the context of {max_len}");
+    }
+    let capacity = (longest + max_new_tokens).min(max_len);
+    let padding: Vec<usize> = prompts.iter().map(|p| longest - p.len()).collect();
+    let mut ids = Vec::with_capacity(prompts.len() * longest);
+    for (p, &pad) in prompts.iter().zip(&padding) {
+        ids.extend(std::iter::repeat_n(p[0], pad)); // any id: padding slots are masked
+        ids.extend_from_slice(p);
+    }
+    let mut input = Tensor::from_vec(ids, (prompts.len(), longest), model.device())?;
+    let mut cache = KvCache::new(&model.config, prompts.len(), capacity, model.dtype(), model.device())?;
+    let mut seen: Vec<Vec<u32>> = prompts.to_vec();
+    let mut out: Vec<Generation> =
+        prompts.iter().map(|_| Generation { tokens: Vec::new(), finish_reason: FinishReason::Length }).collect();
+    let mut done = vec![false; prompts.len()];
+    while !done.iter().all(|&d| d) && cache.len() + input.dim(1)? <= capacity {
+        let logits = model.forward_last_padded(&input, Some(&mut cache), &padding)?;
+        let logits: Vec<Vec<f32>> = logits.to_dtype(DType::F32)?.to_vec2()?;
+        let mut next = Vec::with_capacity(prompts.len());
+        for (b, row) in logits.iter().enumerate() {
+            if done[b] {
+                next.push(*seen[b].last().unwrap_or(&0)); // keeps the slot busy; output ignored
+                continue;
+            }
+            let token = samplers[b].sample(row, &seen[b]);
+            if stop_ids.contains(&token) {
+                done[b] = true;
+                out[b].finish_reason = FinishReason::Stop;
+            } else {
+                out[b].tokens.push(token);
+                seen[b].push(token);
+                done[b] = out[b].tokens.len() >= max_new_tokens;
+            }
+            next.push(token);
+        }
+        input = Tensor::from_vec(next, (prompts.len(), 1), model.device())?;
+    }
+    Ok(out)
+}
+
+/// Encodes a prompt the way the model was trained: chat template, or a plain text with a leading bos.
+pub fn encode_prompt(tokenizer: &Tokenizer, prompt: &str, chat: bool) -> Result<Vec<u32>> {
+    if chat {
+        let text = tokenizer.render_chat(&[ChatMessage::new("user", prompt)], true)?;
+        tokenizer.encode(&text)
+    } else {
+        let mut ids = vec![tokenizer.bos_id()?];
+        ids.extend(tokenizer.encode(prompt)?);
+        Ok(ids)
+    }
+}
+
+/// Streams a completion of `prompt_ids` into `out`; returns the full generated text.
+pub fn stream_completion(
+    model_dir: &Path,
+    model: &crate::model::MiniMindForCausalLM,
+    tokenizer: &Tokenizer,
+    prompt_ids: &[u32],
+    max_new_tokens: usize,
+    sampling: SamplingParams,
+    out: &mut dyn Write,
+) -> Result<String> {
+    let mut sampler = Sampler::new(sampling)?;
+    let mut stream = TextStream::new(tokenizer);
+    // Shows a reasoning model's <think> part as a [think] … [/think] block; the returned text is raw.
+    let mut display = super::reasoning::ThinkDisplay::default();
+    let mut text = String::new();
+    let stops = tokenizer.stop_ids()?;
+    generate(model, prompt_ids, max_new_tokens, &stops, &mut sampler, |id| {
+        if let Some(piece) = stream.push(id)? {
+            out.write_all(display.push(&piece).as_bytes())?;
+            out.flush()?;
+            text.push_str(&piece);
+        }
+        Ok(true)
+    })
+    .with_context(|| format!("generating with {}", model_dir.display()))?;
+    let rest = stream.finish()?.unwrap_or_default();
+    text.push_str(&rest);
+    let shown = display.push(&rest) + &display.finish();
+    out.write_all(shown.as_bytes())?;
+    Ok(text)
+}

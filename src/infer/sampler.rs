@@ -1,0 +1,121 @@
+//! Choosing the next token from logits, HF-style.
+//!
+//! Per step, on the last position's logits: temperature → repetition penalty (sign-aware: positive
+//! logits of seen tokens ÷ p, negative × p) → top-k → top-p (keep the smallest prefix of the sorted
+//! distribution whose mass reaches p, including the token that crosses it) → draw. Temperature 0
+//! means greedy (argmax).
+
+use anyhow::{bail, Result};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+/// New tokens per answer when a request names no limit (always bounded by the context), for the
+/// CLI and the API alike.
+pub const DEFAULT_MAX_NEW_TOKENS: usize = 512;
+
+#[derive(Debug, Clone)]
+pub struct SamplingParams {
+    pub temperature: f64,
+    /// 0 disables top-k.
+    pub top_k: usize,
+    /// 1.0 disables top-p.
+    pub top_p: f64,
+    /// 1.0 disables the penalty.
+    pub repetition_penalty: f64,
+    pub seed: u64,
+}
+
+impl Default for SamplingParams {
+    /// MiniMind's chat defaults (temperature 0.85, top-p 0.85) with HF's top-k 50 — the defaults of
+    /// `generate`, `chat` and `serve` alike.
+    fn default() -> Self {
+        Self { temperature: 0.85, top_k: 50, top_p: 0.85, repetition_penalty: 1.0, seed: 42 }
+    }
+}
+
+pub struct Sampler {
+    params: SamplingParams,
+    rng: StdRng,
+}
+
+impl Sampler {
+    pub fn new(params: SamplingParams) -> Result<Self> {
+        let p = &params;
+        if p.temperature < 0.0 || !(p.top_p > 0.0 && p.top_p <= 1.0) || p.repetition_penalty <= 0.0 {
+            bail!("invalid sampling settings: temperature ≥ 0, 0 < top-p ≤ 1 and repetition-penalty > 0 are required");
+        }
+        let rng = StdRng::seed_from_u64(params.seed);
+        Ok(Self { params, rng })
+    }
+
+    /// Picks the next token from `logits` (one row, length V) given the ids seen so far.
+    pub fn sample(&mut self, logits: &[f32], seen: &[u32]) -> u32 {
+        let p = &self.params;
+        let mut logits = logits.to_vec();
+        if p.temperature > 0.0 {
+            let t = p.temperature as f32;
+            logits.iter_mut().for_each(|l| *l /= t);
+        }
+        if p.repetition_penalty != 1.0 {
+            apply_repetition_penalty(&mut logits, seen, p.repetition_penalty as f32);
+        }
+        if p.temperature == 0.0 {
+            return argmax(&logits);
+        }
+        // Candidates sorted by logit, descending; top-k and top-p cut this list.
+        let mut order: Vec<u32> = (0..logits.len() as u32).collect();
+        order.sort_by(|&a, &b| logits[b as usize].total_cmp(&logits[a as usize]));
+        if p.top_k > 0 && p.top_k < order.len() {
+            let kth = logits[order[p.top_k - 1] as usize];
+            order.retain(|&i| logits[i as usize] >= kth);
+        }
+        let max = logits[order[0] as usize];
+        let mut probs: Vec<f64> = order.iter().map(|&i| ((logits[i as usize] - max) as f64).exp()).collect();
+        let sum: f64 = probs.iter().sum();
+        probs.iter_mut().for_each(|q| *q /= sum);
+        if p.top_p < 1.0 {
+            let mut mass = 0.0;
+            let keep = probs
+                .iter()
+                .position(|q| {
+                    mass += q;
+                    mass > p.top_p
+                })
+                .map_or(probs.len(), |i| i + 1);
+            probs.truncate(keep);
+        }
+        let total: f64 = probs.iter().sum();
+        let mut draw = self.rng.gen::<f64>() * total;
+        for (i, q) in probs.iter().enumerate() {
+            draw -= q;
+            if draw <= 0.0 {
+                return order[i];
+            }
+        }
+        order[probs.len() - 1]
+    }
+}
+
+/// HF `RepetitionPenaltyLogitsProcessor`: for every distinct seen token, a positive logit is
+/// divided by `penalty`, a negative one multiplied, so the token always becomes less likely.
+pub fn apply_repetition_penalty(logits: &mut [f32], seen: &[u32], penalty: f32) {
+    let mut done = std::collections::HashSet::new();
+    for &id in seen {
+        if let Some(l) = logits.get_mut(id as usize) {
+            if done.insert(id) {
+                *l = if *l > 0.0 { *l / penalty } else { *l * penalty };
+            }
+        }
+    }
+}
+
+pub fn argmax(values: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, v) in values.iter().enumerate() {
+        if *v > values[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+

@@ -1,0 +1,60 @@
+//! The key/value cache of decoding: keys and values of past positions, so each new token attends to
+//! them without recomputing them.
+
+use crate::model::config::ModelConfig;
+use anyhow::{bail, Result};
+use candle_core::{DType, Device, Tensor};
+
+/// Per-layer key/value cache, pre-allocated `[B, K, capacity, D]` and filled in place, holding
+/// post-RoPE keys (before any head repetition), as MiniMind's cache does.
+pub struct KvCache {
+    layers: Vec<(Tensor, Tensor)>,
+    len: usize,
+    capacity: usize,
+}
+
+impl KvCache {
+    pub fn new(config: &ModelConfig, batch: usize, capacity: usize, dtype: DType, device: &Device) -> Result<Self> {
+        if capacity > config.max_position_embeddings {
+            bail!(
+                "KV cache of {capacity} positions exceeds max_position_embeddings {}",
+                config.max_position_embeddings
+            );
+        }
+        let shape = (batch, config.num_key_value_heads, capacity, config.head_dim());
+        let layers = (0..config.num_hidden_layers)
+            .map(|_| Ok((Tensor::zeros(shape, dtype, device)?, Tensor::zeros(shape, dtype, device)?)))
+            .collect::<Result<_>>()?;
+        Ok(Self { layers, len: 0, capacity })
+    }
+
+    /// Positions already cached.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Writes this step's `k`, `v` (`[B, K, T, D]`) after the cached ones; returns views of all.
+    pub(crate) fn append(&mut self, layer: usize, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
+        let t = k.dim(2)?;
+        if self.len + t > self.capacity {
+            bail!("KV cache full: {} + {t} positions > capacity {}", self.len, self.capacity);
+        }
+        let (k_buf, v_buf) = &self.layers[layer];
+        k_buf.slice_set(&k.contiguous()?, 2, self.len)?;
+        v_buf.slice_set(&v.contiguous()?, 2, self.len)?;
+        Ok((k_buf.narrow(2, 0, self.len + t)?, v_buf.narrow(2, 0, self.len + t)?))
+    }
+
+    /// Marks `t` more positions as cached, once every layer has appended them.
+    pub(crate) fn advance(&mut self, t: usize) {
+        self.len += t;
+    }
+}

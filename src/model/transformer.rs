@@ -1,0 +1,473 @@
+//! MiniMind2: a decoder-only, Llama-style transformer.
+//!
+//! ```text
+//! ids ─ embed_tokens ─┬─ [ DecoderLayer × L ] ─ norm ─ lm_head (= embed_tokensᵀ when tied) ─ logits
+//!                     │
+//! DecoderLayer(x):  h   = x + o_proj(Attention(RoPE(q_proj(n)), RoPE(k_proj(n)), v_proj(n))),  n = RMSNorm(x)
+//!                   out = h + down_proj(silu(gate_proj(m)) ⊙ up_proj(m)),                      m = RMSNorm(h)
+//! ```
+//! Struct fields carry the checkpoint's tensor names (HF Llama / MiniMind2), so building the model
+//! from a checkpoint is a walk over these structs. All math lives in [`crate::ops`].
+
+use crate::model::config::ModelConfig;
+pub use crate::model::kv_cache::KvCache;
+use crate::ops;
+use crate::model::params::{Init, InitScheme, WeightBuilder};
+use anyhow::{bail, Result};
+use candle_core::{DType, Device, Module, Tensor, D};
+
+/// A low-rank adapter (LoRA) on a Linear: `y = W·x + (α/r)·B·(A·x)`, `A` `[r, in]`, `B` `[out, r]`.
+#[derive(Clone)]
+pub struct LoraAdapter {
+    pub a: Tensor,
+    pub b: Tensor,
+    /// α / r.
+    pub scale: f64,
+}
+
+/// A bias-free linear layer `y = x·Wᵀ`, `W` stored `[out, in]` as in PyTorch, optionally with a LoRA
+/// adapter (`lora.A` / `lora.B` in checkpoints).
+#[derive(Clone)]
+pub struct Linear {
+    pub weight: Tensor,
+    pub lora: Option<LoraAdapter>,
+}
+
+impl Linear {
+    fn new(wb: &WeightBuilder, name: &str, (out, inp): (usize, usize), scheme: InitScheme) -> Result<Self> {
+        let weight = wb.get(&format!("{name}.weight"), (out, inp), scheme.linear(inp))?;
+        Ok(Self { weight, lora: None })
+    }
+
+    /// The matrix the layer applies: `W`, or `W + (α/r)·B·A` with an adapter — the same function as
+    /// `W·x + (α/r)·B·(A·x)`, as one matrix so the fused kernels need not know about adapters (and
+    /// the extra `B·A` costs `out·r·in`, small next to the `tokens·out·in` of the layer).
+    pub fn effective_weight(&self) -> Result<Tensor> {
+        match &self.lora {
+            None => Ok(self.weight.clone()),
+            Some(l) => Ok((&self.weight + (l.b.matmul(&l.a)? * l.scale)?)?),
+        }
+    }
+
+    /// Replaces the (adapted) weight by its int8 packing ([`ops::int8`]).
+    fn quantize_int8(&mut self) -> Result<()> {
+        if !ops::int8::is_int8(&self.weight) {
+            self.weight = ops::int8::quantize(&self.effective_weight()?)?;
+            self.lora = None;
+        }
+        Ok(())
+    }
+}
+
+impl Module for Linear {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let w = self.effective_weight().map_err(|e| candle_core::Error::Msg(format!("{e:#}")))?;
+        ops::matmul_nt(x, &w)
+    }
+}
+
+/// RMSNorm with a learned per-channel gain (initialized to ones).
+#[derive(Clone)]
+pub struct RmsNorm {
+    pub weight: Tensor,
+    eps: f64,
+}
+
+impl RmsNorm {
+    fn new(wb: &WeightBuilder, name: &str, dim: usize, eps: f64) -> Result<Self> {
+        Ok(Self { weight: wb.get(&format!("{name}.weight"), dim, Init::Ones)?, eps })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(ops::rms_norm(x, &self.weight, self.eps)?)
+    }
+}
+
+/// `inv_freq[i] = θ^(−2i/D)` for i < D/2, computed in f32 as PyTorch does.
+pub fn rope_inv_freq(head_dim: usize, theta: f64) -> Vec<f32> {
+    let theta = theta as f32;
+    (0..head_dim / 2).map(|i| 1.0 / theta.powf((2 * i) as f32 / head_dim as f32)).collect()
+}
+
+/// Precomputed RoPE tables `cos`, `sin`: `[max_positions, D]`, each row `[cos φ, cos φ]` with
+/// `φ[p, i] = p · inv_freq[i]` (the halves repeat for the rotate_half convention).
+#[derive(Clone)]
+pub struct RotaryEmbedding {
+    pub cos: Tensor,
+    pub sin: Tensor,
+}
+
+impl RotaryEmbedding {
+    pub fn new(config: &ModelConfig, device: &Device) -> Result<Self> {
+        let d = config.head_dim();
+        let inv_freq = rope_inv_freq(d, config.rope_theta);
+        let n = config.max_position_embeddings;
+        let mut cos = Vec::with_capacity(n * d);
+        let mut sin = Vec::with_capacity(n * d);
+        for p in 0..n {
+            for _ in 0..2 {
+                for f in &inv_freq {
+                    let angle = p as f32 * f;
+                    cos.push(angle.cos());
+                    sin.push(angle.sin());
+                }
+            }
+        }
+        Ok(Self { cos: Tensor::from_vec(cos, (n, d), device)?, sin: Tensor::from_vec(sin, (n, d), device)? })
+    }
+
+    /// Rows for positions `start .. start + len`.
+    fn rows(&self, start: usize, len: usize) -> Result<(Tensor, Tensor)> {
+        Ok((self.cos.narrow(0, start, len)?, self.sin.narrow(0, start, len)?))
+    }
+
+    /// Per-row tables `[B, 1, T, D]` for slots `past .. past+T` of left-padded rows: row b's slot c
+    /// is position `c − left[b]` (padding slots get position 0).
+    fn rows_padded(&self, past: usize, t: usize, left: &[usize]) -> Result<(Tensor, Tensor)> {
+        let positions: Vec<u32> =
+            left.iter().flat_map(|&l| (past..past + t).map(move |c| c.saturating_sub(l) as u32)).collect();
+        let index = Tensor::from_vec(positions, left.len() * t, self.cos.device())?;
+        let d = self.cos.dim(1)?;
+        let pick = |table: &Tensor| table.index_select(&index, 0)?.reshape((left.len(), 1, t, d));
+        Ok((pick(&self.cos)?, pick(&self.sin)?))
+    }
+}
+
+/// Training-time randomness of one forward pass: dropout is active iff this is `Some(seed)`.
+pub type DropoutSeed = Option<u64>;
+
+fn site_seed(seed: u64, layer: usize, site: u64) -> u64 {
+    seed ^ ((layer as u64 + 1) << 32) ^ site.wrapping_mul(0x2545_F491_4F6C_DD1D)
+}
+
+#[derive(Clone)]
+pub struct Attention {
+    pub q_proj: Linear,
+    pub k_proj: Linear,
+    pub v_proj: Linear,
+    pub o_proj: Linear,
+    num_heads: usize,
+    num_kv_heads: usize,
+}
+
+impl Attention {
+    fn new(wb: &WeightBuilder, name: &str, c: &ModelConfig, scheme: InitScheme) -> Result<Self> {
+        let (d, hd) = (c.hidden_size, c.head_dim());
+        let (h, k) = (c.num_attention_heads, c.num_key_value_heads);
+        Ok(Self {
+            q_proj: Linear::new(wb, &format!("{name}.q_proj"), (h * hd, d), scheme)?,
+            k_proj: Linear::new(wb, &format!("{name}.k_proj"), (k * hd, d), scheme)?,
+            v_proj: Linear::new(wb, &format!("{name}.v_proj"), (k * hd, d), scheme)?,
+            o_proj: Linear::new(wb, &format!("{name}.o_proj"), (d, h * hd), scheme)?,
+            num_heads: h,
+            num_kv_heads: k,
+        })
+    }
+
+    /// `x`: `[B, T, d]` at positions `past .. past+T`; returns `[B, T, d]`.
+    fn forward(
+        &self,
+        x: &Tensor,
+        rope: &RotaryEmbedding,
+        cache: Option<(&mut KvCache, usize)>,
+        dropout: Option<(f64, u64)>,
+        padding: Option<&[usize]>,
+    ) -> Result<Tensor> {
+        let t = x.dim(1)?;
+        let past = cache.as_ref().map_or(0, |(c, _)| c.len());
+        // Rows of different lengths (batched decoding) need per-row positions and a padding mask,
+        // which only the composed ops take.
+        let (cos, sin) = match padding {
+            Some(left) => rope.rows_padded(past, t, left)?,
+            None => rope.rows(past, t)?,
+        };
+        let project = |linear: &Linear, heads: usize, rotate: bool| -> Result<Tensor> {
+            let (w, tables) = (linear.effective_weight()?, rotate.then_some((&cos, &sin)));
+            Ok(match padding {
+                Some(_) => ops::composed::split_heads(&ops::matmul_nt(x, &w)?, heads, tables)?,
+                None => ops::project_heads(x, &w, heads, tables)?,
+            })
+        };
+        let q = project(&self.q_proj, self.num_heads, true)?;
+        let k = project(&self.k_proj, self.num_kv_heads, true)?;
+        let v = project(&self.v_proj, self.num_kv_heads, false)?;
+        let (k, v) = match cache {
+            Some((cache, layer)) => cache.append(layer, &k, &v)?,
+            None => (k, v),
+        };
+        let y = match padding {
+            Some(left) => {
+                let mask = ops::composed::padded_causal_mask(t, past, left, x.device())?;
+                ops::composed::masked_attention(&q, &k, &v, &mask)?
+            }
+            None => ops::causal_attention(&q, &k, &v, dropout.map(|(p, s)| (p, site_seed(s, 0, 1))))?,
+        };
+        let y = ops::merge_heads(&y, &self.o_proj.effective_weight()?)?;
+        Ok(match dropout {
+            Some((p, s)) => ops::dropout(&y, p, site_seed(s, 0, 2))?,
+            None => y,
+        })
+    }
+}
+
+/// SwiGLU feed-forward: `down_proj(silu(gate_proj(x)) ⊙ up_proj(x))`.
+#[derive(Clone)]
+pub struct Mlp {
+    pub gate_proj: Linear,
+    pub up_proj: Linear,
+    pub down_proj: Linear,
+}
+
+impl Mlp {
+    fn new(wb: &WeightBuilder, name: &str, c: &ModelConfig, scheme: InitScheme) -> Result<Self> {
+        let (d, f) = (c.hidden_size, c.ffn_size());
+        Ok(Self {
+            gate_proj: Linear::new(wb, &format!("{name}.gate_proj"), (f, d), scheme)?,
+            down_proj: Linear::new(wb, &format!("{name}.down_proj"), (d, f), scheme)?,
+            up_proj: Linear::new(wb, &format!("{name}.up_proj"), (f, d), scheme)?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let hidden = ops::swiglu_in(x, &self.gate_proj.effective_weight()?, &self.up_proj.effective_weight()?)?;
+        Ok(self.down_proj.forward(&hidden)?)
+    }
+}
+
+/// One pre-norm transformer block.
+#[derive(Clone)]
+pub struct DecoderLayer {
+    pub self_attn: Attention,
+    pub mlp: Mlp,
+    pub input_layernorm: RmsNorm,
+    pub post_attention_layernorm: RmsNorm,
+}
+
+impl DecoderLayer {
+    fn new(wb: &WeightBuilder, name: &str, c: &ModelConfig, scheme: InitScheme) -> Result<Self> {
+        let (d, eps) = (c.hidden_size, c.rms_norm_eps);
+        Ok(Self {
+            self_attn: Attention::new(wb, &format!("{name}.self_attn"), c, scheme)?,
+            input_layernorm: RmsNorm::new(wb, &format!("{name}.input_layernorm"), d, eps)?,
+            post_attention_layernorm: RmsNorm::new(wb, &format!("{name}.post_attention_layernorm"), d, eps)?,
+            mlp: Mlp::new(wb, &format!("{name}.mlp"), c, scheme)?,
+        })
+    }
+
+    /// `h = x + Attention(RMSNorm(x))`, then `h + MLP(RMSNorm(h))`.
+    fn forward(
+        &self,
+        x: &Tensor,
+        rope: &RotaryEmbedding,
+        cache: Option<(&mut KvCache, usize)>,
+        dropout: Option<(f64, u64)>,
+        padding: Option<&[usize]>,
+    ) -> Result<Tensor> {
+        let h = (x + self.self_attn.forward(&self.input_layernorm.forward(x)?, rope, cache, dropout, padding)?)?;
+        let mut m = self.mlp.forward(&self.post_attention_layernorm.forward(&h)?)?;
+        if let Some((p, seed)) = dropout {
+            m = ops::dropout(&m, p, site_seed(seed, 0, 4))?;
+        }
+        Ok((h + m)?)
+    }
+}
+
+/// The transformer body: embeddings, blocks, final norm (`model.*` tensors).
+#[derive(Clone)]
+pub struct MiniMindModel {
+    pub embed_tokens: Tensor,
+    pub layers: Vec<DecoderLayer>,
+    pub norm: RmsNorm,
+    pub rotary: RotaryEmbedding,
+}
+
+/// The causal language model: [`MiniMindModel`] plus the output head.
+#[derive(Clone)]
+pub struct MiniMindForCausalLM {
+    pub config: ModelConfig,
+    pub model: MiniMindModel,
+    /// The output projection `[V, d]`; the same tensor as `model.embed_tokens` when tied.
+    pub lm_head: Linear,
+}
+
+impl MiniMindForCausalLM {
+    /// Builds the model, asking `wb` for every tensor in MiniMind2's state-dict order.
+    /// With tied embeddings the single shared tensor is `model.embed_tokens.weight`, initialized
+    /// like the head (a Linear with fan_in = d), as MiniMind2 does.
+    pub fn new(config: &ModelConfig, wb: &WeightBuilder, scheme: InitScheme) -> Result<Self> {
+        let c = config.clone().resolved()?;
+        let (v, d) = (c.vocab_size, c.hidden_size);
+        let embed_init = match (scheme, c.tie_word_embeddings) {
+            (InitScheme::Minimind2, true) => scheme.linear(d),
+            // nn.Embedding's own default is N(0, 1).
+            (InitScheme::Minimind2, false) => Init::Normal(1.0),
+            (InitScheme::Normal, _) => Init::Normal(0.02),
+        };
+        let embed_tokens = wb.get("model.embed_tokens.weight", (v, d), embed_init)?;
+        let layers = (0..c.num_hidden_layers)
+            .map(|i| DecoderLayer::new(wb, &format!("model.layers.{i}"), &c, scheme))
+            .collect::<Result<Vec<_>>>()?;
+        let norm = RmsNorm::new(wb, "model.norm", d, c.rms_norm_eps)?;
+        let lm_head = if c.tie_word_embeddings {
+            Linear { weight: embed_tokens.clone(), lora: None }
+        } else {
+            Linear::new(wb, "lm_head", (v, d), scheme)?
+        };
+        let rotary = RotaryEmbedding::new(&c, wb.device())?;
+        Ok(Self { model: MiniMindModel { embed_tokens, layers, norm, rotary }, lm_head, config: c })
+    }
+
+    /// Final hidden states `[B, T, d]` (after the last norm) for `input_ids` `[B, T]`.
+    /// With a cache, the ids continue the cached sequence and their keys/values are appended.
+    pub fn forward_hidden(
+        &self,
+        input_ids: &Tensor,
+        cache: Option<&mut KvCache>,
+        dropout: DropoutSeed,
+    ) -> Result<Tensor> {
+        self.forward_hidden_padded(input_ids, cache, dropout, None)
+    }
+
+    /// [`forward_hidden`](Self::forward_hidden) for a batch of left-padded rows: row b's first
+    /// `padding[b]` slots (of the whole sequence, cache included) are padding — masked out as keys,
+    /// and positions count from the row's first real token.
+    pub fn forward_hidden_padded(
+        &self,
+        input_ids: &Tensor,
+        mut cache: Option<&mut KvCache>,
+        dropout: DropoutSeed,
+        padding: Option<&[usize]>,
+    ) -> Result<Tensor> {
+        let (b, t) = input_ids.dims2()?;
+        let past = cache.as_ref().map_or(0, |c| c.len());
+        if past + t > self.config.max_position_embeddings {
+            bail!(
+                "sequence of {} positions exceeds max_position_embeddings {}",
+                past + t,
+                self.config.max_position_embeddings
+            );
+        }
+        let d = self.config.hidden_size;
+        let mut x = self.model.embed_tokens.index_select(&input_ids.flatten_all()?, 0)?.reshape((b, t, d))?;
+        // Dropout sites get distinct seeds: (layer, site), the embedding counting as layer L.
+        let dropout = dropout.filter(|_| self.config.dropout > 0.0).map(|seed| (self.config.dropout, seed));
+        if let Some((p, seed)) = dropout {
+            x = ops::dropout(&x, p, site_seed(seed, self.config.num_hidden_layers, 0))?;
+        }
+        for (i, layer) in self.model.layers.iter().enumerate() {
+            let layer_cache = cache.as_deref_mut().map(|c| (c, i));
+            let layer_dropout = dropout.map(|(p, seed)| (p, site_seed(seed, i, 3)));
+            x = layer.forward(&x, &self.model.rotary, layer_cache, layer_dropout, padding)?;
+        }
+        if let Some(cache) = cache {
+            cache.advance(t);
+        }
+        self.model.norm.forward(&x)
+    }
+
+    /// Logits `[B, T, V]` for every position.
+    pub fn forward(&self, input_ids: &Tensor, cache: Option<&mut KvCache>) -> Result<Tensor> {
+        let hidden = self.forward_hidden(input_ids, cache, None)?;
+        Ok(self.lm_head.forward(&hidden)?)
+    }
+
+    /// Last-position logits `[B, V]` of left-padded rows (see [`forward_hidden_padded`](Self::forward_hidden_padded)).
+    pub fn forward_last_padded(
+        &self,
+        input_ids: &Tensor,
+        cache: Option<&mut KvCache>,
+        padding: &[usize],
+    ) -> Result<Tensor> {
+        let hidden = self.forward_hidden_padded(input_ids, cache, None, Some(padding))?;
+        let t = hidden.dim(1)?;
+        Ok(self.lm_head.forward(&hidden.narrow(1, t - 1, 1)?.squeeze(1)?)?)
+    }
+
+    /// Logits `[B, V]` of the last position only (what decoding needs; skips the other rows of
+    /// the V-wide head matmul).
+    pub fn forward_last(&self, input_ids: &Tensor, cache: Option<&mut KvCache>) -> Result<Tensor> {
+        let hidden = self.forward_hidden(input_ids, cache, None)?;
+        let t = hidden.dim(1)?;
+        let last = hidden.narrow(1, t - 1, 1)?.squeeze(1)?;
+        Ok(self.lm_head.forward(&last)?)
+    }
+
+    /// Training logits `[B·T, V]` with dropout active when `dropout` is set.
+    pub fn forward_train(&self, input_ids: &Tensor, dropout: DropoutSeed) -> Result<Tensor> {
+        let hidden = self.forward_hidden(input_ids, None, dropout)?;
+        let d = hidden.dim(D::Minus1)?;
+        Ok(self.lm_head.forward(&hidden.reshape(((), d))?)?)
+    }
+
+    pub fn device(&self) -> &Device {
+        self.model.embed_tokens.device()
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.model.embed_tokens.dtype()
+    }
+
+    /// The projection layers of every block by module path (`model.layers.{i}.self_attn.q_proj`, …),
+    /// what LoRA adapters attach to.
+    pub fn linears_mut(&mut self) -> Vec<(String, &mut Linear)> {
+        let mut out = Vec::new();
+        for (i, l) in self.model.layers.iter_mut().enumerate() {
+            let p = format!("model.layers.{i}");
+            let a = &mut l.self_attn;
+            out.push((format!("{p}.self_attn.q_proj"), &mut a.q_proj));
+            out.push((format!("{p}.self_attn.k_proj"), &mut a.k_proj));
+            out.push((format!("{p}.self_attn.v_proj"), &mut a.v_proj));
+            out.push((format!("{p}.self_attn.o_proj"), &mut a.o_proj));
+            let m = &mut l.mlp;
+            out.push((format!("{p}.mlp.gate_proj"), &mut m.gate_proj));
+            out.push((format!("{p}.mlp.down_proj"), &mut m.down_proj));
+            out.push((format!("{p}.mlp.up_proj"), &mut m.up_proj));
+        }
+        out
+    }
+
+    /// Converts every projection and the head to int8 weights ([`ops::int8`]) for inference: ≈ 3.6×
+    /// fewer bytes read per decoded token. LoRA adapters are merged first; the embedding lookup keeps
+    /// its f32 table. Such a model cannot be trained or saved.
+    pub fn quantize_int8(&mut self) -> Result<()> {
+        if self.dtype() != DType::F32 {
+            bail!("int8 quantization starts from f32 weights, this model is {:?}", self.dtype());
+        }
+        for (_, linear) in self.linears_mut() {
+            linear.quantize_int8()?;
+        }
+        self.lm_head.quantize_int8()
+    }
+
+    /// Whether [`Self::quantize_int8`] was applied.
+    pub fn is_int8(&self) -> bool {
+        ops::int8::is_int8(&self.lm_head.weight)
+    }
+
+    /// Every tensor by checkpoint name (the tied head is stored once, as the embedding).
+    pub fn named_tensors(&self) -> Vec<(String, Tensor)> {
+        let mut out = vec![("model.embed_tokens.weight".to_string(), self.model.embed_tokens.clone())];
+        for (i, l) in self.model.layers.iter().enumerate() {
+            let p = format!("model.layers.{i}");
+            let a = &l.self_attn;
+            for (name, t) in [
+                ("self_attn.q_proj", &a.q_proj.weight),
+                ("self_attn.k_proj", &a.k_proj.weight),
+                ("self_attn.v_proj", &a.v_proj.weight),
+                ("self_attn.o_proj", &a.o_proj.weight),
+                ("input_layernorm", &l.input_layernorm.weight),
+                ("post_attention_layernorm", &l.post_attention_layernorm.weight),
+                ("mlp.gate_proj", &l.mlp.gate_proj.weight),
+                ("mlp.down_proj", &l.mlp.down_proj.weight),
+                ("mlp.up_proj", &l.mlp.up_proj.weight),
+            ] {
+                out.push((format!("{p}.{name}.weight"), t.clone()));
+            }
+        }
+        out.push(("model.norm.weight".into(), self.model.norm.weight.clone()));
+        if !self.config.tie_word_embeddings {
+            out.push(("lm_head.weight".into(), self.lm_head.weight.clone()));
+        }
+        out
+    }
+}

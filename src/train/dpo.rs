@@ -1,0 +1,151 @@
+//! Direct preference optimization: `{"chosen": [...], "rejected": [...]}` conversation pairs, a
+//! trainable policy and a frozen reference (both start from the same model folder).
+//!
+//! Sequence score `π(y|x)`: the mean (MiniMind2) or sum (minimind-3) of the supervised tokens'
+//! log-probabilities, supervised as in SFT. With `z = (π_c − π_r) − (ref_c − ref_r)`:
+//! `loss = mean(−log σ(β·z))`; logged: reward margin `mean(β·z)` and preference accuracy
+//! `mean(β·z > 0)`. At the start policy = reference, so z = 0 and the loss is ln 2.
+
+use super::run::{from_model_folder, run_stage, TrainConfig, DPO};
+use super::trainer::{Stage, TrainSummary};
+use crate::data::dpo::DpoData;
+use crate::data::sft::SftEncoding;
+use crate::data::{DataCursor, JsonlIndex, LmBatch};
+use crate::model::checkpoint;
+use crate::model::{DropoutSeed, MiniMindForCausalLM};
+use crate::{ops, Tokenizer};
+use anyhow::Result;
+use candle_core::{DType, Device, Tensor, D};
+use std::cell::RefCell;
+use std::path::PathBuf;
+
+/// How a side's per-token log-probabilities become its sequence score.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SeqLogProb {
+    /// Length-normalized mean over supervised tokens (MiniMind2).
+    Mean,
+    /// Sum over supervised tokens (minimind-3).
+    Sum,
+}
+
+named_enum!(SeqLogProb { Mean => "mean", Sum => "sum" });
+
+/// Sequence scores `[2B]` of a batch under `model` (see [`SeqLogProb`]).
+pub fn sequence_log_probs(
+    model: &MiniMindForCausalLM,
+    batch: &LmBatch,
+    mode: SeqLogProb,
+    dropout: DropoutSeed,
+) -> Result<Tensor> {
+    let (rows, t) = batch.x.dims2()?;
+    let logits = model.forward_train(&batch.x, dropout)?;
+    let token = ops::target_log_probs(&logits, &batch.y.flatten_all()?)?.reshape((rows, t))?;
+    let total = (token * &batch.mask)?.sum(D::Minus1)?;
+    Ok(match mode {
+        SeqLogProb::Sum => total,
+        SeqLogProb::Mean => total.broadcast_div(&batch.mask.sum(D::Minus1)?)?,
+    })
+}
+
+/// `mean(−log σ(β·z))` with `−log σ(x) = max(−x, 0) + log(1 + e^(−|x|))` (stable for any x).
+pub fn dpo_loss(policy: &Tensor, reference: &Tensor, beta: f64) -> Result<(Tensor, Tensor)> {
+    let b = policy.dim(0)? / 2;
+    let margin = |s: &Tensor| -> Result<Tensor> { Ok((s.narrow(0, 0, b)? - s.narrow(0, b, b)?)?) };
+    let z = ((margin(policy)? - margin(reference)?)? * beta)?;
+    let loss = (z.neg()?.relu()? + ((z.abs()?.neg()?.exp()? + 1.0)?.log()?))?.mean_all()?;
+    Ok((loss, z))
+}
+
+pub struct DpoStage<'a> {
+    pub data: DpoData<'a>,
+    /// Frozen: built from plain tensors, so it records no graph and receives no gradient.
+    pub reference: MiniMindForCausalLM,
+    pub beta: f64,
+    pub seq_logp: SeqLogProb,
+    pub device: Device,
+    last: RefCell<Vec<(String, f64)>>,
+}
+
+impl<'a> DpoStage<'a> {
+    pub fn new(
+        data: DpoData<'a>,
+        reference: MiniMindForCausalLM,
+        beta: f64,
+        seq_logp: SeqLogProb,
+        device: Device,
+    ) -> Self {
+        Self { data, reference, beta, seq_logp, device, last: RefCell::new(Vec::new()) }
+    }
+}
+
+impl Stage for DpoStage<'_> {
+    type Batch = LmBatch;
+
+    fn name(&self) -> &str {
+        "dpo"
+    }
+
+    fn batches_per_epoch(&self) -> usize {
+        self.data.batches_per_epoch()
+    }
+
+    fn next_batch(&mut self) -> Result<LmBatch> {
+        self.data.next_batch(&self.device)
+    }
+
+    fn loss(&self, model: &MiniMindForCausalLM, batch: &LmBatch, dropout: DropoutSeed) -> Result<Tensor> {
+        let policy = sequence_log_probs(model, batch, self.seq_logp, dropout)?;
+        let reference = sequence_log_probs(&self.reference, batch, self.seq_logp, None)?.detach();
+        let (loss, z) = dpo_loss(&policy, &reference, self.beta)?;
+        let z: Vec<f32> = z.to_vec1()?;
+        let margin = z.iter().map(|&v| v as f64).sum::<f64>() / z.len() as f64;
+        let accuracy = z.iter().filter(|&&v| v > 0.0).count() as f64 / z.len() as f64;
+        *self.last.borrow_mut() = vec![("reward_margin".into(), margin), ("accuracy".into(), accuracy)];
+        Ok(loss)
+    }
+
+    fn tokens(&self, batch: &LmBatch) -> usize {
+        batch.tokens()
+    }
+
+    fn cursor(&self) -> DataCursor {
+        self.data.cursor()
+    }
+
+    fn seek(&mut self, cursor: DataCursor) {
+        self.data.seek(cursor)
+    }
+
+    fn index(&self) -> Option<&JsonlIndex> {
+        Some(&self.data.index)
+    }
+
+    fn batch_metrics(&self) -> Vec<(String, f64)> {
+        self.last.borrow().clone()
+    }
+}
+
+/// `minimind dpo`: what to train on and how.
+#[derive(Debug, Clone)]
+pub struct DpoConfig {
+    /// The model folder to start from (an SFT model); also the frozen reference.
+    pub model: PathBuf,
+    /// `{"chosen": […], "rejected": […]}` JSON Lines.
+    pub data: PathBuf,
+    /// β of the DPO loss (0.1).
+    pub beta: f64,
+    pub seq_logp: SeqLogProb,
+    pub train: TrainConfig,
+}
+
+/// Direct preference optimization: policy and frozen reference both start from `model`.
+pub fn dpo(c: &DpoConfig) -> Result<TrainSummary> {
+    let t = &c.train;
+    let tokenizer = Tokenizer::load(&c.model)?;
+    let (reference, _) = checkpoint::load_model(&c.model, &t.device, DType::F32, false)?;
+    let encoding = SftEncoding::for_tokenizer(&tokenizer, t.max_seq_len(&DPO, &reference.config)?)?;
+    let data = DpoData::open(&c.data, t.skip_bad_lines, encoding, &tokenizer, t.batch_size(&DPO)?, t.seed)?;
+    let mut stage = DpoStage::new(data, reference, c.beta, c.seq_logp, t.device.clone());
+    let (_, start) = from_model_folder(&c.model, &t.device)?;
+    run_stage(t, &DPO, &mut stage, start)
+}

@@ -1,0 +1,137 @@
+//! Training metrics: one JSON object per optimizer step in `metrics.jsonl`, and a PNG chart of
+//! loss and learning rate drawn from that file.
+
+use anyhow::{bail, Context, Result};
+use plotters::prelude::*;
+use serde::{Deserialize, Serialize};
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::sync::Once;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct StepMetrics {
+    pub step: usize,
+    pub epoch: usize,
+    pub loss: f64,
+    pub lr: f64,
+    pub grad_norm: f64,
+    /// Positions processed in this step (all micro-batches).
+    pub tokens: usize,
+    pub tokens_per_sec: f64,
+    pub elapsed_s: f64,
+    /// Stage-specific figures (DPO: `reward_margin`, `accuracy`), one chart panel each.
+    #[serde(flatten, default)]
+    pub extra: std::collections::BTreeMap<String, f64>,
+}
+
+/// Appends metrics lines, flushing each so a crash loses nothing already logged.
+pub struct MetricsWriter {
+    file: File,
+}
+
+impl MetricsWriter {
+    /// Opens `path` for appending (`fresh` truncates it first).
+    pub fn open(path: &Path, fresh: bool) -> Result<Self> {
+        let file = OpenOptions::new()
+            .create(true)
+            .append(!fresh)
+            .write(true)
+            .truncate(fresh)
+            .open(path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        Ok(Self { file })
+    }
+
+    pub fn write(&mut self, m: &StepMetrics) -> Result<()> {
+        writeln!(self.file, "{}", serde_json::to_string(m)?)?;
+        self.file.flush()?;
+        Ok(())
+    }
+}
+
+pub fn read_metrics(path: &Path) -> Result<Vec<StepMetrics>> {
+    let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut rows = Vec::new();
+    for (i, line) in BufReader::new(file).lines().enumerate() {
+        let line = line?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let row = serde_json::from_str(&line)
+            .with_context(|| format!("{}:{}: expected a metrics object", path.display(), i + 1))?;
+        rows.push(row);
+    }
+    Ok(rows)
+}
+
+static FONT: Once = Once::new();
+
+fn register_font() {
+    FONT.call_once(|| {
+        let bytes: &'static [u8] = include_bytes!("../../assets/fonts/DejaVuSans.ttf");
+        let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, bytes);
+    });
+}
+
+/// Draws loss, learning rate and any stage-specific series against the step into a PNG at `out`,
+/// one panel each, loss on top.
+pub fn write_chart(metrics: &[StepMetrics], title: &str, out: &Path) -> Result<()> {
+    if metrics.is_empty() {
+        bail!("no metrics to chart");
+    }
+    register_font();
+    let keys: Vec<&String> = metrics[0].extra.keys().collect();
+    let height = 460 + 260 * (1 + keys.len() as u32);
+    let root = BitMapBackend::new(out, (960, height)).into_drawing_area();
+    root.fill(&WHITE).map_err(chart_err)?;
+    let (top, rest) = root.split_vertically(460);
+    let panels = rest.split_evenly((1 + keys.len(), 1));
+    let steps = metrics.iter().map(|m| m.step).max().unwrap_or(1).max(1) as f64;
+    let series = |f: &dyn Fn(&StepMetrics) -> Option<f64>| -> Vec<(f64, f64)> {
+        metrics.iter().filter_map(|m| f(m).map(|v| (m.step as f64, v))).collect()
+    };
+    draw_series(&top, &format!("{title} — loss"), "loss", &series(&|m| Some(m.loss)), steps, &BLUE)?;
+    draw_series(&panels[0], "learning rate", "lr", &series(&|m| Some(m.lr)), steps, &RED)?;
+    for (panel, key) in panels[1..].iter().zip(keys) {
+        let points = series(&|m| m.extra.get(key).copied());
+        if !points.is_empty() {
+            draw_series(panel, key, key, &points, steps, &GREEN)?;
+        }
+    }
+    root.present().map_err(chart_err)?;
+    Ok(())
+}
+
+fn draw_series(
+    area: &DrawingArea<BitMapBackend, plotters::coord::Shift>,
+    caption: &str,
+    label: &str,
+    points: &[(f64, f64)],
+    max_step: f64,
+    color: &RGBColor,
+) -> Result<()> {
+    let lo = points.iter().map(|p| p.1).fold(f64::INFINITY, f64::min);
+    let hi = points.iter().map(|p| p.1).fold(f64::NEG_INFINITY, f64::max);
+    let pad = ((hi - lo) * 0.05).max(hi.abs() * 1e-3).max(1e-12);
+    let mut chart = ChartBuilder::on(area)
+        .caption(caption, ("sans-serif", 22))
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(72)
+        .build_cartesian_2d(0f64..max_step, (lo - pad)..(hi + pad))
+        .map_err(chart_err)?;
+    chart
+        .configure_mesh()
+        .x_desc("step")
+        .y_desc(label)
+        .y_label_formatter(&|v| if label == "lr" { format!("{v:.1e}") } else { format!("{v:.3}") })
+        .draw()
+        .map_err(chart_err)?;
+    chart.draw_series(LineSeries::new(points.iter().copied(), color)).map_err(chart_err)?;
+    Ok(())
+}
+
+fn chart_err<E: std::fmt::Debug>(e: E) -> anyhow::Error {
+    anyhow::anyhow!("drawing chart: {e:?}")
+}

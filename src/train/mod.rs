@@ -1,0 +1,37 @@
+//! Training: one loop ([`trainer`]) that every stage uses, the optimizer and schedule
+//! ([`optim`]), exact resume ([`resume`]), metrics ([`metrics`]), what every stage's entry point
+//! shares ([`run`]), and one module per stage — each a dataset plus a loss:
+//! [`pretrain()`], [`sft()`], [`dpo()`], [`lora()`], [`distill()`], [`reason()`].
+//!
+//! ```no_run
+//! use minimind::train::{self, SftConfig, TrainConfig};
+//! let summary = train::sft(&SftConfig {
+//!     model: "runs/base".into(),
+//!     data: "data/chat_zh_en.jsonl".into(),
+//!     train: TrainConfig { max_steps: Some(100), ..TrainConfig::new("runs/chat") },
+//! })?;
+//! println!("loss {:.3} → {:.3}", summary.first_loss, summary.final_loss);
+//! # anyhow::Ok(())
+//! ```
+
+pub mod distill;
+pub mod dpo;
+pub mod lm;
+pub mod lora;
+pub mod metrics;
+pub mod optim;
+pub mod pretrain;
+pub mod reason;
+pub mod resume;
+pub mod run;
+pub mod sft;
+pub mod trainer;
+
+pub use distill::{distill, DistillConfig};
+pub use dpo::{dpo, DpoConfig};
+pub use lora::{lora, LoraTrainConfig};
+pub use pretrain::{pretrain, PretrainConfig};
+pub use reason::{reason, ReasonConfig};
+pub use run::{StageDefaults, TrainConfig};
+pub use sft::{sft, SftConfig};
+pub use trainer::*;

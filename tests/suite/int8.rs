@@ -1,0 +1,122 @@
+//! Int8 weight-only inference: packing, the int8 gemv against the dequantized product, a quantized
+//! model's decoding against its own prefill and against f32, and perplexity.
+
+use candle_core::{DType, Device, Tensor};
+use crate::common::*;
+use minimind::ops::{self, int8};
+
+fn weights(n: usize, k: usize, seed: u64) -> Tensor {
+    crate::common::pth::random_normal(&[n, k], seed)
+}
+
+#[test]
+fn packing_rounds_each_weight_to_half_a_step_of_its_group() {
+    for k in [64, 70, 512] {
+        let w = weights(9, k, k as u64);
+        let q = int8::quantize(&w).unwrap();
+        assert_eq!(q.dims(), &[9, int8::row_bytes(k)]);
+        let back = int8::dequantize(&q, k).unwrap();
+        let (w, back) = (w.to_vec2::<f32>().unwrap(), back.to_vec2::<f32>().unwrap());
+        for (row, row_back) in w.iter().zip(&back) {
+            for (g, (group, group_back)) in row.chunks(int8::GROUP).zip(row_back.chunks(int8::GROUP)).enumerate() {
+                let step = group.iter().fold(0f32, |m, v| m.max(v.abs())) / 127.0;
+                for (a, b) in group.iter().zip(group_back) {
+                    assert!((a - b).abs() <= step / 2.0 + 1e-6, "k {k} group {g}: {a} → {b}");
+                }
+            }
+        }
+    }
+    // All-zero groups stay zero (no division by a zero scale).
+    let zeros = Tensor::zeros((2, 32), DType::F32, &Device::Cpu).unwrap();
+    let back = int8::dequantize(&int8::quantize(&zeros).unwrap(), 32).unwrap();
+    assert_eq!(max_abs_diff(&back, &zeros), 0.0);
+}
+
+#[test]
+fn int8_products_equal_the_dequantized_weight_products() {
+    for (m, k, n) in [(1, 64, 7), (3, 70, 130), (4, 512, 300), (8, 64, 33), (9, 96, 65)] {
+        let w = weights(n, k, 3);
+        let q = int8::quantize(&w).unwrap();
+        let dense = int8::dequantize(&q, k).unwrap();
+        let x = crate::common::pth::random_normal(&[m, k], 11);
+        let expected = x.matmul(&dense.t().unwrap()).unwrap();
+        let got = ops::matmul_nt(&x, &q).unwrap();
+        assert_eq!(got.dims(), &[m, n]);
+        let scale = expected.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(max_abs_diff(&got, &expected) <= 1e-5 * scale.max(1.0), "m {m} k {k} n {n}");
+    }
+}
+
+#[test]
+fn concurrent_callers_get_their_own_results() {
+    let w = weights(257, 128, 5);
+    let q = int8::quantize(&w).unwrap();
+    let xs: Vec<Tensor> = (0..6).map(|i| crate::common::pth::random_normal(&[1, 128], 20 + i)).collect();
+    let serial: Vec<Tensor> = xs.iter().map(|x| ops::matmul_nt(x, &q).unwrap()).collect();
+    std::thread::scope(|s| {
+        let handles: Vec<_> = xs
+            .iter()
+            .map(|x| {
+                let q = &q;
+                s.spawn(move || {
+                    (0..49).for_each(|_| drop(ops::matmul_nt(x, q).unwrap()));
+                    ops::matmul_nt(x, q).unwrap()
+                })
+            })
+            .collect();
+        for (h, expected) in handles.into_iter().zip(&serial) {
+            assert_eq!(max_abs_diff(&h.join().unwrap(), expected), 0.0);
+        }
+    });
+}
+
+#[test]
+fn a_quantized_model_decodes_as_it_prefills_and_stays_near_f32() {
+    let (model, _) = micro_model(21);
+    let mut q = model.clone();
+    q.quantize_int8().unwrap();
+    assert!(q.is_int8() && !model.is_int8());
+    let ids = random_ids(1, 12, 97, 2);
+    let full = q.forward(&ids, None).unwrap();
+    // Token by token through the KV cache (the int8 gemv path) equals the prefill (dequantized path).
+    let mut cache = minimind::KvCache::new(&q.config, 1, 32, DType::F32, &Device::Cpu).unwrap();
+    for t in 0..12 {
+        let step = q.forward_last(&ids.narrow(1, t, 1).unwrap(), Some(&mut cache)).unwrap();
+        let expected = full.narrow(1, t, 1).unwrap().squeeze(1).unwrap();
+        assert!(max_abs_diff(&step, &expected) < 1e-4, "position {t}");
+    }
+    let reference = model.forward(&ids, None).unwrap();
+    let spread = reference.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    let d = max_abs_diff(&full, &reference);
+    assert!(d > 0.0 && d < 0.02 * spread, "int8 logits differ from f32 by {d} (logits up to {spread})");
+}
+
+#[test]
+fn perplexity_is_the_exponential_of_the_mean_token_loss() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokenizer = minimind::Tokenizer::load(&tokenizer_dir("v2")).unwrap();
+    let config = micro_config(tokenizer.vocab_size(), 4, 2, 16);
+    let (model, _) =
+        minimind::model::checkpoint::init_model(&config, minimind::model::params::InitScheme::Minimind2, 4, &Device::Cpu).unwrap();
+    let data = dir.path().join("eval.jsonl");
+    std::fs::write(&data, "{\"text\": \"春风又绿江南岸\"}\n{\"text\": \"明月何时照我还，一二三\"}\n").unwrap();
+    let p = minimind::eval::perplexity(&model, &tokenizer, &data, 32, 1, None).unwrap();
+    // By hand: every next token of [bos] text [eos], both rows pooled.
+    let (mut nll, mut count) = (0f64, 0usize);
+    for text in ["春风又绿江南岸", "明月何时照我还，一二三"] {
+        let mut ids = vec![tokenizer.bos_id().unwrap()];
+        ids.extend(tokenizer.encode(text).unwrap());
+        ids.push(tokenizer.eos_id().unwrap());
+        let n = ids.len();
+        let logits =
+            model.forward(&Tensor::new(&ids[..n - 1], &Device::Cpu).unwrap().unsqueeze(0).unwrap(), None).unwrap();
+        let logp = candle_nn::ops::log_softmax(&logits.squeeze(0).unwrap(), 1).unwrap().to_vec2::<f32>().unwrap();
+        for (j, row) in logp.iter().enumerate() {
+            nll -= row[ids[j + 1] as usize] as f64;
+        }
+        count += n - 1;
+    }
+    assert_eq!(p.tokens, count);
+    assert!((p.nll - nll / count as f64).abs() < 1e-4, "{} vs {}", p.nll, nll / count as f64);
+    assert!((p.value() - (nll / count as f64).exp()).abs() / p.value() < 1e-3);
+}

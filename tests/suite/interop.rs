@@ -1,0 +1,116 @@
+//! HF Llama export and HF folder import: round trips, config fields, validation.
+
+use candle_core::{DType, Device, Tensor};
+use crate::common::*;
+use minimind::model::checkpoint::{load_model, load_tensors, save_model, save_tensors};
+use minimind::interop::import::import_hf;
+use minimind::interop::hf::{export_hf_llama, ExportDType};
+
+fn model_folder() -> (tempfile::TempDir, minimind::MiniMindForCausalLM) {
+    let dir = tempfile::tempdir().unwrap();
+    let (model, _) = micro_model(31);
+    save_model(dir.path(), &model).unwrap();
+    (dir, model)
+}
+
+#[test]
+fn f32_export_then_import_is_bit_exact() {
+    let (src, model) = model_folder();
+    let hf = tempfile::tempdir().unwrap();
+    export_hf_llama(src.path(), None, hf.path(), ExportDType::F32).unwrap();
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(hf.path().join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["architectures"][0], "LlamaForCausalLM");
+    for key in [
+        "rope_theta",
+        "rms_norm_eps",
+        "num_key_value_heads",
+        "max_position_embeddings",
+        "intermediate_size",
+        "bos_token_id",
+        "eos_token_id",
+        "tie_word_embeddings",
+    ] {
+        assert!(config.get(key).is_some(), "config.json lacks {key}");
+    }
+    assert!(hf.path().join("generation_config.json").exists());
+    let tensors = load_tensors(&hf.path().join("model.safetensors"), &Device::Cpu).unwrap();
+    assert!(tensors.contains_key("lm_head.weight"), "Llama exports carry an explicit head");
+    let back = tempfile::tempdir().unwrap();
+    let imported = import_hf(hf.path(), back.path(), None).unwrap();
+    assert!(imported.config.tie_word_embeddings, "an exported head equal to the embedding is tied again");
+    for ((name, a), (_, b)) in model.named_tensors().iter().zip(imported.named_tensors()) {
+        assert_eq!(max_abs_diff(a, &b), 0.0, "{name}");
+    }
+    let (reloaded, _) = load_model(back.path(), &Device::Cpu, DType::F32, false).unwrap();
+    let ids = random_ids(1, 9, 97, 2);
+    assert_eq!(max_abs_diff(&model.forward(&ids, None).unwrap(), &reloaded.forward(&ids, None).unwrap()), 0.0);
+}
+
+#[test]
+fn half_precision_exports_keep_logits_close() {
+    let (src, model) = model_folder();
+    let ids = random_ids(1, 9, 97, 3);
+    let reference = model.forward(&ids, None).unwrap();
+    for (dtype, tol) in [(ExportDType::F16, 5e-3), (ExportDType::Bf16, 5e-2)] {
+        let hf = tempfile::tempdir().unwrap();
+        export_hf_llama(src.path(), None, hf.path(), dtype).unwrap();
+        let back = tempfile::tempdir().unwrap();
+        let imported = import_hf(hf.path(), back.path(), None).unwrap();
+        let d = max_abs_diff(&reference, &imported.forward(&ids, None).unwrap());
+        assert!(d < tol, "{dtype:?}: logits differ by {d}");
+    }
+}
+
+#[test]
+fn import_lists_missing_extra_and_misshaped_tensors() {
+    let (src, _) = model_folder();
+    let hf = tempfile::tempdir().unwrap();
+    export_hf_llama(src.path(), None, hf.path(), ExportDType::F32).unwrap();
+    let path = hf.path().join("model.safetensors");
+    let mut tensors = load_tensors(&path, &Device::Cpu).unwrap();
+    tensors.remove("model.layers.1.mlp.up_proj.weight");
+    tensors.insert(
+        "model.layers.0.self_attn.k_proj.weight".into(),
+        Tensor::zeros((5, 5), DType::F32, &Device::Cpu).unwrap(),
+    );
+    tensors.insert("model.layers.0.extra.weight".into(), Tensor::zeros(8, DType::F32, &Device::Cpu).unwrap());
+    save_tensors(&path, &tensors.into_iter().collect::<Vec<_>>()).unwrap();
+    let err = format!("{:#}", import_hf(hf.path(), tempfile::tempdir().unwrap().path(), None).err().unwrap());
+    for expect in [
+        "model.layers.1.mlp.up_proj.weight: missing",
+        "k_proj.weight: shape [5, 5]",
+        "model.layers.0.extra.weight: unexpected",
+    ] {
+        assert!(err.contains(expect), "{err}");
+    }
+    // A MoE config is refused plainly.
+    std::fs::write(hf.path().join("config.json"), r#"{"model_type": "minimind", "use_moe": true}"#).unwrap();
+    let err = format!("{:#}", import_hf(hf.path(), tempfile::tempdir().unwrap().path(), None).err().unwrap());
+    assert!(err.contains("not supported yet"), "{err}");
+}
+
+#[test]
+fn export_with_a_lora_adapter_writes_the_merged_model() {
+    let (src, model) = model_folder();
+    let mut adapted = model.clone();
+    let config = minimind::model::lora::LoraConfig { rank: 2, alpha: 4.0, targets: vec!["q_proj".into(), "down_proj".into()] };
+    let wb = minimind::model::params::WeightBuilder::random(5, DType::F32, &Device::Cpu, false);
+    minimind::model::lora::attach(&mut adapted, &config, &wb).unwrap();
+    for (_, linear) in adapted.linears_mut() {
+        if let Some(l) = &mut linear.lora {
+            l.b = (Tensor::ones(l.b.shape(), DType::F32, &Device::Cpu).unwrap() * 0.05).unwrap();
+        }
+    }
+    let adapter = tempfile::tempdir().unwrap();
+    minimind::model::lora::save(adapter.path(), &adapted, &config).unwrap();
+    let hf = tempfile::tempdir().unwrap();
+    export_hf_llama(src.path(), Some(adapter.path()), hf.path(), ExportDType::F32).unwrap();
+    let back = tempfile::tempdir().unwrap();
+    let merged = import_hf(hf.path(), back.path(), None).unwrap();
+    let ids = random_ids(1, 8, 97, 6);
+    let expected = adapted.forward(&ids, None).unwrap();
+    assert!(max_abs_diff(&expected, &model.forward(&ids, None).unwrap()) > 1e-3, "the adapter changes the model");
+    let d = max_abs_diff(&expected, &merged.forward(&ids, None).unwrap());
+    assert!(d < 1e-4, "merged export differs from base + adapter by {d}");
+}

@@ -1,0 +1,22 @@
+//! The integration tests, one binary (one link instead of one per file). `batch` and `numerics`
+//! stay separate binaries: they flip the process-wide kernel switch.
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod cli;
+mod data;
+mod distill;
+mod dpo;
+mod gguf;
+mod import;
+mod int8;
+mod interop;
+mod kernels;
+mod lora;
+mod model;
+mod reason;
+mod serve;
+mod sft;
+mod tokenizer;
+mod train;

@@ -1,0 +1,398 @@
+//! Training loop, optimizer, checkpoints, sampling.
+
+use candle_core::{DType, Device, Tensor};
+use crate::common::*;
+use minimind::model::checkpoint::{atomic_write, load_model, save_model};
+use minimind::data::LmBatch;
+use minimind::infer::{generate, sampler::apply_repetition_penalty, Sampler, SamplingParams};
+use minimind::train::lm::lm_loss;
+use minimind::model::{DropoutSeed, MiniMindForCausalLM};
+use minimind::train::optim::{clip_grad_norm, LrSchedule};
+use minimind::train::{train, Stage, StepPlan, TrainOptions};
+
+/// The same batch over and over: the loss must fall.
+struct RepeatedBatch(LmBatch);
+
+impl Stage for RepeatedBatch {
+    type Batch = ();
+    fn name(&self) -> &str {
+        "repeat"
+    }
+    fn batches_per_epoch(&self) -> usize {
+        1
+    }
+    fn next_batch(&mut self) -> anyhow::Result<()> {
+        Ok(())
+    }
+    fn loss(&self, model: &MiniMindForCausalLM, _: &(), dropout: DropoutSeed) -> anyhow::Result<Tensor> {
+        lm_loss(model, &self.0, dropout)
+    }
+    fn tokens(&self, _: &()) -> usize {
+        self.0.tokens()
+    }
+    fn cursor(&self) -> minimind::data::DataCursor {
+        Default::default()
+    }
+    fn seek(&mut self, _: minimind::data::DataCursor) {}
+}
+
+fn options(out: &std::path::Path, steps: usize) -> TrainOptions {
+    TrainOptions {
+        epochs: 1,
+        accumulation_steps: 2,
+        lr: 3e-3,
+        lr_schedule: LrSchedule::Minimind3,
+        grad_clip: 1.0,
+        weight_decay: 0.01,
+        save_every: 0,
+        max_steps: Some(steps),
+        seed: 1,
+        out_dir: out.to_path_buf(),
+        tokenizer_dir: None,
+        show_progress: false,
+        time_limit_s: None,
+        resume: None,
+        output: Default::default(),
+    }
+}
+
+#[test]
+fn loss_falls_on_a_repeated_batch_and_metrics_are_written() {
+    let (model, params) = micro_model(2);
+    let ids = random_ids(2, 17, 97, 3);
+    let rows: Vec<(Vec<u32>, usize)> = ids.to_vec2::<u32>().unwrap().into_iter().map(|r| (r, 17)).collect();
+    let mut stage = RepeatedBatch(LmBatch::from_rows(&rows, &Device::Cpu).unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let summary = train(&model, &params, &mut stage, &options(dir.path(), 30)).unwrap();
+    assert!(summary.final_loss < summary.first_loss - 1.0, "{summary:?}");
+    let metrics = minimind::train::metrics::read_metrics(&dir.path().join("metrics.jsonl")).unwrap();
+    assert_eq!(metrics.len(), 30);
+    assert!((metrics[0].lr - 3e-3).abs() < 1e-5, "minimind-3's first step is just under lr");
+    assert!(dir.path().join("loss.png").exists() && dir.path().join("model.safetensors").exists());
+}
+
+/// MiniMind2: `lr/10 + 0.5·lr·(1 + cos(π·t/T))`, t = 0…T−1 (spec §6.1).
+fn minimind2_lr(lr: f64, t: usize, total: usize) -> f64 {
+    lr / 10.0 + 0.5 * lr * (1.0 + (std::f64::consts::PI * t as f64 / total as f64).cos())
+}
+
+/// minimind-3: `lr·(0.1 + 0.45·(1 + cos(π·t/T)))`, t = 1…T.
+fn minimind3_lr(lr: f64, t: usize, total: usize) -> f64 {
+    lr * (0.1 + 0.45 * (1.0 + (std::f64::consts::PI * t as f64 / total as f64).cos()))
+}
+
+#[test]
+fn lr_schedules_follow_minimind_formulas() {
+    let close = |a: f64, b: f64| (a - b).abs() < 1e-15;
+    // MiniMind2 starts at 1.1·lr; minimind-3's first (1-based) step is just under lr, its last 0.1·lr.
+    assert!(close(LrSchedule::Minimind2.at(1e-3, 0, 100), 1.1e-3));
+    assert!(close(LrSchedule::Minimind3.at(1e-3, 99, 100), 1e-4));
+    for t in [0, 1, 50, 99] {
+        assert!(close(LrSchedule::Minimind2.at(5e-4, t, 100), minimind2_lr(5e-4, t, 100)));
+        assert!(close(LrSchedule::Minimind3.at(5e-4, t, 100), minimind3_lr(5e-4, t + 1, 100)));
+    }
+    assert_eq!("minimind3".parse::<LrSchedule>().unwrap(), LrSchedule::Minimind3);
+    assert!("cosine".parse::<LrSchedule>().unwrap_err().contains("minimind2, minimind3"));
+}
+
+/// A stage of `n` identical micro-batches per epoch that counts the batches it hands out.
+struct CountingStage {
+    batch: LmBatch,
+    per_epoch: usize,
+    handed_out: usize,
+}
+
+impl Stage for CountingStage {
+    type Batch = ();
+    fn name(&self) -> &str {
+        "count"
+    }
+    fn batches_per_epoch(&self) -> usize {
+        self.per_epoch
+    }
+    fn next_batch(&mut self) -> anyhow::Result<()> {
+        self.handed_out += 1;
+        Ok(())
+    }
+    fn loss(&self, model: &MiniMindForCausalLM, _: &(), dropout: DropoutSeed) -> anyhow::Result<Tensor> {
+        lm_loss(model, &self.batch, dropout)
+    }
+    fn tokens(&self, _: &()) -> usize {
+        self.batch.tokens()
+    }
+    fn cursor(&self) -> minimind::data::DataCursor {
+        minimind::data::DataCursor { epoch: self.handed_out / self.per_epoch, row: self.handed_out % self.per_epoch }
+    }
+    fn seek(&mut self, _: minimind::data::DataCursor) {}
+}
+
+fn counting_stage(per_epoch: usize) -> CountingStage {
+    let rows: Vec<(Vec<u32>, usize)> =
+        random_ids(1, 9, 97, 5).to_vec2::<u32>().unwrap().into_iter().map(|r| (r, 9)).collect();
+    CountingStage { batch: LmBatch::from_rows(&rows, &Device::Cpu).unwrap(), per_epoch, handed_out: 0 }
+}
+
+/// Runs `stage` and returns the per-step (lr, tokens) of metrics.jsonl.
+fn run_steps(stage: &mut CountingStage, opts: TrainOptions) -> Vec<(f64, usize)> {
+    let (model, params) = micro_model(8);
+    train(&model, &params, stage, &opts).unwrap();
+    let metrics = minimind::train::metrics::read_metrics(&opts.out_dir.join("metrics.jsonl")).unwrap();
+    metrics.iter().map(|m| (m.lr, m.tokens)).collect()
+}
+
+#[test]
+fn lr_is_set_per_micro_step_first_second_and_last() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = TrainOptions { accumulation_steps: 1, max_steps: None, epochs: 1, lr: 1e-3, ..options(dir.path(), 0) };
+    for (schedule, formula, offset) in
+        [(LrSchedule::Minimind2, minimind2_lr as fn(f64, usize, usize) -> f64, 0), (LrSchedule::Minimind3, minimind3_lr, 1)]
+    {
+        let steps = run_steps(&mut counting_stage(6), TrainOptions { lr_schedule: schedule, ..base.clone() });
+        assert_eq!(steps.len(), 6);
+        for (i, t) in [(0, 0), (1, 1), (5, 5)] {
+            assert!((steps[i].0 - formula(1e-3, t + offset, 6)).abs() < 1e-15, "{schedule} step {i}: {}", steps[i].0);
+        }
+    }
+    // With accumulation the optimizer takes the rate of its window's last micro-step: 6 micro-steps
+    // in windows of 2 → micro-steps 1, 3, 5.
+    let opts = TrainOptions { accumulation_steps: 2, lr_schedule: LrSchedule::Minimind2, ..base.clone() };
+    let steps = run_steps(&mut counting_stage(6), opts);
+    for (step, t) in [(0, 1), (1, 3), (2, 5)] {
+        assert!((steps[step].0 - minimind2_lr(1e-3, t, 6)).abs() < 1e-15, "step {step}: {steps:?}");
+    }
+}
+
+#[test]
+fn an_epochs_last_window_is_short_and_never_takes_the_next_epochs_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    // 10 batches per epoch, accumulation 8, one epoch: steps of 8 and 2 micro-batches — 10 in all.
+    let opts = TrainOptions { accumulation_steps: 8, max_steps: None, epochs: 1, ..options(dir.path(), 0) };
+    let mut stage = counting_stage(10);
+    let steps = run_steps(&mut stage, opts.clone());
+    assert_eq!(stage.handed_out, 10);
+    let per_batch = stage.batch.tokens();
+    assert_eq!(steps.iter().map(|s| s.1).collect::<Vec<_>>(), [8 * per_batch, 2 * per_batch]);
+    // Two epochs: 8, 2, 8, 2; the schedule spans 20 micro-steps.
+    let mut stage = counting_stage(10);
+    let steps = run_steps(&mut stage, TrainOptions { epochs: 2, ..opts });
+    assert_eq!(stage.handed_out, 20);
+    assert_eq!(steps.len(), 4);
+    let plan = StepPlan { batches_per_epoch: 10, accumulation: 8, total_steps: 4 };
+    assert_eq!((0..4).map(|s| plan.micro_batches(s)).collect::<Vec<_>>(), [8, 2, 8, 2]);
+    assert_eq!(plan.total_micro(), 20);
+}
+
+#[test]
+fn gradient_clipping() {
+    let mut grads = vec![Tensor::new(&[3f32, 0.], &Device::Cpu).unwrap(), Tensor::new(&[4f32], &Device::Cpu).unwrap()];
+    let norm = clip_grad_norm(&mut grads, 1.0).unwrap();
+    assert!((norm - 5.0).abs() < 1e-6);
+    assert!((grads[0].to_vec1::<f32>().unwrap()[0] - 0.6).abs() < 1e-5);
+    let mut small = vec![Tensor::new(&[0.3f32], &Device::Cpu).unwrap()];
+    clip_grad_norm(&mut small, 1.0).unwrap();
+    assert_eq!(small[0].to_vec1::<f32>().unwrap(), [0.3]);
+}
+
+#[test]
+fn checkpoint_round_trip_gives_identical_logits() {
+    let (model, _) = micro_model(4);
+    let dir = tempfile::tempdir().unwrap();
+    save_model(dir.path(), &model).unwrap();
+    let (loaded, _) = load_model(dir.path(), &Device::Cpu, DType::F32, false).unwrap();
+    let ids = random_ids(1, 10, 97, 9);
+    let a = model.forward(&ids, None).unwrap();
+    let b = loaded.forward(&ids, None).unwrap();
+    assert_eq!(max_abs_diff(&a, &b), 0.0);
+    // A tied checkpoint may also carry lm_head.weight (MiniMind .pth style) if it equals the embedding.
+    let mut tensors = minimind::model::checkpoint::load_tensors(&dir.path().join("model.safetensors"), &Device::Cpu).unwrap();
+    let embed = tensors["model.embed_tokens.weight"].clone();
+    tensors.insert("lm_head.weight".into(), embed.clone());
+    let list: Vec<(String, Tensor)> = tensors.into_iter().collect();
+    minimind::model::checkpoint::save_tensors(&dir.path().join("model.safetensors"), &list).unwrap();
+    assert!(load_model(dir.path(), &Device::Cpu, DType::F32, false).is_ok());
+}
+
+#[test]
+fn checkpoint_mismatches_are_listed() {
+    let (model, _) = micro_model(4);
+    let dir = tempfile::tempdir().unwrap();
+    save_model(dir.path(), &model).unwrap();
+    let mut tensors = minimind::model::checkpoint::load_tensors(&dir.path().join("model.safetensors"), &Device::Cpu).unwrap();
+    tensors.remove("model.norm.weight");
+    tensors
+        .insert("model.layers.0.mlp.up_proj.weight".into(), Tensor::zeros((3, 3), DType::F32, &Device::Cpu).unwrap());
+    tensors.insert("model.extra.weight".into(), Tensor::zeros(2, DType::F32, &Device::Cpu).unwrap());
+    let list: Vec<(String, Tensor)> = tensors.into_iter().collect();
+    minimind::model::checkpoint::save_tensors(&dir.path().join("model.safetensors"), &list).unwrap();
+    let err = format!("{:#}", load_model(dir.path(), &Device::Cpu, DType::F32, false).err().unwrap());
+    assert!(err.contains("model.norm.weight: missing"), "{err}");
+    assert!(err.contains("model.layers.0.mlp.up_proj.weight: shape [3, 3], expected [192, 64]"), "{err}");
+    assert!(err.contains("model.extra.weight: unexpected tensor"), "{err}");
+}
+
+#[test]
+fn interrupted_write_leaves_previous_file_intact() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("model.safetensors");
+    atomic_write(&path, |w| Ok(w.write_all(b"complete version 1")?)).unwrap();
+    // The writer dies halfway (as a kill would): the target keeps version 1 and no temp file remains.
+    let result = atomic_write(&path, |w| {
+        w.write_all(b"half of vers")?;
+        anyhow::bail!("killed")
+    });
+    assert!(result.is_err());
+    assert_eq!(std::fs::read(&path).unwrap(), b"complete version 1");
+    let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(names.len(), 1, "{names:?}");
+}
+
+#[test]
+fn sampling_follows_hf_semantics() {
+    let logits = [1.0f32, 3.0, 2.0, -1.0];
+    let mut greedy = Sampler::new(SamplingParams { temperature: 0.0, ..Default::default() }).unwrap();
+    assert_eq!(greedy.sample(&logits, &[]), 1);
+    // top-k 1 and a tiny top-p both reduce to the most likely token.
+    let mut top1 =
+        Sampler::new(SamplingParams { temperature: 1.0, top_k: 1, top_p: 1.0, ..Default::default() }).unwrap();
+    let mut topp =
+        Sampler::new(SamplingParams { temperature: 1.0, top_k: 0, top_p: 0.01, ..Default::default() }).unwrap();
+    for _ in 0..20 {
+        assert_eq!(top1.sample(&logits, &[]), 1);
+        assert_eq!(topp.sample(&logits, &[]), 1);
+    }
+    // top-p keeps the token that crosses p: p = 0.7 keeps {1, 2} (0.66 + 0.24 > 0.7).
+    let mut p07 =
+        Sampler::new(SamplingParams { temperature: 1.0, top_k: 0, top_p: 0.7, seed: 3, ..Default::default() }).unwrap();
+    let picks: std::collections::HashSet<u32> = (0..200).map(|_| p07.sample(&logits, &[])).collect();
+    assert_eq!(picks, [1, 2].into_iter().collect());
+    // Sign-aware repetition penalty: positive ÷ p, negative × p, once per distinct token.
+    let mut l = logits.to_vec();
+    apply_repetition_penalty(&mut l, &[1, 3, 1], 2.0);
+    assert_eq!(l, [1.0, 1.5, 2.0, -2.0]);
+    // Same seed, same draws.
+    let draw = |seed| {
+        let mut s = Sampler::new(SamplingParams { temperature: 1.0, top_k: 0, top_p: 1.0, seed, ..Default::default() })
+            .unwrap();
+        (0..10).map(|_| s.sample(&logits, &[])).collect::<Vec<_>>()
+    };
+    assert_eq!(draw(5), draw(5));
+    assert!(Sampler::new(SamplingParams { top_p: 0.0, ..Default::default() }).is_err());
+}
+
+#[test]
+fn greedy_generation_matches_argmax_of_full_forward() {
+    let (model, _) = micro_model(6);
+    let prompt = [1u32, 5, 9];
+    let mut sampler = Sampler::new(SamplingParams { temperature: 0.0, ..Default::default() }).unwrap();
+    let out = generate(&model, &prompt, 6, &[], &mut sampler, |_| Ok(true)).unwrap();
+    assert_eq!(out.tokens.len(), 6);
+    assert_eq!(out.finish_reason, minimind::infer::FinishReason::Length);
+    // Recompute each token without the cache.
+    let mut seq = prompt.to_vec();
+    for &tok in &out.tokens {
+        let ids = Tensor::new(seq.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+        let logits: Vec<f32> = model.forward_last(&ids, None).unwrap().squeeze(0).unwrap().to_vec1().unwrap();
+        assert_eq!(minimind::infer::sampler::argmax(&logits), tok);
+        seq.push(tok);
+    }
+    // A stop id ends generation without being emitted.
+    let stop = out.tokens[2];
+    let mut sampler = Sampler::new(SamplingParams { temperature: 0.0, ..Default::default() }).unwrap();
+    let stopped = generate(&model, &prompt, 6, &[stop], &mut sampler, |_| Ok(true)).unwrap();
+    assert_eq!(stopped.finish_reason, minimind::infer::FinishReason::Stop);
+    assert!(!stopped.tokens.contains(&stop));
+}
+
+#[test]
+fn resumed_run_matches_an_uninterrupted_one_exactly() {
+    use minimind::data::pretrain::{pretrain_data, PretrainEncoding};
+    use minimind::train::lm::LmStage;
+    use minimind::data::tokenizer::Tokenizer;
+    let tok = Tokenizer::load(&tokenizer_dir("v2")).unwrap();
+    let enc = PretrainEncoding { max_seq_len: 24, wrap: true, bos: 1, eos: 2, pad: 0 };
+    let data = || pretrain_data(&fixture("pretrain_en_austen_16.jsonl"), false, enc, &tok, 3, 9).unwrap();
+    let config = micro_config(6400, 4, 2, 16);
+    let opts = |dir: &std::path::Path| TrainOptions {
+        max_steps: Some(8),
+        save_every: 4,
+        accumulation_steps: 2,
+        lr: 2e-3,
+        ..options(dir, 8)
+    };
+    // Straight through: 8 steps (6 batches per epoch, so the data wraps into a second epoch).
+    let straight = tempfile::tempdir().unwrap();
+    let (model, params) =
+        minimind::model::checkpoint::init_model(&config, minimind::model::params::InitScheme::Minimind2, 3, &Device::Cpu).unwrap();
+    let mut stage = LmStage { name: "pretrain", data: data(), device: Device::Cpu };
+    train(&model, &params, &mut stage, &opts(straight.path())).unwrap();
+    // Interrupted: the same run stopped after its step-4 checkpoint (a later crash loses nothing
+    // saved), then resumed from the folder.
+    let resumed = tempfile::tempdir().unwrap();
+    let (model, params) =
+        minimind::model::checkpoint::init_model(&config, minimind::model::params::InitScheme::Minimind2, 3, &Device::Cpu).unwrap();
+    let mut stage = LmStage { name: "pretrain", data: data(), device: Device::Cpu };
+    // Run 4 steps of the 8-step schedule, dying in step 5 after the step-4 checkpoint.
+    train_until(&model, &params, &mut stage, &opts(resumed.path()), 4);
+    let (model, params, resume) = minimind::train::resume::load_run(resumed.path(), &Device::Cpu).unwrap();
+    assert_eq!(resume.state.step, 4);
+    let mut stage = LmStage { name: "pretrain", data: data(), device: Device::Cpu };
+    train(&model, &params, &mut stage, &TrainOptions { resume: Some(resume), ..opts(resumed.path()) }).unwrap();
+    let a = minimind::train::metrics::read_metrics(&straight.path().join("metrics.jsonl")).unwrap();
+    let b = minimind::train::metrics::read_metrics(&resumed.path().join("metrics.jsonl")).unwrap();
+    let losses = |m: &[minimind::train::metrics::StepMetrics]| {
+        m.iter().map(|r| (r.step, r.loss, r.lr, r.grad_norm)).collect::<Vec<_>>()
+    };
+    assert_eq!(losses(&a), losses(&b), "loss, lr and grad-norm sequences must be identical");
+    let wa = minimind::model::checkpoint::load_tensors(&straight.path().join("model.safetensors"), &Device::Cpu).unwrap();
+    let wb = minimind::model::checkpoint::load_tensors(&resumed.path().join("model.safetensors"), &Device::Cpu).unwrap();
+    for (name, t) in &wa {
+        assert_eq!(max_abs_diff(t, &wb[name]), 0.0, "{name} differs");
+    }
+}
+
+/// Trains `opts` but stops right after the checkpoint at `stop_after` steps, as a killed run would.
+fn train_until(
+    model: &MiniMindForCausalLM,
+    params: &minimind::model::params::Params,
+    stage: &mut impl Stage,
+    opts: &TrainOptions,
+    stop_after: usize,
+) {
+    struct Stop<'a, S: Stage> {
+        inner: &'a mut S,
+        batches_left: usize,
+    }
+    impl<S: Stage> Stage for Stop<'_, S> {
+        type Batch = S::Batch;
+        fn name(&self) -> &str {
+            self.inner.name()
+        }
+        fn batches_per_epoch(&self) -> usize {
+            self.inner.batches_per_epoch()
+        }
+        fn next_batch(&mut self) -> anyhow::Result<S::Batch> {
+            if self.batches_left == 0 {
+                anyhow::bail!("killed");
+            }
+            self.batches_left -= 1;
+            self.inner.next_batch()
+        }
+        fn loss(&self, m: &MiniMindForCausalLM, b: &S::Batch, d: DropoutSeed) -> anyhow::Result<Tensor> {
+            self.inner.loss(m, b, d)
+        }
+        fn tokens(&self, b: &S::Batch) -> usize {
+            self.inner.tokens(b)
+        }
+        fn cursor(&self) -> minimind::data::DataCursor {
+            self.inner.cursor()
+        }
+        fn seek(&mut self, c: minimind::data::DataCursor) {
+            self.inner.seek(c)
+        }
+    }
+    // Let it run into step stop_after + 1 and die there, after the checkpoint of step stop_after.
+    let batches = (stop_after + 1) * opts.accumulation_steps - 1;
+    let mut stopping = Stop { inner: stage, batches_left: batches };
+    let err = train(model, params, &mut stopping, opts).unwrap_err();
+    assert!(err.to_string().contains("killed"));
+}
