@@ -1,26 +1,18 @@
 //! minimind: MiniMind-style small language models in one native binary.
 //!
-//! Module map (see `docs/ARCHITECTURE.md`):
-//! - [`config`] model hyper-parameters (`config.json`), presets
-//! - [`ops`] the math: RMSNorm, RoPE, attention, SwiGLU, cross-entropy (all with a backward)
-//! - [`model`] the transformer, weights by checkpoint name; [`kv_cache`] its decoding cache
-//! - [`params`] random initialization or checkpoint loading, by tensor name
-//! - [`checkpoint`] model folders, atomic writes
-//! - [`tokenizer`], [`train_tokenizer`] HF tokenizers, chat templates, BPE training
-//! - [`data`] streaming JSON Lines, shuffling, batches
-//! - [`optim`], [`train`], [`resume`] AdamW, the training loop, exact resume
-//! - [`lm_stage`], [`sft`], [`dpo`] the stages: pretraining, supervised fine-tuning, preference optimization
-//! - [`lora`] low-rank adapters: attach, save/load, merge
-//! - [`distill`] white-box distillation and teacher-written SFT data
-//! - [`reason`] reasoning SFT with up-weighted format tags, and the think display
-//! - [`metrics`] metrics.jsonl and the PNG chart
-//! - [`generate`] sampling and KV-cached decoding
-//! - [`serve`] the OpenAI-compatible server and the web chat page
-//! - [`import`] MiniMind `.pth` (classic and renamed), HF folders and LoRA files into model folders
-//! - [`interop`], [`gguf`] HF Llama export, GGUF export for llama.cpp
+//! The folders follow the pipeline (see `docs/ARCHITECTURE.md`):
+//! - [`model`] the transformer (`model/transformer.rs`, read it top to bottom), its config, KV cache,
+//!   LoRA adapters, weights by checkpoint name, model folders
+//! - [`ops`] the math: fused CPU kernels with their own backward, and their composed twins
+//! - [`data`] JSON Lines, the tokenizer and chat template, each stage's row encoding
+//! - [`train`] the one training loop, optimizer and schedule, resume, metrics, one module per stage:
+//!   [`train::pretrain()`], [`train::sft()`], [`train::dpo()`], [`train::lora()`],
+//!   [`train::distill()`], [`train::reason()`]
+//! - [`infer`] sampling, KV-cached decoding, the reasoning split; [`infer::load`] a model to run
 //! - [`eval`] perplexity on held-out text
-//! - [`bench`] throughput benchmarks
-//! - [`cli`], [`demo`] the command line
+//! - [`serve`] the OpenAI-compatible server and the web chat page
+//! - [`interop`] MiniMind `.pth` / HF import, HF and GGUF export
+//! - [`cli`] the command line: flags turned into the library's configs, the demo, benchmarks
 
 /// A fieldless enum with fixed names: `FromStr` (an error listing the names) and `Display`, so
 /// the command line can parse it without the library depending on the CLI's parser.

@@ -67,7 +67,7 @@ pub struct TrainOptions {
     pub show_progress: bool,
     /// Stop after the step that crosses this many seconds, saving as at the end.
     pub time_limit_s: Option<f64>,
-    /// Continue a run: its state and optimizer tensors from `resume::load_run` (whose parameters the
+    /// Continue a run: its state and optimizer tensors from `resume::load` (whose parameters the
     /// model was built from).
     pub resume: Option<Resume>,
     /// What a checkpoint writes besides the resume state: the whole model folder, or only a LoRA adapter.
@@ -136,11 +136,6 @@ impl StepPlan {
     pub fn lr(&self, schedule: LrSchedule, base_lr: f64, step: usize) -> f64 {
         schedule.at(base_lr, self.micro_before(step + 1) - 1, self.total_micro())
     }
-}
-
-/// Optimizer steps the run will take (see [`StepPlan::new`]).
-pub fn total_steps(opts: &TrainOptions, batches_per_epoch: usize) -> usize {
-    StepPlan::new(opts, batches_per_epoch).total_steps
 }
 
 pub fn train<S: Stage>(

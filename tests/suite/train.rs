@@ -315,11 +315,12 @@ fn resumed_run_matches_an_uninterrupted_one_exactly() {
     let opts = |dir: &std::path::Path| TrainOptions {
         max_steps: Some(8),
         save_every: 4,
-        accumulation_steps: 2,
+        accumulation_steps: 4,
         lr: 2e-3,
         ..options(dir, 8)
     };
-    // Straight through: 8 steps (6 batches per epoch, so the data wraps into a second epoch).
+    // Straight through: 8 steps over 6 batches per epoch in windows of 4 and 2, so the data wraps
+    // into later epochs and every other step is a short window.
     let straight = tempfile::tempdir().unwrap();
     let (model, params) =
         minimind::model::checkpoint::init_model(&config, minimind::model::params::InitScheme::Minimind2, 3, &Device::Cpu).unwrap();
@@ -391,7 +392,8 @@ fn train_until(
         }
     }
     // Let it run into step stop_after + 1 and die there, after the checkpoint of step stop_after.
-    let batches = (stop_after + 1) * opts.accumulation_steps - 1;
+    let plan = StepPlan::new(opts, stage.batches_per_epoch());
+    let batches = plan.micro_before(stop_after) + plan.micro_batches(stop_after) - 1;
     let mut stopping = Stop { inner: stage, batches_left: batches };
     let err = train(model, params, &mut stopping, opts).unwrap_err();
     assert!(err.to_string().contains("killed"));
