@@ -35,6 +35,7 @@ fn main() -> Result<()> {
         accumulation_steps: Some(1),
         max_seq_len: Some(128),
         lr: Some(lr),
+        overwrite: true, // this example's own folders, replaced on every run
         ..TrainConfig::new(out)
     };
     let base = out.join("base");

@@ -2,13 +2,13 @@
 //! reported against this machine's measured matmul ceiling. `bench/torch_reference.py` runs the same
 //! model and steps in PyTorch, so the two can be compared in one go.
 
+use crate::infer::{generate, Sampler, SamplingParams};
 use crate::model::checkpoint::init_model;
 use crate::model::config::ModelConfig;
-use crate::infer::{generate, Sampler, SamplingParams};
-use crate::ops;
-use crate::train::optim::{clip_factor, grad_norm, AdamW, AdamWConfig, GradAccumulator};
 use crate::model::lora::{self, LoraConfig};
 use crate::model::params::InitScheme;
+use crate::ops;
+use crate::train::optim::{clip_factor, grad_norm, AdamW, AdamWConfig, GradAccumulator};
 use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor};
 use clap::{Args, ValueEnum};

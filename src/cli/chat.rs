@@ -3,8 +3,8 @@
 //! the conversation, `/exit` (or end of input) quits.
 
 use super::{ModelArgs, SamplingArgs};
-use crate::infer::generate::stream_completion;
 use crate::data::tokenizer::ChatMessage;
+use crate::infer::generate::stream_completion;
 use anyhow::Result;
 use clap::Args;
 use std::io::{BufRead, IsTerminal, Write};

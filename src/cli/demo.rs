@@ -59,6 +59,7 @@ fn trainer(out: &Path, steps: usize, lr: f64, minutes: f64, seed: u64) -> TrainC
         seed,
         max_steps: Some(steps),
         max_minutes: Some(minutes),
+        overwrite: true, // the demo's own folder, replaced on every run
         ..TrainConfig::new(out)
     }
 }
@@ -96,7 +97,12 @@ pub fn run(args: DemoArgs) -> Result<()> {
     let (tokenizer_dir, model_dir, chat_dir) =
         (args.out.join("tokenizer"), args.out.join("model"), args.out.join("chat"));
     println!("[1/4] training a 6400-token byte-level BPE tokenizer on the poems and the dialogues");
-    crate::data::train_tokenizer::train_tokenizer(&[args.data.clone(), args.chat_data.clone()], 6400, &tokenizer_dir, false)?;
+    crate::data::train_tokenizer::train_tokenizer(
+        &[args.data.clone(), args.chat_data.clone()],
+        6400,
+        &tokenizer_dir,
+        false,
+    )?;
     println!("      done in {:.1}s → {}", start.elapsed().as_secs_f64(), tokenizer_dir.display());
 
     println!(

@@ -15,12 +15,14 @@ pub enum ExportFormat {
 pub fn export_cmd(model: &Path, format: ExportFormat, out: &Path, dtype: &str, lora: Option<&Path>) -> Result<()> {
     match format {
         ExportFormat::HfLlama => {
-            let ty = dtype.parse::<crate::interop::hf::ExportDType>()
+            let ty = dtype
+                .parse::<crate::interop::hf::ExportDType>()
                 .map_err(|_| anyhow::anyhow!("--dtype {dtype:?}: expected f32, f16 or bf16 for hf-llama"))?;
             crate::interop::hf::export_hf_llama(model, lora, out, ty)?;
         }
         ExportFormat::Gguf => {
-            let ty = dtype.parse::<crate::interop::gguf::GgufType>()
+            let ty = dtype
+                .parse::<crate::interop::gguf::GgufType>()
                 .map_err(|_| anyhow::anyhow!("--dtype {dtype:?}: expected f32, f16 or q8_0 for gguf"))?;
             crate::interop::gguf::export(model, lora, out, ty)?;
         }

@@ -9,10 +9,10 @@ pub mod train;
 pub use interop::ExportFormat;
 pub use train::{PretrainArgs, SftArgs, TrainerArgs};
 
+use crate::data::tokenizer::Tokenizer;
+use crate::infer::sampler::{SamplingParams, DEFAULT_MAX_NEW_TOKENS};
 use crate::model::checkpoint;
 use crate::model::config::ModelConfig;
-use crate::infer::sampler::{SamplingParams, DEFAULT_MAX_NEW_TOKENS};
-use crate::data::tokenizer::Tokenizer;
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use clap::{Args, Parser, Subcommand};
@@ -205,17 +205,7 @@ fn serve_cmd(a: &ServeArgs) -> Result<()> {
         }
         models.push(crate::serve::engine::LoadedModel { id, aliases, model, tokenizer });
     }
-    let ids: Vec<String> = models.iter().map(|m| m.id.clone()).collect();
-    let engine = crate::serve::engine::Engine::start(models, a.queue.max(1));
-    let runtime = tokio::runtime::Runtime::new()?;
-    runtime.block_on(async {
-        let listener = tokio::net::TcpListener::bind((a.host.as_str(), a.port))
-            .await
-            .with_context(|| format!("binding {}:{}", a.host, a.port))?;
-        eprintln!("serving {} on http://{} (web chat at /, API at /v1)", ids.join(", "), listener.local_addr()?);
-        axum::serve(listener, crate::serve::router(engine)).await?;
-        Ok(())
-    })
+    crate::serve::run(models, &a.host, a.port, a.queue)
 }
 
 /// The model to run: a folder, an optional LoRA adapter, the device.
@@ -411,7 +401,15 @@ fn generate_cmd(a: &GenerateArgs) -> Result<()> {
         write!(stdout, "{}", a.prompt)?;
     }
     let sampling = a.sampling.params(0);
-    crate::infer::generate::stream_completion(&a.model.model, &model, &tokenizer, &prompt, a.sampling.max_new_tokens, sampling, &mut stdout)?;
+    crate::infer::generate::stream_completion(
+        &a.model.model,
+        &model,
+        &tokenizer,
+        &prompt,
+        a.sampling.max_new_tokens,
+        sampling,
+        &mut stdout,
+    )?;
     writeln!(stdout)?;
     Ok(())
 }

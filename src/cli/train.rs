@@ -53,8 +53,11 @@ pub struct TrainerArgs {
     #[arg(long)]
     pub max_minutes: Option<f64>,
     /// Continue the run in --out from its last checkpoint, exactly as if never interrupted.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "overwrite")]
     pub resume: bool,
+    /// Replace the model or run --out already holds (without it such a folder is refused).
+    #[arg(long)]
+    pub overwrite: bool,
     /// Skip data lines that cannot train (and report how many) instead of stopping at the first.
     #[arg(long)]
     pub skip_bad_lines: bool,
@@ -80,6 +83,7 @@ impl TrainerArgs {
             max_steps: self.max_steps,
             max_minutes: self.max_minutes,
             resume: self.resume,
+            overwrite: self.overwrite,
             skip_bad_lines: self.skip_bad_lines,
             device: parse_device(&self.device)?,
             show_progress: true,

@@ -39,7 +39,7 @@ impl PretrainEncoding {
     /// `[bos] + tokens[:max_len−2] + [eos]` (or `tokens[:max_len]` unwrapped), right-padded with
     /// `pad` to `max_seq_len`. Returns the ids and the count of real tokens.
     pub fn encode(&self, tokenizer: &Tokenizer, text: &str) -> Result<(Vec<u32>, usize)> {
-        let tokens = tokenizer.encode(text)?;
+        let tokens = tokenizer.encode_prefix(text, self.max_seq_len)?;
         let n = self.max_seq_len;
         let mut ids = Vec::with_capacity(n);
         if self.wrap {

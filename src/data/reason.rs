@@ -32,7 +32,11 @@ impl ReasonEncoding {
         Ok(Self { sft, tag_ids, tag_weight })
     }
 
-    pub fn encode(&self, tokenizer: &Tokenizer, messages: &[crate::data::tokenizer::ChatMessage]) -> Result<EncodedRow> {
+    pub fn encode(
+        &self,
+        tokenizer: &Tokenizer,
+        messages: &[crate::data::tokenizer::ChatMessage],
+    ) -> Result<EncodedRow> {
         let mut row = self.sft.encode(tokenizer, messages)?;
         let supervised: f32 = row.mask[1..].iter().sum();
         for (m, id) in row.mask.iter_mut().zip(&row.ids).skip(1) {

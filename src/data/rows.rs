@@ -20,47 +20,81 @@ pub struct JsonlIndex {
     pub path: PathBuf,
     /// `(offset, length, 1-based line number)` of each valid, non-blank line.
     lines: Vec<(u64, u32, u32)>,
+    /// Malformed lines skipped (`--skip-bad-lines`).
     pub skipped: usize,
+    /// Well-formed lines left out because they train nothing ([`LineCheck::NothingToTrain`]).
+    pub untrainable: usize,
     file: Mutex<File>,
 }
+
+/// What the indexing pass makes of a well-formed line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LineCheck {
+    Keep,
+    /// Well-formed but gives the loss nothing (e.g. an SFT answer wholly beyond `--max-seq-len`):
+    /// left out and counted in `untrainable`.
+    NothingToTrain,
+}
+
+const BOM: &[u8] = b"\xEF\xBB\xBF";
 
 impl JsonlIndex {
     /// Scans `path`, checking each non-blank line with `validate` (returns what was expected on
     /// failure). Blank lines are ignored. An error names `file:line`; with `skip_bad` bad lines are
     /// counted in `skipped` instead. A file without a single valid line is an error.
     pub fn build(path: &Path, skip_bad: bool, validate: impl Fn(&str) -> Result<(), String>) -> Result<Self> {
+        Self::build_checked(path, skip_bad, |line| validate(line).map(|()| LineCheck::Keep))
+    }
+
+    /// [`build`](Self::build) with a check that may also find a well-formed line that trains nothing.
+    /// A UTF-8 byte-order mark before the first line is ignored.
+    pub fn build_checked(
+        path: &Path,
+        skip_bad: bool,
+        check: impl Fn(&str) -> Result<LineCheck, String>,
+    ) -> Result<Self> {
         let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
         let mut reader = BufReader::with_capacity(1 << 20, file);
-        let (mut lines, mut skipped, mut offset, mut buf) = (Vec::new(), 0usize, 0u64, Vec::new());
+        let (mut lines, mut offset, mut buf) = (Vec::new(), 0u64, Vec::new());
+        let (mut skipped, mut untrainable) = (0usize, 0usize);
         for line_no in 1u32.. {
             buf.clear();
             let n = reader.read_until(b'\n', &mut buf).with_context(|| format!("reading {}", path.display()))?;
             if n == 0 {
                 break;
             }
-            let start = offset;
+            let mut start = offset;
             offset += n as u64;
-            let content = trim_newline(&buf);
+            let mut content = trim_newline(&buf);
+            if line_no == 1 && content.starts_with(BOM) {
+                content = &content[BOM.len()..];
+                start += BOM.len() as u64;
+            }
             if content.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
-            let problem = match std::str::from_utf8(content) {
-                Err(e) => Some(format!("invalid UTF-8 at byte {}", e.valid_up_to())),
-                Ok(text) => validate(text).err(),
+            let verdict = match std::str::from_utf8(content) {
+                Err(e) => Err(format!("invalid UTF-8 at byte {}", e.valid_up_to())),
+                Ok(text) => check(text),
             };
-            match problem {
-                None => lines.push((start, content.len() as u32, line_no)),
-                Some(_) if skip_bad => skipped += 1,
-                Some(p) => bail!("{}:{line_no}: {p}", path.display()),
+            match verdict {
+                Ok(LineCheck::Keep) => lines.push((start, content.len() as u32, line_no)),
+                Ok(LineCheck::NothingToTrain) => untrainable += 1,
+                Err(_) if skip_bad => skipped += 1,
+                Err(p) => bail!("{}:{line_no}: {p}", path.display()),
             }
         }
         if lines.is_empty() {
-            let why =
-                if skipped > 0 { format!("all {skipped} lines are malformed") } else { "the file is empty".into() };
+            let why = match (skipped, untrainable) {
+                (0, 0) => "the file is empty".to_string(),
+                (0, u) => format!("none of its {u} rows has a token to train on within --max-seq-len"),
+                (s, 0) => format!("all {s} lines are malformed"),
+                (s, u) => format!("{s} lines are malformed, {u} have no token to train on within --max-seq-len"),
+            };
             bail!("{}: no training rows ({why})", path.display());
         }
         let file = File::open(path)?;
-        Ok(Self { path: path.to_path_buf(), lines, skipped, file: Mutex::new(file) })
+        Ok(Self { path: path.to_path_buf(), lines, skipped, untrainable, file: Mutex::new(file) })
     }
 
     pub fn len(&self) -> usize {

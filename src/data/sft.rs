@@ -6,7 +6,7 @@
 //! token (`<|im_end|>`) and the newline after it, positions get weight 1. An answer cut by truncation
 //! is supervised to the end of the row. Every assistant turn of a multi-turn conversation counts.
 
-use super::rows::{EncodedRow, JsonlIndex, LmData, RowEncoder};
+use super::rows::{EncodedRow, JsonlIndex, LineCheck, LmData, RowEncoder};
 use crate::data::tokenizer::{ChatMessage, Tokenizer};
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
@@ -78,8 +78,7 @@ impl SftEncoding {
     /// Template → ids truncated/padded to `max_seq_len` → assistant mask.
     pub fn encode(&self, tokenizer: &Tokenizer, messages: &[ChatMessage]) -> Result<EncodedRow> {
         let text = tokenizer.render_chat(messages, false)?;
-        let mut ids = tokenizer.encode(&text)?;
-        ids.truncate(self.max_seq_len);
+        let mut ids = tokenizer.encode_prefix(&text, self.max_seq_len)?;
         ids.resize(self.max_seq_len, self.pad);
         let mask = assistant_mask(&ids, &self.header, &self.end);
         Ok(EncodedRow { ids, mask, norm: None })
@@ -99,7 +98,9 @@ pub fn sft_data<'a>(
 }
 
 /// Conversation lines (`{"conversations": …}`) turned into rows by `encode`; checks first that the
-/// tokenizer's chat template renders, before hours of training find out it does not.
+/// tokenizer's chat template renders, before hours of training find out it does not. Every line is
+/// encoded in the indexing pass: rows whose answers lie wholly beyond `--max-seq-len` train nothing,
+/// so they are left out and counted (and a file of only such rows is refused).
 pub fn conversation_data<'a>(
     path: &Path,
     skip_bad: bool,
@@ -111,7 +112,11 @@ pub fn conversation_data<'a>(
     tokenizer
         .render_chat(&[ChatMessage::new("user", "x"), ChatMessage::new("assistant", "y")], false)
         .with_context(|| format!("the tokenizer in {} cannot render SFT data", tokenizer.dir.display()))?;
-    let index = JsonlIndex::build(path, skip_bad, |line| parse_conversation(line).map(|_| ()))?;
+    let check = |line: &str| -> Result<LineCheck, String> {
+        let row = encode(&parse_conversation(line)?).map_err(|e| format!("{e:#}"))?;
+        Ok(if row.mask[1..].iter().any(|&m| m > 0.0) { LineCheck::Keep } else { LineCheck::NothingToTrain })
+    };
+    let index = JsonlIndex::build_checked(path, skip_bad, check)?;
     let encode: RowEncoder<'a, EncodedRow> = Box::new(move |line| {
         let messages = parse_conversation(line).map_err(anyhow::Error::msg)?;
         encode(&messages)

@@ -13,6 +13,8 @@ pub struct Tokenizer {
     /// `tokenizer_config.json` as read (empty object when the folder has none).
     config: Json,
     chat: Option<Environment<'static>>,
+    /// Bytes the longest vocabulary entry can stand for (its string's UTF-8 length: never less).
+    longest_token: usize,
     pub dir: PathBuf,
 }
 
@@ -54,7 +56,8 @@ impl Tokenizer {
             ),
             _ => None,
         };
-        Ok(Self { inner, config, chat, dir: dir.to_path_buf() })
+        let longest_token = inner.get_vocab(true).keys().map(String::len).max().unwrap_or(1).max(1);
+        Ok(Self { inner, config, chat, longest_token, dir: dir.to_path_buf() })
     }
 
     /// The underlying HF tokenizer.
@@ -69,6 +72,24 @@ impl Tokenizer {
     /// Token ids of `text`, with special tokens matched but none added (MiniMind has no post-processor).
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
         Ok(self.inner.encode(text, false).map_err(tk_err)?.get_ids().to_vec())
+    }
+
+    /// The first `max_tokens` ids of `text`, encoding only a prefix long enough to hold them (with
+    /// room to spare where the cut changes the last word's tokens), so a huge row costs memory in
+    /// proportion to what training uses of it, not to its length.
+    pub fn encode_prefix(&self, text: &str, max_tokens: usize) -> Result<Vec<u32>> {
+        let budget = (max_tokens + 64).saturating_mul(self.longest_token);
+        let mut ids = if text.len() > budget {
+            let mut cut = budget;
+            while !text.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            self.encode(&text[..cut])?
+        } else {
+            self.encode(text)?
+        };
+        ids.truncate(max_tokens);
+        Ok(ids)
     }
 
     pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String> {

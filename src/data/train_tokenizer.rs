@@ -2,9 +2,9 @@
 //! `<|endoftext|>`, `<|im_start|>`, `<|im_end|>` at ids 0/1/2, the 256 byte symbols as the initial
 //! alphabet, no normalizer and no post-processor; saved with MiniMind2's `tokenizer_config.json`.
 
-use crate::model::checkpoint::atomic_write;
 use crate::data::pretrain::parse_text_row;
 use crate::data::JsonlIndex;
+use crate::model::checkpoint::atomic_write;
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::json;
 use std::path::{Path, PathBuf};

@@ -54,7 +54,7 @@ pub fn generate(
         }
         let logits = model.forward_last(&input, Some(&mut cache))?;
         let logits: Vec<f32> = logits.squeeze(0)?.to_dtype(DType::F32)?.to_vec1()?;
-        let next = sampler.sample(&logits, &seen);
+        let next = sampler.sample(&logits, &seen)?;
         if stop_ids.contains(&next) {
             break FinishReason::Stop;
         }
@@ -108,7 +108,7 @@ pub fn generate_batch(
                 next.push(*seen[b].last().unwrap_or(&0)); // keeps the slot busy; output ignored
                 continue;
             }
-            let token = samplers[b].sample(row, &seen[b]);
+            let token = samplers[b].sample(row, &seen[b])?;
             if stop_ids.contains(&token) {
                 done[b] = true;
                 out[b].finish_reason = FinishReason::Stop;

@@ -16,7 +16,12 @@ use std::path::Path;
 
 /// A model folder ready for inference: its weights, a LoRA adapter merged in once (so decoding costs
 /// what the base model costs), int8 weights when asked, and its tokenizer.
-pub fn load(dir: &Path, adapter: Option<&Path>, device: &Device, int8: bool) -> Result<(MiniMindForCausalLM, Tokenizer)> {
+pub fn load(
+    dir: &Path,
+    adapter: Option<&Path>,
+    device: &Device,
+    int8: bool,
+) -> Result<(MiniMindForCausalLM, Tokenizer)> {
     let (mut model, _) = checkpoint::load_model(dir, device, DType::F32, false)?;
     if let Some(adapter) = adapter {
         lora::load(&mut model, adapter, device)?;

@@ -2,8 +2,8 @@
 //!
 //! Per step, on the last position's logits: temperature → repetition penalty (sign-aware: positive
 //! logits of seen tokens ÷ p, negative × p) → top-k → top-p (keep the smallest prefix of the sorted
-//! distribution whose mass reaches p, including the token that crosses it) → draw. Temperature 0
-//! means greedy (argmax).
+//! distribution whose mass reaches p, including the token that crosses it) → draw. A temperature of
+//! 0 (or below [`GREEDY_BELOW`]) means greedy (argmax).
 
 use anyhow::{bail, Result};
 use rand::rngs::StdRng;
@@ -12,6 +12,11 @@ use rand::{Rng, SeedableRng};
 /// New tokens per answer when a request names no limit (always bounded by the context), for the
 /// CLI and the API alike.
 pub const DEFAULT_MAX_NEW_TOKENS: usize = 512;
+
+/// Temperatures below this sample greedily: the distribution is already a point mass on the argmax,
+/// and dividing logits by a smaller temperature would overflow f32 (a temperature of 1e-40 would turn
+/// every logit into ±∞).
+pub const GREEDY_BELOW: f64 = 1e-6;
 
 #[derive(Debug, Clone)]
 pub struct SamplingParams {
@@ -41,26 +46,32 @@ pub struct Sampler {
 impl Sampler {
     pub fn new(params: SamplingParams) -> Result<Self> {
         let p = &params;
-        if p.temperature < 0.0 || !(p.top_p > 0.0 && p.top_p <= 1.0) || p.repetition_penalty <= 0.0 {
+        let finite = p.temperature.is_finite() && p.repetition_penalty.is_finite();
+        if !finite || p.temperature < 0.0 || !(p.top_p > 0.0 && p.top_p <= 1.0) || p.repetition_penalty <= 0.0 {
             bail!("invalid sampling settings: temperature ≥ 0, 0 < top-p ≤ 1 and repetition-penalty > 0 are required");
         }
         let rng = StdRng::seed_from_u64(params.seed);
         Ok(Self { params, rng })
     }
 
-    /// Picks the next token from `logits` (one row, length V) given the ids seen so far.
-    pub fn sample(&mut self, logits: &[f32], seen: &[u32]) -> u32 {
+    /// Picks the next token from `logits` (one row, length V) given the ids seen so far. NaN or +∞
+    /// logits (a model with corrupt weights) are an error, never a panic.
+    pub fn sample(&mut self, logits: &[f32], seen: &[u32]) -> Result<u32> {
+        if logits.is_empty() || logits.iter().any(|l| l.is_nan() || *l == f32::INFINITY) {
+            bail!("the model produced NaN or infinite logits; its weights may be corrupt");
+        }
         let p = &self.params;
         let mut logits = logits.to_vec();
-        if p.temperature > 0.0 {
+        let greedy = p.temperature < GREEDY_BELOW;
+        if !greedy {
             let t = p.temperature as f32;
             logits.iter_mut().for_each(|l| *l /= t);
         }
         if p.repetition_penalty != 1.0 {
             apply_repetition_penalty(&mut logits, seen, p.repetition_penalty as f32);
         }
-        if p.temperature == 0.0 {
-            return argmax(&logits);
+        if greedy || logits.iter().all(|l| *l == f32::NEG_INFINITY) {
+            return Ok(argmax(&logits));
         }
         // Candidates sorted by logit, descending; top-k and top-p cut this list.
         let mut order: Vec<u32> = (0..logits.len() as u32).collect();
@@ -89,10 +100,10 @@ impl Sampler {
         for (i, q) in probs.iter().enumerate() {
             draw -= q;
             if draw <= 0.0 {
-                return order[i];
+                return Ok(order[i]);
             }
         }
-        order[probs.len() - 1]
+        Ok(order[probs.len() - 1])
     }
 }
 
@@ -118,4 +129,3 @@ pub fn argmax(values: &[f32]) -> u32 {
     }
     best as u32
 }
-

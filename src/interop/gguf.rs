@@ -6,8 +6,8 @@
 //! rotate_half (HF's); like llama.cpp's own converter, the Q and K rows of every head are permuted:
 //! new row `i·2 + j` = old row `j·D/2 + i`.
 
-use crate::model::checkpoint::atomic_write;
 use crate::data::tokenizer::Tokenizer;
+use crate::model::checkpoint::atomic_write;
 use anyhow::{bail, Context, Result};
 use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
 use candle_core::Tensor;

@@ -65,15 +65,6 @@ pub fn import(src: &Path, out: &Path, opts: &ImportOptions) -> Result<Imported> 
     Ok(Imported::Model { model: Box::new(model), classic, tokenizer })
 }
 
-/// Imports an HF folder (kept for callers that know they have one).
-pub fn import_hf(src: &Path, out: &Path, tokenizer_dir: Option<&Path>) -> Result<MiniMindForCausalLM> {
-    let opts = ImportOptions { tokenizer: tokenizer_dir.map(Path::to_path_buf), ..Default::default() };
-    match import(src, out, &opts)? {
-        Imported::Model { model, .. } => Ok(*model),
-        Imported::Adapter { .. } => bail!("{} is a LoRA adapter, not a model", src.display()),
-    }
-}
-
 // ---- reading ---------------------------------------------------------------------------------
 
 /// The tensors of a folder (`*.safetensors` or `pytorch_model.bin`) or of one file (`.safetensors`,

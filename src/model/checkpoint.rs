@@ -6,8 +6,8 @@
 //! version intact and never a truncated file.
 
 use crate::model::config::ModelConfig;
-use crate::model::MiniMindForCausalLM;
 use crate::model::params::{InitScheme, Params, WeightBuilder};
+use crate::model::MiniMindForCausalLM;
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use std::collections::HashMap;
@@ -42,14 +42,54 @@ pub fn atomic_write(path: &Path, write: impl FnOnce(&mut dyn Write) -> Result<()
 }
 
 /// Serializes named tensors to safetensors bytes and writes them atomically.
+/// Removes the temporary files `atomic_write` leaves behind when its process is killed mid-write
+/// (`.NAME.tmp.PID` of a process that no longer runs). Returns how many were removed.
+pub fn remove_stale_temp_files(dir: &Path) -> Result<usize> {
+    let Ok(entries) = fs::read_dir(dir) else { return Ok(0) };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().to_string();
+        let Some(pid) = name.strip_prefix('.').and_then(|n| n.rsplit_once(".tmp.")).map(|(_, pid)| pid) else {
+            continue;
+        };
+        let Ok(pid) = pid.parse::<u32>() else { continue };
+        let running = pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists();
+        if !running {
+            fs::remove_file(entry.path()).with_context(|| format!("removing {}", entry.path().display()))?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
 pub fn save_tensors(path: &Path, tensors: &[(String, Tensor)]) -> Result<()> {
     let bytes = safetensors::serialize(tensors.iter().map(|(n, t)| (n.as_str(), t)), None)
         .with_context(|| format!("serializing tensors for {}", path.display()))?;
     atomic_write(path, |w| Ok(w.write_all(&bytes)?))
 }
 
+/// The tensors of a safetensors file, each checked to hold only finite values: a NaN or ±∞ weight
+/// would only surface later as NaN logits or losses.
 pub fn load_tensors(path: &Path, device: &Device) -> Result<HashMap<String, Tensor>> {
-    candle_core::safetensors::load(path, device).with_context(|| format!("reading tensors from {}", path.display()))
+    let tensors = candle_core::safetensors::load(path, device)
+        .with_context(|| format!("reading tensors from {}", path.display()))?;
+    let mut names: Vec<&String> = tensors.keys().collect();
+    names.sort();
+    for name in names {
+        if !all_finite(&tensors[name])? {
+            bail!("{}: tensor {name} holds NaN or infinite values; the file is corrupt", path.display());
+        }
+    }
+    Ok(tensors)
+}
+
+/// Whether every value of `t` is finite (`0·x` is 0 for finite x, NaN for NaN and ±∞).
+pub fn all_finite(t: &Tensor) -> Result<bool> {
+    if !t.dtype().is_float() {
+        return Ok(true);
+    }
+    let zeros = (t.to_dtype(DType::F32)? * 0.0)?;
+    Ok(zeros.sum_all()?.to_scalar::<f32>()? == 0.0)
 }
 
 /// Saves `config.json` and `model.safetensors` into `dir` (created if needed).
@@ -106,7 +146,12 @@ fn normalize_tied(tensors: &mut HashMap<String, Tensor>, path: &Path) -> Result<
 }
 
 /// The config of the model folder `dir` and its weights, ready to build the model from.
-pub fn model_weights(dir: &Path, device: &Device, dtype: DType, trainable: bool) -> Result<(ModelConfig, WeightBuilder)> {
+pub fn model_weights(
+    dir: &Path,
+    device: &Device,
+    dtype: DType,
+    trainable: bool,
+) -> Result<(ModelConfig, WeightBuilder)> {
     let config = ModelConfig::load(&dir.join(CONFIG_FILE))?;
     let weights_path = dir.join(WEIGHTS_FILE);
     let mut tensors = load_tensors(&weights_path, device)?;

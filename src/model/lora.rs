@@ -4,8 +4,8 @@
 //! `merge` folds them into the weights for a plain model folder.
 
 use crate::model::checkpoint::{atomic_write, load_tensors, save_tensors};
-use crate::model::{LoraAdapter, MiniMindForCausalLM};
 use crate::model::params::{Init, Params, WeightBuilder};
+use crate::model::{LoraAdapter, MiniMindForCausalLM};
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
@@ -28,6 +28,9 @@ impl LoraConfig {
     pub fn validate(&self) -> Result<()> {
         if self.rank == 0 {
             bail!("--rank must be at least 1");
+        }
+        if !(self.alpha.is_finite() && self.alpha > 0.0) {
+            bail!("--alpha must be a positive number, got {}", self.alpha);
         }
         if self.targets.is_empty() {
             bail!("--targets names no projection");

@@ -11,8 +11,8 @@
 
 use crate::model::config::ModelConfig;
 pub use crate::model::kv_cache::KvCache;
-use crate::ops;
 use crate::model::params::{Init, InitScheme, WeightBuilder};
+use crate::ops;
 use anyhow::{bail, Result};
 use candle_core::{DType, Device, Module, Tensor, D};
 

@@ -1,11 +1,14 @@
 //! The generation worker behind the server: one thread runs requests from a bounded FIFO queue, one
 //! at a time, streaming text pieces back over a channel. A client that goes away makes its sends fail,
-//! which cancels its generation at the next token, so its slot frees at once.
+//! which cancels its generation at the next token, so its slot frees at once. A request whose
+//! generation panics is answered with an error and the worker goes on; should the worker ever stop,
+//! `alive` says so (and `/health` reports it).
 
-use crate::infer::{generate, FinishReason, Sampler, SamplingParams};
 use crate::data::tokenizer::{TextStream, Tokenizer};
+use crate::infer::{generate, FinishReason, Sampler, SamplingParams};
 use crate::MiniMindForCausalLM;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
 use std::sync::Arc;
 use tokio::sync::mpsc::UnboundedSender;
@@ -58,23 +61,53 @@ pub struct Engine {
     pub pending: Arc<AtomicUsize>,
     /// Tokens generated since start (a cancelled request stops adding to it).
     pub generated: Arc<AtomicUsize>,
+    /// False once the worker thread has ended.
+    pub alive: Arc<AtomicBool>,
+}
+
+/// Marks the worker dead when its thread ends, however it ends.
+struct AliveGuard(Arc<AtomicBool>);
+
+impl Drop for AliveGuard {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::SeqCst);
+    }
 }
 
 impl Engine {
     /// Starts the worker thread with room for `queue` waiting jobs.
     pub fn start(models: Vec<LoadedModel>, queue: usize) -> Self {
+        Self::with_runner(models, queue, run)
+    }
+
+    /// The worker with another job runner in place of [`run`] (the seam through which tests make a
+    /// generation fail in ways a healthy model never does).
+    pub fn with_runner(
+        models: Vec<LoadedModel>,
+        queue: usize,
+        runner: impl Fn(&LoadedModel, Job, &AtomicUsize) + Send + 'static,
+    ) -> Self {
         let (tx, rx) = sync_channel::<Job>(queue);
         let models = Arc::new(models);
         let pending = Arc::new(AtomicUsize::new(0));
         let generated = Arc::new(AtomicUsize::new(0));
+        let alive = Arc::new(AtomicBool::new(true));
         let (worker_models, worker_pending, worker_generated) = (models.clone(), pending.clone(), generated.clone());
+        let guard = AliveGuard(alive.clone());
         std::thread::spawn(move || {
+            let _guard = guard;
             for job in rx {
-                run(&worker_models[job.model], job, &worker_generated);
+                let events = job.events.clone();
+                let model = &worker_models[job.model];
+                // A panic inside one generation fails that request only.
+                if let Err(panic) = catch_unwind(AssertUnwindSafe(|| runner(model, job, &worker_generated))) {
+                    let what = panic_message(panic.as_ref());
+                    let _ = events.send(Event::Error(format!("internal error during generation: {what}")));
+                }
                 worker_pending.fetch_sub(1, Ordering::SeqCst);
             }
         });
-        Self { queue: tx, models, pending, generated }
+        Self { queue: tx, models, pending, generated, alive }
     }
 
     /// Queues a job; `Err` when the queue is full.
@@ -90,8 +123,17 @@ impl Engine {
     }
 }
 
+/// The text of a panic's payload.
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    match (payload.downcast_ref::<&str>(), payload.downcast_ref::<String>()) {
+        (Some(s), _) => s.to_string(),
+        (_, Some(s)) => s.clone(),
+        _ => "a panic".into(),
+    }
+}
+
 /// Runs one job, sending its text as it is decoded.
-fn run(m: &LoadedModel, job: Job, generated: &AtomicUsize) {
+pub fn run(m: &LoadedModel, job: Job, generated: &AtomicUsize) {
     let result = (|| -> anyhow::Result<(FinishReason, usize)> {
         let mut sampler = Sampler::new(job.sampling.clone())?;
         let mut stream = TextStream::new(&m.tokenizer);

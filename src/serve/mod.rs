@@ -8,7 +8,7 @@
 //! `<think>…</think>` goes to `reasoning_content`.
 
 pub mod engine;
-mod request;
+pub mod request;
 
 use crate::infer::reasoning::{ReasoningSplit, Split};
 use crate::infer::FinishReason;
@@ -29,7 +29,24 @@ use tokio::sync::mpsc::unbounded_channel;
 
 const PAGE: &str = include_str!("page.html");
 
-/// The HTTP routes over a running engine.
+/// Serves `models` on `host:port` until the process ends: the generation worker with room for
+/// `queue` waiting requests, and the routes over it.
+pub fn run(models: Vec<engine::LoadedModel>, host: &str, port: u16, queue: usize) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let ids: Vec<String> = models.iter().map(|m| m.id.clone()).collect();
+    let engine = Engine::start(models, queue.max(1));
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async {
+        let listener =
+            tokio::net::TcpListener::bind((host, port)).await.with_context(|| format!("binding {host}:{port}"))?;
+        eprintln!("serving {} on http://{} (web chat at /, API at /v1)", ids.join(", "), listener.local_addr()?);
+        axum::serve(listener, router(engine)).await?;
+        Ok(())
+    })
+}
+
+/// The HTTP routes over a running engine. Every non-2xx answer is an OpenAI-shaped error: unknown
+/// paths (404), wrong methods (405), bodies over 2 MiB (413), headers over [`MAX_HEADER_BYTES`] (431).
 pub fn router(engine: Engine) -> Router {
     Router::new()
         .route("/", get(|| async { Html(PAGE) }))
@@ -37,16 +54,40 @@ pub fn router(engine: Engine) -> Router {
         .route("/v1/models", get(models))
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/completions", post(completions))
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "invalid_request_error", "no such path") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "invalid_request_error", "method not allowed on this path")
+        })
+        .layer(axum::middleware::from_fn(limit_headers))
         .with_state(engine)
+}
+
+/// Request headers larger than this in all are refused with 431.
+pub const MAX_HEADER_BYTES: usize = 32 * 1024;
+
+async fn limit_headers(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let size: usize = request.headers().iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum();
+    if size > MAX_HEADER_BYTES {
+        let message = format!("request headers of {size} bytes exceed {MAX_HEADER_BYTES}");
+        return ApiError::new(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "invalid_request_error", &message)
+            .into_response();
+    }
+    next.run(request).await
 }
 
 fn now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
-async fn health(State(engine): State<Engine>) -> Json<Value> {
+/// 200 `{"status": "ok", …}` while the generation worker runs, 503 `"unhealthy"` once it has stopped.
+async fn health(State(engine): State<Engine>) -> Response {
     let pending = engine.pending.load(Ordering::SeqCst);
-    Json(json!({"status": "ok", "pending": pending, "generated_tokens": engine.generated.load(Ordering::SeqCst)}))
+    let generated = engine.generated.load(Ordering::SeqCst);
+    let (status, word) = match engine.alive.load(Ordering::SeqCst) {
+        true => (StatusCode::OK, "ok"),
+        false => (StatusCode::SERVICE_UNAVAILABLE, "unhealthy"),
+    };
+    (status, Json(json!({"status": word, "pending": pending, "generated_tokens": generated}))).into_response()
 }
 
 async fn models(State(engine): State<Engine>) -> Json<Value> {
@@ -58,12 +99,21 @@ async fn models(State(engine): State<Engine>) -> Json<Value> {
     Json(json!({"object": "list", "data": data}))
 }
 
-async fn chat_completions(State(engine): State<Engine>, body: Bytes) -> Response {
-    respond(engine, body, true).await
+/// A body that could not be read (over the size limit: 413) as an OpenAI-shaped error.
+type Body = Result<Bytes, axum::extract::rejection::BytesRejection>;
+
+async fn chat_completions(State(engine): State<Engine>, body: Body) -> Response {
+    match body {
+        Ok(body) => respond(engine, body, true).await,
+        Err(e) => ApiError::new(e.status(), "invalid_request_error", &e.body_text()).into_response(),
+    }
 }
 
-async fn completions(State(engine): State<Engine>, body: Bytes) -> Response {
-    respond(engine, body, false).await
+async fn completions(State(engine): State<Engine>, body: Body) -> Response {
+    match body {
+        Ok(body) => respond(engine, body, false).await,
+        Err(e) => ApiError::new(e.status(), "invalid_request_error", &e.body_text()).into_response(),
+    }
 }
 
 impl IntoResponse for ApiError {

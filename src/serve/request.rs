@@ -43,6 +43,15 @@ fn number(body: &Value, key: &'static str) -> Result<Option<f64>, ApiError> {
     }
 }
 
+/// A boolean field at `pointer` (false when absent or null); anything but a boolean is a 400.
+fn flag(body: &Value, pointer: &str, param: &'static str) -> Result<bool, ApiError> {
+    match body.pointer(pointer) {
+        None | Some(Value::Null) => Ok(false),
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(other) => Err(ApiError::invalid(param, format!("{} must be true or false, got {other}", &pointer[1..]))),
+    }
+}
+
 /// Text of a message's `content`: a string, or an array of `{"type": "text", "text": …}` parts.
 fn content_text(content: &Value) -> Option<String> {
     match content {
@@ -76,7 +85,8 @@ impl Request {
             }
         })?;
         let m = &engine.models[model];
-        let (prompt, opens_thinking) = if chat { chat_prompt(m, &body)? } else { (completion_prompt(m, &body)?, false) };
+        let (prompt, opens_thinking) =
+            if chat { chat_prompt(m, &body)? } else { (completion_prompt(m, &body)?, false) };
         let context = m.model.config.max_position_embeddings;
         if prompt.len() >= context {
             return Err(ApiError::invalid(
@@ -145,8 +155,8 @@ impl Request {
             Some(_) => return Err(ApiError::invalid("stop", "stop must be a string or an array of strings".into())),
         };
         let stop = stop.into_iter().filter(|s| !s.is_empty()).collect();
-        let stream = body.get("stream").and_then(Value::as_bool).unwrap_or(false);
-        let include_usage = body.pointer("/stream_options/include_usage").and_then(Value::as_bool).unwrap_or(false);
+        let stream = flag(&body, "/stream", "stream")?;
+        let include_usage = flag(&body, "/stream_options/include_usage", "stream_options")?;
         Ok(Self { model, prompt, max_tokens, sampling, stop, stream, include_usage, opens_thinking })
     }
 }

@@ -182,7 +182,8 @@ pub struct DistillConfig {
 /// White-box distillation of `teacher` into `student`.
 pub fn distill(c: &DistillConfig) -> Result<TrainSummary> {
     let t = &c.train;
-    if !(0.0..=1.0).contains(&c.alpha) || c.temperature <= 0.0 {
+    t.check()?;
+    if !((0.0..=1.0).contains(&c.alpha) && c.temperature.is_finite() && c.temperature > 0.0) {
         bail!("--alpha must be in [0, 1] and --temperature > 0");
     }
     let tokenizer = Tokenizer::load(&c.student)?;

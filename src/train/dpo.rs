@@ -141,6 +141,10 @@ pub struct DpoConfig {
 /// Direct preference optimization: policy and frozen reference both start from `model`.
 pub fn dpo(c: &DpoConfig) -> Result<TrainSummary> {
     let t = &c.train;
+    t.check()?;
+    if !(c.beta.is_finite() && c.beta > 0.0) {
+        anyhow::bail!("--beta must be a positive number, got {}", c.beta);
+    }
     let tokenizer = Tokenizer::load(&c.model)?;
     let (reference, _) = checkpoint::load_model(&c.model, &t.device, DType::F32, false)?;
     let encoding = SftEncoding::for_tokenizer(&tokenizer, t.max_seq_len(&DPO, &reference.config)?)?;

@@ -5,9 +5,9 @@ use super::lm::LmStage;
 use super::run::{run_stage, Start, TrainConfig, LORA};
 use super::trainer::{ModelOutput, TrainSummary};
 use crate::data::sft::{sft_data, SftEncoding};
+use crate::model::checkpoint;
 use crate::model::lora::{attach, LoraConfig};
 use crate::model::params::WeightBuilder;
-use crate::model::checkpoint;
 use crate::Tokenizer;
 use anyhow::Result;
 use candle_core::DType;
@@ -26,6 +26,7 @@ pub struct LoraTrainConfig {
 
 pub fn lora(c: &LoraTrainConfig) -> Result<TrainSummary> {
     let t = &c.train;
+    t.check()?;
     c.adapter.validate()?;
     let tokenizer = Tokenizer::load(&c.model)?;
     let (base, _) = checkpoint::load_model(&c.model, &t.device, DType::F32, false)?;

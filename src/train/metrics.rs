@@ -27,25 +27,33 @@ pub struct StepMetrics {
 
 /// Appends metrics lines, flushing each so a crash loses nothing already logged.
 pub struct MetricsWriter {
-    file: File,
+    path: std::path::PathBuf,
+    /// Opened at the first row: a fresh run replaces the old history only once it has a step of its
+    /// own to write, so a run that fails before step 1 leaves the folder's metrics as they were.
+    file: Option<File>,
+    fresh: bool,
 }
 
 impl MetricsWriter {
-    /// Opens `path` for appending (`fresh` truncates it first).
+    /// Appends to `path`, or (`fresh`) replaces it when the first row is written.
     pub fn open(path: &Path, fresh: bool) -> Result<Self> {
-        let file = OpenOptions::new()
-            .create(true)
-            .append(!fresh)
-            .write(true)
-            .truncate(fresh)
-            .open(path)
-            .with_context(|| format!("opening {}", path.display()))?;
-        Ok(Self { file })
+        Ok(Self { path: path.to_path_buf(), file: None, fresh })
     }
 
     pub fn write(&mut self, m: &StepMetrics) -> Result<()> {
-        writeln!(self.file, "{}", serde_json::to_string(m)?)?;
-        self.file.flush()?;
+        if self.file.is_none() {
+            let file = OpenOptions::new()
+                .create(true)
+                .append(!self.fresh)
+                .write(true)
+                .truncate(self.fresh)
+                .open(&self.path)
+                .with_context(|| format!("opening {}", self.path.display()))?;
+            self.file = Some(file);
+        }
+        let file = self.file.as_mut().context("metrics file")?;
+        writeln!(file, "{}", serde_json::to_string(m)?)?;
+        file.flush()?;
         Ok(())
     }
 }

@@ -4,8 +4,8 @@
 //! On the CPU the update runs in place, multi-threaded, one pass over each parameter with the
 //! clipping factor folded in; elsewhere (and as the test reference) it is composed of tensor ops.
 
-use crate::ops;
 use crate::model::params::Params;
+use crate::ops;
 use anyhow::{Context, Result};
 use candle_core::{CpuStorage, DType, Device, InplaceOp2, Layout, Tensor, Var};
 use rayon::prelude::*;
@@ -260,18 +260,6 @@ pub fn clip_factor(norm: f64, max_norm: f64) -> f64 {
     } else {
         1.0
     }
-}
-
-/// Scales gradients so their global norm is at most `max_norm`. Returns the norm before clipping.
-pub fn clip_grad_norm(grads: &mut [Tensor], max_norm: f64) -> Result<f64> {
-    let norm = grad_norm(grads)?;
-    let coef = clip_factor(norm, max_norm);
-    if coef < 1.0 {
-        for g in grads.iter_mut() {
-            *g = (&*g * coef)?;
-        }
-    }
-    Ok(norm)
 }
 
 /// Sums gradients over micro-batches, one slot per parameter.

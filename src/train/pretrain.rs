@@ -30,13 +30,19 @@ pub struct PretrainConfig {
 /// `c.train.out`, whose config.json then gives the shape).
 pub fn pretrain(c: &PretrainConfig) -> Result<TrainSummary> {
     let t = &c.train;
+    t.check()?;
     let tokenizer = Tokenizer::load(&c.tokenizer)?;
     let config = match t.resume {
         true => ModelConfig::load(&t.out.join(crate::model::checkpoint::CONFIG_FILE))?,
         false => c.model.clone(),
     };
-    if tokenizer.vocab_size() > config.vocab_size {
-        bail!("the tokenizer has {} tokens but the model's vocab_size is {}", tokenizer.vocab_size(), config.vocab_size);
+    let tokens = tokenizer.vocab_size();
+    if tokens > config.vocab_size {
+        bail!("the tokenizer has {tokens} tokens but the model's vocab_size is {}", config.vocab_size);
+    }
+    if tokens < config.vocab_size {
+        let unused = config.vocab_size - tokens;
+        eprintln!("warning: the model's vocab_size {} exceeds the tokenizer's {tokens} tokens: {unused} embedding rows will never be used", config.vocab_size);
     }
     let encoding = PretrainEncoding::for_tokenizer(&tokenizer, t.max_seq_len(&PRETRAIN, &config)?, c.wrap)?;
     let data = pretrain_data(&c.data, t.skip_bad_lines, encoding, &tokenizer, t.batch_size(&PRETRAIN)?, t.seed)?;

@@ -25,6 +25,10 @@ pub struct ReasonConfig {
 
 pub fn reason(c: &ReasonConfig) -> Result<TrainSummary> {
     let t = &c.train;
+    t.check()?;
+    if !(c.tag_weight.is_finite() && c.tag_weight >= 0.0) {
+        anyhow::bail!("--tag-weight must be a number ≥ 0, got {}", c.tag_weight);
+    }
     let tokenizer = Tokenizer::load(&c.model)?;
     let (config, start) = from_model_folder(&c.model, &t.device)?;
     let sft = SftEncoding::for_tokenizer(&tokenizer, t.max_seq_len(&REASON, &config)?)?;

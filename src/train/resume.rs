@@ -3,8 +3,8 @@
 //! in one file, `trainer_state.safetensors`, written atomically. The step and cursor travel in the
 //! safetensors header metadata. There is no other random state: data order comes from (seed, cursor).
 
-use crate::model::checkpoint::atomic_write;
 use crate::data::DataCursor;
+use crate::model::checkpoint::atomic_write;
 use crate::model::params::Params;
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
@@ -62,12 +62,18 @@ pub fn save(dir: &Path, state: &RunState, params: &Params, optimizer: Vec<(Strin
 /// Tensors by name.
 pub type Named = HashMap<String, Tensor>;
 
+/// Fails unless `dir` holds a run to resume.
+pub fn require(dir: &Path) -> Result<()> {
+    if !dir.join(STATE_FILE).exists() {
+        bail!("nothing to resume in {}: it holds no {STATE_FILE} (start the run without --resume)", dir.display());
+    }
+    Ok(())
+}
+
 /// Reads the state back: the run state, parameter tensors by name, optimizer tensors by key.
 pub fn load(dir: &Path, device: &Device) -> Result<(RunState, Named, Named)> {
+    require(dir)?;
     let path = dir.join(STATE_FILE);
-    if !path.exists() {
-        bail!("nothing to resume: {} does not exist", path.display());
-    }
     let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
     let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
         .map_err(|e| anyhow::anyhow!("{}: not a safetensors file: {e}", path.display()))?;

@@ -37,6 +37,8 @@ pub struct TrainConfig {
     pub max_minutes: Option<f64>,
     /// Continue the run in `out` from its last checkpoint, exactly as if never interrupted.
     pub resume: bool,
+    /// Replace what `out` holds (without it, a folder holding a model or a run is refused).
+    pub overwrite: bool,
     /// Skip (and count) data lines that cannot train instead of stopping at the first.
     pub skip_bad_lines: bool,
     pub device: Device,
@@ -62,9 +64,44 @@ impl TrainConfig {
             max_steps: None,
             max_minutes: None,
             resume: false,
+            overwrite: false,
             skip_bad_lines: false,
             device: Device::Cpu,
             show_progress: true,
+        }
+    }
+
+    /// Checks the settings and the output folder before any work: numbers that make sense, a folder
+    /// that holds nothing to lose (unless resuming or overwriting), no temp files of a killed run.
+    pub fn check(&self) -> Result<()> {
+        let positive = |name: &str, v: Option<f64>| match v {
+            Some(v) if !(v.is_finite() && v > 0.0) => bail!("--{name} must be a positive number, got {v}"),
+            _ => Ok(()),
+        };
+        positive("lr", self.lr)?;
+        positive("max-minutes", self.max_minutes)?;
+        for (name, v) in [("grad-clip", self.grad_clip), ("weight-decay", self.weight_decay)] {
+            if !(v.is_finite() && v >= 0.0) {
+                bail!("--{name} must be a number ≥ 0, got {v}");
+            }
+        }
+        for (name, v) in
+            [("epochs", self.epochs), ("accumulation-steps", self.accumulation_steps), ("max-steps", self.max_steps)]
+        {
+            if v == Some(0) {
+                bail!("--{name} must be at least 1");
+            }
+        }
+        let removed = crate::model::checkpoint::remove_stale_temp_files(&self.out)?;
+        if removed > 0 {
+            eprintln!("removed {removed} temporary files a killed run left in {}", self.out.display());
+        }
+        if self.resume {
+            resume::require(&self.out)
+        } else if !self.overwrite {
+            refuse_to_replace(&self.out)
+        } else {
+            Ok(())
         }
     }
 
@@ -105,6 +142,27 @@ impl TrainConfig {
     }
 }
 
+/// Files whose presence means `dir` holds a model, an adapter or a run's history.
+const PRECIOUS: [&str; 6] = [
+    "config.json",
+    "model.safetensors",
+    "adapter.safetensors",
+    "adapter_config.json",
+    resume::STATE_FILE,
+    "metrics.jsonl",
+];
+
+fn refuse_to_replace(dir: &std::path::Path) -> Result<()> {
+    if let Some(file) = PRECIOUS.iter().find(|f| dir.join(f).exists()) {
+        bail!(
+            "{} already holds a model or a run ({file}); pass --resume to continue that run, or --overwrite \
+             to replace it",
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
 /// A stage's MiniMind defaults for the optional trainer settings.
 #[derive(Debug, Clone, Copy)]
 pub struct StageDefaults {
@@ -117,7 +175,13 @@ pub struct StageDefaults {
     pub lr_schedule: LrSchedule,
 }
 
-const fn recipe(epochs: usize, batch_size: usize, accumulation_steps: usize, lr: f64, max_seq_len: usize) -> StageDefaults {
+const fn recipe(
+    epochs: usize,
+    batch_size: usize,
+    accumulation_steps: usize,
+    lr: f64,
+    max_seq_len: usize,
+) -> StageDefaults {
     StageDefaults { epochs, batch_size, accumulation_steps, lr, max_seq_len, lr_schedule: LrSchedule::Minimind2 }
 }
 
@@ -162,20 +226,29 @@ pub fn run_stage<S: Stage, F: FnOnce(&WeightBuilder) -> Result<MiniMindForCausal
     if let Some(index) = stage.index() {
         eprintln!("{}: {} trainable parameters, {} rows of data", stage.name(), params.num_elements(), index.len());
         if index.skipped > 0 {
-            eprintln!("skipping {} lines of {} (malformed, or nothing to train on)", index.skipped, index.path.display());
+            eprintln!("skipping {} lines of {} that cannot train", index.skipped, index.path.display());
+        }
+        if index.untrainable > 0 {
+            eprintln!(
+                "leaving out {} rows of {} with no token to train on within --max-seq-len (answers beyond it)",
+                index.untrainable,
+                index.path.display()
+            );
         }
     }
     train(&model, &params, stage, &opts)
 }
 
+/// Builds a model from weights (a fresh start or a resumed run's).
+pub trait BuildModel: FnOnce(&WeightBuilder) -> Result<MiniMindForCausalLM> {}
+impl<F: FnOnce(&WeightBuilder) -> Result<MiniMindForCausalLM>> BuildModel for F {}
+
 /// Starting from the trained model in folder `dir` (SFT, DPO, distillation, reasoning): its config,
 /// its weights as the fresh start, and its tokenizer copied along.
-pub fn from_model_folder(
-    dir: &std::path::Path,
-    device: &Device,
-) -> Result<(ModelConfig, Start<impl FnOnce(&WeightBuilder) -> Result<MiniMindForCausalLM>>)> {
+pub fn from_model_folder(dir: &std::path::Path, device: &Device) -> Result<(ModelConfig, Start<impl BuildModel>)> {
     let (config, fresh) = crate::model::checkpoint::model_weights(dir, device, DType::F32, true)?;
     let shape = config.clone();
-    let build = move |wb: &WeightBuilder| MiniMindForCausalLM::new(&shape, wb, crate::model::params::InitScheme::Minimind2);
+    let build =
+        move |wb: &WeightBuilder| MiniMindForCausalLM::new(&shape, wb, crate::model::params::InitScheme::Minimind2);
     Ok((config, Start { fresh, build, output: ModelOutput::Full, tokenizer_dir: Some(dir.to_path_buf()) }))
 }

@@ -21,6 +21,7 @@ pub struct SftConfig {
 
 pub fn sft(c: &SftConfig) -> Result<TrainSummary> {
     let t = &c.train;
+    t.check()?;
     let tokenizer = Tokenizer::load(&c.model)?;
     let (config, start) = from_model_folder(&c.model, &t.device)?;
     let encoding = SftEncoding::for_tokenizer(&tokenizer, t.max_seq_len(&SFT, &config)?)?;

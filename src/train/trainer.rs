@@ -6,12 +6,12 @@
 //! `accumulation_steps`, its last optimizer step is a short window of the remaining micro-batches
 //! (as minimind-3 flushes at the epoch's end), its loss the mean over the micro-batches it has.
 
-use crate::model::checkpoint;
 use crate::data::DataCursor;
-use crate::train::metrics::{write_chart, MetricsWriter, StepMetrics};
-use crate::model::{DropoutSeed, MiniMindForCausalLM};
-use crate::train::optim::{clip_factor, grad_norm, AdamW, AdamWConfig, GradAccumulator, LrSchedule};
+use crate::model::checkpoint;
 use crate::model::params::Params;
+use crate::model::{DropoutSeed, MiniMindForCausalLM};
+use crate::train::metrics::{write_chart, MetricsWriter, StepMetrics};
+use crate::train::optim::{clip_factor, grad_norm, AdamW, AdamWConfig, GradAccumulator, LrSchedule};
 use crate::train::resume::{self, Resume, RunState};
 use anyhow::{bail, Context, Result};
 use candle_core::Tensor;

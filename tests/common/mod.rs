@@ -4,7 +4,32 @@ use candle_core::{DType, Device, Tensor};
 use minimind::model::checkpoint::init_model;
 use minimind::model::params::{InitScheme, Params};
 use minimind::{MiniMindForCausalLM, ModelConfig};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// Runs the `minimind` binary.
+pub fn minimind(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_minimind")).args(args).env("RAYON_NUM_THREADS", "2").output().unwrap()
+}
+
+/// Its stdout, after checking it succeeded.
+pub fn ok(out: Output) -> String {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "command failed: {stderr}");
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Its stderr, after checking it failed cleanly (exit 1, no panic).
+pub fn fails(out: Output) -> String {
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(out.status.code(), Some(1), "expected a clean failure: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    stderr
+}
+
+pub fn p(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
 
 pub fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)

@@ -1,22 +1,7 @@
 //! End to end through the binary: train a tokenizer, pretrain a few steps, generate, on the fixtures.
 
 use crate::common::*;
-use std::path::Path;
-use std::process::{Command, Output};
-
-fn minimind(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_minimind")).args(args).env("RAYON_NUM_THREADS", "2").output().unwrap()
-}
-
-fn ok(out: Output) -> String {
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "command failed: {stderr}");
-    String::from_utf8(out.stdout).unwrap()
-}
-
-fn p(path: &Path) -> &str {
-    path.to_str().unwrap()
-}
+use std::process::Command;
 
 #[test]
 fn tokenizer_pretrain_generate_end_to_end() {
@@ -470,7 +455,8 @@ fn import_a_classic_pth_then_chat_with_it() {
     ]));
     let saved = minimind::model::checkpoint::load_tensors(&logits_path, &candle_core::Device::Cpu).unwrap();
     let (loaded, _) =
-        minimind::model::checkpoint::load_model(&model, &candle_core::Device::Cpu, candle_core::DType::F32, false).unwrap();
+        minimind::model::checkpoint::load_model(&model, &candle_core::Device::Cpu, candle_core::DType::F32, false)
+            .unwrap();
     let ids = saved["input_ids"].unsqueeze(0).unwrap();
     assert_eq!(saved["logits"].dims(), &[ids.dim(1).unwrap(), 6400]);
     assert_eq!(max_abs_diff(&saved["logits"], &loaded.forward(&ids, None).unwrap().squeeze(0).unwrap()), 0.0);

@@ -1,10 +1,10 @@
 //! Streaming JSON Lines, encoding, X/Y/mask construction, shuffling.
 
-use candle_core::Device;
 use crate::common::*;
+use candle_core::Device;
 use minimind::data::pretrain::{parse_text_row, pretrain_data, PretrainEncoding};
-use minimind::data::{DataCursor, JsonlIndex, LmBatch, ShuffledRows};
 use minimind::data::tokenizer::Tokenizer;
+use minimind::data::{DataCursor, JsonlIndex, LmBatch, ShuffledRows};
 use std::io::Write;
 
 fn write_file(dir: &tempfile::TempDir, name: &str, bytes: &[u8]) -> std::path::PathBuf {

@@ -1,9 +1,9 @@
 //! Distillation: the KL term vanishes for identical models, α = 1 is plain SFT loss, prompts parse.
 
-use candle_core::{Device, Tensor};
 use crate::common::*;
-use minimind::train::distill::{distill_loss, parse_prompt};
+use candle_core::{Device, Tensor};
 use minimind::ops;
+use minimind::train::distill::{distill_loss, parse_prompt};
 
 fn inputs() -> (Tensor, Tensor, Tensor) {
     let logits = (Tensor::randn(0f32, 1., (9, 31), &Device::Cpu).unwrap() * 3.0).unwrap();

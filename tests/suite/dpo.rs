@@ -1,11 +1,11 @@
 //! DPO: the loss at the start, learning from preference pairs, the frozen reference, bad rows.
 
-use candle_core::{DType, Device, Tensor};
 use crate::common::*;
+use candle_core::{DType, Device, Tensor};
 use minimind::data::dpo::DpoData;
-use minimind::train::dpo::{dpo_loss, sequence_log_probs, DpoStage, SeqLogProb};
 use minimind::data::sft::SftEncoding;
 use minimind::data::tokenizer::Tokenizer;
+use minimind::train::dpo::{dpo_loss, sequence_log_probs, DpoStage, SeqLogProb};
 use minimind::train::{train, Stage, TrainOptions};
 
 fn data<'a>(t: &'a Tokenizer, path: &std::path::Path, max_len: usize) -> DpoData<'a> {
@@ -15,8 +15,13 @@ fn data<'a>(t: &'a Tokenizer, path: &std::path::Path, max_len: usize) -> DpoData
 fn models() -> (minimind::MiniMindForCausalLM, minimind::model::params::Params, minimind::MiniMindForCausalLM) {
     let config = micro_config(6400, 4, 2, 16);
     let dir = tempfile::tempdir().unwrap();
-    let (model, _) =
-        minimind::model::checkpoint::init_model(&config, minimind::model::params::InitScheme::Minimind2, 5, &Device::Cpu).unwrap();
+    let (model, _) = minimind::model::checkpoint::init_model(
+        &config,
+        minimind::model::params::InitScheme::Minimind2,
+        5,
+        &Device::Cpu,
+    )
+    .unwrap();
     minimind::model::checkpoint::save_model(dir.path(), &model).unwrap();
     let (policy, params) = minimind::model::checkpoint::load_model(dir.path(), &Device::Cpu, DType::F32, true).unwrap();
     let (reference, _) = minimind::model::checkpoint::load_model(dir.path(), &Device::Cpu, DType::F32, false).unwrap();
@@ -106,7 +111,8 @@ fn training_raises_the_margin_and_leaves_the_reference_alone() {
 }
 
 fn pair(user: &str, chosen: &str, rejected: &str) -> String {
-    let side = |answer: &str| serde_json::json!([{"role": "user", "content": user}, {"role": "assistant", "content": answer}]);
+    let side =
+        |answer: &str| serde_json::json!([{"role": "user", "content": user}, {"role": "assistant", "content": answer}]);
     serde_json::json!({"chosen": side(chosen), "rejected": side(rejected)}).to_string()
 }
 

@@ -1,15 +1,20 @@
 //! GGUF export read back with candle's GGUF reader: metadata keys and types, tensor shapes and data.
 
+use crate::common::*;
 use candle_core::quantized::gguf_file::{Content, Value};
 use candle_core::{DType, Device, Tensor};
-use crate::common::*;
 use minimind::interop::gguf::{export, permute_for_llama_cpp, GgufType};
 
 fn exported(ty: GgufType) -> (tempfile::TempDir, minimind::MiniMindForCausalLM, Content, std::fs::File) {
     let dir = tempfile::tempdir().unwrap();
     let config = micro_config(6400, 4, 2, 16);
-    let (model, _) =
-        minimind::model::checkpoint::init_model(&config, minimind::model::params::InitScheme::Minimind2, 4, &Device::Cpu).unwrap();
+    let (model, _) = minimind::model::checkpoint::init_model(
+        &config,
+        minimind::model::params::InitScheme::Minimind2,
+        4,
+        &Device::Cpu,
+    )
+    .unwrap();
     let folder = dir.path().join("m");
     minimind::model::checkpoint::save_model(&folder, &model).unwrap();
     minimind::model::checkpoint::copy_tokenizer_files(&tokenizer_dir("v2"), &folder).unwrap();

@@ -3,11 +3,11 @@
 //! through an independent reference of MiniMind2-classic's forward (interleaved complex-pair RoPE,
 //! Meta-style names), so the RoPE row permutation is tested, not assumed.
 
-use candle_core::{DType, Device, Tensor, D};
 use crate::common::pth::{classic_weights, random_normal, write_pth};
 use crate::common::*;
-use minimind::model::checkpoint::{load_model, save_model};
+use candle_core::{DType, Device, Tensor, D};
 use minimind::interop::import::{import, ImportOptions, Imported};
+use minimind::model::checkpoint::{load_model, save_model};
 use minimind::ModelConfig;
 use std::collections::HashMap;
 use std::path::Path;

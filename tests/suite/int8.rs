@@ -1,8 +1,8 @@
 //! Int8 weight-only inference: packing, the int8 gemv against the dequantized product, a quantized
 //! model's decoding against its own prefill and against f32, and perplexity.
 
-use candle_core::{DType, Device, Tensor};
 use crate::common::*;
+use candle_core::{DType, Device, Tensor};
 use minimind::ops::{self, int8};
 
 fn weights(n: usize, k: usize, seed: u64) -> Tensor {
@@ -96,8 +96,13 @@ fn perplexity_is_the_exponential_of_the_mean_token_loss() {
     let dir = tempfile::tempdir().unwrap();
     let tokenizer = minimind::Tokenizer::load(&tokenizer_dir("v2")).unwrap();
     let config = micro_config(tokenizer.vocab_size(), 4, 2, 16);
-    let (model, _) =
-        minimind::model::checkpoint::init_model(&config, minimind::model::params::InitScheme::Minimind2, 4, &Device::Cpu).unwrap();
+    let (model, _) = minimind::model::checkpoint::init_model(
+        &config,
+        minimind::model::params::InitScheme::Minimind2,
+        4,
+        &Device::Cpu,
+    )
+    .unwrap();
     let data = dir.path().join("eval.jsonl");
     std::fs::write(&data, "{\"text\": \"春风又绿江南岸\"}\n{\"text\": \"明月何时照我还，一二三\"}\n").unwrap();
     let p = minimind::eval::perplexity(&model, &tokenizer, &data, 32, 1, None).unwrap();

@@ -1,10 +1,18 @@
 //! HF Llama export and HF folder import: round trips, config fields, validation.
 
-use candle_core::{DType, Device, Tensor};
 use crate::common::*;
-use minimind::model::checkpoint::{load_model, load_tensors, save_model, save_tensors};
-use minimind::interop::import::import_hf;
+use candle_core::{DType, Device, Tensor};
 use minimind::interop::hf::{export_hf_llama, ExportDType};
+use minimind::interop::import::{import, ImportOptions, Imported};
+use minimind::model::checkpoint::{load_model, load_tensors, save_model, save_tensors};
+
+/// Imports an HF folder as a model folder in `out`.
+fn import_hf(src: &std::path::Path, out: &std::path::Path) -> minimind::MiniMindForCausalLM {
+    match import(src, out, &ImportOptions::default()).unwrap() {
+        Imported::Model { model, .. } => *model,
+        Imported::Adapter { .. } => panic!("{} imported as an adapter", src.display()),
+    }
+}
 
 fn model_folder() -> (tempfile::TempDir, minimind::MiniMindForCausalLM) {
     let dir = tempfile::tempdir().unwrap();
@@ -37,7 +45,7 @@ fn f32_export_then_import_is_bit_exact() {
     let tensors = load_tensors(&hf.path().join("model.safetensors"), &Device::Cpu).unwrap();
     assert!(tensors.contains_key("lm_head.weight"), "Llama exports carry an explicit head");
     let back = tempfile::tempdir().unwrap();
-    let imported = import_hf(hf.path(), back.path(), None).unwrap();
+    let imported = import_hf(hf.path(), back.path());
     assert!(imported.config.tie_word_embeddings, "an exported head equal to the embedding is tied again");
     for ((name, a), (_, b)) in model.named_tensors().iter().zip(imported.named_tensors()) {
         assert_eq!(max_abs_diff(a, &b), 0.0, "{name}");
@@ -56,7 +64,7 @@ fn half_precision_exports_keep_logits_close() {
         let hf = tempfile::tempdir().unwrap();
         export_hf_llama(src.path(), None, hf.path(), dtype).unwrap();
         let back = tempfile::tempdir().unwrap();
-        let imported = import_hf(hf.path(), back.path(), None).unwrap();
+        let imported = import_hf(hf.path(), back.path());
         let d = max_abs_diff(&reference, &imported.forward(&ids, None).unwrap());
         assert!(d < tol, "{dtype:?}: logits differ by {d}");
     }
@@ -76,7 +84,10 @@ fn import_lists_missing_extra_and_misshaped_tensors() {
     );
     tensors.insert("model.layers.0.extra.weight".into(), Tensor::zeros(8, DType::F32, &Device::Cpu).unwrap());
     save_tensors(&path, &tensors.into_iter().collect::<Vec<_>>()).unwrap();
-    let err = format!("{:#}", import_hf(hf.path(), tempfile::tempdir().unwrap().path(), None).err().unwrap());
+    let err = format!(
+        "{:#}",
+        import(hf.path(), tempfile::tempdir().unwrap().path(), &ImportOptions::default()).err().unwrap()
+    );
     for expect in [
         "model.layers.1.mlp.up_proj.weight: missing",
         "k_proj.weight: shape [5, 5]",
@@ -86,7 +97,10 @@ fn import_lists_missing_extra_and_misshaped_tensors() {
     }
     // A MoE config is refused plainly.
     std::fs::write(hf.path().join("config.json"), r#"{"model_type": "minimind", "use_moe": true}"#).unwrap();
-    let err = format!("{:#}", import_hf(hf.path(), tempfile::tempdir().unwrap().path(), None).err().unwrap());
+    let err = format!(
+        "{:#}",
+        import(hf.path(), tempfile::tempdir().unwrap().path(), &ImportOptions::default()).err().unwrap()
+    );
     assert!(err.contains("not supported yet"), "{err}");
 }
 
@@ -94,7 +108,8 @@ fn import_lists_missing_extra_and_misshaped_tensors() {
 fn export_with_a_lora_adapter_writes_the_merged_model() {
     let (src, model) = model_folder();
     let mut adapted = model.clone();
-    let config = minimind::model::lora::LoraConfig { rank: 2, alpha: 4.0, targets: vec!["q_proj".into(), "down_proj".into()] };
+    let config =
+        minimind::model::lora::LoraConfig { rank: 2, alpha: 4.0, targets: vec!["q_proj".into(), "down_proj".into()] };
     let wb = minimind::model::params::WeightBuilder::random(5, DType::F32, &Device::Cpu, false);
     minimind::model::lora::attach(&mut adapted, &config, &wb).unwrap();
     for (_, linear) in adapted.linears_mut() {
@@ -107,7 +122,7 @@ fn export_with_a_lora_adapter_writes_the_merged_model() {
     let hf = tempfile::tempdir().unwrap();
     export_hf_llama(src.path(), Some(adapter.path()), hf.path(), ExportDType::F32).unwrap();
     let back = tempfile::tempdir().unwrap();
-    let merged = import_hf(hf.path(), back.path(), None).unwrap();
+    let merged = import_hf(hf.path(), back.path());
     let ids = random_ids(1, 8, 97, 6);
     let expected = adapted.forward(&ids, None).unwrap();
     assert!(max_abs_diff(&expected, &model.forward(&ids, None).unwrap()) > 1e-3, "the adapter changes the model");

@@ -1,7 +1,7 @@
 //! Fused CPU kernels against the composed reference: values and gradients on odd shapes.
 
-use candle_core::{Device, Tensor, Var};
 use crate::common::*;
+use candle_core::{Device, Tensor, Var};
 use minimind::ops;
 
 /// Values and input gradients of `fused`, then of `reference`, on the same inputs.

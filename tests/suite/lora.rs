@@ -1,12 +1,12 @@
 //! LoRA: trainable-parameter count, frozen base, adapter files, merge.
 
-use candle_core::{DType, Device, Tensor};
 use crate::common::*;
+use candle_core::{DType, Device, Tensor};
 use minimind::data::LmBatch;
-use minimind::train::lm::lm_loss;
 use minimind::model::lora::{self, LoraConfig};
-use minimind::train::optim::{AdamW, AdamWConfig};
 use minimind::model::params::{InitScheme, WeightBuilder};
+use minimind::train::lm::lm_loss;
+use minimind::train::optim::{AdamW, AdamWConfig};
 use minimind::{MiniMindForCausalLM, ModelConfig};
 
 fn frozen(config: &ModelConfig, seed: u64) -> MiniMindForCausalLM {
@@ -56,10 +56,11 @@ fn training_moves_only_the_adapter_and_merge_gives_the_same_logits() {
     // Save and reload the adapter on a fresh copy of the base; then merge.
     let dir = tempfile::tempdir().unwrap();
     lora::save(dir.path(), &model, &qo(4)).unwrap();
-    let names: Vec<String> = minimind::model::checkpoint::load_tensors(&dir.path().join(lora::ADAPTER_FILE), &Device::Cpu)
-        .unwrap()
-        .into_keys()
-        .collect();
+    let names: Vec<String> =
+        minimind::model::checkpoint::load_tensors(&dir.path().join(lora::ADAPTER_FILE), &Device::Cpu)
+            .unwrap()
+            .into_keys()
+            .collect();
     assert!(names.iter().all(|n| n.contains(".lora.A.weight") || n.contains(".lora.B.weight")), "{names:?}");
     assert_eq!(names.len(), 2 * 2 * 2);
     let mut reloaded = frozen(&config, 3);

@@ -16,6 +16,7 @@ mod kernels;
 mod lora;
 mod model;
 mod reason;
+mod robustness;
 mod serve;
 mod sft;
 mod tokenizer;

@@ -1,11 +1,11 @@
 //! Model structure, math and gradients.
 
-use candle_core::{DType, Device, Tensor, D};
 use crate::common::*;
+use candle_core::{DType, Device, Tensor, D};
 use minimind::model::checkpoint::init_model;
+use minimind::model::params::InitScheme;
 use minimind::model::{rope_inv_freq, KvCache, RotaryEmbedding};
 use minimind::ops;
-use minimind::model::params::InitScheme;
 use minimind::ModelConfig;
 
 #[test]

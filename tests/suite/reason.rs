@@ -2,9 +2,9 @@
 
 use crate::common::*;
 use minimind::data::reason::ReasonEncoding;
-use minimind::infer::reasoning::ThinkDisplay;
 use minimind::data::sft::SftEncoding;
 use minimind::data::tokenizer::{ChatMessage, Tokenizer};
+use minimind::infer::reasoning::ThinkDisplay;
 
 #[test]
 fn tag_tokens_get_weight_10_and_the_mean_keeps_the_plain_count() {

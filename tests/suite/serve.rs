@@ -1,7 +1,7 @@
 //! The OpenAI-compatible server, through real HTTP on loopback.
 
-use candle_core::Device;
 use crate::common::*;
+use candle_core::Device;
 use minimind::serve::engine::{Engine, LoadedModel};
 use serde_json::{json, Value};
 use std::io::{Read, Write};
@@ -10,8 +10,13 @@ use std::net::TcpStream;
 /// Starts a server on a free loopback port with a small random model; returns the port.
 fn start() -> u16 {
     let config = minimind::ModelConfig { max_position_embeddings: 4096, ..micro_config(6400, 4, 2, 16) };
-    let (model, _) =
-        minimind::model::checkpoint::init_model(&config, minimind::model::params::InitScheme::Minimind2, 7, &Device::Cpu).unwrap();
+    let (model, _) = minimind::model::checkpoint::init_model(
+        &config,
+        minimind::model::params::InitScheme::Minimind2,
+        7,
+        &Device::Cpu,
+    )
+    .unwrap();
     let tokenizer = minimind::Tokenizer::load(&tokenizer_dir("v2")).unwrap();
     let aliases = vec!["minimind".to_string()];
     let engine = Engine::start(vec![LoadedModel { id: "tiny".into(), aliases, model, tokenizer }], 32);
@@ -99,8 +104,9 @@ fn responses_have_the_openai_shapes() {
     assert_eq!(r["model"], "tiny");
     assert_eq!(r["choices"][0]["message"]["role"], "assistant");
     let t = minimind::Tokenizer::load(&tokenizer_dir("v2")).unwrap();
-    let prompt =
-        t.encode(&t.render_chat(&[minimind::data::tokenizer::ChatMessage::new("user", "你好")], true).unwrap()).unwrap();
+    let prompt = t
+        .encode(&t.render_chat(&[minimind::data::tokenizer::ChatMessage::new("user", "你好")], true).unwrap())
+        .unwrap();
     assert_eq!(r["usage"]["prompt_tokens"], prompt.len());
     assert_eq!(
         r["usage"]["total_tokens"],
@@ -274,11 +280,19 @@ fn reasoning_split_streamed_equals_whole() {
 fn served_model_name_and_sampling_defaults() {
     let port = start();
     // The alias answers like the id; an unknown name is a 404.
-    let (status, r, _) = post(port, "/v1/chat/completions", json!({"model": "minimind", "max_tokens": 3,
-        "messages": [{"role": "user", "content": "你好"}]}));
+    let (status, r, _) = post(
+        port,
+        "/v1/chat/completions",
+        json!({"model": "minimind", "max_tokens": 3,
+        "messages": [{"role": "user", "content": "你好"}]}),
+    );
     assert_eq!(status, 200, "{r}");
-    let (status, _, _) = post(port, "/v1/chat/completions", json!({"model": "gpt-4", "max_tokens": 3,
-        "messages": [{"role": "user", "content": "你好"}]}));
+    let (status, _, _) = post(
+        port,
+        "/v1/chat/completions",
+        json!({"model": "gpt-4", "max_tokens": 3,
+        "messages": [{"role": "user", "content": "你好"}]}),
+    );
     assert_eq!(status, 404);
     // Unset sampling fields take the CLI's defaults: with one seed the API's answer is the library's.
     let tokenizer = minimind::Tokenizer::load(&tokenizer_dir("v2")).unwrap();
@@ -297,8 +311,12 @@ fn served_model_name_and_sampling_defaults() {
     let stops = tokenizer.stop_ids().unwrap();
     let out = minimind::infer::generate(&model, &prompt, 8, &stops, &mut sampler, |_| Ok(true)).unwrap();
     let expected = tokenizer.decode(&out.tokens, true).unwrap();
-    let (_, r, _) = post(port, "/v1/chat/completions", json!({"model": "tiny", "max_tokens": 8, "seed": 5,
-        "messages": [{"role": "user", "content": "你好"}]}));
+    let (_, r, _) = post(
+        port,
+        "/v1/chat/completions",
+        json!({"model": "tiny", "max_tokens": 8, "seed": 5,
+        "messages": [{"role": "user", "content": "你好"}]}),
+    );
     assert_eq!(r["choices"][0]["message"]["content"].as_str().unwrap(), expected);
 }
 
@@ -313,4 +331,137 @@ fn stop_strings_end_the_answer() {
     let (_, r, _) = post(port, "/v1/chat/completions", chat(json!({"max_tokens": 12, "stop": [stop]})));
     assert_eq!(r["choices"][0]["message"]["content"], expected);
     assert_eq!(r["choices"][0]["finish_reason"], "stop");
+}
+
+/// Sends raw bytes (tolerating a server that answers before reading them all); status and body.
+fn raw(port: u16, request: &[u8]) -> (u16, Value) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let _ = s.write_all(request);
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    let text = String::from_utf8_lossy(&out).to_string();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body =
+        if head.to_ascii_lowercase().contains("transfer-encoding: chunked") { dechunk(body) } else { body.into() };
+    (status, serde_json::from_str(&body).unwrap_or(Value::Null))
+}
+
+fn is_openai_error(v: &Value) -> bool {
+    v["error"]["message"].is_string() && v["error"]["type"].is_string()
+}
+
+#[test]
+fn every_error_is_openai_shaped() {
+    let port = start();
+    let (status, body) = http(port, "GET", "/v1/nope", None);
+    assert_eq!(status, 404);
+    assert!(is_openai_error(&serde_json::from_str(&body).unwrap()), "{body}");
+    let (status, body) = http(port, "GET", "/v1/chat/completions", None);
+    assert_eq!(status, 405);
+    assert!(is_openai_error(&serde_json::from_str(&body).unwrap()), "{body}");
+    // A 3 MiB body is over the 2 MiB limit.
+    let big = format!("{{\"model\": \"tiny\", \"prompt\": \"{}\"}}", "a".repeat(3 << 20));
+    let request = format!(
+        "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{big}",
+        big.len()
+    );
+    let (status, body) = raw(port, request.as_bytes());
+    assert_eq!(status, 413);
+    assert!(is_openai_error(&body), "{body}");
+    let request =
+        format!("GET /health HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\nConnection: close\r\n\r\n", "a".repeat(40 << 10));
+    let (status, body) = raw(port, request.as_bytes());
+    assert_eq!(status, 431);
+    assert!(is_openai_error(&body), "{body}");
+    let (status, r, _) = post(port, "/v1/chat/completions", chat(json!({"stream": "yes"})));
+    assert_eq!(status, 400);
+    assert_eq!(r["error"]["param"], "stream");
+}
+
+#[test]
+fn a_panicking_generation_fails_its_request_and_the_worker_keeps_serving() {
+    use minimind::serve::engine::run;
+    let config = minimind::ModelConfig { max_position_embeddings: 4096, ..micro_config(6400, 4, 2, 16) };
+    let (model, _) = minimind::model::checkpoint::init_model(
+        &config,
+        minimind::model::params::InitScheme::Minimind2,
+        7,
+        &Device::Cpu,
+    )
+    .unwrap();
+    let tokenizer = minimind::Tokenizer::load(&tokenizer_dir("v2")).unwrap();
+    let models = vec![LoadedModel { id: "tiny".into(), aliases: vec![], model, tokenizer }];
+    // A request asking for exactly 13 tokens panics inside the worker.
+    let engine = Engine::with_runner(models, 4, |m, job, generated| {
+        assert_ne!(job.max_new_tokens, 13, "boom");
+        run(m, job, generated)
+    });
+    let alive = engine.alive.clone();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            tx.send(listener.local_addr().unwrap().port()).unwrap();
+            axum::serve(listener, minimind::serve::router(engine)).await.unwrap();
+        });
+    });
+    let port = rx.recv().unwrap();
+    let (status, r, _) = post(port, "/v1/chat/completions", chat(json!({"max_tokens": 13})));
+    assert_eq!(status, 500);
+    assert!(r["error"]["message"].as_str().unwrap().contains("boom"), "{r}");
+    let (status, r, _) = post(port, "/v1/chat/completions", chat(json!({"max_tokens": 3})));
+    assert_eq!(status, 200, "{r}");
+    let (status, body) = http(port, "GET", "/health", None);
+    assert_eq!((status, serde_json::from_str::<Value>(&body).unwrap()["status"].clone()), (200, json!("ok")));
+    // A worker that has stopped makes /health unhealthy.
+    alive.store(false, std::sync::atomic::Ordering::SeqCst);
+    let (status, body) = http(port, "GET", "/health", None);
+    assert_eq!((status, serde_json::from_str::<Value>(&body).unwrap()["status"].clone()), (503, json!("unhealthy")));
+}
+
+/// Random bytes and random JSON through the request parser: an answer or an error, never a panic.
+#[test]
+fn random_requests_never_panic_the_parser() {
+    use minimind::serve::request::Request;
+    let config = minimind::ModelConfig { max_position_embeddings: 512, ..micro_config(6400, 4, 2, 16) };
+    let (model, _) = minimind::model::checkpoint::init_model(
+        &config,
+        minimind::model::params::InitScheme::Minimind2,
+        7,
+        &Device::Cpu,
+    )
+    .unwrap();
+    let tokenizer = minimind::Tokenizer::load(&tokenizer_dir("v2")).unwrap();
+    let engine = Engine::start(vec![LoadedModel { id: "tiny".into(), aliases: vec![], model, tokenizer }], 4);
+    let mut rng = crate::robustness::Lcg(7);
+    for case in 0..2000 {
+        let body = match case % 3 {
+            0 => rng.bytes(),
+            1 => rng.json(4).to_string().into_bytes(),
+            _ => {
+                let mut v = json!({"model": "tiny", "messages": [{"role": "user", "content": "你好"}]});
+                for _ in 0..rng.next(4) {
+                    let key = [
+                        "stream",
+                        "max_tokens",
+                        "temperature",
+                        "top_p",
+                        "top_k",
+                        "stop",
+                        "seed",
+                        "n",
+                        "stream_options",
+                        "messages",
+                        "prompt",
+                        "frequency_penalty",
+                    ][rng.next(12)];
+                    v[key] = rng.json(2);
+                }
+                v.to_string().into_bytes()
+            }
+        };
+        let _ = Request::parse(&engine, &body, case % 2 == 0);
+    }
 }

@@ -1,13 +1,13 @@
 //! Training loop, optimizer, checkpoints, sampling.
 
-use candle_core::{DType, Device, Tensor};
 use crate::common::*;
-use minimind::model::checkpoint::{atomic_write, load_model, save_model};
+use candle_core::{DType, Device, Tensor};
 use minimind::data::LmBatch;
 use minimind::infer::{generate, sampler::apply_repetition_penalty, Sampler, SamplingParams};
-use minimind::train::lm::lm_loss;
+use minimind::model::checkpoint::{atomic_write, load_model, save_model};
 use minimind::model::{DropoutSeed, MiniMindForCausalLM};
-use minimind::train::optim::{clip_grad_norm, LrSchedule};
+use minimind::train::lm::lm_loss;
+use minimind::train::optim::{clip_factor, grad_norm, LrSchedule};
 use minimind::train::{train, Stage, StepPlan, TrainOptions};
 
 /// The same batch over and over: the loss must fall.
@@ -144,9 +144,10 @@ fn run_steps(stage: &mut CountingStage, opts: TrainOptions) -> Vec<(f64, usize)>
 fn lr_is_set_per_micro_step_first_second_and_last() {
     let dir = tempfile::tempdir().unwrap();
     let base = TrainOptions { accumulation_steps: 1, max_steps: None, epochs: 1, lr: 1e-3, ..options(dir.path(), 0) };
-    for (schedule, formula, offset) in
-        [(LrSchedule::Minimind2, minimind2_lr as fn(f64, usize, usize) -> f64, 0), (LrSchedule::Minimind3, minimind3_lr, 1)]
-    {
+    for (schedule, formula, offset) in [
+        (LrSchedule::Minimind2, minimind2_lr as fn(f64, usize, usize) -> f64, 0),
+        (LrSchedule::Minimind3, minimind3_lr, 1),
+    ] {
         let steps = run_steps(&mut counting_stage(6), TrainOptions { lr_schedule: schedule, ..base.clone() });
         assert_eq!(steps.len(), 6);
         for (i, t) in [(0, 0), (1, 1), (5, 5)] {
@@ -184,13 +185,14 @@ fn an_epochs_last_window_is_short_and_never_takes_the_next_epochs_batches() {
 
 #[test]
 fn gradient_clipping() {
-    let mut grads = vec![Tensor::new(&[3f32, 0.], &Device::Cpu).unwrap(), Tensor::new(&[4f32], &Device::Cpu).unwrap()];
-    let norm = clip_grad_norm(&mut grads, 1.0).unwrap();
+    let grads = vec![Tensor::new(&[3f32, 0.], &Device::Cpu).unwrap(), Tensor::new(&[4f32], &Device::Cpu).unwrap()];
+    // PyTorch's clip_grad_norm_: scale by max_norm / (norm + 1e-6) when the global norm exceeds it.
+    let norm = grad_norm(&grads).unwrap();
     assert!((norm - 5.0).abs() < 1e-6);
-    assert!((grads[0].to_vec1::<f32>().unwrap()[0] - 0.6).abs() < 1e-5);
-    let mut small = vec![Tensor::new(&[0.3f32], &Device::Cpu).unwrap()];
-    clip_grad_norm(&mut small, 1.0).unwrap();
-    assert_eq!(small[0].to_vec1::<f32>().unwrap(), [0.3]);
+    let scaled = (&grads[0] * clip_factor(norm, 1.0)).unwrap();
+    assert!((scaled.to_vec1::<f32>().unwrap()[0] - 0.6).abs() < 1e-5);
+    assert_eq!(clip_factor(0.3, 1.0), 1.0, "a small gradient is left alone");
+    assert_eq!(clip_factor(5.0, 0.0), 1.0, "max_norm 0 disables clipping");
 }
 
 #[test]
@@ -204,7 +206,8 @@ fn checkpoint_round_trip_gives_identical_logits() {
     let b = loaded.forward(&ids, None).unwrap();
     assert_eq!(max_abs_diff(&a, &b), 0.0);
     // A tied checkpoint may also carry lm_head.weight (MiniMind .pth style) if it equals the embedding.
-    let mut tensors = minimind::model::checkpoint::load_tensors(&dir.path().join("model.safetensors"), &Device::Cpu).unwrap();
+    let mut tensors =
+        minimind::model::checkpoint::load_tensors(&dir.path().join("model.safetensors"), &Device::Cpu).unwrap();
     let embed = tensors["model.embed_tokens.weight"].clone();
     tensors.insert("lm_head.weight".into(), embed.clone());
     let list: Vec<(String, Tensor)> = tensors.into_iter().collect();
@@ -217,7 +220,8 @@ fn checkpoint_mismatches_are_listed() {
     let (model, _) = micro_model(4);
     let dir = tempfile::tempdir().unwrap();
     save_model(dir.path(), &model).unwrap();
-    let mut tensors = minimind::model::checkpoint::load_tensors(&dir.path().join("model.safetensors"), &Device::Cpu).unwrap();
+    let mut tensors =
+        minimind::model::checkpoint::load_tensors(&dir.path().join("model.safetensors"), &Device::Cpu).unwrap();
     tensors.remove("model.norm.weight");
     tensors
         .insert("model.layers.0.mlp.up_proj.weight".into(), Tensor::zeros((3, 3), DType::F32, &Device::Cpu).unwrap());
@@ -250,20 +254,20 @@ fn interrupted_write_leaves_previous_file_intact() {
 fn sampling_follows_hf_semantics() {
     let logits = [1.0f32, 3.0, 2.0, -1.0];
     let mut greedy = Sampler::new(SamplingParams { temperature: 0.0, ..Default::default() }).unwrap();
-    assert_eq!(greedy.sample(&logits, &[]), 1);
+    assert_eq!(greedy.sample(&logits, &[]).unwrap(), 1);
     // top-k 1 and a tiny top-p both reduce to the most likely token.
     let mut top1 =
         Sampler::new(SamplingParams { temperature: 1.0, top_k: 1, top_p: 1.0, ..Default::default() }).unwrap();
     let mut topp =
         Sampler::new(SamplingParams { temperature: 1.0, top_k: 0, top_p: 0.01, ..Default::default() }).unwrap();
     for _ in 0..20 {
-        assert_eq!(top1.sample(&logits, &[]), 1);
-        assert_eq!(topp.sample(&logits, &[]), 1);
+        assert_eq!(top1.sample(&logits, &[]).unwrap(), 1);
+        assert_eq!(topp.sample(&logits, &[]).unwrap(), 1);
     }
     // top-p keeps the token that crosses p: p = 0.7 keeps {1, 2} (0.66 + 0.24 > 0.7).
     let mut p07 =
         Sampler::new(SamplingParams { temperature: 1.0, top_k: 0, top_p: 0.7, seed: 3, ..Default::default() }).unwrap();
-    let picks: std::collections::HashSet<u32> = (0..200).map(|_| p07.sample(&logits, &[])).collect();
+    let picks: std::collections::HashSet<u32> = (0..200).map(|_| p07.sample(&logits, &[]).unwrap()).collect();
     assert_eq!(picks, [1, 2].into_iter().collect());
     // Sign-aware repetition penalty: positive ÷ p, negative × p, once per distinct token.
     let mut l = logits.to_vec();
@@ -273,7 +277,7 @@ fn sampling_follows_hf_semantics() {
     let draw = |seed| {
         let mut s = Sampler::new(SamplingParams { temperature: 1.0, top_k: 0, top_p: 1.0, seed, ..Default::default() })
             .unwrap();
-        (0..10).map(|_| s.sample(&logits, &[])).collect::<Vec<_>>()
+        (0..10).map(|_| s.sample(&logits, &[]).unwrap()).collect::<Vec<_>>()
     };
     assert_eq!(draw(5), draw(5));
     assert!(Sampler::new(SamplingParams { top_p: 0.0, ..Default::default() }).is_err());
@@ -306,8 +310,8 @@ fn greedy_generation_matches_argmax_of_full_forward() {
 #[test]
 fn resumed_run_matches_an_uninterrupted_one_exactly() {
     use minimind::data::pretrain::{pretrain_data, PretrainEncoding};
-    use minimind::train::lm::LmStage;
     use minimind::data::tokenizer::Tokenizer;
+    use minimind::train::lm::LmStage;
     let tok = Tokenizer::load(&tokenizer_dir("v2")).unwrap();
     let enc = PretrainEncoding { max_seq_len: 24, wrap: true, bos: 1, eos: 2, pad: 0 };
     let data = || pretrain_data(&fixture("pretrain_en_austen_16.jsonl"), false, enc, &tok, 3, 9).unwrap();
@@ -322,15 +326,25 @@ fn resumed_run_matches_an_uninterrupted_one_exactly() {
     // Straight through: 8 steps over 6 batches per epoch in windows of 4 and 2, so the data wraps
     // into later epochs and every other step is a short window.
     let straight = tempfile::tempdir().unwrap();
-    let (model, params) =
-        minimind::model::checkpoint::init_model(&config, minimind::model::params::InitScheme::Minimind2, 3, &Device::Cpu).unwrap();
+    let (model, params) = minimind::model::checkpoint::init_model(
+        &config,
+        minimind::model::params::InitScheme::Minimind2,
+        3,
+        &Device::Cpu,
+    )
+    .unwrap();
     let mut stage = LmStage { name: "pretrain", data: data(), device: Device::Cpu };
     train(&model, &params, &mut stage, &opts(straight.path())).unwrap();
     // Interrupted: the same run stopped after its step-4 checkpoint (a later crash loses nothing
     // saved), then resumed from the folder.
     let resumed = tempfile::tempdir().unwrap();
-    let (model, params) =
-        minimind::model::checkpoint::init_model(&config, minimind::model::params::InitScheme::Minimind2, 3, &Device::Cpu).unwrap();
+    let (model, params) = minimind::model::checkpoint::init_model(
+        &config,
+        minimind::model::params::InitScheme::Minimind2,
+        3,
+        &Device::Cpu,
+    )
+    .unwrap();
     let mut stage = LmStage { name: "pretrain", data: data(), device: Device::Cpu };
     // Run 4 steps of the 8-step schedule, dying in step 5 after the step-4 checkpoint.
     train_until(&model, &params, &mut stage, &opts(resumed.path()), 4);
@@ -344,8 +358,10 @@ fn resumed_run_matches_an_uninterrupted_one_exactly() {
         m.iter().map(|r| (r.step, r.loss, r.lr, r.grad_norm)).collect::<Vec<_>>()
     };
     assert_eq!(losses(&a), losses(&b), "loss, lr and grad-norm sequences must be identical");
-    let wa = minimind::model::checkpoint::load_tensors(&straight.path().join("model.safetensors"), &Device::Cpu).unwrap();
-    let wb = minimind::model::checkpoint::load_tensors(&resumed.path().join("model.safetensors"), &Device::Cpu).unwrap();
+    let wa =
+        minimind::model::checkpoint::load_tensors(&straight.path().join("model.safetensors"), &Device::Cpu).unwrap();
+    let wb =
+        minimind::model::checkpoint::load_tensors(&resumed.path().join("model.safetensors"), &Device::Cpu).unwrap();
     for (name, t) in &wa {
         assert_eq!(max_abs_diff(t, &wb[name]), 0.0, "{name} differs");
     }
