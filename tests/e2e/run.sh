@@ -17,7 +17,7 @@ trap 'kill $server 2>/dev/null || true; rm -rf "$work"' EXIT
 # answer <|im_end|> at once), so the browser check compares real streamed text.
 for steps in 40 80 160; do
   "$bin" sft --model "$work/tiny" --data tests/fixtures/sft_zh_en_32.jsonl --out "$work/chat" --batch-size 4 \
-    --max-seq-len 96 --max-steps "$steps" --lr 3e-3 2>/dev/null >/dev/null
+    --max-seq-len 96 --max-steps "$steps" --lr 3e-3 --overwrite 2>/dev/null >/dev/null
   answer=$("$bin" generate --model "$work/chat" --chat --prompt 你好 --temperature 0 --top-p 0.85 --max-new-tokens 12)
   [ -n "$answer" ] && break
 done
