@@ -2,7 +2,7 @@
 tied head sharing the embedding's storage, as MiniMind2-classic's train scripts save it), the same
 weights in MiniMind2's layout (HF names, rotate-half RoPE rows, fp16 with the tied weight stored
 twice, as MiniMind2's scripts save), and the logits of MiniMind2-classic's forward in PyTorch on
-fixed ids. tests/import.rs checks that `minimind import` reproduces these logits.
+fixed ids. tests/suite/import.rs checks that `minimind import` reproduces these logits.
 
     python tools/make_pth_fixture.py            # needs torch; writes tests/fixtures/pth/*
 """

@@ -154,7 +154,8 @@ pub fn run(a: &BenchArgs) -> Result<()> {
             let mut optimizer = AdamW::new(&params, AdamWConfig::default())?;
             let mut acc = GradAccumulator::new(&params);
             let times = time_steps(a.warmup, a.steps, || {
-                let loss = ops::cross_entropy(&model.forward_train(&x, None)?, &y, &mask)?;
+                let out = model.forward_train(&x, None)?;
+                let loss = out.moe.add_aux(ops::cross_entropy(&out.logits, &y, &mask)?)?;
                 acc.add(&params, &loss.backward()?)?;
                 let grads = acc.take(&params)?;
                 let norm = grad_norm(&grads)?;

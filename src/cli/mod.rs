@@ -369,7 +369,12 @@ pub fn run(cli: Cli) -> Result<()> {
                 (p, None) => ModelConfig::preset(p.as_deref().unwrap_or("minimind2-small"))?,
             };
             println!("{}", c.to_json()?);
-            println!("parameters: {}", c.num_parameters());
+            match c.use_moe {
+                false => println!("parameters: {}", c.num_parameters()),
+                true => {
+                    println!("parameters: {} total, {} active per token", c.num_parameters(), c.num_active_parameters())
+                }
+            }
             Ok(())
         }
     }

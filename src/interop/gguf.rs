@@ -8,6 +8,7 @@
 
 use crate::data::tokenizer::Tokenizer;
 use crate::model::checkpoint::atomic_write;
+use crate::model::FeedForward;
 use anyhow::{bail, Context, Result};
 use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
 use candle_core::Tensor;
@@ -104,6 +105,7 @@ fn vocabulary(tokenizer_json: &Json, vocab_size: usize) -> Result<(Vec<String>, 
 pub fn export(model_dir: &Path, lora: Option<&Path>, out: &Path, ty: GgufType) -> Result<()> {
     let model = crate::model::lora::load_merged(model_dir, lora)?;
     let c = &model.config;
+    super::require_llama_shape(c)?;
     let tokenizer = Tokenizer::load(model_dir)?;
     let tj: Json = serde_json::from_str(&std::fs::read_to_string(model_dir.join("tokenizer.json"))?)?;
     let (tokens, types, merges) = vocabulary(&tj, c.vocab_size)?;
@@ -158,9 +160,10 @@ pub fn export(model_dir: &Path, lora: Option<&Path>, out: &Path, ty: GgufType) -
         add(format!("blk.{i}.attn_v.weight"), &a.v_proj.weight, true)?;
         add(format!("blk.{i}.attn_output.weight"), &a.o_proj.weight, true)?;
         add(format!("blk.{i}.ffn_norm.weight"), &l.post_attention_layernorm.weight, false)?;
-        add(format!("blk.{i}.ffn_gate.weight"), &l.mlp.gate_proj.weight, true)?;
-        add(format!("blk.{i}.ffn_up.weight"), &l.mlp.up_proj.weight, true)?;
-        add(format!("blk.{i}.ffn_down.weight"), &l.mlp.down_proj.weight, true)?;
+        let FeedForward::Dense(mlp) = &l.mlp else { bail!("a MoE layer has no Llama FFN") };
+        add(format!("blk.{i}.ffn_gate.weight"), &mlp.gate_proj.weight, true)?;
+        add(format!("blk.{i}.ffn_up.weight"), &mlp.up_proj.weight, true)?;
+        add(format!("blk.{i}.ffn_down.weight"), &mlp.down_proj.weight, true)?;
     }
     add("output_norm.weight".into(), &model.model.norm.weight, false)?;
     add("output.weight".into(), &model.lm_head.weight, true)?;

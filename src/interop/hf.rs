@@ -69,6 +69,7 @@ pub fn llama_config(c: &ModelConfig, dtype: ExportDType) -> Value {
 pub fn export_hf_llama(model_dir: &Path, lora: Option<&Path>, out: &Path, dtype: ExportDType) -> Result<()> {
     let model = crate::model::lora::load_merged(model_dir, lora)?;
     let c = &model.config;
+    super::require_llama_shape(c)?;
     let mut tensors = model.named_tensors();
     if c.tie_word_embeddings {
         tensors.push(("lm_head.weight".into(), model.lm_head.weight.clone()));

@@ -222,7 +222,11 @@ fn source_config(src: &Path, opts: &ImportOptions, tensors: &HashMap<String, Ten
             let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
             let value: Value =
                 serde_json::from_str(&text).with_context(|| format!("{}: invalid JSON", path.display()))?;
-            config_from_json(&value, &path)
+            let config = config_from_json(&value, &path)?;
+            if config.use_moe || config.qk_norm {
+                bail!("{}: MoE and minimind-3 configs are not supported yet by import", path.display());
+            }
+            Ok(config)
         }
         None => infer_config(tensors, opts.heads.unwrap_or(8)).with_context(|| format!("{}", src.display())),
     }

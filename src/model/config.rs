@@ -30,15 +30,26 @@ pub struct ModelConfig {
     pub bos_token_id: u32,
     pub eos_token_id: u32,
     pub flash_attn: bool,
-    // MoE fields: kept so MiniMind configs round-trip; a MoE model is rejected until MoE lands.
+    /// minimind-3 (Qwen3): RMSNorm over each query and key head before RoPE (`q_norm`, `k_norm`).
+    pub qk_norm: bool,
+    /// Mixture of experts in every block's feed-forward (see [`crate::model::moe`]).
     pub use_moe: bool,
+    /// Experts each token is routed to (k).
     pub num_experts_per_tok: usize,
+    /// Routed experts E (minimind-3 calls it `num_experts`).
+    #[serde(alias = "num_experts")]
     pub n_routed_experts: usize,
+    /// Experts every token also passes through (MiniMind2-MoE: 1; minimind-3: 0).
     pub n_shared_experts: usize,
     pub scoring_func: String,
+    /// MiniMind2's aux-loss weight α and its per-sequence form.
     pub aux_loss_alpha: f64,
     pub seq_aux: bool,
     pub norm_topk_prob: bool,
+    /// minimind-3's aux-loss coefficient; when set, its Switch-style aux loss replaces MiniMind2's.
+    pub router_aux_loss_coef: Option<f64>,
+    /// Width of each expert (default: `intermediate_size`).
+    pub moe_intermediate_size: Option<usize>,
 }
 
 impl Default for ModelConfig {
@@ -70,32 +81,65 @@ impl Default for ModelConfig {
             aux_loss_alpha: 0.1,
             seq_aux: true,
             norm_topk_prob: true,
+            qk_norm: false,
+            router_aux_loss_coef: None,
+            moe_intermediate_size: None,
         }
     }
 }
 
 /// Names accepted by `--preset`.
-pub const PRESETS: &[&str] = &["tiny", "minimind2-small", "minimind2"];
+pub const PRESETS: &[&str] =
+    &["tiny", "tiny-moe", "minimind2-small", "minimind2", "minimind2-moe", "minimind3", "minimind3-moe"];
 
 impl ModelConfig {
     /// A named preset with its FFN width resolved.
     pub fn preset(name: &str) -> Result<Self> {
         let base = Self::default();
+        // MiniMind2-MoE: 4 routed experts (top-2) and 1 shared, seq-level aux loss α 0.1.
+        let moe2 = Self { use_moe: true, ..base.clone() };
+        // minimind-3: width 768, 4 KV heads, q/k norm, FFN ⌈768π/64⌉·64, ε 1e-6.
+        let v3 = Self {
+            hidden_size: 768,
+            num_key_value_heads: 4,
+            intermediate_size: Some(Self::pi_intermediate_size(768)),
+            rms_norm_eps: 1e-6,
+            qk_norm: true,
+            ..base.clone()
+        };
+        // minimind-3-MoE: 4 experts, top-1, no shared expert, Switch-style aux coefficient 5e-4.
+        let moe3 = Self {
+            use_moe: true,
+            num_experts_per_tok: 1,
+            n_shared_experts: 0,
+            router_aux_loss_coef: Some(5e-4),
+            ..v3.clone()
+        };
+        // Small enough for unit tests and the CPU demo, same shape rules as the real models.
+        let tiny = Self {
+            hidden_size: 128,
+            num_hidden_layers: 4,
+            num_attention_heads: 4,
+            num_key_value_heads: 2,
+            max_position_embeddings: 2048,
+            ..base.clone()
+        };
         let config = match name {
             "minimind2-small" => base,
             "minimind2" => Self { hidden_size: 768, num_hidden_layers: 16, ..base },
-            // Small enough for unit tests and the CPU demo, same shape rules as the real models.
-            "tiny" => Self {
-                hidden_size: 128,
-                num_hidden_layers: 4,
-                num_attention_heads: 4,
-                num_key_value_heads: 2,
-                max_position_embeddings: 2048,
-                ..base
-            },
+            "minimind2-moe" => Self { hidden_size: 640, ..moe2 },
+            "minimind3" => v3,
+            "minimind3-moe" => moe3,
+            "tiny" => tiny,
+            "tiny-moe" => Self { use_moe: true, ..tiny },
             other => bail!("unknown preset {other:?}; expected one of {}", PRESETS.join(", ")),
         };
         config.resolved()
+    }
+
+    /// minimind-3's FFN width rule: `64 · ⌈h·π / 64⌉`.
+    pub fn pi_intermediate_size(hidden_size: usize) -> usize {
+        64 * (hidden_size as f64 * std::f64::consts::PI / 64.0).ceil() as usize
     }
 
     /// MiniMind's FFN width rule: `64 · ceil(int(8h/3) / 64)`.
@@ -130,7 +174,13 @@ impl ModelConfig {
             bail!("head_dim {} must be even for RoPE", h / q);
         }
         if self.use_moe {
-            bail!("MoE models (use_moe = true) are not supported yet");
+            let (k, e) = (self.num_experts_per_tok, self.n_routed_experts);
+            if e == 0 || k == 0 || k > e {
+                bail!("a MoE model needs 1 ≤ num_experts_per_tok ({k}) ≤ n_routed_experts ({e})");
+            }
+            if self.scoring_func != "softmax" {
+                bail!("scoring_func {:?} is not supported (only \"softmax\", as MiniMind)", self.scoring_func);
+            }
         }
         if self.hidden_act != "silu" {
             bail!("hidden_act {:?} is not supported (only \"silu\")", self.hidden_act);
@@ -149,12 +199,32 @@ impl ModelConfig {
         self.intermediate_size.unwrap_or_else(|| Self::default_intermediate_size(self.hidden_size))
     }
 
+    /// Width of each expert of a MoE layer.
+    pub fn expert_ffn_size(&self) -> usize {
+        self.moe_intermediate_size.unwrap_or_else(|| self.ffn_size())
+    }
+
     /// Trainable parameters, counting a tied embedding/head once.
     pub fn num_parameters(&self) -> usize {
-        let (d, f, v) = (self.hidden_size, self.ffn_size(), self.vocab_size);
-        let kv = self.num_key_value_heads * self.head_dim();
-        let attention = d * d * 2 + d * kv * 2;
-        let layer = attention + 3 * d * f + 2 * d;
+        self.count_parameters(self.n_routed_experts)
+    }
+
+    /// Parameters one token passes through: a MoE layer counts only its k routed experts (plus the
+    /// shared ones and the router). Equal to [`num_parameters`](Self::num_parameters) for dense models.
+    pub fn num_active_parameters(&self) -> usize {
+        self.count_parameters(self.num_experts_per_tok)
+    }
+
+    fn count_parameters(&self, routed: usize) -> usize {
+        let (d, v, hd) = (self.hidden_size, self.vocab_size, self.head_dim());
+        let q = self.num_attention_heads * hd;
+        let kv = self.num_key_value_heads * hd;
+        let attention = d * q * 2 + d * kv * 2 + if self.qk_norm { 2 * hd } else { 0 };
+        let ffn = match self.use_moe {
+            false => 3 * d * self.ffn_size(),
+            true => (routed + self.n_shared_experts) * 3 * d * self.expert_ffn_size() + self.n_routed_experts * d,
+        };
+        let layer = attention + ffn + 2 * d;
         let head = if self.tie_word_embeddings { 0 } else { v * d };
         v * d + self.num_hidden_layers * layer + d + head
     }

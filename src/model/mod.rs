@@ -7,6 +7,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod kv_cache;
 pub mod lora;
+pub mod moe;
 pub mod params;
 pub mod transformer;
 

@@ -11,6 +11,7 @@
 
 use crate::model::config::ModelConfig;
 pub use crate::model::kv_cache::KvCache;
+pub use crate::model::moe::{MoeFeedForward, MoeStats, Routing};
 use crate::model::params::{Init, InitScheme, WeightBuilder};
 use crate::ops;
 use anyhow::{bail, Result};
@@ -146,6 +147,9 @@ pub struct Attention {
     pub k_proj: Linear,
     pub v_proj: Linear,
     pub o_proj: Linear,
+    /// minimind-3 (Qwen3): RMSNorm over each head's query and key, before RoPE.
+    pub q_norm: Option<RmsNorm>,
+    pub k_norm: Option<RmsNorm>,
     num_heads: usize,
     num_kv_heads: usize,
 }
@@ -159,6 +163,8 @@ impl Attention {
             k_proj: Linear::new(wb, &format!("{name}.k_proj"), (k * hd, d), scheme)?,
             v_proj: Linear::new(wb, &format!("{name}.v_proj"), (k * hd, d), scheme)?,
             o_proj: Linear::new(wb, &format!("{name}.o_proj"), (d, h * hd), scheme)?,
+            q_norm: c.qk_norm.then(|| RmsNorm::new(wb, &format!("{name}.q_norm"), hd, c.rms_norm_eps)).transpose()?,
+            k_norm: c.qk_norm.then(|| RmsNorm::new(wb, &format!("{name}.k_norm"), hd, c.rms_norm_eps)).transpose()?,
             num_heads: h,
             num_kv_heads: k,
         })
@@ -181,16 +187,27 @@ impl Attention {
             Some(left) => rope.rows_padded(past, t, left)?,
             None => rope.rows(past, t)?,
         };
-        let project = |linear: &Linear, heads: usize, rotate: bool| -> Result<Tensor> {
-            let (w, tables) = (linear.effective_weight()?, rotate.then_some((&cos, &sin)));
-            Ok(match padding {
+        // Heads `[B, n, T, D]`, rotated by RoPE when `rotate`; with a per-head norm (q/k norm) the
+        // heads are normalized first and rotated after.
+        let project = |linear: &Linear, heads: usize, rotate: bool, norm: Option<&RmsNorm>| -> Result<Tensor> {
+            let w = linear.effective_weight()?;
+            let tables = (rotate && norm.is_none()).then_some((&cos, &sin));
+            let heads = match padding {
                 Some(_) => ops::composed::split_heads(&ops::matmul_nt(x, &w)?, heads, tables)?,
                 None => ops::project_heads(x, &w, heads, tables)?,
+            };
+            let normed = match norm {
+                None => return Ok(heads),
+                Some(norm) => norm.forward(&heads)?,
+            };
+            Ok(match padding {
+                Some(_) => ops::composed::apply_rope(&normed, &cos, &sin)?, // per-row tables
+                None => ops::apply_rope(&normed, &cos, &sin)?,
             })
         };
-        let q = project(&self.q_proj, self.num_heads, true)?;
-        let k = project(&self.k_proj, self.num_kv_heads, true)?;
-        let v = project(&self.v_proj, self.num_kv_heads, false)?;
+        let q = project(&self.q_proj, self.num_heads, true, self.q_norm.as_ref())?;
+        let k = project(&self.k_proj, self.num_kv_heads, true, self.k_norm.as_ref())?;
+        let v = project(&self.v_proj, self.num_kv_heads, false, None)?;
         let (k, v) = match cache {
             Some((cache, layer)) => cache.append(layer, &k, &v)?,
             None => (k, v),
@@ -219,8 +236,8 @@ pub struct Mlp {
 }
 
 impl Mlp {
-    fn new(wb: &WeightBuilder, name: &str, c: &ModelConfig, scheme: InitScheme) -> Result<Self> {
-        let (d, f) = (c.hidden_size, c.ffn_size());
+    /// A SwiGLU MLP of width `f` on `d` channels (the dense FFN, or one expert of a MoE layer).
+    pub fn with_width(wb: &WeightBuilder, name: &str, d: usize, f: usize, scheme: InitScheme) -> Result<Self> {
         Ok(Self {
             gate_proj: Linear::new(wb, &format!("{name}.gate_proj"), (f, d), scheme)?,
             down_proj: Linear::new(wb, &format!("{name}.down_proj"), (d, f), scheme)?,
@@ -228,9 +245,68 @@ impl Mlp {
         })
     }
 
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let hidden = ops::swiglu_in(x, &self.gate_proj.effective_weight()?, &self.up_proj.effective_weight()?)?;
         Ok(self.down_proj.forward(&hidden)?)
+    }
+}
+
+/// A block's feed-forward: one SwiGLU MLP, or a mixture of experts ([`MoeFeedForward`]).
+#[derive(Clone)]
+pub enum FeedForward {
+    Dense(Mlp),
+    Moe(MoeFeedForward),
+}
+
+impl FeedForward {
+    fn new(wb: &WeightBuilder, name: &str, c: &ModelConfig, scheme: InitScheme) -> Result<Self> {
+        Ok(match c.use_moe {
+            false => Self::Dense(Mlp::with_width(wb, name, c.hidden_size, c.ffn_size(), scheme)?),
+            true => Self::Moe(MoeFeedForward::new(wb, name, c, scheme)?),
+        })
+    }
+
+    /// The MLP of a dense layer.
+    pub fn dense(&self) -> Option<&Mlp> {
+        match self {
+            Self::Dense(mlp) => Some(mlp),
+            Self::Moe(_) => None,
+        }
+    }
+
+    /// `[B, T, d]` → `[B, T, d]`, with the routing of a MoE layer.
+    fn forward(&self, x: &Tensor, training: bool) -> Result<(Tensor, Option<Routing>)> {
+        match self {
+            Self::Dense(mlp) => Ok((mlp.forward(x)?, None)),
+            Self::Moe(moe) => moe.forward(x, training).map(|(y, routing)| (y, Some(routing))),
+        }
+    }
+
+    /// The SwiGLU MLPs with their module paths below `name` (`mlp`, `mlp.experts.0`, …,
+    /// `mlp.shared_experts.0`, …).
+    fn mlps(&self, name: &str) -> Vec<(String, &Mlp)> {
+        match self {
+            Self::Dense(mlp) => vec![(name.to_string(), mlp)],
+            Self::Moe(moe) => {
+                let experts = moe.experts.iter().enumerate().map(|(e, m)| (format!("{name}.experts.{e}"), m));
+                let shared =
+                    moe.shared_experts.iter().enumerate().map(|(s, m)| (format!("{name}.shared_experts.{s}"), m));
+                experts.chain(shared).collect()
+            }
+        }
+    }
+
+    /// [`mlps`](Self::mlps), mutable (for LoRA and int8).
+    fn mlps_mut(&mut self, name: &str) -> Vec<(String, &mut Mlp)> {
+        match self {
+            Self::Dense(mlp) => vec![(name.to_string(), mlp)],
+            Self::Moe(moe) => {
+                let experts = moe.experts.iter_mut().enumerate().map(|(e, m)| (format!("{name}.experts.{e}"), m));
+                let shared =
+                    moe.shared_experts.iter_mut().enumerate().map(|(s, m)| (format!("{name}.shared_experts.{s}"), m));
+                experts.chain(shared).collect()
+            }
+        }
     }
 }
 
@@ -238,7 +314,7 @@ impl Mlp {
 #[derive(Clone)]
 pub struct DecoderLayer {
     pub self_attn: Attention,
-    pub mlp: Mlp,
+    pub mlp: FeedForward,
     pub input_layernorm: RmsNorm,
     pub post_attention_layernorm: RmsNorm,
 }
@@ -250,11 +326,11 @@ impl DecoderLayer {
             self_attn: Attention::new(wb, &format!("{name}.self_attn"), c, scheme)?,
             input_layernorm: RmsNorm::new(wb, &format!("{name}.input_layernorm"), d, eps)?,
             post_attention_layernorm: RmsNorm::new(wb, &format!("{name}.post_attention_layernorm"), d, eps)?,
-            mlp: Mlp::new(wb, &format!("{name}.mlp"), c, scheme)?,
+            mlp: FeedForward::new(wb, &format!("{name}.mlp"), c, scheme)?,
         })
     }
 
-    /// `h = x + Attention(RMSNorm(x))`, then `h + MLP(RMSNorm(h))`.
+    /// `h = x + Attention(RMSNorm(x))`, then `h + FFN(RMSNorm(h))`.
     fn forward(
         &self,
         x: &Tensor,
@@ -262,13 +338,14 @@ impl DecoderLayer {
         cache: Option<(&mut KvCache, usize)>,
         dropout: Option<(f64, u64)>,
         padding: Option<&[usize]>,
-    ) -> Result<Tensor> {
+        training: bool,
+    ) -> Result<(Tensor, Option<Routing>)> {
         let h = (x + self.self_attn.forward(&self.input_layernorm.forward(x)?, rope, cache, dropout, padding)?)?;
-        let mut m = self.mlp.forward(&self.post_attention_layernorm.forward(&h)?)?;
+        let (mut m, routing) = self.mlp.forward(&self.post_attention_layernorm.forward(&h)?, training)?;
         if let Some((p, seed)) = dropout {
             m = ops::dropout(&m, p, site_seed(seed, 0, 4))?;
         }
-        Ok((h + m)?)
+        Ok(((h + m)?, routing))
     }
 }
 
@@ -279,6 +356,13 @@ pub struct MiniMindModel {
     pub layers: Vec<DecoderLayer>,
     pub norm: RmsNorm,
     pub rotary: RotaryEmbedding,
+}
+
+/// What a training pass returns: the logits and the MoE layers' routing (empty for a dense model).
+pub struct TrainOutput {
+    /// `[B·T, V]`.
+    pub logits: Tensor,
+    pub moe: MoeStats,
 }
 
 /// The causal language model: [`MiniMindModel`] plus the output head.
@@ -334,9 +418,22 @@ impl MiniMindForCausalLM {
     pub fn forward_hidden_padded(
         &self,
         input_ids: &Tensor,
+        cache: Option<&mut KvCache>,
+        dropout: DropoutSeed,
+        padding: Option<&[usize]>,
+    ) -> Result<Tensor> {
+        self.run(input_ids, cache, dropout, padding, None)
+    }
+
+    /// The forward pass; `moe` collects the routing of MoE layers (and marks a training pass, which
+    /// computes their aux losses).
+    fn run(
+        &self,
+        input_ids: &Tensor,
         mut cache: Option<&mut KvCache>,
         dropout: DropoutSeed,
         padding: Option<&[usize]>,
+        mut moe: Option<&mut MoeStats>,
     ) -> Result<Tensor> {
         let (b, t) = input_ids.dims2()?;
         let past = cache.as_ref().map_or(0, |c| c.len());
@@ -357,7 +454,12 @@ impl MiniMindForCausalLM {
         for (i, layer) in self.model.layers.iter().enumerate() {
             let layer_cache = cache.as_deref_mut().map(|c| (c, i));
             let layer_dropout = dropout.map(|(p, seed)| (p, site_seed(seed, i, 3)));
-            x = layer.forward(&x, &self.model.rotary, layer_cache, layer_dropout, padding)?;
+            let training = moe.is_some();
+            let (y, routing) = layer.forward(&x, &self.model.rotary, layer_cache, layer_dropout, padding, training)?;
+            if let (Some(stats), Some(routing)) = (moe.as_deref_mut(), routing) {
+                stats.add(routing)?;
+            }
+            x = y;
         }
         if let Some(cache) = cache {
             cache.advance(t);
@@ -392,11 +494,14 @@ impl MiniMindForCausalLM {
         Ok(self.lm_head.forward(&last)?)
     }
 
-    /// Training logits `[B·T, V]` with dropout active when `dropout` is set.
-    pub fn forward_train(&self, input_ids: &Tensor, dropout: DropoutSeed) -> Result<Tensor> {
-        let hidden = self.forward_hidden(input_ids, None, dropout)?;
+    /// A training pass: logits `[B·T, V]` (dropout active when `dropout` is set) and, for a MoE
+    /// model, the aux loss to add to the stage's loss and the experts' load.
+    pub fn forward_train(&self, input_ids: &Tensor, dropout: DropoutSeed) -> Result<TrainOutput> {
+        let mut moe = MoeStats::default();
+        let hidden = self.run(input_ids, None, dropout, None, Some(&mut moe))?;
         let d = hidden.dim(D::Minus1)?;
-        Ok(self.lm_head.forward(&hidden.reshape(((), d))?)?)
+        let logits = self.lm_head.forward(&hidden.reshape(((), d))?)?;
+        Ok(TrainOutput { logits, moe })
     }
 
     pub fn device(&self) -> &Device {
@@ -418,10 +523,11 @@ impl MiniMindForCausalLM {
             out.push((format!("{p}.self_attn.k_proj"), &mut a.k_proj));
             out.push((format!("{p}.self_attn.v_proj"), &mut a.v_proj));
             out.push((format!("{p}.self_attn.o_proj"), &mut a.o_proj));
-            let m = &mut l.mlp;
-            out.push((format!("{p}.mlp.gate_proj"), &mut m.gate_proj));
-            out.push((format!("{p}.mlp.down_proj"), &mut m.down_proj));
-            out.push((format!("{p}.mlp.up_proj"), &mut m.up_proj));
+            for (path, m) in l.mlp.mlps_mut(&format!("{p}.mlp")) {
+                out.push((format!("{path}.gate_proj"), &mut m.gate_proj));
+                out.push((format!("{path}.down_proj"), &mut m.down_proj));
+                out.push((format!("{path}.up_proj"), &mut m.up_proj));
+            }
         }
         out
     }
@@ -457,11 +563,20 @@ impl MiniMindForCausalLM {
                 ("self_attn.o_proj", &a.o_proj.weight),
                 ("input_layernorm", &l.input_layernorm.weight),
                 ("post_attention_layernorm", &l.post_attention_layernorm.weight),
-                ("mlp.gate_proj", &l.mlp.gate_proj.weight),
-                ("mlp.down_proj", &l.mlp.down_proj.weight),
-                ("mlp.up_proj", &l.mlp.up_proj.weight),
             ] {
                 out.push((format!("{p}.{name}.weight"), t.clone()));
+            }
+            if let (Some(qn), Some(kn)) = (&a.q_norm, &a.k_norm) {
+                out.push((format!("{p}.self_attn.q_norm.weight"), qn.weight.clone()));
+                out.push((format!("{p}.self_attn.k_norm.weight"), kn.weight.clone()));
+            }
+            if let FeedForward::Moe(moe) = &l.mlp {
+                out.push((format!("{p}.mlp.gate.weight"), moe.gate.clone()));
+            }
+            for (path, m) in l.mlp.mlps(&format!("{p}.mlp")) {
+                for (name, t) in [("gate_proj", &m.gate_proj), ("down_proj", &m.down_proj), ("up_proj", &m.up_proj)] {
+                    out.push((format!("{path}.{name}.weight"), t.weight.clone()));
+                }
             }
         }
         out.push(("model.norm.weight".into(), self.model.norm.weight.clone()));

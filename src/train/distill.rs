@@ -78,12 +78,15 @@ impl Stage for DistillStage<'_> {
 
     fn loss(&self, model: &MiniMindForCausalLM, batch: &LmBatch, dropout: DropoutSeed) -> Result<Tensor> {
         let student = model.forward_train(&batch.x, dropout)?;
-        let teacher = self.teacher.forward_train(&batch.x, None)?;
+        let teacher = self.teacher.forward_train(&batch.x, None)?.logits;
         let (y, mask) = (batch.y.flatten_all()?, batch.mask.flatten_all()?);
-        let (total, ce, kd) = distill_loss(&student, &teacher, &y, &mask, self.alpha, self.temperature)?;
+        let (total, ce, kd) = distill_loss(&student.logits, &teacher, &y, &mask, self.alpha, self.temperature)?;
         let scalar = |t: &Tensor| -> Result<f64> { Ok(t.to_scalar::<f32>()? as f64) };
-        *self.last.borrow_mut() = vec![("ce".into(), scalar(&ce)?), ("kd".into(), scalar(&kd)?)];
-        Ok(total)
+        let mut logged = vec![("ce".into(), scalar(&ce)?), ("kd".into(), scalar(&kd)?)];
+        logged.extend(student.moe.metrics()?);
+        *self.last.borrow_mut() = logged;
+        // A MoE student's aux loss joins the distillation loss.
+        student.moe.add_aux(total)
     }
 
     fn tokens(&self, batch: &LmBatch) -> usize {

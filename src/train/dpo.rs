@@ -12,7 +12,7 @@ use crate::data::dpo::DpoData;
 use crate::data::sft::SftEncoding;
 use crate::data::{DataCursor, JsonlIndex, LmBatch};
 use crate::model::checkpoint;
-use crate::model::{DropoutSeed, MiniMindForCausalLM};
+use crate::model::{DropoutSeed, MiniMindForCausalLM, MoeStats};
 use crate::{ops, Tokenizer};
 use anyhow::Result;
 use candle_core::{DType, Device, Tensor, D};
@@ -37,14 +37,25 @@ pub fn sequence_log_probs(
     mode: SeqLogProb,
     dropout: DropoutSeed,
 ) -> Result<Tensor> {
+    Ok(scored(model, batch, mode, dropout)?.0)
+}
+
+/// [`sequence_log_probs`] and the pass's MoE routing.
+fn scored(
+    model: &MiniMindForCausalLM,
+    batch: &LmBatch,
+    mode: SeqLogProb,
+    dropout: DropoutSeed,
+) -> Result<(Tensor, MoeStats)> {
     let (rows, t) = batch.x.dims2()?;
-    let logits = model.forward_train(&batch.x, dropout)?;
-    let token = ops::target_log_probs(&logits, &batch.y.flatten_all()?)?.reshape((rows, t))?;
+    let out = model.forward_train(&batch.x, dropout)?;
+    let token = ops::target_log_probs(&out.logits, &batch.y.flatten_all()?)?.reshape((rows, t))?;
     let total = (token * &batch.mask)?.sum(D::Minus1)?;
-    Ok(match mode {
+    let score = match mode {
         SeqLogProb::Sum => total,
         SeqLogProb::Mean => total.broadcast_div(&batch.mask.sum(D::Minus1)?)?,
-    })
+    };
+    Ok((score, out.moe))
 }
 
 /// `mean(−log σ(β·z))` with `−log σ(x) = max(−x, 0) + log(1 + e^(−|x|))` (stable for any x).
@@ -94,14 +105,17 @@ impl Stage for DpoStage<'_> {
     }
 
     fn loss(&self, model: &MiniMindForCausalLM, batch: &LmBatch, dropout: DropoutSeed) -> Result<Tensor> {
-        let policy = sequence_log_probs(model, batch, self.seq_logp, dropout)?;
+        let (policy, moe) = scored(model, batch, self.seq_logp, dropout)?;
         let reference = sequence_log_probs(&self.reference, batch, self.seq_logp, None)?.detach();
         let (loss, z) = dpo_loss(&policy, &reference, self.beta)?;
         let z: Vec<f32> = z.to_vec1()?;
         let margin = z.iter().map(|&v| v as f64).sum::<f64>() / z.len() as f64;
         let accuracy = z.iter().filter(|&&v| v > 0.0).count() as f64 / z.len() as f64;
-        *self.last.borrow_mut() = vec![("reward_margin".into(), margin), ("accuracy".into(), accuracy)];
-        Ok(loss)
+        let mut logged = vec![("reward_margin".into(), margin), ("accuracy".into(), accuracy)];
+        logged.extend(moe.metrics()?);
+        *self.last.borrow_mut() = logged;
+        // A MoE policy's aux loss joins the DPO loss (as minimind-3 does).
+        moe.add_aux(loss)
     }
 
     fn tokens(&self, batch: &LmBatch) -> usize {

@@ -32,7 +32,7 @@ pub fn lora(c: &LoraTrainConfig) -> Result<TrainSummary> {
     let (base, _) = checkpoint::load_model(&c.model, &t.device, DType::F32, false)?;
     let encoding = SftEncoding::for_tokenizer(&tokenizer, t.max_seq_len(&LORA, &base.config)?)?;
     let data = sft_data(&c.data, t.skip_bad_lines, encoding, &tokenizer, t.batch_size(&LORA)?, t.seed)?;
-    let mut stage = LmStage { name: "lora", data, device: t.device.clone() };
+    let mut stage = LmStage::new("lora", data, t.device.clone());
     eprintln!("LoRA on a frozen base of {} parameters", base.config.num_parameters());
     let start = Start {
         fresh: WeightBuilder::random(t.seed, DType::F32, &t.device, true),

@@ -46,7 +46,7 @@ pub fn pretrain(c: &PretrainConfig) -> Result<TrainSummary> {
     }
     let encoding = PretrainEncoding::for_tokenizer(&tokenizer, t.max_seq_len(&PRETRAIN, &config)?, c.wrap)?;
     let data = pretrain_data(&c.data, t.skip_bad_lines, encoding, &tokenizer, t.batch_size(&PRETRAIN)?, t.seed)?;
-    let mut stage = LmStage { name: "pretrain", data, device: t.device.clone() };
+    let mut stage = LmStage::new("pretrain", data, t.device.clone());
     let start = Start {
         fresh: WeightBuilder::random(t.seed, DType::F32, &t.device, true),
         build: |wb: &WeightBuilder| MiniMindForCausalLM::new(&config, wb, c.init),

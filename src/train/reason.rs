@@ -34,6 +34,6 @@ pub fn reason(c: &ReasonConfig) -> Result<TrainSummary> {
     let sft = SftEncoding::for_tokenizer(&tokenizer, t.max_seq_len(&REASON, &config)?)?;
     let encoding = ReasonEncoding::new(&tokenizer, sft, c.tag_weight)?;
     let data = reason_data(&c.data, t.skip_bad_lines, encoding, &tokenizer, t.batch_size(&REASON)?, t.seed)?;
-    let mut stage = LmStage { name: "reason", data, device: t.device.clone() };
+    let mut stage = LmStage::new("reason", data, t.device.clone());
     run_stage(t, &REASON, &mut stage, start)
 }

@@ -26,6 +26,6 @@ pub fn sft(c: &SftConfig) -> Result<TrainSummary> {
     let (config, start) = from_model_folder(&c.model, &t.device)?;
     let encoding = SftEncoding::for_tokenizer(&tokenizer, t.max_seq_len(&SFT, &config)?)?;
     let data = sft_data(&c.data, t.skip_bad_lines, encoding, &tokenizer, t.batch_size(&SFT)?, t.seed)?;
-    let mut stage = LmStage { name: "sft", data, device: t.device.clone() };
+    let mut stage = LmStage::new("sft", data, t.device.clone());
     run_stage(t, &SFT, &mut stage, start)
 }

@@ -75,7 +75,7 @@ fn tensors_have_llama_cpp_names_layout_and_data() {
     };
     let l0 = &model.model.layers[0];
     assert_eq!(max_abs_diff(&read("token_embd.weight", &mut file), &model.model.embed_tokens), 0.0);
-    assert_eq!(max_abs_diff(&read("blk.0.ffn_down.weight", &mut file), &l0.mlp.down_proj.weight), 0.0);
+    assert_eq!(max_abs_diff(&read("blk.0.ffn_down.weight", &mut file), &l0.mlp.dense().unwrap().down_proj.weight), 0.0);
     assert_eq!(max_abs_diff(&read("blk.0.attn_v.weight", &mut file), &l0.self_attn.v_proj.weight), 0.0);
     // Q and K rows are in llama.cpp's interleaved-pair order.
     let q = read("blk.0.attn_q.weight", &mut file);
@@ -106,7 +106,8 @@ fn quantized_exports_stay_close() {
         let (_dir, model, content, mut file) = exported(ty);
         let up =
             content.tensor(&mut file, "blk.1.ffn_up.weight", &Device::Cpu).unwrap().dequantize(&Device::Cpu).unwrap();
-        let d = max_abs_diff(&up.to_dtype(DType::F32).unwrap(), &model.model.layers[1].mlp.up_proj.weight);
+        let d =
+            max_abs_diff(&up.to_dtype(DType::F32).unwrap(), &model.model.layers[1].mlp.dense().unwrap().up_proj.weight);
         assert!(d < tol, "{ty:?}: {d}");
     }
 }

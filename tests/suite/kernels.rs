@@ -188,7 +188,7 @@ fn in_place_adamw_matches_composed_update() {
     let ids = random_ids(2, 9, 97, 4);
     let (x, y) = (ids.narrow(1, 0, 8).unwrap(), ids.narrow(1, 1, 8).unwrap().flatten_all().unwrap());
     let mask = Tensor::ones(16, candle_core::DType::F32, &Device::Cpu).unwrap();
-    let loss = ops::cross_entropy(&model_a.forward_train(&x, None).unwrap(), &y, &mask).unwrap();
+    let loss = ops::cross_entropy(&model_a.forward_train(&x, None).unwrap().logits, &y, &mask).unwrap();
     let store = loss.backward().unwrap();
     let grads: Vec<Tensor> = params_a.vars().map(|v| store.get(v.as_tensor()).unwrap().detach()).collect();
     let mut fused = AdamW::new(&params_a, AdamWConfig::default()).unwrap();

@@ -15,6 +15,7 @@ mod interop;
 mod kernels;
 mod lora;
 mod model;
+mod moe;
 mod reason;
 mod robustness;
 mod serve;

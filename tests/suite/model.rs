@@ -40,8 +40,10 @@ fn config_json_round_trip_writes_resolved_ffn() {
 fn invalid_configs_are_rejected() {
     let bad = ModelConfig { num_attention_heads: 7, ..ModelConfig::default() };
     assert!(bad.resolved().unwrap_err().to_string().contains("divisible"));
-    let moe = ModelConfig { use_moe: true, ..ModelConfig::default() };
-    assert!(moe.resolved().unwrap_err().to_string().contains("not supported yet"));
+    let moe = ModelConfig { use_moe: true, num_experts_per_tok: 5, n_routed_experts: 4, ..ModelConfig::default() };
+    assert!(moe.resolved().unwrap_err().to_string().contains("num_experts_per_tok"));
+    let scoring = ModelConfig { use_moe: true, scoring_func: "sigmoid".into(), ..ModelConfig::default() };
+    assert!(scoring.resolved().unwrap_err().to_string().contains("softmax"));
 }
 
 #[test]
@@ -147,7 +149,7 @@ fn every_parameter_receives_a_nonzero_gradient() {
     let x = ids.narrow(1, 0, 8).unwrap();
     let y = ids.narrow(1, 1, 8).unwrap().flatten_all().unwrap();
     let mask = Tensor::ones(16, DType::F32, &Device::Cpu).unwrap();
-    let loss = ops::cross_entropy(&model.forward_train(&x, None).unwrap(), &y, &mask).unwrap();
+    let loss = ops::cross_entropy(&model.forward_train(&x, None).unwrap().logits, &y, &mask).unwrap();
     let grads = loss.backward().unwrap();
     assert_eq!(params.entries.len(), 1 + 2 * 9 + 1);
     for (name, var) in &params.entries {
@@ -165,7 +167,7 @@ fn initial_loss_is_ln_vocab_and_init_is_pytorch_default() {
     let x = ids.narrow(1, 0, 32).unwrap();
     let y = ids.narrow(1, 1, 32).unwrap().flatten_all().unwrap();
     let mask = Tensor::ones(64, DType::F32, &Device::Cpu).unwrap();
-    let loss = ops::cross_entropy(&model.forward_train(&x, None).unwrap(), &y, &mask).unwrap();
+    let loss = ops::cross_entropy(&model.forward_train(&x, None).unwrap().logits, &y, &mask).unwrap();
     let loss = loss.to_scalar::<f32>().unwrap() as f64;
     assert!((loss - (config.vocab_size as f64).ln()).abs() < 0.3, "initial loss {loss}");
     // U(±1/√fan_in) has std 1/√(3·fan_in); Kaiming-normal would be ≈2.4× larger.

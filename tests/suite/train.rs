@@ -333,7 +333,7 @@ fn resumed_run_matches_an_uninterrupted_one_exactly() {
         &Device::Cpu,
     )
     .unwrap();
-    let mut stage = LmStage { name: "pretrain", data: data(), device: Device::Cpu };
+    let mut stage = LmStage::new("pretrain", data(), Device::Cpu);
     train(&model, &params, &mut stage, &opts(straight.path())).unwrap();
     // Interrupted: the same run stopped after its step-4 checkpoint (a later crash loses nothing
     // saved), then resumed from the folder.
@@ -345,12 +345,12 @@ fn resumed_run_matches_an_uninterrupted_one_exactly() {
         &Device::Cpu,
     )
     .unwrap();
-    let mut stage = LmStage { name: "pretrain", data: data(), device: Device::Cpu };
+    let mut stage = LmStage::new("pretrain", data(), Device::Cpu);
     // Run 4 steps of the 8-step schedule, dying in step 5 after the step-4 checkpoint.
     train_until(&model, &params, &mut stage, &opts(resumed.path()), 4);
     let (model, params, resume) = minimind::train::resume::load_run(resumed.path(), &Device::Cpu).unwrap();
     assert_eq!(resume.state.step, 4);
-    let mut stage = LmStage { name: "pretrain", data: data(), device: Device::Cpu };
+    let mut stage = LmStage::new("pretrain", data(), Device::Cpu);
     train(&model, &params, &mut stage, &TrainOptions { resume: Some(resume), ..opts(resumed.path()) }).unwrap();
     let a = minimind::train::metrics::read_metrics(&straight.path().join("metrics.jsonl")).unwrap();
     let b = minimind::train::metrics::read_metrics(&resumed.path().join("metrics.jsonl")).unwrap();
