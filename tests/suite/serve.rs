@@ -7,19 +7,17 @@ use serde_json::{json, Value};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 
-/// Starts a server on a free loopback port with a small random model; returns the port.
-fn start() -> u16 {
+/// The small random model every server test serves (seed 7), answering to "tiny" (and `aliases`).
+fn tiny(aliases: &[&str]) -> LoadedModel {
     let config = minimind::ModelConfig { max_position_embeddings: 4096, ..micro_config(6400, 4, 2, 16) };
-    let (model, _) = minimind::model::checkpoint::init_model(
-        &config,
-        minimind::model::params::InitScheme::Minimind2,
-        7,
-        &Device::Cpu,
-    )
-    .unwrap();
+    let scheme = minimind::model::params::InitScheme::Minimind2;
+    let (model, _) = minimind::model::checkpoint::init_model(&config, scheme, 7, &Device::Cpu).unwrap();
     let tokenizer = minimind::Tokenizer::load(&tokenizer_dir("v2")).unwrap();
-    let aliases = vec!["minimind".to_string()];
-    let engine = Engine::start(vec![LoadedModel { id: "tiny".into(), aliases, model, tokenizer }], 32);
+    LoadedModel { id: "tiny".into(), aliases: aliases.iter().map(|a| a.to_string()).collect(), model, tokenizer }
+}
+
+/// Serves `engine` on a free loopback port; returns the port.
+fn serve(engine: Engine) -> u16 {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let rt = tokio::runtime::Runtime::new().unwrap();
@@ -30,6 +28,11 @@ fn start() -> u16 {
         });
     });
     rx.recv().unwrap()
+}
+
+/// Starts a server with the tiny model (also answering to "minimind"); returns the port.
+fn start() -> u16 {
+    serve(Engine::start(vec![tiny(&["minimind"])], 32))
 }
 
 /// One HTTP/1.1 request; returns the status and the (de-chunked) body.
@@ -295,15 +298,7 @@ fn served_model_name_and_sampling_defaults() {
     );
     assert_eq!(status, 404);
     // Unset sampling fields take the CLI's defaults: with one seed the API's answer is the library's.
-    let tokenizer = minimind::Tokenizer::load(&tokenizer_dir("v2")).unwrap();
-    let config = minimind::ModelConfig { max_position_embeddings: 4096, ..micro_config(6400, 4, 2, 16) };
-    let (model, _) = minimind::model::checkpoint::init_model(
-        &config,
-        minimind::model::params::InitScheme::Minimind2,
-        7,
-        &Device::Cpu,
-    )
-    .unwrap();
+    let LoadedModel { model, tokenizer, .. } = tiny(&[]);
     let text = tokenizer.render_chat(&[minimind::data::tokenizer::ChatMessage::new("user", "你好")], true).unwrap();
     let prompt = tokenizer.encode(&text).unwrap();
     let params = minimind::infer::SamplingParams { seed: 5, ..Default::default() };
@@ -382,32 +377,13 @@ fn every_error_is_openai_shaped() {
 #[test]
 fn a_panicking_generation_fails_its_request_and_the_worker_keeps_serving() {
     use minimind::serve::engine::run;
-    let config = minimind::ModelConfig { max_position_embeddings: 4096, ..micro_config(6400, 4, 2, 16) };
-    let (model, _) = minimind::model::checkpoint::init_model(
-        &config,
-        minimind::model::params::InitScheme::Minimind2,
-        7,
-        &Device::Cpu,
-    )
-    .unwrap();
-    let tokenizer = minimind::Tokenizer::load(&tokenizer_dir("v2")).unwrap();
-    let models = vec![LoadedModel { id: "tiny".into(), aliases: vec![], model, tokenizer }];
     // A request asking for exactly 13 tokens panics inside the worker.
-    let engine = Engine::with_runner(models, 4, |m, job, generated| {
+    let engine = Engine::with_runner(vec![tiny(&[])], 4, |m, job, generated| {
         assert_ne!(job.max_new_tokens, 13, "boom");
         run(m, job, generated)
     });
     let alive = engine.alive.clone();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        rt.block_on(async {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            tx.send(listener.local_addr().unwrap().port()).unwrap();
-            axum::serve(listener, minimind::serve::router(engine)).await.unwrap();
-        });
-    });
-    let port = rx.recv().unwrap();
+    let port = serve(engine);
     let (status, r, _) = post(port, "/v1/chat/completions", chat(json!({"max_tokens": 13})));
     assert_eq!(status, 500);
     assert!(r["error"]["message"].as_str().unwrap().contains("boom"), "{r}");
@@ -425,16 +401,7 @@ fn a_panicking_generation_fails_its_request_and_the_worker_keeps_serving() {
 #[test]
 fn random_requests_never_panic_the_parser() {
     use minimind::serve::request::Request;
-    let config = minimind::ModelConfig { max_position_embeddings: 512, ..micro_config(6400, 4, 2, 16) };
-    let (model, _) = minimind::model::checkpoint::init_model(
-        &config,
-        minimind::model::params::InitScheme::Minimind2,
-        7,
-        &Device::Cpu,
-    )
-    .unwrap();
-    let tokenizer = minimind::Tokenizer::load(&tokenizer_dir("v2")).unwrap();
-    let engine = Engine::start(vec![LoadedModel { id: "tiny".into(), aliases: vec![], model, tokenizer }], 4);
+    let engine = Engine::start(vec![tiny(&[])], 4);
     let mut rng = crate::robustness::Lcg(7);
     for case in 0..2000 {
         let body = match case % 3 {
