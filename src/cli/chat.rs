@@ -20,6 +20,8 @@ pub struct ChatArgs {
     #[arg(long)]
     pub system: Option<String>,
     #[command(flatten)]
+    pub think: super::ThinkArgs,
+    #[command(flatten)]
     pub sampling: SamplingArgs,
 }
 
@@ -53,7 +55,7 @@ pub fn run(a: &ChatArgs) -> Result<()> {
                 messages.push(ChatMessage::new("assistant", r));
             }
             messages.push(ChatMessage::new("user", &question));
-            let ids = tokenizer.encode(&tokenizer.render_chat(&messages, true)?)?;
+            let ids = tokenizer.encode(&tokenizer.render_chat_with(&messages, true, a.think.value())?)?;
             if ids.len() + a.sampling.max_new_tokens <= context || keep == 0 {
                 break ids;
             }

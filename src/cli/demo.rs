@@ -74,7 +74,7 @@ fn sample(dir: &Path, prompts: &[&str], chat: bool, seed: u64) -> Result<()> {
         } else {
             print!("\n--- sample {} ---\n{prompt}", i + 1);
         }
-        let ids = encode_prompt(&tokenizer, prompt, chat)?;
+        let ids = encode_prompt(&tokenizer, prompt, chat, None)?;
         let sampling =
             SamplingParams { temperature: 0.8, top_k: 0, top_p: 0.9, repetition_penalty: 1.0, seed: seed + i as u64 };
         let max_new = if chat { 60 } else { 120 };

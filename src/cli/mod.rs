@@ -10,6 +10,7 @@ pub use interop::ExportFormat;
 pub use train::{PretrainArgs, SftArgs, TrainerArgs};
 
 use crate::data::tokenizer::Tokenizer;
+use crate::data::train_tokenizer::TokenizerLayout;
 use crate::infer::sampler::{SamplingParams, DEFAULT_MAX_NEW_TOKENS};
 use crate::model::checkpoint;
 use crate::model::config::ModelConfig;
@@ -126,6 +127,10 @@ pub struct TrainTokenizerArgs {
     /// Skip malformed lines (and report how many) instead of stopping at the first.
     #[arg(long)]
     pub skip_bad_lines: bool,
+    /// Reserved tokens and chat template: minimind2 (3 specials) or minimind3 (36 reserved tokens,
+    /// tool and think tags, the Qwen3-style template with tools and the thinking switch).
+    #[arg(long, default_value_t = TokenizerLayout::Minimind2)]
+    pub layout: TokenizerLayout,
 }
 
 #[derive(Args)]
@@ -279,6 +284,28 @@ pub struct EvalArgs {
     pub rows: Option<usize>,
 }
 
+/// The thinking switch of a reasoning model's chat template (minimind-3: `open_thinking`).
+#[derive(Args, Clone, Default)]
+pub struct ThinkArgs {
+    /// Open the reasoning block in the generation prompt: the model thinks before it answers.
+    #[arg(long, conflicts_with = "no_think")]
+    pub think: bool,
+    /// Close it empty: the model answers without thinking.
+    #[arg(long)]
+    pub no_think: bool,
+}
+
+impl ThinkArgs {
+    /// `Some(true)` / `Some(false)` when a flag was given, else the template's default.
+    pub fn value(&self) -> Option<bool> {
+        match (self.think, self.no_think) {
+            (true, _) => Some(true),
+            (_, true) => Some(false),
+            _ => None,
+        }
+    }
+}
+
 #[derive(Args)]
 pub struct GenerateArgs {
     #[command(flatten)]
@@ -288,6 +315,8 @@ pub struct GenerateArgs {
     /// Render the prompt as a user turn with the chat template (plus the generation prompt).
     #[arg(long)]
     pub chat: bool,
+    #[command(flatten)]
+    pub think: ThinkArgs,
     #[command(flatten)]
     pub sampling: SamplingArgs,
     /// Also write the prompt's logits to this safetensors file (`logits` f32 [tokens, vocab] and
@@ -317,7 +346,13 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Demo(args) => crate::cli::demo::run(args),
         Command::Bench(args) => crate::cli::bench::run(&args),
         Command::TrainTokenizer(a) => {
-            crate::data::train_tokenizer::train_tokenizer(&a.data, a.vocab_size, &a.out, a.skip_bad_lines)?;
+            crate::data::train_tokenizer::train_tokenizer_with(
+                &a.data,
+                a.vocab_size,
+                &a.out,
+                a.skip_bad_lines,
+                a.layout,
+            )?;
             println!("tokenizer written to {}", a.out.display());
             Ok(())
         }
@@ -395,7 +430,10 @@ fn report(what: &str, s: &crate::train::TrainSummary, out: &Path) -> Result<()> 
 
 fn generate_cmd(a: &GenerateArgs) -> Result<()> {
     let (model, tokenizer) = a.model.load()?;
-    let prompt = crate::infer::generate::encode_prompt(&tokenizer, &a.prompt, a.chat)?;
+    if a.think.value().is_some() && !a.chat {
+        bail!("--think / --no-think apply to the chat template: add --chat");
+    }
+    let prompt = crate::infer::generate::encode_prompt(&tokenizer, &a.prompt, a.chat, a.think.value())?;
     if let Some(path) = &a.logits_out {
         let ids = Tensor::new(prompt.as_slice(), model.device())?.unsqueeze(0)?;
         let logits = model.forward(&ids, None)?.squeeze(0)?.to_dtype(DType::F32)?;

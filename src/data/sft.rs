@@ -7,7 +7,7 @@
 //! is supervised to the end of the row. Every assistant turn of a multi-turn conversation counts.
 
 use super::rows::{EncodedRow, JsonlIndex, LineCheck, LmData, RowEncoder};
-use crate::data::tokenizer::{ChatMessage, Tokenizer};
+use crate::data::tokenizer::{json_array, ChatMessage, Tokenizer};
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 use std::path::Path;
@@ -17,14 +17,22 @@ struct ConversationRow {
     conversations: Vec<ChatMessage>,
 }
 
-const ROLES: [&str; 3] = ["system", "user", "assistant"];
+const ROLES: [&str; 4] = ["system", "user", "assistant", "tool"];
 
-/// The messages of an SFT line, or what was expected instead.
+/// The messages of an SFT line, or what was expected instead. minimind-3's fields are checked too:
+/// `tools` and `tool_calls` must be JSON arrays (or strings holding one).
 pub fn parse_conversation(line: &str) -> Result<Vec<ChatMessage>, String> {
-    let expected = r#"expected {"conversations": [{"role": "user"|"assistant"|"system", "content": "…"}, …]}"#;
+    let expected = r#"expected {"conversations": [{"role": "user"|"assistant"|"system"|"tool", "content": "…"}, …]}"#;
     let row: ConversationRow = serde_json::from_str(line).map_err(|e| format!("{expected} ({e})"))?;
     if let Some(m) = row.conversations.iter().find(|m| !ROLES.contains(&m.role.as_str())) {
         return Err(format!("unknown role {:?}; {expected}", m.role));
+    }
+    for m in &row.conversations {
+        for (field, value) in [("tools", &m.tools), ("tool_calls", &m.tool_calls)] {
+            if value.as_ref().is_some_and(|v| json_array(v).is_none()) {
+                return Err(format!("{field} must be a JSON array (or a string holding one)"));
+            }
+        }
     }
     if !row.conversations.iter().any(|m| m.role == "assistant") {
         return Err(format!("no assistant message to learn from; {expected}"));

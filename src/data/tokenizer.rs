@@ -18,16 +18,48 @@ pub struct Tokenizer {
     pub dir: PathBuf,
 }
 
-/// One chat turn; `content` is the text, `role` one of system/user/assistant (templates may accept more).
+/// One chat turn; `content` is the text, `role` one of system/user/assistant/tool. minimind-3's rows
+/// add an assistant's `reasoning_content` and `tool_calls`, and the `tools` it may call (on the
+/// system message); the latter two as JSON arrays or as strings holding them.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
 pub struct ChatMessage {
     pub role: String,
+    #[serde(default)]
     pub content: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reasoning_content: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Json>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tools: Option<Json>,
 }
 
 impl ChatMessage {
     pub fn new(role: &str, content: &str) -> Self {
-        Self { role: role.into(), content: content.into() }
+        Self { role: role.into(), content: content.into(), reasoning_content: None, tool_calls: None, tools: None }
+    }
+}
+
+/// A JSON array given as itself or as a string holding it (minimind-3's rows store `tools` and
+/// `tool_calls` as strings); `None` for anything else.
+pub fn json_array(value: &Json) -> Option<Vec<Json>> {
+    match value {
+        Json::Array(items) => Some(items.clone()),
+        Json::String(text) => match serde_json::from_str(text) {
+            Ok(Json::Array(items)) => Some(items),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// The template's view of a switch for thinking models (minimind-3's `open_thinking`, Qwen3's
+/// `enable_thinking`): `Some(true)` opens the reasoning block in the generation prompt, `Some(false)`
+/// closes it empty, `None` leaves the template's default.
+pub fn thinking_kwargs(think: Option<bool>) -> Json {
+    match think {
+        Some(on) => serde_json::json!({ "open_thinking": on, "enable_thinking": on }),
+        None => Json::Null,
     }
 }
 
@@ -162,9 +194,36 @@ impl Tokenizer {
         template.render(Value::from_serialize(&ctx)).map_err(|e| anyhow!("rendering the chat template: {e:#}"))
     }
 
-    /// Chat-template rendering of simple messages.
+    /// Chat-template rendering of messages (the template's default thinking switch).
     pub fn render_chat(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String> {
-        self.apply_chat_template(&serde_json::to_value(messages)?, add_generation_prompt, &Json::Null)
+        self.render_chat_with(messages, add_generation_prompt, None)
+    }
+
+    /// [`render_chat`](Self::render_chat) with the thinking switch ([`thinking_kwargs`]). `tool_calls`
+    /// strings become arrays and a message's `tools` becomes the template's `tools`, as
+    /// minimind-3's data loader passes them.
+    pub fn render_chat_with(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+        think: Option<bool>,
+    ) -> Result<String> {
+        let mut extra = thinking_kwargs(think);
+        let mut values = Vec::with_capacity(messages.len());
+        for m in messages {
+            let mut value = serde_json::to_value(m)?;
+            if let Some(calls) = m.tool_calls.as_ref().and_then(json_array) {
+                value["tool_calls"] = Json::Array(calls);
+            }
+            if let Some(tools) = m.tools.as_ref().and_then(json_array) {
+                if !extra.is_object() {
+                    extra = Json::Object(Default::default());
+                }
+                extra["tools"] = Json::Array(tools);
+            }
+            values.push(value);
+        }
+        self.apply_chat_template(&Json::Array(values), add_generation_prompt, &extra)
     }
 }
 

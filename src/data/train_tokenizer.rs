@@ -1,6 +1,9 @@
-//! Training a MiniMind-style tokenizer: byte-level BPE (HF `tokenizers`), specials
-//! `<|endoftext|>`, `<|im_start|>`, `<|im_end|>` at ids 0/1/2, the 256 byte symbols as the initial
-//! alphabet, no normalizer and no post-processor; saved with MiniMind2's `tokenizer_config.json`.
+//! Training a MiniMind-style tokenizer: byte-level BPE (HF `tokenizers`), the 256 byte symbols as the
+//! initial alphabet, no normalizer and no post-processor, and one of two layouts of reserved tokens:
+//! - MiniMind2: `<|endoftext|>`, `<|im_start|>`, `<|im_end|>` at ids 0/1/2, MiniMind2's chat template;
+//! - minimind-3: 36 reserved tokens — 21 special (the three above, then Qwen's multimodal markers),
+//!   `<tool_call>` `</tool_call>` `<tool_response>` `</tool_response>` `<think>` `</think>` and 9
+//!   buffers as ordinary added tokens — with minimind-3's Qwen3-style template (tools, thinking).
 
 use crate::data::pretrain::parse_text_row;
 use crate::data::JsonlIndex;
@@ -13,6 +16,47 @@ use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::{AddedToken, Tokenizer as HfTokenizer};
 
 pub const SPECIAL_TOKENS: [&str; 3] = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"];
+
+/// minimind-3's `tokenizer_config.json`: its reserved tokens (`added_tokens_decoder`, ids 0–35) and
+/// its chat template.
+const MINIMIND3_TOKENIZER_CONFIG: &str = include_str!("../../assets/tokenizers/v3/tokenizer_config.json");
+
+/// Which reserved tokens and chat template a trained tokenizer gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TokenizerLayout {
+    #[default]
+    Minimind2,
+    Minimind3,
+}
+
+named_enum!(TokenizerLayout { Minimind2 => "minimind2", Minimind3 => "minimind3" });
+
+impl TokenizerLayout {
+    /// The reserved tokens in id order, with whether each is special.
+    pub fn reserved(self) -> Result<Vec<(String, bool)>> {
+        match self {
+            Self::Minimind2 => Ok(SPECIAL_TOKENS.iter().map(|t| (t.to_string(), true)).collect()),
+            Self::Minimind3 => {
+                let config: serde_json::Value = serde_json::from_str(MINIMIND3_TOKENIZER_CONFIG)?;
+                let decoder = config["added_tokens_decoder"].as_object().context("added_tokens_decoder")?;
+                (0..decoder.len())
+                    .map(|id| {
+                        let entry = decoder.get(&id.to_string()).with_context(|| format!("reserved id {id}"))?;
+                        let content = entry["content"].as_str().context("content")?.to_string();
+                        Ok((content, entry["special"].as_bool().unwrap_or(true)))
+                    })
+                    .collect()
+            }
+        }
+    }
+
+    fn tokenizer_config(self) -> Result<serde_json::Value> {
+        match self {
+            Self::Minimind2 => Ok(minimind2_tokenizer_config()),
+            Self::Minimind3 => Ok(serde_json::from_str(MINIMIND3_TOKENIZER_CONFIG)?),
+        }
+    }
+}
 
 /// MiniMind2's chat template (from its `tokenizer_config.json`): default system prompt, every user
 /// turn followed by the assistant header, assistant turns closed by `<|im_end|>\n`.
@@ -30,8 +74,24 @@ pub fn corpus_text(line: &str) -> Result<String, String> {
 /// Trains on every line of the `data` files (see [`corpus_text`]) and writes `tokenizer.json` and
 /// `tokenizer_config.json` into `out`.
 pub fn train_tokenizer(data: &[PathBuf], vocab_size: usize, out: &Path, skip_bad: bool) -> Result<()> {
-    if vocab_size < 256 + SPECIAL_TOKENS.len() {
-        bail!("--vocab-size must be at least {} (256 byte symbols + 3 specials)", 256 + SPECIAL_TOKENS.len());
+    train_tokenizer_with(data, vocab_size, out, skip_bad, TokenizerLayout::Minimind2)
+}
+
+/// [`train_tokenizer`] with the reserved tokens and template of `layout`.
+pub fn train_tokenizer_with(
+    data: &[PathBuf],
+    vocab_size: usize,
+    out: &Path,
+    skip_bad: bool,
+    layout: TokenizerLayout,
+) -> Result<()> {
+    let reserved = layout.reserved()?;
+    if vocab_size < 256 + reserved.len() {
+        bail!(
+            "--vocab-size must be at least {} (256 byte symbols + {} reserved tokens)",
+            256 + reserved.len(),
+            reserved.len()
+        );
     }
     if data.is_empty() {
         bail!("no --data file given");
@@ -40,7 +100,7 @@ pub fn train_tokenizer(data: &[PathBuf], vocab_size: usize, out: &Path, skip_bad
         .iter()
         .map(|path| JsonlIndex::build(path, skip_bad, |line| corpus_text(line).map(|_| ())))
         .collect::<Result<Vec<_>>>()?;
-    let specials = SPECIAL_TOKENS.iter().map(|t| AddedToken::from(*t, true)).collect();
+    let specials = reserved.iter().map(|(t, _)| AddedToken::from(t.clone(), true)).collect();
     let trainer = BpeTrainerBuilder::new()
         .vocab_size(vocab_size)
         .special_tokens(specials)
@@ -66,15 +126,25 @@ pub fn train_tokenizer(data: &[PathBuf], vocab_size: usize, out: &Path, skip_bad
     if let Some(e) = read_error.into_inner().unwrap_or_else(|p| p.into_inner()) {
         return Err(e);
     }
-    for (id, token) in SPECIAL_TOKENS.iter().enumerate() {
+    for (id, (token, _)) in reserved.iter().enumerate() {
         if tokenizer.token_to_id(token) != Some(id as u32) {
-            bail!("special token {token} did not land at id {id}");
+            bail!("reserved token {token} did not land at id {id}");
         }
     }
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    let json = tokenizer.to_string(false).map_err(|e| anyhow!("serializing the tokenizer: {e}"))?;
+    // Trained as specials so they take the first ids; then, as minimind-3 does, the tool/think tags
+    // and buffers become ordinary added tokens (kept whole, but shown when decoding).
+    let mut json: serde_json::Value =
+        serde_json::from_str(&tokenizer.to_string(false).map_err(|e| anyhow!("serializing the tokenizer: {e}"))?)?;
+    for entry in json["added_tokens"].as_array_mut().context("added_tokens")? {
+        let id = entry["id"].as_u64().context("added token id")? as usize;
+        if let Some((_, special)) = reserved.get(id) {
+            entry["special"] = json!(*special);
+        }
+    }
+    let json = serde_json::to_string(&json)?;
     atomic_write(&out.join("tokenizer.json"), |w| Ok(w.write_all(json.as_bytes())?))?;
-    let config = serde_json::to_string_pretty(&minimind2_tokenizer_config())?;
+    let config = serde_json::to_string_pretty(&layout.tokenizer_config()?)?;
     atomic_write(&out.join("tokenizer_config.json"), |w| Ok(w.write_all(config.as_bytes())?))?;
     for index in indexes.iter().filter(|i| i.skipped > 0) {
         eprintln!("skipped {} malformed lines of {}", index.skipped, index.path.display());

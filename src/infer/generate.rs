@@ -125,9 +125,10 @@ pub fn generate_batch(
 }
 
 /// Encodes a prompt the way the model was trained: chat template, or a plain text with a leading bos.
-pub fn encode_prompt(tokenizer: &Tokenizer, prompt: &str, chat: bool) -> Result<Vec<u32>> {
+/// `think` is the thinking switch of a chat prompt (see [`crate::data::tokenizer::thinking_kwargs`]).
+pub fn encode_prompt(tokenizer: &Tokenizer, prompt: &str, chat: bool, think: Option<bool>) -> Result<Vec<u32>> {
     if chat {
-        let text = tokenizer.render_chat(&[ChatMessage::new("user", prompt)], true)?;
+        let text = tokenizer.render_chat_with(&[ChatMessage::new("user", prompt)], true, think)?;
         tokenizer.encode(&text)
     } else {
         let mut ids = vec![tokenizer.bos_id()?];
@@ -148,8 +149,10 @@ pub fn stream_completion(
 ) -> Result<String> {
     let mut sampler = Sampler::new(sampling)?;
     let mut stream = TextStream::new(tokenizer);
-    // Shows a reasoning model's <think> part as a [think] … [/think] block; the returned text is raw.
-    let mut display = super::reasoning::ThinkDisplay::default();
+    // Shows a reasoning model's <think> part as a [think] … [/think] block (already open when the
+    // prompt ends with `<think>`); the returned text is raw.
+    let opened = tokenizer.decode(&prompt_ids[prompt_ids.len().saturating_sub(3)..], false)?;
+    let mut display = super::reasoning::ThinkDisplay::new(opened.trim_end().ends_with("<think>"));
     let mut text = String::new();
     let stops = tokenizer.stop_ids()?;
     generate(model, prompt_ids, max_new_tokens, &stops, &mut sampler, |id| {

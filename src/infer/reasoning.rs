@@ -114,6 +114,11 @@ const REWRITES: [(&str, &str); 4] =
     [("<think>", "[think] "), ("</think>", " [/think]"), ("<answer>", ""), ("</answer>", "")];
 
 impl ThinkDisplay {
+    /// A display for an answer whose prompt already opened the reasoning block (`opened`) or not.
+    pub fn new(opened: bool) -> Self {
+        Self { pending: if opened { "<think>".into() } else { String::new() } }
+    }
+
     /// The displayable part of `piece` (plus anything held back before it).
     pub fn push(&mut self, piece: &str) -> String {
         self.pending.push_str(piece);

@@ -161,6 +161,24 @@ impl Request {
     }
 }
 
+/// Extra variables for the chat template: `chat_template_kwargs` (vLLM's field; e.g.
+/// `{"enable_thinking": false}`) and minimind-3's top-level `open_thinking` switch.
+fn template_kwargs(body: &Value) -> Result<Value, ApiError> {
+    let mut kwargs = match body.get("chat_template_kwargs") {
+        None | Some(Value::Null) => json!({}),
+        Some(Value::Object(map)) => Value::Object(map.clone()),
+        Some(_) => {
+            return Err(ApiError::invalid("chat_template_kwargs", "chat_template_kwargs must be an object".into()))
+        }
+    };
+    if body.get("open_thinking").is_some_and(|v| !v.is_null()) {
+        let on = flag(body, "/open_thinking", "open_thinking")?;
+        kwargs["open_thinking"] = json!(on);
+        kwargs["enable_thinking"] = json!(on);
+    }
+    Ok(kwargs)
+}
+
 /// The chat prompt's ids, and whether it ends inside an opened `<think>` block.
 fn chat_prompt(m: &super::engine::LoadedModel, body: &Value) -> Result<(Vec<u32>, bool), ApiError> {
     let messages = body
@@ -187,7 +205,7 @@ fn chat_prompt(m: &super::engine::LoadedModel, body: &Value) -> Result<(Vec<u32>
     }
     let text = m
         .tokenizer
-        .apply_chat_template(&Value::Array(clean), true, &json!({}))
+        .apply_chat_template(&Value::Array(clean), true, &template_kwargs(body)?)
         .map_err(|e| ApiError::invalid("messages", format!("{e:#}")))?;
     let ids = m
         .tokenizer
@@ -204,6 +222,6 @@ fn completion_prompt(m: &super::engine::LoadedModel, body: &Value) -> Result<Vec
         }
         _ => return Err(ApiError::invalid("prompt", "prompt must be a string".into())),
     };
-    crate::infer::generate::encode_prompt(&m.tokenizer, &prompt, false)
+    crate::infer::generate::encode_prompt(&m.tokenizer, &prompt, false, None)
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", &format!("{e:#}")))
 }

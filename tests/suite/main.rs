@@ -20,5 +20,6 @@ mod reason;
 mod robustness;
 mod serve;
 mod sft;
+mod template;
 mod tokenizer;
 mod train;
