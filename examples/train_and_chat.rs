@@ -55,7 +55,7 @@ fn main() -> Result<()> {
     println!("fine-tuned: loss {:.3} → {:.3} in {:.0} s", s.first_loss, s.final_loss, s.elapsed_s);
 
     // 4. A two-turn chat: the history goes back through the chat template each turn.
-    let (model, tokenizer) = infer::load(&chat_dir, None, &Device::Cpu, false)?;
+    let (model, tokenizer) = infer::load(&chat_dir, &Device::Cpu, &Default::default())?;
     let stops = tokenizer.stop_ids()?;
     let mut history = Vec::new();
     for question in ["你好", "What is AI?"] {

@@ -66,7 +66,7 @@ fn trainer(out: &Path, steps: usize, lr: f64, minutes: f64, seed: u64) -> TrainC
 
 /// Loads `dir` and streams a completion of each prompt.
 fn sample(dir: &Path, prompts: &[&str], chat: bool, seed: u64) -> Result<()> {
-    let (model, tokenizer) = crate::infer::load(dir, None, &Device::Cpu, false)?;
+    let (model, tokenizer) = crate::infer::load(dir, &Device::Cpu, &Default::default())?;
     let mut stdout = std::io::stdout();
     for (i, prompt) in prompts.iter().enumerate() {
         if chat {

@@ -152,7 +152,7 @@ pub struct GenerateDatasetArgs {
 }
 
 fn generate_dataset_cmd(a: &GenerateDatasetArgs) -> Result<()> {
-    let (teacher, tokenizer) = crate::infer::load(&a.teacher, None, &parse_device(&a.device)?, false)?;
+    let (teacher, tokenizer) = crate::infer::load(&a.teacher, &parse_device(&a.device)?, &Default::default())?;
     let (sampling, max_new) = (a.sampling.params(0), a.sampling.max_new_tokens);
     let n = crate::train::distill::generate_dataset(&teacher, &tokenizer, &a.prompts, &a.out, max_new, sampling)?;
     println!("{n} teacher answers written to {}", a.out.display());
@@ -192,13 +192,22 @@ pub struct ServeArgs {
     /// cpu, or cuda / cuda:N with a CUDA build.
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// YaRN RoPE scaling for long prompts (minimind-3's inference_rope_scaling).
+    #[arg(long)]
+    pub rope_scaling: bool,
 }
 
 fn serve_cmd(a: &ServeArgs) -> Result<()> {
     let mut models = Vec::new();
     for (i, dir) in a.model.iter().enumerate() {
         let lora = if i == 0 { a.lora.clone() } else { None };
-        let args = ModelArgs { model: dir.clone(), lora, device: a.device.clone(), int8: a.int8 };
+        let args = ModelArgs {
+            model: dir.clone(),
+            lora,
+            device: a.device.clone(),
+            int8: a.int8,
+            rope_scaling: a.rope_scaling,
+        };
         let (model, tokenizer) = args.load()?;
         let folder = dir.file_name().map_or_else(|| format!("model-{i}"), |n| n.to_string_lossy().to_string());
         let (id, aliases) = match (i, a.served_model_name.split_first()) {
@@ -228,12 +237,18 @@ pub struct ModelArgs {
     /// cost is measured in docs/PERFORMANCE.md).
     #[arg(long)]
     pub int8: bool,
+    /// YaRN RoPE scaling for prompts beyond the trained context (minimind-3's
+    /// inference_rope_scaling: factor 16 over the original 2048 positions).
+    #[arg(long)]
+    pub rope_scaling: bool,
 }
 
 impl ModelArgs {
     /// The model (its adapter merged in, if any) and its tokenizer, ready for inference.
     pub fn load(&self) -> Result<(crate::MiniMindForCausalLM, Tokenizer)> {
-        crate::infer::load(&self.model, self.lora.as_deref(), &parse_device(&self.device)?, self.int8)
+        let options =
+            crate::infer::LoadOptions { adapter: self.lora.clone(), int8: self.int8, rope_scaling: self.rope_scaling };
+        crate::infer::load(&self.model, &parse_device(&self.device)?, &options)
     }
 }
 

@@ -14,20 +14,30 @@ use anyhow::Result;
 use candle_core::{DType, Device};
 use std::path::Path;
 
+/// How to load a model folder for inference.
+#[derive(Debug, Clone, Default)]
+pub struct LoadOptions {
+    /// A LoRA adapter folder, merged into the weights once.
+    pub adapter: Option<std::path::PathBuf>,
+    /// Int8 weights (CPU decoding reads ≈ 3.6× fewer bytes per token).
+    pub int8: bool,
+    /// YaRN RoPE scaling for prompts beyond the trained context (minimind-3's
+    /// `inference_rope_scaling`: factor 16 over 2048 positions).
+    pub rope_scaling: bool,
+}
+
 /// A model folder ready for inference: its weights, a LoRA adapter merged in once (so decoding costs
-/// what the base model costs), int8 weights when asked, and its tokenizer.
-pub fn load(
-    dir: &Path,
-    adapter: Option<&Path>,
-    device: &Device,
-    int8: bool,
-) -> Result<(MiniMindForCausalLM, Tokenizer)> {
+/// what the base model costs), int8 weights and YaRN when asked, and its tokenizer.
+pub fn load(dir: &Path, device: &Device, options: &LoadOptions) -> Result<(MiniMindForCausalLM, Tokenizer)> {
     let (mut model, _) = checkpoint::load_model(dir, device, DType::F32, false)?;
-    if let Some(adapter) = adapter {
+    if let Some(adapter) = &options.adapter {
         lora::load(&mut model, adapter, device)?;
         lora::merge(&mut model)?;
     }
-    if int8 {
+    if options.rope_scaling {
+        model.set_rope_scaling(Some(crate::model::config::RopeScaling::minimind3()))?;
+    }
+    if options.int8 {
         model.quantize_int8()?;
     }
     Ok((model, Tokenizer::load(dir)?))

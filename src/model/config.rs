@@ -50,6 +50,49 @@ pub struct ModelConfig {
     pub router_aux_loss_coef: Option<f64>,
     /// Width of each expert (default: `intermediate_size`).
     pub moe_intermediate_size: Option<usize>,
+    /// RoPE scaling for long prompts at inference (minimind-3's YaRN); `None`: plain RoPE.
+    pub rope_scaling: Option<RopeScaling>,
+}
+
+/// YaRN RoPE scaling as minimind-3 (and HF) write it in `config.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RopeScaling {
+    #[serde(rename = "type", alias = "rope_type")]
+    pub kind: String,
+    pub factor: f64,
+    pub original_max_position_embeddings: usize,
+    #[serde(default = "RopeScaling::default_beta_fast")]
+    pub beta_fast: f64,
+    #[serde(default = "RopeScaling::default_beta_slow")]
+    pub beta_slow: f64,
+    #[serde(default = "RopeScaling::default_attention_factor")]
+    pub attention_factor: f64,
+}
+
+impl RopeScaling {
+    /// minimind-3's `inference_rope_scaling`: factor 16 over an original context of 2048.
+    pub fn minimind3() -> Self {
+        Self {
+            kind: "yarn".into(),
+            factor: 16.0,
+            original_max_position_embeddings: 2048,
+            beta_fast: 32.0,
+            beta_slow: 1.0,
+            attention_factor: 1.0,
+        }
+    }
+
+    fn default_beta_fast() -> f64 {
+        32.0
+    }
+
+    fn default_beta_slow() -> f64 {
+        1.0
+    }
+
+    fn default_attention_factor() -> f64 {
+        1.0
+    }
 }
 
 impl Default for ModelConfig {
@@ -84,6 +127,7 @@ impl Default for ModelConfig {
             qk_norm: false,
             router_aux_loss_coef: None,
             moe_intermediate_size: None,
+            rope_scaling: None,
         }
     }
 }
@@ -180,6 +224,12 @@ impl ModelConfig {
             }
             if self.scoring_func != "softmax" {
                 bail!("scoring_func {:?} is not supported (only \"softmax\", as MiniMind)", self.scoring_func);
+            }
+        }
+        if let Some(r) = &self.rope_scaling {
+            let factor_ok = r.factor.is_finite() && r.factor >= 1.0;
+            if r.kind != "yarn" || !factor_ok || r.original_max_position_embeddings == 0 {
+                bail!("rope_scaling: only {{\"type\": \"yarn\", \"factor\" ≥ 1, …}} is supported, got {r:?}");
             }
         }
         if self.hidden_act != "silu" {

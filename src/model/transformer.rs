@@ -98,10 +98,37 @@ pub struct RotaryEmbedding {
     pub sin: Tensor,
 }
 
+/// minimind-3's YaRN (applied when the context exceeds the original one): frequencies of dimension
+/// pairs i are divided by `factor` in proportion to a ramp `r_i = clamp((i − low)/(high − low), 0, 1)`
+/// — `inv_freq[i] · (1 − r_i + r_i/factor)` — where `low`/`high` are the pairs whose wavelength fits
+/// `β_fast` / `β_slow` turns in the original context: `inv_dim(β) = D·ln(L₀/(2πβ)) / (2·ln θ)`,
+/// `low = max(⌊inv_dim(β_fast)⌋, 0)`, `high = min(⌈inv_dim(β_slow)⌉, D/2 − 1)`. Returns the
+/// frequencies and the factor cos and sin are multiplied by.
+pub fn yarn_inv_freq(config: &ModelConfig) -> (Vec<f32>, f32) {
+    let d = config.head_dim();
+    let mut inv_freq = rope_inv_freq(d, config.rope_theta);
+    let Some(r) = config.rope_scaling.as_ref() else { return (inv_freq, 1.0) };
+    let original = r.original_max_position_embeddings as f64;
+    if config.max_position_embeddings as f64 / original <= 1.0 {
+        return (inv_freq, 1.0);
+    }
+    let inv_dim =
+        |beta: f64| d as f64 * (original / (2.0 * std::f64::consts::PI * beta)).ln() / (2.0 * config.rope_theta.ln());
+    let low = inv_dim(r.beta_fast).floor().max(0.0);
+    let high = inv_dim(r.beta_slow).ceil().min((d / 2 - 1) as f64);
+    // The ramp and the product in f32, as PyTorch computes them.
+    let (low, span, factor) = (low as f32, (high - low).max(0.001) as f32, r.factor as f32);
+    for (i, f) in inv_freq.iter_mut().enumerate() {
+        let ramp = ((i as f32 - low) / span).clamp(0.0, 1.0);
+        *f *= 1.0 - ramp + ramp / factor;
+    }
+    (inv_freq, r.attention_factor as f32)
+}
+
 impl RotaryEmbedding {
     pub fn new(config: &ModelConfig, device: &Device) -> Result<Self> {
         let d = config.head_dim();
-        let inv_freq = rope_inv_freq(d, config.rope_theta);
+        let (inv_freq, scale) = yarn_inv_freq(config);
         let n = config.max_position_embeddings;
         let mut cos = Vec::with_capacity(n * d);
         let mut sin = Vec::with_capacity(n * d);
@@ -109,8 +136,8 @@ impl RotaryEmbedding {
             for _ in 0..2 {
                 for f in &inv_freq {
                     let angle = p as f32 * f;
-                    cos.push(angle.cos());
-                    sin.push(angle.sin());
+                    cos.push(angle.cos() * scale);
+                    sin.push(angle.sin() * scale);
                 }
             }
         }
@@ -502,6 +529,14 @@ impl MiniMindForCausalLM {
         let d = hidden.dim(D::Minus1)?;
         let logits = self.lm_head.forward(&hidden.reshape(((), d))?)?;
         Ok(TrainOutput { logits, moe })
+    }
+
+    /// Switches RoPE scaling (YaRN for long prompts, or none) and rebuilds the RoPE tables.
+    pub fn set_rope_scaling(&mut self, scaling: Option<crate::model::config::RopeScaling>) -> Result<()> {
+        self.config.rope_scaling = scaling;
+        self.config = self.config.clone().resolved()?;
+        self.model.rotary = RotaryEmbedding::new(&self.config, self.device())?;
+        Ok(())
     }
 
     pub fn device(&self) -> &Device {

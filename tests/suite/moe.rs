@@ -310,3 +310,59 @@ fn every_stage_trains_a_tiny_moe_model() {
     let err = fails(minimind(&["export", p(&moe), "--format", "gguf", "--out", p(&d.join("m.gguf"))]));
     assert!(err.contains("mixture of experts"), "{err}");
 }
+
+/// minimind-3's YaRN: the ramp between the pairs that fit β_fast and β_slow turns in 2048 positions.
+#[test]
+fn yarn_tables_follow_the_formula() {
+    use minimind::model::config::RopeScaling;
+    for (head_dim, low, high) in [(96usize, 8usize, 21usize), (64, 5, 14)] {
+        let config = ModelConfig {
+            hidden_size: head_dim * 2,
+            num_attention_heads: 2,
+            num_key_value_heads: 1,
+            max_position_embeddings: 32768,
+            rope_scaling: Some(RopeScaling::minimind3()),
+            ..ModelConfig::default()
+        }
+        .resolved()
+        .unwrap();
+        let inv_dim =
+            |beta: f64| head_dim as f64 * (2048.0 / (2.0 * std::f64::consts::PI * beta)).ln() / (2.0 * 1e6f64.ln());
+        assert_eq!((inv_dim(32.0).floor() as usize, inv_dim(1.0).ceil() as usize), (low, high), "D = {head_dim}");
+        let (scaled, attention) = minimind::model::yarn_inv_freq(&config);
+        let plain = minimind::model::rope_inv_freq(head_dim, 1e6);
+        assert_eq!(attention, 1.0);
+        for i in 0..head_dim / 2 {
+            let ramp = ((i as f64 - low as f64) / (high - low) as f64).clamp(0.0, 1.0);
+            let expected = plain[i] as f64 * (1.0 - ramp + ramp / 16.0);
+            assert!((scaled[i] as f64 - expected).abs() <= 1e-6 * expected, "D {head_dim} pair {i}");
+        }
+        // Below `low` untouched, above `high` divided by the factor.
+        assert_eq!(scaled[low], plain[low]);
+        assert!((scaled[high] * 16.0 - plain[high]).abs() <= 1e-6 * plain[high]);
+        // The model's tables use them: cos at position p is cos(p·inv_freq).
+        let rope = minimind::model::RotaryEmbedding::new(&config, &Device::Cpu).unwrap();
+        let row: Vec<f32> = rope.cos.get(1000).unwrap().to_vec1().unwrap();
+        assert!((row[high] - (1000.0 * scaled[high]).cos()).abs() < 1e-5);
+    }
+    // No scaling when the context does not exceed the original one.
+    let short = ModelConfig {
+        max_position_embeddings: 2048,
+        rope_scaling: Some(RopeScaling::minimind3()),
+        ..ModelConfig::default()
+    };
+    assert_eq!(minimind::model::yarn_inv_freq(&short).0, minimind::model::rope_inv_freq(64, 1e6));
+}
+
+#[test]
+fn generate_takes_rope_scaling() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = ModelConfig { max_position_embeddings: 4096, vocab_size: 6400, ..micro("minimind3") };
+    let (model, _) = minimind::model::checkpoint::init_model(&config, InitScheme::Minimind2, 1, &Device::Cpu).unwrap();
+    minimind::model::checkpoint::save_model(dir.path(), &model).unwrap();
+    minimind::model::checkpoint::copy_tokenizer_files(&tokenizer_dir("v3"), dir.path()).unwrap();
+    let args = ["generate", "--model", p(dir.path()), "--prompt", "春", "--max-new-tokens", "4", "--temperature", "0"];
+    let plain = ok(minimind(&args));
+    let scaled = ok(minimind(&[&args[..], &["--rope-scaling"]].concat()));
+    assert!(plain.starts_with('春') && scaled.starts_with('春'));
+}

@@ -104,7 +104,7 @@ fn generate_and_serve_take_the_thinking_switch() {
     // The API: chat_template_kwargs (vLLM) or open_thinking (minimind-3) open the block, and the
     // answer is then read as reasoning from its first token.
     use minimind::serve::engine::{Engine, LoadedModel};
-    let (model, tokenizer) = minimind::infer::load(dir.path(), None, &candle_core::Device::Cpu, false).unwrap();
+    let (model, tokenizer) = minimind::infer::load(dir.path(), &candle_core::Device::Cpu, &Default::default()).unwrap();
     let engine = Engine::start(vec![LoadedModel { id: "m".into(), aliases: vec![], model, tokenizer }], 2);
     let opens = |extra: Value| {
         let mut body = json!({"model": "m", "messages": [{"role": "user", "content": "你好"}]});
