@@ -48,6 +48,18 @@ pub fn import_cmd(src: &Path, out: &Path, opts: &ImportOptions) -> Result<()> {
                 c.vocab_size,
                 if c.tie_word_embeddings { "tied head" } else { "separate head" }
             );
+            if c.use_moe {
+                println!(
+                    "mixture of experts: {} experts, top-{}, {} shared; {} parameters active per token",
+                    c.n_routed_experts,
+                    c.num_experts_per_tok,
+                    c.n_shared_experts,
+                    c.num_active_parameters()
+                );
+            }
+            if c.qk_norm {
+                println!("minimind-3 attention (q/k norm)");
+            }
             println!("tokenizer: {tokenizer}; model folder: {}", out.display());
         }
         Imported::Adapter { config, classic } => println!(

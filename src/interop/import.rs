@@ -4,8 +4,11 @@
 //! - MiniMind2-classic `.pth` files (fp32, `tok_embeddings` / `layers.i.attention.wq` names,
 //!   interleaved-pair RoPE) — renamed, and the `wq`/`wk` rows permuted so our rotate-half RoPE gives
 //!   the same attention scores,
-//! - HF folders (MiniMind's own `model_type: minimind`, classic or renamed, and Llama exports;
-//!   safetensors or `pytorch_model.bin`),
+//! - MiniMind2-MoE `.pth` files (classic `feed_forward.experts.e.w1` / `feed_forward.gate` /
+//!   `feed_forward.shared_experts` names, or HF-style `mlp.experts.e.gate_proj` / `mlp.shared_experts.0`),
+//! - minimind-3 `.pth` files, dense and MoE (`self_attn.q_norm` / `k_norm`, no shared expert),
+//! - HF folders (MiniMind's own `model_type: minimind` of any generation, classic or renamed, and Llama
+//!   exports; safetensors or `pytorch_model.bin`),
 //! - MiniMind LoRA `.pth` files (`….lora.A.weight` / `….lora.B.weight`), as an adapter folder.
 //!
 //! Every import is validated by name and shape: a missing, extra or mis-shaped tensor is an error
@@ -43,7 +46,6 @@ pub enum Imported {
 /// Imports `src` (a folder or a single weights file) into `out`.
 pub fn import(src: &Path, out: &Path, opts: &ImportOptions) -> Result<Imported> {
     let raw = read_source(src)?;
-    reject_unsupported(&raw, src)?;
     let classic = raw.keys().any(|k| is_classic_name(k));
     let tensors: HashMap<String, Tensor> =
         raw.into_iter().map(|(k, v)| (if classic { classic_to_hf(&k) } else { k }, v)).collect();
@@ -61,7 +63,7 @@ pub fn import(src: &Path, out: &Path, opts: &ImportOptions) -> Result<Imported> 
         format!("importing {}{hint}", src.display())
     })?;
     checkpoint::save_model(out, &model)?;
-    let tokenizer = write_tokenizer(src, out, opts.tokenizer.as_deref(), classic)?;
+    let tokenizer = write_tokenizer(src, out, opts.tokenizer.as_deref(), classic, model.config.qk_norm)?;
     Ok(Imported::Model { model: Box::new(model), classic, tokenizer })
 }
 
@@ -70,7 +72,7 @@ pub fn import(src: &Path, out: &Path, opts: &ImportOptions) -> Result<Imported> 
 /// The tensors of a folder (`*.safetensors` or `pytorch_model.bin`) or of one file (`.safetensors`,
 /// or a PyTorch zip-pickle `.pth`/`.bin`/`.pt`), with DDP's `module.` prefix and the persisted
 /// RoPE/mask buffers of old checkpoints removed (they are recomputed, not weights).
-fn read_source(src: &Path) -> Result<HashMap<String, Tensor>> {
+pub fn read_source(src: &Path) -> Result<HashMap<String, Tensor>> {
     let tensors = if src.is_dir() { read_folder(src)? } else { read_file(src)? };
     Ok(tensors
         .into_iter()
@@ -134,28 +136,28 @@ fn is_buffer(name: &str) -> bool {
     matches!(last, "mask" | "pos_cis" | "freqs_cos" | "freqs_sin" | "inv_freq")
 }
 
-/// Architecture parts we cannot load yet get a plain error instead of a long tensor list.
-fn reject_unsupported(tensors: &HashMap<String, Tensor>, src: &Path) -> Result<()> {
-    if tensors
-        .keys()
-        .any(|k| k.contains(".experts.") || k.ends_with("mlp.gate.weight") || k.ends_with("feed_forward.gate.weight"))
-    {
-        bail!("{}: MoE checkpoints are not supported yet", src.display());
-    }
-    if tensors.keys().any(|k| k.contains("q_norm") || k.contains("k_norm")) {
-        bail!("{}: minimind-3 checkpoints (q/k norm) are not supported yet", src.display());
-    }
-    Ok(())
-}
-
 // ---- MiniMind2-classic names and RoPE ------------------------------------------------------------
 
 fn is_classic_name(name: &str) -> bool {
     name.starts_with("tok_embeddings.") || name.starts_with("layers.") || name.starts_with("output.")
 }
 
+/// A classic FFN projection's HF name (`w1` gate, `w2` down, `w3` up).
+fn classic_ffn(w: &str) -> Option<&'static str> {
+    match w {
+        "w1" => Some("gate_proj"),
+        "w2" => Some("down_proj"),
+        "w3" => Some("up_proj"),
+        _ => None,
+    }
+}
+
 /// MiniMind2-classic (Meta-Llama style) names → our HF names; other names pass unchanged.
 pub fn classic_to_hf(name: &str) -> String {
+    classic_renamed(name).unwrap_or_else(|| name.to_string())
+}
+
+fn classic_renamed(name: &str) -> Option<String> {
     let parts: Vec<&str> = name.split('.').collect();
     let renamed = match parts.as_slice() {
         ["tok_embeddings", rest @ ..] => Some(("model.embed_tokens".to_string(), rest)),
@@ -167,27 +169,28 @@ pub fn classic_to_hf(name: &str) -> String {
                 "wk" => "k_proj",
                 "wv" => "v_proj",
                 "wo" => "o_proj",
-                _ => return name.to_string(),
+                _ => return None,
             };
             Some((format!("model.layers.{i}.self_attn.{proj}"), rest))
         }
         ["layers", i, "attention_norm", rest @ ..] => Some((format!("model.layers.{i}.input_layernorm"), rest)),
         ["layers", i, "ffn_norm", rest @ ..] => Some((format!("model.layers.{i}.post_attention_layernorm"), rest)),
+        ["layers", i, "feed_forward", "gate", rest @ ..] => Some((format!("model.layers.{i}.mlp.gate"), rest)),
+        ["layers", i, "feed_forward", "experts", e, w, rest @ ..] => {
+            Some((format!("model.layers.{i}.mlp.experts.{e}.{}", classic_ffn(w)?), rest))
+        }
+        // MiniMind2-classic's MoE has one shared expert, unnumbered.
+        ["layers", i, "feed_forward", "shared_experts", w, rest @ ..] => {
+            Some((format!("model.layers.{i}.mlp.shared_experts.0.{}", classic_ffn(w)?), rest))
+        }
         ["layers", i, "feed_forward", w, rest @ ..] => {
-            let proj = match *w {
-                "w1" => "gate_proj",
-                "w2" => "down_proj",
-                "w3" => "up_proj",
-                _ => return name.to_string(),
-            };
-            Some((format!("model.layers.{i}.mlp.{proj}"), rest))
+            Some((format!("model.layers.{i}.mlp.{}", classic_ffn(w)?), rest))
         }
         _ => None,
     };
-    match renamed {
-        Some((head, [])) => head,
-        Some((head, rest)) => format!("{head}.{}", rest.join(".")),
-        None => name.to_string(),
+    match renamed? {
+        (head, []) => Some(head),
+        (head, rest) => Some(format!("{head}.{}", rest.join("."))),
     }
 }
 
@@ -223,13 +226,32 @@ fn source_config(src: &Path, opts: &ImportOptions, tensors: &HashMap<String, Ten
             let value: Value =
                 serde_json::from_str(&text).with_context(|| format!("{}: invalid JSON", path.display()))?;
             let config = config_from_json(&value, &path)?;
-            if config.use_moe || config.qk_norm {
-                bail!("{}: MoE and minimind-3 configs are not supported yet by import", path.display());
-            }
-            Ok(config)
+            Ok(with_architecture_of(config, tensors)?)
         }
         None => infer_config(tensors, opts.heads.unwrap_or(8)).with_context(|| format!("{}", src.display())),
     }
+}
+
+/// What a config.json may leave implicit, read off the tensors: q/k norm (minimind-3 configs carry no
+/// flag for it), the experts and the shared experts.
+fn with_architecture_of(mut c: ModelConfig, t: &HashMap<String, Tensor>) -> Result<ModelConfig> {
+    c.qk_norm = t.contains_key("model.layers.0.self_attn.q_norm.weight");
+    let experts = count_indices(t, "model.layers.0.mlp.experts.");
+    c.use_moe = experts > 0;
+    if c.use_moe {
+        c.n_routed_experts = experts;
+        c.n_shared_experts = count_indices(t, "model.layers.0.mlp.shared_experts.");
+    }
+    c.resolved()
+}
+
+/// How many numbered modules (`{prefix}0.`, `{prefix}1.`, …) the tensors hold.
+fn count_indices(t: &HashMap<String, Tensor>, prefix: &str) -> usize {
+    t.keys()
+        .filter_map(|k| k.strip_prefix(prefix)?.split('.').next()?.parse::<usize>().ok())
+        .map(|i| i + 1)
+        .max()
+        .unwrap_or(0)
 }
 
 /// Our config from a config.json: ours / MiniMind2's (`model_type: minimind`), MiniMind2-classic's
@@ -302,16 +324,27 @@ pub fn infer_config(t: &HashMap<String, Tensor>, heads: usize) -> Result<ModelCo
     if kv_rows % head_dim != 0 {
         bail!("k_proj has {kv_rows} rows, not a whole number of {head_dim}-wide heads (set --heads or --config)");
     }
-    ModelConfig {
+    let experts = count_indices(t, "model.layers.0.mlp.experts.");
+    let ffn_tensor = if experts > 0 {
+        "model.layers.0.mlp.experts.0.gate_proj.weight"
+    } else {
+        "model.layers.0.mlp.gate_proj.weight"
+    };
+    let shape = ModelConfig {
         hidden_size: hidden,
         num_hidden_layers: layers,
         num_attention_heads: heads,
         num_key_value_heads: kv_rows / head_dim,
-        intermediate_size: dim0("model.layers.0.mlp.gate_proj.weight")?,
+        intermediate_size: dim0(ffn_tensor)?,
         vocab_size: vocab,
         ..ModelConfig::default()
-    }
-    .resolved()
+    };
+    // q/k norm marks minimind-3: ε 1e-6, and for MoE its top-1 router with the Switch-style aux loss.
+    let config = match t.contains_key("model.layers.0.self_attn.q_norm.weight") {
+        true => ModelConfig { rms_norm_eps: 1e-6, num_experts_per_tok: 1, router_aux_loss_coef: Some(5e-4), ..shape },
+        false => shape,
+    };
+    with_architecture_of(config, t)
 }
 
 // ---- building ------------------------------------------------------------------------------------
@@ -367,8 +400,14 @@ fn import_lora(mut tensors: HashMap<String, Tensor>, classic: bool, base: &Path,
 
 // ---- tokenizer -----------------------------------------------------------------------------------
 
-/// MiniMind's own tokenizers, embedded: MiniMind2 (ChatML `<|im_start|>`) and MiniMind2-classic (`<s>`).
-const BUNDLED: [(&str, &str, &str); 2] = [
+/// MiniMind's own tokenizers, embedded: minimind-3 (36 reserved tokens, Qwen3-style template),
+/// MiniMind2 (ChatML `<|im_start|>`) and MiniMind2-classic (`<s>`).
+const BUNDLED: [(&str, &str, &str); 3] = [
+    (
+        "minimind3",
+        include_str!("../../assets/tokenizers/v3/tokenizer.json"),
+        include_str!("../../assets/tokenizers/v3/tokenizer_config.json"),
+    ),
     (
         "minimind2",
         include_str!("../../assets/tokenizers/v2/tokenizer.json"),
@@ -395,7 +434,7 @@ fn write_bundled(name: &str, out: &Path) -> Result<()> {
 /// Writes the tokenizer: `--tokenizer` (folder or bundled name), else the source folder's (or the
 /// `.pth` file's folder's), else MiniMind's bundled tokenizer of the checkpoint's generation.
 /// Returns where it came from.
-fn write_tokenizer(src: &Path, out: &Path, given: Option<&Path>, classic: bool) -> Result<String> {
+fn write_tokenizer(src: &Path, out: &Path, given: Option<&Path>, classic: bool, generation3: bool) -> Result<String> {
     if let Some(given) = given {
         if given.is_dir() {
             if !given.join("tokenizer.json").exists() {
@@ -412,7 +451,11 @@ fn write_tokenizer(src: &Path, out: &Path, given: Option<&Path>, classic: bool) 
         copy_tokenizer_files(folder, out)?;
         return Ok(folder.display().to_string());
     }
-    let name = if classic { "minimind2-classic" } else { "minimind2" };
+    let name = match (classic, generation3) {
+        (true, _) => "minimind2-classic",
+        (false, true) => "minimind3",
+        (false, false) => "minimind2",
+    };
     write_bundled(name, out)?;
     Ok(format!("bundled {name}"))
 }

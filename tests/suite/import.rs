@@ -283,19 +283,13 @@ fn bad_checkpoints_get_clear_errors() {
     // Heads that do not divide the width.
     write_pth(&pth, &classic_weights(&c, 3), &[]);
     assert!(err(&pth, &heads(5)).contains("not divisible by 5 heads"));
-    // MoE and minimind-3 are refused by name.
-    let moe = vec![(
-        "model.layers.0.mlp.experts.0.gate_proj.weight".to_string(),
-        Tensor::zeros(4, DType::F32, &Device::Cpu).unwrap(),
-    )];
-    write_pth(&pth, &moe, &[]);
-    assert!(err(&pth, &heads(4)).contains("MoE checkpoints are not supported yet"));
-    let qk = vec![(
-        "model.layers.0.self_attn.q_norm.weight".to_string(),
-        Tensor::zeros(4, DType::F32, &Device::Cpu).unwrap(),
-    )];
-    write_pth(&pth, &qk, &[]);
-    assert!(err(&pth, &heads(4)).contains("minimind-3"));
+    // A MoE checkpoint missing an expert's tensor lists it like any other.
+    let moe = std::path::PathBuf::from(fixture("pth/moe2_micro.pth"));
+    let mut tensors: Vec<(String, Tensor)> =
+        minimind::interop::import::read_source(&moe).unwrap().into_iter().collect();
+    tensors.retain(|(name, _)| name != "model.layers.1.mlp.experts.2.up_proj.weight" && name != "lm_head.weight");
+    write_pth(&pth, &tensors, &[]);
+    assert!(err(&pth, &heads(2)).contains("model.layers.1.mlp.experts.2.up_proj.weight: missing"));
     // A LoRA file needs its base.
     write_pth(&pth, &lora_weights(&c, 2, |l, p| format!("layers.{l}.attention.w{p}")), &[]);
     assert!(err(&pth, &ImportOptions::default()).contains("--base"));
@@ -358,4 +352,53 @@ fn classic_hf_folder_with_lmconfig_imports() {
     let d =
         max_abs_diff(&classic_forward(&weights.into_iter().collect(), &c, &ids), &model.forward(&ids, None).unwrap());
     assert!(d < 1e-4, "{d}");
+}
+
+/// MiniMind2-MoE (classic and HF names) and minimind-3 (dense and MoE) checkpoints written by PyTorch
+/// (tools/make_moe_fixtures.py) reproduce the logits of a PyTorch forward of their architecture.
+#[test]
+fn moe_and_minimind3_checkpoints_reproduce_torch_logits() {
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("pth/moe_micro_logits.json")).unwrap()).unwrap();
+    let ids: Vec<u32> = meta["ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+    let n = ids.len();
+    let ids = Tensor::from_vec(ids, (1, n), &Device::Cpu).unwrap();
+    // (file, classic names, MoE, shared experts, experts per token, q/k norm)
+    for (file, classic, moe, shared, k, qk_norm) in [
+        ("moe2_classic_micro.pth", true, true, 1, 2, false),
+        ("moe2_micro.pth", false, true, 1, 2, false),
+        ("v3_micro.pth", false, false, 0, 1, true),
+        ("v3_moe_micro.pth", false, true, 0, 1, true),
+    ] {
+        let expected: Vec<f32> =
+            meta["logits"][file].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
+        let expected = Tensor::from_vec(expected, (1, n, 97), &Device::Cpu).unwrap();
+        let (out, model, was_classic) = import_model(&fixture(&format!("pth/{file}")), &heads(2));
+        let c = &model.config;
+        assert_eq!((was_classic, c.use_moe, c.qk_norm), (classic, moe, qk_norm), "{file}");
+        if moe {
+            assert_eq!((c.n_routed_experts, c.n_shared_experts, c.num_experts_per_tok), (4, shared, k), "{file}");
+        }
+        let d = max_abs_diff(&model.forward(&ids, None).unwrap(), &expected);
+        assert!(d < 1e-4, "{file}: logits differ from PyTorch's by {d}");
+        // minimind-3 checkpoints get minimind-3's tokenizer (its template has the thinking switch).
+        let template = std::fs::read_to_string(out.path().join("tokenizer_config.json")).unwrap();
+        assert_eq!(template.contains("open_thinking"), qk_norm, "{file}");
+    }
+}
+
+/// minimind-3's own config.json (HF folder): `num_experts`, `router_aux_loss_coef`, no q/k-norm flag.
+#[test]
+fn a_minimind3_hf_folder_imports_with_its_config() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(fixture("pth/v3_moe_micro.pth"), dir.path().join("pytorch_model.bin")).unwrap();
+    let config = serde_json::json!({"model_type": "minimind", "hidden_size": 32, "num_hidden_layers": 2,
+        "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 16, "intermediate_size": 128,
+        "vocab_size": 97, "rms_norm_eps": 1e-6, "use_moe": true, "num_experts": 4, "num_experts_per_tok": 1,
+        "norm_topk_prob": true, "router_aux_loss_coef": 5e-4, "rope_scaling": null, "tie_word_embeddings": true});
+    std::fs::write(dir.path().join("config.json"), config.to_string()).unwrap();
+    let (_out, model, _) = import_model(dir.path(), &ImportOptions::default());
+    let c = &model.config;
+    assert!(c.qk_norm && c.use_moe && c.n_shared_experts == 0 && c.router_aux_loss_coef == Some(5e-4));
+    assert_eq!(c.num_parameters(), model.named_tensors().iter().map(|(_, t)| t.elem_count()).sum::<usize>());
 }
