@@ -284,7 +284,7 @@ fn bad_checkpoints_get_clear_errors() {
     write_pth(&pth, &classic_weights(&c, 3), &[]);
     assert!(err(&pth, &heads(5)).contains("not divisible by 5 heads"));
     // A MoE checkpoint missing an expert's tensor lists it like any other.
-    let moe = std::path::PathBuf::from(fixture("pth/moe2_micro.pth"));
+    let moe = fixture("pth/moe2_micro.pth");
     let mut tensors: Vec<(String, Tensor)> =
         minimind::interop::import::read_source(&moe).unwrap().into_iter().collect();
     tensors.retain(|(name, _)| name != "model.layers.1.mlp.experts.2.up_proj.weight" && name != "lm_head.weight");
