@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Parity check of an exported model: transformers vs minimind, same tokens: logits and greedy text.
 
-    cargo run --release -- export MODEL_DIR --format hf-llama --out /tmp/hf
+    cargo run --release -- export MODEL_DIR --format hf --out /tmp/hf
     python tools/parity.py MODEL_DIR /tmp/hf "浣溪沙（" [--new-tokens 32] [--bin target/release/minimind]
 
 Loads the exported folder with `AutoModelForCausalLM` (no custom code), compares its logits on
@@ -43,7 +43,7 @@ out = model.generate(torch.tensor([ids]), max_new_tokens=a.new_tokens, do_sample
                      eos_token_id=[tok.eos_token_id], pad_token_id=tok.pad_token_id)
 theirs = a.prompt + tok.decode(out[0][len(ids):], skip_special_tokens=True)
 ours = subprocess.run([a.bin, "generate", "--model", a.model_dir, "--prompt", a.prompt, "--temperature", "0",
-                       "--max-new-tokens", str(a.new_tokens)], capture_output=True, text=True, check=True).stdout.rstrip("\n")
+                       "--max-new-tokens", str(a.new_tokens)], capture_output=True, text=True, check=True).stdout.removesuffix("\n")  # println's newline
 print("transformers:", repr(theirs))
 print("minimind    :", repr(ours))
 ok = theirs == ours and delta < 1e-3

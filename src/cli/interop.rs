@@ -6,7 +6,10 @@ use std::path::Path;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum ExportFormat {
-    /// transformers' `LlamaForCausalLM` folder (config.json, model.safetensors, tokenizer files).
+    /// An HF folder of the model's native transformers architecture: Llama for MiniMind2, Qwen3 /
+    /// Qwen3-MoE for minimind-3 (config.json, model.safetensors, tokenizer files).
+    Hf,
+    /// transformers' `LlamaForCausalLM` folder (MiniMind2 models).
     HfLlama,
     /// A GGUF v3 file for llama.cpp / ollama (`--out model.gguf`; `--dtype f32|f16|q8_0`).
     Gguf,
@@ -14,11 +17,14 @@ pub enum ExportFormat {
 
 pub fn export_cmd(model: &Path, format: ExportFormat, out: &Path, dtype: &str, lora: Option<&Path>) -> Result<()> {
     match format {
-        ExportFormat::HfLlama => {
+        ExportFormat::Hf | ExportFormat::HfLlama => {
             let ty = dtype
                 .parse::<crate::interop::hf::ExportDType>()
-                .map_err(|_| anyhow::anyhow!("--dtype {dtype:?}: expected f32, f16 or bf16 for hf-llama"))?;
-            crate::interop::hf::export_hf_llama(model, lora, out, ty)?;
+                .map_err(|_| anyhow::anyhow!("--dtype {dtype:?}: expected f32, f16 or bf16 for an HF folder"))?;
+            match format {
+                ExportFormat::Hf => crate::interop::hf::export_hf(model, lora, out, ty)?,
+                _ => crate::interop::hf::export_hf_llama(model, lora, out, ty)?,
+            }
         }
         ExportFormat::Gguf => {
             let ty = dtype

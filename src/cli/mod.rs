@@ -57,11 +57,12 @@ pub enum Command {
     Chat(chat::ChatArgs),
     /// Serve models over an OpenAI-compatible HTTP API, with a web chat page at /.
     Serve(ServeArgs),
-    /// Export a model folder for other tools (hf-llama: transformers' LlamaForCausalLM).
+    /// Export a model folder for other tools: hf (transformers' native architecture: Llama for
+    /// MiniMind2, Qwen3 / Qwen3-MoE for minimind-3), hf-llama, or gguf for llama.cpp.
     Export {
         /// The model folder.
         model: PathBuf,
-        #[arg(long, value_enum, default_value_t = ExportFormat::HfLlama)]
+        #[arg(long, value_enum, default_value_t = ExportFormat::Hf)]
         format: ExportFormat,
         #[arg(long)]
         out: PathBuf,

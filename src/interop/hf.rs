@@ -1,5 +1,7 @@
-//! Export to HF tools: a model folder as a plain HF Llama checkpoint (`LlamaForCausalLM`, loadable
-//! by transformers without custom code). Imports live in [`crate::interop::import`], GGUF in [`crate::interop::gguf`].
+//! Export to HF tools as a native transformers architecture, loadable without custom code: MiniMind2
+//! models as `LlamaForCausalLM`, minimind-3 as `Qwen3ForCausalLM` and minimind-3-MoE as
+//! `Qwen3MoeForCausalLM` (the same tensor names, q/k norm, rotate-half RoPE and top-k softmax router).
+//! Imports live in [`crate::interop::import`], GGUF in [`crate::interop::gguf`].
 
 use crate::model::checkpoint::{self, atomic_write, copy_tokenizer_files, save_tensors};
 use crate::ModelConfig;
@@ -64,14 +66,85 @@ pub fn llama_config(c: &ModelConfig, dtype: ExportDType) -> Value {
     })
 }
 
-/// Writes `out` as an HF Llama folder: config.json, model.safetensors, generation_config.json and the
-/// tokenizer files.
+/// HF `Qwen3Config` (dense) or `Qwen3MoeConfig` for a minimind-3 model: tied as minimind-3 is.
+pub fn qwen3_config(c: &ModelConfig, dtype: ExportDType) -> Value {
+    let mut v = json!({
+        "architectures": ["Qwen3ForCausalLM"],
+        "model_type": "qwen3",
+        "hidden_size": c.hidden_size,
+        "intermediate_size": c.ffn_size(),
+        "num_hidden_layers": c.num_hidden_layers,
+        "num_attention_heads": c.num_attention_heads,
+        "num_key_value_heads": c.num_key_value_heads,
+        "head_dim": c.head_dim(),
+        "vocab_size": c.vocab_size,
+        "max_position_embeddings": c.max_position_embeddings,
+        "rms_norm_eps": c.rms_norm_eps,
+        "rope_theta": c.rope_theta,
+        "rope_scaling": c.rope_scaling.as_ref().map(|r| json!({
+            "rope_type": r.kind, "factor": r.factor, "original_max_position_embeddings": r.original_max_position_embeddings,
+            "beta_fast": r.beta_fast, "beta_slow": r.beta_slow, "attention_factor": r.attention_factor})),
+        "hidden_act": c.hidden_act,
+        "attention_bias": false,
+        "attention_dropout": 0.0,
+        "use_sliding_window": false,
+        "sliding_window": null,
+        "max_window_layers": c.num_hidden_layers,
+        "tie_word_embeddings": c.tie_word_embeddings,
+        "bos_token_id": c.bos_token_id,
+        "eos_token_id": c.eos_token_id,
+        "torch_dtype": dtype.torch_name(),
+    });
+    if c.use_moe {
+        v["architectures"] = json!(["Qwen3MoeForCausalLM"]);
+        v["model_type"] = json!("qwen3_moe");
+        v["num_experts"] = json!(c.n_routed_experts);
+        v["num_experts_per_tok"] = json!(c.num_experts_per_tok);
+        v["moe_intermediate_size"] = json!(c.expert_ffn_size());
+        v["norm_topk_prob"] = json!(c.norm_topk_prob);
+        v["router_aux_loss_coef"] = json!(c.router_aux_loss_coef.unwrap_or(0.0));
+        v["decoder_sparse_step"] = json!(1);
+        v["mlp_only_layers"] = json!([]);
+        v["output_router_logits"] = json!(false);
+    }
+    v
+}
+
+/// The HF architecture a model exports as: MiniMind2 dense → Llama, minimind-3 → Qwen3 / Qwen3-MoE.
+/// MiniMind2-MoE (an always-on, ungated shared expert beside a top-2 router) has no exact native
+/// counterpart in transformers and is refused rather than approximated.
+pub fn native_config(c: &ModelConfig, dtype: ExportDType) -> Result<Value> {
+    match (c.qk_norm, c.use_moe) {
+        (false, false) => Ok(llama_config(c, dtype)),
+        (true, _) if c.n_shared_experts == 0 || !c.use_moe => Ok(qwen3_config(c, dtype)),
+        _ => anyhow::bail!(
+            "MiniMind2-MoE has no native transformers architecture (its shared expert is always on and ungated: \
+             Qwen2-MoE gates it, Mixtral and Qwen3-MoE have none); export it as a minimind model folder instead"
+        ),
+    }
+}
+
+/// Writes `out` as an HF Llama folder (MiniMind2 models only; see [`export_hf`]).
 pub fn export_hf_llama(model_dir: &Path, lora: Option<&Path>, out: &Path, dtype: ExportDType) -> Result<()> {
     let model = crate::model::lora::load_merged(model_dir, lora)?;
+    super::require_llama_shape(&model.config)?;
+    write_hf(&model, model_dir, out, dtype)
+}
+
+/// Writes `out` as an HF folder of the model's native architecture ([`native_config`]):
+/// config.json, model.safetensors, generation_config.json and the tokenizer files.
+pub fn export_hf(model_dir: &Path, lora: Option<&Path>, out: &Path, dtype: ExportDType) -> Result<()> {
+    let model = crate::model::lora::load_merged(model_dir, lora)?;
+    write_hf(&model, model_dir, out, dtype)
+}
+
+fn write_hf(model: &crate::MiniMindForCausalLM, model_dir: &Path, out: &Path, dtype: ExportDType) -> Result<()> {
     let c = &model.config;
-    super::require_llama_shape(c)?;
+    let config = native_config(c, dtype)?;
     let mut tensors = model.named_tensors();
-    if c.tie_word_embeddings {
+    // Llama exports carry an explicit head (what every Llama consumer reads the same way); Qwen3 is
+    // tied natively.
+    if c.tie_word_embeddings && !c.qk_norm {
         tensors.push(("lm_head.weight".into(), model.lm_head.weight.clone()));
     }
     let tensors = tensors
@@ -83,7 +156,7 @@ pub fn export_hf_llama(model_dir: &Path, lora: Option<&Path>, out: &Path, dtype:
         let text = serde_json::to_string_pretty(v)?;
         atomic_write(&out.join(name), |w| Ok(w.write_all(text.as_bytes())?))
     };
-    write_json("config.json", &llama_config(c, dtype))?;
+    write_json("config.json", &config)?;
     write_json(
         "generation_config.json",
         &json!({"bos_token_id": c.bos_token_id, "eos_token_id": c.eos_token_id, "do_sample": true,

@@ -278,7 +278,25 @@ pub fn config_from_json(v: &Value, path: &Path) -> Result<ModelConfig> {
             }
             c
         }
-        other => bail!("{}: model_type {other:?} is not supported (minimind or llama)", path.display()),
+        // Our Qwen3 / Qwen3-MoE exports (and minimind-3-shaped Qwen3 models): the same field names;
+        // q/k norm and the experts are read off the tensors.
+        "qwen3" | "qwen3_moe" => {
+            let mut c = parse("Qwen3")?;
+            if let Some(d) = v.get("head_dim").and_then(Value::as_u64) {
+                if d as usize * c.num_attention_heads != c.hidden_size {
+                    bail!("{}: head_dim {d} × heads ≠ hidden_size is not supported", path.display());
+                }
+            }
+            c.model_type = "minimind".into();
+            c.architectures = vec!["MiniMindForCausalLM".into()];
+            c.use_moe = kind == "qwen3_moe";
+            c.n_shared_experts = 0;
+            if c.use_moe && c.router_aux_loss_coef.is_none() {
+                c.router_aux_loss_coef = Some(0.001);
+            }
+            c
+        }
+        other => bail!("{}: model_type {other:?} is not supported (minimind, llama, qwen3, qwen3_moe)", path.display()),
     };
     config.resolved().with_context(|| format!("{}: invalid config", path.display()))
 }

@@ -122,3 +122,59 @@ fn export_with_a_lora_adapter_writes_the_merged_model() {
     let d = max_abs_diff(&expected, &merged.forward(&ids, None).unwrap());
     assert!(d < 1e-4, "merged export differs from base + adapter by {d}");
 }
+
+/// minimind-3 models export as native Qwen3 / Qwen3-MoE folders (transformers' own config fields and
+/// tensor names; tools/parity.py checks transformers' logits and greedy text) and import back exactly.
+#[test]
+fn minimind3_exports_as_qwen3_and_imports_back() {
+    for (preset, arch) in [("minimind3", "Qwen3ForCausalLM"), ("minimind3-moe", "Qwen3MoeForCausalLM")] {
+        let config = minimind::ModelConfig {
+            hidden_size: 32,
+            num_hidden_layers: 2,
+            num_attention_heads: 2,
+            num_key_value_heads: 1,
+            intermediate_size: Some(64),
+            vocab_size: 97,
+            max_position_embeddings: 128,
+            ..minimind::ModelConfig::preset(preset).unwrap()
+        };
+        let (model, _) = minimind::model::checkpoint::init_model(
+            &config.resolved().unwrap(),
+            minimind::model::params::InitScheme::Minimind2,
+            3,
+            &Device::Cpu,
+        )
+        .unwrap();
+        let src = tempfile::tempdir().unwrap();
+        save_model(src.path(), &model).unwrap();
+        minimind::model::checkpoint::copy_tokenizer_files(&tokenizer_dir("v3"), src.path()).unwrap();
+        let hf = tempfile::tempdir().unwrap();
+        minimind::interop::hf::export_hf(src.path(), None, hf.path(), ExportDType::F32).unwrap();
+        let written: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(hf.path().join("config.json")).unwrap()).unwrap();
+        assert_eq!(written["architectures"][0], arch);
+        assert_eq!(written["tie_word_embeddings"], true);
+        let tensors = load_tensors(&hf.path().join("model.safetensors"), &Device::Cpu).unwrap();
+        assert!(tensors.contains_key("model.layers.1.self_attn.k_norm.weight"));
+        assert_eq!(tensors.contains_key("model.layers.0.mlp.experts.3.down_proj.weight"), preset.ends_with("moe"));
+        let back = import_hf(hf.path(), tempfile::tempdir().unwrap().path());
+        assert_eq!((back.config.qk_norm, back.config.use_moe), (true, preset.ends_with("moe")));
+        let ids = random_ids(1, 9, 97, 4);
+        assert_eq!(max_abs_diff(&model.forward(&ids, None).unwrap(), &back.forward(&ids, None).unwrap()), 0.0);
+    }
+    // MiniMind2-MoE has no native counterpart and says so.
+    let config = minimind::ModelConfig { vocab_size: 97, ..minimind::ModelConfig::preset("tiny-moe").unwrap() };
+    let (model, _) = minimind::model::checkpoint::init_model(
+        &config,
+        minimind::model::params::InitScheme::Minimind2,
+        1,
+        &Device::Cpu,
+    )
+    .unwrap();
+    let src = tempfile::tempdir().unwrap();
+    save_model(src.path(), &model).unwrap();
+    let err = minimind::interop::hf::export_hf(src.path(), None, tempfile::tempdir().unwrap().path(), ExportDType::F32)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("no native transformers architecture"), "{err}");
+}
