@@ -3,7 +3,9 @@
 
 MiniMind2 architecture (RMSNorm pre-norm blocks, rotate_half RoPE θ=1e6, GQA attention through
 F.scaled_dot_product_attention, SwiGLU FFN, tied embedding/head), PyTorch's default Linear init
-(U(±1/√fan_in), MiniMind2's), AdamW with PyTorch defaults, fp32, the same thread count.
+(U(±1/√fan_in), MiniMind2's), AdamW with PyTorch defaults, fp32, the same thread count; the minimind-3
+presets add per-head q/k RMSNorm and (minimind3-moe) a top-1 softmax router over 4 SwiGLU experts
+dispatched per expert as minimind-3 does (its aux loss is left out of the timing: it is tiny).
 
     python bench/torch_reference.py train    --preset minimind2-small --batch-size 4 --seq-len 512 --threads 2
     python bench/torch_reference.py forward  --preset minimind2-small --batch-size 4 --seq-len 512 --threads 2
@@ -25,17 +27,19 @@ PRESETS = {
     "tiny": dict(hidden=128, layers=4, heads=4, kv_heads=2),
     "minimind2-small": dict(hidden=512, layers=8, heads=8, kv_heads=2),
     "minimind2": dict(hidden=768, layers=16, heads=8, kv_heads=2),
+    "minimind3": dict(hidden=768, layers=8, heads=8, kv_heads=4, qk_norm=True, ffn=2432, eps=1e-6),
+    "minimind3-moe": dict(hidden=768, layers=8, heads=8, kv_heads=4, qk_norm=True, ffn=2432, eps=1e-6, experts=4),
 }
-VOCAB, THETA, EPS = 6400, 1e6, 1e-5
+VOCAB, THETA = 6400, 1e6
 
 
 class RMSNorm(nn.Module):
-    def __init__(self, dim):
+    def __init__(self, dim, eps=1e-5):
         super().__init__()
-        self.weight = nn.Parameter(torch.ones(dim))
+        self.weight, self.eps = nn.Parameter(torch.ones(dim)), eps
 
     def forward(self, x):
-        return self.weight * (x.float() * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + EPS)).type_as(x)
+        return self.weight * (x.float() * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + self.eps)).type_as(x)
 
 
 def rope_tables(head_dim, length):
@@ -50,9 +54,11 @@ def rotate_half(x):
 
 
 class Attention(nn.Module):
-    def __init__(self, d, heads, kv_heads):
+    def __init__(self, d, heads, kv_heads, qk_norm=False, eps=1e-5):
         super().__init__()
         self.heads, self.kv_heads, self.head_dim = heads, kv_heads, d // heads
+        self.q_norm = RMSNorm(self.head_dim, eps) if qk_norm else None
+        self.k_norm = RMSNorm(self.head_dim, eps) if qk_norm else None
         self.q_proj = nn.Linear(d, heads * self.head_dim, bias=False)
         self.k_proj = nn.Linear(d, kv_heads * self.head_dim, bias=False)
         self.v_proj = nn.Linear(d, kv_heads * self.head_dim, bias=False)
@@ -63,6 +69,8 @@ class Attention(nn.Module):
         q = self.q_proj(x).view(b, t, self.heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(b, t, self.kv_heads, self.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(b, t, self.kv_heads, self.head_dim).transpose(1, 2)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
         q, k = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
         if cache is not None:
             if cache[0] is not None:
@@ -72,27 +80,56 @@ class Attention(nn.Module):
         return self.o_proj(y.transpose(1, 2).reshape(b, t, -1))
 
 
-class Block(nn.Module):
-    def __init__(self, d, heads, kv_heads, ffn):
+class SwiGLU(nn.Module):
+    def __init__(self, d, ffn):
         super().__init__()
-        self.self_attn = Attention(d, heads, kv_heads)
-        self.input_layernorm, self.post_attention_layernorm = RMSNorm(d), RMSNorm(d)
         self.gate_proj = nn.Linear(d, ffn, bias=False)
         self.down_proj = nn.Linear(ffn, d, bias=False)
         self.up_proj = nn.Linear(d, ffn, bias=False)
 
+    def forward(self, x):
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class MoE(nn.Module):
+    """minimind-3's MoE: softmax router, top-1 (renormalized), each expert on its own tokens."""
+
+    def __init__(self, d, ffn, experts):
+        super().__init__()
+        self.gate = nn.Linear(d, experts, bias=False)
+        self.experts = nn.ModuleList(SwiGLU(d, ffn) for _ in range(experts))
+
+    def forward(self, x):
+        shape, flat = x.shape, x.reshape(-1, x.shape[-1])
+        w, idx = torch.topk(F.softmax(self.gate(flat), dim=-1), 1, dim=-1)
+        w = w / w.sum(-1, keepdim=True)
+        y = torch.zeros_like(flat)
+        for e, expert in enumerate(self.experts):
+            rows = (idx[:, 0] == e).nonzero(as_tuple=True)[0]
+            if rows.numel():
+                y.index_add_(0, rows, expert(flat[rows]) * w[rows])
+        return y.reshape(shape)
+
+
+class Block(nn.Module):
+    def __init__(self, d, heads, kv_heads, ffn, qk_norm=False, eps=1e-5, experts=0):
+        super().__init__()
+        self.self_attn = Attention(d, heads, kv_heads, qk_norm, eps)
+        self.input_layernorm, self.post_attention_layernorm = RMSNorm(d, eps), RMSNorm(d, eps)
+        self.mlp = MoE(d, ffn, experts) if experts else SwiGLU(d, ffn)
+
     def forward(self, x, cos, sin, cache=None):
         h = x + self.self_attn(self.input_layernorm(x), cos, sin, cache)
-        m = self.post_attention_layernorm(h)
-        return h + self.down_proj(F.silu(self.gate_proj(m)) * self.up_proj(m))
+        return h + self.mlp(self.post_attention_layernorm(h))
 
 
 class MiniMind(nn.Module):
-    def __init__(self, hidden, layers, heads, kv_heads):
+    def __init__(self, hidden, layers, heads, kv_heads, qk_norm=False, ffn=None, eps=1e-5, experts=0):
         super().__init__()
-        ffn = 64 * math.ceil(int(hidden * 8 / 3) / 64)
-        self.layers = nn.ModuleList(Block(hidden, heads, kv_heads, ffn) for _ in range(layers))
-        self.norm = RMSNorm(hidden)
+        ffn = ffn or 64 * math.ceil(int(hidden * 8 / 3) / 64)
+        self.layers = nn.ModuleList(
+            Block(hidden, heads, kv_heads, ffn, qk_norm, eps, experts) for _ in range(layers))
+        self.norm = RMSNorm(hidden, eps)
         self.lm_head = nn.Linear(hidden, VOCAB, bias=False)
         self.embed_tokens = nn.Embedding(VOCAB, hidden)
         self.embed_tokens.weight = self.lm_head.weight  # tied, initialized as the head

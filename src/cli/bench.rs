@@ -100,11 +100,12 @@ pub fn matmul_ceiling_gflops(m: usize, k: usize, n: usize) -> Result<f64> {
     Ok(2.0 * (m * k * n) as f64 / median(&times) / 1e9)
 }
 
-/// Matmul FLOPs of one forward pass over `tokens` positions: 2·N per token for the weights (the tied
-/// head counted once, as it is used once) plus `4·T·D` per token, head and layer for QKᵀ and PV.
+/// Matmul FLOPs of one forward pass over `tokens` positions: 2·N per token for the weights a token
+/// passes through (the tied head counted once, as it is used once; a MoE layer's k routed experts)
+/// plus `4·T·D` per token, head and layer for QKᵀ and PV.
 fn forward_flops(c: &ModelConfig, batch: usize, seq: usize) -> f64 {
     let tokens = (batch * seq) as f64;
-    let weights = 2.0 * c.num_parameters() as f64 * tokens;
+    let weights = 2.0 * c.num_active_parameters() as f64 * tokens;
     let attention = 4.0 * tokens * seq as f64 * c.hidden_size as f64 * c.num_hidden_layers as f64;
     weights + attention
 }
@@ -180,7 +181,7 @@ pub fn run(a: &BenchArgs) -> Result<()> {
                 }
                 Ok(())
             })?;
-            let flops = 2.0 * config.num_parameters() as f64 * (prompt.len() + a.new_tokens) as f64;
+            let flops = 2.0 * config.num_active_parameters() as f64 * (prompt.len() + a.new_tokens) as f64;
             (a.new_tokens, flops, times)
         }
     };

@@ -366,3 +366,20 @@ fn generate_takes_rope_scaling() {
     let scaled = ok(minimind(&[&args[..], &["--rope-scaling"]].concat()));
     assert!(plain.starts_with('春') && scaled.starts_with('春'));
 }
+
+/// The MoE layer and q/k norm run in bf16 too (the composed path, as on CUDA), close to f32.
+#[test]
+fn moe_and_qk_norm_models_run_in_bf16() {
+    let config = micro("minimind3-moe");
+    let (model, _) = minimind::model::checkpoint::init_model(&config, InitScheme::Minimind2, 6, &Device::Cpu).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    minimind::model::checkpoint::save_model(dir.path(), &model).unwrap();
+    let (half, _) = minimind::model::checkpoint::load_model(dir.path(), &Device::Cpu, DType::BF16, false).unwrap();
+    let ids = random_ids(1, 10, 97, 8);
+    let (a, b) = (model.forward(&ids, None).unwrap(), half.forward(&ids, None).unwrap());
+    assert_eq!(b.dtype(), DType::BF16);
+    let d = max_abs_diff(&a, &b);
+    assert!(d < 0.15, "bf16 logits differ from f32 by {d}");
+    let out = half.forward_train(&ids, None).unwrap();
+    assert!(out.moe.aux_loss.is_some() && out.moe.counts.iter().sum::<usize>() == 10 * 2);
+}
