@@ -1,10 +1,12 @@
-//! GGUF export for llama.cpp / ollama: architecture `llama`, the metadata llama.cpp reads, the
-//! BPE vocabulary (`tokenizer.ggml.model = gpt2`, pre-tokenizer `gpt-2` — MiniMind's byte-level regex is
-//! GPT-2's), the chat template, and tensors under llama.cpp's names in f32, f16 or q8_0.
+//! GGUF export for llama.cpp / ollama: architecture `llama` (MiniMind2), `qwen3` (minimind-3) or
+//! `qwen3moe` (minimind-3-MoE), the metadata llama.cpp reads, the BPE vocabulary
+//! (`tokenizer.ggml.model = gpt2`, pre-tokenizer `gpt-2` — MiniMind's byte-level regex is GPT-2's), the
+//! chat template, and tensors under llama.cpp's names in f32, f16 or q8_0.
 //!
 //! llama.cpp's `llama` graph applies RoPE to interleaved pairs (Meta's layout), while our weights use
 //! rotate_half (HF's); like llama.cpp's own converter, the Q and K rows of every head are permuted:
-//! new row `i·2 + j` = old row `j·D/2 + i`.
+//! new row `i·2 + j` = old row `j·D/2 + i`. Its `qwen3` graphs rotate halves (NeoX style) as we do, so
+//! their Q and K go as they are; the experts of a MoE layer are stacked into `[E, F, d]` / `[E, d, F]`.
 
 use crate::data::tokenizer::Tokenizer;
 use crate::model::checkpoint::atomic_write;
@@ -105,29 +107,36 @@ fn vocabulary(tokenizer_json: &Json, vocab_size: usize) -> Result<(Vec<String>, 
 pub fn export(model_dir: &Path, lora: Option<&Path>, out: &Path, ty: GgufType) -> Result<()> {
     let model = crate::model::lora::load_merged(model_dir, lora)?;
     let c = &model.config;
-    super::require_llama_shape(c)?;
+    let arch = match (c.qk_norm, c.use_moe) {
+        (false, false) => "llama",
+        (true, false) => "qwen3",
+        (true, true) if c.n_shared_experts == 0 => "qwen3moe",
+        _ => bail!("MiniMind2-MoE (an always-on shared expert beside the router) has no llama.cpp architecture yet"),
+    };
     let tokenizer = Tokenizer::load(model_dir)?;
     let tj: Json = serde_json::from_str(&std::fs::read_to_string(model_dir.join("tokenizer.json"))?)?;
     let (tokens, types, merges) = vocabulary(&tj, c.vocab_size)?;
     let u32v = |v: usize| Value::U32(v as u32);
     let strings = |v: Vec<String>| Value::Array(v.into_iter().map(Value::String).collect());
     let mut meta: Vec<(String, Value)> = vec![
-        ("general.architecture".into(), Value::String("llama".into())),
+        ("general.architecture".into(), Value::String(arch.into())),
         (
             "general.name".into(),
             Value::String(model_dir.file_name().map_or("minimind".into(), |n| n.to_string_lossy().to_string())),
         ),
         ("general.file_type".into(), Value::U32(ty.file_type())),
-        ("llama.context_length".into(), u32v(c.max_position_embeddings)),
-        ("llama.embedding_length".into(), u32v(c.hidden_size)),
-        ("llama.block_count".into(), u32v(c.num_hidden_layers)),
-        ("llama.feed_forward_length".into(), u32v(c.ffn_size())),
-        ("llama.attention.head_count".into(), u32v(c.num_attention_heads)),
-        ("llama.attention.head_count_kv".into(), u32v(c.num_key_value_heads)),
-        ("llama.rope.dimension_count".into(), u32v(c.head_dim())),
-        ("llama.rope.freq_base".into(), Value::F32(c.rope_theta as f32)),
-        ("llama.attention.layer_norm_rms_epsilon".into(), Value::F32(c.rms_norm_eps as f32)),
-        ("llama.vocab_size".into(), u32v(c.vocab_size)),
+        (format!("{arch}.context_length"), u32v(c.max_position_embeddings)),
+        (format!("{arch}.embedding_length"), u32v(c.hidden_size)),
+        (format!("{arch}.block_count"), u32v(c.num_hidden_layers)),
+        (format!("{arch}.feed_forward_length"), u32v(c.ffn_size())),
+        (format!("{arch}.attention.head_count"), u32v(c.num_attention_heads)),
+        (format!("{arch}.attention.head_count_kv"), u32v(c.num_key_value_heads)),
+        (format!("{arch}.attention.key_length"), u32v(c.head_dim())),
+        (format!("{arch}.attention.value_length"), u32v(c.head_dim())),
+        (format!("{arch}.rope.dimension_count"), u32v(c.head_dim())),
+        (format!("{arch}.rope.freq_base"), Value::F32(c.rope_theta as f32)),
+        (format!("{arch}.attention.layer_norm_rms_epsilon"), Value::F32(c.rms_norm_eps as f32)),
+        (format!("{arch}.vocab_size"), u32v(c.vocab_size)),
         ("tokenizer.ggml.model".into(), Value::String("gpt2".into())),
         ("tokenizer.ggml.pre".into(), Value::String("gpt-2".into())),
         ("tokenizer.ggml.tokens".into(), strings(tokens)),
@@ -144,6 +153,11 @@ pub fn export(model_dir: &Path, lora: Option<&Path>, out: &Path, ty: GgufType) -
     if let Some(t) = config["chat_template"].as_str() {
         meta.push(("tokenizer.chat_template".into(), Value::String(t.to_string())));
     }
+    if c.use_moe {
+        meta.push((format!("{arch}.expert_count"), u32v(c.n_routed_experts)));
+        meta.push((format!("{arch}.expert_used_count"), u32v(c.num_experts_per_tok)));
+        meta.push((format!("{arch}.expert_feed_forward_length"), u32v(c.expert_ffn_size())));
+    }
     let mut tensors: Vec<(String, QTensor)> = Vec::new();
     let mut add = |name: String, t: &Tensor, quantize: bool| -> Result<()> {
         // Norm weights stay f32 (llama.cpp expects 1-D tensors unquantized).
@@ -155,15 +169,39 @@ pub fn export(model_dir: &Path, lora: Option<&Path>, out: &Path, ty: GgufType) -
     for (i, l) in model.model.layers.iter().enumerate() {
         let a = &l.self_attn;
         add(format!("blk.{i}.attn_norm.weight"), &l.input_layernorm.weight, false)?;
-        add(format!("blk.{i}.attn_q.weight"), &permute_for_llama_cpp(&a.q_proj.weight, c.num_attention_heads)?, true)?;
-        add(format!("blk.{i}.attn_k.weight"), &permute_for_llama_cpp(&a.k_proj.weight, c.num_key_value_heads)?, true)?;
+        let (q, k) = match arch {
+            "llama" => (
+                permute_for_llama_cpp(&a.q_proj.weight, c.num_attention_heads)?,
+                permute_for_llama_cpp(&a.k_proj.weight, c.num_key_value_heads)?,
+            ),
+            _ => (a.q_proj.weight.clone(), a.k_proj.weight.clone()),
+        };
+        add(format!("blk.{i}.attn_q.weight"), &q, true)?;
+        add(format!("blk.{i}.attn_k.weight"), &k, true)?;
         add(format!("blk.{i}.attn_v.weight"), &a.v_proj.weight, true)?;
         add(format!("blk.{i}.attn_output.weight"), &a.o_proj.weight, true)?;
+        if let (Some(qn), Some(kn)) = (&a.q_norm, &a.k_norm) {
+            add(format!("blk.{i}.attn_q_norm.weight"), &qn.weight, false)?;
+            add(format!("blk.{i}.attn_k_norm.weight"), &kn.weight, false)?;
+        }
         add(format!("blk.{i}.ffn_norm.weight"), &l.post_attention_layernorm.weight, false)?;
-        let FeedForward::Dense(mlp) = &l.mlp else { bail!("a MoE layer has no Llama FFN") };
-        add(format!("blk.{i}.ffn_gate.weight"), &mlp.gate_proj.weight, true)?;
-        add(format!("blk.{i}.ffn_up.weight"), &mlp.up_proj.weight, true)?;
-        add(format!("blk.{i}.ffn_down.weight"), &mlp.down_proj.weight, true)?;
+        match &l.mlp {
+            FeedForward::Dense(mlp) => {
+                add(format!("blk.{i}.ffn_gate.weight"), &mlp.gate_proj.weight, true)?;
+                add(format!("blk.{i}.ffn_up.weight"), &mlp.up_proj.weight, true)?;
+                add(format!("blk.{i}.ffn_down.weight"), &mlp.down_proj.weight, true)?;
+            }
+            FeedForward::Moe(moe) => {
+                // The router stays f32, as llama.cpp's converter keeps it.
+                add(format!("blk.{i}.ffn_gate_inp.weight"), &moe.gate, false)?;
+                let stack = |pick: fn(&crate::model::Mlp) -> &Tensor| -> Result<Tensor> {
+                    Ok(Tensor::stack(&moe.experts.iter().map(pick).collect::<Vec<_>>(), 0)?)
+                };
+                add(format!("blk.{i}.ffn_gate_exps.weight"), &stack(|m| &m.gate_proj.weight)?, true)?;
+                add(format!("blk.{i}.ffn_up_exps.weight"), &stack(|m| &m.up_proj.weight)?, true)?;
+                add(format!("blk.{i}.ffn_down_exps.weight"), &stack(|m| &m.down_proj.weight)?, true)?;
+            }
+        }
     }
     add("output_norm.weight".into(), &model.model.norm.weight, false)?;
     add("output.weight".into(), &model.lm_head.weight, true)?;

@@ -111,3 +111,52 @@ fn quantized_exports_stay_close() {
         assert!(d < tol, "{ty:?}: {d}");
     }
 }
+
+/// minimind-3 exports as llama.cpp's `qwen3` / `qwen3moe`: q/k norms, unpermuted Q/K (both rotate
+/// halves), the experts stacked `[E, F, d]` with their router, and the expert metadata.
+#[test]
+fn minimind3_exports_as_qwen3_and_qwen3moe() {
+    for (preset, arch) in [("minimind3", "qwen3"), ("minimind3-moe", "qwen3moe")] {
+        let config = minimind::ModelConfig {
+            hidden_size: 64,
+            num_hidden_layers: 2,
+            num_attention_heads: 4,
+            num_key_value_heads: 2,
+            intermediate_size: Some(64),
+            max_position_embeddings: 256,
+            ..minimind::ModelConfig::preset(preset).unwrap()
+        };
+        let scheme = minimind::model::params::InitScheme::Minimind2;
+        let (model, _) =
+            minimind::model::checkpoint::init_model(&config.resolved().unwrap(), scheme, 5, &Device::Cpu).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let folder = dir.path().join("m");
+        minimind::model::checkpoint::save_model(&folder, &model).unwrap();
+        minimind::model::checkpoint::copy_tokenizer_files(&tokenizer_dir("v3"), &folder).unwrap();
+        let path = dir.path().join("m.gguf");
+        export(&folder, None, &path, GgufType::F32).unwrap();
+        let mut file = std::fs::File::open(&path).unwrap();
+        let content = Content::read(&mut file).unwrap();
+        let m = &content.metadata;
+        assert_eq!(m["general.architecture"].to_string().unwrap(), arch);
+        assert!(
+            matches!(m[&format!("{arch}.attention.layer_norm_rms_epsilon")], Value::F32(v) if (v - 1e-6).abs() < 1e-12)
+        );
+        let read = |name: &str, file: &mut std::fs::File| {
+            content.tensor(file, name, &Device::Cpu).unwrap().dequantize(&Device::Cpu).unwrap()
+        };
+        let layer = &model.model.layers[1];
+        let q = read("blk.1.attn_q.weight", &mut file);
+        assert_eq!(max_abs_diff(&q, &layer.self_attn.q_proj.weight), 0.0, "qwen3 keeps rotate-half rows");
+        let k_norm = read("blk.1.attn_k_norm.weight", &mut file);
+        assert_eq!(max_abs_diff(&k_norm, &layer.self_attn.k_norm.as_ref().unwrap().weight), 0.0);
+        if let minimind::model::FeedForward::Moe(moe) = &layer.mlp {
+            assert!(matches!(m["qwen3moe.expert_count"], Value::U32(4)));
+            assert!(matches!(m["qwen3moe.expert_used_count"], Value::U32(1)));
+            let up = read("blk.1.ffn_up_exps.weight", &mut file);
+            assert_eq!(up.dims(), [4, 64, 64]);
+            assert_eq!(max_abs_diff(&up.get(2).unwrap(), &moe.experts[2].up_proj.weight), 0.0);
+            assert_eq!(max_abs_diff(&read("blk.1.ffn_gate_inp.weight", &mut file), &moe.gate), 0.0);
+        }
+    }
+}
