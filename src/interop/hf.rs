@@ -38,12 +38,11 @@ impl ExportDType {
     }
 }
 
-/// HF `LlamaConfig` for `c`. The head is written untied (its own `lm_head.weight`), which every
-/// Llama consumer (transformers, llama.cpp's converter, vLLM) reads the same way.
-pub fn llama_config(c: &ModelConfig, dtype: ExportDType) -> Value {
+/// The fields HF's Llama and Qwen3 configs share, for `c`.
+fn transformer_config(c: &ModelConfig, dtype: ExportDType, architecture: &str, model_type: &str) -> Value {
     json!({
-        "architectures": ["LlamaForCausalLM"],
-        "model_type": "llama",
+        "architectures": [architecture],
+        "model_type": model_type,
         "hidden_size": c.hidden_size,
         "intermediate_size": c.ffn_size(),
         "num_hidden_layers": c.num_hidden_layers,
@@ -54,47 +53,35 @@ pub fn llama_config(c: &ModelConfig, dtype: ExportDType) -> Value {
         "max_position_embeddings": c.max_position_embeddings,
         "rms_norm_eps": c.rms_norm_eps,
         "rope_theta": c.rope_theta,
-        "rope_scaling": null,
         "hidden_act": c.hidden_act,
         "attention_bias": false,
         "attention_dropout": 0.0,
-        "mlp_bias": false,
-        "tie_word_embeddings": false,
         "bos_token_id": c.bos_token_id,
         "eos_token_id": c.eos_token_id,
         "torch_dtype": dtype.torch_name(),
     })
 }
 
+/// HF `LlamaConfig` for `c`. The head is written untied (its own `lm_head.weight`), which every
+/// Llama consumer (transformers, llama.cpp's converter, vLLM) reads the same way.
+pub fn llama_config(c: &ModelConfig, dtype: ExportDType) -> Value {
+    let mut v = transformer_config(c, dtype, "LlamaForCausalLM", "llama");
+    v["rope_scaling"] = Value::Null;
+    v["mlp_bias"] = json!(false);
+    v["tie_word_embeddings"] = json!(false);
+    v
+}
+
 /// HF `Qwen3Config` (dense) or `Qwen3MoeConfig` for a minimind-3 model: tied as minimind-3 is.
 pub fn qwen3_config(c: &ModelConfig, dtype: ExportDType) -> Value {
-    let mut v = json!({
-        "architectures": ["Qwen3ForCausalLM"],
-        "model_type": "qwen3",
-        "hidden_size": c.hidden_size,
-        "intermediate_size": c.ffn_size(),
-        "num_hidden_layers": c.num_hidden_layers,
-        "num_attention_heads": c.num_attention_heads,
-        "num_key_value_heads": c.num_key_value_heads,
-        "head_dim": c.head_dim(),
-        "vocab_size": c.vocab_size,
-        "max_position_embeddings": c.max_position_embeddings,
-        "rms_norm_eps": c.rms_norm_eps,
-        "rope_theta": c.rope_theta,
-        "rope_scaling": c.rope_scaling.as_ref().map(|r| json!({
-            "rope_type": r.kind, "factor": r.factor, "original_max_position_embeddings": r.original_max_position_embeddings,
-            "beta_fast": r.beta_fast, "beta_slow": r.beta_slow, "attention_factor": r.attention_factor})),
-        "hidden_act": c.hidden_act,
-        "attention_bias": false,
-        "attention_dropout": 0.0,
-        "use_sliding_window": false,
-        "sliding_window": null,
-        "max_window_layers": c.num_hidden_layers,
-        "tie_word_embeddings": c.tie_word_embeddings,
-        "bos_token_id": c.bos_token_id,
-        "eos_token_id": c.eos_token_id,
-        "torch_dtype": dtype.torch_name(),
-    });
+    let mut v = transformer_config(c, dtype, "Qwen3ForCausalLM", "qwen3");
+    v["rope_scaling"] = json!(c.rope_scaling.as_ref().map(|r| json!({
+        "rope_type": r.kind, "factor": r.factor, "original_max_position_embeddings": r.original_max_position_embeddings,
+        "beta_fast": r.beta_fast, "beta_slow": r.beta_slow, "attention_factor": r.attention_factor})));
+    v["use_sliding_window"] = json!(false);
+    v["sliding_window"] = Value::Null;
+    v["max_window_layers"] = json!(c.num_hidden_layers);
+    v["tie_word_embeddings"] = json!(c.tie_word_embeddings);
     if c.use_moe {
         v["architectures"] = json!(["Qwen3MoeForCausalLM"]);
         v["model_type"] = json!("qwen3_moe");
