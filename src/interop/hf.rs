@@ -1,6 +1,7 @@
 //! Export to HF tools as a native transformers architecture, loadable without custom code: MiniMind2
 //! models as `LlamaForCausalLM`, minimind-3 as `Qwen3ForCausalLM` and minimind-3-MoE as
-//! `Qwen3MoeForCausalLM` (the same tensor names, q/k norm, rotate-half RoPE and top-k softmax router).
+//! `Qwen3MoeForCausalLM` (the same tensor names, q/k norm, rotate-half RoPE and top-k softmax router),
+//! MiniMind2-MoE as `GraniteMoeSharedForCausalLM` (top-k softmax routing and an ungated shared MLP).
 //! Imports live in [`crate::interop::import`], GGUF in [`crate::interop::gguf`].
 
 use crate::model::checkpoint::{self, atomic_write, copy_tokenizer_files, save_tensors};
@@ -97,18 +98,69 @@ pub fn qwen3_config(c: &ModelConfig, dtype: ExportDType) -> Value {
     v
 }
 
-/// The HF architecture a model exports as: MiniMind2 dense → Llama, minimind-3 → Qwen3 / Qwen3-MoE.
-/// MiniMind2-MoE (an always-on, ungated shared expert beside a top-2 router) has no exact native
-/// counterpart in transformers and is refused rather than approximated.
+/// HF `GraniteMoeSharedConfig` for MiniMind2-MoE: Granite's MoE routes by a softmax over the top-k
+/// router logits (= MiniMind2's renormalized top-k softmax scores) and adds an ungated shared MLP, as
+/// MiniMind2-MoE does; its multipliers are set to be neutral (attention scale 1/√D).
+pub fn granite_moe_config(c: &ModelConfig, dtype: ExportDType) -> Value {
+    let mut v = transformer_config(c, dtype, "GraniteMoeSharedForCausalLM", "granitemoeshared");
+    v["intermediate_size"] = json!(c.expert_ffn_size());
+    v["shared_intermediate_size"] = json!(c.expert_ffn_size() * c.n_shared_experts);
+    v["num_local_experts"] = json!(c.n_routed_experts);
+    v["num_experts_per_tok"] = json!(c.num_experts_per_tok);
+    v["router_aux_loss_coef"] = json!(c.aux_loss_alpha);
+    v["output_router_logits"] = json!(false);
+    v["embedding_multiplier"] = json!(1.0);
+    v["residual_multiplier"] = json!(1.0);
+    v["logits_scaling"] = json!(1.0);
+    v["attention_multiplier"] = json!(1.0 / (c.head_dim() as f64).sqrt());
+    v["rope_scaling"] = Value::Null;
+    v["tie_word_embeddings"] = json!(c.tie_word_embeddings);
+    v
+}
+
+/// The HF architecture a model exports as: MiniMind2 dense → Llama, minimind-3 → Qwen3 / Qwen3-MoE,
+/// MiniMind2-MoE → GraniteMoeShared (its one shared expert; top-k > 1, whose weights MiniMind2
+/// renormalizes as Granite's top-k softmax does).
 pub fn native_config(c: &ModelConfig, dtype: ExportDType) -> Result<Value> {
     match (c.qk_norm, c.use_moe) {
         (false, false) => Ok(llama_config(c, dtype)),
         (true, _) if c.n_shared_experts == 0 || !c.use_moe => Ok(qwen3_config(c, dtype)),
+        (false, true) if c.n_shared_experts <= 1 && c.num_experts_per_tok > 1 && c.norm_topk_prob => {
+            Ok(granite_moe_config(c, dtype))
+        }
         _ => anyhow::bail!(
-            "MiniMind2-MoE has no native transformers architecture (its shared expert is always on and ungated: \
-             Qwen2-MoE gates it, Mixtral and Qwen3-MoE have none); export it as a minimind model folder instead"
+            "no native transformers architecture matches this MoE (q/k norm {}, {} shared experts, top-{}, \
+             renormalized {})",
+            c.qk_norm,
+            c.n_shared_experts,
+            c.num_experts_per_tok,
+            c.norm_topk_prob
         ),
     }
+}
+
+/// Granite's tensor layout for a MiniMind2-MoE layer: per layer the experts' `[gate; up]` stacked
+/// `[E, 2F, d]` (`block_sparse_moe.input_linear`), their down projections `[E, d, F]`
+/// (`output_linear`), the router (`router.layer`) and the shared MLP (`shared_mlp.input_linear` /
+/// `output_linear`).
+fn granite_tensors(model: &crate::MiniMindForCausalLM) -> Result<Vec<(String, Tensor)>> {
+    let mut out: Vec<(String, Tensor)> =
+        model.named_tensors().into_iter().filter(|(n, _)| !n.contains(".mlp.")).collect();
+    for (i, layer) in model.model.layers.iter().enumerate() {
+        let crate::model::FeedForward::Moe(moe) = &layer.mlp else { anyhow::bail!("layer {i} is not a MoE layer") };
+        let p = format!("model.layers.{i}");
+        let gate_up = |m: &crate::model::Mlp| Tensor::cat(&[&m.gate_proj.weight, &m.up_proj.weight], 0);
+        let stacked = moe.experts.iter().map(gate_up).collect::<candle_core::Result<Vec<_>>>()?;
+        out.push((format!("{p}.block_sparse_moe.input_linear.weight"), Tensor::stack(&stacked, 0)?));
+        let downs: Vec<&Tensor> = moe.experts.iter().map(|m| &m.down_proj.weight).collect();
+        out.push((format!("{p}.block_sparse_moe.output_linear.weight"), Tensor::stack(&downs, 0)?));
+        out.push((format!("{p}.block_sparse_moe.router.layer.weight"), moe.gate.clone()));
+        if let Some(shared) = moe.shared_experts.first() {
+            out.push((format!("{p}.shared_mlp.input_linear.weight"), gate_up(shared)?));
+            out.push((format!("{p}.shared_mlp.output_linear.weight"), shared.down_proj.weight.clone()));
+        }
+    }
+    Ok(out)
 }
 
 /// Writes `out` as an HF Llama folder (MiniMind2 models only; see [`export_hf`]).
@@ -128,10 +180,13 @@ pub fn export_hf(model_dir: &Path, lora: Option<&Path>, out: &Path, dtype: Expor
 fn write_hf(model: &crate::MiniMindForCausalLM, model_dir: &Path, out: &Path, dtype: ExportDType) -> Result<()> {
     let c = &model.config;
     let config = native_config(c, dtype)?;
-    let mut tensors = model.named_tensors();
+    let mut tensors = match config["model_type"] == "granitemoeshared" {
+        true => granite_tensors(model)?,
+        false => model.named_tensors(),
+    };
     // Llama exports carry an explicit head (what every Llama consumer reads the same way); Qwen3 is
     // tied natively.
-    if c.tie_word_embeddings && !c.qk_norm {
+    if c.tie_word_embeddings && config["model_type"] == "llama" {
         tensors.push(("lm_head.weight".into(), model.lm_head.weight.clone()));
     }
     let tensors = tensors

@@ -162,7 +162,7 @@ fn minimind3_exports_as_qwen3_and_imports_back() {
         let ids = random_ids(1, 9, 97, 4);
         assert_eq!(max_abs_diff(&model.forward(&ids, None).unwrap(), &back.forward(&ids, None).unwrap()), 0.0);
     }
-    // MiniMind2-MoE has no native counterpart and says so.
+    // MiniMind2-MoE exports as GraniteMoeShared: experts' [gate; up] stacked, the shared MLP ungated.
     let config = minimind::ModelConfig { vocab_size: 97, ..minimind::ModelConfig::preset("tiny-moe").unwrap() };
     let (model, _) = minimind::model::checkpoint::init_model(
         &config,
@@ -173,8 +173,20 @@ fn minimind3_exports_as_qwen3_and_imports_back() {
     .unwrap();
     let src = tempfile::tempdir().unwrap();
     save_model(src.path(), &model).unwrap();
-    let err = minimind::interop::hf::export_hf(src.path(), None, tempfile::tempdir().unwrap().path(), ExportDType::F32)
-        .unwrap_err()
-        .to_string();
-    assert!(err.contains("no native transformers architecture"), "{err}");
+    let hf = tempfile::tempdir().unwrap();
+    minimind::interop::hf::export_hf(src.path(), None, hf.path(), ExportDType::F32).unwrap();
+    let written: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(hf.path().join("config.json")).unwrap()).unwrap();
+    assert_eq!(written["model_type"], "granitemoeshared");
+    assert_eq!((written["num_local_experts"].as_u64(), written["num_experts_per_tok"].as_u64()), (Some(4), Some(2)));
+    let tensors = load_tensors(&hf.path().join("model.safetensors"), &Device::Cpu).unwrap();
+    let f = config.expert_ffn_size();
+    let input = &tensors["model.layers.2.block_sparse_moe.input_linear.weight"];
+    assert_eq!(input.dims(), [4, 2 * f, config.hidden_size]);
+    let minimind::model::FeedForward::Moe(moe) = &model.model.layers[2].mlp else { panic!("not a MoE layer") };
+    let expert = input.get(3).unwrap();
+    assert_eq!(max_abs_diff(&expert.narrow(0, 0, f).unwrap(), &moe.experts[3].gate_proj.weight), 0.0);
+    assert_eq!(max_abs_diff(&expert.narrow(0, f, f).unwrap(), &moe.experts[3].up_proj.weight), 0.0);
+    assert!(tensors.contains_key("model.layers.0.shared_mlp.output_linear.weight"));
+    assert!(!tensors.keys().any(|k| k.contains(".mlp.")), "no minimind names left");
 }
