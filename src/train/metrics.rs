@@ -89,23 +89,34 @@ pub fn write_chart(metrics: &[StepMetrics], title: &str, out: &Path) -> Result<(
         bail!("no metrics to chart");
     }
     register_font();
-    let keys: Vec<&String> = metrics[0].extra.keys().collect();
-    let height = 460 + 260 * (1 + keys.len() as u32);
+    // A MoE model's per-expert loads share one panel; every other series gets its own.
+    let is_load = |k: &str| k.starts_with("expert_load_");
+    let keys: Vec<&String> = metrics[0].extra.keys().filter(|k| !is_load(k)).collect();
+    let loads: Vec<&String> = metrics[0].extra.keys().filter(|k| is_load(k)).collect();
+    let panels_below = 1 + keys.len() + usize::from(!loads.is_empty());
+    let height = 460 + 260 * panels_below as u32;
     let root = BitMapBackend::new(out, (960, height)).into_drawing_area();
     root.fill(&WHITE).map_err(chart_err)?;
     let (top, rest) = root.split_vertically(460);
-    let panels = rest.split_evenly((1 + keys.len(), 1));
+    let panels = rest.split_evenly((panels_below, 1));
     let steps = metrics.iter().map(|m| m.step).max().unwrap_or(1).max(1) as f64;
     let series = |f: &dyn Fn(&StepMetrics) -> Option<f64>| -> Vec<(f64, f64)> {
         metrics.iter().filter_map(|m| f(m).map(|v| (m.step as f64, v))).collect()
     };
-    draw_series(&top, &format!("{title} — loss"), "loss", &series(&|m| Some(m.loss)), steps, &BLUE)?;
-    draw_series(&panels[0], "learning rate", "lr", &series(&|m| Some(m.lr)), steps, &RED)?;
-    for (panel, key) in panels[1..].iter().zip(keys) {
-        let points = series(&|m| m.extra.get(key).copied());
+    draw_series(&top, &format!("{title} — loss"), "loss", &[("loss".into(), series(&|m| Some(m.loss)))], steps)?;
+    draw_series(&panels[0], "learning rate", "lr", &[("lr".into(), series(&|m| Some(m.lr)))], steps)?;
+    for (panel, key) in panels[1..].iter().zip(&keys) {
+        let points = series(&|m| m.extra.get(*key).copied());
         if !points.is_empty() {
-            draw_series(panel, key, key, &points, steps, &GREEN)?;
+            draw_series(panel, key, key, &[(key.to_string(), points)], steps)?;
         }
+    }
+    if let Some(panel) = panels.last().filter(|_| !loads.is_empty()) {
+        let lines: Vec<(String, Vec<(f64, f64)>)> = loads
+            .iter()
+            .map(|key| (key.trim_start_matches("expert_load_").to_string(), series(&|m| m.extra.get(*key).copied())))
+            .collect();
+        draw_series(panel, "expert load (share of routed tokens)", "load", &lines, steps)?;
     }
     root.present().map_err(chart_err)?;
     Ok(())
@@ -115,12 +126,12 @@ fn draw_series(
     area: &DrawingArea<BitMapBackend, plotters::coord::Shift>,
     caption: &str,
     label: &str,
-    points: &[(f64, f64)],
+    lines: &[(String, Vec<(f64, f64)>)],
     max_step: f64,
-    color: &RGBColor,
 ) -> Result<()> {
-    let lo = points.iter().map(|p| p.1).fold(f64::INFINITY, f64::min);
-    let hi = points.iter().map(|p| p.1).fold(f64::NEG_INFINITY, f64::max);
+    let values = || lines.iter().flat_map(|(_, points)| points.iter().map(|p| p.1));
+    let lo = values().fold(f64::INFINITY, f64::min);
+    let hi = values().fold(f64::NEG_INFINITY, f64::max);
     let pad = ((hi - lo) * 0.05).max(hi.abs() * 1e-3).max(1e-12);
     let mut chart = ChartBuilder::on(area)
         .caption(caption, ("sans-serif", 22))
@@ -129,14 +140,38 @@ fn draw_series(
         .y_label_area_size(72)
         .build_cartesian_2d(0f64..max_step, (lo - pad)..(hi + pad))
         .map_err(chart_err)?;
+    // Small or finely spread values (a learning rate, an aux loss) in scientific notation.
+    let scientific = label == "lr" || hi.abs().max(lo.abs()) < 0.05;
     chart
         .configure_mesh()
         .x_desc("step")
         .y_desc(label)
-        .y_label_formatter(&|v| if label == "lr" { format!("{v:.1e}") } else { format!("{v:.3}") })
+        .y_label_formatter(&|v| if scientific { format!("{v:.2e}") } else { format!("{v:.3}") })
         .draw()
         .map_err(chart_err)?;
-    chart.draw_series(LineSeries::new(points.iter().copied(), color)).map_err(chart_err)?;
+    const COLORS: [RGBColor; 6] = [BLUE, RED, GREEN, MAGENTA, CYAN, RGBColor(230, 140, 0)];
+    let single = lines.len() == 1;
+    for (i, (name, points)) in lines.iter().enumerate() {
+        // Loss blue, learning rate red, a stage's own series green; several lines take distinct colours.
+        let color = match (single, label) {
+            (true, "loss") => BLUE,
+            (true, "lr") => RED,
+            (true, _) => GREEN,
+            (false, _) => COLORS[i % COLORS.len()],
+        };
+        let series = chart.draw_series(LineSeries::new(points.iter().copied(), color)).map_err(chart_err)?;
+        if !single {
+            series.label(format!("expert {name}")).legend(move |(x, y)| PathElement::new([(x, y), (x + 16, y)], color));
+        }
+    }
+    if !single {
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .draw()
+            .map_err(chart_err)?;
+    }
     Ok(())
 }
 
