@@ -402,3 +402,29 @@ fn a_minimind3_hf_folder_imports_with_its_config() {
     assert!(c.qk_norm && c.use_moe && c.n_shared_experts == 0 && c.router_aux_loss_coef == Some(5e-4));
     assert_eq!(c.num_parameters(), model.named_tensors().iter().map(|(_, t)| t.elem_count()).sum::<usize>());
 }
+
+/// MiniMind2-MoE's HF folder (V2r `MiniMindConfig` with `use_moe`) reproduces PyTorch's logits.
+#[test]
+fn a_minimind2_moe_hf_folder_imports() {
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("pth/moe_micro_logits.json")).unwrap()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(fixture("pth/moe2_micro.pth"), dir.path().join("pytorch_model.bin")).unwrap();
+    let config = serde_json::json!({"model_type": "minimind", "hidden_size": 32, "num_hidden_layers": 2,
+        "num_attention_heads": 2, "num_key_value_heads": 1, "intermediate_size": 128, "vocab_size": 97,
+        "use_moe": true, "num_experts_per_tok": 2, "n_routed_experts": 4, "n_shared_experts": 1,
+        "scoring_func": "softmax", "aux_loss_alpha": 0.1, "seq_aux": true, "norm_topk_prob": true});
+    std::fs::write(dir.path().join("config.json"), config.to_string()).unwrap();
+    let (_out, model, _) = import_model(dir.path(), &ImportOptions::default());
+    let ids: Vec<u32> = meta["ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+    let n = ids.len();
+    let expected: Vec<f32> =
+        meta["logits"]["moe2_micro.pth"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
+    let ids = Tensor::from_vec(ids, (1, n), &Device::Cpu).unwrap();
+    let d = max_abs_diff(
+        &model.forward(&ids, None).unwrap(),
+        &Tensor::from_vec(expected, (1, n, 97), &Device::Cpu).unwrap(),
+    );
+    assert!(d < 1e-4, "{d}");
+    assert_eq!((model.config.n_shared_experts, model.config.num_experts_per_tok), (1, 2));
+}
