@@ -1,5 +1,6 @@
-//! GGUF export for llama.cpp / ollama: architecture `llama` (MiniMind2), `qwen3` (minimind-3) or
-//! `qwen3moe` (minimind-3-MoE), the metadata llama.cpp reads, the BPE vocabulary
+//! GGUF export for llama.cpp / ollama: architecture `llama` (MiniMind2), `granitemoe`
+//! (MiniMind2-MoE: top-k softmax routing and a shared expert, Granite's multipliers neutral), `qwen3`
+//! (minimind-3) or `qwen3moe` (minimind-3-MoE), the metadata llama.cpp reads, the BPE vocabulary
 //! (`tokenizer.ggml.model = gpt2`, pre-tokenizer `gpt-2` — MiniMind's byte-level regex is GPT-2's), the
 //! chat template, and tensors under llama.cpp's names in f32, f16 or q8_0.
 //!
@@ -111,7 +112,9 @@ pub fn export(model_dir: &Path, lora: Option<&Path>, out: &Path, ty: GgufType) -
         (false, false) => "llama",
         (true, false) => "qwen3",
         (true, true) if c.n_shared_experts == 0 => "qwen3moe",
-        _ => bail!("MiniMind2-MoE (an always-on shared expert beside the router) has no llama.cpp architecture yet"),
+        // MiniMind2-MoE: llama.cpp's Granite MoE (top-k softmax routing, an ungated shared expert).
+        (false, true) if c.n_shared_experts <= 1 && c.num_experts_per_tok > 1 && c.norm_topk_prob => "granitemoe",
+        _ => bail!("this MoE shape has no llama.cpp architecture"),
     };
     let tokenizer = Tokenizer::load(model_dir)?;
     let tj: Json = serde_json::from_str(&std::fs::read_to_string(model_dir.join("tokenizer.json"))?)?;
@@ -153,6 +156,17 @@ pub fn export(model_dir: &Path, lora: Option<&Path>, out: &Path, ty: GgufType) -
     if let Some(t) = config["chat_template"].as_str() {
         meta.push(("tokenizer.chat_template".into(), Value::String(t.to_string())));
     }
+    if arch == "granitemoe" {
+        // Granite's multipliers, neutral: logits, residuals and embeddings unscaled, attention 1/√D.
+        for key in ["logit_scale", "residual_scale", "embedding_scale"] {
+            meta.push((format!("{arch}.{key}"), Value::F32(1.0)));
+        }
+        meta.push((format!("{arch}.attention.scale"), Value::F32(1.0 / (c.head_dim() as f32).sqrt())));
+        meta.push((
+            format!("{arch}.expert_shared_feed_forward_length"),
+            u32v(c.expert_ffn_size() * c.n_shared_experts),
+        ));
+    }
     if c.use_moe {
         meta.push((format!("{arch}.expert_count"), u32v(c.n_routed_experts)));
         meta.push((format!("{arch}.expert_used_count"), u32v(c.num_experts_per_tok)));
@@ -170,7 +184,7 @@ pub fn export(model_dir: &Path, lora: Option<&Path>, out: &Path, ty: GgufType) -
         let a = &l.self_attn;
         add(format!("blk.{i}.attn_norm.weight"), &l.input_layernorm.weight, false)?;
         let (q, k) = match arch {
-            "llama" => (
+            "llama" | "granitemoe" => (
                 permute_for_llama_cpp(&a.q_proj.weight, c.num_attention_heads)?,
                 permute_for_llama_cpp(&a.k_proj.weight, c.num_key_value_heads)?,
             ),
@@ -200,6 +214,11 @@ pub fn export(model_dir: &Path, lora: Option<&Path>, out: &Path, ty: GgufType) -
                 add(format!("blk.{i}.ffn_gate_exps.weight"), &stack(|m| &m.gate_proj.weight)?, true)?;
                 add(format!("blk.{i}.ffn_up_exps.weight"), &stack(|m| &m.up_proj.weight)?, true)?;
                 add(format!("blk.{i}.ffn_down_exps.weight"), &stack(|m| &m.down_proj.weight)?, true)?;
+                if let Some(shared) = moe.shared_experts.first() {
+                    add(format!("blk.{i}.ffn_gate_shexp.weight"), &shared.gate_proj.weight, true)?;
+                    add(format!("blk.{i}.ffn_up_shexp.weight"), &shared.up_proj.weight, true)?;
+                    add(format!("blk.{i}.ffn_down_shexp.weight"), &shared.down_proj.weight, true)?;
+                }
             }
         }
     }

@@ -113,10 +113,11 @@ fn quantized_exports_stay_close() {
 }
 
 /// minimind-3 exports as llama.cpp's `qwen3` / `qwen3moe`: q/k norms, unpermuted Q/K (both rotate
-/// halves), the experts stacked `[E, F, d]` with their router, and the expert metadata.
+/// halves), the experts stacked `[E, F, d]` with their router, and the expert metadata; MiniMind2-MoE
+/// as `granitemoe` with its shared expert.
 #[test]
-fn minimind3_exports_as_qwen3_and_qwen3moe() {
-    for (preset, arch) in [("minimind3", "qwen3"), ("minimind3-moe", "qwen3moe")] {
+fn moe_and_minimind3_export_as_llama_cpp_architectures() {
+    for (preset, arch) in [("minimind3", "qwen3"), ("minimind3-moe", "qwen3moe"), ("minimind2-moe", "granitemoe")] {
         let config = minimind::ModelConfig {
             hidden_size: 64,
             num_hidden_layers: 2,
@@ -139,12 +140,24 @@ fn minimind3_exports_as_qwen3_and_qwen3moe() {
         let content = Content::read(&mut file).unwrap();
         let m = &content.metadata;
         assert_eq!(m["general.architecture"].to_string().unwrap(), arch);
-        assert!(
-            matches!(m[&format!("{arch}.attention.layer_norm_rms_epsilon")], Value::F32(v) if (v - 1e-6).abs() < 1e-12)
-        );
         let read = |name: &str, file: &mut std::fs::File| {
             content.tensor(file, name, &Device::Cpu).unwrap().dequantize(&Device::Cpu).unwrap()
         };
+        if arch == "granitemoe" {
+            // MiniMind2-MoE: interleaved RoPE rows as for llama, the shared expert, neutral multipliers.
+            assert!(matches!(m["granitemoe.attention.scale"], Value::F32(v) if (v - 0.25).abs() < 1e-7));
+            assert!(matches!(m["granitemoe.logit_scale"], Value::F32(v) if v == 1.0));
+            let shared = read("blk.0.ffn_down_shexp.weight", &mut file);
+            let minimind::model::FeedForward::Moe(moe) = &model.model.layers[0].mlp else { panic!("not a MoE layer") };
+            assert_eq!(max_abs_diff(&shared, &moe.shared_experts[0].down_proj.weight), 0.0);
+            let q = read("blk.0.attn_q.weight", &mut file);
+            let permuted = permute_for_llama_cpp(&model.model.layers[0].self_attn.q_proj.weight, 4).unwrap();
+            assert_eq!(max_abs_diff(&q, &permuted), 0.0);
+            continue;
+        }
+        assert!(
+            matches!(m[&format!("{arch}.attention.layer_norm_rms_epsilon")], Value::F32(v) if (v - 1e-6).abs() < 1e-12)
+        );
         let layer = &model.model.layers[1];
         let q = read("blk.1.attn_q.weight", &mut file);
         assert_eq!(max_abs_diff(&q, &layer.self_attn.q_proj.weight), 0.0, "qwen3 keeps rotate-half rows");

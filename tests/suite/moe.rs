@@ -306,9 +306,10 @@ fn every_stage_trains_a_tiny_moe_model() {
         "5",
     ]));
     assert!(text.starts_with('春'));
-    // Exports that would write a Llama-shaped file refuse a MoE model.
-    let err = fails(minimind(&["export", p(&moe), "--format", "gguf", "--out", p(&d.join("m.gguf"))]));
-    assert!(err.contains("MiniMind2-MoE"), "{err}");
+    // It exports for transformers (GraniteMoeShared) and llama.cpp (granitemoe).
+    ok(minimind(&["export", p(&moe), "--format", "hf", "--out", p(&d.join("hf"))]));
+    ok(minimind(&["export", p(&moe), "--format", "gguf", "--out", p(&d.join("m.gguf"))]));
+    assert!(d.join("hf/config.json").exists() && d.join("m.gguf").exists());
 }
 
 /// minimind-3's YaRN: the ramp between the pairs that fit β_fast and β_slow turns in 2048 positions.
