@@ -5,17 +5,17 @@
 //! ([`generate_dataset`]), on which the student is fine-tuned with `sft`.
 
 use super::run::{from_model_folder, run_stage, TrainConfig, DISTILL};
-use super::trainer::{Stage, TrainSummary};
+use super::stage::{DataStage, StageLoss};
+use super::trainer::TrainSummary;
 use crate::data::sft::{sft_data, SftEncoding};
 use crate::data::tokenizer::{ChatMessage, TextStream, Tokenizer};
-use crate::data::{DataCursor, JsonlIndex, LmBatch, LmData};
+use crate::data::{JsonlIndex, LmBatch, LmData};
 use crate::infer::{generate, Sampler, SamplingParams};
 use crate::model::checkpoint;
 use crate::model::{DropoutSeed, MiniMindForCausalLM};
 use crate::ops::{self, log_softmax_last_dim, softmax_last_dim};
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor, D};
-use std::cell::RefCell;
 use std::path::{Path, PathBuf};
 
 /// The distillation loss and its two parts `(total, ce, kd)`; see the module docs.
@@ -45,38 +45,21 @@ pub fn distill_loss(
     Ok((total, ce, kd))
 }
 
-pub struct DistillStage<'a> {
-    pub data: LmData<'a>,
-    /// Frozen (plain tensors): no graph, no gradient.
+/// White-box distillation's loss against a frozen teacher (plain tensors: no graph, no gradient);
+/// logs its two parts.
+pub struct DistillLoss {
     pub teacher: MiniMindForCausalLM,
     pub alpha: f64,
     pub temperature: f64,
-    pub device: Device,
-    last: RefCell<Vec<(String, f64)>>,
 }
 
-impl<'a> DistillStage<'a> {
-    pub fn new(data: LmData<'a>, teacher: MiniMindForCausalLM, alpha: f64, temperature: f64, device: Device) -> Self {
-        Self { data, teacher, alpha, temperature, device, last: RefCell::new(Vec::new()) }
-    }
-}
-
-impl Stage for DistillStage<'_> {
-    type Batch = LmBatch;
-
-    fn name(&self) -> &str {
-        "distill"
-    }
-
-    fn batches_per_epoch(&self) -> usize {
-        self.data.batches_per_epoch()
-    }
-
-    fn next_batch(&mut self) -> Result<LmBatch> {
-        self.data.next_batch(&self.device)
-    }
-
-    fn loss(&self, model: &MiniMindForCausalLM, batch: &LmBatch, dropout: DropoutSeed) -> Result<Tensor> {
+impl StageLoss for DistillLoss {
+    fn loss(
+        &self,
+        model: &MiniMindForCausalLM,
+        batch: &LmBatch,
+        dropout: DropoutSeed,
+    ) -> Result<(Tensor, Vec<(String, f64)>)> {
         let student = model.forward_train(&batch.x, dropout)?;
         let teacher = self.teacher.forward_train(&batch.x, None)?.logits;
         let (y, mask) = (batch.y.flatten_all()?, batch.mask.flatten_all()?);
@@ -84,29 +67,17 @@ impl Stage for DistillStage<'_> {
         let scalar = |t: &Tensor| -> Result<f64> { Ok(t.to_scalar::<f32>()? as f64) };
         let mut logged = vec![("ce".into(), scalar(&ce)?), ("kd".into(), scalar(&kd)?)];
         logged.extend(student.moe.metrics()?);
-        *self.last.borrow_mut() = logged;
         // A MoE student's aux loss joins the distillation loss.
-        student.moe.add_aux(total)
+        Ok((student.moe.add_aux(total)?, logged))
     }
+}
 
-    fn tokens(&self, batch: &LmBatch) -> usize {
-        batch.tokens()
-    }
+/// SFT data and the distillation loss.
+pub type DistillStage<'a> = DataStage<LmData<'a>, DistillLoss>;
 
-    fn cursor(&self) -> DataCursor {
-        self.data.cursor()
-    }
-
-    fn seek(&mut self, cursor: DataCursor) {
-        self.data.seek(cursor)
-    }
-
-    fn index(&self) -> Option<&JsonlIndex> {
-        Some(&self.data.index)
-    }
-
-    fn batch_metrics(&self) -> Vec<(String, f64)> {
-        self.last.borrow().clone()
+impl<'a> DistillStage<'a> {
+    pub fn new(data: LmData<'a>, teacher: MiniMindForCausalLM, alpha: f64, temperature: f64, device: Device) -> Self {
+        DataStage::with_loss("distill", data, DistillLoss { teacher, alpha, temperature }, device)
     }
 }
 

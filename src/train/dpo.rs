@@ -7,16 +7,16 @@
 //! `mean(β·z > 0)`. At the start policy = reference, so z = 0 and the loss is ln 2.
 
 use super::run::{from_model_folder, run_stage, TrainConfig, DPO};
-use super::trainer::{Stage, TrainSummary};
+use super::stage::{DataStage, StageLoss};
+use super::trainer::TrainSummary;
 use crate::data::dpo::DpoData;
 use crate::data::sft::SftEncoding;
-use crate::data::{DataCursor, JsonlIndex, LmBatch};
+use crate::data::LmBatch;
 use crate::model::checkpoint;
 use crate::model::{DropoutSeed, MiniMindForCausalLM, MoeStats};
 use crate::{ops, Tokenizer};
 use anyhow::Result;
 use candle_core::{DType, Device, Tensor, D};
-use std::cell::RefCell;
 use std::path::PathBuf;
 
 /// How a side's per-token log-probabilities become its sequence score.
@@ -67,15 +67,36 @@ pub fn dpo_loss(policy: &Tensor, reference: &Tensor, beta: f64) -> Result<(Tenso
     Ok((loss, z))
 }
 
-pub struct DpoStage<'a> {
-    pub data: DpoData<'a>,
-    /// Frozen: built from plain tensors, so it records no graph and receives no gradient.
+/// DPO's loss against a frozen reference (built from plain tensors: no graph, no gradient); logs the
+/// reward margin and the preference accuracy.
+pub struct DpoLoss {
     pub reference: MiniMindForCausalLM,
     pub beta: f64,
     pub seq_logp: SeqLogProb,
-    pub device: Device,
-    last: RefCell<Vec<(String, f64)>>,
 }
+
+impl StageLoss for DpoLoss {
+    fn loss(
+        &self,
+        model: &MiniMindForCausalLM,
+        batch: &LmBatch,
+        dropout: DropoutSeed,
+    ) -> Result<(Tensor, Vec<(String, f64)>)> {
+        let (policy, moe) = scored(model, batch, self.seq_logp, dropout)?;
+        let reference = sequence_log_probs(&self.reference, batch, self.seq_logp, None)?.detach();
+        let (loss, z) = dpo_loss(&policy, &reference, self.beta)?;
+        let z: Vec<f32> = z.to_vec1()?;
+        let margin = z.iter().map(|&v| v as f64).sum::<f64>() / z.len() as f64;
+        let accuracy = z.iter().filter(|&&v| v > 0.0).count() as f64 / z.len() as f64;
+        let mut logged = vec![("reward_margin".into(), margin), ("accuracy".into(), accuracy)];
+        logged.extend(moe.metrics()?);
+        // A MoE policy's aux loss joins the DPO loss (as minimind-3 does).
+        Ok((moe.add_aux(loss)?, logged))
+    }
+}
+
+/// Preference pairs and the DPO loss.
+pub type DpoStage<'a> = DataStage<DpoData<'a>, DpoLoss>;
 
 impl<'a> DpoStage<'a> {
     pub fn new(
@@ -85,57 +106,7 @@ impl<'a> DpoStage<'a> {
         seq_logp: SeqLogProb,
         device: Device,
     ) -> Self {
-        Self { data, reference, beta, seq_logp, device, last: RefCell::new(Vec::new()) }
-    }
-}
-
-impl Stage for DpoStage<'_> {
-    type Batch = LmBatch;
-
-    fn name(&self) -> &str {
-        "dpo"
-    }
-
-    fn batches_per_epoch(&self) -> usize {
-        self.data.batches_per_epoch()
-    }
-
-    fn next_batch(&mut self) -> Result<LmBatch> {
-        self.data.next_batch(&self.device)
-    }
-
-    fn loss(&self, model: &MiniMindForCausalLM, batch: &LmBatch, dropout: DropoutSeed) -> Result<Tensor> {
-        let (policy, moe) = scored(model, batch, self.seq_logp, dropout)?;
-        let reference = sequence_log_probs(&self.reference, batch, self.seq_logp, None)?.detach();
-        let (loss, z) = dpo_loss(&policy, &reference, self.beta)?;
-        let z: Vec<f32> = z.to_vec1()?;
-        let margin = z.iter().map(|&v| v as f64).sum::<f64>() / z.len() as f64;
-        let accuracy = z.iter().filter(|&&v| v > 0.0).count() as f64 / z.len() as f64;
-        let mut logged = vec![("reward_margin".into(), margin), ("accuracy".into(), accuracy)];
-        logged.extend(moe.metrics()?);
-        *self.last.borrow_mut() = logged;
-        // A MoE policy's aux loss joins the DPO loss (as minimind-3 does).
-        moe.add_aux(loss)
-    }
-
-    fn tokens(&self, batch: &LmBatch) -> usize {
-        batch.tokens()
-    }
-
-    fn cursor(&self) -> DataCursor {
-        self.data.cursor()
-    }
-
-    fn seek(&mut self, cursor: DataCursor) {
-        self.data.seek(cursor)
-    }
-
-    fn index(&self) -> Option<&JsonlIndex> {
-        Some(&self.data.index)
-    }
-
-    fn batch_metrics(&self) -> Vec<(String, f64)> {
-        self.last.borrow().clone()
+        DataStage::with_loss("dpo", data, DpoLoss { reference, beta, seq_logp }, device)
     }
 }
 

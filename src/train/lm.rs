@@ -1,13 +1,12 @@
 //! Next-token stages (pretraining, SFT, LoRA, reasoning SFT): a data file encoded into rows with a
 //! loss mask, and the masked mean cross-entropy. What differs between them is only the row encoder.
 
-use crate::data::{DataCursor, LmBatch, LmData};
+use super::stage::{DataStage, StageLoss};
+use crate::data::{LmBatch, LmData};
 use crate::model::{DropoutSeed, MiniMindForCausalLM};
 use crate::ops;
-use crate::train::Stage;
 use anyhow::Result;
 use candle_core::{Device, Tensor};
-use std::cell::RefCell;
 
 /// Masked mean next-token cross-entropy of a batch: `Σ mask·CE / Σ mask` (or `/ norm` when the
 /// batch carries its own denominator, as reasoning SFT's up-weighted tags do), plus a MoE model's
@@ -32,58 +31,25 @@ pub fn lm_loss_logged(
     Ok((out.moe.add_aux(loss)?, out.moe.metrics()?))
 }
 
-pub struct LmStage<'a> {
-    pub name: &'static str,
-    pub data: LmData<'a>,
-    pub device: Device,
-    /// What the last `loss` call logged (MoE aux loss and expert load).
-    pub last: RefCell<Vec<(String, f64)>>,
+/// The next-token loss ([`lm_loss`]).
+pub struct LmLoss;
+
+impl StageLoss for LmLoss {
+    fn loss(
+        &self,
+        model: &MiniMindForCausalLM,
+        batch: &LmBatch,
+        dropout: DropoutSeed,
+    ) -> Result<(Tensor, Vec<(String, f64)>)> {
+        lm_loss_logged(model, batch, dropout)
+    }
 }
+
+/// Pretraining, SFT, LoRA and reasoning SFT: LM data and the next-token loss.
+pub type LmStage<'a> = DataStage<LmData<'a>, LmLoss>;
 
 impl<'a> LmStage<'a> {
     pub fn new(name: &'static str, data: LmData<'a>, device: Device) -> Self {
-        Self { name, data, device, last: RefCell::new(Vec::new()) }
-    }
-}
-
-impl Stage for LmStage<'_> {
-    type Batch = LmBatch;
-
-    fn name(&self) -> &str {
-        self.name
-    }
-
-    fn batches_per_epoch(&self) -> usize {
-        self.data.batches_per_epoch()
-    }
-
-    fn next_batch(&mut self) -> Result<LmBatch> {
-        self.data.next_batch(&self.device)
-    }
-
-    fn loss(&self, model: &MiniMindForCausalLM, batch: &LmBatch, dropout: DropoutSeed) -> Result<Tensor> {
-        let (loss, logged) = lm_loss_logged(model, batch, dropout)?;
-        *self.last.borrow_mut() = logged;
-        Ok(loss)
-    }
-
-    fn batch_metrics(&self) -> Vec<(String, f64)> {
-        self.last.borrow().clone()
-    }
-
-    fn tokens(&self, batch: &LmBatch) -> usize {
-        batch.tokens()
-    }
-
-    fn cursor(&self) -> DataCursor {
-        self.data.cursor()
-    }
-
-    fn seek(&mut self, cursor: DataCursor) {
-        self.data.seek(cursor)
-    }
-
-    fn index(&self) -> Option<&crate::data::JsonlIndex> {
-        Some(&self.data.index)
+        DataStage::with_loss(name, data, LmLoss, device)
     }
 }

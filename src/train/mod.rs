@@ -25,6 +25,7 @@ pub mod reason;
 pub mod resume;
 pub mod run;
 pub mod sft;
+pub mod stage;
 pub mod trainer;
 
 pub use distill::{distill, DistillConfig};

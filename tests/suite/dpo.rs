@@ -105,7 +105,7 @@ fn training_raises_the_margin_and_leaves_the_reference_alone() {
         metrics.iter().map(|m| m.extra.clone()).collect::<Vec<_>>()
     );
     assert!(metrics[11].loss < std::f64::consts::LN_2);
-    for ((name, before), (_, after)) in frozen.iter().zip(stage.reference.named_tensors()) {
+    for ((name, before), (_, after)) in frozen.iter().zip(stage.loss.reference.named_tensors()) {
         assert_eq!(max_abs_diff(before, &after), 0.0, "reference {name} changed");
     }
 }
