@@ -50,7 +50,7 @@ pub fn perplexity(
         let b = LmBatch::from_rows(&encoded, model.device())?;
         let mask = b.mask.flatten_all()?;
         let count = mask.sum_all()?.to_scalar::<f32>()? as f64;
-        let logits = model.forward_train(&b.x, None)?.logits;
+        let logits = model.forward_flat(&b.x)?;
         let mean = ops::cross_entropy(&logits, &b.y.flatten_all()?, &mask)?.to_scalar::<f32>()? as f64;
         total += mean * count;
         tokens += count as usize;

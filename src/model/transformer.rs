@@ -521,6 +521,14 @@ impl MiniMindForCausalLM {
         Ok(self.lm_head.forward(&last)?)
     }
 
+    /// Logits `[B·T, V]` of every position, without a training pass's extra work (no dropout, no MoE
+    /// aux loss or routing statistics): a frozen reference or teacher, or evaluation.
+    pub fn forward_flat(&self, input_ids: &Tensor) -> Result<Tensor> {
+        let hidden = self.forward_hidden(input_ids, None, None)?;
+        let d = hidden.dim(D::Minus1)?;
+        Ok(self.lm_head.forward(&hidden.reshape(((), d))?)?)
+    }
+
     /// A training pass: logits `[B·T, V]` (dropout active when `dropout` is set) and, for a MoE
     /// model, the aux loss to add to the stage's loss and the experts' load.
     pub fn forward_train(&self, input_ids: &Tensor, dropout: DropoutSeed) -> Result<TrainOutput> {

@@ -61,7 +61,7 @@ impl StageLoss for DistillLoss {
         dropout: DropoutSeed,
     ) -> Result<(Tensor, Vec<(String, f64)>)> {
         let student = model.forward_train(&batch.x, dropout)?;
-        let teacher = self.teacher.forward_train(&batch.x, None)?.logits;
+        let teacher = self.teacher.forward_flat(&batch.x)?;
         let (y, mask) = (batch.y.flatten_all()?, batch.mask.flatten_all()?);
         let (total, ce, kd) = distill_loss(&student.logits, &teacher, &y, &mask, self.alpha, self.temperature)?;
         let scalar = |t: &Tensor| -> Result<f64> { Ok(t.to_scalar::<f32>()? as f64) };

@@ -13,7 +13,7 @@ use crate::data::dpo::DpoData;
 use crate::data::sft::SftEncoding;
 use crate::data::LmBatch;
 use crate::model::checkpoint;
-use crate::model::{DropoutSeed, MiniMindForCausalLM, MoeStats};
+use crate::model::{DropoutSeed, MiniMindForCausalLM};
 use crate::{ops, Tokenizer};
 use anyhow::Result;
 use candle_core::{DType, Device, Tensor, D};
@@ -30,32 +30,20 @@ pub enum SeqLogProb {
 
 named_enum!(SeqLogProb { Mean => "mean", Sum => "sum" });
 
-/// Sequence scores `[2B]` of a batch under `model` (see [`SeqLogProb`]).
-pub fn sequence_log_probs(
-    model: &MiniMindForCausalLM,
-    batch: &LmBatch,
-    mode: SeqLogProb,
-    dropout: DropoutSeed,
-) -> Result<Tensor> {
-    Ok(scored(model, batch, mode, dropout)?.0)
+/// Sequence scores `[2B]` of a batch under a frozen `model` (the reference; see [`SeqLogProb`]).
+pub fn sequence_log_probs(model: &MiniMindForCausalLM, batch: &LmBatch, mode: SeqLogProb) -> Result<Tensor> {
+    scores(&model.forward_flat(&batch.x)?, batch, mode)
 }
 
-/// [`sequence_log_probs`] and the pass's MoE routing.
-fn scored(
-    model: &MiniMindForCausalLM,
-    batch: &LmBatch,
-    mode: SeqLogProb,
-    dropout: DropoutSeed,
-) -> Result<(Tensor, MoeStats)> {
+/// Sequence scores `[2B]` from a batch's logits `[2B·T, V]`.
+fn scores(logits: &Tensor, batch: &LmBatch, mode: SeqLogProb) -> Result<Tensor> {
     let (rows, t) = batch.x.dims2()?;
-    let out = model.forward_train(&batch.x, dropout)?;
-    let token = ops::target_log_probs(&out.logits, &batch.y.flatten_all()?)?.reshape((rows, t))?;
+    let token = ops::target_log_probs(logits, &batch.y.flatten_all()?)?.reshape((rows, t))?;
     let total = (token * &batch.mask)?.sum(D::Minus1)?;
-    let score = match mode {
+    Ok(match mode {
         SeqLogProb::Sum => total,
         SeqLogProb::Mean => total.broadcast_div(&batch.mask.sum(D::Minus1)?)?,
-    };
-    Ok((score, out.moe))
+    })
 }
 
 /// `mean(−log σ(β·z))` with `−log σ(x) = max(−x, 0) + log(1 + e^(−|x|))` (stable for any x).
@@ -82,8 +70,9 @@ impl StageLoss for DpoLoss {
         batch: &LmBatch,
         dropout: DropoutSeed,
     ) -> Result<(Tensor, Vec<(String, f64)>)> {
-        let (policy, moe) = scored(model, batch, self.seq_logp, dropout)?;
-        let reference = sequence_log_probs(&self.reference, batch, self.seq_logp, None)?.detach();
+        let out = model.forward_train(&batch.x, dropout)?;
+        let (policy, moe) = (scores(&out.logits, batch, self.seq_logp)?, out.moe);
+        let reference = sequence_log_probs(&self.reference, batch, self.seq_logp)?.detach();
         let (loss, z) = dpo_loss(&policy, &reference, self.beta)?;
         let z: Vec<f32> = z.to_vec1()?;
         let margin = z.iter().map(|&v| v as f64).sum::<f64>() / z.len() as f64;

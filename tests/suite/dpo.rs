@@ -59,8 +59,8 @@ fn sum_score_is_mean_times_supervised_count() {
     let t = Tokenizer::load(&tokenizer_dir("v2")).unwrap();
     let (policy, _, _) = models();
     let batch = data(&t, &fixture("dpo_zh_en_16.jsonl"), 96).next_batch(&Device::Cpu).unwrap();
-    let mean: Vec<f32> = sequence_log_probs(&policy, &batch, SeqLogProb::Mean, None).unwrap().to_vec1().unwrap();
-    let sum: Vec<f32> = sequence_log_probs(&policy, &batch, SeqLogProb::Sum, None).unwrap().to_vec1().unwrap();
+    let mean: Vec<f32> = sequence_log_probs(&policy, &batch, SeqLogProb::Mean).unwrap().to_vec1().unwrap();
+    let sum: Vec<f32> = sequence_log_probs(&policy, &batch, SeqLogProb::Sum).unwrap().to_vec1().unwrap();
     let counts: Vec<f32> = batch.mask.sum(1).unwrap().to_vec1().unwrap();
     for i in 0..mean.len() {
         assert!(counts[i] > 0.0);
