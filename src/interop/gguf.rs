@@ -9,6 +9,7 @@
 //! new row `i·2 + j` = old row `j·D/2 + i`. Its `qwen3` graphs rotate halves (NeoX style) as we do, so
 //! their Q and K go as they are; the experts of a MoE layer are stacked into `[E, F, d]` / `[E, d, F]`.
 
+use super::Architecture;
 use crate::data::tokenizer::Tokenizer;
 use crate::model::checkpoint::atomic_write;
 use crate::model::FeedForward;
@@ -108,13 +109,12 @@ fn vocabulary(tokenizer_json: &Json, vocab_size: usize) -> Result<(Vec<String>, 
 pub fn export(model_dir: &Path, lora: Option<&Path>, out: &Path, ty: GgufType) -> Result<()> {
     let model = crate::model::lora::load_merged(model_dir, lora)?;
     let c = &model.config;
-    let arch = match (c.qk_norm, c.use_moe) {
-        (false, false) => "llama",
-        (true, false) => "qwen3",
-        (true, true) if c.n_shared_experts == 0 => "qwen3moe",
-        // MiniMind2-MoE: llama.cpp's Granite MoE (top-k softmax routing, an ungated shared expert).
-        (false, true) if c.n_shared_experts <= 1 && c.num_experts_per_tok > 1 && c.norm_topk_prob => "granitemoe",
-        _ => bail!("this MoE shape has no llama.cpp architecture"),
+    let architecture = Architecture::of(c)?;
+    let arch = match architecture {
+        Architecture::Llama => "llama",
+        Architecture::GraniteMoe => "granitemoe",
+        Architecture::Qwen3 => "qwen3",
+        Architecture::Qwen3Moe => "qwen3moe",
     };
     let tokenizer = Tokenizer::load(model_dir)?;
     let tj: Json = serde_json::from_str(&std::fs::read_to_string(model_dir.join("tokenizer.json"))?)?;
@@ -156,7 +156,7 @@ pub fn export(model_dir: &Path, lora: Option<&Path>, out: &Path, ty: GgufType) -
     if let Some(t) = config["chat_template"].as_str() {
         meta.push(("tokenizer.chat_template".into(), Value::String(t.to_string())));
     }
-    if arch == "granitemoe" {
+    if architecture == Architecture::GraniteMoe {
         // Granite's multipliers, neutral: logits, residuals and embeddings unscaled, attention 1/√D.
         for key in ["logit_scale", "residual_scale", "embedding_scale"] {
             meta.push((format!("{arch}.{key}"), Value::F32(1.0)));
@@ -183,8 +183,9 @@ pub fn export(model_dir: &Path, lora: Option<&Path>, out: &Path, ty: GgufType) -
     for (i, l) in model.model.layers.iter().enumerate() {
         let a = &l.self_attn;
         add(format!("blk.{i}.attn_norm.weight"), &l.input_layernorm.weight, false)?;
-        let (q, k) = match arch {
-            "llama" | "granitemoe" => (
+        // llama.cpp's llama and granite graphs rotate interleaved pairs, its qwen3 ones halves.
+        let (q, k) = match architecture {
+            Architecture::Llama | Architecture::GraniteMoe => (
                 permute_for_llama_cpp(&a.q_proj.weight, c.num_attention_heads)?,
                 permute_for_llama_cpp(&a.k_proj.weight, c.num_key_value_heads)?,
             ),

@@ -4,6 +4,7 @@
 //! MiniMind2-MoE as `GraniteMoeSharedForCausalLM` (top-k softmax routing and an ungated shared MLP).
 //! Imports live in [`crate::interop::import`], GGUF in [`crate::interop::gguf`].
 
+use super::Architecture;
 use crate::model::checkpoint::{self, atomic_write, copy_tokenizer_files, save_tensors};
 use crate::ModelConfig;
 use anyhow::{Context, Result};
@@ -122,21 +123,11 @@ pub fn granite_moe_config(c: &ModelConfig, dtype: ExportDType) -> Value {
 /// MiniMind2-MoE → GraniteMoeShared (its one shared expert; top-k > 1, whose weights MiniMind2
 /// renormalizes as Granite's top-k softmax does).
 pub fn native_config(c: &ModelConfig, dtype: ExportDType) -> Result<Value> {
-    match (c.qk_norm, c.use_moe) {
-        (false, false) => Ok(llama_config(c, dtype)),
-        (true, _) if c.n_shared_experts == 0 || !c.use_moe => Ok(qwen3_config(c, dtype)),
-        (false, true) if c.n_shared_experts <= 1 && c.num_experts_per_tok > 1 && c.norm_topk_prob => {
-            Ok(granite_moe_config(c, dtype))
-        }
-        _ => anyhow::bail!(
-            "no native transformers architecture matches this MoE (q/k norm {}, {} shared experts, top-{}, \
-             renormalized {})",
-            c.qk_norm,
-            c.n_shared_experts,
-            c.num_experts_per_tok,
-            c.norm_topk_prob
-        ),
-    }
+    Ok(match Architecture::of(c)? {
+        Architecture::Llama => llama_config(c, dtype),
+        Architecture::GraniteMoe => granite_moe_config(c, dtype),
+        Architecture::Qwen3 | Architecture::Qwen3Moe => qwen3_config(c, dtype),
+    })
 }
 
 /// Granite's tensor layout for a MiniMind2-MoE layer: per layer the experts' `[gate; up]` stacked
@@ -166,7 +157,9 @@ fn granite_tensors(model: &crate::MiniMindForCausalLM) -> Result<Vec<(String, Te
 /// Writes `out` as an HF Llama folder (MiniMind2 models only; see [`export_hf`]).
 pub fn export_hf_llama(model_dir: &Path, lora: Option<&Path>, out: &Path, dtype: ExportDType) -> Result<()> {
     let model = crate::model::lora::load_merged(model_dir, lora)?;
-    super::require_llama_shape(&model.config)?;
+    if Architecture::of(&model.config)? != Architecture::Llama {
+        anyhow::bail!("this is not a MiniMind2 (Llama-shaped) model; export it with --format hf");
+    }
     write_hf(&model, model_dir, out, dtype)
 }
 
@@ -180,13 +173,14 @@ pub fn export_hf(model_dir: &Path, lora: Option<&Path>, out: &Path, dtype: Expor
 fn write_hf(model: &crate::MiniMindForCausalLM, model_dir: &Path, out: &Path, dtype: ExportDType) -> Result<()> {
     let c = &model.config;
     let config = native_config(c, dtype)?;
-    let mut tensors = match config["model_type"] == "granitemoeshared" {
-        true => granite_tensors(model)?,
-        false => model.named_tensors(),
+    let arch = Architecture::of(c)?;
+    let mut tensors = match arch {
+        Architecture::GraniteMoe => granite_tensors(model)?,
+        _ => model.named_tensors(),
     };
     // Llama exports carry an explicit head (what every Llama consumer reads the same way); Qwen3 is
     // tied natively.
-    if c.tie_word_embeddings && config["model_type"] == "llama" {
+    if c.tie_word_embeddings && arch == Architecture::Llama {
         tensors.push(("lm_head.weight".into(), model.lm_head.weight.clone()));
     }
     let tensors = tensors
