@@ -161,7 +161,7 @@ fn generate_dataset_cmd(a: &GenerateDatasetArgs) -> Result<()> {
 }
 
 fn merge_lora(base: &Path, adapter: &Path, out: &Path) -> Result<()> {
-    let model = crate::model::lora::load_merged(base, Some(adapter))?;
+    let model = crate::model::lora::load_merged(base, Some(adapter), &Device::Cpu)?;
     checkpoint::save_model(out, &model)?;
     checkpoint::copy_tokenizer_files(base, out)?;
     println!("merged {} into {} → {}", adapter.display(), base.display(), out.display());

@@ -8,10 +8,10 @@ pub mod sampler;
 pub use generate::{generate, generate_batch, FinishReason, Generation};
 pub use sampler::{Sampler, SamplingParams};
 
-use crate::model::{checkpoint, lora, MiniMindForCausalLM};
+use crate::model::{lora, MiniMindForCausalLM};
 use crate::Tokenizer;
 use anyhow::Result;
-use candle_core::{DType, Device};
+use candle_core::Device;
 use std::path::Path;
 
 /// How to load a model folder for inference.
@@ -29,11 +29,7 @@ pub struct LoadOptions {
 /// A model folder ready for inference: its weights, a LoRA adapter merged in once (so decoding costs
 /// what the base model costs), int8 weights and YaRN when asked, and its tokenizer.
 pub fn load(dir: &Path, device: &Device, options: &LoadOptions) -> Result<(MiniMindForCausalLM, Tokenizer)> {
-    let (mut model, _) = checkpoint::load_model(dir, device, DType::F32, false)?;
-    if let Some(adapter) = &options.adapter {
-        lora::load(&mut model, adapter, device)?;
-        lora::merge(&mut model)?;
-    }
+    let mut model = lora::load_merged(dir, options.adapter.as_deref(), device)?;
     if options.rope_scaling {
         model.set_rope_scaling(Some(crate::model::config::RopeScaling::minimind3()))?;
     }

@@ -107,7 +107,7 @@ fn vocabulary(tokenizer_json: &Json, vocab_size: usize) -> Result<(Vec<String>, 
 
 /// Writes `model_dir` as a GGUF v3 file at `out`.
 pub fn export(model_dir: &Path, lora: Option<&Path>, out: &Path, ty: GgufType) -> Result<()> {
-    let model = crate::model::lora::load_merged(model_dir, lora)?;
+    let model = crate::model::lora::load_merged(model_dir, lora, &candle_core::Device::Cpu)?;
     let c = &model.config;
     let architecture = Architecture::of(c)?;
     let arch = match architecture {

@@ -156,7 +156,7 @@ fn granite_tensors(model: &crate::MiniMindForCausalLM) -> Result<Vec<(String, Te
 
 /// Writes `out` as an HF Llama folder (MiniMind2 models only; see [`export_hf`]).
 pub fn export_hf_llama(model_dir: &Path, lora: Option<&Path>, out: &Path, dtype: ExportDType) -> Result<()> {
-    let model = crate::model::lora::load_merged(model_dir, lora)?;
+    let model = crate::model::lora::load_merged(model_dir, lora, &candle_core::Device::Cpu)?;
     if Architecture::of(&model.config)? != Architecture::Llama {
         anyhow::bail!("this is not a MiniMind2 (Llama-shaped) model; export it with --format hf");
     }
@@ -166,7 +166,7 @@ pub fn export_hf_llama(model_dir: &Path, lora: Option<&Path>, out: &Path, dtype:
 /// Writes `out` as an HF folder of the model's native architecture ([`native_config`]):
 /// config.json, model.safetensors, generation_config.json and the tokenizer files.
 pub fn export_hf(model_dir: &Path, lora: Option<&Path>, out: &Path, dtype: ExportDType) -> Result<()> {
-    let model = crate::model::lora::load_merged(model_dir, lora)?;
+    let model = crate::model::lora::load_merged(model_dir, lora, &candle_core::Device::Cpu)?;
     write_hf(&model, model_dir, out, dtype)
 }
 

@@ -120,12 +120,12 @@ pub fn merge(model: &mut MiniMindForCausalLM) -> Result<()> {
     Ok(())
 }
 
-/// The model in `base` with the adapter in `adapter` (if any) folded in, in f32 on the CPU — what
-/// `lora merge` and `export --lora` write.
-pub fn load_merged(base: &Path, adapter: Option<&Path>) -> Result<MiniMindForCausalLM> {
-    let (mut model, _) = crate::model::checkpoint::load_model(base, &Device::Cpu, DType::F32, false)?;
+/// The model in `base` with the adapter in `adapter` (if any) folded in, in f32 on `device` — what
+/// `lora merge` and `export --lora` write, and what inference runs.
+pub fn load_merged(base: &Path, adapter: Option<&Path>, device: &Device) -> Result<MiniMindForCausalLM> {
+    let (mut model, _) = crate::model::checkpoint::load_model(base, device, DType::F32, false)?;
     if let Some(adapter) = adapter {
-        load(&mut model, adapter, &Device::Cpu)?;
+        load(&mut model, adapter, device)?;
         merge(&mut model)?;
     }
     Ok(model)
