@@ -25,7 +25,7 @@ pub fn atomic_write(path: &Path, write: impl FnOnce(&mut dyn Write) -> Result<()
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let name = path.file_name().context("atomic_write needs a file name")?.to_string_lossy();
-    let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
+    let tmp = dir.join(temp_name(&name, std::process::id()));
     let result = (|| -> Result<()> {
         let file = fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
         let mut writer = BufWriter::new(file);
@@ -41,18 +41,23 @@ pub fn atomic_write(path: &Path, write: impl FnOnce(&mut dyn Write) -> Result<()
     result.with_context(|| format!("writing {}", path.display()))
 }
 
-/// Serializes named tensors to safetensors bytes and writes them atomically.
+/// The temporary file `atomic_write` writes `name` through: `.NAME.tmp.PID`.
+fn temp_name(name: &str, pid: u32) -> String {
+    format!(".{name}.tmp.{pid}")
+}
+
+/// The process that wrote a temporary file named by [`temp_name`], if `file_name` is one.
+fn temp_owner(file_name: &str) -> Option<u32> {
+    file_name.strip_prefix('.')?.rsplit_once(".tmp.")?.1.parse().ok()
+}
+
 /// Removes the temporary files `atomic_write` leaves behind when its process is killed mid-write
-/// (`.NAME.tmp.PID` of a process that no longer runs). Returns how many were removed.
+/// (those of a process that no longer runs). Returns how many were removed.
 pub fn remove_stale_temp_files(dir: &Path) -> Result<usize> {
     let Ok(entries) = fs::read_dir(dir) else { return Ok(0) };
     let mut removed = 0;
     for entry in entries.flatten() {
-        let name = entry.file_name().to_string_lossy().to_string();
-        let Some(pid) = name.strip_prefix('.').and_then(|n| n.rsplit_once(".tmp.")).map(|(_, pid)| pid) else {
-            continue;
-        };
-        let Ok(pid) = pid.parse::<u32>() else { continue };
+        let Some(pid) = temp_owner(&entry.file_name().to_string_lossy()) else { continue };
         let running = pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists();
         if !running {
             fs::remove_file(entry.path()).with_context(|| format!("removing {}", entry.path().display()))?;
@@ -62,6 +67,7 @@ pub fn remove_stale_temp_files(dir: &Path) -> Result<usize> {
     Ok(removed)
 }
 
+/// Serializes named tensors to safetensors bytes and writes them atomically.
 pub fn save_tensors(path: &Path, tensors: &[(String, Tensor)]) -> Result<()> {
     let bytes = safetensors::serialize(tensors.iter().map(|(n, t)| (n.as_str(), t)), None)
         .with_context(|| format!("serializing tensors for {}", path.display()))?;
