@@ -151,8 +151,8 @@ pub fn stream_completion(
     let mut stream = TextStream::new(tokenizer);
     // Shows a reasoning model's <think> part as a [think] … [/think] block (already open when the
     // prompt ends with `<think>`); the returned text is raw.
-    let opened = tokenizer.decode(&prompt_ids[prompt_ids.len().saturating_sub(3)..], false)?;
-    let mut display = super::reasoning::ThinkDisplay::new(opened.trim_end().ends_with("<think>"));
+    let tail = tokenizer.decode(&prompt_ids[prompt_ids.len().saturating_sub(3)..], false)?;
+    let mut display = super::reasoning::ThinkDisplay::new(super::reasoning::opens_thinking(&tail));
     let mut text = String::new();
     let stops = tokenizer.stop_ids()?;
     generate(model, prompt_ids, max_new_tokens, &stops, &mut sampler, |id| {

@@ -21,6 +21,12 @@ impl Split {
 const OPEN: &str = "<think>";
 const CLOSE: &str = "</think>";
 
+/// Whether a prompt (or its tail) ends inside an opened `<think>` block, as minimind-3's template
+/// leaves it with `open_thinking`: the answer then starts with its reasoning.
+pub fn opens_thinking(prompt: &str) -> bool {
+    prompt.trim_end().ends_with(OPEN)
+}
+
 /// Routes streamed text to reasoning or content. Text between `<think>` and `</think>` is reasoning
 /// (its surrounding whitespace trimmed), the rest content (leading whitespace after `</think>`
 /// trimmed); tags are removed. A prompt that already opened the block (minimind-3's

@@ -211,7 +211,7 @@ fn chat_prompt(m: &super::engine::LoadedModel, body: &Value) -> Result<(Vec<u32>
         .tokenizer
         .encode(&text)
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", &format!("{e:#}")))?;
-    Ok((ids, text.trim_end().ends_with("<think>")))
+    Ok((ids, crate::infer::reasoning::opens_thinking(&text)))
 }
 
 fn completion_prompt(m: &super::engine::LoadedModel, body: &Value) -> Result<Vec<u32>, ApiError> {
