@@ -27,6 +27,27 @@ pub fn fails(out: Output) -> String {
     stderr
 }
 
+/// Trainer options for tests: one epoch, no accumulation, lr 1e-3, no checkpoints until the end, quiet.
+pub fn train_options(out: &Path) -> minimind::train::TrainOptions {
+    minimind::train::TrainOptions {
+        epochs: 1,
+        accumulation_steps: 1,
+        lr: 1e-3,
+        lr_schedule: Default::default(),
+        grad_clip: 1.0,
+        weight_decay: 0.0,
+        save_every: 0,
+        max_steps: None,
+        seed: 1,
+        out_dir: out.to_path_buf(),
+        tokenizer_dir: None,
+        show_progress: false,
+        time_limit_s: None,
+        resume: None,
+        output: Default::default(),
+    }
+}
+
 pub fn p(path: &Path) -> &str {
     path.to_str().unwrap()
 }

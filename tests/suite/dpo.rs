@@ -77,23 +77,7 @@ fn training_raises_the_margin_and_leaves_the_reference_alone() {
     let mut stage =
         DpoStage::new(data(&t, &fixture("dpo_zh_en_16.jsonl"), 96), reference, 0.1, SeqLogProb::Mean, Device::Cpu);
     let dir = tempfile::tempdir().unwrap();
-    let opts = TrainOptions {
-        epochs: 1,
-        accumulation_steps: 1,
-        lr: 2e-3,
-        lr_schedule: Default::default(),
-        grad_clip: 1.0,
-        weight_decay: 0.0,
-        save_every: 0,
-        max_steps: Some(12),
-        seed: 1,
-        out_dir: dir.path().to_path_buf(),
-        tokenizer_dir: None,
-        show_progress: false,
-        time_limit_s: None,
-        resume: None,
-        output: Default::default(),
-    };
+    let opts = TrainOptions { lr: 2e-3, max_steps: Some(12), ..train_options(dir.path()) };
     train(&policy, &params, &mut stage, &opts).unwrap();
     let metrics = minimind::train::metrics::read_metrics(&dir.path().join("metrics.jsonl")).unwrap();
     let margin = |i: usize| metrics[i].extra["reward_margin"];

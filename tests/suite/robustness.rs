@@ -126,23 +126,7 @@ fn a_run_that_fails_before_its_first_step_keeps_the_old_metrics() {
         fn seek(&mut self, _: minimind::data::DataCursor) {}
     }
     let (model, params) = micro_model(1);
-    let opts = minimind::train::TrainOptions {
-        epochs: 1,
-        accumulation_steps: 1,
-        lr: 1e-3,
-        lr_schedule: Default::default(),
-        grad_clip: 1.0,
-        weight_decay: 0.0,
-        save_every: 0,
-        max_steps: None,
-        seed: 1,
-        out_dir: dir.path().to_path_buf(),
-        tokenizer_dir: None,
-        show_progress: false,
-        time_limit_s: None,
-        resume: None,
-        output: Default::default(),
-    };
+    let opts = train_options(dir.path());
     let err = minimind::train::train(&model, &params, &mut Broken, &opts).unwrap_err().to_string();
     assert!(err.contains("went away"));
     assert_eq!(std::fs::read_to_string(&metrics).unwrap(), "{\"old\": true}\n");

@@ -38,21 +38,12 @@ impl Stage for RepeatedBatch {
 
 fn options(out: &std::path::Path, steps: usize) -> TrainOptions {
     TrainOptions {
-        epochs: 1,
         accumulation_steps: 2,
         lr: 3e-3,
         lr_schedule: LrSchedule::Minimind3,
-        grad_clip: 1.0,
         weight_decay: 0.01,
-        save_every: 0,
         max_steps: Some(steps),
-        seed: 1,
-        out_dir: out.to_path_buf(),
-        tokenizer_dir: None,
-        show_progress: false,
-        time_limit_s: None,
-        resume: None,
-        output: Default::default(),
+        ..train_options(out)
     }
 }
 
