@@ -14,6 +14,7 @@ use crate::data::train_tokenizer::TokenizerLayout;
 use crate::infer::sampler::{SamplingParams, DEFAULT_MAX_NEW_TOKENS};
 use crate::model::checkpoint;
 use crate::model::config::ModelConfig;
+use crate::model::Precision;
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use clap::{Args, Parser, Subcommand};
@@ -196,6 +197,9 @@ pub struct ServeArgs {
     /// YaRN RoPE scaling for long prompts (minimind-3's inference_rope_scaling).
     #[arg(long)]
     pub rope_scaling: bool,
+    /// fp32, or bf16 weights and activations.
+    #[arg(long, default_value_t = Precision::F32)]
+    pub dtype: Precision,
 }
 
 fn serve_cmd(a: &ServeArgs) -> Result<()> {
@@ -208,6 +212,7 @@ fn serve_cmd(a: &ServeArgs) -> Result<()> {
             device: a.device.clone(),
             int8: a.int8,
             rope_scaling: a.rope_scaling,
+            dtype: a.dtype,
         };
         let (model, tokenizer) = args.load()?;
         let folder = dir.file_name().map_or_else(|| format!("model-{i}"), |n| n.to_string_lossy().to_string());
@@ -242,13 +247,20 @@ pub struct ModelArgs {
     /// inference_rope_scaling: factor 16 over the original 2048 positions).
     #[arg(long)]
     pub rope_scaling: bool,
+    /// fp32, or bf16 weights and activations (half the bytes read per token; fastest on GPUs).
+    #[arg(long, default_value_t = Precision::F32)]
+    pub dtype: Precision,
 }
 
 impl ModelArgs {
     /// The model (its adapter merged in, if any) and its tokenizer, ready for inference.
     pub fn load(&self) -> Result<(crate::MiniMindForCausalLM, Tokenizer)> {
-        let options =
-            crate::infer::LoadOptions { adapter: self.lora.clone(), int8: self.int8, rope_scaling: self.rope_scaling };
+        let options = crate::infer::LoadOptions {
+            adapter: self.lora.clone(),
+            int8: self.int8,
+            rope_scaling: self.rope_scaling,
+            precision: self.dtype,
+        };
         crate::infer::load(&self.model, &parse_device(&self.device)?, &options)
     }
 }

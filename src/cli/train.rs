@@ -4,7 +4,7 @@
 use super::parse_device;
 use crate::model::lora::LoraConfig;
 use crate::model::params::InitScheme;
-use crate::model::ModelConfig;
+use crate::model::{ModelConfig, Precision};
 use crate::train::dpo::SeqLogProb;
 use crate::train::optim::LrSchedule;
 use crate::train::{self, TrainConfig, TrainSummary};
@@ -64,6 +64,10 @@ pub struct TrainerArgs {
     /// cpu, or cuda / cuda:N with a CUDA build.
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// fp32, or bf16 mixed precision (fp32 master weights and AdamW moments, bf16 matmuls and
+    /// activations; norms, softmax and the loss in f32).
+    #[arg(long, default_value_t = Precision::F32)]
+    pub dtype: Precision,
 }
 
 impl TrainerArgs {
@@ -86,6 +90,7 @@ impl TrainerArgs {
             overwrite: self.overwrite,
             skip_bad_lines: self.skip_bad_lines,
             device: parse_device(&self.device)?,
+            precision: self.dtype,
             show_progress: true,
         })
     }

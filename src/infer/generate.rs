@@ -44,7 +44,7 @@ pub fn generate(
         bail!("prompt of {} tokens does not fit the context of {max_len}", prompt.len());
     }
     let capacity = (prompt.len() + max_new_tokens).min(max_len);
-    let mut cache = KvCache::new(&model.config, 1, capacity, model.dtype(), model.device())?;
+    let mut cache = KvCache::new(&model.config, 1, capacity, model.compute_dtype(), model.device())?;
     let mut seen = prompt.to_vec();
     let mut input = Tensor::new(prompt, model.device())?.unsqueeze(0)?;
     let mut tokens = Vec::new();
@@ -94,7 +94,7 @@ pub fn generate_batch(
         ids.extend_from_slice(p);
     }
     let mut input = Tensor::from_vec(ids, (prompts.len(), longest), model.device())?;
-    let mut cache = KvCache::new(&model.config, prompts.len(), capacity, model.dtype(), model.device())?;
+    let mut cache = KvCache::new(&model.config, prompts.len(), capacity, model.compute_dtype(), model.device())?;
     let mut seen: Vec<Vec<u32>> = prompts.to_vec();
     let mut out: Vec<Generation> =
         prompts.iter().map(|_| Generation { tokens: Vec::new(), finish_reason: FinishReason::Length }).collect();

@@ -24,6 +24,8 @@ pub struct LoadOptions {
     /// YaRN RoPE scaling for prompts beyond the trained context (minimind-3's
     /// `inference_rope_scaling`: factor 16 over 2048 positions).
     pub rope_scaling: bool,
+    /// fp32, or bf16 weights and activations (half the bytes per decoded token).
+    pub precision: crate::model::Precision,
 }
 
 /// A model folder ready for inference: its weights, a LoRA adapter merged in once (so decoding costs
@@ -34,7 +36,13 @@ pub fn load(dir: &Path, device: &Device, options: &LoadOptions) -> Result<(MiniM
         model.set_rope_scaling(Some(crate::model::config::RopeScaling::minimind3()))?;
     }
     if options.int8 {
+        if options.precision != crate::model::Precision::F32 {
+            anyhow::bail!("--int8 runs int8 weights with f32 activations; it cannot be combined with --dtype bf16");
+        }
         model.quantize_int8()?;
+    }
+    if options.precision != crate::model::Precision::F32 {
+        model = model.with_weights_in(options.precision.dtype())?;
     }
     Ok((model, Tokenizer::load(dir)?))
 }

@@ -80,14 +80,16 @@ impl MoeFeedForward {
         let (b, t, d) = x.dims3()?;
         let (n, k, e) = (b * t, self.top_k, self.experts.len());
         let flat = x.reshape((n, d))?;
-        let scores = ops::softmax_last_dim(&ops::matmul_nt(&flat, &self.gate)?)?; // [N, E]
-        let choice = top_k(&scores.to_dtype(DType::F32)?.to_vec2::<f32>()?, k);
+        // Router probabilities in f32 whatever the compute dtype (autocast does the same).
+        let router_logits = ops::matmul_nt(&flat, &self.gate.to_dtype(flat.dtype())?)?.to_dtype(DType::F32)?;
+        let scores = ops::softmax_last_dim(&router_logits)?; // [N, E]
+        let choice = top_k(&scores.to_vec2::<f32>()?, k);
         let idx = Tensor::from_vec(choice.iter().map(|&c| c as u32).collect::<Vec<_>>(), (n, k), x.device())?;
         let mut weights = scores.gather(&idx, 1)?; // [N, k]
         if self.renormalize {
             weights = weights.broadcast_div(&(weights.sum_keepdim(1)? + 1e-20)?)?;
         }
-        let weights = weights.flatten_all()?;
+        let weights = weights.flatten_all()?.to_dtype(flat.dtype())?;
         let mut out = flat.zeros_like()?;
         let mut counts = vec![0usize; e];
         for (expert_id, expert) in self.experts.iter().enumerate() {

@@ -50,6 +50,17 @@ impl Linear {
         }
     }
 
+    /// The matrix in the dtype of the activations `x` it multiplies (mixed precision: fp32 master
+    /// weights cast to bf16 at use, as PyTorch's autocast does; the cast's backward returns fp32
+    /// gradients to the master weights). Int8 packings are used as they are.
+    pub fn weight_for(&self, x: &Tensor) -> Result<Tensor> {
+        let w = self.effective_weight()?;
+        if ops::int8::is_int8(&w) {
+            return Ok(w);
+        }
+        Ok(w.to_dtype(x.dtype())?)
+    }
+
     /// Replaces the (adapted) weight by its int8 packing ([`ops::int8`]).
     fn quantize_int8(&mut self) -> Result<()> {
         if !ops::int8::is_int8(&self.weight) {
@@ -62,7 +73,7 @@ impl Linear {
 
 impl Module for Linear {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let w = self.effective_weight().map_err(|e| candle_core::Error::Msg(format!("{e:#}")))?;
+        let w = self.weight_for(x).map_err(|e| candle_core::Error::Msg(format!("{e:#}")))?;
         ops::matmul_nt(x, &w)
     }
 }
@@ -80,7 +91,7 @@ impl RmsNorm {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(ops::rms_norm(x, &self.weight, self.eps)?)
+        Ok(ops::rms_norm(x, &self.weight.to_dtype(x.dtype())?, self.eps)?)
     }
 }
 
@@ -217,7 +228,7 @@ impl Attention {
         // Heads `[B, n, T, D]`, rotated by RoPE when `rotate`; with a per-head norm (q/k norm) the
         // heads are normalized first and rotated after.
         let project = |linear: &Linear, heads: usize, rotate: bool, norm: Option<&RmsNorm>| -> Result<Tensor> {
-            let w = linear.effective_weight()?;
+            let w = linear.weight_for(x)?;
             let tables = (rotate && norm.is_none()).then_some((&cos, &sin));
             let heads = match padding {
                 Some(_) => ops::composed::split_heads(&ops::matmul_nt(x, &w)?, heads, tables)?,
@@ -246,7 +257,7 @@ impl Attention {
             }
             None => ops::causal_attention(&q, &k, &v, dropout.map(|(p, s)| (p, site_seed(s, 0, 1))))?,
         };
-        let y = ops::merge_heads(&y, &self.o_proj.effective_weight()?)?;
+        let y = ops::merge_heads(&y, &self.o_proj.weight_for(&y)?)?;
         Ok(match dropout {
             Some((p, s)) => ops::dropout(&y, p, site_seed(s, 0, 2))?,
             None => y,
@@ -273,7 +284,7 @@ impl Mlp {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let hidden = ops::swiglu_in(x, &self.gate_proj.effective_weight()?, &self.up_proj.effective_weight()?)?;
+        let hidden = ops::swiglu_in(x, &self.gate_proj.weight_for(x)?, &self.up_proj.weight_for(x)?)?;
         Ok(self.down_proj.forward(&hidden)?)
     }
 }
@@ -399,6 +410,9 @@ pub struct MiniMindForCausalLM {
     pub model: MiniMindModel,
     /// The output projection `[V, d]`; the same tensor as `model.embed_tokens` when tied.
     pub lm_head: Linear,
+    /// The dtype activations are computed in: the weights' own, or bf16 over fp32 master weights
+    /// (mixed precision, [`set_compute_dtype`](Self::set_compute_dtype)).
+    compute_dtype: DType,
 }
 
 impl MiniMindForCausalLM {
@@ -425,7 +439,8 @@ impl MiniMindForCausalLM {
             Linear::new(wb, "lm_head", (v, d), scheme)?
         };
         let rotary = RotaryEmbedding::new(&c, wb.device())?;
-        Ok(Self { model: MiniMindModel { embed_tokens, layers, norm, rotary }, lm_head, config: c })
+        let compute_dtype = wb.dtype();
+        Ok(Self { model: MiniMindModel { embed_tokens, layers, norm, rotary }, lm_head, config: c, compute_dtype })
     }
 
     /// Final hidden states `[B, T, d]` (after the last norm) for `input_ids` `[B, T]`.
@@ -472,7 +487,8 @@ impl MiniMindForCausalLM {
             );
         }
         let d = self.config.hidden_size;
-        let mut x = self.model.embed_tokens.index_select(&input_ids.flatten_all()?, 0)?.reshape((b, t, d))?;
+        let embedded = self.model.embed_tokens.index_select(&input_ids.flatten_all()?, 0)?;
+        let mut x = embedded.to_dtype(self.compute_dtype)?.reshape((b, t, d))?;
         // Dropout sites get distinct seeds: (layer, site), the embedding counting as layer L.
         let dropout = dropout.filter(|_| self.config.dropout > 0.0).map(|seed| (self.config.dropout, seed));
         if let Some((p, seed)) = dropout {
@@ -551,8 +567,39 @@ impl MiniMindForCausalLM {
         self.model.embed_tokens.device()
     }
 
+    /// The dtype the weights are stored in.
     pub fn dtype(&self) -> DType {
         self.model.embed_tokens.dtype()
+    }
+
+    /// The dtype of the activations (and of a KV cache for this model).
+    pub fn compute_dtype(&self) -> DType {
+        self.compute_dtype
+    }
+
+    /// Mixed precision: computes in `dtype` (bf16) while the weights stay as they are (fp32 master
+    /// weights that the optimizer updates). Matmuls and activations run in `dtype`; norms, softmax
+    /// and the loss compute their statistics in f32 (see [`ops::composed`]).
+    pub fn set_compute_dtype(&mut self, dtype: DType) {
+        self.compute_dtype = dtype;
+    }
+
+    /// A copy with every weight stored (and computed) in `dtype`: bf16 inference reads half the
+    /// bytes. Rebuilt through the same walk as loading a checkpoint.
+    pub fn with_weights_in(&self, dtype: DType) -> Result<Self> {
+        if self.is_int8() {
+            bail!("int8 weights cannot be converted to {dtype:?}");
+        }
+        let mut merged = self.clone();
+        for (_, linear) in merged.linears_mut() {
+            linear.weight = linear.effective_weight()?;
+            linear.lora = None;
+        }
+        let tensors = merged.named_tensors().into_iter().collect();
+        let wb = WeightBuilder::loaded(tensors, dtype, self.device(), false);
+        let model = Self::new(&self.config, &wb, InitScheme::Minimind2)?;
+        wb.finish()?;
+        Ok(model)
     }
 
     /// The projection layers of every block by module path (`model.layers.{i}.self_attn.q_proj`, …),

@@ -55,11 +55,35 @@ pub fn log_softmax_last_dim(x: &Tensor) -> Result<Tensor> {
 }
 
 /// Additive causal mask `[T, past+T]`: query t (absolute position past+t) sees keys 0..=past+t.
+/// Row p of one square table serves every `(t, past)`, so each device builds it once (doubling as
+/// longer sequences come) and a forward pass narrows it: no host-to-device copy per layer and step.
 pub fn causal_mask(t: usize, past: usize, device: &Device) -> Result<Tensor> {
+    /// The largest table kept (16 MiB in f32); longer sequences build their mask per call.
+    const MAX_CACHED: usize = 2048;
+    static TABLES: std::sync::Mutex<Vec<Tensor>> = std::sync::Mutex::new(Vec::new());
     let total = past + t;
+    if total > MAX_CACHED {
+        return square_causal_mask(total, device)?.narrow(0, past, t);
+    }
+    let mut tables = TABLES.lock().map_err(|_| candle_core::Error::Msg("mask cache poisoned".into()))?;
+    let found = tables.iter().position(|m| m.device().same_device(device));
+    let table = match found {
+        Some(i) if tables[i].dim(0)? >= total => tables[i].clone(),
+        _ => {
+            let table = square_causal_mask(total.next_power_of_two().min(MAX_CACHED), device)?;
+            tables.retain(|m| !m.device().same_device(device));
+            tables.push(table.clone());
+            table
+        }
+    };
+    table.narrow(0, past, t)?.narrow(1, 0, total)
+}
+
+/// `[n, n]`: 0 where key j ≤ query i, −∞ above the diagonal.
+fn square_causal_mask(n: usize, device: &Device) -> Result<Tensor> {
     let mask: Vec<f32> =
-        (0..t).flat_map(|i| (0..total).map(move |j| if j <= past + i { 0.0 } else { f32::NEG_INFINITY })).collect();
-    Tensor::from_vec(mask, (t, total), device)
+        (0..n).flat_map(|i| (0..n).map(move |j| if j <= i { 0.0 } else { f32::NEG_INFINITY })).collect();
+    Tensor::from_vec(mask, (n, n), device)
 }
 
 /// Causal grouped-query attention, `softmax(QKᵀ/√D + mask)·V`.

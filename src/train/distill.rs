@@ -32,8 +32,10 @@ pub fn distill_loss(
     if teacher.dim(D::Minus1)? < v {
         bail!("the teacher's vocabulary ({}) is smaller than the student's ({v})", teacher.dim(D::Minus1)?);
     }
-    let teacher = teacher.narrow(D::Minus1, 0, v)?.detach();
+    // Softmax statistics in f32 whatever the compute dtype.
+    let teacher = teacher.narrow(D::Minus1, 0, v)?.detach().to_dtype(DType::F32)?;
     let ce = ops::cross_entropy(student, targets, mask)?;
+    let student = &student.to_dtype(DType::F32)?;
     let log_student = log_softmax_last_dim(&(student / temperature)?)?;
     let p_teacher = softmax_last_dim(&(&teacher / temperature)?)?;
     let log_teacher = log_softmax_last_dim(&(&teacher / temperature)?)?;
@@ -161,7 +163,7 @@ pub fn distill(c: &DistillConfig) -> Result<TrainSummary> {
         bail!("--alpha must be in [0, 1] and --temperature > 0");
     }
     let tokenizer = Tokenizer::load(&c.student)?;
-    let (teacher, _) = checkpoint::load_model(&c.teacher, &t.device, DType::F32, false)?;
+    let (teacher, _) = checkpoint::load_model(&c.teacher, &t.device, t.precision.dtype(), false)?;
     let (student_config, start) = from_model_folder(&c.student, &t.device)?;
     if teacher.config.vocab_size < student_config.vocab_size {
         bail!(

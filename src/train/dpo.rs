@@ -16,7 +16,7 @@ use crate::model::checkpoint;
 use crate::model::{DropoutSeed, MiniMindForCausalLM};
 use crate::{ops, Tokenizer};
 use anyhow::Result;
-use candle_core::{DType, Device, Tensor, D};
+use candle_core::{Device, Tensor, D};
 use std::path::PathBuf;
 
 /// How a side's per-token log-probabilities become its sequence score.
@@ -120,7 +120,7 @@ pub fn dpo(c: &DpoConfig) -> Result<TrainSummary> {
         anyhow::bail!("--beta must be a positive number, got {}", c.beta);
     }
     let tokenizer = Tokenizer::load(&c.model)?;
-    let (reference, _) = checkpoint::load_model(&c.model, &t.device, DType::F32, false)?;
+    let (reference, _) = checkpoint::load_model(&c.model, &t.device, t.precision.dtype(), false)?;
     let encoding = SftEncoding::for_tokenizer(&tokenizer, t.max_seq_len(&DPO, &reference.config)?)?;
     let data = DpoData::open(&c.data, t.skip_bad_lines, encoding, &tokenizer, t.batch_size(&DPO)?, t.seed)?;
     let mut stage = DpoStage::new(data, reference, c.beta, c.seq_logp, t.device.clone());

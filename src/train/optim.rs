@@ -235,20 +235,26 @@ impl InplaceOp2 for InPlaceAdamW<'_> {
     }
 }
 
-/// Global L2 norm of all gradients, `√Σ‖g‖²` (accumulated in f64).
+/// Global L2 norm of all gradients, `√Σ‖g‖²` (accumulated in f64). On the CPU, partial sums per
+/// fixed chunk added in order (the same bits on every run); on a GPU the per-tensor sums stay on the
+/// device and are added there, so the step reads back one number, not one per parameter.
 pub fn grad_norm(grads: &[Tensor]) -> Result<f64> {
+    let (host, device): (Vec<&Tensor>, Vec<&Tensor>) =
+        grads.iter().partition(|g| matches!(g.device(), Device::Cpu) && g.dtype() == DType::F32);
     let mut total = 0f64;
-    for g in grads {
-        total += if matches!(g.device(), Device::Cpu) && g.dtype() == DType::F32 {
-            // Partial sums per fixed chunk, added in order: the same bits on every run.
-            crate::ops::with_cpu_f32(g, |s| {
-                let partial: Vec<f64> =
-                    s.par_chunks(1 << 14).map(|c| c.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>()).collect();
-                partial.iter().sum::<f64>()
-            })?
-        } else {
-            g.to_dtype(DType::F64)?.sqr()?.sum_all()?.to_scalar::<f64>()?
-        };
+    for g in host {
+        total += crate::ops::with_cpu_f32(g, |s| {
+            let partial: Vec<f64> =
+                s.par_chunks(1 << 14).map(|c| c.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>()).collect();
+            partial.iter().sum::<f64>()
+        })?;
+    }
+    if !device.is_empty() {
+        let sums = device
+            .iter()
+            .map(|g| g.to_dtype(DType::F32)?.sqr()?.sum_all()?.to_dtype(DType::F64))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        total += Tensor::stack(&sums, 0)?.sum_all()?.to_scalar::<f64>()?;
     }
     Ok(total.sqrt())
 }

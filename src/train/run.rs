@@ -6,7 +6,7 @@ use super::optim::LrSchedule;
 use super::resume::{self, Resume};
 use super::trainer::{train, ModelOutput, Stage, TrainOptions, TrainSummary};
 use crate::model::params::WeightBuilder;
-use crate::model::{MiniMindForCausalLM, ModelConfig};
+use crate::model::{MiniMindForCausalLM, ModelConfig, Precision};
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device};
 use std::path::PathBuf;
@@ -42,6 +42,8 @@ pub struct TrainConfig {
     /// Skip (and count) data lines that cannot train instead of stopping at the first.
     pub skip_bad_lines: bool,
     pub device: Device,
+    /// fp32, or bf16 mixed precision (fp32 master weights and optimizer state).
+    pub precision: Precision,
     /// A progress bar (or log lines when stderr is not a terminal).
     pub show_progress: bool,
 }
@@ -67,6 +69,7 @@ impl TrainConfig {
             overwrite: false,
             skip_bad_lines: false,
             device: Device::Cpu,
+            precision: Precision::F32,
             show_progress: true,
         }
     }
@@ -221,7 +224,8 @@ pub fn run_stage<S: Stage, F: FnOnce(&WeightBuilder) -> Result<MiniMindForCausal
     } else {
         start.fresh
     };
-    let model = (start.build)(&weights)?;
+    let mut model = (start.build)(&weights)?;
+    model.set_compute_dtype(cfg.precision.dtype());
     let params = weights.finish().context("collecting the trainable weights")?;
     if let Some(index) = stage.index() {
         eprintln!("{}: {} trainable parameters, {} rows of data", stage.name(), params.num_elements(), index.len());

@@ -16,6 +16,7 @@ mod kernels;
 mod lora;
 mod model;
 mod moe;
+mod precision;
 mod reason;
 mod robustness;
 mod serve;
