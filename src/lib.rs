@@ -41,6 +41,7 @@ macro_rules! named_enum {
 
 pub mod cli;
 pub mod data;
+pub mod dist;
 pub mod eval;
 pub mod infer;
 pub mod interop;

@@ -71,7 +71,11 @@ pub struct TrainerArgs {
 }
 
 impl TrainerArgs {
+    /// The trainer settings; under `mpirun` or `torchrun` this process joins the other ranks.
     pub fn config(&self) -> Result<TrainConfig> {
+        let launch = crate::dist::Launch::from_env()?;
+        let device = parse_device(&launch.device_spec(&self.device))?;
+        let dist = crate::dist::connect(launch, &device)?;
         Ok(TrainConfig {
             out: self.out.clone(),
             epochs: self.epochs,
@@ -89,9 +93,10 @@ impl TrainerArgs {
             resume: self.resume,
             overwrite: self.overwrite,
             skip_bad_lines: self.skip_bad_lines,
-            device: parse_device(&self.device)?,
+            device,
             precision: self.dtype,
             show_progress: true,
+            dist,
         })
     }
 }

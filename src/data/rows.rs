@@ -153,6 +153,9 @@ pub struct LmBatch {
     pub mask: Tensor,
     /// Denominator of the masked mean when it differs from `Σ mask` (see [`EncodedRow::norm`]).
     pub norm: Option<f32>,
+    /// What the batch's loss is a mean over: `norm`, else `Σ mask` (its supervised tokens). Data
+    /// parallelism weighs each rank's loss by it (see [`crate::train::Stage::weight`]).
+    pub weight: f32,
 }
 
 impl LmBatch {
@@ -175,11 +178,13 @@ impl LmBatch {
             .any(|r| r.norm.is_some())
             .then(|| rows.iter().map(|r| r.norm.unwrap_or_else(|| r.mask[1..].iter().sum())).sum());
         let b = rows.len();
+        let weight = norm.unwrap_or_else(|| mask.iter().sum());
         Ok(Self {
             x: Tensor::from_vec(x, (b, t), device)?,
             y: Tensor::from_vec(y, (b, t), device)?,
             mask: Tensor::from_vec(mask, (b, t), device)?,
             norm,
+            weight,
         })
     }
 
@@ -240,7 +245,10 @@ pub type RowEncoder<'a, R> = Box<dyn Fn(&str) -> Result<R> + 'a>;
 pub struct Rows<'a, R> {
     pub index: JsonlIndex,
     order: ShuffledRows,
+    /// Rows per micro-batch of this rank.
     pub batch_size: usize,
+    /// Data parallelism: this process is rank `shard.0` of `shard.1`.
+    shard: (usize, usize),
     encode: RowEncoder<'a, R>,
 }
 
@@ -250,12 +258,22 @@ pub type LmData<'a> = Rows<'a, EncodedRow>;
 impl<'a, R> Rows<'a, R> {
     pub fn new(index: JsonlIndex, batch_size: usize, seed: u64, encode: RowEncoder<'a, R>) -> Self {
         let order = ShuffledRows::new(index.len(), seed, DataCursor::default());
-        Self { index, order, batch_size, encode }
+        Self { index, order, batch_size, shard: (0, 1), encode }
     }
 
-    /// Batches per epoch (the last one may be short).
+    /// Data parallelism: each global batch is `batch_size × world` rows of the shuffled order, the
+    /// same on every rank, and this rank reads only its `rank`-th part.
+    pub fn set_shard(&mut self, rank: usize, world: usize) {
+        self.shard = (rank, world.max(1));
+    }
+
+    fn global_batch(&self) -> usize {
+        self.batch_size * self.shard.1
+    }
+
+    /// (Global) batches per epoch (the last one may be short).
     pub fn batches_per_epoch(&self) -> usize {
-        self.index.len().div_ceil(self.batch_size)
+        self.index.len().div_ceil(self.global_batch())
     }
 
     pub fn cursor(&self) -> DataCursor {
@@ -269,7 +287,7 @@ impl<'a, R> Rows<'a, R> {
 
     /// The next batch's rows, encoded; an error names the line's `file:line`.
     pub fn next_rows(&mut self) -> Result<Vec<R>> {
-        let rows = self.order.next_batch(self.batch_size);
+        let rows = shard_of(self.order.next_batch(self.global_batch()), self.shard);
         rows.iter()
             .map(|&i| {
                 let line = self.index.read(i)?;
@@ -278,6 +296,21 @@ impl<'a, R> Rows<'a, R> {
             })
             .collect()
     }
+}
+
+/// Rank `rank`'s part of a global batch split into `world` even parts. An epoch's last batch with
+/// fewer rows than ranks is padded by repeating its rows (as PyTorch's `DistributedSampler` pads),
+/// so every rank has a row to compute on.
+fn shard_of(mut rows: Vec<usize>, (rank, world): (usize, usize)) -> Vec<usize> {
+    if world == 1 {
+        return rows;
+    }
+    let n = rows.len();
+    for i in n..world {
+        rows.push(rows[i % n]);
+    }
+    let n = rows.len();
+    rows[rank * n / world..(rank + 1) * n / world].to_vec()
 }
 
 impl LmData<'_> {

@@ -82,6 +82,11 @@ impl StageLoss for DpoLoss {
         // A MoE policy's aux loss joins the DPO loss (as minimind-3 does).
         Ok((moe.add_aux(loss)?, logged))
     }
+
+    /// The DPO loss is a mean over pairs (the batch holds each pair's chosen and rejected rows).
+    fn weight(&self, batch: &LmBatch) -> f64 {
+        (batch.x.dims()[0] / 2) as f64
+    }
 }
 
 /// Preference pairs and the DPO loss.

@@ -6,6 +6,7 @@ use super::optim::LrSchedule;
 use super::resume::{self, Resume};
 use super::trainer::{train, ModelOutput, Stage, TrainOptions, TrainSummary};
 use crate::model::params::WeightBuilder;
+use crate::dist::Dist;
 use crate::model::{MiniMindForCausalLM, ModelConfig, Precision};
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device};
@@ -46,6 +47,9 @@ pub struct TrainConfig {
     pub precision: Precision,
     /// A progress bar (or log lines when stderr is not a terminal).
     pub show_progress: bool,
+    /// Data parallelism: the ranks this process trains with (`crate::dist::connect`); `batch_size`
+    /// is per rank, so a global batch is `batch_size × ranks`.
+    pub dist: Dist,
 }
 
 impl TrainConfig {
@@ -71,6 +75,7 @@ impl TrainConfig {
             device: Device::Cpu,
             precision: Precision::F32,
             show_progress: true,
+            dist: Dist::default(),
         }
     }
 
@@ -100,12 +105,12 @@ impl TrainConfig {
             eprintln!("removed {removed} temporary files a killed run left in {}", self.out.display());
         }
         if self.resume {
-            resume::require(&self.out)
+            resume::require(&self.out)?;
         } else if !self.overwrite {
-            refuse_to_replace(&self.out)
-        } else {
-            Ok(())
+            refuse_to_replace(&self.out)?;
         }
+        // No rank starts writing before every rank has looked at the folder.
+        self.dist.barrier()
     }
 
     pub(crate) fn batch_size(&self, d: &StageDefaults) -> Result<usize> {
@@ -141,6 +146,7 @@ impl TrainConfig {
             time_limit_s: self.max_minutes.map(|m| m * 60.0),
             resume: None,
             output,
+            dist: self.dist.clone(),
         }
     }
 }
@@ -218,7 +224,9 @@ pub fn run_stage<S: Stage, F: FnOnce(&WeightBuilder) -> Result<MiniMindForCausal
     let mut opts = cfg.options(defaults, start.tokenizer_dir, start.output);
     let weights = if cfg.resume {
         let (state, tensors, optimizer) = resume::load(&cfg.out, &cfg.device)?;
-        eprintln!("resuming {} at step {}", cfg.out.display(), state.step);
+        if cfg.dist.is_main() {
+            eprintln!("resuming {} at step {}", cfg.out.display(), state.step);
+        }
         opts.resume = Some(Resume { state, optimizer });
         WeightBuilder::loaded(tensors, DType::F32, &cfg.device, true)
     } else {
@@ -227,7 +235,10 @@ pub fn run_stage<S: Stage, F: FnOnce(&WeightBuilder) -> Result<MiniMindForCausal
     let mut model = (start.build)(&weights)?;
     model.set_compute_dtype(cfg.precision.dtype());
     let params = weights.finish().context("collecting the trainable weights")?;
-    if let Some(index) = stage.index() {
+    if cfg.dist.world_size() > 1 && cfg.dist.is_main() {
+        eprintln!("data parallel over {} processes ({:?})", cfg.dist.world_size(), cfg.dist);
+    }
+    if let Some(index) = stage.index().filter(|_| cfg.dist.is_main()) {
         eprintln!("{}: {} trainable parameters, {} rows of data", stage.name(), params.num_elements(), index.len());
         if index.skipped > 0 {
             eprintln!("skipping {} lines of {} that cannot train", index.skipped, index.path.display());

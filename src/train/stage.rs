@@ -17,6 +17,8 @@ pub trait Batches {
     fn cursor(&self) -> DataCursor;
     fn seek(&mut self, cursor: DataCursor);
     fn index(&self) -> &JsonlIndex;
+    /// Reads only rank `rank`'s part of every global batch ([`crate::data::Rows::set_shard`]).
+    fn set_shard(&mut self, rank: usize, world: usize);
 }
 
 macro_rules! batches_for {
@@ -37,6 +39,9 @@ macro_rules! batches_for {
             fn index(&self) -> &JsonlIndex {
                 &self.index
             }
+            fn set_shard(&mut self, rank: usize, world: usize) {
+                Self::set_shard(self, rank, world)
+            }
         }
     };
 }
@@ -52,6 +57,11 @@ pub trait StageLoss {
         batch: &LmBatch,
         dropout: DropoutSeed,
     ) -> Result<(Tensor, Vec<(String, f64)>)>;
+
+    /// What the loss is a mean over (its supervised tokens, by default).
+    fn weight(&self, batch: &LmBatch) -> f64 {
+        batch.weight as f64
+    }
 }
 
 /// A [`Stage`] made of a data source and a loss.
@@ -93,6 +103,15 @@ impl<D: Batches, L: StageLoss> Stage for DataStage<D, L> {
 
     fn tokens(&self, batch: &LmBatch) -> usize {
         batch.tokens()
+    }
+
+    fn weight(&self, batch: &LmBatch) -> f64 {
+        self.loss.weight(batch)
+    }
+
+    fn shard(&mut self, rank: usize, world: usize) -> Result<()> {
+        self.data.set_shard(rank, world);
+        Ok(())
     }
 
     fn cursor(&self) -> DataCursor {

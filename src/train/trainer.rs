@@ -13,6 +13,7 @@ use crate::model::{DropoutSeed, MiniMindForCausalLM};
 use crate::train::metrics::{write_chart, MetricsWriter, StepMetrics};
 use crate::train::optim::{clip_factor, grad_norm, AdamW, AdamWConfig, GradAccumulator, LrSchedule};
 use crate::train::resume::{self, Resume, RunState};
+use crate::dist::Dist;
 use anyhow::{bail, Context, Result};
 use candle_core::Tensor;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -45,6 +46,19 @@ pub trait Stage {
     fn index(&self) -> Option<&crate::data::JsonlIndex> {
         None
     }
+    /// What `loss` is a mean over (supervised tokens, pairs): data parallelism weighs each rank's
+    /// loss by its share of the global total, so the step equals one process on the whole batch.
+    fn weight(&self, _batch: &Self::Batch) -> f64 {
+        1.0
+    }
+    /// Data parallelism: read only rank `rank`'s part of every global batch.
+    fn shard(&mut self, rank: usize, world: usize) -> Result<()> {
+        if world > 1 {
+            bail!("the {} stage cannot be split across {world} processes", self.name());
+        }
+        let _ = rank;
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -72,6 +86,8 @@ pub struct TrainOptions {
     pub resume: Option<Resume>,
     /// What a checkpoint writes besides the resume state: the whole model folder, or only a LoRA adapter.
     pub output: ModelOutput,
+    /// The ranks of a data-parallel run (a world of one by default).
+    pub dist: Dist,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -147,25 +163,33 @@ pub fn train<S: Stage>(
     if opts.epochs == 0 || opts.accumulation_steps == 0 || opts.max_steps == Some(0) {
         bail!("--epochs, --accumulation-steps and --max-steps must be at least 1");
     }
+    let dist = &opts.dist;
+    stage.shard(dist.rank(), dist.world_size())?;
     let plan = StepPlan::new(opts, stage.batches_per_epoch());
     let total = plan.total_steps;
-    std::fs::create_dir_all(&opts.out_dir).with_context(|| format!("creating {}", opts.out_dir.display()))?;
-    if let Some(dir) = &opts.tokenizer_dir {
-        checkpoint::copy_tokenizer_files(dir, &opts.out_dir)?;
-    }
+    let main = dist.is_main(); // rank 0 writes; every rank computes
     let metrics_path = opts.out_dir.join("metrics.jsonl");
+    if main {
+        std::fs::create_dir_all(&opts.out_dir).with_context(|| format!("creating {}", opts.out_dir.display()))?;
+        if let Some(dir) = &opts.tokenizer_dir {
+            checkpoint::copy_tokenizer_files(dir, &opts.out_dir)?;
+        }
+    }
     let mut optimizer = AdamW::new(params, AdamWConfig { weight_decay: opts.weight_decay, ..Default::default() })?;
     let first_step = match opts.resume.as_ref().map(|r| &r.state) {
         Some(state) => {
             if state.total_steps != total || state.seed != opts.seed {
                 bail!(
                     "cannot resume: the checkpoint is step {} of {} with seed {}, this run has {total} steps and seed {}; \
-                     use the same --epochs/--max-steps/--batch-size/--accumulation-steps/--seed",
+                     use the same --epochs/--max-steps/--accumulation-steps/--seed and global batch \
+                     (--batch-size × processes)",
                     state.step, state.total_steps, state.seed, opts.seed
                 );
             }
             stage.seek(state.cursor);
-            keep_metrics_up_to(&metrics_path, state.step)?;
+            if main {
+                keep_metrics_up_to(&metrics_path, state.step)?;
+            }
             state.step
         }
         None => 0,
@@ -173,9 +197,16 @@ pub fn train<S: Stage>(
     if let Some(r) = &opts.resume {
         optimizer.load_state(params, &r.optimizer, r.state.step)?;
     }
-    let mut metrics = MetricsWriter::open(&metrics_path, opts.resume.is_none())?;
+    // Every rank starts from rank 0's weights.
+    if dist.world_size() > 1 {
+        let tensors: Vec<Tensor> = params.vars().map(|v| v.as_tensor().clone()).collect();
+        for (var, value) in params.vars().zip(dist.broadcast_tensors(&tensors)?) {
+            var.set(&value)?;
+        }
+    }
+    let mut metrics = if main { Some(MetricsWriter::open(&metrics_path, opts.resume.is_none())?) } else { None };
     let mut accumulator = GradAccumulator::new(params);
-    let progress = Progress::new(stage.name(), total, first_step, opts.show_progress);
+    let progress = Progress::new(stage.name(), total, first_step, opts.show_progress && main);
     let start = Instant::now();
     let (mut first_loss, mut last_loss, mut tokens_total) = (f64::NAN, f64::NAN, 0usize);
     let mut steps_done = total;
@@ -187,8 +218,15 @@ pub fn train<S: Stage>(
         let (first_micro, micro_batches) = (plan.micro_before(step), plan.micro_batches(step));
         for micro in first_micro..first_micro + micro_batches {
             let batch = stage.next_batch()?;
-            let dropout = Some(opts.seed ^ (micro as u64).wrapping_mul(0x9E37_79B9));
-            let loss = stage.loss(model, &batch, dropout)?;
+            let dropout = Some(opts.seed ^ (micro as u64).wrapping_mul(0x9E37_79B9) ^ (dist.rank() as u64) << 48);
+            let mut loss = stage.loss(model, &batch, dropout)?;
+            if dist.world_size() > 1 {
+                // This rank's share of the global mean: Σ_rank loss·w_rank/W = the mean over all ranks'
+                // supervised tokens (or pairs), whatever the split.
+                let weight = stage.weight(&batch);
+                let global = dist.all_reduce_f64(&[weight])?[0];
+                loss = (loss * if global > 0.0 { weight / global } else { 0.0 })?;
+            }
             let value = loss.to_scalar::<f32>()? as f64;
             if !value.is_finite() {
                 bail!("loss became {value} at step {step}; lower --lr or check the data");
@@ -202,9 +240,11 @@ pub fn train<S: Stage>(
                 *extra.entry(key).or_insert(0.0) += v / micro_batches as f64;
             }
         }
-        let grads = accumulator.take(params)?;
+        // Gradients summed over ranks before clipping: every rank takes the same step.
+        let grads = dist.all_reduce_tensors(&accumulator.take(params)?)?;
         let grad_norm = grad_norm(&grads)?;
         optimizer.step(&grads, lr, clip_factor(grad_norm, opts.grad_clip))?;
+        let (loss_sum, tokens) = global_figures(dist, loss_sum, tokens, &mut extra)?;
         let loss = loss_sum / micro_batches as f64;
         if first_loss.is_nan() {
             first_loss = loss;
@@ -223,11 +263,15 @@ pub fn train<S: Stage>(
             elapsed_s: start.elapsed().as_secs_f64(),
             extra,
         };
-        metrics.write(&row)?;
+        if let Some(metrics) = metrics.as_mut() {
+            metrics.write(&row)?;
+        }
         progress.update(&row);
+        // Rank 0's clock decides, so every rank stops after the same step.
         let out_of_time = opts.time_limit_s.is_some_and(|limit| start.elapsed().as_secs_f64() >= limit);
+        let out_of_time = dist.all_reduce_f64(&[if out_of_time && main { 1.0 } else { 0.0 }])?[0] > 0.0;
         let done = step + 1 == total || out_of_time;
-        if done || (opts.save_every > 0 && (step + 1) % opts.save_every == 0) {
+        if main && (done || (opts.save_every > 0 && (step + 1) % opts.save_every == 0)) {
             let state = RunState { step: step + 1, total_steps: total, cursor: stage.cursor(), seed: opts.seed };
             save(model, params, &optimizer, &state, opts, stage.name())?;
         }
@@ -237,6 +281,7 @@ pub fn train<S: Stage>(
         }
     }
     progress.finish();
+    dist.barrier()?; // the last checkpoint is written when any rank returns
     let elapsed = start.elapsed().as_secs_f64();
     Ok(TrainSummary {
         steps: steps_done,
@@ -245,6 +290,26 @@ pub fn train<S: Stage>(
         tokens_per_sec: tokens_total as f64 / elapsed.max(1e-9),
         elapsed_s: elapsed,
     })
+}
+
+/// The step's logged figures over all ranks: the loss (already each rank's share of the global
+/// mean) and tokens summed, the stage's extra figures averaged. One all-reduce.
+fn global_figures(
+    dist: &Dist,
+    loss_sum: f64,
+    tokens: usize,
+    extra: &mut std::collections::BTreeMap<String, f64>,
+) -> Result<(f64, usize)> {
+    if dist.world_size() == 1 {
+        return Ok((loss_sum, tokens));
+    }
+    let mut values = vec![loss_sum, tokens as f64];
+    values.extend(extra.values());
+    let summed = dist.all_reduce_f64(&values)?;
+    for (v, s) in extra.values_mut().zip(&summed[2..]) {
+        *v = s / dist.world_size() as f64;
+    }
+    Ok((summed[0], summed[1].round() as usize))
 }
 
 /// Drops metrics lines past `step` (written after the checkpoint a resumed run continues from),

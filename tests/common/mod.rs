@@ -45,6 +45,7 @@ pub fn train_options(out: &Path) -> minimind::train::TrainOptions {
         time_limit_s: None,
         resume: None,
         output: Default::default(),
+        dist: Default::default(),
     }
 }
 

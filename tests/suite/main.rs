@@ -6,6 +6,7 @@ mod common;
 
 mod cli;
 mod data;
+mod dist;
 mod distill;
 mod dpo;
 mod gguf;
