@@ -11,8 +11,13 @@ dispatched per expert as minimind-3 does (its aux loss is left out of the timing
     python bench/torch_reference.py forward  --preset minimind2-small --batch-size 4 --seq-len 512 --threads 2
     python bench/torch_reference.py generate --preset minimind2-small --prompt-len 128 --new-tokens 256 --threads 2
 
+On a GPU: `--device cuda --dtype bf16` (autocast bf16, MiniMind's mixed precision: fp32 weights and
+AdamW state, bf16 matmuls) and optionally `--compile` (torch.compile); peak device memory is PyTorch's
+`max_memory_allocated` (and `max_memory_reserved`, what its caching allocator held).
+
 Each run ends with `<mode> throughput: N tokens/s`, like the Rust benchmark. Needs only `torch`.
 """
+import contextlib
 import argparse
 import math
 import resource
@@ -146,19 +151,25 @@ class MiniMind(nn.Module):
         return self.lm_head(self.norm(x))
 
 
-def timed(warmup, steps, fn):
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(warmup, steps, fn, device=torch.device("cpu")):
     times = []
     for i in range(warmup + steps):
         start = time.perf_counter()
         fn()
+        sync(device)
         if i >= warmup:
             times.append(time.perf_counter() - start)
     return statistics.median(times), len(times)
 
 
-def matmul_ceiling(m, k, n):
-    a, b = torch.randn(m, k), torch.randn(n, k)
-    step, _ = timed(2, 5, lambda: a @ b.t())
+def matmul_ceiling(m, k, n, device, dtype):
+    a, b = torch.randn(m, k, device=device, dtype=dtype), torch.randn(n, k, device=device, dtype=dtype)
+    step, _ = timed(2, 5, lambda: a @ b.t(), device)
     return 2 * m * k * n / step / 1e9
 
 
@@ -173,18 +184,30 @@ def main():
     p.add_argument("--prompt-len", type=int, default=128)
     p.add_argument("--new-tokens", type=int, default=256)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
+    p.add_argument("--compile", action="store_true", help="torch.compile the model")
     a = p.parse_args()
+    device = torch.device(a.device)
+    half = a.dtype == "bf16"
     if a.threads:
         torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     cfg = PRESETS[a.preset]
-    model = MiniMind(**cfg)
+    model = MiniMind(**cfg).to(device)
     n_params = sum(p.numel() for p in model.parameters())
+    if half and a.mode != "train":
+        model = model.to(torch.bfloat16)  # inference in bf16 weights, as `minimind --dtype bf16`
     ffn = 64 * math.ceil(int(cfg["hidden"] * 8 / 3) / 64)
-    ceiling = matmul_ceiling(a.batch_size * a.seq_len, cfg["hidden"], ffn)
-    print(f"torch bench {a.mode}: {a.preset} ({n_params} parameters), batch {a.batch_size} × {a.seq_len}, "
-          f"{torch.get_num_threads()} threads, matmul ceiling {ceiling:.1f} GFLOP/s, torch {torch.__version__}")
-    ids = torch.randint(0, VOCAB, (a.batch_size, a.seq_len + 1))
+    ceiling = matmul_ceiling(a.batch_size * a.seq_len, cfg["hidden"], ffn, device,
+                             torch.bfloat16 if half else torch.float32)
+    run = torch.compile(model) if a.compile else model
+    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if half and a.mode == "train" \
+        else contextlib.nullcontext
+    print(f"torch bench {a.mode} on {device} in {a.dtype}{' compiled' if a.compile else ''}: {a.preset} "
+          f"({n_params} parameters), batch {a.batch_size} × {a.seq_len}, {torch.get_num_threads()} threads, "
+          f"matmul ceiling {ceiling:.1f} GFLOP/s, torch {torch.__version__}")
+    ids = torch.randint(0, VOCAB, (a.batch_size, a.seq_len + 1), device=device)
     x, y = ids[:, :-1], ids[:, 1:]
     tokens = a.batch_size * a.seq_len
     fwd_flops = 2 * n_params * tokens + 4 * tokens * a.seq_len * cfg["hidden"] * cfg["layers"]
@@ -192,8 +215,9 @@ def main():
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
         def step():
-            logits = model(x)
-            loss = F.cross_entropy(logits.view(-1, VOCAB), y.reshape(-1))
+            with autocast():
+                logits = run(x)
+                loss = F.cross_entropy(logits.view(-1, VOCAB).float(), y.reshape(-1))
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
@@ -203,7 +227,7 @@ def main():
     elif a.mode == "forward":
         def step():
             with torch.no_grad():
-                model(x)
+                run(x)
 
         flops = fwd_flops
     else:
@@ -221,11 +245,14 @@ def main():
                     pos += 1
 
         flops = 2 * n_params * (a.prompt_len + a.new_tokens)
-    median, n = timed(a.warmup, a.steps, step)
+    median, n = timed(a.warmup, a.steps, step, device)
     gflops = flops / median / 1e9
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"step time (median of {n}): {median:.3f} s")
     print(f"peak RSS: {rss:.0f} MiB")
+    if device.type == "cuda":
+        print(f"peak device memory: {torch.cuda.max_memory_allocated(device) / 2**20:.0f} MiB allocated, "
+              f"{torch.cuda.max_memory_reserved(device) / 2**20:.0f} MiB reserved")
     print(f"achieved: {gflops:.1f} GFLOP/s = {100 * gflops / ceiling:.0f}% of the matmul ceiling")
     print(f"{a.mode.capitalize()} throughput: {tokens / median:.1f} tokens/s")
 

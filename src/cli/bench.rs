@@ -7,6 +7,7 @@ use crate::model::checkpoint::init_model;
 use crate::model::config::ModelConfig;
 use crate::model::lora::{self, LoraConfig};
 use crate::model::params::InitScheme;
+use crate::model::Precision;
 use crate::ops;
 use crate::train::optim::{clip_factor, grad_norm, AdamW, AdamWConfig, GradAccumulator};
 use anyhow::{bail, Result};
@@ -22,6 +23,8 @@ pub enum BenchMode {
     Forward,
     /// Batch-1 decoding with the KV cache: a prompt, then one token per step.
     Generate,
+    /// One training step on --device in --dtype against the CPU in fp32: loss and every gradient.
+    Parity,
 }
 
 #[derive(Args)]
@@ -52,6 +55,12 @@ pub struct BenchArgs {
     /// `generate`, `chat` and `serve` do.
     #[arg(long, value_name = "R")]
     pub lora: Option<usize>,
+    /// cpu, or cuda / cuda:N with a CUDA build.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// fp32, or bf16 (mixed precision for train, bf16 weights for forward/generate).
+    #[arg(long, default_value_t = Precision::F32)]
+    pub dtype: Precision,
 }
 
 /// Runs `f` `warmup + steps` times; returns the measured durations in seconds.
@@ -88,14 +97,14 @@ pub fn peak_rss_bytes() -> u64 {
         .map_or(0, |kb| kb * 1024)
 }
 
-/// Single-precision matmul throughput on the model's own FFN shape `[B·T × d]·[d × F]`, through the
-/// same matmul path the model uses: the ceiling the achieved GFLOP/s is compared with.
-pub fn matmul_ceiling_gflops(m: usize, k: usize, n: usize) -> Result<f64> {
-    let a = Tensor::randn(0f32, 1., (m, k), &Device::Cpu)?;
-    let b = Tensor::randn(0f32, 1., (n, k), &Device::Cpu)?;
+/// Matmul throughput on the model's own FFN shape `[B·T × d]·[d × F]` on `device` in the bench's
+/// precision, through the same matmul path the model uses: the ceiling achieved GFLOP/s is compared with.
+pub fn matmul_ceiling_gflops(device: &Device, precision: Precision, m: usize, k: usize, n: usize) -> Result<f64> {
+    let a = Tensor::randn(0f32, 1., (m, k), device)?.to_dtype(precision.dtype())?;
+    let b = Tensor::randn(0f32, 1., (n, k), device)?.to_dtype(precision.dtype())?;
     let times = time_steps(2, 5, || {
         ops::matmul_nt(&a, &b)?;
-        Ok(())
+        Ok(device.synchronize()?)
     })?;
     Ok(2.0 * (m * k * n) as f64 / median(&times) / 1e9)
 }
@@ -114,9 +123,13 @@ pub fn run(a: &BenchArgs) -> Result<()> {
     if a.steps == 0 || a.batch_size == 0 || a.seq_len < 2 {
         bail!("--steps, --batch-size must be ≥ 1 and --seq-len ≥ 2");
     }
+    let device = super::parse_device(&a.device)?;
+    if a.mode == BenchMode::Parity {
+        return super::parity::run(&a.preset, &device, a.dtype);
+    }
     let config = ModelConfig::preset(&a.preset)?;
     let threads = candle_core::utils::get_num_threads();
-    let (mut model, mut params) = init_model(&config, InitScheme::Minimind2, 0, &Device::Cpu)?;
+    let (mut model, mut params) = init_model(&config, InitScheme::Minimind2, 0, &device)?;
     if let Some(rank) = a.lora {
         if a.mode == BenchMode::Train {
             bail!("--lora is for inference (forward, generate); `minimind lora` trains adapters");
@@ -132,17 +145,29 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         model.quantize_int8()?;
         params = Default::default(); // frees the f32 projection weights
     }
-    let ceiling = matmul_ceiling_gflops(a.batch_size * a.seq_len, config.hidden_size, config.ffn_size())?;
+    match (a.mode, a.dtype) {
+        (_, Precision::F32) => {}
+        (BenchMode::Train, precision) => model.set_compute_dtype(precision.dtype()),
+        (_, precision) => {
+            model = model.with_weights_in(precision.dtype())?;
+            params = Default::default();
+        }
+    }
+    let ceiling = matmul_ceiling_gflops(&device, a.dtype, a.batch_size * a.seq_len, config.hidden_size, config.ffn_size())?;
     let ids = Tensor::rand(0f32, config.vocab_size as f32, (a.batch_size, a.seq_len + 1), &Device::Cpu)?
-        .to_dtype(DType::U32)?;
+        .to_dtype(DType::U32)?
+        .to_device(&device)?;
     let x = ids.narrow(1, 0, a.seq_len)?;
     let y = ids.narrow(1, 1, a.seq_len)?.flatten_all()?;
-    let mask = Tensor::ones(a.batch_size * a.seq_len, DType::F32, &Device::Cpu)?;
+    let mask = Tensor::ones(a.batch_size * a.seq_len, DType::F32, &device)?;
+    let memory = DeviceMemory::watch(&device)?;
     println!(
-        "bench {:?}{}{}: {} ({} parameters), batch {} × {}, {} threads, matmul ceiling {:.1} GFLOP/s",
+        "bench {:?}{}{} on {:?} in {}: {} ({} parameters), batch {} × {}, {} threads, matmul ceiling {:.1} GFLOP/s",
         a.mode,
         if a.int8 { " (int8 weights)" } else { "" },
         a.lora.map_or(String::new(), |r| format!(" (rank-{r} LoRA, merged)")),
+        device,
+        a.dtype,
         a.preset,
         config.num_parameters(),
         a.batch_size,
@@ -160,19 +185,20 @@ pub fn run(a: &BenchArgs) -> Result<()> {
                 acc.add(&params, &loss.backward()?)?;
                 let grads = acc.take(&params)?;
                 let norm = grad_norm(&grads)?;
-                optimizer.step(&grads, 1e-4, clip_factor(norm, 1.0))
+                optimizer.step(&grads, 1e-4, clip_factor(norm, 1.0))?;
+                Ok(device.synchronize()?)
             })?;
             (a.batch_size * a.seq_len, 3.0 * forward_flops(&config, a.batch_size, a.seq_len), times)
         }
         BenchMode::Forward => {
             let times = time_steps(a.warmup, a.steps, || {
                 model.forward(&x, None)?;
-                Ok(())
+                Ok(device.synchronize()?)
             })?;
             (a.batch_size * a.seq_len, forward_flops(&config, a.batch_size, a.seq_len), times)
         }
         BenchMode::Generate => {
-            let prompt: Vec<u32> = ids.narrow(1, 0, a.prompt_len.min(a.seq_len))?.get(0)?.to_vec1()?;
+            let prompt: Vec<u32> = ids.narrow(1, 0, a.prompt_len.min(a.seq_len))?.get(0)?.to_device(&Device::Cpu)?.to_vec1()?;
             let times = time_steps(a.warmup, a.steps, || {
                 let mut sampler = Sampler::new(SamplingParams { temperature: 0.0, ..Default::default() })?;
                 let out = generate(&model, &prompt, a.new_tokens, &[], &mut sampler, |_| Ok(true))?;
@@ -184,12 +210,60 @@ pub fn run(a: &BenchArgs) -> Result<()> {
             let flops = 2.0 * config.num_active_parameters() as f64 * (prompt.len() + a.new_tokens) as f64;
             (a.new_tokens, flops, times)
         }
+        BenchMode::Parity => unreachable!("handled above"),
     };
     let step = median(&times);
     let gflops = flops_per_step / step / 1e9;
     println!("step time (median of {}): {:.3} s", times.len(), step);
     println!("peak RSS: {:.0} MiB", peak_rss_bytes() as f64 / (1 << 20) as f64);
+    if let Some(peak) = memory.peak_bytes() {
+        println!("peak device memory in use: {:.0} MiB (whole device, CUDA context included)", peak as f64 / (1 << 20) as f64);
+    }
     println!("achieved: {:.1} GFLOP/s = {:.0}% of the matmul ceiling", gflops, 100.0 * gflops / ceiling);
     println!("{:?} throughput: {:.1} tokens/s", a.mode, tokens_per_step as f64 / step);
     Ok(())
+}
+
+/// The most device memory in use while a benchmark runs, sampled every millisecond on a thread
+/// (CUDA has no per-process peak counter outside a caching allocator; this counts the whole device).
+pub struct DeviceMemory {
+    #[cfg(feature = "cuda")]
+    watch: Option<(std::sync::Arc<std::sync::atomic::AtomicBool>, std::thread::JoinHandle<usize>)>,
+}
+
+impl DeviceMemory {
+    #[cfg(feature = "cuda")]
+    pub fn watch(device: &Device) -> Result<Self> {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let Device::Cuda(cuda) = device else { return Ok(Self { watch: None }) };
+        let context = cuda.cuda_stream().context().clone();
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut peak = 0;
+            while !flag.load(Ordering::Relaxed) {
+                if let Ok((free, total)) = context.mem_get_info() {
+                    peak = peak.max(total - free);
+                }
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            peak
+        });
+        Ok(Self { watch: Some((stop, thread)) })
+    }
+
+    #[cfg(not(feature = "cuda"))]
+    pub fn watch(_device: &Device) -> Result<Self> {
+        Ok(Self {})
+    }
+
+    /// The peak so far (stops watching); `None` off CUDA.
+    pub fn peak_bytes(self) -> Option<usize> {
+        #[cfg(feature = "cuda")]
+        if let Some((stop, thread)) = self.watch {
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            return thread.join().ok();
+        }
+        None
+    }
 }

@@ -4,6 +4,7 @@
 
 use super::Collective;
 use anyhow::{bail, Context, Result};
+use candle_core::cuda_backend::cudarc::driver::CudaSlice;
 use candle_core::cuda_backend::cudarc::nccl::safe::{Comm, Id, ReduceOp};
 use candle_core::{CudaStorage, Device, Storage, Tensor};
 use std::io::{Read, Write};
@@ -28,18 +29,16 @@ impl Nccl {
     }
 
     /// A contiguous f32 copy of `t` on this rank's GPU, as a raw device buffer.
-    fn device_copy(&self, t: &Tensor) -> Result<candle_core::cuda_backend::cudarc::driver::CudaSlice<f32>> {
-        let t = t.to_device(&Device::Cuda(self.device.clone()))?.to_dtype(candle_core::DType::F32)?.copy()?;
+    fn device_copy(&self, t: &Tensor) -> Result<CudaSlice<f32>> {
+        let t = t.to_device(&Device::Cuda(self.device.clone()))?.to_dtype(candle_core::DType::F32)?.contiguous()?;
         let (storage, layout) = t.storage_and_layout();
         let Storage::Cuda(s) = &*storage else { bail!("expected a CUDA tensor") };
-        let slice = s.as_cuda_slice::<f32>()?;
-        let n = layout.shape().elem_count();
-        let mut out = self.device.cuda_stream().alloc_zeros::<f32>(n)?;
-        self.device.cuda_stream().memcpy_dtod(&slice.slice(layout.start_offset()..layout.start_offset() + n), &mut out)?;
-        Ok(out)
+        let (start, n) = (layout.start_offset(), layout.shape().elem_count());
+        let view = s.as_cuda_slice::<f32>()?.slice(start..start + n);
+        Ok(self.device.cuda_stream().clone_dtod(&view)?)
     }
 
-    fn wrap(&self, slice: candle_core::cuda_backend::cudarc::driver::CudaSlice<f32>, like: &Tensor) -> Result<Tensor> {
+    fn wrap(&self, slice: CudaSlice<f32>, like: &Tensor) -> Result<Tensor> {
         let storage = Storage::Cuda(CudaStorage::wrap_cuda_slice(slice, self.device.clone()));
         let t = Tensor::from_storage(storage, like.shape(), candle_core::op::BackpropOp::none(), false);
         Ok(t.to_device(like.device())?)
