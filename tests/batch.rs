@@ -1,48 +1,141 @@
-//! Batched generation: prompts of different lengths decoded together give what one-at-a-time
-//! decoding gives. (One test in this binary: it flips the process-wide kernel switch.)
+//! Continuous batching: sequences that join a running batch at different times, with prompts and
+//! answers of different lengths, decode exactly what each decodes alone; slots are bounded, freed
+//! when a sequence finishes or is cancelled, and reused. (A binary of its own: it flips the
+//! process-wide kernel switch.)
 mod common;
 
-use candle_core::{Device, Tensor};
 use common::*;
-use minimind::infer::{generate, generate_batch, Sampler, SamplingParams};
-use minimind::model::KvCache;
-use minimind::ops;
+use minimind::infer::batch::{Batcher, Decoded, SeqId};
+use minimind::infer::{generate, generate_batch, FinishReason, Sampler, SamplingParams};
+use minimind::model::checkpoint::init_model;
+use minimind::model::params::InitScheme;
+use minimind::{MiniMindForCausalLM, ModelConfig};
+use std::collections::HashMap;
 
 fn greedy() -> Sampler {
     Sampler::new(SamplingParams { temperature: 0.0, ..Default::default() }).unwrap()
 }
 
+fn prompts() -> Vec<Vec<u32>> {
+    vec![vec![5, 9, 13, 2, 40, 41, 7], vec![11], vec![3, 4, 5, 6], vec![70, 1, 1, 2, 9], vec![8, 8], vec![60, 61, 62]]
+}
+
+/// Runs `prompts` through a batcher of `slots`, sequence i joining before step `joins[i]`;
+/// returns each one's tokens and finish reason.
+fn staggered(
+    model: &MiniMindForCausalLM,
+    prompts: &[Vec<u32>],
+    joins: &[usize],
+    max_new: &[usize],
+    stop: &[u32],
+) -> Vec<(Vec<u32>, FinishReason)> {
+    let mut batch = Batcher::new(model, prompts.len(), 40, stop).unwrap();
+    let mut out = vec![(Vec::new(), FinishReason::Length); prompts.len()];
+    let mut row_of: HashMap<SeqId, usize> = HashMap::new();
+    let record = |row: usize, events: Vec<Decoded>, out: &mut Vec<(Vec<u32>, FinishReason)>| {
+        for e in events {
+            match e {
+                Decoded::Token(t) => out[row].0.push(t),
+                Decoded::Finished(r) => out[row].1 = r,
+            }
+        }
+    };
+    let mut step = 0;
+    loop {
+        for (i, p) in prompts.iter().enumerate().filter(|(i, _)| joins[*i] == step) {
+            let (id, events) = batch.join(p, max_new[i], greedy()).unwrap().expect("a free slot");
+            row_of.insert(id, i);
+            record(i, events, &mut out);
+        }
+        if batch.active() == 0 && joins.iter().all(|&j| j <= step) {
+            break;
+        }
+        for (id, events) in batch.step().unwrap() {
+            record(row_of[&id], events, &mut out);
+        }
+        step += 1;
+    }
+    out
+}
+
+fn check_against_one_at_a_time(model: &MiniMindForCausalLM) {
+    let prompts = prompts();
+    let (joins, max_new) = ([0, 0, 2, 3, 3, 7], [9, 12, 5, 9, 1, 6]);
+    let together = staggered(model, &prompts, &joins, &max_new, &[]);
+    for (i, p) in prompts.iter().enumerate() {
+        let alone = generate(model, p, max_new[i], &[], &mut greedy(), |_| Ok(true)).unwrap();
+        assert_eq!(together[i].0, alone.tokens, "sequence {i}");
+        assert_eq!(together[i].1, alone.finish_reason, "sequence {i}");
+    }
+    // A sequence that meets a stop token leaves; the others go on.
+    let stop = together[1].0[2];
+    let stopped = staggered(model, &prompts, &joins, &max_new, &[stop]);
+    for (i, p) in prompts.iter().enumerate() {
+        let alone = generate(model, p, max_new[i], &[stop], &mut greedy(), |_| Ok(true)).unwrap();
+        assert_eq!(stopped[i].0, alone.tokens, "sequence {i} with a stop token");
+        assert_eq!(stopped[i].1, alone.finish_reason);
+    }
+    assert_eq!(stopped[1].1, FinishReason::Stop);
+}
+
 #[test]
-fn batched_decoding_equals_one_at_a_time() {
+fn staggered_batched_decoding_equals_one_at_a_time_exactly() {
+    // Bit-identical on both the fused kernels and the composed reference.
     let (model, _) = micro_model(12);
-    let prompts: Vec<Vec<u32>> = vec![vec![5, 9, 13, 2, 40, 41, 7], vec![11], vec![3, 4, 5, 6], vec![70, 1, 1, 2, 9]];
-    // Padded prefill logits match each prompt's own forward (default kernels), within float noise.
-    let longest = 7;
-    let padding: Vec<usize> = prompts.iter().map(|p| longest - p.len()).collect();
-    let ids: Vec<u32> =
-        prompts.iter().flat_map(|p| std::iter::repeat_n(p[0], longest - p.len()).chain(p.iter().copied())).collect();
-    let ids = Tensor::from_vec(ids, (4, longest), &Device::Cpu).unwrap();
-    let mut cache = KvCache::new(&model.config, 4, 16, candle_core::DType::F32, &Device::Cpu).unwrap();
-    let batched = model.forward_last_padded(&ids, Some(&mut cache), &padding).unwrap();
-    for (b, p) in prompts.iter().enumerate() {
-        let single =
-            model.forward_last(&Tensor::new(p.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap(), None).unwrap();
-        let d = max_abs_diff(&batched.narrow(0, b, 1).unwrap(), &single);
-        assert!(d < 1e-4, "row {b}: prefill logits differ by {d}");
+    check_against_one_at_a_time(&model);
+    // minimind-3's q/k norm and a MoE FFN.
+    let config = ModelConfig {
+        hidden_size: 64,
+        num_hidden_layers: 2,
+        num_attention_heads: 4,
+        num_key_value_heads: 2,
+        vocab_size: 97,
+        max_position_embeddings: 128,
+        intermediate_size: None,
+        ..ModelConfig::preset("minimind3-moe").unwrap()
     }
-    // Greedy tokens, compared on the composed reference so both paths do identical arithmetic.
-    ops::set_fused(false);
-    let mut samplers: Vec<Sampler> = prompts.iter().map(|_| greedy()).collect();
-    let together = generate_batch(&model, &prompts, 9, &[], &mut samplers).unwrap();
-    for (b, p) in prompts.iter().enumerate() {
-        let alone = generate(&model, p, 9, &[], &mut greedy(), |_| Ok(true)).unwrap();
-        assert_eq!(together[b].tokens, alone.tokens, "row {b}");
+    .resolved()
+    .unwrap();
+    let (moe, _) = init_model(&config, InitScheme::Normal, 3, &candle_core::Device::Cpu).unwrap();
+    check_against_one_at_a_time(&moe);
+    minimind::ops::set_fused(false);
+    check_against_one_at_a_time(&model);
+    minimind::ops::set_fused(true);
+    // The library's batch call is the same machinery.
+    let prompts = prompts();
+    let samplers = prompts.iter().map(|_| greedy()).collect();
+    let all = generate_batch(&model, &prompts, 7, &[], samplers).unwrap();
+    for (p, g) in prompts.iter().zip(&all) {
+        assert_eq!(g.tokens, generate(&model, p, 7, &[], &mut greedy(), |_| Ok(true)).unwrap().tokens);
     }
-    // A row that hits a stop token ends alone; the others go on.
-    let stop = together[1].tokens[2];
-    let mut samplers: Vec<Sampler> = prompts.iter().map(|_| greedy()).collect();
-    let stopped = generate_batch(&model, &prompts, 9, &[stop], &mut samplers).unwrap();
-    assert_eq!(stopped[1].tokens, together[1].tokens[..2]);
-    assert_eq!(stopped[1].finish_reason, minimind::infer::FinishReason::Stop);
-    ops::set_fused(true);
+}
+
+#[test]
+fn slots_are_bounded_freed_and_reused() {
+    let (model, _) = micro_model(4);
+    let mut batch = Batcher::new(&model, 2, 16, &[]).unwrap();
+    let (a, _) = batch.join(&[1, 2, 3], 50, greedy()).unwrap().unwrap();
+    let (b, _) = batch.join(&[4, 5], 50, greedy()).unwrap().unwrap();
+    assert!(batch.join(&[6], 5, greedy()).unwrap().is_none(), "two slots, both taken");
+    batch.cancel(a);
+    assert_eq!(batch.active(), 1);
+    // The freed slot is reused, and a sequence in a reused slot decodes as in a fresh one.
+    let (c, first) = batch.join(&[6, 7], 3, greedy()).unwrap().unwrap();
+    let mut events: HashMap<SeqId, Vec<Decoded>> = HashMap::from([(c, first)]);
+    while batch.active() > 0 {
+        for (id, e) in batch.step().unwrap() {
+            events.entry(id).or_default().extend(e);
+        }
+    }
+    let tokens: Vec<u32> =
+        events[&c].iter().filter_map(|e| if let Decoded::Token(t) = e { Some(*t) } else { None }).collect();
+    let alone = generate(&model, &[6, 7], 3, &[], &mut greedy(), |_| Ok(true)).unwrap();
+    assert_eq!(tokens, alone.tokens);
+    // A slot's capacity bounds prompt + answer: a sequence that fills it ends with `length`.
+    assert_eq!(events[&b].last(), Some(&Decoded::Finished(FinishReason::Length)));
+    // Its first token came from the prefill (2 positions); each step caches one more: 14 steps fill
+    // the 16 positions, then it finishes.
+    assert_eq!(events[&b].len(), 14 + 1);
+    assert!(!events.contains_key(&a), "a cancelled sequence decodes no more");
+    assert!(batch.join(&[1; 16], 1, greedy()).is_err(), "a prompt longer than a slot is refused");
 }

@@ -182,9 +182,16 @@ pub struct ServeArgs {
     pub host: String,
     #[arg(long, default_value_t = 8998)]
     pub port: u16,
-    /// Requests that may wait for the model before new ones are refused (503).
+    /// Requests that may wait for a free KV slot before new ones are refused (503).
     #[arg(long, default_value_t = 64)]
     pub queue: usize,
+    /// Requests decoded together (continuous batching): KV slots per model.
+    #[arg(long, default_value_t = 16)]
+    pub max_batch: usize,
+    /// KV cache positions per model, shared evenly by the slots (each holds a prompt and its answer;
+    /// default: 2048 per slot, at most the model's context).
+    #[arg(long)]
+    pub kv_cache_tokens: Option<usize>,
     /// Serve with int8 weights (faster decoding on CPU).
     #[arg(long)]
     pub int8: bool,
@@ -226,7 +233,15 @@ fn serve_cmd(a: &ServeArgs) -> Result<()> {
         }
         models.push(crate::serve::engine::LoadedModel { id, aliases, model, tokenizer });
     }
-    crate::serve::run(models, &a.host, a.port, a.queue)
+    if a.max_batch == 0 || a.queue == 0 {
+        bail!("--max-batch and --queue must be at least 1");
+    }
+    let kv_cache_tokens = a.kv_cache_tokens.unwrap_or(a.max_batch * 2048);
+    if kv_cache_tokens / a.max_batch < 2 {
+        bail!("--kv-cache-tokens {kv_cache_tokens} leaves no room per slot for {} slots", a.max_batch);
+    }
+    let config = crate::serve::engine::EngineConfig { queue: a.queue, max_batch: a.max_batch, kv_cache_tokens };
+    crate::serve::run(models, &a.host, a.port, config)
 }
 
 /// The model to run: a folder, an optional LoRA adapter, the device.

@@ -1,6 +1,7 @@
 //! Autoregressive decoding with the KV cache: one prompt ([`generate`], streamed token by token)
 //! or several at once ([`generate_batch`]); prompts encoded as the model was trained.
 
+use super::batch::{Batcher, Decoded};
 use super::sampler::{Sampler, SamplingParams};
 use crate::data::tokenizer::{ChatMessage, TextStream, Tokenizer};
 use crate::model::{KvCache, MiniMindForCausalLM};
@@ -68,58 +69,42 @@ pub fn generate(
     Ok(Generation { tokens, finish_reason })
 }
 
-/// Several prompts decoded together: left-padded to the longest, one batched forward per step with
-/// per-row positions and a padding mask, each row with its own sampler and stop. Greedy outputs
-/// equal one-at-a-time [`generate`]. Rows that finish keep a slot until the batch is done.
+/// Several prompts decoded together through continuous batching ([`super::batch::Batcher`]): all
+/// join at once, each with its own sampler and stop, and leaves the batch when it finishes. Greedy
+/// outputs equal one-at-a-time [`generate`].
 pub fn generate_batch(
     model: &MiniMindForCausalLM,
     prompts: &[Vec<u32>],
     max_new_tokens: usize,
     stop_ids: &[u32],
-    samplers: &mut [Sampler],
+    samplers: Vec<Sampler>,
 ) -> Result<Vec<Generation>> {
-    if prompts.is_empty() || prompts.iter().any(|p| p.is_empty()) || samplers.len() != prompts.len() {
-        bail!("generate_batch needs one sampler per prompt and no empty prompt");
+    if prompts.is_empty() || samplers.len() != prompts.len() {
+        bail!("generate_batch needs one sampler per prompt");
     }
     let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
-    let max_len = model.config.max_position_embeddings;
-    if longest >= max_len {
-        bail!("prompt of {longest} tokens does not fit the context of {max_len}");
-    }
-    let capacity = (longest + max_new_tokens).min(max_len);
-    let padding: Vec<usize> = prompts.iter().map(|p| longest - p.len()).collect();
-    let mut ids = Vec::with_capacity(prompts.len() * longest);
-    for (p, &pad) in prompts.iter().zip(&padding) {
-        ids.extend(std::iter::repeat_n(p[0], pad)); // any id: padding slots are masked
-        ids.extend_from_slice(p);
-    }
-    let mut input = Tensor::from_vec(ids, (prompts.len(), longest), model.device())?;
-    let mut cache = KvCache::new(&model.config, prompts.len(), capacity, model.compute_dtype(), model.device())?;
-    let mut seen: Vec<Vec<u32>> = prompts.to_vec();
+    let capacity = (longest + max_new_tokens).min(model.config.max_position_embeddings);
+    let mut batch = Batcher::new(model, prompts.len(), capacity.max(2), stop_ids)?;
     let mut out: Vec<Generation> =
         prompts.iter().map(|_| Generation { tokens: Vec::new(), finish_reason: FinishReason::Length }).collect();
-    let mut done = vec![false; prompts.len()];
-    while !done.iter().all(|&d| d) && cache.len() + input.dim(1)? <= capacity {
-        let logits = model.forward_last_padded(&input, Some(&mut cache), &padding)?;
-        let logits: Vec<Vec<f32>> = logits.to_dtype(DType::F32)?.to_vec2()?;
-        let mut next = Vec::with_capacity(prompts.len());
-        for (b, row) in logits.iter().enumerate() {
-            if done[b] {
-                next.push(*seen[b].last().unwrap_or(&0)); // keeps the slot busy; output ignored
-                continue;
+    let mut row_of = std::collections::HashMap::new();
+    let mut record = |row: usize, events: Vec<Decoded>| {
+        for event in events {
+            match event {
+                Decoded::Token(t) => out[row].tokens.push(t),
+                Decoded::Finished(reason) => out[row].finish_reason = reason,
             }
-            let token = samplers[b].sample(row, &seen[b])?;
-            if stop_ids.contains(&token) {
-                done[b] = true;
-                out[b].finish_reason = FinishReason::Stop;
-            } else {
-                out[b].tokens.push(token);
-                seen[b].push(token);
-                done[b] = out[b].tokens.len() >= max_new_tokens;
-            }
-            next.push(token);
         }
-        input = Tensor::from_vec(next, (prompts.len(), 1), model.device())?;
+    };
+    for (row, (prompt, sampler)) in prompts.iter().zip(samplers).enumerate() {
+        let (id, events) = batch.join(prompt, max_new_tokens, sampler)?.context("a slot per prompt")?;
+        row_of.insert(id, row);
+        record(row, events);
+    }
+    while batch.active() > 0 {
+        for (id, events) in batch.step()? {
+            record(row_of[&id], events);
+        }
     }
     Ok(out)
 }

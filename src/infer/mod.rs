@@ -1,6 +1,7 @@
 //! Inference: sampling, KV-cached decoding (one prompt or a batch), streaming text, and the split
 //! of a reasoning model's answer into its thinking and its reply.
 
+pub mod batch;
 pub mod generate;
 pub mod reasoning;
 pub mod sampler;

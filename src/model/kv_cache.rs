@@ -41,6 +41,11 @@ impl KvCache {
         self.capacity
     }
 
+    /// Empties the cache for a new sequence (the buffers are kept and overwritten).
+    pub fn clear(&mut self) {
+        self.len = 0;
+    }
+
     /// Writes this step's `k`, `v` (`[B, K, T, D]`) after the cached ones; returns views of all.
     pub(crate) fn append(&mut self, layer: usize, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
         let t = k.dim(2)?;

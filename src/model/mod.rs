@@ -5,6 +5,7 @@
 
 pub mod checkpoint;
 pub mod config;
+mod decode;
 pub mod kv_cache;
 pub mod lora;
 pub mod moe;

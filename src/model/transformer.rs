@@ -156,19 +156,8 @@ impl RotaryEmbedding {
     }
 
     /// Rows for positions `start .. start + len`.
-    fn rows(&self, start: usize, len: usize) -> Result<(Tensor, Tensor)> {
+    pub(crate) fn rows(&self, start: usize, len: usize) -> Result<(Tensor, Tensor)> {
         Ok((self.cos.narrow(0, start, len)?, self.sin.narrow(0, start, len)?))
-    }
-
-    /// Per-row tables `[B, 1, T, D]` for slots `past .. past+T` of left-padded rows: row b's slot c
-    /// is position `c − left[b]` (padding slots get position 0).
-    fn rows_padded(&self, past: usize, t: usize, left: &[usize]) -> Result<(Tensor, Tensor)> {
-        let positions: Vec<u32> =
-            left.iter().flat_map(|&l| (past..past + t).map(move |c| c.saturating_sub(l) as u32)).collect();
-        let index = Tensor::from_vec(positions, left.len() * t, self.cos.device())?;
-        let d = self.cos.dim(1)?;
-        let pick = |table: &Tensor| table.index_select(&index, 0)?.reshape((left.len(), 1, t, d));
-        Ok((pick(&self.cos)?, pick(&self.sin)?))
     }
 }
 
@@ -188,8 +177,8 @@ pub struct Attention {
     /// minimind-3 (Qwen3): RMSNorm over each head's query and key, before RoPE.
     pub q_norm: Option<RmsNorm>,
     pub k_norm: Option<RmsNorm>,
-    num_heads: usize,
-    num_kv_heads: usize,
+    pub(crate) num_heads: usize,
+    pub(crate) num_kv_heads: usize,
 }
 
 impl Attention {
@@ -215,33 +204,20 @@ impl Attention {
         rope: &RotaryEmbedding,
         cache: Option<(&mut KvCache, usize)>,
         dropout: Option<(f64, u64)>,
-        padding: Option<&[usize]>,
     ) -> Result<Tensor> {
         let t = x.dim(1)?;
         let past = cache.as_ref().map_or(0, |(c, _)| c.len());
-        // Rows of different lengths (batched decoding) need per-row positions and a padding mask,
-        // which only the composed ops take.
-        let (cos, sin) = match padding {
-            Some(left) => rope.rows_padded(past, t, left)?,
-            None => rope.rows(past, t)?,
-        };
+        let (cos, sin) = rope.rows(past, t)?;
         // Heads `[B, n, T, D]`, rotated by RoPE when `rotate`; with a per-head norm (q/k norm) the
         // heads are normalized first and rotated after.
         let project = |linear: &Linear, heads: usize, rotate: bool, norm: Option<&RmsNorm>| -> Result<Tensor> {
             let w = linear.weight_for(x)?;
             let tables = (rotate && norm.is_none()).then_some((&cos, &sin));
-            let heads = match padding {
-                Some(_) => ops::composed::split_heads(&ops::matmul_nt(x, &w)?, heads, tables)?,
-                None => ops::project_heads(x, &w, heads, tables)?,
-            };
-            let normed = match norm {
-                None => return Ok(heads),
-                Some(norm) => norm.forward(&heads)?,
-            };
-            Ok(match padding {
-                Some(_) => ops::composed::apply_rope(&normed, &cos, &sin)?, // per-row tables
-                None => ops::apply_rope(&normed, &cos, &sin)?,
-            })
+            let heads = ops::project_heads(x, &w, heads, tables)?;
+            match norm {
+                None => Ok(heads),
+                Some(norm) => Ok(ops::apply_rope(&norm.forward(&heads)?, &cos, &sin)?),
+            }
         };
         let q = project(&self.q_proj, self.num_heads, true, self.q_norm.as_ref())?;
         let k = project(&self.k_proj, self.num_kv_heads, true, self.k_norm.as_ref())?;
@@ -250,13 +226,7 @@ impl Attention {
             Some((cache, layer)) => cache.append(layer, &k, &v)?,
             None => (k, v),
         };
-        let y = match padding {
-            Some(left) => {
-                let mask = ops::composed::padded_causal_mask(t, past, left, x.device())?;
-                ops::composed::masked_attention(&q, &k, &v, &mask)?
-            }
-            None => ops::causal_attention(&q, &k, &v, dropout.map(|(p, s)| (p, site_seed(s, 0, 1))))?,
-        };
+        let y = ops::causal_attention(&q, &k, &v, dropout.map(|(p, s)| (p, site_seed(s, 0, 1))))?;
         let y = ops::merge_heads(&y, &self.o_proj.weight_for(&y)?)?;
         Ok(match dropout {
             Some((p, s)) => ops::dropout(&y, p, site_seed(s, 0, 2))?,
@@ -313,7 +283,7 @@ impl FeedForward {
     }
 
     /// `[B, T, d]` → `[B, T, d]`, with the routing of a MoE layer.
-    fn forward(&self, x: &Tensor, training: bool) -> Result<(Tensor, Option<Routing>)> {
+    pub(crate) fn forward(&self, x: &Tensor, training: bool) -> Result<(Tensor, Option<Routing>)> {
         match self {
             Self::Dense(mlp) => Ok((mlp.forward(x)?, None)),
             Self::Moe(moe) => moe.forward(x, training).map(|(y, routing)| (y, Some(routing))),
@@ -375,10 +345,9 @@ impl DecoderLayer {
         rope: &RotaryEmbedding,
         cache: Option<(&mut KvCache, usize)>,
         dropout: Option<(f64, u64)>,
-        padding: Option<&[usize]>,
         training: bool,
     ) -> Result<(Tensor, Option<Routing>)> {
-        let h = (x + self.self_attn.forward(&self.input_layernorm.forward(x)?, rope, cache, dropout, padding)?)?;
+        let h = (x + self.self_attn.forward(&self.input_layernorm.forward(x)?, rope, cache, dropout)?)?;
         let (mut m, routing) = self.mlp.forward(&self.post_attention_layernorm.forward(&h)?, training)?;
         if let Some((p, seed)) = dropout {
             m = ops::dropout(&m, p, site_seed(seed, 0, 4))?;
@@ -451,20 +420,7 @@ impl MiniMindForCausalLM {
         cache: Option<&mut KvCache>,
         dropout: DropoutSeed,
     ) -> Result<Tensor> {
-        self.forward_hidden_padded(input_ids, cache, dropout, None)
-    }
-
-    /// [`forward_hidden`](Self::forward_hidden) for a batch of left-padded rows: row b's first
-    /// `padding[b]` slots (of the whole sequence, cache included) are padding — masked out as keys,
-    /// and positions count from the row's first real token.
-    pub fn forward_hidden_padded(
-        &self,
-        input_ids: &Tensor,
-        cache: Option<&mut KvCache>,
-        dropout: DropoutSeed,
-        padding: Option<&[usize]>,
-    ) -> Result<Tensor> {
-        self.run(input_ids, cache, dropout, padding, None)
+        self.run(input_ids, cache, dropout, None)
     }
 
     /// The forward pass; `moe` collects the routing of MoE layers (and marks a training pass, which
@@ -474,7 +430,6 @@ impl MiniMindForCausalLM {
         input_ids: &Tensor,
         mut cache: Option<&mut KvCache>,
         dropout: DropoutSeed,
-        padding: Option<&[usize]>,
         mut moe: Option<&mut MoeStats>,
     ) -> Result<Tensor> {
         let (b, t) = input_ids.dims2()?;
@@ -498,7 +453,7 @@ impl MiniMindForCausalLM {
             let layer_cache = cache.as_deref_mut().map(|c| (c, i));
             let layer_dropout = dropout.map(|(p, seed)| (p, site_seed(seed, i, 3)));
             let training = moe.is_some();
-            let (y, routing) = layer.forward(&x, &self.model.rotary, layer_cache, layer_dropout, padding, training)?;
+            let (y, routing) = layer.forward(&x, &self.model.rotary, layer_cache, layer_dropout, training)?;
             if let (Some(stats), Some(routing)) = (moe.as_deref_mut(), routing) {
                 stats.add(routing)?;
             }
@@ -514,18 +469,6 @@ impl MiniMindForCausalLM {
     pub fn forward(&self, input_ids: &Tensor, cache: Option<&mut KvCache>) -> Result<Tensor> {
         let hidden = self.forward_hidden(input_ids, cache, None)?;
         Ok(self.lm_head.forward(&hidden)?)
-    }
-
-    /// Last-position logits `[B, V]` of left-padded rows (see [`forward_hidden_padded`](Self::forward_hidden_padded)).
-    pub fn forward_last_padded(
-        &self,
-        input_ids: &Tensor,
-        cache: Option<&mut KvCache>,
-        padding: &[usize],
-    ) -> Result<Tensor> {
-        let hidden = self.forward_hidden_padded(input_ids, cache, None, Some(padding))?;
-        let t = hidden.dim(1)?;
-        Ok(self.lm_head.forward(&hidden.narrow(1, t - 1, 1)?.squeeze(1)?)?)
     }
 
     /// Logits `[B, V]` of the last position only (what decoding needs; skips the other rows of
@@ -549,7 +492,7 @@ impl MiniMindForCausalLM {
     /// model, the aux loss to add to the stage's loss and the experts' load.
     pub fn forward_train(&self, input_ids: &Tensor, dropout: DropoutSeed) -> Result<TrainOutput> {
         let mut moe = MoeStats::default();
-        let hidden = self.run(input_ids, None, dropout, None, Some(&mut moe))?;
+        let hidden = self.run(input_ids, None, dropout, Some(&mut moe))?;
         let d = hidden.dim(D::Minus1)?;
         let logits = self.lm_head.forward(&hidden.reshape(((), d))?)?;
         Ok(TrainOutput { logits, moe })

@@ -173,32 +173,3 @@ pub fn merge_heads(y: &Tensor, w: &Tensor) -> Result<Tensor> {
     let z = y.transpose(1, 2)?.reshape((b * t, h * d))?;
     z.matmul(&w.t()?)?.reshape((b, t, w.dim(0)?))
 }
-
-/// Additive mask `[B, 1, T, S]` for left-padded rows: query t (slot past+t) of row b sees keys
-/// `left[b] ..= past+t`; a padding query sees only itself (its output is never used, but must not be
-/// NaN).
-pub fn padded_causal_mask(t: usize, past: usize, left: &[usize], device: &Device) -> Result<Tensor> {
-    let s = past + t;
-    let mut mask = Vec::with_capacity(left.len() * t * s);
-    for &l in left {
-        for i in 0..t {
-            let q = past + i;
-            mask.extend((0..s).map(|j| if j == q || (j >= l && j <= q) { 0.0 } else { f32::NEG_INFINITY }));
-        }
-    }
-    Tensor::from_vec(mask, (left.len(), 1, t, s), device)
-}
-
-/// Grouped-query attention with an explicit additive mask `[B, 1, T, S]` (see [`causal_attention`]
-/// for the layout and the grouping).
-pub fn masked_attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor) -> Result<Tensor> {
-    let (b, h, t, d) = q.dims4()?;
-    let (_, kv_heads, s, _) = k.dims4()?;
-    let rep = h / kv_heads;
-    let q = q.reshape((b, kv_heads, rep * t, d))?;
-    let scores = (q.matmul(&k.t()?)? * (1.0 / (d as f64).sqrt()))?;
-    let scores = scores.to_dtype(DType::F32)?.reshape((b, kv_heads, rep, t, s))?;
-    let scores = scores.broadcast_add(&mask.reshape((b, 1, 1, t, s))?)?;
-    let probs = softmax_last_dim(&scores)?.to_dtype(v.dtype())?;
-    probs.reshape((b, kv_heads, rep * t, s))?.matmul(v)?.reshape((b, h, t, d))
-}

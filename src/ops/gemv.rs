@@ -8,8 +8,10 @@ use super::cpu::f32_slice;
 use super::simd;
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 
-/// Rows up to which the gemv path is used instead of a full matrix product.
-pub const MAX_ROWS: usize = 4;
+/// Rows up to which the gemv path is used instead of a full matrix product: decoding one token for
+/// each sequence of a batch (continuous batching) stays on it, where every row is computed on its
+/// own — a sequence decodes the same bits beside others as alone.
+pub const MAX_ROWS: usize = 64;
 
 struct Gemv;
 
@@ -30,12 +32,51 @@ impl CustomOp2 for Gemv {
             candle_core::bail!("gemv: {m}×{k} · ({n}×{k2})ᵀ");
         }
         let (x, w) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?);
-        let out = by_feature(m, n, |r, j| simd::dot(&x[r * k..(r + 1) * k], &w[j * k..(j + 1) * k]));
+        let row = |r: usize| &x[r * k..(r + 1) * k];
+        let out = by_feature_in_fours(
+            m,
+            n,
+            |r, j| simd::dot(row(r), &w[j * k..(j + 1) * k]),
+            |r, j| simd::dot4(row(r), row(r + 1), row(r + 2), row(r + 3), &w[j * k..(j + 1) * k]),
+        );
         Ok((CpuStorage::F32(out), Shape::from((m, n))))
     }
 
     fn bwd(&self, x: &Tensor, w: &Tensor, _res: &Tensor, g: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
         Ok((Some(super::gemm::matmul(g, w, false, false)?), Some(super::gemm::matmul(g, x, true, false)?)))
+    }
+}
+
+/// [`by_feature`] with rows taken four at a time by `dot4(r, j)` (rows `r..r+4` against feature `j`,
+/// reading the weight row once for four products) and the rest one at a time by `dot`.
+fn by_feature_in_fours(
+    m: usize,
+    n: usize,
+    dot: impl Fn(usize, usize) -> f32 + Sync,
+    dot4: impl Fn(usize, usize) -> [f32; 4] + Sync,
+) -> Vec<f32> {
+    let fours = m / 4 * 4;
+    let mut by_feature = vec![0f32; n * m];
+    super::pool::for_each_chunk_mut(&mut by_feature, m * 64, |c, out| {
+        for (i, feature) in out.chunks_exact_mut(m).enumerate() {
+            let j = c * 64 + i;
+            for r in (0..fours).step_by(4) {
+                feature[r..r + 4].copy_from_slice(&dot4(r, j));
+            }
+            for (r, v) in feature.iter_mut().enumerate().skip(fours) {
+                *v = dot(r, j);
+            }
+        }
+    });
+    transpose_features(by_feature, m, n)
+}
+
+/// `[n, m]` (as computed, feature-major) → `[m, n]`.
+fn transpose_features(by_feature: Vec<f32>, m: usize, n: usize) -> Vec<f32> {
+    if m == 1 {
+        by_feature
+    } else {
+        (0..m * n).map(|i| by_feature[(i % n) * m + i / n]).collect()
     }
 }
 
@@ -52,9 +93,5 @@ pub(super) fn by_feature(m: usize, n: usize, dot: impl Fn(usize, usize) -> f32 +
             }
         }
     });
-    if m == 1 {
-        by_feature
-    } else {
-        (0..m * n).map(|i| by_feature[(i % n) * m + i / n]).collect()
-    }
+    transpose_features(by_feature, m, n)
 }

@@ -65,19 +65,80 @@ pub fn level() -> u8 {
     })
 }
 
-dispatch! {
-    /// `Σ a_i·b_i` over 16 independent lanes.
-    pub fn dot(a: &[f32], b: &[f32]) -> f32 {
-        let mut lanes = [0f32; 16];
-        let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
-        let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
-        for (x, y) in ca.zip(cb) {
+/// `acc + x·y`, fused (one rounding) where the CPU has FMA.
+#[inline(always)]
+fn mac<const FMA: bool>(acc: f32, x: f32, y: f32) -> f32 {
+    if FMA {
+        x.mul_add(y, acc)
+    } else {
+        acc + x * y
+    }
+}
+
+/// Dot products of `R` rows with one `b` over 16 independent lanes per row, `b` read once. Every
+/// row's sum is formed in the same order whatever `R` is, so [`dot`] and [`dot4`] give the same bits
+/// for the same row (batched decoding stays identical to decoding one sequence at a time).
+#[inline(always)]
+fn dot_rows<const R: usize, const FMA: bool>(rows: [&[f32]; R], b: &[f32]) -> [f32; R] {
+    let mut lanes = [[0f32; 16]; R];
+    let whole = b.len() / 16 * 16;
+    for c in (0..whole).step_by(16) {
+        let y = &b[c..c + 16];
+        for (lane, a) in lanes.iter_mut().zip(rows) {
+            let x = &a[c..c + 16];
             for i in 0..16 {
-                lanes[i] += x[i] * y[i];
+                lane[i] = mac::<FMA>(lane[i], x[i], y[i]);
             }
         }
-        lanes.iter().sum::<f32>() + tail
     }
+    let mut out = [0f32; R];
+    for ((o, lane), a) in out.iter_mut().zip(&lanes).zip(rows) {
+        let tail: f32 = a[whole..].iter().zip(&b[whole..]).map(|(x, y)| x * y).sum();
+        *o = lane.iter().sum::<f32>() + tail;
+    }
+    out
+}
+
+macro_rules! dispatch_fma {
+    ($(#[$doc:meta])* pub fn $name:ident($($arg:ident: $ty:ty),*) -> $ret:ty = $imp:ident) => {
+        $(#[$doc])*
+        pub fn $name($($arg: $ty),*) -> $ret {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f,fma")]
+                unsafe fn avx512($($arg: $ty),*) -> $ret { $imp::<true>($($arg),*) }
+                #[target_feature(enable = "avx2,fma")]
+                unsafe fn avx2($($arg: $ty),*) -> $ret { $imp::<true>($($arg),*) }
+                // SAFETY: each variant runs only where its target feature was detected.
+                match level() {
+                    2 => return unsafe { avx512($($arg),*) },
+                    1 => return unsafe { avx2($($arg),*) },
+                    _ => {}
+                }
+            }
+            $imp::<false>($($arg),*)
+        }
+    };
+}
+
+#[inline(always)]
+fn dot1<const FMA: bool>(a: &[f32], b: &[f32]) -> f32 {
+    dot_rows::<1, FMA>([a], b)[0]
+}
+
+#[inline(always)]
+fn dot4_imp<const FMA: bool>(a0: &[f32], a1: &[f32], a2: &[f32], a3: &[f32], b: &[f32]) -> [f32; 4] {
+    dot_rows::<4, FMA>([a0, a1, a2, a3], b)
+}
+
+dispatch_fma! {
+    /// `Σ a_i·b_i` over 16 independent lanes.
+    pub fn dot(a: &[f32], b: &[f32]) -> f32 = dot1
+}
+
+dispatch_fma! {
+    /// [`dot`] of four rows with one `b`, read once; each result has the bits `dot` gives it.
+    pub fn dot4(a0: &[f32], a1: &[f32], a2: &[f32], a3: &[f32], b: &[f32]) -> [f32; 4] = dot4_imp
 }
 
 dispatch! {

@@ -1,15 +1,21 @@
-//! The generation worker behind the server: one thread runs requests from a bounded FIFO queue, one
-//! at a time, streaming text pieces back over a channel. A client that goes away makes its sends fail,
-//! which cancels its generation at the next token, so its slot frees at once. A request whose
-//! generation panics is answered with an error and the worker goes on; should the worker ever stop,
+//! The generation worker behind the server: continuous batching. One thread holds a [`Batcher`] per
+//! model; requests wait in a bounded queue, join a model's running batch as soon as it has a free
+//! KV slot (prefilled on joining), and every step decodes one token for all running requests of a
+//! model in one batched forward. A request leaves the batch the moment it finishes or its client
+//! goes away (its sends fail), freeing its slot for the next one. A full queue is refused (503).
+//!
+//! A panic while serving a request fails that request (and, inside a batched step, the requests of
+//! that step, whose model gets a fresh slot pool); the worker goes on. Should the worker ever stop,
 //! `alive` says so (and `/health` reports it).
 
 use crate::data::tokenizer::{TextStream, Tokenizer};
-use crate::infer::{generate, FinishReason, Sampler, SamplingParams};
+use crate::infer::batch::{Batcher, Decoded, SeqId};
+use crate::infer::{FinishReason, Sampler, SamplingParams};
 use crate::MiniMindForCausalLM;
+use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError, TrySendError};
 use std::sync::Arc;
 use tokio::sync::mpsc::UnboundedSender;
 
@@ -52,18 +58,49 @@ pub struct Job {
     pub events: UnboundedSender<Event>,
 }
 
+/// How much the worker takes on at once.
+#[derive(Debug, Clone, Copy)]
+pub struct EngineConfig {
+    /// Requests that may wait for a slot before new ones are refused.
+    pub queue: usize,
+    /// Requests decoded together per model (KV slots).
+    pub max_batch: usize,
+    /// KV cache positions per model, shared evenly by its slots (each slot holds prompt + answer).
+    pub kv_cache_tokens: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self { queue: 64, max_batch: 16, kv_cache_tokens: 16 * 2048 }
+    }
+}
+
+impl EngineConfig {
+    /// Positions per slot for `model`: an even share of the KV budget, at most its context.
+    pub fn slot_capacity(&self, model: &MiniMindForCausalLM) -> usize {
+        (self.kv_cache_tokens / self.max_batch.max(1)).min(model.config.max_position_embeddings)
+    }
+}
+
 /// Handle to the worker: submit jobs, read the load.
 #[derive(Clone)]
 pub struct Engine {
     queue: SyncSender<Job>,
     pub models: Arc<Vec<LoadedModel>>,
+    pub config: EngineConfig,
     /// Jobs waiting or running.
     pub pending: Arc<AtomicUsize>,
+    /// Jobs decoding now (in a batch).
+    pub running: Arc<AtomicUsize>,
     /// Tokens generated since start (a cancelled request stops adding to it).
     pub generated: Arc<AtomicUsize>,
     /// False once the worker thread has ended.
     pub alive: Arc<AtomicBool>,
 }
+
+/// Called with each job as it joins a batch: the seam through which tests make serving fail in
+/// ways a healthy model never does.
+pub type JoinHook = Box<dyn Fn(&Job) + Send>;
 
 /// Marks the worker dead when its thread ends, however it ends.
 struct AliveGuard(Arc<AtomicBool>);
@@ -75,39 +112,30 @@ impl Drop for AliveGuard {
 }
 
 impl Engine {
-    /// Starts the worker thread with room for `queue` waiting jobs.
-    pub fn start(models: Vec<LoadedModel>, queue: usize) -> Self {
-        Self::with_runner(models, queue, run)
+    /// Starts the worker thread.
+    pub fn start(models: Vec<LoadedModel>, config: EngineConfig) -> Self {
+        Self::with_hook(models, config, Box::new(|_| {}))
     }
 
-    /// The worker with another job runner in place of [`run`] (the seam through which tests make a
-    /// generation fail in ways a healthy model never does).
-    pub fn with_runner(
-        models: Vec<LoadedModel>,
-        queue: usize,
-        runner: impl Fn(&LoadedModel, Job, &AtomicUsize) + Send + 'static,
-    ) -> Self {
-        let (tx, rx) = sync_channel::<Job>(queue);
-        let models = Arc::new(models);
-        let pending = Arc::new(AtomicUsize::new(0));
-        let generated = Arc::new(AtomicUsize::new(0));
-        let alive = Arc::new(AtomicBool::new(true));
-        let (worker_models, worker_pending, worker_generated) = (models.clone(), pending.clone(), generated.clone());
-        let guard = AliveGuard(alive.clone());
+    /// The worker with a hook called as each job joins (see [`JoinHook`]).
+    pub fn with_hook(models: Vec<LoadedModel>, config: EngineConfig, hook: JoinHook) -> Self {
+        let (tx, rx) = sync_channel::<Job>(config.queue.max(1));
+        let engine = Self {
+            queue: tx,
+            models: Arc::new(models),
+            config,
+            pending: Arc::new(AtomicUsize::new(0)),
+            running: Arc::new(AtomicUsize::new(0)),
+            generated: Arc::new(AtomicUsize::new(0)),
+            alive: Arc::new(AtomicBool::new(true)),
+        };
+        let worker = engine.clone();
+        let guard = AliveGuard(engine.alive.clone());
         std::thread::spawn(move || {
             let _guard = guard;
-            for job in rx {
-                let events = job.events.clone();
-                let model = &worker_models[job.model];
-                // A panic inside one generation fails that request only.
-                if let Err(panic) = catch_unwind(AssertUnwindSafe(|| runner(model, job, &worker_generated))) {
-                    let what = panic_message(panic.as_ref());
-                    let _ = events.send(Event::Error(format!("internal error during generation: {what}")));
-                }
-                worker_pending.fetch_sub(1, Ordering::SeqCst);
-            }
+            Worker::new(&worker, hook).serve(&rx);
         });
-        Self { queue: tx, models, pending, generated, alive }
+        engine
     }
 
     /// Queues a job; `Err` when the queue is full.
@@ -123,6 +151,228 @@ impl Engine {
     }
 }
 
+/// A running request: its job and the text streamed so far.
+struct Running<'t> {
+    job: Job,
+    stream: TextStream<'t>,
+    text: String,
+    sent: usize,
+    tokens: usize,
+    stopped_by_string: bool,
+}
+
+impl<'t> Running<'t> {
+    fn new(job: Job, tokenizer: &'t Tokenizer) -> Self {
+        Self { job, stream: TextStream::new(tokenizer), text: String::new(), sent: 0, tokens: 0, stopped_by_string: false }
+    }
+
+    /// Takes a decoded token; false when the request should end here (a stop string, or its client
+    /// has gone away). Holds back a tail that could still grow into a stop string.
+    fn push(&mut self, id: u32) -> anyhow::Result<bool> {
+        self.tokens += 1;
+        if let Some(piece) = self.stream.push(id)? {
+            self.text.push_str(&piece);
+        }
+        let stops = &self.job.stop;
+        let (end, stop) = match stops.iter().filter_map(|s| self.text.find(s.as_str())).min() {
+            Some(at) => (at, true),
+            None => {
+                let hold = stops.iter().map(|s| s.len().saturating_sub(1)).max().unwrap_or(0);
+                let mut end = self.text.len().saturating_sub(hold).max(self.sent);
+                while !self.text.is_char_boundary(end) {
+                    end -= 1;
+                }
+                (end, false)
+            }
+        };
+        if end > self.sent {
+            if self.job.events.send(Event::Text(self.text[self.sent..end].to_string())).is_err() {
+                return Ok(false); // the client went away
+            }
+            self.sent = end;
+        }
+        self.stopped_by_string = stop;
+        Ok(!stop)
+    }
+
+    /// Sends the rest of the text and the final event.
+    fn finish(mut self, finish: FinishReason) {
+        let finish = if self.stopped_by_string {
+            FinishReason::Stop
+        } else {
+            if let Ok(Some(rest)) = self.stream.finish() {
+                self.text.push_str(&rest);
+            }
+            if self.text.len() > self.sent {
+                let _ = self.job.events.send(Event::Text(self.text[self.sent..].to_string()));
+            }
+            finish
+        };
+        let prompt_tokens = self.job.prompt.len();
+        let _ = self.job.events.send(Event::Done { finish, prompt_tokens, completion_tokens: self.tokens });
+    }
+
+    fn fail(self, message: String) {
+        let _ = self.job.events.send(Event::Error(message));
+    }
+}
+
+/// The worker thread's state: a batcher per model and the requests running in each.
+struct Worker<'e> {
+    engine: &'e Engine,
+    hook: JoinHook,
+    batchers: Vec<Batcher<'e>>,
+    running: Vec<HashMap<SeqId, Running<'e>>>,
+}
+
+impl<'e> Worker<'e> {
+    fn new(engine: &'e Engine, hook: JoinHook) -> Self {
+        let batchers = engine.models.iter().map(|m| fresh_batcher(m, &engine.config)).collect();
+        let running = engine.models.iter().map(|_| HashMap::new()).collect();
+        Self { engine, hook, batchers, running }
+    }
+
+    /// Admits waiting jobs while slots are free, decodes a step for every model with running
+    /// requests; sleeps on the queue when nothing runs.
+    fn serve(mut self, queue: &Receiver<Job>) {
+        loop {
+            let busy = self.running.iter().any(|r| !r.is_empty());
+            let job = if busy {
+                match queue.try_recv() {
+                    Ok(job) => Some(job),
+                    Err(TryRecvError::Empty) => None,
+                    Err(TryRecvError::Disconnected) => return,
+                }
+            } else {
+                match queue.recv() {
+                    Ok(job) => Some(job),
+                    Err(_) => return, // the server is gone
+                }
+            };
+            if let Some(job) = job {
+                self.join(job);
+                if self.batchers.iter().all(Batcher::has_free_slot) {
+                    continue; // admit more before the next step
+                }
+            }
+            for model in 0..self.batchers.len() {
+                self.step(model);
+            }
+            self.publish_load();
+        }
+    }
+
+    fn publish_load(&self) {
+        let running = self.running.iter().map(HashMap::len).sum();
+        self.engine.running.store(running, Ordering::SeqCst);
+    }
+
+    /// Prefills a job into its model's batch (waiting for a slot by stepping that batch first).
+    fn join(&mut self, job: Job) {
+        let model = job.model;
+        while !self.batchers[model].has_free_slot() {
+            self.step(model);
+        }
+        let m = &self.engine.models[model];
+        let (hook, batcher) = (&self.hook, &mut self.batchers[model]);
+        let joined = catch_unwind(AssertUnwindSafe(|| -> anyhow::Result<_> {
+            hook(&job);
+            let sampler = Sampler::new(job.sampling.clone())?;
+            batcher.join(&job.prompt, job.max_new_tokens, sampler)
+        }));
+        let request = Running::new(job, &m.tokenizer);
+        match joined {
+            Ok(Ok(Some((id, events)))) => {
+                self.running[model].insert(id, request);
+                self.deliver(model, id, events);
+            }
+            Ok(Ok(None)) => self.reject(request, "no free KV slot".into()),
+            Ok(Err(e)) => self.reject(request, format!("{e:#}")),
+            Err(panic) => {
+                self.reject(request, format!("internal error during generation: {}", panic_message(panic.as_ref())));
+                self.batchers[model] = fresh_batcher(m, &self.engine.config);
+                self.fail_all(model, "internal error during generation");
+            }
+        }
+        self.publish_load();
+    }
+
+    /// One decode step of `model`'s batch.
+    fn step(&mut self, model: usize) {
+        if self.running[model].is_empty() {
+            return;
+        }
+        let batcher = &mut self.batchers[model];
+        match catch_unwind(AssertUnwindSafe(|| batcher.step())) {
+            Ok(Ok(decoded)) => {
+                for (id, events) in decoded {
+                    self.deliver(model, id, events);
+                }
+            }
+            Ok(Err(e)) => self.fail_all(model, &format!("{e:#}")),
+            Err(panic) => {
+                let m = &self.engine.models[model];
+                self.batchers[model] = fresh_batcher(m, &self.engine.config);
+                self.fail_all(model, &format!("internal error during generation: {}", panic_message(panic.as_ref())));
+            }
+        }
+    }
+
+    /// Hands a sequence's new tokens to its request; ends the request when the sequence finished,
+    /// a stop string appeared or the client left (cancelling the sequence, which frees its slot).
+    fn deliver(&mut self, model: usize, id: SeqId, events: Vec<Decoded>) {
+        let Some(request) = self.running[model].get_mut(&id) else { return };
+        let mut end = None;
+        for event in events {
+            match event {
+                Decoded::Token(token) => {
+                    self.engine.generated.fetch_add(1, Ordering::SeqCst);
+                    match request.push(token) {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            end = Some(Ok(FinishReason::Cancelled));
+                            break;
+                        }
+                        Err(e) => {
+                            end = Some(Err(format!("{e:#}")));
+                            break;
+                        }
+                    }
+                }
+                Decoded::Finished(reason) => end = Some(Ok(reason)),
+            }
+        }
+        let Some(end) = end else { return };
+        self.batchers[model].cancel(id); // a no-op when the batch already let it go
+        if let Some(request) = self.running[model].remove(&id) {
+            match end {
+                Ok(reason) => request.finish(reason),
+                Err(message) => request.fail(message),
+            }
+            self.engine.pending.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    fn fail_all(&mut self, model: usize, message: &str) {
+        for (_, request) in self.running[model].drain() {
+            request.fail(message.to_string());
+            self.engine.pending.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    /// A request that could not join is answered with an error.
+    fn reject(&self, request: Running, message: String) {
+        request.fail(message);
+        self.engine.pending.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+fn fresh_batcher<'m>(m: &'m LoadedModel, config: &EngineConfig) -> Batcher<'m> {
+    let stops = m.tokenizer.stop_ids().unwrap_or_default();
+    Batcher::new(&m.model, config.max_batch.max(1), config.slot_capacity(&m.model).max(2), &stops)
+        .unwrap_or_else(|e| panic!("allocating the KV slots of {}: {e:#}", m.id))
+}
+
 /// The text of a panic's payload.
 fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     match (payload.downcast_ref::<&str>(), payload.downcast_ref::<String>()) {
@@ -130,57 +380,4 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
         (_, Some(s)) => s.clone(),
         _ => "a panic".into(),
     }
-}
-
-/// Runs one job, sending its text as it is decoded.
-pub fn run(m: &LoadedModel, job: Job, generated: &AtomicUsize) {
-    let result = (|| -> anyhow::Result<(FinishReason, usize)> {
-        let mut sampler = Sampler::new(job.sampling.clone())?;
-        let mut stream = TextStream::new(&m.tokenizer);
-        let stops = m.tokenizer.stop_ids()?;
-        let mut text = String::new();
-        let mut sent = 0usize;
-        let mut hit_stop = false;
-        let generation = generate(&m.model, &job.prompt, job.max_new_tokens, &stops, &mut sampler, |id| {
-            generated.fetch_add(1, Ordering::SeqCst);
-            if let Some(piece) = stream.push(id)? {
-                text.push_str(&piece);
-            }
-            // Hold back a tail that could still grow into a stop string.
-            let (end, stop) = match job.stop.iter().filter_map(|s| text.find(s.as_str())).min() {
-                Some(at) => (at, true),
-                None => {
-                    let hold = job.stop.iter().map(|s| s.len().saturating_sub(1)).max().unwrap_or(0);
-                    let mut end = text.len().saturating_sub(hold).max(sent);
-                    while !text.is_char_boundary(end) {
-                        end -= 1;
-                    }
-                    (end, false)
-                }
-            };
-            if end > sent {
-                if job.events.send(Event::Text(text[sent..end].to_string())).is_err() {
-                    return Ok(false); // the client went away
-                }
-                sent = end;
-            }
-            hit_stop = stop;
-            Ok(!stop)
-        })?;
-        if !hit_stop {
-            if let Some(rest) = stream.finish()? {
-                text.push_str(&rest);
-            }
-            if text.len() > sent {
-                let _ = job.events.send(Event::Text(text[sent..].to_string()));
-            }
-        }
-        let finish = if hit_stop { FinishReason::Stop } else { generation.finish_reason };
-        Ok((finish, generation.tokens.len()))
-    })();
-    let event = match result {
-        Ok((finish, completion_tokens)) => Event::Done { finish, prompt_tokens: job.prompt.len(), completion_tokens },
-        Err(e) => Event::Error(format!("{e:#}")),
-    };
-    let _ = job.events.send(event);
 }

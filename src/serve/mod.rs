@@ -31,10 +31,10 @@ const PAGE: &str = include_str!("page.html");
 
 /// Serves `models` on `host:port` until the process ends: the generation worker with room for
 /// `queue` waiting requests, and the routes over it.
-pub fn run(models: Vec<engine::LoadedModel>, host: &str, port: u16, queue: usize) -> anyhow::Result<()> {
+pub fn run(models: Vec<engine::LoadedModel>, host: &str, port: u16, config: engine::EngineConfig) -> anyhow::Result<()> {
     use anyhow::Context;
     let ids: Vec<String> = models.iter().map(|m| m.id.clone()).collect();
-    let engine = Engine::start(models, queue.max(1));
+    let engine = Engine::start(models, config);
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
         let listener =

@@ -2,7 +2,7 @@
 
 use crate::common::*;
 use candle_core::Device;
-use minimind::serve::engine::{Engine, LoadedModel};
+use minimind::serve::engine::{Engine, EngineConfig, LoadedModel};
 use serde_json::{json, Value};
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -32,7 +32,7 @@ fn serve(engine: Engine) -> u16 {
 
 /// Starts a server with the tiny model (also answering to "minimind"); returns the port.
 fn start() -> u16 {
-    serve(Engine::start(vec![tiny(&["minimind"])], 32))
+    serve(Engine::start(vec![tiny(&["minimind"])], EngineConfig { queue: 32, ..Default::default() }))
 }
 
 /// One HTTP/1.1 request; returns the status and the (de-chunked) body.
@@ -376,12 +376,9 @@ fn every_error_is_openai_shaped() {
 
 #[test]
 fn a_panicking_generation_fails_its_request_and_the_worker_keeps_serving() {
-    use minimind::serve::engine::run;
     // A request asking for exactly 13 tokens panics inside the worker.
-    let engine = Engine::with_runner(vec![tiny(&[])], 4, |m, job, generated| {
-        assert_ne!(job.max_new_tokens, 13, "boom");
-        run(m, job, generated)
-    });
+    let config = EngineConfig { queue: 4, ..Default::default() };
+    let engine = Engine::with_hook(vec![tiny(&[])], config, Box::new(|job| assert_ne!(job.max_new_tokens, 13, "boom")));
     let alive = engine.alive.clone();
     let port = serve(engine);
     let (status, r, _) = post(port, "/v1/chat/completions", chat(json!({"max_tokens": 13})));
@@ -401,7 +398,7 @@ fn a_panicking_generation_fails_its_request_and_the_worker_keeps_serving() {
 #[test]
 fn random_requests_never_panic_the_parser() {
     use minimind::serve::request::Request;
-    let engine = Engine::start(vec![tiny(&[])], 4);
+    let engine = Engine::start(vec![tiny(&[])], EngineConfig { queue: 4, ..Default::default() });
     let mut rng = crate::robustness::Lcg(7);
     for case in 0..2000 {
         let body = match case % 3 {

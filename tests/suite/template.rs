@@ -105,7 +105,8 @@ fn generate_and_serve_take_the_thinking_switch() {
     // answer is then read as reasoning from its first token.
     use minimind::serve::engine::{Engine, LoadedModel};
     let (model, tokenizer) = minimind::infer::load(dir.path(), &candle_core::Device::Cpu, &Default::default()).unwrap();
-    let engine = Engine::start(vec![LoadedModel { id: "m".into(), aliases: vec![], model, tokenizer }], 2);
+    let models = vec![LoadedModel { id: "m".into(), aliases: vec![], model, tokenizer }];
+    let engine = Engine::start(models, minimind::serve::engine::EngineConfig { queue: 2, ..Default::default() });
     let opens = |extra: Value| {
         let mut body = json!({"model": "m", "messages": [{"role": "user", "content": "你好"}]});
         for (k, v) in extra.as_object().unwrap() {

@@ -1,0 +1,189 @@
+//! Continuous batching: sequences join a running batch between decode steps and leave it as soon as
+//! they finish, so concurrent requests share each step's weight reads instead of waiting in line.
+//!
+//! KV memory is a fixed pool of slots, each one sequence's cache of `slot_capacity` positions,
+//! allocated once and reused (a freed slot is simply reset). A sequence is prefilled alone into its
+//! slot when it joins; every [`Batcher::step`] then decodes one token for all active sequences in one
+//! [`MiniMindForCausalLM::forward_decode`]. Each sequence samples with its own sampler, so greedy
+//! outputs equal decoding it alone with [`super::generate`].
+
+use super::generate::FinishReason;
+use super::sampler::Sampler;
+use crate::model::{KvCache, MiniMindForCausalLM};
+use anyhow::{bail, Result};
+use candle_core::{DType, Tensor};
+
+/// A sequence's handle inside its batcher.
+pub type SeqId = u64;
+
+/// What a sequence did in a step (or when it joined).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decoded {
+    /// A new token (never a stop token).
+    Token(u32),
+    /// Finished: a stop token, its token budget or its slot's capacity. It has left the batch.
+    Finished(FinishReason),
+}
+
+struct Sequence {
+    id: SeqId,
+    /// Its slot of the pool, while it runs.
+    cache: KvCache,
+    sampler: Sampler,
+    /// Prompt and generated tokens (the repetition penalty looks at them).
+    seen: Vec<u32>,
+    generated: usize,
+    max_new_tokens: usize,
+}
+
+/// The running batch of one model over a pool of KV slots.
+pub struct Batcher<'m> {
+    model: &'m MiniMindForCausalLM,
+    /// Slots no sequence holds.
+    free: Vec<KvCache>,
+    active: Vec<Sequence>,
+    capacity: usize,
+    stop_ids: Vec<u32>,
+    next_id: SeqId,
+}
+
+impl<'m> Batcher<'m> {
+    /// `max_batch` slots of `slot_capacity` positions each (prompt + answer), allocated now.
+    pub fn new(model: &'m MiniMindForCausalLM, max_batch: usize, slot_capacity: usize, stop_ids: &[u32]) -> Result<Self> {
+        if max_batch == 0 || slot_capacity < 2 {
+            bail!("a batcher needs at least one slot of at least 2 positions");
+        }
+        let capacity = slot_capacity.min(model.config.max_position_embeddings);
+        let free = (0..max_batch)
+            .map(|_| KvCache::new(&model.config, 1, capacity, model.compute_dtype(), model.device()))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self { model, free, active: Vec::new(), capacity, stop_ids: stop_ids.to_vec(), next_id: 0 })
+    }
+
+    /// Positions one slot holds: the longest prompt plus answer a sequence can have.
+    pub fn slot_capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Sequences decoding now.
+    pub fn active(&self) -> usize {
+        self.active.len()
+    }
+
+    /// Whether a sequence can join now.
+    pub fn has_free_slot(&self) -> bool {
+        !self.free.is_empty()
+    }
+
+    /// Prefills `prompt` into a free slot and samples its first token; returns the sequence's id
+    /// and what it decoded (a token, then `Finished` when that already ends it). `Ok(None)` when
+    /// every slot is taken; an error for a prompt that does not fit a slot.
+    pub fn join(
+        &mut self,
+        prompt: &[u32],
+        max_new_tokens: usize,
+        sampler: Sampler,
+    ) -> Result<Option<(SeqId, Vec<Decoded>)>> {
+        if prompt.is_empty() {
+            bail!("the prompt is empty");
+        }
+        if prompt.len() >= self.capacity {
+            bail!("prompt of {} tokens does not fit a slot of {} positions", prompt.len(), self.capacity);
+        }
+        let Some(mut cache) = self.free.pop() else { return Ok(None) };
+        cache.clear();
+        let id = self.next_id;
+        self.next_id += 1;
+        let mut seq = Sequence { id, cache, sampler, seen: prompt.to_vec(), generated: 0, max_new_tokens };
+        if max_new_tokens == 0 {
+            self.free.push(seq.cache);
+            return Ok(Some((id, vec![Decoded::Finished(FinishReason::Length)])));
+        }
+        let input = Tensor::new(prompt, self.model.device())?.unsqueeze(0);
+        let logits = input.map_err(anyhow::Error::from).and_then(|input| {
+            Ok(self.model.forward_last(&input, Some(&mut seq.cache))?.squeeze(0)?)
+        });
+        let decoded = logits.and_then(|logits| self.advance(&mut seq, &logits));
+        match decoded {
+            Ok(events) => {
+                self.settle(seq, &events);
+                Ok(Some((id, events)))
+            }
+            Err(e) => {
+                self.free.push(seq.cache);
+                Err(e)
+            }
+        }
+    }
+
+    /// One token for every active sequence, in one batched forward. Sequences that finish leave the
+    /// batch and free their slots. On an error every active sequence is dropped (their slots freed).
+    pub fn step(&mut self) -> Result<Vec<(SeqId, Vec<Decoded>)>> {
+        if self.active.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut running = std::mem::take(&mut self.active);
+        let tokens: Vec<u32> = running.iter().map(|s| *s.seen.last().unwrap_or(&0)).collect();
+        let logits = {
+            let mut caches: Vec<&mut KvCache> = running.iter_mut().map(|s| &mut s.cache).collect();
+            self.model.forward_decode(&tokens, &mut caches)
+        };
+        let logits = match logits {
+            Ok(logits) => logits,
+            Err(e) => {
+                self.free.extend(running.into_iter().map(|s| s.cache));
+                return Err(e);
+            }
+        };
+        let mut out = Vec::with_capacity(running.len());
+        for (b, mut seq) in running.into_iter().enumerate() {
+            match logits.get(b).map_err(anyhow::Error::from).and_then(|row| self.advance(&mut seq, &row)) {
+                Ok(events) => {
+                    out.push((seq.id, events.clone()));
+                    self.settle(seq, &events);
+                }
+                Err(e) => {
+                    self.free.push(seq.cache);
+                    let rest: Vec<KvCache> = std::mem::take(&mut self.active).into_iter().map(|s| s.cache).collect();
+                    self.free.extend(rest);
+                    return Err(e);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Removes a sequence (its client went away), freeing its slot at once.
+    pub fn cancel(&mut self, id: SeqId) {
+        if let Some(i) = self.active.iter().position(|s| s.id == id) {
+            let seq = self.active.remove(i);
+            self.free.push(seq.cache);
+        }
+    }
+
+    /// Samples `seq`'s next token from its logits `[V]` as [`super::generate`] does: a stop token
+    /// finishes it; a token is kept, and finishes it when its budget or its slot is used up.
+    fn advance(&self, seq: &mut Sequence, logits: &Tensor) -> Result<Vec<Decoded>> {
+        let logits: Vec<f32> = logits.to_dtype(DType::F32)?.to_vec1()?;
+        let next = seq.sampler.sample(&logits, &seq.seen)?;
+        if self.stop_ids.contains(&next) {
+            return Ok(vec![Decoded::Finished(FinishReason::Stop)]);
+        }
+        seq.seen.push(next);
+        seq.generated += 1;
+        let mut events = vec![Decoded::Token(next)];
+        if seq.generated >= seq.max_new_tokens || seq.cache.len() + 1 > self.capacity {
+            events.push(Decoded::Finished(FinishReason::Length));
+        }
+        Ok(events)
+    }
+
+    /// Keeps a sequence running, or returns its slot when its events end it.
+    fn settle(&mut self, seq: Sequence, events: &[Decoded]) {
+        if events.iter().any(|e| matches!(e, Decoded::Finished(_))) {
+            self.free.push(seq.cache);
+        } else {
+            self.active.push(seq);
+        }
+    }
+}
