@@ -25,6 +25,8 @@ pub enum BenchMode {
     Generate,
     /// One training step on --device in --dtype against the CPU in fp32: loss and every gradient.
     Parity,
+    /// The server's engine (continuous batching) under 1, 4, 16, 64 concurrent streaming clients.
+    Serve,
 }
 
 #[derive(Args)]
@@ -61,6 +63,18 @@ pub struct BenchArgs {
     /// fp32, or bf16 (mixed precision for train, bf16 weights for forward/generate).
     #[arg(long, default_value_t = Precision::F32)]
     pub dtype: Precision,
+    /// serve: concurrent clients to measure, one run each.
+    #[arg(long, value_delimiter = ',', default_value = "1,4,16,64")]
+    pub clients: Vec<usize>,
+    /// serve: seconds per run (default 30).
+    #[arg(long)]
+    pub seconds: Option<f64>,
+    /// serve: KV slots, i.e. requests decoded together.
+    #[arg(long, default_value_t = 16)]
+    pub max_batch: usize,
+    /// serve: tokenizer folder (its stop tokens end answers).
+    #[arg(long, default_value = "assets/tokenizers/v2")]
+    pub tokenizer: std::path::PathBuf,
 }
 
 /// Runs `f` `warmup + steps` times; returns the measured durations in seconds.
@@ -76,7 +90,7 @@ fn time_steps(warmup: usize, steps: usize, mut f: impl FnMut() -> Result<()>) ->
     Ok(times)
 }
 
-fn median(values: &[f64]) -> f64 {
+pub(crate) fn median(values: &[f64]) -> f64 {
     let mut v = values.to_vec();
     v.sort_by(f64::total_cmp);
     let n = v.len();
@@ -124,8 +138,10 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         bail!("--steps, --batch-size must be ≥ 1 and --seq-len ≥ 2");
     }
     let device = super::parse_device(&a.device)?;
-    if a.mode == BenchMode::Parity {
-        return super::parity::run(&a.preset, &device, a.dtype);
+    match a.mode {
+        BenchMode::Parity => return super::parity::run(&a.preset, &device, a.dtype),
+        BenchMode::Serve => return super::bench_serve::run(a),
+        _ => {}
     }
     let config = ModelConfig::preset(&a.preset)?;
     let threads = candle_core::utils::get_num_threads();
@@ -210,7 +226,7 @@ pub fn run(a: &BenchArgs) -> Result<()> {
             let flops = 2.0 * config.num_active_parameters() as f64 * (prompt.len() + a.new_tokens) as f64;
             (a.new_tokens, flops, times)
         }
-        BenchMode::Parity => unreachable!("handled above"),
+        BenchMode::Parity | BenchMode::Serve => unreachable!("handled above"),
     };
     let step = median(&times);
     let gflops = flops_per_step / step / 1e9;

@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod chat;
 pub mod demo;
+mod bench_serve;
 mod parity;
 mod interop;
 pub mod train;

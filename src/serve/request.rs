@@ -87,7 +87,8 @@ impl Request {
         let m = &engine.models[model];
         let (prompt, opens_thinking) =
             if chat { chat_prompt(m, &body)? } else { (completion_prompt(m, &body)?, false) };
-        let context = m.model.config.max_position_embeddings;
+        // A request's prompt and answer share one KV slot.
+        let context = engine.config.slot_capacity(&m.model);
         if prompt.len() >= context {
             return Err(ApiError::invalid(
                 "messages",

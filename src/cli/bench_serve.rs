@@ -1,0 +1,136 @@
+//! `minimind bench serve`: aggregate decoding throughput of the server's engine (continuous
+//! batching) with 1, 4, 16, 64 concurrent clients, each streaming one request after another: tokens/s
+//! over all clients, time to first token (p50/p95), peak RSS. The engine is the one `serve` runs,
+//! driven in process (HTTP framing is left out: it costs microseconds per token).
+
+use super::bench::{median, peak_rss_bytes, BenchArgs};
+use crate::infer::SamplingParams;
+use crate::model::checkpoint::init_model;
+use crate::model::params::InitScheme;
+use crate::model::ModelConfig;
+use crate::serve::engine::{Engine, EngineConfig, Event, Job, LoadedModel};
+use crate::Tokenizer;
+use anyhow::{bail, Context, Result};
+use candle_core::Device;
+use std::time::{Duration, Instant};
+
+/// One run's figures.
+struct RunFigures {
+    tokens: usize,
+    elapsed: f64,
+    /// Seconds from sending to the first text of each request.
+    first_token: Vec<f64>,
+}
+
+pub fn run(a: &BenchArgs) -> Result<()> {
+    if a.clients.is_empty() || a.clients.contains(&0) || a.new_tokens == 0 || a.prompt_len == 0 {
+        bail!("--clients, --new-tokens and --prompt-len must be at least 1");
+    }
+    let config = ModelConfig::preset(&a.preset)?;
+    let tokenizer = Tokenizer::load(&a.tokenizer).with_context(|| format!("--tokenizer {}", a.tokenizer.display()))?;
+    let seconds = a.seconds.filter(|s| *s > 0.0).unwrap_or(30.0);
+    let (mut model, _) = init_model(&config, InitScheme::Minimind2, 0, &Device::Cpu)?;
+    if a.int8 {
+        model.quantize_int8()?;
+    }
+    let slot = a.prompt_len + a.new_tokens + 1;
+    let engine_config = EngineConfig { queue: 1024, max_batch: a.max_batch, kv_cache_tokens: a.max_batch * slot };
+    let engine = Engine::start(vec![LoadedModel { id: a.preset.clone(), aliases: vec![], model, tokenizer }], engine_config);
+    println!(
+        "bench serve: {} ({}), prompt {} + {} new tokens (greedy), {} KV slots, {} threads",
+        a.preset,
+        if a.int8 { "int8" } else { "fp32" },
+        a.prompt_len,
+        a.new_tokens,
+        a.max_batch,
+        candle_core::utils::get_num_threads()
+    );
+    let mut single = None;
+    for &clients in &a.clients {
+        let figures = measure(&engine, clients, seconds, a)?;
+        let rate = figures.tokens as f64 / figures.elapsed;
+        let base = *single.get_or_insert(rate);
+        let (p50, p95) = (percentile(&figures.first_token, 0.5), percentile(&figures.first_token, 0.95));
+        println!(
+            "{clients:3} clients: {rate:8.1} tokens/s aggregate ({:.2}× one client), first token p50 {:.0} ms p95 {:.0} ms, {} requests, peak RSS {:.0} MiB",
+            rate / base,
+            p50 * 1e3,
+            p95 * 1e3,
+            figures.first_token.len(),
+            peak_rss_bytes() as f64 / (1 << 20) as f64
+        );
+    }
+    Ok(())
+}
+
+/// `clients` threads, each sending one request after another until the run's deadline; the
+/// engine's token counter at the deadline gives the aggregate rate.
+fn measure(engine: &Engine, clients: usize, seconds: f64, a: &BenchArgs) -> Result<RunFigures> {
+    use std::sync::atomic::Ordering;
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs_f64(seconds);
+    let before = engine.generated.load(Ordering::SeqCst);
+    let vocab = engine.models[0].model.config.vocab_size as u32;
+    let (tokens, firsts) = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..clients)
+            .map(|c| {
+                scope.spawn(move || -> Result<Vec<f64>> {
+                    let mut first = Vec::new();
+                    let mut request = 0u32;
+                    while Instant::now() < deadline {
+                        // Distinct prompts (ids above the special tokens), one per client and request.
+                        let seed = (c as u32) * 7919 + request * 104_729;
+                        let prompt = (0..a.prompt_len as u32).map(|i| 10 + (seed + i * 31) % (vocab - 10)).collect();
+                        first.extend(one_request(engine, prompt, a.new_tokens)?);
+                        request += 1;
+                    }
+                    Ok(first)
+                })
+            })
+            .collect();
+        std::thread::sleep(deadline.saturating_duration_since(Instant::now()));
+        let tokens = engine.generated.load(Ordering::SeqCst) - before;
+        let firsts: Vec<Result<Vec<f64>>> = handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("a client thread panicked"))))
+            .collect();
+        (tokens, firsts)
+    });
+    let mut first_token = Vec::new();
+    for f in firsts {
+        first_token.extend(f?);
+    }
+    Ok(RunFigures { tokens, elapsed: seconds, first_token })
+}
+
+/// Streams one greedy request to its end; returns its time to first token.
+fn one_request(engine: &Engine, prompt: Vec<u32>, new_tokens: usize) -> Result<Option<f64>> {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let sampling = SamplingParams { temperature: 0.0, ..Default::default() };
+    let job = Job { model: 0, prompt, max_new_tokens: new_tokens, sampling, stop: Vec::new(), events: tx };
+    let sent = Instant::now();
+    engine.submit(job).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut first = None;
+    loop {
+        match rx.blocking_recv() {
+            Some(Event::Text(_)) => {
+                first.get_or_insert(sent.elapsed().as_secs_f64());
+            }
+            Some(Event::Done { .. }) => return Ok(first),
+            Some(Event::Error(e)) => bail!("request failed: {e}"),
+            None => bail!("the engine stopped"),
+        }
+    }
+}
+
+fn percentile(values: &[f64], q: f64) -> f64 {
+    if values.is_empty() {
+        return f64::NAN;
+    }
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    if q == 0.5 {
+        return median(&v);
+    }
+    v[((v.len() - 1) as f64 * q).round() as usize]
+}
