@@ -7,7 +7,7 @@
 //! single sequence (decode-sized matmuls compute each row on its own, [`crate::ops::gemv`]), so a
 //! greedy answer is the same whether its request ran alone or beside others.
 
-use crate::model::transformer::{Attention, MiniMindForCausalLM};
+use crate::model::transformer::{Attention, Linear, MiniMindForCausalLM, RmsNorm, RotaryEmbedding};
 use crate::model::KvCache;
 use crate::ops;
 use anyhow::{bail, Result};
@@ -16,29 +16,38 @@ use candle_core::{Module, Tensor, D};
 impl Attention {
     /// `x` `[B, 1, d]`, row b at position `caches[b].len()`; appends each row's key and value to its
     /// cache and returns `[B, 1, d]`.
-    fn decode_rows(&self, x: &Tensor, caches: &mut [&mut KvCache], layer: usize, rope: &super::RotaryEmbedding) -> Result<Tensor> {
-        let z = |linear: &super::Linear| -> Result<Tensor> { Ok(ops::matmul_nt(x, &linear.weight_for(x)?)?) };
-        let (zq, zk, zv) = (z(&self.q_proj)?, z(&self.k_proj)?, z(&self.v_proj)?);
-        let mut rows = Vec::with_capacity(caches.len());
-        for (b, cache) in caches.iter_mut().enumerate() {
-            let (cos, sin) = rope.rows(cache.len(), 1)?;
-            // As `Attention::forward` for one row: split into heads, RoPE (after the q/k norm when
-            // the model has one).
-            let heads = |z: &Tensor, n: usize, norm: Option<&super::RmsNorm>| -> Result<Tensor> {
-                let row = z.narrow(0, b, 1)?;
-                Ok(match norm {
-                    None => ops::composed::split_heads(&row, n, Some((&cos, &sin)))?,
-                    Some(norm) => ops::apply_rope(&norm.forward(&ops::composed::split_heads(&row, n, None)?)?, &cos, &sin)?,
-                })
-            };
-            let q = heads(&zq, self.num_heads, self.q_norm.as_ref())?;
-            let k = heads(&zk, self.num_kv_heads, self.k_norm.as_ref())?;
-            let v = ops::composed::split_heads(&zv.narrow(0, b, 1)?, self.num_kv_heads, None)?;
-            let (k, v) = cache.append(layer, &k, &v)?;
-            rows.push(ops::causal_attention(&q, &k, &v, None)?);
+    ///
+    /// The B rows are laid out as the time axis of one sequence (`[1, heads, B, D]`) for the head
+    /// split, the q/k norm and RoPE — with each row's own position's table row — which are all per
+    /// row, so they run once for the batch; only attention runs per row, against its own cache.
+    fn decode_rows(&self, x: &Tensor, caches: &mut [&mut KvCache], layer: usize, rope: &RotaryEmbedding) -> Result<Tensor> {
+        let b = caches.len();
+        let positions: Vec<u32> = caches.iter().map(|c| c.len() as u32).collect();
+        let positions = Tensor::from_vec(positions, b, x.device())?;
+        let (cos, sin) = (rope.cos.index_select(&positions, 0)?, rope.sin.index_select(&positions, 0)?);
+        // As `Attention::forward` does for one row: heads, then RoPE (after the q/k norm if any).
+        let heads = |linear: &Linear, n: usize, rotate: bool, norm: Option<&RmsNorm>| -> Result<Tensor> {
+            let z = ops::matmul_nt(x, &linear.weight_for(x)?)?; // [B, 1, n·D]
+            let z = z.reshape((1, b, z.dim(D::Minus1)?))?;
+            match (rotate, norm) {
+                (false, _) => Ok(ops::composed::split_heads(&z, n, None)?),
+                (true, None) => Ok(ops::composed::split_heads(&z, n, Some((&cos, &sin)))?),
+                (true, Some(norm)) => {
+                    Ok(ops::apply_rope(&norm.forward(&ops::composed::split_heads(&z, n, None)?)?, &cos, &sin)?)
+                }
+            }
+        };
+        let q = heads(&self.q_proj, self.num_heads, true, self.q_norm.as_ref())?; // [1, H, B, D]
+        let k = heads(&self.k_proj, self.num_kv_heads, true, self.k_norm.as_ref())?;
+        let v = heads(&self.v_proj, self.num_kv_heads, false, None)?;
+        let mut rows = Vec::with_capacity(b);
+        for (i, cache) in caches.iter_mut().enumerate() {
+            let (k, v) = cache.append(layer, &k.narrow(2, i, 1)?, &v.narrow(2, i, 1)?)?;
+            rows.push(ops::causal_attention(&q.narrow(2, i, 1)?.contiguous()?, &k, &v, None)?);
         }
-        let y = Tensor::cat(&rows, 0)?;
-        Ok(ops::merge_heads(&y, &self.o_proj.weight_for(&y)?)?)
+        let y = Tensor::cat(&rows, 2)?; // [1, H, B, D]
+        let out = ops::merge_heads(&y, &self.o_proj.weight_for(&y)?)?; // [1, B, d]
+        Ok(out.reshape((b, 1, out.dim(D::Minus1)?))?)
     }
 }
 

@@ -32,13 +32,7 @@ impl CustomOp2 for Gemv {
             candle_core::bail!("gemv: {m}×{k} · ({n}×{k2})ᵀ");
         }
         let (x, w) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?);
-        let row = |r: usize| &x[r * k..(r + 1) * k];
-        let out = by_feature_in_fours(
-            m,
-            n,
-            |r, j| simd::dot(row(r), &w[j * k..(j + 1) * k]),
-            |r, j| simd::dot4(row(r), row(r + 1), row(r + 2), row(r + 3), &w[j * k..(j + 1) * k]),
-        );
+        let out = tiled(m, n, |r| &x[r * k..(r + 1) * k], |j| &w[j * k..(j + 1) * k]);
         Ok((CpuStorage::F32(out), Shape::from((m, n))))
     }
 
@@ -47,24 +41,40 @@ impl CustomOp2 for Gemv {
     }
 }
 
-/// [`by_feature`] with rows taken four at a time by `dot4(r, j)` (rows `r..r+4` against feature `j`,
-/// reading the weight row once for four products) and the rest one at a time by `dot`.
-fn by_feature_in_fours(
-    m: usize,
-    n: usize,
-    dot: impl Fn(usize, usize) -> f32 + Sync,
-    dot4: impl Fn(usize, usize) -> [f32; 4] + Sync,
-) -> Vec<f32> {
-    let fours = m / 4 * 4;
+/// `x·wᵀ` as `[m, n]` in tiles: rows in fours against pairs of features ([`simd::dot_4x2`], each
+/// weight row read once per four rows), the rows left over against quads of features
+/// ([`simd::dot_1x4`]), single products for the edges. Every shape gives a (row, feature) pair the
+/// same bits, so a row's result never depends on the other rows. Threads split the features in
+/// blocks of 64.
+fn tiled<'a>(m: usize, n: usize, x: impl Fn(usize) -> &'a [f32] + Sync, w: impl Fn(usize) -> &'a [f32] + Sync) -> Vec<f32> {
     let mut by_feature = vec![0f32; n * m];
     super::pool::for_each_chunk_mut(&mut by_feature, m * 64, |c, out| {
-        for (i, feature) in out.chunks_exact_mut(m).enumerate() {
-            let j = c * 64 + i;
-            for r in (0..fours).step_by(4) {
-                feature[r..r + 4].copy_from_slice(&dot4(r, j));
+        let (j0, features) = (c * 64, out.len() / m);
+        let (quad_rows, pairs, quads) = (m / 4 * 4, features / 2 * 2, features / 4 * 4);
+        for f in (0..pairs).step_by(2) {
+            let ws = [w(j0 + f), w(j0 + f + 1)];
+            for r in (0..quad_rows).step_by(4) {
+                let tile = simd::dot_4x2([x(r), x(r + 1), x(r + 2), x(r + 3)], ws);
+                for (dr, products) in tile.iter().enumerate() {
+                    for (df, &v) in products.iter().enumerate() {
+                        out[(f + df) * m + r + dr] = v;
+                    }
+                }
             }
-            for (r, v) in feature.iter_mut().enumerate().skip(fours) {
-                *v = dot(r, j);
+        }
+        for f in (0..quads).step_by(4) {
+            let ws = [w(j0 + f), w(j0 + f + 1), w(j0 + f + 2), w(j0 + f + 3)];
+            for r in quad_rows..m {
+                for (df, v) in simd::dot_1x4(x(r), ws).into_iter().enumerate() {
+                    out[(f + df) * m + r] = v;
+                }
+            }
+        }
+        for f in 0..features {
+            let rows = if f >= pairs { 0..quad_rows } else { 0..0 };
+            let rest = if f >= quads { quad_rows..m } else { 0..0 };
+            for r in rows.chain(rest) {
+                out[f * m + r] = simd::dot(x(r), w(j0 + f));
             }
         }
     });

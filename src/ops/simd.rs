@@ -75,70 +75,104 @@ fn mac<const FMA: bool>(acc: f32, x: f32, y: f32) -> f32 {
     }
 }
 
-/// Dot products of `R` rows with one `b` over 16 independent lanes per row, `b` read once. Every
-/// row's sum is formed in the same order whatever `R` is, so [`dot`] and [`dot4`] give the same bits
-/// for the same row (batched decoding stays identical to decoding one sequence at a time).
+/// Lanes of a decode dot product: each (row, feature) product is summed in 8 independent lanes.
+const LANES: usize = 8;
+
+/// The dot products of `R` rows with `F` weight rows — an `R × F` tile of `x·wᵀ`, each weight and
+/// each row chunk loaded once for the whole tile. Every product is formed in the same order whatever
+/// the tile's shape (8 lanes over k, then the lanes summed in order, then the tail), so a row gets
+/// the same bits alone (`R = 1`) as in a batch (`R = 4`): batched decoding stays identical to
+/// decoding one sequence at a time.
 #[inline(always)]
-fn dot_rows<const R: usize, const FMA: bool>(rows: [&[f32]; R], b: &[f32]) -> [f32; R] {
-    let mut lanes = [[0f32; 16]; R];
-    let whole = b.len() / 16 * 16;
-    for c in (0..whole).step_by(16) {
-        let y = &b[c..c + 16];
-        for (lane, a) in lanes.iter_mut().zip(rows) {
-            let x = &a[c..c + 16];
-            for i in 0..16 {
-                lane[i] = mac::<FMA>(lane[i], x[i], y[i]);
+fn dot_tile<const R: usize, const F: usize, const FMA: bool>(rows: [&[f32]; R], ws: [&[f32]; F]) -> [[f32; F]; R] {
+    let mut acc = [[[0f32; LANES]; F]; R];
+    let k = ws[0].len();
+    let whole = k / LANES * LANES;
+    let mut c = 0;
+    while c < whole {
+        for f in 0..F {
+            let y: &[f32; LANES] = ws[f][c..c + LANES].try_into().expect("a whole chunk");
+            for r in 0..R {
+                let x: &[f32; LANES] = rows[r][c..c + LANES].try_into().expect("a whole chunk");
+                for i in 0..LANES {
+                    acc[r][f][i] = mac::<FMA>(acc[r][f][i], x[i], y[i]);
+                }
             }
         }
+        c += LANES;
     }
-    let mut out = [0f32; R];
-    for ((o, lane), a) in out.iter_mut().zip(&lanes).zip(rows) {
-        let tail: f32 = a[whole..].iter().zip(&b[whole..]).map(|(x, y)| x * y).sum();
-        *o = lane.iter().sum::<f32>() + tail;
+    let mut out = [[0f32; F]; R];
+    for r in 0..R {
+        for f in 0..F {
+            let tail: f32 = rows[r][whole..].iter().zip(&ws[f][whole..]).map(|(x, y)| x * y).sum();
+            out[r][f] = acc[r][f].iter().sum::<f32>() + tail;
+        }
     }
     out
 }
 
-macro_rules! dispatch_fma {
-    ($(#[$doc:meta])* pub fn $name:ident($($arg:ident: $ty:ty),*) -> $ret:ty = $imp:ident) => {
-        $(#[$doc])*
-        pub fn $name($($arg: $ty),*) -> $ret {
-            #[cfg(target_arch = "x86_64")]
-            {
-                #[target_feature(enable = "avx512f,fma")]
-                unsafe fn avx512($($arg: $ty),*) -> $ret { $imp::<true>($($arg),*) }
-                #[target_feature(enable = "avx2,fma")]
-                unsafe fn avx2($($arg: $ty),*) -> $ret { $imp::<true>($($arg),*) }
-                // SAFETY: each variant runs only where its target feature was detected.
-                match level() {
-                    2 => return unsafe { avx512($($arg),*) },
-                    1 => return unsafe { avx2($($arg),*) },
-                    _ => {}
-                }
-            }
-            $imp::<false>($($arg),*)
+/// AVX2+FMA tiles with intrinsics: `acc[r][f]` one 8-lane register per (row, feature), the same
+/// fused multiply-adds in the same order for every tile shape, the lanes summed in order.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn tile_avx2<const R: usize, const F: usize>(rows: [&[f32]; R], ws: [&[f32]; F]) -> [[f32; F]; R] {
+    use std::arch::x86_64::*;
+    let k = ws[0].len();
+    let whole = k / LANES * LANES;
+    let mut acc = [[_mm256_setzero_ps(); F]; R];
+    let mut c = 0;
+    while c < whole {
+        let mut w = [_mm256_setzero_ps(); F];
+        for f in 0..F {
+            // SAFETY: c + 8 ≤ whole ≤ k = every row's and weight's length.
+            w[f] = unsafe { _mm256_loadu_ps(ws[f].as_ptr().add(c)) };
         }
-    };
+        for r in 0..R {
+            let x = unsafe { _mm256_loadu_ps(rows[r].as_ptr().add(c)) };
+            for f in 0..F {
+                acc[r][f] = _mm256_fmadd_ps(x, w[f], acc[r][f]);
+            }
+        }
+        c += LANES;
+    }
+    let mut out = [[0f32; F]; R];
+    for r in 0..R {
+        for f in 0..F {
+            let mut lanes = [0f32; LANES];
+            unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), acc[r][f]) };
+            let tail: f32 = rows[r][whole..].iter().zip(&ws[f][whole..]).map(|(x, y)| x * y).sum();
+            out[r][f] = lanes.iter().sum::<f32>() + tail;
+        }
+    }
+    out
 }
 
+/// An `R × F` tile of dot products: AVX2 intrinsics where the CPU has AVX2+FMA (AVX-512 machines
+/// included), portable code otherwise; within one process every shape gives a pair the same bits.
 #[inline(always)]
-fn dot1<const FMA: bool>(a: &[f32], b: &[f32]) -> f32 {
-    dot_rows::<1, FMA>([a], b)[0]
+fn tile<const R: usize, const F: usize>(rows: [&[f32]; R], ws: [&[f32]; F]) -> [[f32; F]; R] {
+    debug_assert!(rows.iter().all(|r| r.len() == ws[0].len()) && ws.iter().all(|w| w.len() == ws[0].len()));
+    #[cfg(target_arch = "x86_64")]
+    if level() >= 1 {
+        // SAFETY: AVX2 and FMA were detected.
+        return unsafe { tile_avx2::<R, F>(rows, ws) };
+    }
+    dot_tile::<R, F, false>(rows, ws)
 }
 
-#[inline(always)]
-fn dot4_imp<const FMA: bool>(a0: &[f32], a1: &[f32], a2: &[f32], a3: &[f32], b: &[f32]) -> [f32; 4] {
-    dot_rows::<4, FMA>([a0, a1, a2, a3], b)
+/// `Σ a_i·b_i` (8 lanes; the same bits as the pair gets from [`dot_1x4`] and [`dot_4x2`]).
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    tile::<1, 1>([a], [b])[0][0]
 }
 
-dispatch_fma! {
-    /// `Σ a_i·b_i` over 16 independent lanes.
-    pub fn dot(a: &[f32], b: &[f32]) -> f32 = dot1
+/// One row against four weight rows.
+pub fn dot_1x4(x: &[f32], w: [&[f32]; 4]) -> [f32; 4] {
+    tile::<1, 4>([x], w)[0]
 }
 
-dispatch_fma! {
-    /// [`dot`] of four rows with one `b`, read once; each result has the bits `dot` gives it.
-    pub fn dot4(a0: &[f32], a1: &[f32], a2: &[f32], a3: &[f32], b: &[f32]) -> [f32; 4] = dot4_imp
+/// Four rows against two weight rows (8 accumulators: what AVX2's 16 registers hold with the loads).
+pub fn dot_4x2(x: [&[f32]; 4], w: [&[f32]; 2]) -> [[f32; 2]; 4] {
+    tile::<4, 2>(x, w)
 }
 
 dispatch! {
