@@ -135,6 +135,23 @@ fn softmax_row(row: &mut [f32], len: usize) -> f32 {
     max + sum.ln()
 }
 
+/// Attention of one query row `q` `[D]` over `keys` rows of `k` and `v` (row stride `d`): scores
+/// `scale·q·k_j`, softmax, `out = Σ_j p_j·v_j`. Returns the row's log-sum-exp.
+fn decode_row(q: &[f32], k: &[f32], v: &[f32], keys: usize, d: usize, scale: f32, scores: &mut [f32], out: &mut [f32]) -> f32 {
+    let scores = &mut scores[..keys];
+    for (j, score) in scores.iter_mut().enumerate() {
+        *score = simd::dot(q, &k[j * d..(j + 1) * d]) * scale;
+    }
+    let lse = softmax_row(scores, keys);
+    out.fill(0.0);
+    for (j, &p) in scores.iter().enumerate() {
+        for (o, &x) in out.iter_mut().zip(&v[j * d..(j + 1) * d]) {
+            *o += p * x;
+        }
+    }
+    lse
+}
+
 impl CustomOp3 for FlashAttention {
     fn name(&self) -> &'static str {
         "flash-attention"
@@ -168,6 +185,12 @@ impl CustomOp3 for FlashAttention {
             let q = &q[bh * t * d..];
             let (k, v) = (&k[head_offset(lk, bi, g)..], &v[head_offset(lv, bi, g)..]);
             let mut scores = vec![0f32; TILE * s];
+            if t == 1 {
+                // Decoding one token: scores and the weighted sum of values as vector loops (a
+                // matmul with one row costs more in packing than in arithmetic).
+                lse[0] = decode_row(&q[..d], k, v, s, d, self.scale, &mut scores, o);
+                return;
+            }
             for t0 in (0..t).step_by(TILE) {
                 let rows = TILE.min(t - t0);
                 let keys = dims.past() + t0 + rows;

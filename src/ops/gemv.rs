@@ -84,10 +84,15 @@ fn tiled<'a>(m: usize, n: usize, x: impl Fn(usize) -> &'a [f32] + Sync, w: impl 
 /// `[n, m]` (as computed, feature-major) → `[m, n]`.
 fn transpose_features(by_feature: Vec<f32>, m: usize, n: usize) -> Vec<f32> {
     if m == 1 {
-        by_feature
-    } else {
-        (0..m * n).map(|i| by_feature[(i % n) * m + i / n]).collect()
+        return by_feature;
     }
+    let mut out = vec![0f32; m * n];
+    for (j, feature) in by_feature.chunks_exact(m).enumerate() {
+        for (r, &v) in feature.iter().enumerate() {
+            out[r * n + j] = v;
+        }
+    }
+    out
 }
 
 /// `out[r][j] = dot(r, j)` for `m` input rows and `n` output features, as `[m, n]` row-major. Threads
