@@ -1,15 +1,15 @@
 //! Continuous batching: sequences join a running batch between decode steps and leave it as soon as
 //! they finish, so concurrent requests share each step's weight reads instead of waiting in line.
 //!
-//! KV memory is a fixed pool of slots, each one sequence's cache of `slot_capacity` positions,
-//! allocated once and reused (a freed slot is simply reset). A sequence is prefilled alone into its
-//! slot when it joins; every [`Batcher::step`] then decodes one token for all active sequences in one
-//! [`MiniMindForCausalLM::forward_decode`]. Each sequence samples with its own sampler, so greedy
-//! outputs equal decoding it alone with [`super::generate`].
+//! KV memory is a fixed [`KvPool`] of slots, each one sequence's cache of `slot_capacity` positions,
+//! allocated once and reused (a freed slot is simply overwritten). A sequence is prefilled alone when
+//! it joins (into a scratch cache, then copied to its slot); every [`Batcher::step`] then decodes one
+//! token for all active sequences in one [`MiniMindForCausalLM::forward_decode`]. Each sequence
+//! samples with its own sampler, so greedy outputs equal decoding it alone with [`super::generate`].
 
 use super::generate::FinishReason;
 use super::sampler::Sampler;
-use crate::model::{KvCache, MiniMindForCausalLM};
+use crate::model::{KvCache, KvPool, MiniMindForCausalLM};
 use anyhow::{bail, Result};
 use candle_core::{DType, Tensor};
 
@@ -28,7 +28,7 @@ pub enum Decoded {
 struct Sequence {
     id: SeqId,
     /// Its slot of the pool, while it runs.
-    cache: KvCache,
+    slot: usize,
     sampler: Sampler,
     /// Prompt and generated tokens (the repetition penalty looks at them).
     seen: Vec<u32>,
@@ -39,8 +39,11 @@ struct Sequence {
 /// The running batch of one model over a pool of KV slots.
 pub struct Batcher<'m> {
     model: &'m MiniMindForCausalLM,
+    pool: KvPool,
+    /// Where a joining sequence's prompt is prefilled before it moves to its slot.
+    scratch: KvCache,
     /// Slots no sequence holds.
-    free: Vec<KvCache>,
+    free: Vec<usize>,
     active: Vec<Sequence>,
     capacity: usize,
     stop_ids: Vec<u32>,
@@ -54,10 +57,11 @@ impl<'m> Batcher<'m> {
             bail!("a batcher needs at least one slot of at least 2 positions");
         }
         let capacity = slot_capacity.min(model.config.max_position_embeddings);
-        let free = (0..max_batch)
-            .map(|_| KvCache::new(&model.config, 1, capacity, model.compute_dtype(), model.device()))
-            .collect::<Result<Vec<_>>>()?;
-        Ok(Self { model, free, active: Vec::new(), capacity, stop_ids: stop_ids.to_vec(), next_id: 0 })
+        let (dtype, device) = (model.compute_dtype(), model.device());
+        let pool = KvPool::new(&model.config, max_batch, capacity, dtype, device)?;
+        let scratch = KvCache::new(&model.config, 1, capacity, dtype, device)?;
+        let free = (0..max_batch).rev().collect();
+        Ok(Self { model, pool, scratch, free, active: Vec::new(), capacity, stop_ids: stop_ids.to_vec(), next_id: 0 })
     }
 
     /// Positions one slot holds: the longest prompt plus answer a sequence can have.
@@ -90,27 +94,21 @@ impl<'m> Batcher<'m> {
         if prompt.len() >= self.capacity {
             bail!("prompt of {} tokens does not fit a slot of {} positions", prompt.len(), self.capacity);
         }
-        let Some(mut cache) = self.free.pop() else { return Ok(None) };
-        cache.clear();
+        let Some(slot) = self.free.pop() else { return Ok(None) };
         let id = self.next_id;
         self.next_id += 1;
-        let mut seq = Sequence { id, cache, sampler, seen: prompt.to_vec(), generated: 0, max_new_tokens };
+        let mut seq = Sequence { id, slot, sampler, seen: prompt.to_vec(), generated: 0, max_new_tokens };
         if max_new_tokens == 0 {
-            self.free.push(seq.cache);
+            self.free.push(slot);
             return Ok(Some((id, vec![Decoded::Finished(FinishReason::Length)])));
         }
-        let input = Tensor::new(prompt, self.model.device())?.unsqueeze(0);
-        let logits = input.map_err(anyhow::Error::from).and_then(|input| {
-            Ok(self.model.forward_last(&input, Some(&mut seq.cache))?.squeeze(0)?)
-        });
-        let decoded = logits.and_then(|logits| self.advance(&mut seq, &logits));
-        match decoded {
+        match self.prefill(&mut seq, prompt) {
             Ok(events) => {
                 self.settle(seq, &events);
                 Ok(Some((id, events)))
             }
             Err(e) => {
-                self.free.push(seq.cache);
+                self.free.push(slot);
                 Err(e)
             }
         }
@@ -122,16 +120,13 @@ impl<'m> Batcher<'m> {
         if self.active.is_empty() {
             return Ok(Vec::new());
         }
-        let mut running = std::mem::take(&mut self.active);
+        let running = std::mem::take(&mut self.active);
         let tokens: Vec<u32> = running.iter().map(|s| *s.seen.last().unwrap_or(&0)).collect();
-        let logits = {
-            let mut caches: Vec<&mut KvCache> = running.iter_mut().map(|s| &mut s.cache).collect();
-            self.model.forward_decode(&tokens, &mut caches)
-        };
-        let logits = match logits {
+        let slots: Vec<usize> = running.iter().map(|s| s.slot).collect();
+        let logits = match self.model.forward_decode(&tokens, &mut self.pool, &slots) {
             Ok(logits) => logits,
             Err(e) => {
-                self.free.extend(running.into_iter().map(|s| s.cache));
+                self.free.extend(slots);
                 return Err(e);
             }
         };
@@ -143,8 +138,8 @@ impl<'m> Batcher<'m> {
                     self.settle(seq, &events);
                 }
                 Err(e) => {
-                    self.free.push(seq.cache);
-                    let rest: Vec<KvCache> = std::mem::take(&mut self.active).into_iter().map(|s| s.cache).collect();
+                    self.free.push(seq.slot);
+                    let rest: Vec<usize> = std::mem::take(&mut self.active).into_iter().map(|s| s.slot).collect();
                     self.free.extend(rest);
                     return Err(e);
                 }
@@ -157,8 +152,18 @@ impl<'m> Batcher<'m> {
     pub fn cancel(&mut self, id: SeqId) {
         if let Some(i) = self.active.iter().position(|s| s.id == id) {
             let seq = self.active.remove(i);
-            self.free.push(seq.cache);
+            self.free.push(seq.slot);
         }
+    }
+
+    /// Runs `prompt` through the model into the scratch cache, moves it to the sequence's slot and
+    /// samples the first token.
+    fn prefill(&mut self, seq: &mut Sequence, prompt: &[u32]) -> Result<Vec<Decoded>> {
+        self.scratch.clear();
+        let input = Tensor::new(prompt, self.model.device())?.unsqueeze(0)?;
+        let logits = self.model.forward_last(&input, Some(&mut self.scratch))?.squeeze(0)?;
+        self.pool.load(seq.slot, &self.scratch)?;
+        self.advance(seq, &logits)
     }
 
     /// Samples `seq`'s next token from its logits `[V]` as [`super::generate`] does: a stop token
@@ -172,7 +177,7 @@ impl<'m> Batcher<'m> {
         seq.seen.push(next);
         seq.generated += 1;
         let mut events = vec![Decoded::Token(next)];
-        if seq.generated >= seq.max_new_tokens || seq.cache.len() + 1 > self.capacity {
+        if seq.generated >= seq.max_new_tokens || self.pool.len(seq.slot) + 1 > self.capacity {
             events.push(Decoded::Finished(FinishReason::Length));
         }
         Ok(events)
@@ -181,7 +186,7 @@ impl<'m> Batcher<'m> {
     /// Keeps a sequence running, or returns its slot when its events end it.
     fn settle(&mut self, seq: Sequence, events: &[Decoded]) {
         if events.iter().any(|e| matches!(e, Decoded::Finished(_))) {
-            self.free.push(seq.cache);
+            self.free.push(seq.slot);
         } else {
             self.active.push(seq);
         }

@@ -1,28 +1,30 @@
 //! The decode step of continuous batching: one new token for each of B independent sequences, each
-//! with its own KV cache (its own length, so its own positions). The projections, the MLP and the
-//! head run on the B rows at once — the weights are read once for B tokens, which is where batching
-//! pays on a memory-bound decode — while RoPE and attention run per row against that row's cache.
+//! in its own slot of a [`KvPool`] (its own length, so its own positions). The projections, the MLP
+//! and the head run on the B rows at once — the weights are read once for B tokens, which is where
+//! batching pays on a memory-bound decode — and attention is one op over the pool.
 //!
 //! Every row goes through exactly the operations [`MiniMindForCausalLM::forward_last`] applies to a
-//! single sequence (decode-sized matmuls compute each row on its own, [`crate::ops::gemv`]), so a
-//! greedy answer is the same whether its request ran alone or beside others.
+//! single sequence (decode-sized matmuls compute each row on its own, [`crate::ops::gemv`]; pooled
+//! attention runs single-sequence decoding's per-row code), so a greedy answer is the same whether
+//! its request ran alone or beside others.
 
 use crate::model::transformer::{Attention, Linear, MiniMindForCausalLM, RmsNorm, RotaryEmbedding};
-use crate::model::KvCache;
+use crate::model::KvPool;
 use crate::ops;
+use crate::ops::decode_attention::PoolRow;
 use anyhow::{bail, Result};
 use candle_core::{Module, Tensor, D};
 
 impl Attention {
-    /// `x` `[B, 1, d]`, row b at position `caches[b].len()`; appends each row's key and value to its
-    /// cache and returns `[B, 1, d]`.
+    /// `x` `[B, 1, d]`, row b the next position of slot `slots[b]`; writes each row's key and value
+    /// into the pool and returns `[B, 1, d]`.
     ///
     /// The B rows are laid out as the time axis of one sequence (`[1, heads, B, D]`) for the head
     /// split, the q/k norm and RoPE — with each row's own position's table row — which are all per
-    /// row, so they run once for the batch; only attention runs per row, against its own cache.
-    fn decode_rows(&self, x: &Tensor, caches: &mut [&mut KvCache], layer: usize, rope: &RotaryEmbedding) -> Result<Tensor> {
-        let b = caches.len();
-        let positions: Vec<u32> = caches.iter().map(|c| c.len() as u32).collect();
+    /// row, so they run once for the batch.
+    fn decode_rows(&self, x: &Tensor, pool: &KvPool, slots: &[usize], layer: usize, rope: &RotaryEmbedding) -> Result<Tensor> {
+        let b = slots.len();
+        let positions: Vec<u32> = slots.iter().map(|&s| pool.len(s) as u32).collect();
         let positions = Tensor::from_vec(positions, b, x.device())?;
         let (cos, sin) = (rope.cos.index_select(&positions, 0)?, rope.sin.index_select(&positions, 0)?);
         // As `Attention::forward` does for one row: heads, then RoPE (after the q/k norm if any).
@@ -40,12 +42,12 @@ impl Attention {
         let q = heads(&self.q_proj, self.num_heads, true, self.q_norm.as_ref())?; // [1, H, B, D]
         let k = heads(&self.k_proj, self.num_kv_heads, true, self.k_norm.as_ref())?;
         let v = heads(&self.v_proj, self.num_kv_heads, false, None)?;
-        let mut rows = Vec::with_capacity(b);
-        for (i, cache) in caches.iter_mut().enumerate() {
-            let (k, v) = cache.append(layer, &k.narrow(2, i, 1)?, &v.narrow(2, i, 1)?)?;
-            rows.push(ops::causal_attention(&q.narrow(2, i, 1)?.contiguous()?, &k, &v, None)?);
+        for (i, &slot) in slots.iter().enumerate() {
+            pool.write(layer, slot, &k.narrow(2, i, 1)?, &v.narrow(2, i, 1)?)?;
         }
-        let y = Tensor::cat(&rows, 2)?; // [1, H, B, D]
+        let rows: Vec<PoolRow> = slots.iter().map(|&slot| PoolRow { slot, len: pool.len(slot) + 1 }).collect();
+        let (k_pool, v_pool) = pool.layer(layer);
+        let y = ops::pool_attention(&q, k_pool, v_pool, &rows)?; // [1, H, B, D]
         let out = ops::merge_heads(&y, &self.o_proj.weight_for(&y)?)?; // [1, B, d]
         Ok(out.reshape((b, 1, out.dim(D::Minus1)?))?)
     }
@@ -53,28 +55,26 @@ impl Attention {
 
 impl MiniMindForCausalLM {
     /// Logits `[B, V]` of one new token per sequence: `tokens[b]` continues the sequence cached in
-    /// `caches[b]` (each cache of batch 1, any length). Each cache advances by one position.
-    pub fn forward_decode(&self, tokens: &[u32], caches: &mut [&mut KvCache]) -> Result<Tensor> {
+    /// slot `slots[b]` of `pool`. Each of those slots advances by one position.
+    pub fn forward_decode(&self, tokens: &[u32], pool: &mut KvPool, slots: &[usize]) -> Result<Tensor> {
         let b = tokens.len();
-        if b == 0 || caches.len() != b {
-            bail!("forward_decode needs one cache per token ({} tokens, {} caches)", b, caches.len());
+        if b == 0 || slots.len() != b || slots.iter().any(|&s| s >= pool.slots()) {
+            bail!("forward_decode needs one pool slot per token ({} tokens, slots {slots:?})", b);
         }
-        if let Some(full) = caches.iter().find(|c| c.len() >= c.capacity()) {
-            bail!("KV cache full: {} positions", full.capacity());
+        if let Some(&full) = slots.iter().find(|&&s| pool.len(s) >= pool.capacity()) {
+            bail!("KV slot {full} full: {} positions", pool.capacity());
         }
         let d = self.config.hidden_size;
         let ids = Tensor::from_vec(tokens.to_vec(), b, self.device())?;
         let embedded = self.model.embed_tokens.index_select(&ids, 0)?;
         let mut x = embedded.to_dtype(self.compute_dtype())?.reshape((b, 1, d))?;
         for (i, layer) in self.model.layers.iter().enumerate() {
-            let attended = layer.self_attn.decode_rows(&layer.input_layernorm.forward(&x)?, caches, i, &self.model.rotary)?;
-            let h = (x + attended)?;
+            let normed = layer.input_layernorm.forward(&x)?;
+            let h = (x + layer.self_attn.decode_rows(&normed, pool, slots, i, &self.model.rotary)?)?;
             let (m, _) = layer.mlp.forward(&layer.post_attention_layernorm.forward(&h)?, false)?;
             x = (h + m)?;
         }
-        for cache in caches.iter_mut() {
-            cache.advance(1);
-        }
+        pool.advance(slots);
         let hidden = self.model.norm.forward(&x)?;
         Ok(self.lm_head.forward(&hidden.reshape((b, hidden.dim(D::Minus1)?))?)?)
     }

@@ -63,3 +63,71 @@ impl KvCache {
         self.len += t;
     }
 }
+
+/// The KV memory of continuous batching: the caches of `slots` sequences in one tensor per layer,
+/// `[slots, K, capacity, D]`, each slot with its own length. Allocated once; a finished sequence's
+/// slot is reused by the next.
+pub struct KvPool {
+    layers: Vec<(Tensor, Tensor)>,
+    lens: Vec<usize>,
+    capacity: usize,
+}
+
+impl KvPool {
+    pub fn new(config: &ModelConfig, slots: usize, capacity: usize, dtype: DType, device: &Device) -> Result<Self> {
+        let one = KvCache::new(config, slots, capacity, dtype, device)?;
+        Ok(Self { layers: one.layers, lens: vec![0; slots], capacity })
+    }
+
+    pub fn slots(&self) -> usize {
+        self.lens.len()
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Positions cached in `slot`.
+    pub fn len(&self, slot: usize) -> usize {
+        self.lens[slot]
+    }
+
+    /// Takes over a sequence prefilled in `cache` (batch 1) into `slot`.
+    pub fn load(&mut self, slot: usize, cache: &KvCache) -> Result<()> {
+        let len = cache.len();
+        if len > self.capacity {
+            bail!("{len} cached positions do not fit a slot of {}", self.capacity);
+        }
+        for ((k_pool, v_pool), (k, v)) in self.layers.iter().zip(&cache.layers) {
+            k_pool.narrow(0, slot, 1)?.slice_set(&k.narrow(2, 0, len)?.contiguous()?, 2, 0)?;
+            v_pool.narrow(0, slot, 1)?.slice_set(&v.narrow(2, 0, len)?.contiguous()?, 2, 0)?;
+        }
+        self.lens[slot] = len;
+        Ok(())
+    }
+
+    /// Writes one new position's key and value (`[1, K, 1, D]`) after `slot`'s cached ones.
+    pub(crate) fn write(&self, layer: usize, slot: usize, k: &Tensor, v: &Tensor) -> Result<()> {
+        let at = self.lens[slot];
+        if at >= self.capacity {
+            bail!("KV slot full: {} positions", self.capacity);
+        }
+        let (k_pool, v_pool) = &self.layers[layer];
+        k_pool.narrow(0, slot, 1)?.slice_set(&k.contiguous()?, 2, at)?;
+        v_pool.narrow(0, slot, 1)?.slice_set(&v.contiguous()?, 2, at)?;
+        Ok(())
+    }
+
+    /// The pools of `layer`.
+    pub(crate) fn layer(&self, layer: usize) -> (&Tensor, &Tensor) {
+        let (k, v) = &self.layers[layer];
+        (k, v)
+    }
+
+    /// Marks one more position cached in each of `slots`, once every layer has written it.
+    pub(crate) fn advance(&mut self, slots: &[usize]) {
+        for &s in slots {
+            self.lens[s] += 1;
+        }
+    }
+}

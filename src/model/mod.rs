@@ -35,5 +35,5 @@ impl Precision {
         }
     }
 }
-pub use kv_cache::KvCache;
+pub use kv_cache::{KvCache, KvPool};
 pub use transformer::*;

@@ -6,6 +6,7 @@
 //! [`set_fused(false)`](set_fused) or with `MINIMIND_KERNELS=composed` in the environment.
 
 pub mod attention;
+pub mod decode_attention;
 pub mod blas;
 pub mod composed;
 mod cpu;
@@ -163,4 +164,22 @@ pub fn swiglu_in(x: &Tensor, w_gate: &Tensor, w_up: &Tensor) -> Result<Tensor> {
     } else {
         swiglu(&matmul_nt(x, w_gate)?, &matmul_nt(x, w_up)?)
     }
+}
+
+/// Continuous batching's decode attention: `q` `[1, H, B, D]` (row b's heads at time index b), KV
+/// pools `[slots, K, capacity, D]`; row b attends to positions `0..rows[b].len` of slot
+/// `rows[b].slot`. One fused op on the CPU; per row with the composed reference elsewhere.
+pub fn pool_attention(q: &Tensor, k: &Tensor, v: &Tensor, rows: &[decode_attention::PoolRow]) -> Result<Tensor> {
+    if fused_f32(&[q, k, v]) {
+        return decode_attention::pool_attention(q, k, v, rows);
+    }
+    let per_row = rows
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let slot = |pool: &Tensor| pool.narrow(0, r.slot, 1)?.narrow(2, 0, r.len);
+            composed::causal_attention(&q.narrow(2, i, 1)?, &slot(k)?, &slot(v)?, None)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Tensor::cat(&per_row, 2)
 }
