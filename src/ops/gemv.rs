@@ -41,7 +41,7 @@ impl CustomOp2 for Gemv {
     }
 }
 
-/// `x·wᵀ` as `[m, n]` in tiles: rows in fours against pairs of features ([`simd::dot_4x2`], each
+/// `x·wᵀ` as `[m, n]` in tiles: rows in fours against triples of features ([`simd::dot_4x3`], each
 /// weight row read once per four rows), the rows left over against quads of features
 /// ([`simd::dot_1x4`]), single products for the edges. Every shape gives a (row, feature) pair the
 /// same bits, so a row's result never depends on the other rows. Threads split the features in
@@ -50,11 +50,11 @@ fn tiled<'a>(m: usize, n: usize, x: impl Fn(usize) -> &'a [f32] + Sync, w: impl 
     let mut by_feature = vec![0f32; n * m];
     super::pool::for_each_chunk_mut(&mut by_feature, m * 64, |c, out| {
         let (j0, features) = (c * 64, out.len() / m);
-        let (quad_rows, pairs, quads) = (m / 4 * 4, features / 2 * 2, features / 4 * 4);
-        for f in (0..pairs).step_by(2) {
-            let ws = [w(j0 + f), w(j0 + f + 1)];
+        let (quad_rows, triples, quads) = (m / 4 * 4, features / 3 * 3, features / 4 * 4);
+        for f in (0..triples).step_by(3) {
+            let ws = [w(j0 + f), w(j0 + f + 1), w(j0 + f + 2)];
             for r in (0..quad_rows).step_by(4) {
-                let tile = simd::dot_4x2([x(r), x(r + 1), x(r + 2), x(r + 3)], ws);
+                let tile = simd::dot_4x3([x(r), x(r + 1), x(r + 2), x(r + 3)], ws);
                 for (dr, products) in tile.iter().enumerate() {
                     for (df, &v) in products.iter().enumerate() {
                         out[(f + df) * m + r + dr] = v;
@@ -71,7 +71,7 @@ fn tiled<'a>(m: usize, n: usize, x: impl Fn(usize) -> &'a [f32] + Sync, w: impl 
             }
         }
         for f in 0..features {
-            let rows = if f >= pairs { 0..quad_rows } else { 0..0 };
+            let rows = if f >= triples { 0..quad_rows } else { 0..0 };
             let rest = if f >= quads { quad_rows..m } else { 0..0 };
             for r in rows.chain(rest) {
                 out[f * m + r] = simd::dot(x(r), w(j0 + f));

@@ -160,7 +160,7 @@ fn tile<const R: usize, const F: usize>(rows: [&[f32]; R], ws: [&[f32]; F]) -> [
     dot_tile::<R, F, false>(rows, ws)
 }
 
-/// `Σ a_i·b_i` (8 lanes; the same bits as the pair gets from [`dot_1x4`] and [`dot_4x2`]).
+/// `Σ a_i·b_i` (8 lanes; the same bits as the pair gets from [`dot_1x4`] and [`dot_4x3`]).
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     tile::<1, 1>([a], [b])[0][0]
 }
@@ -170,9 +170,9 @@ pub fn dot_1x4(x: &[f32], w: [&[f32]; 4]) -> [f32; 4] {
     tile::<1, 4>([x], w)[0]
 }
 
-/// Four rows against two weight rows (8 accumulators: what AVX2's 16 registers hold with the loads).
-pub fn dot_4x2(x: [&[f32]; 4], w: [&[f32]; 2]) -> [[f32; 2]; 4] {
-    tile::<4, 2>(x, w)
+/// Four rows against three weight rows (12 accumulators: with the loads, AVX2's 16 registers).
+pub fn dot_4x3(x: [&[f32]; 4], w: [&[f32]; 3]) -> [[f32; 3]; 4] {
+    tile::<4, 3>(x, w)
 }
 
 dispatch! {
