@@ -98,6 +98,10 @@ fn staggered_batched_decoding_equals_one_at_a_time_exactly() {
     .unwrap();
     let (moe, _) = init_model(&config, InitScheme::Normal, 3, &candle_core::Device::Cpu).unwrap();
     check_against_one_at_a_time(&moe);
+    // Int8 weights: the batch stays on the int8 kernel, row by row.
+    let mut int8 = model.clone();
+    int8.quantize_int8().unwrap();
+    check_against_one_at_a_time(&int8);
     minimind::ops::set_fused(false);
     check_against_one_at_a_time(&model);
     minimind::ops::set_fused(true);

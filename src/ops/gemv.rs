@@ -95,18 +95,29 @@ fn transpose_features(by_feature: Vec<f32>, m: usize, n: usize) -> Vec<f32> {
     out
 }
 
-/// `out[r][j] = dot(r, j)` for `m` input rows and `n` output features, as `[m, n]` row-major. Threads
-/// split the features in blocks of 64; all `m` products of a feature are computed together, so each
-/// weight row is read once. Shared by the f32 and the int8 decode kernels.
-pub(super) fn by_feature(m: usize, n: usize, dot: impl Fn(usize, usize) -> f32 + Sync) -> Vec<f32> {
-    // Laid out [n, m] while computing, then transposed.
+/// `out[r][j]` for `m` input rows and `n` output features, as `[m, n]`: rows four at a time by
+/// `dot4(r, j)` (rows `r..r + 4` against feature `j`, which must give each row the bits `dot` gives
+/// it), the rest one at a time by `dot(r, j)`. Threads split the features in blocks of 64, each
+/// weight row read once for all the rows.
+pub(super) fn by_feature4(
+    m: usize,
+    n: usize,
+    dot: impl Fn(usize, usize) -> f32 + Sync,
+    dot4: impl Fn(usize, usize) -> [f32; 4] + Sync,
+) -> Vec<f32> {
+    let fours = m / 4 * 4;
     let mut by_feature = vec![0f32; n * m];
     super::pool::for_each_chunk_mut(&mut by_feature, m * 64, |c, out| {
         for (i, feature) in out.chunks_exact_mut(m).enumerate() {
-            for (r, v) in feature.iter_mut().enumerate() {
-                *v = dot(r, c * 64 + i);
+            let j = c * 64 + i;
+            for r in (0..fours).step_by(4) {
+                feature[r..r + 4].copy_from_slice(&dot4(r, j));
+            }
+            for (r, v) in feature.iter_mut().enumerate().skip(fours) {
+                *v = dot(r, j);
             }
         }
     });
     transpose_features(by_feature, m, n)
 }
+

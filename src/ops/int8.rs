@@ -18,9 +18,9 @@ use rayon::prelude::*;
 pub const GROUP: usize = 32;
 
 /// Rows up to which the int8 gemv is used; more rows (prefill) expand the weight to f32 for BLAS.
-/// Higher than the f32 gemv's limit: expanding costs a pass over the whole weight, and a batch of
-/// decoding rows (served requests) reuses each weight row from cache.
-pub const MAX_ROWS: usize = 8;
+/// The f32 gemv's limit: a batch of decoding rows (continuous batching) stays on the kernel that
+/// computes each row on its own, and expanding the weight would cost a pass over all of it per step.
+pub const MAX_ROWS: usize = super::gemv::MAX_ROWS;
 
 fn padded(k: usize) -> usize {
     k.div_ceil(GROUP) * GROUP
@@ -117,12 +117,24 @@ impl CustomOp2 for Int8Gemv {
         for r in 0..m {
             xs[r * kp..r * kp + k].copy_from_slice(&x[r * k..(r + 1) * k]);
         }
-        let out = super::gemv::by_feature(m, n, |r, j| {
+        let weight = |j: usize| -> (&[i8], &[u8]) {
             let (q, scales) = w[j * width..(j + 1) * width].split_at(kp);
             // SAFETY: i8 and u8 have the same size and alignment.
-            let q: &[i8] = unsafe { std::slice::from_raw_parts(q.as_ptr().cast(), q.len()) };
-            simd::dot_int8(&xs[r * kp..(r + 1) * kp], q, scales)
-        });
+            (unsafe { std::slice::from_raw_parts(q.as_ptr().cast(), q.len()) }, scales)
+        };
+        let row = |r: usize| &xs[r * kp..(r + 1) * kp];
+        let out = super::gemv::by_feature4(
+            m,
+            n,
+            |r, j| {
+                let (q, scales) = weight(j);
+                simd::dot_int8(row(r), q, scales)
+            },
+            |r, j| {
+                let (q, scales) = weight(j);
+                simd::dot_int8_4(row(r), row(r + 1), row(r + 2), row(r + 3), q, scales)
+            },
+        );
         Ok((CpuStorage::F32(out), Shape::from((m, n))))
     }
 }

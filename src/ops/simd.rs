@@ -195,6 +195,33 @@ dispatch! {
 }
 
 dispatch! {
+    /// [`dot_int8`] of four rows with one int8 weight row, each group converted to f32 once for the
+    /// four; every row's sum is formed exactly as `dot_int8` forms it (the same bits).
+    pub fn dot_int8_4(x0: &[f32], x1: &[f32], x2: &[f32], x3: &[f32], q: &[i8], scales: &[u8]) -> [f32; 4] {
+        let xs = [x0, x1, x2, x3];
+        let mut acc = [[0f32; 16]; 4];
+        for (g, (qg, s)) in q.chunks_exact(32).zip(scales.chunks_exact(4)).enumerate() {
+            let scale = f32::from_le_bytes([s[0], s[1], s[2], s[3]]);
+            let mut wq = [0f32; 32];
+            for i in 0..32 {
+                wq[i] = qg[i] as f32;
+            }
+            for (acc, x) in acc.iter_mut().zip(xs) {
+                let xg = &x[g * 32..g * 32 + 32];
+                let mut lanes = [0f32; 16];
+                for i in 0..16 {
+                    lanes[i] += xg[i] * wq[i] + xg[16 + i] * wq[16 + i];
+                }
+                for i in 0..16 {
+                    acc[i] += lanes[i] * scale;
+                }
+            }
+        }
+        [acc[0].iter().sum(), acc[1].iter().sum(), acc[2].iter().sum(), acc[3].iter().sum()]
+    }
+}
+
+dispatch! {
     /// `x_i ← e^(x_i − shift)` in place; returns `Σ e^(x_i − shift)`.
     pub fn exp_shifted_sum(x: &mut [f32], shift: f32) -> f32 {
         let mut lanes = [0f32; 16];
