@@ -108,7 +108,7 @@ fn staggered_batched_decoding_equals_one_at_a_time_exactly() {
     // The library's batch call is the same machinery.
     let prompts = prompts();
     let samplers = prompts.iter().map(|_| greedy()).collect();
-    let all = generate_batch(&model, &prompts, 7, &[], samplers).unwrap();
+    let all = generate_batch(&model, &prompts, 7, &[], samplers, 4).unwrap();
     for (p, g) in prompts.iter().zip(&all) {
         assert_eq!(g.tokens, generate(&model, p, 7, &[], &mut greedy(), |_| Ok(true)).unwrap().tokens);
     }

@@ -69,22 +69,26 @@ pub fn generate(
     Ok(Generation { tokens, finish_reason })
 }
 
-/// Several prompts decoded together through continuous batching ([`super::batch::Batcher`]): all
-/// join at once, each with its own sampler and stop, and leaves the batch when it finishes. Greedy
-/// outputs equal one-at-a-time [`generate`].
+/// Several prompts decoded through continuous batching ([`super::batch::Batcher`]): up to
+/// `max_batch` at a time, each with its own sampler and stop, the next prompt joining as soon as
+/// one finishes. Greedy outputs equal one-at-a-time [`generate`]. Results in the prompts' order.
 pub fn generate_batch(
     model: &MiniMindForCausalLM,
     prompts: &[Vec<u32>],
     max_new_tokens: usize,
     stop_ids: &[u32],
     samplers: Vec<Sampler>,
+    max_batch: usize,
 ) -> Result<Vec<Generation>> {
-    if prompts.is_empty() || samplers.len() != prompts.len() {
+    if samplers.len() != prompts.len() {
         bail!("generate_batch needs one sampler per prompt");
+    }
+    if prompts.is_empty() {
+        return Ok(Vec::new());
     }
     let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
     let capacity = (longest + max_new_tokens).min(model.config.max_position_embeddings);
-    let mut batch = Batcher::new(model, prompts.len(), capacity.max(2), stop_ids)?;
+    let mut batch = Batcher::new(model, max_batch.clamp(1, prompts.len()), capacity.max(2), stop_ids)?;
     let mut out: Vec<Generation> =
         prompts.iter().map(|_| Generation { tokens: Vec::new(), finish_reason: FinishReason::Length }).collect();
     let mut row_of = std::collections::HashMap::new();
@@ -96,12 +100,14 @@ pub fn generate_batch(
             }
         }
     };
-    for (row, (prompt, sampler)) in prompts.iter().zip(samplers).enumerate() {
-        let (id, events) = batch.join(prompt, max_new_tokens, sampler)?.context("a slot per prompt")?;
-        row_of.insert(id, row);
-        record(row, events);
-    }
-    while batch.active() > 0 {
+    let mut waiting = prompts.iter().zip(samplers).enumerate().peekable();
+    while waiting.peek().is_some() || batch.active() > 0 {
+        while batch.has_free_slot() {
+            let Some((row, (prompt, sampler))) = waiting.next() else { break };
+            let (id, events) = batch.join(prompt, max_new_tokens, sampler)?.context("a free slot")?;
+            row_of.insert(id, row);
+            record(row, events);
+        }
         for (id, events) in batch.step()? {
             record(row_of[&id], events);
         }

@@ -82,12 +82,15 @@ fn now() -> u64 {
 /// 200 `{"status": "ok", …}` while the generation worker runs, 503 `"unhealthy"` once it has stopped.
 async fn health(State(engine): State<Engine>) -> Response {
     let pending = engine.pending.load(Ordering::SeqCst);
+    let running = engine.running.load(Ordering::SeqCst);
     let generated = engine.generated.load(Ordering::SeqCst);
     let (status, word) = match engine.alive.load(Ordering::SeqCst) {
         true => (StatusCode::OK, "ok"),
         false => (StatusCode::SERVICE_UNAVAILABLE, "unhealthy"),
     };
-    (status, Json(json!({"status": word, "pending": pending, "generated_tokens": generated}))).into_response()
+    let body = json!({"status": word, "pending": pending, "running": running, "max_batch": engine.config.max_batch,
+                      "generated_tokens": generated});
+    (status, Json(body)).into_response()
 }
 
 async fn models(State(engine): State<Engine>) -> Json<Value> {

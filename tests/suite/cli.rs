@@ -463,3 +463,30 @@ fn import_a_classic_pth_then_chat_with_it() {
     let out = minimind(&["import", p(&lora_pth), "--out", p(&adapter)]);
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("--base"));
 }
+
+/// `generate --prompts FILE` decodes many prompts through the batching engine: one JSON line per
+/// prompt, in order, each greedy answer the one `generate --prompt` gives alone; bad lines are named.
+#[test]
+fn generate_prompts_file_batches_and_matches_single_prompts() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("m");
+    let (data, tok) = (fixture("pretrain_zh_songci_32.jsonl"), tokenizer_dir("v2"));
+    let args = ["pretrain", "--data", p(&data), "--tokenizer", p(&tok), "--out", p(&model), "--preset", "tiny"];
+    ok(minimind(&[&args[..], &["--max-steps", "3", "--max-seq-len", "64", "--batch-size", "4"]].concat()));
+    let prompts = ["浣溪沙", "春", "明月几时有，把酒问青天", "山"];
+    let file = dir.path().join("prompts.jsonl");
+    let lines: Vec<String> = prompts.iter().map(|t| serde_json::json!({ "prompt": t }).to_string()).collect();
+    std::fs::write(&file, lines.join("\n")).unwrap();
+    let greedy = ["--temperature", "0", "--max-new-tokens", "10", "--chat"];
+    let batch = ok(minimind(&[&["generate", "--model", p(&model), "--prompts", p(&file), "--max-batch", "3"], &greedy[..]].concat()));
+    let rows: Vec<serde_json::Value> = batch.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(rows.len(), prompts.len());
+    for (row, prompt) in rows.iter().zip(prompts) {
+        assert_eq!(row["prompt"], prompt);
+        let alone = ok(minimind(&[&["generate", "--model", p(&model), "--prompt", prompt], &greedy[..]].concat()));
+        assert_eq!(row["text"].as_str().unwrap(), alone.trim_end_matches('\n'), "prompt {prompt}");
+    }
+    std::fs::write(&file, "{\"prompt\": \"a\"}\n{\"text\": 1}\n").unwrap();
+    let err = fails(minimind(&["generate", "--model", p(&model), "--prompts", p(&file)]));
+    assert!(err.contains("prompts.jsonl:2: expected {\"prompt\""), "{err}");
+}

@@ -206,9 +206,61 @@ fn a_client_that_disconnects_frees_its_slot_and_concurrent_clients_get_their_own
     assert_eq!(together, single);
 }
 
+/// KV slots are bounded: with 2 slots and a queue of 1, two long streams run, one more request
+/// waits for a slot, one more sits in the queue, the next is refused (503). A client that hangs up
+/// frees its slot at once and the waiting requests run; answers of requests that joined a running
+/// batch late, with other lengths, equal the one-client answers.
+#[test]
+fn kv_slots_bound_the_batch_and_late_joiners_get_single_client_answers() {
+    let port = serve(Engine::start(vec![tiny(&[])], EngineConfig { queue: 1, max_batch: 2, kv_cache_tokens: 2 * 512 }));
+    let health = move || -> Value { serde_json::from_str(&http(port, "GET", "/health", None).1).unwrap() };
+    let wait_for = |key: &str, n: u64| {
+        let start = std::time::Instant::now();
+        while health()[key] != n {
+            assert!(start.elapsed().as_secs() < 60, "{key} never reached {n}: {}", health());
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    };
+    let single: Vec<String> = ["一", "二二", "三三三"].iter().map(|p| answer_n(port, p, 5 + p.len() % 4)).collect();
+    // Two endless streams take both slots.
+    let long = || {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let body = chat(json!({"stream": true, "max_tokens": 400, "temperature": 1.0})).to_string();
+        write!(s, "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{body}", body.len()).unwrap();
+        let mut first = [0u8; 64];
+        s.read_exact(&mut first).unwrap();
+        s
+    };
+    let (a, b) = (long(), long());
+    wait_for("running", 2);
+    // The third waits for a slot (taken from the queue), the fourth waits in the queue…
+    let third = std::thread::spawn(move || answer_n(port, "一", 5 + "一".len() % 4));
+    wait_for("pending", 3);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let fourth = std::thread::spawn(move || answer_n(port, "二二", 5 + "二二".len() % 4));
+    wait_for("pending", 4);
+    // …and the fifth finds the queue full.
+    let (status, body) = http(port, "POST", "/v1/chat/completions", Some(&chat(json!({"max_tokens": 3})).to_string()));
+    assert_eq!(status, 503, "{body}");
+    // Hanging up frees the slots: the waiting requests join the running batch and finish.
+    drop(a);
+    assert_eq!(third.join().unwrap(), single[0]);
+    assert_eq!(fourth.join().unwrap(), single[1]);
+    let late = answer_n(port, "三三三", 5 + "三三三".len() % 4); // beside the stream still running
+    assert_eq!(late, single[2]);
+    drop(b);
+    wait_for("pending", 0);
+    assert_eq!(health()["running"], 0);
+}
+
 /// A streamed greedy answer, reassembled.
 fn answer(port: u16, prompt: &str) -> String {
-    let body = json!({"model": "tiny", "messages": [{"role": "user", "content": prompt}], "temperature": 0, "max_tokens": 8, "stream": true});
+    answer_n(port, prompt, 8)
+}
+
+/// A streamed greedy answer of up to `max_tokens`, reassembled.
+fn answer_n(port: u16, prompt: &str, max_tokens: usize) -> String {
+    let body = json!({"model": "tiny", "messages": [{"role": "user", "content": prompt}], "temperature": 0, "max_tokens": max_tokens, "stream": true});
     let (status, text) = http(port, "POST", "/v1/chat/completions", Some(&body.to_string()));
     assert_eq!(status, 200);
     events(&text)
