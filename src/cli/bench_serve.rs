@@ -107,8 +107,8 @@ fn measure(engine: &Engine, clients: usize, seconds: f64, a: &BenchArgs) -> Resu
 fn one_request(engine: &Engine, prompt: Vec<u32>, new_tokens: usize) -> Result<Option<f64>> {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let sampling = SamplingParams { temperature: 0.0, ..Default::default() };
-    let job = Job { model: 0, prompt, max_new_tokens: new_tokens, sampling, stop: Vec::new(), events: tx };
     let sent = Instant::now();
+    let job = Job { model: 0, prompt, max_new_tokens: new_tokens, sampling, stop: Vec::new(), events: tx, submitted: sent };
     engine.submit(job).map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut first = None;
     loop {

@@ -209,6 +209,9 @@ pub struct ServeArgs {
     /// fp32, or bf16 weights and activations.
     #[arg(long, default_value_t = Precision::F32)]
     pub dtype: Precision,
+    /// Require `Authorization: Bearer KEY` on the API (default: $MINIMIND_API_KEY when set).
+    #[arg(long, env = "MINIMIND_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
 }
 
 fn serve_cmd(a: &ServeArgs) -> Result<()> {
@@ -242,7 +245,7 @@ fn serve_cmd(a: &ServeArgs) -> Result<()> {
         bail!("--kv-cache-tokens {kv_cache_tokens} leaves no room per slot for {} slots", a.max_batch);
     }
     let config = crate::serve::engine::EngineConfig { queue: a.queue, max_batch: a.max_batch, kv_cache_tokens };
-    crate::serve::run(models, &a.host, a.port, config)
+    crate::serve::run(models, &a.host, a.port, config, a.api_key.clone())
 }
 
 /// The model to run: a folder, an optional LoRA adapter, the device.

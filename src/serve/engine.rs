@@ -11,7 +11,9 @@
 use crate::data::tokenizer::{TextStream, Tokenizer};
 use crate::infer::batch::{Batcher, Decoded, SeqId};
 use crate::infer::{FinishReason, Sampler, SamplingParams};
+use crate::serve::metrics::{Metrics, Outcome};
 use crate::MiniMindForCausalLM;
+use std::time::Instant;
 use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -56,6 +58,8 @@ pub struct Job {
     /// Strings that end the answer (not included in it).
     pub stop: Vec<String>,
     pub events: UnboundedSender<Event>,
+    /// When the request arrived (time to first token counts from here).
+    pub submitted: std::time::Instant,
 }
 
 /// How much the worker takes on at once.
@@ -96,6 +100,7 @@ pub struct Engine {
     pub generated: Arc<AtomicUsize>,
     /// False once the worker thread has ended.
     pub alive: Arc<AtomicBool>,
+    pub metrics: Arc<Metrics>,
 }
 
 /// Called with each job as it joins a batch: the seam through which tests make serving fail in
@@ -128,6 +133,7 @@ impl Engine {
             running: Arc::new(AtomicUsize::new(0)),
             generated: Arc::new(AtomicUsize::new(0)),
             alive: Arc::new(AtomicBool::new(true)),
+            metrics: Arc::new(Metrics::default()),
         };
         let worker = engine.clone();
         let guard = AliveGuard(engine.alive.clone());
@@ -145,6 +151,7 @@ impl Engine {
             Ok(()) => Ok(()),
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
                 self.pending.fetch_sub(1, Ordering::SeqCst);
+                self.metrics.request_done(Outcome::Rejected, 0, 0);
                 Err("the server is at capacity; retry later")
             }
         }
@@ -159,11 +166,14 @@ struct Running<'t> {
     sent: usize,
     tokens: usize,
     stopped_by_string: bool,
+    /// When the last token came (for the per-token latency).
+    last_token: Option<Instant>,
 }
 
 impl<'t> Running<'t> {
     fn new(job: Job, tokenizer: &'t Tokenizer) -> Self {
-        Self { job, stream: TextStream::new(tokenizer), text: String::new(), sent: 0, tokens: 0, stopped_by_string: false }
+        let stream = TextStream::new(tokenizer);
+        Self { job, stream, text: String::new(), sent: 0, tokens: 0, stopped_by_string: false, last_token: None }
     }
 
     /// Takes a decoded token; false when the request should end here (a stop string, or its client
@@ -195,8 +205,18 @@ impl<'t> Running<'t> {
         Ok(!stop)
     }
 
+    /// Records a token's latency: from the request for the first, from the previous one after.
+    fn time_token(&mut self, metrics: &Metrics) {
+        let now = Instant::now();
+        match self.last_token {
+            None => metrics.first_token((now - self.job.submitted).as_secs_f64()),
+            Some(last) => metrics.next_token((now - last).as_secs_f64()),
+        }
+        self.last_token = Some(now);
+    }
+
     /// Sends the rest of the text and the final event.
-    fn finish(mut self, finish: FinishReason) {
+    fn finish(mut self, finish: FinishReason, metrics: &Metrics) {
         let finish = if self.stopped_by_string {
             FinishReason::Stop
         } else {
@@ -209,10 +229,17 @@ impl<'t> Running<'t> {
             finish
         };
         let prompt_tokens = self.job.prompt.len();
+        let outcome = match finish {
+            FinishReason::Stop => Outcome::Stop,
+            FinishReason::Length => Outcome::Length,
+            FinishReason::Cancelled => Outcome::Cancelled,
+        };
+        metrics.request_done(outcome, prompt_tokens, self.tokens);
         let _ = self.job.events.send(Event::Done { finish, prompt_tokens, completion_tokens: self.tokens });
     }
 
-    fn fail(self, message: String) {
+    fn fail(self, message: String, metrics: &Metrics) {
+        metrics.request_done(Outcome::Error, self.job.prompt.len(), self.tokens);
         let _ = self.job.events.send(Event::Error(message));
     }
 }
@@ -327,6 +354,7 @@ impl<'e> Worker<'e> {
             match event {
                 Decoded::Token(token) => {
                     self.engine.generated.fetch_add(1, Ordering::SeqCst);
+                    request.time_token(&self.engine.metrics);
                     match request.push(token) {
                         Ok(true) => {}
                         Ok(false) => {
@@ -346,8 +374,8 @@ impl<'e> Worker<'e> {
         self.batchers[model].cancel(id); // a no-op when the batch already let it go
         if let Some(request) = self.running[model].remove(&id) {
             match end {
-                Ok(reason) => request.finish(reason),
-                Err(message) => request.fail(message),
+                Ok(reason) => request.finish(reason, &self.engine.metrics),
+                Err(message) => request.fail(message, &self.engine.metrics),
             }
             self.engine.pending.fetch_sub(1, Ordering::SeqCst);
         }
@@ -355,14 +383,14 @@ impl<'e> Worker<'e> {
 
     fn fail_all(&mut self, model: usize, message: &str) {
         for (_, request) in self.running[model].drain() {
-            request.fail(message.to_string());
+            request.fail(message.to_string(), &self.engine.metrics);
             self.engine.pending.fetch_sub(1, Ordering::SeqCst);
         }
     }
 
     /// A request that could not join is answered with an error.
     fn reject(&self, request: Running, message: String) {
-        request.fail(message);
+        request.fail(message, &self.engine.metrics);
         self.engine.pending.fetch_sub(1, Ordering::SeqCst);
     }
 }

@@ -8,7 +8,9 @@
 //! `<think>…</think>` goes to `reasoning_content`.
 
 pub mod engine;
+pub mod metrics;
 pub mod request;
+pub mod tokens;
 
 use crate::infer::reasoning::{ReasoningSplit, Split};
 use crate::infer::FinishReason;
@@ -31,7 +33,13 @@ const PAGE: &str = include_str!("page.html");
 
 /// Serves `models` on `host:port` until the process ends: the generation worker with room for
 /// `queue` waiting requests, and the routes over it.
-pub fn run(models: Vec<engine::LoadedModel>, host: &str, port: u16, config: engine::EngineConfig) -> anyhow::Result<()> {
+pub fn run(
+    models: Vec<engine::LoadedModel>,
+    host: &str,
+    port: u16,
+    config: engine::EngineConfig,
+    api_key: Option<String>,
+) -> anyhow::Result<()> {
     use anyhow::Context;
     let ids: Vec<String> = models.iter().map(|m| m.id.clone()).collect();
     let engine = Engine::start(models, config);
@@ -40,7 +48,7 @@ pub fn run(models: Vec<engine::LoadedModel>, host: &str, port: u16, config: engi
         let listener =
             tokio::net::TcpListener::bind((host, port)).await.with_context(|| format!("binding {host}:{port}"))?;
         eprintln!("serving {} on http://{} (web chat at /, API at /v1)", ids.join(", "), listener.local_addr()?);
-        axum::serve(listener, router(engine)).await?;
+        axum::serve(listener, router_with_key(engine, api_key)).await?;
         Ok(())
     })
 }
@@ -48,18 +56,42 @@ pub fn run(models: Vec<engine::LoadedModel>, host: &str, port: u16, config: engi
 /// The HTTP routes over a running engine. Every non-2xx answer is an OpenAI-shaped error: unknown
 /// paths (404), wrong methods (405), bodies over 2 MiB (413), headers over [`MAX_HEADER_BYTES`] (431).
 pub fn router(engine: Engine) -> Router {
-    Router::new()
-        .route("/", get(|| async { Html(PAGE) }))
-        .route("/health", get(health))
+    router_with_key(engine, None)
+}
+
+/// [`router`] where, with an `api_key`, the API (`/v1/*`, `/tokenize`, `/detokenize`) answers only
+/// requests carrying `Authorization: Bearer <key>` (401 otherwise); the page, `/health` and
+/// `/metrics` stay open.
+pub fn router_with_key(engine: Engine, api_key: Option<String>) -> Router {
+    let api = Router::new()
         .route("/v1/models", get(models))
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/completions", post(completions))
+        .route("/tokenize", post(tokens::tokenize))
+        .route("/detokenize", post(tokens::detokenize))
+        .layer(axum::middleware::from_fn(move |request, next| require_key(api_key.clone(), request, next)));
+    Router::new()
+        .route("/", get(|| async { Html(PAGE) }))
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .merge(api)
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "invalid_request_error", "no such path") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "invalid_request_error", "method not allowed on this path")
         })
         .layer(axum::middleware::from_fn(limit_headers))
         .with_state(engine)
+}
+
+async fn require_key(key: Option<String>, request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let Some(key) = key else { return next.run(request).await };
+    let given = request.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    if given.and_then(|v| v.strip_prefix("Bearer ")).is_some_and(|g| g.trim() == key) {
+        return next.run(request).await;
+    }
+    let mut error = ApiError::new(StatusCode::UNAUTHORIZED, "invalid_request_error", "missing or incorrect API key");
+    error.code = Some("invalid_api_key");
+    error.into_response()
 }
 
 /// Request headers larger than this in all are refused with 431.
@@ -91,6 +123,14 @@ async fn health(State(engine): State<Engine>) -> Response {
     let body = json!({"status": word, "pending": pending, "running": running, "max_batch": engine.config.max_batch,
                       "generated_tokens": generated});
     (status, Json(body)).into_response()
+}
+
+/// Prometheus text format (version 0.0.4).
+async fn metrics(State(engine): State<Engine>) -> Response {
+    let running = engine.running.load(Ordering::SeqCst);
+    let waiting = engine.pending.load(Ordering::SeqCst).saturating_sub(running);
+    let body = engine.metrics.render(waiting, running);
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response()
 }
 
 async fn models(State(engine): State<Engine>) -> Json<Value> {
@@ -147,6 +187,7 @@ async fn respond(engine: Engine, body: Bytes, chat: bool) -> Response {
         sampling: req.sampling.clone(),
         stop: req.stop.clone(),
         events: tx,
+        submitted: std::time::Instant::now(),
     };
     if let Err(msg) = engine.submit(job) {
         return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "server_error", msg).into_response();

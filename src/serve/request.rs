@@ -63,27 +63,39 @@ fn content_text(content: &Value) -> Option<String> {
     }
 }
 
+/// The model a request names (`model`); without one, the first model unless `required`.
+pub fn model_index(engine: &Engine, body: &Value, required: bool) -> Result<usize, ApiError> {
+    let name = match body.get("model").and_then(Value::as_str) {
+        Some(name) => name,
+        None if required => return Err(ApiError::invalid("model", "model is required".into())),
+        None => return Ok(0),
+    };
+    engine.models.iter().position(|m| m.answers_to(name)).ok_or_else(|| {
+        let known: Vec<&str> = engine.models.iter().map(|m| m.id.as_str()).collect();
+        ApiError {
+            status: StatusCode::NOT_FOUND,
+            kind: "invalid_request_error",
+            message: format!("the model {name:?} does not exist; available: {}", known.join(", ")),
+            param: Some("model"),
+            code: Some("model_not_found"),
+        }
+    })
+}
+
+/// The body as a JSON object, or a 400.
+pub fn json_object(body: &[u8]) -> Result<Value, ApiError> {
+    let body: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::invalid("body", format!("the request body is not valid JSON: {e}")))?;
+    if !body.is_object() {
+        return Err(ApiError::invalid("body", "the request body must be a JSON object".into()));
+    }
+    Ok(body)
+}
+
 impl Request {
     pub fn parse(engine: &Engine, body: &[u8], chat: bool) -> Result<Self, ApiError> {
-        let body: Value = serde_json::from_slice(body)
-            .map_err(|e| ApiError::invalid("body", format!("the request body is not valid JSON: {e}")))?;
-        if !body.is_object() {
-            return Err(ApiError::invalid("body", "the request body must be a JSON object".into()));
-        }
-        let name = body
-            .get("model")
-            .and_then(Value::as_str)
-            .ok_or_else(|| ApiError::invalid("model", "model is required".into()))?;
-        let model = engine.models.iter().position(|m| m.answers_to(name)).ok_or_else(|| {
-            let known: Vec<&str> = engine.models.iter().map(|m| m.id.as_str()).collect();
-            ApiError {
-                status: StatusCode::NOT_FOUND,
-                kind: "invalid_request_error",
-                message: format!("the model {name:?} does not exist; available: {}", known.join(", ")),
-                param: Some("model"),
-                code: Some("model_not_found"),
-            }
-        })?;
+        let body = json_object(body)?;
+        let model = model_index(engine, &body, true)?;
         let m = &engine.models[model];
         let (prompt, opens_thinking) =
             if chat { chat_prompt(m, &body)? } else { (completion_prompt(m, &body)?, false) };
@@ -181,7 +193,7 @@ fn template_kwargs(body: &Value) -> Result<Value, ApiError> {
 }
 
 /// The chat prompt's ids, and whether it ends inside an opened `<think>` block.
-fn chat_prompt(m: &super::engine::LoadedModel, body: &Value) -> Result<(Vec<u32>, bool), ApiError> {
+pub(crate) fn chat_prompt(m: &super::engine::LoadedModel, body: &Value) -> Result<(Vec<u32>, bool), ApiError> {
     let messages = body
         .get("messages")
         .and_then(Value::as_array)
@@ -215,7 +227,7 @@ fn chat_prompt(m: &super::engine::LoadedModel, body: &Value) -> Result<(Vec<u32>
     Ok((ids, crate::infer::reasoning::opens_thinking(&text)))
 }
 
-fn completion_prompt(m: &super::engine::LoadedModel, body: &Value) -> Result<Vec<u32>, ApiError> {
+pub(crate) fn completion_prompt(m: &super::engine::LoadedModel, body: &Value) -> Result<Vec<u32>, ApiError> {
     let prompt = match body.get("prompt") {
         Some(Value::String(s)) => s.clone(),
         Some(Value::Array(items)) if items.len() == 1 && items[0].is_string() => {

@@ -28,8 +28,18 @@ server=$!
 for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/health" >/dev/null && break; sleep 0.1; done
 
 python3 -m venv "$work/venv"
-"$work/venv/bin/pip" install -q openai
+"$work/venv/bin/pip" install -q openai prometheus_client
 "$work/venv/bin/python" tests/e2e/openai_client.py "http://127.0.0.1:$port/v1" tiny
+# /metrics parses as Prometheus text and has counted the client's requests.
+curl -sf "http://127.0.0.1:$port/metrics" | "$work/venv/bin/python" -c '
+import sys
+from prometheus_client.parser import text_string_to_metric_families
+families = {f.name: f for f in text_string_to_metric_families(sys.stdin.read())}
+done = sum(s.value for s in families["minimind_requests"].samples if s.name == "minimind_requests_total")
+assert done > 0, "no requests counted"
+assert "minimind_time_to_first_token_seconds" in families
+print(f"metrics: {len(families)} families, {done:.0f} requests counted")
+'
 passed=1
 
 if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then

@@ -481,3 +481,92 @@ fn random_requests_never_panic_the_parser() {
         let _ = Request::parse(&engine, &body, case % 2 == 0);
     }
 }
+
+/// `/tokenize` gives what a request feeds the model and `/detokenize` turns ids back into text.
+#[test]
+fn tokenize_and_detokenize_round_trip() {
+    let port = start();
+    let post_json = |path: &str, body: Value| -> (u16, Value) {
+        let (status, text) = http(port, "POST", path, Some(&body.to_string()));
+        (status, serde_json::from_str(&text).unwrap())
+    };
+    let (status, r) = post_json("/tokenize", json!({"content": "明月几时有"}));
+    assert_eq!(status, 200, "{r}");
+    let ids = r["tokens"].clone();
+    assert_eq!(r["count"], ids.as_array().unwrap().len());
+    let (_, back) = post_json("/detokenize", json!({"tokens": ids}));
+    assert_eq!(back["prompt"], "明月几时有");
+    // A completion prompt gets its bos, a conversation its template and generation prompt.
+    let (_, plain) = post_json("/tokenize", json!({"model": "tiny", "prompt": "明月几时有"}));
+    assert_eq!(plain["count"], r["count"].as_u64().unwrap() + 1);
+    let (_, chat) = post_json("/tokenize", json!({"messages": [{"role": "user", "content": "明月几时有"}]}));
+    let (_, text) = post_json("/detokenize", json!({"tokens": chat["tokens"]}));
+    let text = text["prompt"].as_str().unwrap();
+    assert!(text.contains("<|im_start|>user\n明月几时有<|im_end|>") && text.ends_with("<|im_start|>assistant\n"), "{text:?}");
+    // Bad input is a 400 / 404 in OpenAI's error shape.
+    assert_eq!(post_json("/detokenize", json!({"tokens": [1, 999999]})).0, 400);
+    assert_eq!(post_json("/tokenize", json!({"nothing": 1})).0, 400);
+    assert_eq!(post_json("/tokenize", json!({"model": "nope", "content": "x"})).0, 404);
+}
+
+/// `--api-key`: the API answers only with the right bearer token; the page, health and metrics stay
+/// open.
+#[test]
+fn api_key_guards_the_api() {
+    let engine = Engine::start(vec![tiny(&[])], EngineConfig { queue: 4, ..Default::default() });
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            tx.send(listener.local_addr().unwrap().port()).unwrap();
+            let router = minimind::serve::router_with_key(engine, Some("sk-test".into()));
+            axum::serve(listener, router).await.unwrap();
+        });
+    });
+    let port = rx.recv().unwrap();
+    let call = |auth: Option<&str>, path: &str| -> (u16, String) {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let auth = auth.map_or(String::new(), |a| format!("Authorization: {a}\r\n"));
+        write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n{auth}Connection: close\r\n\r\n").unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        let status = out[9..12].parse().unwrap();
+        (status, out)
+    };
+    let (status, body) = call(None, "/v1/models");
+    assert_eq!(status, 401);
+    assert!(body.contains("\"code\":\"invalid_api_key\""), "{body}");
+    assert_eq!(call(Some("Bearer wrong"), "/v1/models").0, 401);
+    assert_eq!(call(Some("Bearer sk-test"), "/v1/models").0, 200);
+    for open in ["/", "/health", "/metrics"] {
+        assert_eq!(call(None, open).0, 200, "{open}");
+    }
+}
+
+/// `/metrics` is Prometheus text: counters of requests and tokens, the queue gauges, latency
+/// histograms whose counts add up.
+#[test]
+fn metrics_count_requests_tokens_and_latencies() {
+    let port = start();
+    for prompt in ["一", "二"] {
+        answer_n(port, prompt, 4);
+    }
+    let (status, text) = http(port, "GET", "/metrics", None);
+    assert_eq!(status, 200);
+    let value = |name: &str| -> f64 {
+        let line = text.lines().find(|l| l.starts_with(name) && !l.starts_with('#')).unwrap_or_else(|| panic!("{name}\n{text}"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    let finished = value("minimind_requests_total{outcome=\"stop\"}") + value("minimind_requests_total{outcome=\"length\"}");
+    assert_eq!(finished, 2.0);
+    assert!(value("minimind_generation_tokens_total") >= 2.0);
+    assert!(value("minimind_prompt_tokens_total") > 0.0);
+    assert_eq!(value("minimind_time_to_first_token_seconds_count"), 2.0);
+    assert_eq!(value("minimind_requests_running"), 0.0);
+    let tokens = value("minimind_generation_tokens_total");
+    assert_eq!(value("minimind_time_per_output_token_seconds_count"), tokens - 2.0, "one interval per token after the first");
+    for line in text.lines().filter(|l| !l.is_empty()) {
+        assert!(line.starts_with('#') || line.split(' ').count() == 2, "not Prometheus text: {line:?}");
+    }
+}
