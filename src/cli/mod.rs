@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod chat;
 pub mod demo;
+pub mod generate;
 mod bench_serve;
 mod parity;
 mod interop;
@@ -18,9 +19,8 @@ use crate::model::checkpoint;
 use crate::model::config::ModelConfig;
 use crate::model::Precision;
 use anyhow::{bail, Context, Result};
-use candle_core::{DType, Device, Tensor};
+use candle_core::Device;
 use clap::{Args, Parser, Subcommand};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 #[derive(Parser)]
@@ -55,7 +55,7 @@ pub enum Command {
     /// adapter into a plain model folder.
     Lora(train::LoraArgs),
     /// Generate text from a model folder, streaming tokens to stdout.
-    Generate(GenerateArgs),
+    Generate(generate::GenerateArgs),
     /// Chat in the terminal: streaming answers, history, /reset, /exit.
     Chat(chat::ChatArgs),
     /// Serve models over an OpenAI-compatible HTTP API, with a web chat page at /.
@@ -354,32 +354,6 @@ impl ThinkArgs {
     }
 }
 
-#[derive(Args)]
-pub struct GenerateArgs {
-    #[command(flatten)]
-    pub model: ModelArgs,
-    #[arg(long, required_unless_present = "prompts", conflicts_with = "prompts")]
-    pub prompt: Option<String>,
-    /// Many prompts, JSON Lines of {"prompt": "…"}, decoded together by continuous batching; prints
-    /// one JSON line per prompt ({"prompt", "text", "finish_reason"}) in the file's order.
-    #[arg(long)]
-    pub prompts: Option<PathBuf>,
-    /// With --prompts: sequences decoded together.
-    #[arg(long, default_value_t = 16)]
-    pub max_batch: usize,
-    /// Render the prompt as a user turn with the chat template (plus the generation prompt).
-    #[arg(long)]
-    pub chat: bool,
-    #[command(flatten)]
-    pub think: ThinkArgs,
-    #[command(flatten)]
-    pub sampling: SamplingArgs,
-    /// Also write the prompt's logits to this safetensors file (`logits` f32 [tokens, vocab] and
-    /// `input_ids`), for parity checks against other implementations.
-    #[arg(long)]
-    pub logits_out: Option<PathBuf>,
-}
-
 /// Parses `cpu`, `cuda`, `cuda:N`.
 pub fn parse_device(spec: &str) -> Result<Device> {
     match spec {
@@ -422,7 +396,7 @@ pub fn run(cli: Cli) -> Result<()> {
             (Some(train::LoraAction::Merge), _, _) => bail!("minimind lora merge needs --model, --lora and --out"),
             (None, _, _) => report("adapted", &train::lora(&a)?, &a.train.out),
         },
-        Command::Generate(a) => generate_cmd(&a),
+        Command::Generate(a) => generate::run(&a),
         Command::Chat(a) => chat::run(&a),
         Command::Serve(a) => serve_cmd(&a),
         Command::Export { model, format, out, dtype, lora } => {
@@ -480,71 +454,5 @@ fn report(what: &str, s: &crate::train::TrainSummary, out: &Path) -> Result<()> 
         s.tokens_per_sec,
         out.display()
     );
-    Ok(())
-}
-
-fn generate_cmd(a: &GenerateArgs) -> Result<()> {
-    let (model, tokenizer) = a.model.load()?;
-    if a.think.value().is_some() && !a.chat {
-        bail!("--think / --no-think apply to the chat template: add --chat");
-    }
-    if let Some(path) = &a.prompts {
-        return generate_many(a, path, &model, &tokenizer);
-    }
-    let text = a.prompt.as_deref().context("--prompt or --prompts")?;
-    let prompt = crate::infer::generate::encode_prompt(&tokenizer, text, a.chat, a.think.value())?;
-    if let Some(path) = &a.logits_out {
-        let ids = Tensor::new(prompt.as_slice(), model.device())?.unsqueeze(0)?;
-        let logits = model.forward(&ids, None)?.squeeze(0)?.to_dtype(DType::F32)?;
-        checkpoint::save_tensors(path, &[("logits".into(), logits), ("input_ids".into(), ids.squeeze(0)?)])?;
-    }
-    let mut stdout = std::io::stdout().lock();
-    if !a.chat {
-        write!(stdout, "{text}")?;
-    }
-    let sampling = a.sampling.params(0);
-    crate::infer::generate::stream_completion(
-        &a.model.model,
-        &model,
-        &tokenizer,
-        &prompt,
-        a.sampling.max_new_tokens,
-        sampling,
-        &mut stdout,
-    )?;
-    writeln!(stdout)?;
-    Ok(())
-}
-
-/// `generate --prompts FILE`: every prompt of a JSON Lines file through the batching engine.
-fn generate_many(a: &GenerateArgs, path: &Path, model: &crate::MiniMindForCausalLM, tokenizer: &Tokenizer) -> Result<()> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let mut prompts = Vec::new();
-    for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-        let value: serde_json::Value = serde_json::from_str(line.trim_start_matches('\u{feff}'))
-            .ok()
-            .filter(|v: &serde_json::Value| v.get("prompt").is_some_and(serde_json::Value::is_string))
-            .with_context(|| format!("{}:{}: expected {{\"prompt\": \"…\"}}", path.display(), i + 1))?;
-        prompts.push(value["prompt"].as_str().unwrap_or_default().to_string());
-    }
-    let ids = prompts
-        .iter()
-        .map(|p| crate::infer::generate::encode_prompt(tokenizer, p, a.chat, a.think.value()))
-        .collect::<Result<Vec<_>>>()?;
-    let samplers = (0..ids.len())
-        .map(|i| crate::infer::Sampler::new(a.sampling.params(i as u64)))
-        .collect::<Result<Vec<_>>>()?;
-    let stops = tokenizer.stop_ids()?;
-    let outputs =
-        crate::infer::generate_batch(model, &ids, a.sampling.max_new_tokens, &stops, samplers, a.max_batch)?;
-    let mut stdout = std::io::stdout().lock();
-    for (prompt, generation) in prompts.iter().zip(outputs) {
-        let text = tokenizer.decode(&generation.tokens, true)?;
-        let finish = match generation.finish_reason {
-            crate::infer::FinishReason::Length => "length",
-            _ => "stop",
-        };
-        writeln!(stdout, "{}", serde_json::json!({"prompt": prompt, "text": text, "finish_reason": finish}))?;
-    }
     Ok(())
 }
