@@ -27,7 +27,7 @@ use serde_json::{json, Value};
 use std::convert::Infallible;
 use std::sync::atomic::Ordering;
 use std::time::{SystemTime, UNIX_EPOCH};
-use tokio::sync::mpsc::unbounded_channel;
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
 const PAGE: &str = include_str!("page.html");
 
@@ -179,124 +179,211 @@ async fn respond(engine: Engine, body: Bytes, chat: bool) -> Response {
         Ok(r) => r,
         Err(e) => return e.into_response(),
     };
-    let (tx, mut rx) = unbounded_channel();
-    let job = Job {
-        model: req.model,
-        prompt: req.prompt.clone(),
-        max_new_tokens: req.max_tokens,
-        sampling: req.sampling.clone(),
-        stop: req.stop.clone(),
-        events: tx,
-        submitted: std::time::Instant::now(),
-    };
-    if let Err(msg) = engine.submit(job) {
-        return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "server_error", msg).into_response();
-    }
-    let id = format!("{}-{:x}", if chat { "chatcmpl" } else { "cmpl" }, rand::random::<u64>());
-    let model_id = engine.models[req.model].id.clone();
-    let created = now();
-    if !req.stream {
-        let mut text = String::new();
-        loop {
-            match rx.recv().await {
-                Some(Event::Text(t)) => text.push_str(&t),
-                Some(Event::Done { finish, prompt_tokens, completion_tokens }) => {
-                    let usage = json!({"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                                       "total_tokens": prompt_tokens + completion_tokens});
-                    let choice = if chat {
-                        let split = ReasoningSplit::whole(&text, req.opens_thinking);
-                        let mut message = json!({"role": "assistant", "content": split.content});
-                        if !split.reasoning.is_empty() {
-                            message["reasoning_content"] = json!(split.reasoning);
-                        }
-                        json!({"index": 0, "message": message, "finish_reason": finish_name(finish)})
-                    } else {
-                        json!({"index": 0, "text": text, "finish_reason": finish_name(finish)})
-                    };
-                    let object = if chat { "chat.completion" } else { "text_completion" };
-                    return Json(json!({"id": id, "object": object, "created": created, "model": model_id,
-                                       "choices": [choice], "usage": usage}))
-                    .into_response();
-                }
-                Some(Event::Error(e)) => {
-                    return ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", &e).into_response()
-                }
-                None => {
-                    return ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "generation stopped")
-                        .into_response()
+    // `n` choices are `n` jobs (seeds seed, seed+1, …) whose events meet in one channel, tagged with
+    // the choice's index. A client that goes away drops the channel, which cancels every choice.
+    let (tx, rx) = unbounded_channel::<(usize, Event)>();
+    for index in 0..req.n {
+        let (job_tx, mut job_rx) = unbounded_channel();
+        let mut sampling = req.sampling.clone();
+        sampling.seed = sampling.seed.wrapping_add(index as u64);
+        let job = Job {
+            model: req.model,
+            prompt: req.prompt.clone(),
+            max_new_tokens: req.max_tokens,
+            sampling,
+            stop: req.stop.clone(),
+            events: job_tx,
+            submitted: std::time::Instant::now(),
+        };
+        if let Err(msg) = engine.submit(job) {
+            return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "server_error", msg).into_response();
+        }
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            while let Some(event) = job_rx.recv().await {
+                if tx.send((index, event)).is_err() {
+                    break;
                 }
             }
-        }
+        });
     }
-    // Streaming: the first chunk carries the role; deltas; a final chunk with the finish reason;
-    // the usage chunk when asked; then [DONE].
-    let include_usage = req.include_usage;
-    let chunk = move |delta: Value, finish: Option<&str>| -> Value {
-        if chat {
-            json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": model_id,
-                   "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
-        } else {
-            json!({"id": id, "object": "text_completion", "created": created, "model": model_id,
-                   "choices": [{"index": 0, "text": delta.get("content").cloned().unwrap_or(json!("")), "finish_reason": finish}]})
-        }
+    drop(tx);
+    let reply = Reply {
+        id: format!("{}-{:x}", if chat { "chatcmpl" } else { "cmpl" }, rand::random::<u64>()),
+        model: engine.models[req.model].id.clone(),
+        created: now(),
+        chat,
     };
-    let first = if chat {
-        chunk(json!({"role": "assistant", "content": ""}), None)
+    if req.stream {
+        stream_reply(reply, &req, rx)
     } else {
-        chunk(json!({"content": ""}), None)
-    };
-    let queue = std::collections::VecDeque::from([first.to_string()]);
-    // Completions stream raw text; chat streams it split into reasoning and content.
-    let splitter = chat.then(|| ReasoningSplit::new(req.opens_thinking));
-    let state = (rx, splitter, queue, false, chunk);
-    let stream = futures_util::stream::unfold(
-        state,
-        move |(mut rx, mut splitter, mut queue, mut finished, chunk)| async move {
-            while queue.is_empty() && !finished {
-                match rx.recv().await {
-                    Some(Event::Text(t)) => {
-                        let piece = match splitter.as_mut() {
-                            Some(s) => delta(s.push(&t)),
-                            None => json!({"content": t}),
-                        };
-                        queue.push_back(chunk(piece, None).to_string())
-                    }
-                    Some(Event::Done { finish, prompt_tokens, completion_tokens }) => {
-                        // A partial tag held back at the very end is text after all.
-                        if let Some(rest) = splitter.as_mut().map(ReasoningSplit::finish) {
-                            if rest != Split::default() {
-                                queue.push_back(chunk(delta(rest), None).to_string());
-                            }
-                        }
-                        queue.push_back(chunk(json!({}), Some(finish_name(finish))).to_string());
-                        if include_usage {
-                            let mut usage = chunk(json!({}), None);
-                            usage["choices"] = json!([]);
-                            usage["usage"] = json!({"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                                                "total_tokens": prompt_tokens + completion_tokens});
-                            queue.push_back(usage.to_string());
-                        }
-                        queue.push_back("[DONE]".to_string());
-                        finished = true;
-                    }
-                    Some(Event::Error(e)) => {
-                        queue.push_back(
-                            json!({"error": {"message": e, "type": "server_error", "param": null, "code": null}})
-                                .to_string(),
-                        );
-                        queue.push_back("[DONE]".to_string());
-                        finished = true;
-                    }
-                    None => finished = true,
-                }
+        whole_reply(reply, &req, rx).await
+    }
+}
+
+/// What every response object of one request shares.
+#[derive(Clone)]
+struct Reply {
+    id: String,
+    model: String,
+    created: u64,
+    chat: bool,
+}
+
+impl Reply {
+    /// A streamed chunk of choice `index`.
+    fn chunk(&self, index: usize, delta: Value, finish: Option<&str>) -> Value {
+        let (id, created, model) = (&self.id, self.created, &self.model);
+        if self.chat {
+            json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": model,
+                   "choices": [{"index": index, "delta": delta, "finish_reason": finish}]})
+        } else {
+            json!({"id": id, "object": "text_completion", "created": created, "model": model,
+                   "choices": [{"index": index, "text": delta.get("content").cloned().unwrap_or(json!("")), "finish_reason": finish}]})
+        }
+    }
+}
+
+fn usage(prompt_tokens: usize, completion_tokens: usize) -> Value {
+    json!({"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+           "total_tokens": prompt_tokens + completion_tokens})
+}
+
+/// The whole answer once every choice has finished.
+async fn whole_reply(reply: Reply, req: &Request, mut rx: UnboundedReceiver<(usize, Event)>) -> Response {
+    let mut texts = vec![String::new(); req.n];
+    let mut finishes = vec![None; req.n];
+    let (mut prompt_tokens, mut completion_tokens) = (0, 0);
+    while finishes.iter().any(Option::is_none) {
+        match rx.recv().await {
+            Some((i, Event::Text(t))) => texts[i].push_str(&t),
+            Some((i, Event::Done { finish, prompt_tokens: p, completion_tokens: c })) => {
+                finishes[i] = Some(finish);
+                prompt_tokens = p;
+                completion_tokens += c;
             }
-            let data = queue.pop_front()?;
-            Some((Ok::<_, Infallible>(SseEvent::default().data(data)), (rx, splitter, queue, finished, chunk)))
-        },
-    );
+            Some((_, Event::Error(e))) => {
+                return ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", &e).into_response()
+            }
+            None => {
+                return ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "generation stopped")
+                    .into_response()
+            }
+        }
+    }
+    let choices: Vec<Value> = texts
+        .iter()
+        .zip(&finishes)
+        .enumerate()
+        .map(|(index, (text, finish))| {
+            let finish = finish_name(finish.unwrap_or(FinishReason::Stop));
+            if reply.chat {
+                let split = ReasoningSplit::whole(text, req.opens_thinking);
+                let mut message = json!({"role": "assistant", "content": split.content});
+                if !split.reasoning.is_empty() {
+                    message["reasoning_content"] = json!(split.reasoning);
+                }
+                json!({"index": index, "message": message, "finish_reason": finish})
+            } else {
+                json!({"index": index, "text": text, "finish_reason": finish})
+            }
+        })
+        .collect();
+    let object = if reply.chat { "chat.completion" } else { "text_completion" };
+    Json(json!({"id": reply.id, "object": object, "created": reply.created, "model": reply.model,
+                "choices": choices, "usage": usage(prompt_tokens, completion_tokens)}))
+    .into_response()
+}
+
+/// Server-sent events: each choice's first chunk carries the role; deltas; a chunk with its finish
+/// reason; after the last choice the usage chunk when asked, then `[DONE]`.
+fn stream_reply(reply: Reply, req: &Request, rx: UnboundedReceiver<(usize, Event)>) -> Response {
+    let first = |index: usize| {
+        let delta = if reply.chat { json!({"role": "assistant", "content": ""}) } else { json!({"content": ""}) };
+        reply.chunk(index, delta, None).to_string()
+    };
+    let queue: std::collections::VecDeque<String> = (0..req.n).map(first).collect();
+    // Completions stream raw text; chat streams it split into reasoning and content.
+    let splitters: Vec<Option<ReasoningSplit>> =
+        (0..req.n).map(|_| reply.chat.then(|| ReasoningSplit::new(req.opens_thinking))).collect();
+    let stream_state = Streaming {
+        rx,
+        reply,
+        splitters,
+        queue,
+        open: req.n,
+        include_usage: req.include_usage,
+        usage: (0, 0),
+        finished: false,
+    };
+    let stream = futures_util::stream::unfold(stream_state, |mut state| async move {
+        while state.queue.is_empty() && !state.finished {
+            let event = state.rx.recv().await;
+            state.take(event);
+        }
+        let data = state.queue.pop_front()?;
+        Some((Ok::<_, Infallible>(SseEvent::default().data(data)), state))
+    });
     let mut response = Sse::new(stream).into_response();
     response.headers_mut().insert(header::CACHE_CONTROL, "no-cache".parse().expect("static header"));
     response
+}
+
+/// Where a streamed reply stands.
+struct Streaming {
+    rx: UnboundedReceiver<(usize, Event)>,
+    reply: Reply,
+    splitters: Vec<Option<ReasoningSplit>>,
+    queue: std::collections::VecDeque<String>,
+    /// Choices not finished yet.
+    open: usize,
+    include_usage: bool,
+    /// Prompt tokens, completion tokens of all choices.
+    usage: (usize, usize),
+    finished: bool,
+}
+
+impl Streaming {
+    /// Turns one event into the chunks to send.
+    fn take(&mut self, event: Option<(usize, Event)>) {
+        match event {
+            Some((i, Event::Text(t))) => {
+                let piece = match self.splitters[i].as_mut() {
+                    Some(s) => delta(s.push(&t)),
+                    None => json!({"content": t}),
+                };
+                self.queue.push_back(self.reply.chunk(i, piece, None).to_string())
+            }
+            Some((i, Event::Done { finish, prompt_tokens, completion_tokens })) => {
+                // A partial tag held back at the very end is text after all.
+                if let Some(rest) = self.splitters[i].as_mut().map(ReasoningSplit::finish) {
+                    if rest != Split::default() {
+                        self.queue.push_back(self.reply.chunk(i, delta(rest), None).to_string());
+                    }
+                }
+                self.queue.push_back(self.reply.chunk(i, json!({}), Some(finish_name(finish))).to_string());
+                self.usage = (prompt_tokens, self.usage.1 + completion_tokens);
+                self.open -= 1;
+                if self.open == 0 {
+                    if self.include_usage {
+                        let mut chunk = self.reply.chunk(0, json!({}), None);
+                        chunk["choices"] = json!([]);
+                        chunk["usage"] = usage(self.usage.0, self.usage.1);
+                        self.queue.push_back(chunk.to_string());
+                    }
+                    self.queue.push_back("[DONE]".to_string());
+                    self.finished = true;
+                }
+            }
+            Some((_, Event::Error(e))) => {
+                let error = json!({"error": {"message": e, "type": "server_error", "param": null, "code": null}});
+                self.queue.push_back(error.to_string());
+                self.queue.push_back("[DONE]".to_string());
+                self.finished = true;
+            }
+            None => self.finished = true,
+        }
+    }
 }
 
 /// A chat delta from a piece of split answer: `reasoning_content` and/or `content`.

@@ -24,8 +24,13 @@ impl ApiError {
     }
 }
 
+/// The most choices one request may ask for (`n`).
+pub const MAX_CHOICES: usize = 8;
+
 pub struct Request {
     pub model: usize,
+    /// Choices to generate (`n`), each its own sequence with seed `seed + index`.
+    pub n: usize,
     pub prompt: Vec<u32>,
     pub max_tokens: usize,
     pub sampling: SamplingParams,
@@ -129,11 +134,11 @@ impl Request {
             }
             (None, None) => DEFAULT_MAX_NEW_TOKENS.min(room),
         };
-        if let Some(n) = number(&body, "n")? {
-            if n != 1.0 {
-                return Err(ApiError::invalid("n", "only n = 1 is supported".into()));
-            }
-        }
+        let n = match number(&body, "n")? {
+            None => 1,
+            Some(n) if (1.0..=MAX_CHOICES as f64).contains(&n) && n.fract() == 0.0 => n as usize,
+            Some(n) => return Err(ApiError::invalid("n", format!("n must be an integer in 1..={MAX_CHOICES}, got {n}"))),
+        };
         // Unset fields take the same defaults as `minimind generate` / `chat`.
         let defaults = SamplingParams::default();
         let temperature = number(&body, "temperature")?.unwrap_or(defaults.temperature);
@@ -170,7 +175,7 @@ impl Request {
         let stop = stop.into_iter().filter(|s| !s.is_empty()).collect();
         let stream = flag(&body, "/stream", "stream")?;
         let include_usage = flag(&body, "/stream_options/include_usage", "stream_options")?;
-        Ok(Self { model, prompt, max_tokens, sampling, stop, stream, include_usage, opens_thinking })
+        Ok(Self { model, n, prompt, max_tokens, sampling, stop, stream, include_usage, opens_thinking })
     }
 }
 

@@ -31,10 +31,23 @@ assert text == r.choices[0].message.content, (text, r.choices[0].message.content
 assert usage is not None and usage.completion_tokens == r.usage.completion_tokens, usage
 assert finish == r.choices[0].finish_reason, finish
 
+two = client.chat.completions.create(
+    model=model, messages=[{"role": "user", "content": "你好"}], max_tokens=5, temperature=1.0, seed=3, n=2,
+)
+assert [c.index for c in two.choices] == [0, 1], two
+streamed = ["", ""]
+for chunk in client.chat.completions.create(
+    model=model, messages=[{"role": "user", "content": "你好"}], max_tokens=5, temperature=1.0, seed=3, n=2,
+    stream=True,
+):
+    for choice in chunk.choices:
+        streamed[choice.index] += choice.delta.content or ""
+assert streamed == [c.message.content for c in two.choices], (streamed, two)
+
 try:
     client.chat.completions.create(model="no-such-model", messages=[{"role": "user", "content": "x"}])
     raise AssertionError("unknown model accepted")
 except Exception as e:  # openai.NotFoundError
     assert getattr(e, "status_code", None) == 404, e
 
-print("openai client: models.list, chat (non-stream), chat (stream + usage), 404 error — OK")
+print("openai client: models.list, chat (non-stream), chat (stream + usage), n=2 (whole and streamed), 404 error — OK")

@@ -165,7 +165,7 @@ fn bad_requests_get_openai_errors() {
             400,
             "the context holds",
         ),
-        (post_raw(port, chat(json!({"n": 2}))), 400, "n = 1"),
+        (post_raw(port, chat(json!({"n": 9}))), 400, "n must be an integer in 1..=8"),
     ];
     for ((status, body), expect_status, expect_text) in cases {
         assert_eq!(status, expect_status, "{body}");
@@ -569,4 +569,38 @@ fn metrics_count_requests_tokens_and_latencies() {
     for line in text.lines().filter(|l| !l.is_empty()) {
         assert!(line.starts_with('#') || line.split(' ').count() == 2, "not Prometheus text: {line:?}");
     }
+}
+
+/// `n` choices: each its own sequence (seeds seed, seed + 1, …), whole or streamed with their
+/// indexes, usage counting every choice's tokens once and the prompt once.
+#[test]
+fn n_choices_whole_and_streamed() {
+    let port = start();
+    let body = chat(json!({"n": 3, "temperature": 1.0, "seed": 5, "max_tokens": 6}));
+    let (status, r, _) = post(port, "/v1/chat/completions", body.clone());
+    assert_eq!(status, 200, "{r}");
+    let choices = r["choices"].as_array().unwrap();
+    assert_eq!(choices.iter().map(|c| c["index"].as_u64().unwrap()).collect::<Vec<_>>(), [0, 1, 2]);
+    let texts: Vec<&str> = choices.iter().map(|c| c["message"]["content"].as_str().unwrap()).collect();
+    assert!(texts[0] != texts[1] || texts[1] != texts[2], "different seeds sample differently: {texts:?}");
+    assert_eq!(r["usage"]["completion_tokens"], 18);
+    // Choice i is what a single request with seed 5 + i answers.
+    let (_, alone, _) = post(port, "/v1/chat/completions", chat(json!({"temperature": 1.0, "seed": 6, "max_tokens": 6})));
+    assert_eq!(alone["choices"][0]["message"]["content"], texts[1]);
+    // Streamed: every choice's deltas carry its index, each ends with its finish reason.
+    let mut streamed = body;
+    streamed["stream"] = json!(true);
+    let (status, text) = http(port, "POST", "/v1/chat/completions", Some(&streamed.to_string()));
+    assert_eq!(status, 200);
+    let mut got = vec![String::new(); 3];
+    let mut finished = 0;
+    for e in events(&text).iter().filter(|e| *e != "[DONE]") {
+        let c: Value = serde_json::from_str(e).unwrap();
+        let choice = &c["choices"][0];
+        let i = choice["index"].as_u64().unwrap() as usize;
+        got[i].push_str(choice["delta"]["content"].as_str().unwrap_or(""));
+        finished += usize::from(choice["finish_reason"].is_string());
+    }
+    assert_eq!(finished, 3);
+    assert_eq!(got, texts);
 }
