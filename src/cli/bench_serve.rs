@@ -34,7 +34,8 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         model.quantize_int8()?;
     }
     let slot = a.prompt_len + a.new_tokens + 1;
-    let engine_config = EngineConfig { queue: 1024, max_batch: a.max_batch, kv_cache_tokens: a.max_batch * slot };
+    let engine_config =
+        EngineConfig { queue: 1024, max_batch: a.max_batch, kv_cache_tokens: a.max_batch * slot, request_timeout: None };
     let engine = Engine::start(vec![LoadedModel { id: a.preset.clone(), aliases: vec![], model, tokenizer }], engine_config);
     println!(
         "bench serve: {} ({}), prompt {} + {} new tokens (greedy), {} KV slots, {} threads",

@@ -209,6 +209,10 @@ pub struct ServeArgs {
     /// fp32, or bf16 weights and activations.
     #[arg(long, default_value_t = Precision::F32)]
     pub dtype: Precision,
+    /// End a request this many seconds after it arrived: with an error while it waits for a slot,
+    /// with its answer so far (finish_reason "length") while it generates.
+    #[arg(long)]
+    pub request_timeout: Option<f64>,
     /// Require `Authorization: Bearer KEY` on the API (default: $MINIMIND_API_KEY when set).
     #[arg(long, env = "MINIMIND_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
@@ -244,7 +248,12 @@ fn serve_cmd(a: &ServeArgs) -> Result<()> {
     if kv_cache_tokens / a.max_batch < 2 {
         bail!("--kv-cache-tokens {kv_cache_tokens} leaves no room per slot for {} slots", a.max_batch);
     }
-    let config = crate::serve::engine::EngineConfig { queue: a.queue, max_batch: a.max_batch, kv_cache_tokens };
+    let request_timeout = match a.request_timeout {
+        Some(s) if !(s.is_finite() && s > 0.0) => bail!("--request-timeout must be a positive number of seconds"),
+        s => s.map(std::time::Duration::from_secs_f64),
+    };
+    let config =
+        crate::serve::engine::EngineConfig { queue: a.queue, max_batch: a.max_batch, kv_cache_tokens, request_timeout };
     crate::serve::run(models, &a.host, a.port, config, a.api_key.clone())
 }
 

@@ -71,11 +71,14 @@ pub struct EngineConfig {
     pub max_batch: usize,
     /// KV cache positions per model, shared evenly by its slots (each slot holds prompt + answer).
     pub kv_cache_tokens: usize,
+    /// A request still waiting or generating this long after it arrived ends: a waiting one with an
+    /// error, a generating one with what it has (`finish_reason: "length"`).
+    pub request_timeout: Option<std::time::Duration>,
 }
 
 impl Default for EngineConfig {
     fn default() -> Self {
-        Self { queue: 64, max_batch: 16, kv_cache_tokens: 16 * 2048 }
+        Self { queue: 64, max_batch: 16, kv_cache_tokens: 16 * 2048, request_timeout: None }
     }
 }
 
@@ -301,6 +304,11 @@ impl<'e> Worker<'e> {
             self.step(model);
         }
         let m = &self.engine.models[model];
+        if self.timed_out(&job) {
+            let waited = job.submitted.elapsed().as_secs_f64();
+            self.reject(Running::new(job, &m.tokenizer), format!("timed out after {waited:.1} s waiting for a KV slot"));
+            return;
+        }
         let (hook, batcher) = (&self.hook, &mut self.batchers[model]);
         let joined = catch_unwind(AssertUnwindSafe(|| -> anyhow::Result<_> {
             hook(&job);
@@ -324,8 +332,17 @@ impl<'e> Worker<'e> {
         self.publish_load();
     }
 
-    /// One decode step of `model`'s batch.
+    fn timed_out(&self, job: &Job) -> bool {
+        self.engine.config.request_timeout.is_some_and(|limit| job.submitted.elapsed() >= limit)
+    }
+
+    /// One decode step of `model`'s batch; requests past their time limit end first.
     fn step(&mut self, model: usize) {
+        let expired: Vec<SeqId> =
+            self.running[model].iter().filter(|(_, r)| self.timed_out(&r.job)).map(|(&id, _)| id).collect();
+        for id in expired {
+            self.deliver(model, id, vec![Decoded::Finished(FinishReason::Length)]);
+        }
         if self.running[model].is_empty() {
             return;
         }

@@ -185,10 +185,11 @@ fn a_client_that_disconnects_frees_its_slot_and_concurrent_clients_get_their_own
     let port = start();
     // Start a long stream, read its first bytes, hang up.
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    let body = chat(json!({"stream": true, "max_tokens": 4000, "temperature": 1.0})).to_string();
+    let body = chat(json!({"stream": true, "max_tokens": 2000, "temperature": 1.0})).to_string();
     write!(s, "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{body}", body.len()).unwrap();
     let mut first = [0u8; 64];
     s.read_exact(&mut first).unwrap();
+    assert!(first.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&first));
     drop(s);
     let health = || -> Value { serde_json::from_str(&http(port, "GET", "/health", None).1).unwrap() };
     let start = std::time::Instant::now();
@@ -196,7 +197,7 @@ fn a_client_that_disconnects_frees_its_slot_and_concurrent_clients_get_their_own
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     let generated = health()["generated_tokens"].as_u64().unwrap();
-    assert!(generated < 4000, "the abandoned request ran to the end ({generated} tokens)");
+    assert!(generated < 2000, "the abandoned request ran to the end ({generated} tokens)");
 
     // 16 clients at once, each with its own prompt; greedy answers equal the one-client answers.
     let prompts: Vec<String> = (0..16).map(|i| format!("问题 {i}")).collect();
@@ -212,7 +213,8 @@ fn a_client_that_disconnects_frees_its_slot_and_concurrent_clients_get_their_own
 /// batch late, with other lengths, equal the one-client answers.
 #[test]
 fn kv_slots_bound_the_batch_and_late_joiners_get_single_client_answers() {
-    let port = serve(Engine::start(vec![tiny(&[])], EngineConfig { queue: 1, max_batch: 2, kv_cache_tokens: 2 * 512 }));
+    let config = EngineConfig { queue: 1, max_batch: 2, kv_cache_tokens: 2 * 512, request_timeout: None };
+    let port = serve(Engine::start(vec![tiny(&[])], config));
     let health = move || -> Value { serde_json::from_str(&http(port, "GET", "/health", None).1).unwrap() };
     let wait_for = |key: &str, n: u64| {
         let start = std::time::Instant::now();
@@ -229,6 +231,7 @@ fn kv_slots_bound_the_batch_and_late_joiners_get_single_client_answers() {
         write!(s, "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{body}", body.len()).unwrap();
         let mut first = [0u8; 64];
         s.read_exact(&mut first).unwrap();
+        assert!(first.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&first));
         s
     };
     let (a, b) = (long(), long());
@@ -603,4 +606,20 @@ fn n_choices_whole_and_streamed() {
     }
     assert_eq!(finished, 3);
     assert_eq!(got, texts);
+}
+
+/// `--request-timeout`: a generating request ends with what it has (`length`), the server goes on.
+#[test]
+fn a_request_past_its_time_limit_ends_with_its_answer_so_far() {
+    let limit = std::time::Duration::from_millis(300);
+    let port = serve(Engine::start(vec![tiny(&[])], EngineConfig { request_timeout: Some(limit), ..Default::default() }));
+    let started = std::time::Instant::now();
+    let (status, r, _) = post(port, "/v1/chat/completions", chat(json!({"max_tokens": 2000, "temperature": 1.0})));
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(r["choices"][0]["finish_reason"], "length");
+    let tokens = r["usage"]["completion_tokens"].as_u64().unwrap();
+    assert!(tokens > 0 && tokens < 2000, "{tokens} tokens");
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    let (status, _, _) = post(port, "/v1/chat/completions", chat(json!({"max_tokens": 2})));
+    assert_eq!(status, 200);
 }
