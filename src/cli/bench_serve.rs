@@ -109,7 +109,7 @@ fn one_request(engine: &Engine, prompt: Vec<u32>, new_tokens: usize) -> Result<O
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let sampling = SamplingParams { temperature: 0.0, ..Default::default() };
     let sent = Instant::now();
-    let job = Job { model: 0, prompt, max_new_tokens: new_tokens, sampling, stop: Vec::new(), events: tx, submitted: sent };
+    let job = Job { model: 0, prompt, max_new_tokens: new_tokens, sampling, stop: Vec::new(), events: tx, submitted: sent, logprobs: None };
     engine.submit(job).map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut first = None;
     loop {
@@ -118,6 +118,7 @@ fn one_request(engine: &Engine, prompt: Vec<u32>, new_tokens: usize) -> Result<O
                 first.get_or_insert(sent.elapsed().as_secs_f64());
             }
             Some(Event::Done { .. }) => return Ok(first),
+            Some(Event::Logprobs(_)) => {}
             Some(Event::Error(e)) => bail!("request failed: {e}"),
             None => bail!("the engine stopped"),
         }

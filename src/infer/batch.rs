@@ -17,12 +17,38 @@ use candle_core::{DType, Tensor};
 pub type SeqId = u64;
 
 /// What a sequence did in a step (or when it joined).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Decoded {
     /// A new token (never a stop token).
     Token(u32),
+    /// Asked for with [`Batcher::join_with_logprobs`], just before its `Token`: the token's log
+    /// probability under the model (the raw softmax of its logits) and the `k` most likely tokens'.
+    Logprobs(TokenLogprobs),
     /// Finished: a stop token, its token budget or its slot's capacity. It has left the batch.
     Finished(FinishReason),
+}
+
+/// A generated token's log probability and the most likely alternatives at its position.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenLogprobs {
+    pub token: u32,
+    pub logprob: f32,
+    /// `(token, logprob)`, most likely first.
+    pub top: Vec<(u32, f32)>,
+}
+
+/// `log softmax` of `logits` at `token`, and the `k` largest with their ids.
+fn logprobs_of(logits: &[f32], token: u32, k: usize) -> TokenLogprobs {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let log_sum = logits.iter().map(|&l| ((l - max) as f64).exp()).sum::<f64>().ln() as f32 + max;
+    let mut order: Vec<u32> = (0..logits.len() as u32).collect();
+    let k = k.min(order.len());
+    if k > 0 {
+        order.select_nth_unstable_by(k - 1, |&a, &b| logits[b as usize].total_cmp(&logits[a as usize]));
+        order[..k].sort_by(|&a, &b| logits[b as usize].total_cmp(&logits[a as usize]).then(a.cmp(&b)));
+    }
+    let top = order[..k].iter().map(|&t| (t, logits[t as usize] - log_sum)).collect();
+    TokenLogprobs { token, logprob: logits[token as usize] - log_sum, top }
 }
 
 struct Sequence {
@@ -34,6 +60,8 @@ struct Sequence {
     seen: Vec<u32>,
     generated: usize,
     max_new_tokens: usize,
+    /// Report log probabilities with this many alternatives.
+    logprobs: Option<usize>,
 }
 
 /// The running batch of one model over a pool of KV slots.
@@ -88,6 +116,18 @@ impl<'m> Batcher<'m> {
         max_new_tokens: usize,
         sampler: Sampler,
     ) -> Result<Option<(SeqId, Vec<Decoded>)>> {
+        self.join_with_logprobs(prompt, max_new_tokens, sampler, None)
+    }
+
+    /// [`join`](Self::join), reporting each token's log probability and the `top` most likely
+    /// alternatives ([`Decoded::Logprobs`]) when `top` is set.
+    pub fn join_with_logprobs(
+        &mut self,
+        prompt: &[u32],
+        max_new_tokens: usize,
+        sampler: Sampler,
+        top: Option<usize>,
+    ) -> Result<Option<(SeqId, Vec<Decoded>)>> {
         if prompt.is_empty() {
             bail!("the prompt is empty");
         }
@@ -97,7 +137,7 @@ impl<'m> Batcher<'m> {
         let Some(slot) = self.free.pop() else { return Ok(None) };
         let id = self.next_id;
         self.next_id += 1;
-        let mut seq = Sequence { id, slot, sampler, seen: prompt.to_vec(), generated: 0, max_new_tokens };
+        let mut seq = Sequence { id, slot, sampler, seen: prompt.to_vec(), generated: 0, max_new_tokens, logprobs: top };
         if max_new_tokens == 0 {
             self.free.push(slot);
             return Ok(Some((id, vec![Decoded::Finished(FinishReason::Length)])));
@@ -176,7 +216,11 @@ impl<'m> Batcher<'m> {
         }
         seq.seen.push(next);
         seq.generated += 1;
-        let mut events = vec![Decoded::Token(next)];
+        let mut events = Vec::with_capacity(3);
+        if let Some(k) = seq.logprobs {
+            events.push(Decoded::Logprobs(logprobs_of(&logits, next, k)));
+        }
+        events.push(Decoded::Token(next));
         if seq.generated >= seq.max_new_tokens || self.pool.len(seq.slot) + 1 > self.capacity {
             events.push(Decoded::Finished(FinishReason::Length));
         }

@@ -97,6 +97,7 @@ pub fn generate_batch(
             match event {
                 Decoded::Token(t) => out[row].tokens.push(t),
                 Decoded::Finished(reason) => out[row].finish_reason = reason,
+                Decoded::Logprobs(_) => {}
             }
         }
     };

@@ -42,6 +42,9 @@ impl LoadedModel {
 pub enum Event {
     /// Newly decoded text.
     Text(String),
+    /// A token's log probability in OpenAI's chat shape (`{"token", "logprob", "bytes",
+    /// "top_logprobs"}`), sent before the text it adds when the job asked for `logprobs`.
+    Logprobs(serde_json::Value),
     Done {
         finish: FinishReason,
         prompt_tokens: usize,
@@ -60,6 +63,8 @@ pub struct Job {
     pub events: UnboundedSender<Event>,
     /// When the request arrived (time to first token counts from here).
     pub submitted: std::time::Instant,
+    /// Report each token's log probability with this many alternatives (`top_logprobs`).
+    pub logprobs: Option<usize>,
 }
 
 /// How much the worker takes on at once.
@@ -313,7 +318,7 @@ impl<'e> Worker<'e> {
         let joined = catch_unwind(AssertUnwindSafe(|| -> anyhow::Result<_> {
             hook(&job);
             let sampler = Sampler::new(job.sampling.clone())?;
-            batcher.join(&job.prompt, job.max_new_tokens, sampler)
+            batcher.join_with_logprobs(&job.prompt, job.max_new_tokens, sampler, job.logprobs)
         }));
         let request = Running::new(job, &m.tokenizer);
         match joined {
@@ -385,6 +390,13 @@ impl<'e> Worker<'e> {
                     }
                 }
                 Decoded::Finished(reason) => end = Some(Ok(reason)),
+                Decoded::Logprobs(lp) => {
+                    let tokenizer = &self.engine.models[model].tokenizer;
+                    if request.job.events.send(Event::Logprobs(logprob_entry(tokenizer, &lp))).is_err() {
+                        end = Some(Ok(FinishReason::Cancelled));
+                        break;
+                    }
+                }
             }
         }
         let Some(end) = end else { return };
@@ -425,4 +437,16 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
         (_, Some(s)) => s.clone(),
         _ => "a panic".into(),
     }
+}
+
+/// A token's log probabilities as OpenAI's chat `logprobs.content` entry.
+fn logprob_entry(tokenizer: &Tokenizer, lp: &crate::infer::batch::TokenLogprobs) -> serde_json::Value {
+    let text = |id: u32| tokenizer.decode(&[id], false).unwrap_or_default();
+    let entry = |id: u32, logprob: f32| {
+        let token = text(id);
+        serde_json::json!({"token": token, "logprob": logprob, "bytes": token.as_bytes()})
+    };
+    let mut value = entry(lp.token, lp.logprob);
+    value["top_logprobs"] = lp.top.iter().map(|&(id, l)| entry(id, l)).collect();
+    value
 }

@@ -194,6 +194,7 @@ async fn respond(engine: Engine, body: Bytes, chat: bool) -> Response {
             stop: req.stop.clone(),
             events: job_tx,
             submitted: std::time::Instant::now(),
+            logprobs: req.logprobs,
         };
         if let Err(msg) = engine.submit(job) {
             return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "server_error", msg).into_response();
@@ -244,6 +245,33 @@ impl Reply {
     }
 }
 
+/// A choice's `logprobs`: chat's `{"content": [entries]}`, or the completions API's legacy
+/// `{"tokens", "token_logprobs", "top_logprobs", "text_offset"}` (offsets from `offset`).
+fn logprobs_field(chat: bool, entries: &[Value], offset: usize) -> Value {
+    if chat {
+        return json!({"content": entries});
+    }
+    let tokens: Vec<&str> = entries.iter().map(|e| e["token"].as_str().unwrap_or("")).collect();
+    let mut at = offset;
+    let offsets: Vec<usize> = tokens
+        .iter()
+        .map(|t| {
+            let start = at;
+            at += t.len();
+            start
+        })
+        .collect();
+    let top: Vec<Value> = entries
+        .iter()
+        .map(|e| {
+            let alternatives = e["top_logprobs"].as_array().map(Vec::as_slice).unwrap_or_default();
+            Value::Object(alternatives.iter().map(|a| (a["token"].as_str().unwrap_or("").to_string(), a["logprob"].clone())).collect())
+        })
+        .collect();
+    json!({"tokens": tokens, "token_logprobs": entries.iter().map(|e| e["logprob"].clone()).collect::<Vec<_>>(),
+           "top_logprobs": top, "text_offset": offsets})
+}
+
 fn usage(prompt_tokens: usize, completion_tokens: usize) -> Value {
     json!({"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
            "total_tokens": prompt_tokens + completion_tokens})
@@ -252,11 +280,13 @@ fn usage(prompt_tokens: usize, completion_tokens: usize) -> Value {
 /// The whole answer once every choice has finished.
 async fn whole_reply(reply: Reply, req: &Request, mut rx: UnboundedReceiver<(usize, Event)>) -> Response {
     let mut texts = vec![String::new(); req.n];
+    let mut logprobs: Vec<Vec<Value>> = vec![Vec::new(); req.n];
     let mut finishes = vec![None; req.n];
     let (mut prompt_tokens, mut completion_tokens) = (0, 0);
     while finishes.iter().any(Option::is_none) {
         match rx.recv().await {
             Some((i, Event::Text(t))) => texts[i].push_str(&t),
+            Some((i, Event::Logprobs(entry))) => logprobs[i].push(entry),
             Some((i, Event::Done { finish, prompt_tokens: p, completion_tokens: c })) => {
                 finishes[i] = Some(finish);
                 prompt_tokens = p;
@@ -277,15 +307,16 @@ async fn whole_reply(reply: Reply, req: &Request, mut rx: UnboundedReceiver<(usi
         .enumerate()
         .map(|(index, (text, finish))| {
             let finish = finish_name(finish.unwrap_or(FinishReason::Stop));
+            let logprobs = req.logprobs.map(|_| logprobs_field(reply.chat, &logprobs[index], 0));
             if reply.chat {
                 let split = ReasoningSplit::whole(text, req.opens_thinking);
                 let mut message = json!({"role": "assistant", "content": split.content});
                 if !split.reasoning.is_empty() {
                     message["reasoning_content"] = json!(split.reasoning);
                 }
-                json!({"index": index, "message": message, "finish_reason": finish})
+                json!({"index": index, "message": message, "finish_reason": finish, "logprobs": logprobs})
             } else {
-                json!({"index": index, "text": text, "finish_reason": finish})
+                json!({"index": index, "text": text, "finish_reason": finish, "logprobs": logprobs})
             }
         })
         .collect();
@@ -310,6 +341,7 @@ fn stream_reply(reply: Reply, req: &Request, rx: UnboundedReceiver<(usize, Event
         rx,
         reply,
         splitters,
+        logprobs: req.logprobs.map(|_| vec![Vec::new(); req.n]),
         queue,
         open: req.n,
         include_usage: req.include_usage,
@@ -334,6 +366,8 @@ struct Streaming {
     rx: UnboundedReceiver<(usize, Event)>,
     reply: Reply,
     splitters: Vec<Option<ReasoningSplit>>,
+    /// Log probabilities of each choice's tokens not sent yet (when asked for).
+    logprobs: Option<Vec<Vec<Value>>>,
     queue: std::collections::VecDeque<String>,
     /// Choices not finished yet.
     open: usize,
@@ -344,6 +378,15 @@ struct Streaming {
 }
 
 impl Streaming {
+    /// A chunk of choice `i`, carrying the log probabilities of the tokens it adds when asked.
+    fn chunk(&mut self, i: usize, delta: Value, finish: Option<&str>) -> String {
+        let mut chunk = self.reply.chunk(i, delta, finish);
+        if let Some(pending) = self.logprobs.as_mut() {
+            chunk["choices"][0]["logprobs"] = logprobs_field(self.reply.chat, &std::mem::take(&mut pending[i]), 0);
+        }
+        chunk.to_string()
+    }
+
     /// Turns one event into the chunks to send.
     fn take(&mut self, event: Option<(usize, Event)>) {
         match event {
@@ -352,16 +395,24 @@ impl Streaming {
                     Some(s) => delta(s.push(&t)),
                     None => json!({"content": t}),
                 };
-                self.queue.push_back(self.reply.chunk(i, piece, None).to_string())
+                let chunk = self.chunk(i, piece, None);
+                self.queue.push_back(chunk)
+            }
+            Some((i, Event::Logprobs(entry))) => {
+                if let Some(pending) = self.logprobs.as_mut() {
+                    pending[i].push(entry);
+                }
             }
             Some((i, Event::Done { finish, prompt_tokens, completion_tokens })) => {
                 // A partial tag held back at the very end is text after all.
                 if let Some(rest) = self.splitters[i].as_mut().map(ReasoningSplit::finish) {
                     if rest != Split::default() {
-                        self.queue.push_back(self.reply.chunk(i, delta(rest), None).to_string());
+                        let chunk = self.chunk(i, delta(rest), None);
+                        self.queue.push_back(chunk);
                     }
                 }
-                self.queue.push_back(self.reply.chunk(i, json!({}), Some(finish_name(finish))).to_string());
+                let chunk = self.chunk(i, json!({}), Some(finish_name(finish)));
+                self.queue.push_back(chunk);
                 self.usage = (prompt_tokens, self.usage.1 + completion_tokens);
                 self.open -= 1;
                 if self.open == 0 {

@@ -31,6 +31,9 @@ pub struct Request {
     pub model: usize,
     /// Choices to generate (`n`), each its own sequence with seed `seed + index`.
     pub n: usize,
+    /// Report token log probabilities with this many alternatives (chat: `logprobs` +
+    /// `top_logprobs`; completions: `logprobs: k`).
+    pub logprobs: Option<usize>,
     pub prompt: Vec<u32>,
     pub max_tokens: usize,
     pub sampling: SamplingParams,
@@ -87,6 +90,26 @@ pub fn model_index(engine: &Engine, body: &Value, required: bool) -> Result<usiz
     })
 }
 
+/// Chat: `logprobs: true` with `top_logprobs` 0–20; completions: `logprobs: k` with k 0–5.
+fn logprobs_request(body: &Value, chat: bool) -> Result<Option<usize>, ApiError> {
+    let whole = |key: &'static str, max: f64| -> Result<Option<usize>, ApiError> {
+        match number(body, key)? {
+            None => Ok(None),
+            Some(k) if (0.0..=max).contains(&k) && k.fract() == 0.0 => Ok(Some(k as usize)),
+            Some(k) => Err(ApiError::invalid(key, format!("{key} must be an integer in 0..={max}, got {k}"))),
+        }
+    };
+    if !chat {
+        return whole("logprobs", 5.0);
+    }
+    let top = whole("top_logprobs", 20.0)?;
+    match (flag(body, "/logprobs", "logprobs")?, top) {
+        (true, top) => Ok(Some(top.unwrap_or(0))),
+        (false, Some(_)) => Err(ApiError::invalid("top_logprobs", "top_logprobs needs logprobs: true".into())),
+        (false, None) => Ok(None),
+    }
+}
+
 /// The body as a JSON object, or a 400.
 pub fn json_object(body: &[u8]) -> Result<Value, ApiError> {
     let body: Value = serde_json::from_slice(body)
@@ -134,6 +157,7 @@ impl Request {
             }
             (None, None) => DEFAULT_MAX_NEW_TOKENS.min(room),
         };
+        let logprobs = logprobs_request(&body, chat)?;
         let n = match number(&body, "n")? {
             None => 1,
             Some(n) if (1.0..=MAX_CHOICES as f64).contains(&n) && n.fract() == 0.0 => n as usize,
@@ -175,7 +199,7 @@ impl Request {
         let stop = stop.into_iter().filter(|s| !s.is_empty()).collect();
         let stream = flag(&body, "/stream", "stream")?;
         let include_usage = flag(&body, "/stream_options/include_usage", "stream_options")?;
-        Ok(Self { model, n, prompt, max_tokens, sampling, stop, stream, include_usage, opens_thinking })
+        Ok(Self { model, n, logprobs, prompt, max_tokens, sampling, stop, stream, include_usage, opens_thinking })
     }
 }
 

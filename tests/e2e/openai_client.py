@@ -44,10 +44,18 @@ for chunk in client.chat.completions.create(
         streamed[choice.index] += choice.delta.content or ""
 assert streamed == [c.message.content for c in two.choices], (streamed, two)
 
+lp = client.chat.completions.create(
+    model=model, messages=[{"role": "user", "content": "你好"}], max_tokens=4, temperature=0,
+    logprobs=True, top_logprobs=2,
+)
+entries = lp.choices[0].logprobs.content
+assert len(entries) == lp.usage.completion_tokens and all(len(e.top_logprobs) == 2 for e in entries), lp
+assert all(e.logprob <= 0 and e.token == e.top_logprobs[0].token for e in entries), entries
+
 try:
     client.chat.completions.create(model="no-such-model", messages=[{"role": "user", "content": "x"}])
     raise AssertionError("unknown model accepted")
 except Exception as e:  # openai.NotFoundError
     assert getattr(e, "status_code", None) == 404, e
 
-print("openai client: models.list, chat (non-stream), chat (stream + usage), n=2 (whole and streamed), 404 error — OK")
+print("openai client: models.list, chat (non-stream), chat (stream + usage), n=2 (whole and streamed), logprobs, 404 error — OK")

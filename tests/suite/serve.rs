@@ -623,3 +623,50 @@ fn a_request_past_its_time_limit_ends_with_its_answer_so_far() {
     let (status, _, _) = post(port, "/v1/chat/completions", chat(json!({"max_tokens": 2})));
     assert_eq!(status, 200);
 }
+
+/// `logprobs`: chat's `logprobs.content` (token, logprob, bytes, top_logprobs, most likely first —
+/// the greedy token is the first), the same entries streamed, and the completions API's legacy form.
+#[test]
+fn logprobs_whole_streamed_and_legacy() {
+    let port = start();
+    let body = chat(json!({"logprobs": true, "top_logprobs": 3, "max_tokens": 5}));
+    let (status, r, _) = post(port, "/v1/chat/completions", body.clone());
+    assert_eq!(status, 200, "{r}");
+    let content = r["choices"][0]["logprobs"]["content"].as_array().unwrap().clone();
+    assert_eq!(content.len() as u64, r["usage"]["completion_tokens"].as_u64().unwrap());
+    for entry in &content {
+        let top = entry["top_logprobs"].as_array().unwrap();
+        assert_eq!(top.len(), 3);
+        let lps: Vec<f64> = top.iter().map(|t| t["logprob"].as_f64().unwrap()).collect();
+        assert!(lps.windows(2).all(|w| w[0] >= w[1]) && lps[0] <= 0.0, "{lps:?}");
+        assert_eq!(entry["token"], top[0]["token"], "greedy picks the most likely token");
+        assert_eq!(entry["logprob"], top[0]["logprob"]);
+        assert_eq!(entry["bytes"].as_array().unwrap().len(), entry["token"].as_str().unwrap().len());
+    }
+    let mut streamed_body = body;
+    streamed_body["stream"] = json!(true);
+    let (_, text) = http(port, "POST", "/v1/chat/completions", Some(&streamed_body.to_string()));
+    let streamed: Vec<Value> = events(&text)
+        .iter()
+        .filter(|e| *e != "[DONE]")
+        .flat_map(|e| {
+            let c: Value = serde_json::from_str(e).unwrap();
+            c["choices"][0]["logprobs"]["content"].as_array().cloned().unwrap_or_default()
+        })
+        .collect();
+    assert_eq!(streamed, content);
+    // Without logprobs the field is null; top_logprobs alone is refused.
+    let (_, plain, _) = post(port, "/v1/chat/completions", chat(json!({})));
+    assert!(plain["choices"][0]["logprobs"].is_null());
+    assert_eq!(post(port, "/v1/chat/completions", chat(json!({"top_logprobs": 2}))).0, 400);
+    // Completions: the legacy arrays.
+    let (status, r, _) = post(port, "/v1/completions", json!({"model": "tiny", "prompt": "你好", "max_tokens": 4, "temperature": 0, "logprobs": 2}));
+    assert_eq!(status, 200, "{r}");
+    let lp = &r["choices"][0]["logprobs"];
+    let n = lp["tokens"].as_array().unwrap().len();
+    assert_eq!(n as u64, r["usage"]["completion_tokens"].as_u64().unwrap());
+    for key in ["token_logprobs", "top_logprobs", "text_offset"] {
+        assert_eq!(lp[key].as_array().unwrap().len(), n, "{key}");
+    }
+    assert_eq!(lp["top_logprobs"][0].as_object().unwrap().len(), 2);
+}
