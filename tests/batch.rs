@@ -37,6 +37,7 @@ fn staggered(
             match e {
                 Decoded::Token(t) => out[row].0.push(t),
                 Decoded::Finished(r) => out[row].1 = r,
+                Decoded::Logprobs(_) => unreachable!("not asked for"),
             }
         }
     };
@@ -142,4 +143,34 @@ fn slots_are_bounded_freed_and_reused() {
     assert_eq!(events[&b].len(), 14 + 1);
     assert!(!events.contains_key(&a), "a cancelled sequence decodes no more");
     assert!(batch.join(&[1; 16], 1, greedy()).is_err(), "a prompt longer than a slot is refused");
+}
+
+#[test]
+fn logprobs_come_before_each_token_on_request() {
+    let (model, _) = micro_model(9);
+    let mut batch = Batcher::new(&model, 2, 32, &[]).unwrap();
+    let (_, mut events) = batch.join_with_logprobs(&[3, 4, 5], 4, greedy(), Some(3)).unwrap().unwrap();
+    batch.join(&[7, 8], 4, greedy()).unwrap().unwrap(); // a neighbour that did not ask
+    while batch.active() > 0 {
+        for (id, e) in batch.step().unwrap() {
+            if id == 0 {
+                events.extend(e);
+            }
+        }
+    }
+    let tokens: Vec<u32> = events.iter().filter_map(|e| if let Decoded::Token(t) = e { Some(*t) } else { None }).collect();
+    assert_eq!(tokens, generate(&model, &[3, 4, 5], 4, &[], &mut greedy(), |_| Ok(true)).unwrap().tokens);
+    let mut pending = None;
+    for e in &events {
+        match e {
+            Decoded::Logprobs(lp) => {
+                assert_eq!(lp.top.len(), 3);
+                assert_eq!((lp.top[0].0, lp.top[0].1), (lp.token, lp.logprob), "greedy takes the most likely token");
+                assert!(lp.top.windows(2).all(|w| w[0].1 >= w[1].1) && lp.logprob <= 0.0);
+                pending = Some(lp.token);
+            }
+            Decoded::Token(t) => assert_eq!(pending.take(), Some(*t), "a Logprobs event before each token"),
+            Decoded::Finished(_) => {}
+        }
+    }
 }
