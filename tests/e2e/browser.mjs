@@ -30,6 +30,14 @@ const res = await fetch(new URL("/v1/chat/completions", url), {
 });
 const expected = (await res.json()).choices[0].message.content;
 if (answer !== expected) throw new Error(`page shows ${JSON.stringify(answer)}, API answers ${JSON.stringify(expected)}`);
+// The thinking switch sends minimind-3's template switch with the request.
+await page.selectOption("#thinking", "off");
+const sent = page.waitForRequest((r) => r.url().endsWith("/v1/chat/completions") && r.method() === "POST");
+await page.fill("#input", "再见");
+await page.click("#send");
+const body = JSON.parse((await sent).postData());
+if (body.chat_template_kwargs?.enable_thinking !== false) throw new Error(`thinking switch not sent: ${JSON.stringify(body)}`);
+await page.waitForFunction(() => !document.querySelector("#send").disabled, null, { timeout: 60000 });
 if (shot) await page.screenshot({ path: shot });
 await browser.close();
-console.log(`browser: sent a message, streamed answer of ${answer.length} chars — OK`);
+console.log(`browser: sent a message, streamed answer of ${answer.length} chars, thinking switch — OK`);
