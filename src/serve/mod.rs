@@ -11,6 +11,7 @@ pub mod engine;
 pub mod metrics;
 pub mod request;
 pub mod tokens;
+pub mod tools;
 
 use crate::infer::reasoning::{ReasoningSplit, Split};
 use crate::infer::FinishReason;
@@ -23,6 +24,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use engine::{Engine, Event, Job};
 use request::{ApiError, Request};
+use tools::ToolChoice;
 use serde_json::{json, Value};
 use std::convert::Infallible;
 use std::sync::atomic::Ordering;
@@ -306,13 +308,24 @@ async fn whole_reply(reply: Reply, req: &Request, mut rx: UnboundedReceiver<(usi
         .zip(&finishes)
         .enumerate()
         .map(|(index, (text, finish))| {
-            let finish = finish_name(finish.unwrap_or(FinishReason::Stop));
+            let mut finish = finish_name(finish.unwrap_or(FinishReason::Stop));
             let logprobs = req.logprobs.map(|_| logprobs_field(reply.chat, &logprobs[index], 0));
             if reply.chat {
                 let split = ReasoningSplit::whole(text, req.opens_thinking);
                 let mut message = json!({"role": "assistant", "content": split.content});
                 if !split.reasoning.is_empty() {
                     message["reasoning_content"] = json!(split.reasoning);
+                }
+                if req.tools != ToolChoice::None {
+                    let answer = format!("{}{}", req.tools.prompt_suffix(), split.content);
+                    match tools::parse_tool_calls(&answer) {
+                        Some((content, calls)) => {
+                            message["content"] = if content.is_empty() { Value::Null } else { json!(content) };
+                            message["tool_calls"] = json!(calls);
+                            finish = "tool_calls";
+                        }
+                        None => message["content"] = json!(answer),
+                    }
                 }
                 json!({"index": index, "message": message, "finish_reason": finish, "logprobs": logprobs})
             } else {
@@ -342,6 +355,7 @@ fn stream_reply(reply: Reply, req: &Request, rx: UnboundedReceiver<(usize, Event
         reply,
         splitters,
         logprobs: req.logprobs.map(|_| vec![Vec::new(); req.n]),
+        tools: (req.tools != ToolChoice::None).then(|| (req.tools.prompt_suffix().to_string(), vec![String::new(); req.n])),
         queue,
         open: req.n,
         include_usage: req.include_usage,
@@ -368,6 +382,9 @@ struct Streaming {
     splitters: Vec<Option<ReasoningSplit>>,
     /// Log probabilities of each choice's tokens not sent yet (when asked for).
     logprobs: Option<Vec<Vec<Value>>>,
+    /// With tools: the forced start of the answer and each choice's content so far, held until
+    /// the end, when it becomes `tool_calls` deltas or (not a valid call) content.
+    tools: Option<(String, Vec<String>)>,
     queue: std::collections::VecDeque<String>,
     /// Choices not finished yet.
     open: usize,
@@ -391,10 +408,17 @@ impl Streaming {
     fn take(&mut self, event: Option<(usize, Event)>) {
         match event {
             Some((i, Event::Text(t))) => {
-                let piece = match self.splitters[i].as_mut() {
-                    Some(s) => delta(s.push(&t)),
-                    None => json!({"content": t}),
+                let mut piece = match self.splitters[i].as_mut() {
+                    Some(s) => s.push(&t),
+                    None => Split { reasoning: String::new(), content: t },
                 };
+                if let Some((_, held)) = self.tools.as_mut() {
+                    held[i].push_str(&std::mem::take(&mut piece.content));
+                    if piece.reasoning.is_empty() {
+                        return;
+                    }
+                }
+                let piece = if self.reply.chat { delta(piece) } else { json!({"content": piece.content}) };
                 let chunk = self.chunk(i, piece, None);
                 self.queue.push_back(chunk)
             }
@@ -405,13 +429,41 @@ impl Streaming {
             }
             Some((i, Event::Done { finish, prompt_tokens, completion_tokens })) => {
                 // A partial tag held back at the very end is text after all.
-                if let Some(rest) = self.splitters[i].as_mut().map(ReasoningSplit::finish) {
+                if let Some(mut rest) = self.splitters[i].as_mut().map(ReasoningSplit::finish) {
+                    if let Some((_, held)) = self.tools.as_mut() {
+                        held[i].push_str(&std::mem::take(&mut rest.content));
+                    }
                     if rest != Split::default() {
                         let chunk = self.chunk(i, delta(rest), None);
                         self.queue.push_back(chunk);
                     }
                 }
-                let chunk = self.chunk(i, json!({}), Some(finish_name(finish)));
+                let mut finish = finish_name(finish);
+                if let Some((prefix, held)) = self.tools.as_mut() {
+                    let answer = format!("{prefix}{}", std::mem::take(&mut held[i]));
+                    let piece = match tools::parse_tool_calls(&answer) {
+                        Some((content, calls)) => {
+                            finish = "tool_calls";
+                            let calls: Vec<Value> = calls
+                                .into_iter()
+                                .enumerate()
+                                .map(|(k, mut c)| {
+                                    c["index"] = json!(k);
+                                    c
+                                })
+                                .collect();
+                            let mut piece = json!({"tool_calls": calls});
+                            if !content.is_empty() {
+                                piece["content"] = json!(content);
+                            }
+                            piece
+                        }
+                        None => json!({"content": answer}),
+                    };
+                    let chunk = self.chunk(i, piece, None);
+                    self.queue.push_back(chunk);
+                }
+                let chunk = self.chunk(i, json!({}), Some(finish));
                 self.queue.push_back(chunk);
                 self.usage = (prompt_tokens, self.usage.1 + completion_tokens);
                 self.open -= 1;

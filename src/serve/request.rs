@@ -1,6 +1,7 @@
 //! Parsing and validating OpenAI-style requests into generation jobs, with OpenAI-shaped errors.
 
 use super::engine::Engine;
+use super::tools::{tool_names, ToolChoice};
 use crate::infer::sampler::{SamplingParams, DEFAULT_MAX_NEW_TOKENS};
 use axum::http::StatusCode;
 use serde_json::{json, Value};
@@ -42,6 +43,8 @@ pub struct Request {
     pub include_usage: bool,
     /// The rendered prompt ends inside an opened `<think>` block (the answer starts in its reasoning).
     pub opens_thinking: bool,
+    /// Tools offered, and whether the answer must be a call.
+    pub tools: ToolChoice,
 }
 
 fn number(body: &Value, key: &'static str) -> Result<Option<f64>, ApiError> {
@@ -125,8 +128,12 @@ impl Request {
         let body = json_object(body)?;
         let model = model_index(engine, &body, true)?;
         let m = &engine.models[model];
-        let (prompt, opens_thinking) =
-            if chat { chat_prompt(m, &body)? } else { (completion_prompt(m, &body)?, false) };
+        let (prompt, opens_thinking, tools) = if chat {
+            let p = chat_prompt(m, &body)?;
+            (p.ids, p.opens_thinking, p.tools)
+        } else {
+            (completion_prompt(m, &body)?, false, ToolChoice::None)
+        };
         // A request's prompt and answer share one KV slot.
         let context = engine.config.slot_capacity(&m.model);
         if prompt.len() >= context {
@@ -199,7 +206,7 @@ impl Request {
         let stop = stop.into_iter().filter(|s| !s.is_empty()).collect();
         let stream = flag(&body, "/stream", "stream")?;
         let include_usage = flag(&body, "/stream_options/include_usage", "stream_options")?;
-        Ok(Self { model, n, logprobs, prompt, max_tokens, sampling, stop, stream, include_usage, opens_thinking })
+        Ok(Self { model, n, logprobs, prompt, max_tokens, sampling, stop, stream, include_usage, opens_thinking, tools })
     }
 }
 
@@ -221,8 +228,9 @@ fn template_kwargs(body: &Value) -> Result<Value, ApiError> {
     Ok(kwargs)
 }
 
-/// The chat prompt's ids, and whether it ends inside an opened `<think>` block.
-pub(crate) fn chat_prompt(m: &super::engine::LoadedModel, body: &Value) -> Result<(Vec<u32>, bool), ApiError> {
+/// A chat request's prompt: its ids, whether it ends inside an opened `<think>` block, and what it
+/// asked of tools (`tools` rendered into the template; a forced call starts the answer).
+pub(crate) fn chat_prompt(m: &super::engine::LoadedModel, body: &Value) -> Result<ChatPrompt, ApiError> {
     let messages = body
         .get("messages")
         .and_then(Value::as_array)
@@ -232,28 +240,60 @@ pub(crate) fn chat_prompt(m: &super::engine::LoadedModel, body: &Value) -> Resul
     }
     let mut clean = Vec::with_capacity(messages.len());
     for (i, msg) in messages.iter().enumerate() {
-        let role = msg.get("role").and_then(Value::as_str).unwrap_or("");
-        if !["system", "user", "assistant"].contains(&role) {
-            return Err(ApiError::invalid(
-                "messages",
-                format!("messages[{i}].role must be system, user or assistant, got {role:?}"),
-            ));
-        }
-        let content = msg
-            .get("content")
-            .and_then(content_text)
-            .ok_or_else(|| ApiError::invalid("messages", format!("messages[{i}].content must be a string")))?;
-        clean.push(json!({"role": role, "content": content}));
+        clean.push(clean_message(i, msg)?);
     }
-    let text = m
+    let names = match body.get("tools") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(tools) => tool_names(tools).map_err(|e| ApiError::invalid("tools", e))?,
+    };
+    let tools = ToolChoice::parse(body.get("tool_choice"), &names).map_err(|e| ApiError::invalid("tool_choice", e))?;
+    let mut kwargs = template_kwargs(body)?;
+    if tools != ToolChoice::None {
+        kwargs["tools"] = body["tools"].clone();
+    }
+    let mut text = m
         .tokenizer
-        .apply_chat_template(&Value::Array(clean), true, &template_kwargs(body)?)
+        .apply_chat_template(&Value::Array(clean), true, &kwargs)
         .map_err(|e| ApiError::invalid("messages", format!("{e:#}")))?;
+    text.push_str(tools.prompt_suffix());
     let ids = m
         .tokenizer
         .encode(&text)
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", &format!("{e:#}")))?;
-    Ok((ids, crate::infer::reasoning::opens_thinking(&text)))
+    Ok(ChatPrompt { ids, opens_thinking: crate::infer::reasoning::opens_thinking(&text), tools })
+}
+
+pub(crate) struct ChatPrompt {
+    pub ids: Vec<u32>,
+    pub opens_thinking: bool,
+    pub tools: ToolChoice,
+}
+
+/// One message for the template: system, user, assistant (content, or `tool_calls` with a null
+/// content) or tool (a function's result).
+fn clean_message(i: usize, msg: &Value) -> Result<Value, ApiError> {
+    let role = msg.get("role").and_then(Value::as_str).unwrap_or("");
+    if !["system", "user", "assistant", "tool"].contains(&role) {
+        return Err(ApiError::invalid(
+            "messages",
+            format!("messages[{i}].role must be system, user, assistant or tool, got {role:?}"),
+        ));
+    }
+    let calls = msg.get("tool_calls").filter(|c| !c.is_null());
+    if calls.is_some_and(|c| !c.is_array()) || (calls.is_some() && role != "assistant") {
+        return Err(ApiError::invalid("messages", format!("messages[{i}].tool_calls must be an assistant's array")));
+    }
+    let content = match msg.get("content") {
+        Some(Value::Null) | None if calls.is_some() => Some(String::new()),
+        Some(c) => content_text(c),
+        None => None,
+    }
+    .ok_or_else(|| ApiError::invalid("messages", format!("messages[{i}].content must be a string")))?;
+    let mut clean = json!({"role": role, "content": content});
+    if let Some(calls) = calls {
+        clean["tool_calls"] = calls.clone();
+    }
+    Ok(clean)
 }
 
 pub(crate) fn completion_prompt(m: &super::engine::LoadedModel, body: &Value) -> Result<Vec<u32>, ApiError> {

@@ -24,7 +24,7 @@ fn tokenize_body(engine: &Engine, body: &[u8]) -> Result<Value, ApiError> {
     let body = json_object(body)?;
     let m = &engine.models[model_index(engine, &body, false)?];
     let tokens = if body.get("messages").is_some() {
-        chat_prompt(m, &body)?.0
+        chat_prompt(m, &body)?.ids
     } else if body.get("prompt").is_some() {
         completion_prompt(m, &body)?
     } else if let Some(text) = body.get("content").and_then(Value::as_str) {

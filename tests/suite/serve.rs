@@ -670,3 +670,87 @@ fn logprobs_whole_streamed_and_legacy() {
     }
     assert_eq!(lp["top_logprobs"][0].as_object().unwrap().len(), 2);
 }
+
+#[test]
+fn tool_call_blocks_become_openai_tool_calls() {
+    use minimind::serve::tools::{parse_tool_calls, ToolChoice};
+    let (content, calls) =
+        parse_tool_calls("Let me check.\n<tool_call>\n{\"name\": \"weather\", \"arguments\": {\"city\": \"杭州\"}}\n</tool_call>").unwrap();
+    assert_eq!(content, "Let me check.");
+    assert_eq!(calls.len(), 1);
+    assert_eq!(calls[0]["type"], "function");
+    assert_eq!(calls[0]["function"]["name"], "weather");
+    let args: Value = serde_json::from_str(calls[0]["function"]["arguments"].as_str().unwrap()).unwrap();
+    assert_eq!(args, json!({"city": "杭州"}));
+    assert!(calls[0]["id"].as_str().unwrap().starts_with("call_"));
+    // Two calls, arguments given as a JSON string; ids differ.
+    let two = "<tool_call>{\"name\": \"a\", \"arguments\": \"{\\\"x\\\": 1}\"}</tool_call><tool_call>{\"name\": \"b\"}</tool_call>";
+    let (content, calls) = parse_tool_calls(two).unwrap();
+    assert_eq!((content.as_str(), calls.len()), ("", 2));
+    assert_eq!(calls[1]["function"]["arguments"], "{}");
+    assert_ne!(calls[0]["id"], calls[1]["id"]);
+    // Anything that is not a valid call stays plain content.
+    for text in ["no call", "<tool_call>{\"name\": \"a\", \"arguments\": {</tool_call>", "<tool_call>{\"name\": \"a\"}",
+                 "<tool_call>{\"arguments\": {}}</tool_call>", "<tool_call>{\"name\": \"a\", \"arguments\": 3}</tool_call>"] {
+        assert!(parse_tool_calls(text).is_none(), "{text}");
+    }
+    let names = vec!["weather".to_string()];
+    assert_eq!(ToolChoice::parse(None, &names), Ok(ToolChoice::Auto));
+    assert_eq!(ToolChoice::parse(Some(&json!("none")), &names), Ok(ToolChoice::None));
+    assert!(matches!(ToolChoice::parse(Some(&json!("required")), &names), Ok(ToolChoice::Forced(_))));
+    let named = ToolChoice::parse(Some(&json!({"type": "function", "function": {"name": "weather"}})), &names).unwrap();
+    assert_eq!(named.prompt_suffix(), "<tool_call>\n{\"name\": \"weather\", \"arguments\": ");
+    assert!(ToolChoice::parse(Some(&json!({"type": "function", "function": {"name": "other"}})), &names).is_err());
+    assert!(ToolChoice::parse(Some(&json!("required")), &[]).is_err());
+}
+
+/// Over minimind-3's template: offered tools appear in the prompt, assistant `tool_calls` and `tool`
+/// results render as the model was trained, and a forced call whose text is not valid JSON comes back
+/// as plain content (whole and streamed), never an error.
+#[test]
+fn tools_render_in_the_template_and_invalid_calls_stay_content() {
+    let config = minimind::ModelConfig { max_position_embeddings: 2048, ..micro_config(6400, 4, 2, 16) };
+    let (model, _) = minimind::model::checkpoint::init_model(&config, minimind::model::params::InitScheme::Minimind2, 7, &Device::Cpu).unwrap();
+    let tokenizer = minimind::Tokenizer::load(&tokenizer_dir("v3")).unwrap();
+    let engine = Engine::start(vec![LoadedModel { id: "m3".into(), aliases: vec![], model, tokenizer }], EngineConfig::default());
+    let port = serve(engine);
+    let tools = json!([{"type": "function", "function": {"name": "weather", "description": "today's weather",
+                        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]);
+    let messages = json!([
+        {"role": "user", "content": "杭州天气?"},
+        {"role": "assistant", "content": null, "tool_calls": [{"id": "call_1", "type": "function",
+            "function": {"name": "weather", "arguments": "{\"city\": \"杭州\"}"}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "晴, 25°C"},
+    ]);
+    let (_, tokens, _) = post(port, "/tokenize", json!({"messages": messages, "tools": tools}));
+    let (_, text, _) = post(port, "/detokenize", json!({"tokens": tokens["tokens"]}));
+    let prompt = text["prompt"].as_str().unwrap();
+    for part in ["<tools>", "{\"type\": \"function\", \"function\": {\"name\": \"weather\"", "<tool_call>\n{\"name\": \"weather\", \"arguments\": {\"city\": \"杭州\"}}\n</tool_call>",
+                 "<tool_response>\n晴, 25°C\n</tool_response>"] {
+        assert!(prompt.contains(part), "{part:?} not in {prompt:?}");
+    }
+    let forced = json!({"model": "m3", "messages": [{"role": "user", "content": "杭州天气?"}], "tools": tools,
+                        "tool_choice": {"type": "function", "function": {"name": "weather"}}, "max_tokens": 6, "temperature": 0});
+    let (status, r, _) = post(port, "/v1/chat/completions", forced.clone());
+    assert_eq!(status, 200, "{r}");
+    let choice = &r["choices"][0];
+    match choice["message"]["tool_calls"].as_array() {
+        Some(calls) => assert_eq!((choice["finish_reason"].as_str(), calls[0]["function"]["name"].as_str()), (Some("tool_calls"), Some("weather"))),
+        None => {
+            let content = choice["message"]["content"].as_str().unwrap();
+            assert!(content.starts_with("<tool_call>\n{\"name\": \"weather\", \"arguments\": "), "{content:?}");
+            assert_ne!(choice["finish_reason"], "tool_calls");
+        }
+    }
+    let mut streamed = forced;
+    streamed["stream"] = json!(true);
+    let (status, text) = http(port, "POST", "/v1/chat/completions", Some(&streamed.to_string()));
+    assert_eq!(status, 200);
+    let chunks: Vec<Value> = events(&text).iter().filter(|e| *e != "[DONE]").map(|e| serde_json::from_str(e).unwrap()).collect();
+    let content: String = chunks.iter().filter_map(|c| c["choices"][0]["delta"]["content"].as_str()).collect();
+    let streamed_calls = chunks.iter().any(|c| c["choices"][0]["delta"]["tool_calls"].is_array());
+    assert_eq!(streamed_calls, choice["message"]["tool_calls"].is_array());
+    if !streamed_calls {
+        assert_eq!(content, choice["message"]["content"].as_str().unwrap());
+    }
+}
