@@ -52,10 +52,29 @@ entries = lp.choices[0].logprobs.content
 assert len(entries) == lp.usage.completion_tokens and all(len(e.top_logprobs) == 2 for e in entries), lp
 assert all(e.logprob <= 0 and e.token == e.top_logprobs[0].token for e in entries), entries
 
+# Tool-calling shapes: the client's tools, an assistant tool call and its result in the history, a
+# forced call; whatever the tiny model writes comes back as tool_calls or as content, never an error.
+tools = [{"type": "function", "function": {"name": "calc", "description": "arithmetic",
+          "parameters": {"type": "object", "properties": {"expr": {"type": "string"}}, "required": ["expr"]}}}]
+history = [
+    {"role": "user", "content": "1+2?"},
+    {"role": "assistant", "content": None, "tool_calls": [{"id": "call_0", "type": "function",
+                                                           "function": {"name": "calc", "arguments": "{\"expr\": \"1+2\"}"}}]},
+    {"role": "tool", "tool_call_id": "call_0", "content": "3"},
+]
+for choice in ("auto", "required", {"type": "function", "function": {"name": "calc"}}):
+    t = client.chat.completions.create(model=model, messages=history, tools=tools, tool_choice=choice, max_tokens=8, temperature=0)
+    m = t.choices[0].message
+    assert (m.tool_calls is not None) == (t.choices[0].finish_reason == "tool_calls"), t
+    assert m.tool_calls is not None or isinstance(m.content, str), t
+    parts = list(client.chat.completions.create(model=model, messages=history, tools=tools, tool_choice=choice,
+                                                max_tokens=8, temperature=0, stream=True))
+    assert parts[-1].choices[0].finish_reason == t.choices[0].finish_reason, parts[-1]
+
 try:
     client.chat.completions.create(model="no-such-model", messages=[{"role": "user", "content": "x"}])
     raise AssertionError("unknown model accepted")
 except Exception as e:  # openai.NotFoundError
     assert getattr(e, "status_code", None) == 404, e
 
-print("openai client: models.list, chat (non-stream), chat (stream + usage), n=2 (whole and streamed), logprobs, 404 error — OK")
+print("openai client: models.list, chat (non-stream), chat (stream + usage), n=2 (whole and streamed), logprobs, tool-calling shapes, 404 error — OK")
