@@ -5,7 +5,7 @@
 mod common;
 
 use common::*;
-use minimind::infer::batch::{Batcher, Decoded, SeqId};
+use minimind::infer::batch::{Batcher, Decoded, SeqId, SeqOptions};
 use minimind::infer::{generate, generate_batch, FinishReason, Sampler, SamplingParams};
 use minimind::model::checkpoint::init_model;
 use minimind::model::params::InitScheme;
@@ -149,7 +149,7 @@ fn slots_are_bounded_freed_and_reused() {
 fn logprobs_come_before_each_token_on_request() {
     let (model, _) = micro_model(9);
     let mut batch = Batcher::new(&model, 2, 32, &[]).unwrap();
-    let (_, mut events) = batch.join_with_logprobs(&[3, 4, 5], 4, greedy(), Some(3)).unwrap().unwrap();
+    let (_, mut events) = batch.join_with(&[3, 4, 5], 4, greedy(), SeqOptions { logprobs: Some(3), constraint: None }).unwrap().unwrap();
     batch.join(&[7, 8], 4, greedy()).unwrap().unwrap(); // a neighbour that did not ask
     while batch.active() > 0 {
         for (id, e) in batch.step().unwrap() {

@@ -109,7 +109,7 @@ fn one_request(engine: &Engine, prompt: Vec<u32>, new_tokens: usize) -> Result<O
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let sampling = SamplingParams { temperature: 0.0, ..Default::default() };
     let sent = Instant::now();
-    let job = Job { model: 0, prompt, max_new_tokens: new_tokens, sampling, stop: Vec::new(), events: tx, submitted: sent, logprobs: None };
+    let job = Job { model: 0, prompt, max_new_tokens: new_tokens, sampling, stop: Vec::new(), events: tx, submitted: sent, logprobs: None, constraint: None };
     engine.submit(job).map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut first = None;
     loop {

@@ -8,6 +8,7 @@
 //! samples with its own sampler, so greedy outputs equal decoding it alone with [`super::generate`].
 
 use super::generate::FinishReason;
+use super::grammar::{mask_logits, Constraint};
 use super::sampler::Sampler;
 use crate::model::{KvCache, KvPool, MiniMindForCausalLM};
 use anyhow::{bail, Result};
@@ -62,6 +63,19 @@ struct Sequence {
     max_new_tokens: usize,
     /// Report log probabilities with this many alternatives.
     logprobs: Option<usize>,
+    /// Constrained decoding: only tokens the grammar allows.
+    constraint: Option<Constraint>,
+}
+
+/// What a sequence asks of decoding beyond its sampler.
+#[derive(Clone, Default)]
+pub struct SeqOptions {
+    /// Report each token's log probability and this many most likely alternatives
+    /// ([`Decoded::Logprobs`]).
+    pub logprobs: Option<usize>,
+    /// Decode only what this grammar allows ([`super::grammar`]); the sequence stops when the
+    /// grammar is complete.
+    pub constraint: Option<Constraint>,
 }
 
 /// The running batch of one model over a pool of KV slots.
@@ -116,17 +130,16 @@ impl<'m> Batcher<'m> {
         max_new_tokens: usize,
         sampler: Sampler,
     ) -> Result<Option<(SeqId, Vec<Decoded>)>> {
-        self.join_with_logprobs(prompt, max_new_tokens, sampler, None)
+        self.join_with(prompt, max_new_tokens, sampler, SeqOptions::default())
     }
 
-    /// [`join`](Self::join), reporting each token's log probability and the `top` most likely
-    /// alternatives ([`Decoded::Logprobs`]) when `top` is set.
-    pub fn join_with_logprobs(
+    /// [`join`](Self::join) with log probabilities or a grammar ([`SeqOptions`]).
+    pub fn join_with(
         &mut self,
         prompt: &[u32],
         max_new_tokens: usize,
         sampler: Sampler,
-        top: Option<usize>,
+        options: SeqOptions,
     ) -> Result<Option<(SeqId, Vec<Decoded>)>> {
         if prompt.is_empty() {
             bail!("the prompt is empty");
@@ -137,7 +150,9 @@ impl<'m> Batcher<'m> {
         let Some(slot) = self.free.pop() else { return Ok(None) };
         let id = self.next_id;
         self.next_id += 1;
-        let mut seq = Sequence { id, slot, sampler, seen: prompt.to_vec(), generated: 0, max_new_tokens, logprobs: top };
+        let SeqOptions { logprobs, constraint } = options;
+        let mut seq =
+            Sequence { id, slot, sampler, seen: prompt.to_vec(), generated: 0, max_new_tokens, logprobs, constraint };
         if max_new_tokens == 0 {
             self.free.push(slot);
             return Ok(Some((id, vec![Decoded::Finished(FinishReason::Length)])));
@@ -209,19 +224,30 @@ impl<'m> Batcher<'m> {
     /// Samples `seq`'s next token from its logits `[V]` as [`super::generate`] does: a stop token
     /// finishes it; a token is kept, and finishes it when its budget or its slot is used up.
     fn advance(&self, seq: &mut Sequence, logits: &Tensor) -> Result<Vec<Decoded>> {
-        let logits: Vec<f32> = logits.to_dtype(DType::F32)?.to_vec1()?;
+        let mut logits: Vec<f32> = logits.to_dtype(DType::F32)?.to_vec1()?;
+        let raw = seq.logprobs.map(|_| logits.clone());
+        if let Some(grammar) = seq.constraint.as_mut() {
+            mask_logits(grammar, &mut logits)?;
+        }
         let next = seq.sampler.sample(&logits, &seq.seen)?;
         if self.stop_ids.contains(&next) {
             return Ok(vec![Decoded::Finished(FinishReason::Stop)]);
         }
+        let mut complete = false;
+        if let Some(grammar) = seq.constraint.as_mut() {
+            grammar.consume_token(next)?;
+            complete = grammar.is_stopped();
+        }
         seq.seen.push(next);
         seq.generated += 1;
         let mut events = Vec::with_capacity(3);
-        if let Some(k) = seq.logprobs {
-            events.push(Decoded::Logprobs(logprobs_of(&logits, next, k)));
+        if let (Some(k), Some(raw)) = (seq.logprobs, raw) {
+            events.push(Decoded::Logprobs(logprobs_of(&raw, next, k)));
         }
         events.push(Decoded::Token(next));
-        if seq.generated >= seq.max_new_tokens || self.pool.len(seq.slot) + 1 > self.capacity {
+        if complete {
+            events.push(Decoded::Finished(FinishReason::Stop));
+        } else if seq.generated >= seq.max_new_tokens || self.pool.len(seq.slot) + 1 > self.capacity {
             events.push(Decoded::Finished(FinishReason::Length));
         }
         Ok(events)

@@ -3,6 +3,7 @@
 
 pub mod batch;
 pub mod generate;
+pub mod grammar;
 pub mod reasoning;
 pub mod sampler;
 

@@ -9,7 +9,8 @@
 //! `alive` says so (and `/health` reports it).
 
 use crate::data::tokenizer::{TextStream, Tokenizer};
-use crate::infer::batch::{Batcher, Decoded, SeqId};
+use crate::infer::batch::{Batcher, Decoded, SeqId, SeqOptions};
+use crate::infer::grammar::Grammars;
 use crate::infer::{FinishReason, Sampler, SamplingParams};
 use crate::serve::metrics::{Metrics, Outcome};
 use crate::MiniMindForCausalLM;
@@ -65,6 +66,8 @@ pub struct Job {
     pub submitted: std::time::Instant,
     /// Report each token's log probability with this many alternatives (`top_logprobs`).
     pub logprobs: Option<usize>,
+    /// Structured output: decode only what this grammar allows (`response_format`).
+    pub constraint: Option<crate::infer::grammar::Constraint>,
 }
 
 /// How much the worker takes on at once.
@@ -109,6 +112,8 @@ pub struct Engine {
     /// False once the worker thread has ended.
     pub alive: Arc<AtomicBool>,
     pub metrics: Arc<Metrics>,
+    /// Each model's tokenizer indexed for constrained decoding, built on first use.
+    grammars: Arc<Vec<std::sync::OnceLock<Result<Arc<Grammars>, String>>>>,
 }
 
 /// Called with each job as it joins a batch: the seam through which tests make serving fail in
@@ -133,6 +138,7 @@ impl Engine {
     /// The worker with a hook called as each job joins (see [`JoinHook`]).
     pub fn with_hook(models: Vec<LoadedModel>, config: EngineConfig, hook: JoinHook) -> Self {
         let (tx, rx) = sync_channel::<Job>(config.queue.max(1));
+        let grammars = Arc::new((0..models.len()).map(|_| std::sync::OnceLock::new()).collect());
         let engine = Self {
             queue: tx,
             models: Arc::new(models),
@@ -142,6 +148,7 @@ impl Engine {
             generated: Arc::new(AtomicUsize::new(0)),
             alive: Arc::new(AtomicBool::new(true)),
             metrics: Arc::new(Metrics::default()),
+            grammars,
         };
         let worker = engine.clone();
         let guard = AliveGuard(engine.alive.clone());
@@ -150,6 +157,17 @@ impl Engine {
             Worker::new(&worker, hook).serve(&rx);
         });
         engine
+    }
+
+    /// Model `model`'s grammars (structured output), built the first time they are asked for.
+    pub fn grammars(&self, model: usize) -> Result<Arc<Grammars>, String> {
+        self.grammars[model]
+            .get_or_init(|| {
+                let tokenizer = &self.models[model].tokenizer;
+                let stop = tokenizer.token_to_id("<|im_end|>").map_or_else(|| tokenizer.eos_id(), Ok);
+                stop.and_then(|stop| Grammars::new(tokenizer, stop)).map(Arc::new).map_err(|e| format!("{e:#}"))
+            })
+            .clone()
     }
 
     /// Queues a job; `Err` when the queue is full.
@@ -318,7 +336,8 @@ impl<'e> Worker<'e> {
         let joined = catch_unwind(AssertUnwindSafe(|| -> anyhow::Result<_> {
             hook(&job);
             let sampler = Sampler::new(job.sampling.clone())?;
-            batcher.join_with_logprobs(&job.prompt, job.max_new_tokens, sampler, job.logprobs)
+            let options = SeqOptions { logprobs: job.logprobs, constraint: job.constraint.clone() };
+            batcher.join_with(&job.prompt, job.max_new_tokens, sampler, options)
         }));
         let request = Running::new(job, &m.tokenizer);
         match joined {

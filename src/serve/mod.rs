@@ -197,6 +197,7 @@ async fn respond(engine: Engine, body: Bytes, chat: bool) -> Response {
             events: job_tx,
             submitted: std::time::Instant::now(),
             logprobs: req.logprobs,
+            constraint: req.constraint.as_ref().map(|c| c.deep_clone()),
         };
         if let Err(msg) = engine.submit(job) {
             return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "server_error", msg).into_response();

@@ -45,6 +45,9 @@ pub struct Request {
     pub opens_thinking: bool,
     /// Tools offered, and whether the answer must be a call.
     pub tools: ToolChoice,
+    /// Structured output (`response_format` `json_object` / `json_schema`): the grammar the answer
+    /// is decoded under.
+    pub constraint: Option<crate::infer::grammar::Constraint>,
 }
 
 fn number(body: &Value, key: &'static str) -> Result<Option<f64>, ApiError> {
@@ -91,6 +94,34 @@ pub fn model_index(engine: &Engine, body: &Value, required: bool) -> Result<usiz
             code: Some("model_not_found"),
         }
     })
+}
+
+/// `response_format`: `text` (default), `json_object` (any JSON object) or `json_schema`
+/// (`{"json_schema": {"name", "schema"}}`): a grammar the answer is decoded under, so it always parses
+/// and validates. A schema the grammar engine cannot compile is a 400.
+fn response_format(engine: &Engine, model: usize, body: &Value) -> Result<Option<crate::infer::grammar::Constraint>, ApiError> {
+    let format = match body.get("response_format") {
+        None | Some(Value::Null) => return Ok(None),
+        Some(f) => f,
+    };
+    let schema = match format.get("type").and_then(Value::as_str) {
+        Some("text") => return Ok(None),
+        Some("json_object") => None,
+        Some("json_schema") => Some(
+            format
+                .pointer("/json_schema/schema")
+                .filter(|s| s.is_object())
+                .ok_or_else(|| ApiError::invalid("response_format", "json_schema needs a schema object".into()))?,
+        ),
+        _ => return Err(ApiError::invalid("response_format", "type must be text, json_object or json_schema".into())),
+    };
+    let grammars = engine
+        .grammars(model)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", &e))?;
+    grammars
+        .json(schema)
+        .map(Some)
+        .map_err(|e| ApiError::invalid("response_format", format!("the schema cannot be used: {e:#}")))
 }
 
 /// Chat: `logprobs: true` with `top_logprobs` 0–20; completions: `logprobs: k` with k 0–5.
@@ -165,6 +196,7 @@ impl Request {
             (None, None) => DEFAULT_MAX_NEW_TOKENS.min(room),
         };
         let logprobs = logprobs_request(&body, chat)?;
+        let constraint = response_format(engine, model, &body)?;
         let n = match number(&body, "n")? {
             None => 1,
             Some(n) if (1.0..=MAX_CHOICES as f64).contains(&n) && n.fract() == 0.0 => n as usize,
@@ -206,7 +238,20 @@ impl Request {
         let stop = stop.into_iter().filter(|s| !s.is_empty()).collect();
         let stream = flag(&body, "/stream", "stream")?;
         let include_usage = flag(&body, "/stream_options/include_usage", "stream_options")?;
-        Ok(Self { model, n, logprobs, prompt, max_tokens, sampling, stop, stream, include_usage, opens_thinking, tools })
+        Ok(Self {
+            model,
+            n,
+            logprobs,
+            prompt,
+            max_tokens,
+            sampling,
+            stop,
+            stream,
+            include_usage,
+            opens_thinking,
+            tools,
+            constraint,
+        })
     }
 }
 

@@ -1,4 +1,5 @@
 """The official `openai` client against a live `minimind serve` (base URL and model id as arguments)."""
+import json
 import sys
 
 from openai import OpenAI
@@ -71,10 +72,20 @@ for choice in ("auto", "required", {"type": "function", "function": {"name": "ca
                                                 max_tokens=8, temperature=0, stream=True))
     assert parts[-1].choices[0].finish_reason == t.choices[0].finish_reason, parts[-1]
 
+# Structured output: the answer parses and validates against the schema, whatever the model.
+schema = {"type": "object", "additionalProperties": False, "required": ["answer", "n"],
+          "properties": {"answer": {"type": "string", "enum": ["yes", "no"]}, "n": {"type": "integer", "minimum": 0, "maximum": 9}}}
+s = client.chat.completions.create(
+    model=model, messages=[{"role": "user", "content": "yes or no?"}], max_tokens=60, temperature=1.0, seed=4,
+    response_format={"type": "json_schema", "json_schema": {"name": "reply", "schema": schema, "strict": True}},
+)
+value = json.loads(s.choices[0].message.content)
+assert value["answer"] in ("yes", "no") and 0 <= value["n"] <= 9 and len(value) == 2, value
+
 try:
     client.chat.completions.create(model="no-such-model", messages=[{"role": "user", "content": "x"}])
     raise AssertionError("unknown model accepted")
 except Exception as e:  # openai.NotFoundError
     assert getattr(e, "status_code", None) == 404, e
 
-print("openai client: models.list, chat (non-stream), chat (stream + usage), n=2 (whole and streamed), logprobs, tool-calling shapes, 404 error — OK")
+print("openai client: models.list, chat (non-stream), chat (stream + usage), n=2 (whole and streamed), logprobs, tool-calling shapes, json_schema, 404 error — OK")

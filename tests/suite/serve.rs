@@ -754,3 +754,46 @@ fn tools_render_in_the_template_and_invalid_calls_stay_content() {
         assert_eq!(content, choice["message"]["content"].as_str().unwrap());
     }
 }
+
+/// `response_format`: the answer is decoded under the JSON schema's grammar (llguidance), so even a
+/// random model's answer parses and validates; a schema that cannot compile is a 400.
+#[test]
+fn json_schema_answers_parse_and_validate() {
+    let port = start();
+    let schema = json!({"type": "object", "additionalProperties": false, "required": ["answer", "n"],
+                        "properties": {"answer": {"type": "string", "enum": ["yes", "no"]},
+                                       "n": {"type": "integer", "minimum": 0, "maximum": 9}}});
+    let format = json!({"type": "json_schema", "json_schema": {"name": "reply", "schema": schema}});
+    for (seed, stream) in [(1, false), (2, false), (3, true)] {
+        let body = chat(json!({"response_format": format, "max_tokens": 60, "temperature": 1.0, "seed": seed, "stream": stream}));
+        let (status, text) = http(port, "POST", "/v1/chat/completions", Some(&body.to_string()));
+        assert_eq!(status, 200, "{text}");
+        let answer: String = if stream {
+            events(&text)
+                .iter()
+                .filter(|e| *e != "[DONE]")
+                .filter_map(|e| serde_json::from_str::<Value>(e).unwrap()["choices"][0]["delta"]["content"].as_str().map(str::to_string))
+                .collect()
+        } else {
+            let r: Value = serde_json::from_str(&text).unwrap();
+            assert_eq!(r["choices"][0]["finish_reason"], "stop", "{r}");
+            r["choices"][0]["message"]["content"].as_str().unwrap().to_string()
+        };
+        let v: Value = serde_json::from_str(&answer).unwrap_or_else(|e| panic!("{answer:?} is not JSON: {e}"));
+        assert!(["yes", "no"].contains(&v["answer"].as_str().unwrap()), "{v}");
+        assert!(v["n"].as_u64().unwrap() <= 9, "{v}");
+        assert_eq!(v.as_object().unwrap().len(), 2, "{v}");
+    }
+    // A model whose head is wider than its tokenizer's vocabulary never picks the extra ids.
+    let config = minimind::ModelConfig { max_position_embeddings: 2048, ..micro_config(6500, 4, 2, 16) };
+    let (model, _) = minimind::model::checkpoint::init_model(&config, minimind::model::params::InitScheme::Minimind2, 3, &Device::Cpu).unwrap();
+    let tokenizer = minimind::Tokenizer::load(&tokenizer_dir("v2")).unwrap();
+    let wide = serve(Engine::start(vec![LoadedModel { id: "tiny".into(), aliases: vec![], model, tokenizer }], EngineConfig::default()));
+    let (status, r, _) = post(wide, "/v1/chat/completions", chat(json!({"response_format": format, "max_tokens": 60})));
+    assert_eq!(status, 200, "{r}");
+    serde_json::from_str::<Value>(r["choices"][0]["message"]["content"].as_str().unwrap()).unwrap();
+    let bad = json!({"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "no-such-type"}}});
+    let (status, r, _) = post(port, "/v1/chat/completions", chat(json!({"response_format": bad})));
+    assert_eq!(status, 400, "{r}");
+    assert_eq!(r["error"]["param"], "response_format");
+}
