@@ -73,6 +73,47 @@ impl Grammars {
     }
 }
 
+impl Grammars {
+    /// The rest of a forced tool call after the prompt's `<tool_call>\n` — `{"name": <one of the
+    /// tools>, "arguments": <JSON valid for that tool's parameters>}\n</tool_call>` — or, with `name`,
+    /// after the prompt's `<tool_call>\n{"name": "<name>", "arguments": `, only the arguments and the
+    /// close. `tools` are `(name, parameters schema)`.
+    pub fn tool_call(&self, tools: &[(String, Option<Value>)], name: Option<&str>) -> Result<Matcher> {
+        let lark_string = |s: &str| serde_json::to_string(s).unwrap_or_default();
+        let args = |schema: &Option<Value>| -> String {
+            let mut schema = schema.clone().filter(Value::is_object).unwrap_or_else(|| serde_json::json!({"type": "object"}));
+            if let Some(object) = schema.as_object_mut() {
+                object.entry("x-guidance").or_insert_with(|| {
+                    serde_json::json!({"whitespace_flexible": false, "item_separator": ", ", "key_separator": ": "})
+                });
+            }
+            format!("%json {schema}")
+        };
+        let close = lark_string("}\n</tool_call>");
+        let mut lark = String::new();
+        match name {
+            Some(name) => {
+                let (_, schema) = tools.iter().find(|(n, _)| n == name).ok_or_else(|| anyhow!("no tool {name:?}"))?;
+                lark.push_str(&format!("start: args {close}\nargs: {}\n", args(schema)));
+            }
+            None => {
+                let calls: Vec<String> = (0..tools.len()).map(|i| format!("call{i}")).collect();
+                lark.push_str(&format!("start: {}\n", calls.join(" | ")));
+                for (i, (name, schema)) in tools.iter().enumerate() {
+                    let open = lark_string(&format!("{{\"name\": \"{name}\", \"arguments\": "));
+                    lark.push_str(&format!("call{i}: {open} args{i} {close}\nargs{i}: {}\n", args(schema)));
+                }
+            }
+        }
+        let parser = self.factory.create_parser(TopLevelGrammar::from_lark(lark))?;
+        let matcher = Matcher::new(Ok(parser));
+        if let Some(e) = matcher.get_error() {
+            return Err(anyhow!("{e}"));
+        }
+        Ok(matcher)
+    }
+}
+
 /// Masks `logits` to the tokens `matcher` allows next (−∞ elsewhere, including ids past the
 /// tokenizer's vocabulary that a model's head may have).
 pub fn mask_logits(matcher: &mut Matcher, logits: &mut [f32]) -> Result<()> {

@@ -421,25 +421,30 @@ impl<'e> Worker<'e> {
         let Some(end) = end else { return };
         self.batchers[model].cancel(id); // a no-op when the batch already let it go
         if let Some(request) = self.running[model].remove(&id) {
+            // The load is updated before the last event: a client holding its answer never sees
+            // itself still pending or running.
+            self.publish_load();
+            self.engine.pending.fetch_sub(1, Ordering::SeqCst);
             match end {
                 Ok(reason) => request.finish(reason, &self.engine.metrics),
                 Err(message) => request.fail(message, &self.engine.metrics),
             }
-            self.engine.pending.fetch_sub(1, Ordering::SeqCst);
         }
     }
 
     fn fail_all(&mut self, model: usize, message: &str) {
-        for (_, request) in self.running[model].drain() {
-            request.fail(message.to_string(), &self.engine.metrics);
+        let failed: Vec<Running> = self.running[model].drain().map(|(_, r)| r).collect();
+        self.publish_load();
+        for request in failed {
             self.engine.pending.fetch_sub(1, Ordering::SeqCst);
+            request.fail(message.to_string(), &self.engine.metrics);
         }
     }
 
     /// A request that could not join is answered with an error.
     fn reject(&self, request: Running, message: String) {
-        request.fail(message, &self.engine.metrics);
         self.engine.pending.fetch_sub(1, Ordering::SeqCst);
+        request.fail(message, &self.engine.metrics);
     }
 }
 

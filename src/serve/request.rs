@@ -124,6 +124,26 @@ fn response_format(engine: &Engine, model: usize, body: &Value) -> Result<Option
         .map_err(|e| ApiError::invalid("response_format", format!("the schema cannot be used: {e:#}")))
 }
 
+/// The grammar of a forced tool call (`tool_choice` `required` or a named function).
+fn forced_call(engine: &Engine, model: usize, body: &Value) -> Result<crate::infer::grammar::Constraint, ApiError> {
+    let tools: Vec<(String, Option<Value>)> = body["tools"]
+        .as_array()
+        .map(|tools| {
+            tools
+                .iter()
+                .filter_map(|t| Some((t.pointer("/function/name")?.as_str()?.to_string(), t.pointer("/function/parameters").cloned())))
+                .collect()
+        })
+        .unwrap_or_default();
+    let name = body.pointer("/tool_choice/function/name").and_then(Value::as_str);
+    let grammars = engine
+        .grammars(model)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", &e))?;
+    grammars
+        .tool_call(&tools, name)
+        .map_err(|e| ApiError::invalid("tools", format!("the tools' parameters cannot be used: {e:#}")))
+}
+
 /// Chat: `logprobs: true` with `top_logprobs` 0–20; completions: `logprobs: k` with k 0–5.
 fn logprobs_request(body: &Value, chat: bool) -> Result<Option<usize>, ApiError> {
     let whole = |key: &'static str, max: f64| -> Result<Option<usize>, ApiError> {
@@ -196,7 +216,11 @@ impl Request {
             (None, None) => DEFAULT_MAX_NEW_TOKENS.min(room),
         };
         let logprobs = logprobs_request(&body, chat)?;
-        let constraint = response_format(engine, model, &body)?;
+        let mut constraint = response_format(engine, model, &body)?;
+        if let ToolChoice::Forced(_) = tools {
+            // A forced call is decoded under its tools' grammar: its arguments always parse.
+            constraint = Some(forced_call(engine, model, &body)?);
+        }
         let n = match number(&body, "n")? {
             None => 1,
             Some(n) if (1.0..=MAX_CHOICES as f64).contains(&n) && n.fract() == 0.0 => n as usize,

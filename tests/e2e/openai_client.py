@@ -53,24 +53,28 @@ entries = lp.choices[0].logprobs.content
 assert len(entries) == lp.usage.completion_tokens and all(len(e.top_logprobs) == 2 for e in entries), lp
 assert all(e.logprob <= 0 and e.token == e.top_logprobs[0].token for e in entries), entries
 
-# Tool-calling shapes: the client's tools, an assistant tool call and its result in the history, a
-# forced call; whatever the tiny model writes comes back as tool_calls or as content, never an error.
+# Tool calling round trip: a forced call (named or required) is decoded under the tool's parameters,
+# so even this tiny model answers with a valid call; its result goes back as a tool message and the
+# model answers. With tool_choice auto whatever it writes is a call or content, never an error.
 tools = [{"type": "function", "function": {"name": "calc", "description": "arithmetic",
-          "parameters": {"type": "object", "properties": {"expr": {"type": "string"}}, "required": ["expr"]}}}]
-history = [
-    {"role": "user", "content": "1+2?"},
-    {"role": "assistant", "content": None, "tool_calls": [{"id": "call_0", "type": "function",
-                                                           "function": {"name": "calc", "arguments": "{\"expr\": \"1+2\"}"}}]},
-    {"role": "tool", "tool_call_id": "call_0", "content": "3"},
-]
-for choice in ("auto", "required", {"type": "function", "function": {"name": "calc"}}):
-    t = client.chat.completions.create(model=model, messages=history, tools=tools, tool_choice=choice, max_tokens=8, temperature=0)
-    m = t.choices[0].message
-    assert (m.tool_calls is not None) == (t.choices[0].finish_reason == "tool_calls"), t
-    assert m.tool_calls is not None or isinstance(m.content, str), t
-    parts = list(client.chat.completions.create(model=model, messages=history, tools=tools, tool_choice=choice,
-                                                max_tokens=8, temperature=0, stream=True))
-    assert parts[-1].choices[0].finish_reason == t.choices[0].finish_reason, parts[-1]
+          "parameters": {"type": "object", "properties": {"expr": {"type": "string", "maxLength": 8}},
+                         "required": ["expr"], "additionalProperties": False}}}]
+question = [{"role": "user", "content": "1+2?"}]
+for choice in ({"type": "function", "function": {"name": "calc"}}, "required"):
+    t = client.chat.completions.create(model=model, messages=question, tools=tools, tool_choice=choice, max_tokens=80, temperature=0)
+    assert t.choices[0].finish_reason == "tool_calls", t
+    call = t.choices[0].message.tool_calls[0]
+    assert call.function.name == "calc" and isinstance(json.loads(call.function.arguments)["expr"], str), call
+    streamed = list(client.chat.completions.create(model=model, messages=question, tools=tools, tool_choice=choice,
+                                                   max_tokens=80, temperature=0, stream=True))
+    deltas = [tc for p in streamed for c in p.choices for tc in (c.delta.tool_calls or [])]
+    assert deltas and deltas[0].function.name == "calc" and streamed[-1].choices[0].finish_reason == "tool_calls", streamed
+    history = question + [t.choices[0].message.model_dump(exclude_none=True),
+                          {"role": "tool", "tool_call_id": call.id, "content": "3"}]
+    final = client.chat.completions.create(model=model, messages=history, tools=tools, max_tokens=8, temperature=0)
+    m = final.choices[0].message
+    assert (m.tool_calls is not None) == (final.choices[0].finish_reason == "tool_calls"), final
+    assert m.tool_calls is not None or isinstance(m.content, str), final
 
 # Structured output: the answer parses and validates against the schema, whatever the model.
 schema = {"type": "object", "additionalProperties": False, "required": ["answer", "n"],
@@ -88,4 +92,4 @@ try:
 except Exception as e:  # openai.NotFoundError
     assert getattr(e, "status_code", None) == 404, e
 
-print("openai client: models.list, chat (non-stream), chat (stream + usage), n=2 (whole and streamed), logprobs, tool-calling shapes, json_schema, 404 error — OK")
+print("openai client: models.list, chat (non-stream), chat (stream + usage), n=2 (whole and streamed), logprobs, tool-calling round trip, json_schema, 404 error — OK")

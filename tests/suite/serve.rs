@@ -234,7 +234,10 @@ fn kv_slots_bound_the_batch_and_late_joiners_get_single_client_answers() {
         assert!(first.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&first));
         s
     };
-    let (a, b) = (long(), long());
+    // (Each one joins the batch before the next is sent: the queue holds one.)
+    let a = long();
+    wait_for("running", 1);
+    let b = long();
     wait_for("running", 2);
     // The third waits for a slot (taken from the queue), the fourth waits in the queue…
     let third = std::thread::spawn(move || answer_n(port, "一", 5 + "一".len() % 4));
@@ -705,17 +708,18 @@ fn tool_call_blocks_become_openai_tool_calls() {
 }
 
 /// Over minimind-3's template: offered tools appear in the prompt, assistant `tool_calls` and `tool`
-/// results render as the model was trained, and a forced call whose text is not valid JSON comes back
-/// as plain content (whole and streamed), never an error.
+/// results render as the model was trained, and a forced call (named or `required`) is decoded under
+/// its parameters' grammar, so even a random model returns a valid call (whole and streamed).
 #[test]
-fn tools_render_in_the_template_and_invalid_calls_stay_content() {
+fn tools_render_in_the_template_and_forced_calls_are_valid() {
     let config = minimind::ModelConfig { max_position_embeddings: 2048, ..micro_config(6400, 4, 2, 16) };
     let (model, _) = minimind::model::checkpoint::init_model(&config, minimind::model::params::InitScheme::Minimind2, 7, &Device::Cpu).unwrap();
     let tokenizer = minimind::Tokenizer::load(&tokenizer_dir("v3")).unwrap();
     let engine = Engine::start(vec![LoadedModel { id: "m3".into(), aliases: vec![], model, tokenizer }], EngineConfig::default());
     let port = serve(engine);
     let tools = json!([{"type": "function", "function": {"name": "weather", "description": "today's weather",
-                        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]);
+                        "parameters": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 6}},
+                                       "required": ["city"], "additionalProperties": false}}}]);
     let messages = json!([
         {"role": "user", "content": "杭州天气?"},
         {"role": "assistant", "content": null, "tool_calls": [{"id": "call_1", "type": "function",
@@ -729,30 +733,39 @@ fn tools_render_in_the_template_and_invalid_calls_stay_content() {
                  "<tool_response>\n晴, 25°C\n</tool_response>"] {
         assert!(prompt.contains(part), "{part:?} not in {prompt:?}");
     }
+    // A forced call is decoded under its parameters' grammar: it always comes back as a valid call.
     let forced = json!({"model": "m3", "messages": [{"role": "user", "content": "杭州天气?"}], "tools": tools,
-                        "tool_choice": {"type": "function", "function": {"name": "weather"}}, "max_tokens": 6, "temperature": 0});
+                        "tool_choice": {"type": "function", "function": {"name": "weather"}}, "max_tokens": 40, "temperature": 1.0});
     let (status, r, _) = post(port, "/v1/chat/completions", forced.clone());
     assert_eq!(status, 200, "{r}");
     let choice = &r["choices"][0];
-    match choice["message"]["tool_calls"].as_array() {
-        Some(calls) => assert_eq!((choice["finish_reason"].as_str(), calls[0]["function"]["name"].as_str()), (Some("tool_calls"), Some("weather"))),
-        None => {
-            let content = choice["message"]["content"].as_str().unwrap();
-            assert!(content.starts_with("<tool_call>\n{\"name\": \"weather\", \"arguments\": "), "{content:?}");
-            assert_ne!(choice["finish_reason"], "tool_calls");
-        }
-    }
-    let mut streamed = forced;
+    assert_eq!(choice["finish_reason"], "tool_calls", "{r}");
+    let call = &choice["message"]["tool_calls"][0];
+    assert_eq!(call["function"]["name"], "weather");
+    let args: Value = serde_json::from_str(call["function"]["arguments"].as_str().unwrap()).unwrap();
+    assert!(args.is_object(), "{args}");
+    let mut streamed = forced.clone();
     streamed["stream"] = json!(true);
     let (status, text) = http(port, "POST", "/v1/chat/completions", Some(&streamed.to_string()));
     assert_eq!(status, 200);
     let chunks: Vec<Value> = events(&text).iter().filter(|e| *e != "[DONE]").map(|e| serde_json::from_str(e).unwrap()).collect();
-    let content: String = chunks.iter().filter_map(|c| c["choices"][0]["delta"]["content"].as_str()).collect();
-    let streamed_calls = chunks.iter().any(|c| c["choices"][0]["delta"]["tool_calls"].is_array());
-    assert_eq!(streamed_calls, choice["message"]["tool_calls"].is_array());
-    if !streamed_calls {
-        assert_eq!(content, choice["message"]["content"].as_str().unwrap());
-    }
+    let calls: Vec<&Value> = chunks.iter().filter_map(|c| c["choices"][0]["delta"]["tool_calls"].as_array()).flatten().collect();
+    assert_eq!(calls.len(), 1);
+    assert_eq!((calls[0]["index"].as_u64(), calls[0]["function"]["name"].as_str()), (Some(0), Some("weather")));
+    assert_eq!(chunks.last().unwrap()["choices"][0]["finish_reason"], "tool_calls");
+    // `required` picks among the tools; the round trip goes on with the call's result.
+    let mut required = forced;
+    required["tool_choice"] = json!("required");
+    required["max_tokens"] = json!(120);
+    let (_, r, _) = post(port, "/v1/chat/completions", required);
+    let call = r["choices"][0]["message"]["tool_calls"][0].clone();
+    assert_eq!(call["function"]["name"], "weather", "{r}");
+    let round = json!({"model": "m3", "tools": tools, "max_tokens": 5, "messages": [
+        {"role": "user", "content": "杭州天气?"},
+        {"role": "assistant", "content": null, "tool_calls": [call.clone()]},
+        {"role": "tool", "tool_call_id": call["id"], "content": "晴"}]});
+    let (status, r, _) = post(port, "/v1/chat/completions", round);
+    assert_eq!(status, 200, "{r}");
 }
 
 /// `response_format`: the answer is decoded under the JSON schema's grammar (llguidance), so even a
