@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Side-by-side benchmark: minimind vs the PyTorch reference (bench/torch_reference.py), same model,
-# same shapes, same thread count. Prints one table of tokens/s.
+# same shapes, same thread count, and — when llama-cpp-python is installed — batch-1 decoding vs
+# llama.cpp on our GGUF export (bench/llama_cpp_reference.py). Prints one table of tokens/s.
 #
 #   bench/compare.sh [THREADS] [PRESET]        e.g. bench/compare.sh 2 minimind2-small
 #
@@ -23,3 +24,20 @@ for mode in train forward generate generate-int8; do
   printf '%-13s %12s %12s %7s %11s MiB %11s MiB\n' "$mode" "$a" "$b" "$(echo "scale=2; $a / $b" | bc)" \
     "$(echo "$ours" | rss)" "$(echo "$theirs" | rss)"
 done
+
+# llama.cpp's decoding of the same model exported to GGUF (f32 beside our fp32, q8_0 beside our int8),
+# when the Python at hand has llama-cpp-python (which bundles llama.cpp).
+if "$python" -c "import llama_cpp" 2>/dev/null; then
+  work=$(mktemp -d)
+  "$bin" pretrain --data data/songci_demo.jsonl --tokenizer assets/tokenizers/v2 --preset "$preset" --max-steps 1 \
+    --batch-size 1 --max-seq-len 32 --out "$work/m" >/dev/null 2>&1
+  for q in f32 q8_0; do
+    "$bin" export "$work/m" --format gguf --dtype "$q" --out "$work/m-$q.gguf" >/dev/null
+    flags=(); [ "$q" = q8_0 ] && flags=(--int8)
+    ours=$("$bin" --threads "$threads" bench generate --preset "$preset" --steps 3 "${flags[@]}")
+    theirs=$("$python" bench/llama_cpp_reference.py "$work/m-$q.gguf" --threads "$threads" --steps 3)
+    a=$(echo "$ours" | run); b=$(echo "$theirs" | run)
+    printf '%-13s %12s %12s %7s   (llama.cpp %s)\n' "generate" "$a" "$b" "$(echo "scale=2; $a / $b" | bc)" "$q"
+  done
+  rm -rf "$work"
+fi
