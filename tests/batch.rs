@@ -149,7 +149,8 @@ fn slots_are_bounded_freed_and_reused() {
 fn logprobs_come_before_each_token_on_request() {
     let (model, _) = micro_model(9);
     let mut batch = Batcher::new(&model, 2, 32, &[]).unwrap();
-    let (_, mut events) = batch.join_with(&[3, 4, 5], 4, greedy(), SeqOptions { logprobs: Some(3), constraint: None }).unwrap().unwrap();
+    let (_, mut events) =
+        batch.join_with(&[3, 4, 5], 4, greedy(), SeqOptions { logprobs: Some(3), constraint: None }).unwrap().unwrap();
     batch.join(&[7, 8], 4, greedy()).unwrap().unwrap(); // a neighbour that did not ask
     while batch.active() > 0 {
         for (id, e) in batch.step().unwrap() {
@@ -158,7 +159,8 @@ fn logprobs_come_before_each_token_on_request() {
             }
         }
     }
-    let tokens: Vec<u32> = events.iter().filter_map(|e| if let Decoded::Token(t) = e { Some(*t) } else { None }).collect();
+    let tokens: Vec<u32> =
+        events.iter().filter_map(|e| if let Decoded::Token(t) = e { Some(*t) } else { None }).collect();
     assert_eq!(tokens, generate(&model, &[3, 4, 5], 4, &[], &mut greedy(), |_| Ok(true)).unwrap().tokens);
     let mut pending = None;
     for e in &events {

@@ -169,7 +169,8 @@ pub fn run(a: &BenchArgs) -> Result<()> {
             params = Default::default();
         }
     }
-    let ceiling = matmul_ceiling_gflops(&device, a.dtype, a.batch_size * a.seq_len, config.hidden_size, config.ffn_size())?;
+    let ceiling =
+        matmul_ceiling_gflops(&device, a.dtype, a.batch_size * a.seq_len, config.hidden_size, config.ffn_size())?;
     let ids = Tensor::rand(0f32, config.vocab_size as f32, (a.batch_size, a.seq_len + 1), &Device::Cpu)?
         .to_dtype(DType::U32)?
         .to_device(&device)?;
@@ -214,7 +215,8 @@ pub fn run(a: &BenchArgs) -> Result<()> {
             (a.batch_size * a.seq_len, forward_flops(&config, a.batch_size, a.seq_len), times)
         }
         BenchMode::Generate => {
-            let prompt: Vec<u32> = ids.narrow(1, 0, a.prompt_len.min(a.seq_len))?.get(0)?.to_device(&Device::Cpu)?.to_vec1()?;
+            let prompt: Vec<u32> =
+                ids.narrow(1, 0, a.prompt_len.min(a.seq_len))?.get(0)?.to_device(&Device::Cpu)?.to_vec1()?;
             let times = time_steps(a.warmup, a.steps, || {
                 let mut sampler = Sampler::new(SamplingParams { temperature: 0.0, ..Default::default() })?;
                 let out = generate(&model, &prompt, a.new_tokens, &[], &mut sampler, |_| Ok(true))?;
@@ -233,7 +235,10 @@ pub fn run(a: &BenchArgs) -> Result<()> {
     println!("step time (median of {}): {:.3} s", times.len(), step);
     println!("peak RSS: {:.0} MiB", peak_rss_bytes() as f64 / (1 << 20) as f64);
     if let Some(peak) = memory.peak_bytes() {
-        println!("peak device memory in use: {:.0} MiB (whole device, CUDA context included)", peak as f64 / (1 << 20) as f64);
+        println!(
+            "peak device memory in use: {:.0} MiB (whole device, CUDA context included)",
+            peak as f64 / (1 << 20) as f64
+        );
     }
     println!("achieved: {:.1} GFLOP/s = {:.0}% of the matmul ceiling", gflops, 100.0 * gflops / ceiling);
     println!("{:?} throughput: {:.1} tokens/s", a.mode, tokens_per_step as f64 / step);

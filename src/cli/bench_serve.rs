@@ -34,9 +34,14 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         model.quantize_int8()?;
     }
     let slot = a.prompt_len + a.new_tokens + 1;
-    let engine_config =
-        EngineConfig { queue: 1024, max_batch: a.max_batch, kv_cache_tokens: a.max_batch * slot, request_timeout: None };
-    let engine = Engine::start(vec![LoadedModel { id: a.preset.clone(), aliases: vec![], model, tokenizer }], engine_config);
+    let engine_config = EngineConfig {
+        queue: 1024,
+        max_batch: a.max_batch,
+        kv_cache_tokens: a.max_batch * slot,
+        request_timeout: None,
+    };
+    let engine =
+        Engine::start(vec![LoadedModel { id: a.preset.clone(), aliases: vec![], model, tokenizer }], engine_config);
     println!(
         "bench serve: {} ({}), prompt {} + {} new tokens (greedy), {} KV slots, {} threads",
         a.preset,
@@ -109,7 +114,17 @@ fn one_request(engine: &Engine, prompt: Vec<u32>, new_tokens: usize) -> Result<O
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let sampling = SamplingParams { temperature: 0.0, ..Default::default() };
     let sent = Instant::now();
-    let job = Job { model: 0, prompt, max_new_tokens: new_tokens, sampling, stop: Vec::new(), events: tx, submitted: sent, logprobs: None, constraint: None };
+    let job = Job {
+        model: 0,
+        prompt,
+        max_new_tokens: new_tokens,
+        sampling,
+        stop: Vec::new(),
+        events: tx,
+        submitted: sent,
+        logprobs: None,
+        constraint: None,
+    };
     engine.submit(job).map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut first = None;
     loop {

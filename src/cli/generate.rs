@@ -69,7 +69,12 @@ pub fn run(a: &GenerateArgs) -> Result<()> {
 }
 
 /// `generate --prompts FILE`: every prompt of a JSON Lines file through the batching engine.
-fn generate_many(a: &GenerateArgs, path: &Path, model: &crate::MiniMindForCausalLM, tokenizer: &Tokenizer) -> Result<()> {
+fn generate_many(
+    a: &GenerateArgs,
+    path: &Path,
+    model: &crate::MiniMindForCausalLM,
+    tokenizer: &Tokenizer,
+) -> Result<()> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let mut prompts = Vec::new();
     for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
@@ -83,12 +88,10 @@ fn generate_many(a: &GenerateArgs, path: &Path, model: &crate::MiniMindForCausal
         .iter()
         .map(|p| crate::infer::generate::encode_prompt(tokenizer, p, a.chat, a.think.value()))
         .collect::<Result<Vec<_>>>()?;
-    let samplers = (0..ids.len())
-        .map(|i| crate::infer::Sampler::new(a.sampling.params(i as u64)))
-        .collect::<Result<Vec<_>>>()?;
+    let samplers =
+        (0..ids.len()).map(|i| crate::infer::Sampler::new(a.sampling.params(i as u64))).collect::<Result<Vec<_>>>()?;
     let stops = tokenizer.stop_ids()?;
-    let outputs =
-        crate::infer::generate_batch(model, &ids, a.sampling.max_new_tokens, &stops, samplers, a.max_batch)?;
+    let outputs = crate::infer::generate_batch(model, &ids, a.sampling.max_new_tokens, &stops, samplers, a.max_batch)?;
     let mut stdout = std::io::stdout().lock();
     for (prompt, generation) in prompts.iter().zip(outputs) {
         let text = tokenizer.decode(&generation.tokens, true)?;

@@ -1,12 +1,12 @@
 //! Command-line interface: one subcommand per job.
 
 pub mod bench;
+mod bench_serve;
 pub mod chat;
 pub mod demo;
 pub mod generate;
-mod bench_serve;
-mod parity;
 mod interop;
+mod parity;
 pub mod train;
 
 pub use interop::ExportFormat;

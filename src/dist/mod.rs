@@ -95,7 +95,8 @@ impl Dist {
         if self.world_size() == 1 || tensors.is_empty() {
             return Ok(tensors.to_vec());
         }
-        let flat = tensors.iter().map(|t| t.to_dtype(DType::F32)?.flatten_all()).collect::<candle_core::Result<Vec<_>>>()?;
+        let flat =
+            tensors.iter().map(|t| t.to_dtype(DType::F32)?.flatten_all()).collect::<candle_core::Result<Vec<_>>>()?;
         let summed = self.0.all_reduce_sum(&Tensor::cat(&flat, 0)?)?;
         split_like(&summed, tensors)
     }
@@ -105,7 +106,11 @@ impl Dist {
         if self.world_size() == 1 {
             return Ok(values.to_vec());
         }
-        let buffer = Tensor::from_vec(values.iter().map(|&v| v as f32).collect::<Vec<_>>(), values.len(), &candle_core::Device::Cpu)?;
+        let buffer = Tensor::from_vec(
+            values.iter().map(|&v| v as f32).collect::<Vec<_>>(),
+            values.len(),
+            &candle_core::Device::Cpu,
+        )?;
         let summed = self.0.all_reduce_sum(&buffer)?;
         Ok(summed.to_vec1::<f32>()?.into_iter().map(f64::from).collect())
     }
@@ -115,7 +120,8 @@ impl Dist {
         if self.world_size() == 1 || tensors.is_empty() {
             return Ok(tensors.to_vec());
         }
-        let flat = tensors.iter().map(|t| t.to_dtype(DType::F32)?.flatten_all()).collect::<candle_core::Result<Vec<_>>>()?;
+        let flat =
+            tensors.iter().map(|t| t.to_dtype(DType::F32)?.flatten_all()).collect::<candle_core::Result<Vec<_>>>()?;
         let root = self.0.broadcast(&Tensor::cat(&flat, 0)?, 0)?;
         split_like(&root, tensors)
     }

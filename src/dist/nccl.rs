@@ -53,7 +53,8 @@ fn rendezvous(rank: usize, world_size: usize) -> Result<Id> {
     if rank == 0 {
         let id = Id::new().map_err(|e| anyhow::anyhow!("creating the NCCL id: {e:?}"))?;
         let bytes: Vec<u8> = id.internal().iter().map(|&c| c as u8).collect();
-        let listener = TcpListener::bind(format!("0.0.0.0:{port}")).with_context(|| format!("listening on port {port}"))?;
+        let listener =
+            TcpListener::bind(format!("0.0.0.0:{port}")).with_context(|| format!("listening on port {port}"))?;
         for _ in 1..world_size {
             let (mut peer, _) = listener.accept().context("waiting for the other ranks")?;
             peer.write_all(&bytes)?;
@@ -68,7 +69,9 @@ fn rendezvous(rank: usize, world_size: usize) -> Result<Id> {
                 let _ = e;
                 std::thread::sleep(Duration::from_millis(200));
             }
-            Err(e) => return Err(e).with_context(|| format!("rank {rank}: no rank 0 at MASTER_ADDR:MASTER_PORT = {at}")),
+            Err(e) => {
+                return Err(e).with_context(|| format!("rank {rank}: no rank 0 at MASTER_ADDR:MASTER_PORT = {at}"))
+            }
         }
     };
     let mut bytes = [0u8; ID_BYTES];
@@ -91,7 +94,9 @@ impl Collective for Nccl {
 
     fn all_reduce_sum(&self, buffer: &Tensor) -> Result<Tensor> {
         let mut values = self.device_copy(buffer)?;
-        self.comm.all_reduce_in_place(&mut values, &ReduceOp::Sum).map_err(|e| anyhow::anyhow!("NCCL all-reduce: {e:?}"))?;
+        self.comm
+            .all_reduce_in_place(&mut values, &ReduceOp::Sum)
+            .map_err(|e| anyhow::anyhow!("NCCL all-reduce: {e:?}"))?;
         self.wrap(values, buffer)
     }
 

@@ -94,7 +94,12 @@ pub struct Batcher<'m> {
 
 impl<'m> Batcher<'m> {
     /// `max_batch` slots of `slot_capacity` positions each (prompt + answer), allocated now.
-    pub fn new(model: &'m MiniMindForCausalLM, max_batch: usize, slot_capacity: usize, stop_ids: &[u32]) -> Result<Self> {
+    pub fn new(
+        model: &'m MiniMindForCausalLM,
+        max_batch: usize,
+        slot_capacity: usize,
+        stop_ids: &[u32],
+    ) -> Result<Self> {
         if max_batch == 0 || slot_capacity < 2 {
             bail!("a batcher needs at least one slot of at least 2 positions");
         }

@@ -60,9 +60,9 @@ impl Grammars {
     pub fn json(&self, schema: Option<&Value>) -> Result<Matcher> {
         let mut schema = schema.cloned().unwrap_or_else(|| serde_json::json!({"type": "object"}));
         if let Some(object) = schema.as_object_mut() {
-            object.entry("x-guidance").or_insert_with(|| {
-                serde_json::json!({"whitespace_flexible": false, "item_separator": ", ", "key_separator": ": "})
-            });
+            object.entry("x-guidance").or_insert_with(
+                || serde_json::json!({"whitespace_flexible": false, "item_separator": ", ", "key_separator": ": "}),
+            );
         }
         let parser = self.factory.create_parser(TopLevelGrammar::from_json_schema(schema))?;
         let matcher = Matcher::new(Ok(parser));
@@ -81,11 +81,12 @@ impl Grammars {
     pub fn tool_call(&self, tools: &[(String, Option<Value>)], name: Option<&str>) -> Result<Matcher> {
         let lark_string = |s: &str| serde_json::to_string(s).unwrap_or_default();
         let args = |schema: &Option<Value>| -> String {
-            let mut schema = schema.clone().filter(Value::is_object).unwrap_or_else(|| serde_json::json!({"type": "object"}));
+            let mut schema =
+                schema.clone().filter(Value::is_object).unwrap_or_else(|| serde_json::json!({"type": "object"}));
             if let Some(object) = schema.as_object_mut() {
-                object.entry("x-guidance").or_insert_with(|| {
-                    serde_json::json!({"whitespace_flexible": false, "item_separator": ", ", "key_separator": ": "})
-                });
+                object.entry("x-guidance").or_insert_with(
+                    || serde_json::json!({"whitespace_flexible": false, "item_separator": ", ", "key_separator": ": "}),
+                );
             }
             format!("%json {schema}")
         };

@@ -22,7 +22,14 @@ impl Attention {
     /// The B rows are laid out as the time axis of one sequence (`[1, heads, B, D]`) for the head
     /// split, the q/k norm and RoPE — with each row's own position's table row — which are all per
     /// row, so they run once for the batch.
-    fn decode_rows(&self, x: &Tensor, pool: &KvPool, slots: &[usize], layer: usize, rope: &RotaryEmbedding) -> Result<Tensor> {
+    fn decode_rows(
+        &self,
+        x: &Tensor,
+        pool: &KvPool,
+        slots: &[usize],
+        layer: usize,
+        rope: &RotaryEmbedding,
+    ) -> Result<Tensor> {
         let b = slots.len();
         let positions: Vec<u32> = slots.iter().map(|&s| pool.len(s) as u32).collect();
         let positions = Tensor::from_vec(positions, b, x.device())?;

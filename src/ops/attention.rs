@@ -137,7 +137,16 @@ fn softmax_row(row: &mut [f32], len: usize) -> f32 {
 
 /// Attention of one query row `q` `[D]` over `keys` rows of `k` and `v` (row stride `d`): scores
 /// `scale·q·k_j`, softmax, `out = Σ_j p_j·v_j`. Returns the row's log-sum-exp.
-pub(super) fn decode_row(q: &[f32], k: &[f32], v: &[f32], keys: usize, d: usize, scale: f32, scores: &mut [f32], out: &mut [f32]) -> f32 {
+pub(super) fn decode_row(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    keys: usize,
+    d: usize,
+    scale: f32,
+    scores: &mut [f32],
+    out: &mut [f32],
+) -> f32 {
     let scores = &mut scores[..keys];
     for (j, score) in scores.iter_mut().enumerate() {
         *score = simd::dot(q, &k[j * d..(j + 1) * d]) * scale;

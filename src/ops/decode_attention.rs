@@ -42,13 +42,20 @@ impl CustomOp3 for PoolAttention {
         let (one, h, b, d) = lq.shape().dims4()?;
         let (slots, kv, capacity, kd) = lk.shape().dims4()?;
         let bad_row = self.rows.iter().any(|r| r.slot >= slots || r.len == 0 || r.len > capacity);
-        if one != 1 || b != self.rows.len() || kv == 0 || h % kv != 0 || kd != d || lv.shape() != lk.shape() || bad_row {
-            candle_core::bail!("pool attention: bad shapes q {:?} k {:?} for rows {:?}", lq.dims(), lk.dims(), self.rows);
+        if one != 1 || b != self.rows.len() || kv == 0 || h % kv != 0 || kd != d || lv.shape() != lk.shape() || bad_row
+        {
+            candle_core::bail!(
+                "pool attention: bad shapes q {:?} k {:?} for rows {:?}",
+                lq.dims(),
+                lk.dims(),
+                self.rows
+            );
         }
         let (Some((k0, _)), Some((v0, _))) = (lk.contiguous_offsets(), lv.contiguous_offsets()) else {
             candle_core::bail!("pool attention: the pools must be contiguous");
         };
-        let (q, k, v) = (&sq.as_slice::<f32>()?[lq.start_offset()..], &sk.as_slice::<f32>()?[k0..], &sv.as_slice::<f32>()?[v0..]);
+        let (q, k, v) =
+            (&sq.as_slice::<f32>()?[lq.start_offset()..], &sk.as_slice::<f32>()?[k0..], &sv.as_slice::<f32>()?[v0..]);
         let (rep, scale) = (h / kv, 1.0 / (d as f32).sqrt());
         let head_stride = capacity * d;
         let mut out = vec![0f32; h * b * d];

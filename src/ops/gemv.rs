@@ -46,7 +46,12 @@ impl CustomOp2 for Gemv {
 /// ([`simd::dot_1x4`]), single products for the edges. Every shape gives a (row, feature) pair the
 /// same bits, so a row's result never depends on the other rows. Threads split the features in
 /// blocks of 64.
-fn tiled<'a>(m: usize, n: usize, x: impl Fn(usize) -> &'a [f32] + Sync, w: impl Fn(usize) -> &'a [f32] + Sync) -> Vec<f32> {
+fn tiled<'a>(
+    m: usize,
+    n: usize,
+    x: impl Fn(usize) -> &'a [f32] + Sync,
+    w: impl Fn(usize) -> &'a [f32] + Sync,
+) -> Vec<f32> {
     let mut by_feature = vec![0f32; n * m];
     super::pool::for_each_chunk_mut(&mut by_feature, m * 64, |c, out| {
         let (j0, features) = (c * 64, out.len() / m);
@@ -120,4 +125,3 @@ pub(super) fn by_feature4(
     });
     transpose_features(by_feature, m, n)
 }
-

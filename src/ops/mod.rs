@@ -6,10 +6,10 @@
 //! [`set_fused(false)`](set_fused) or with `MINIMIND_KERNELS=composed` in the environment.
 
 pub mod attention;
-pub mod decode_attention;
 pub mod blas;
 pub mod composed;
 mod cpu;
+pub mod decode_attention;
 pub mod gemm;
 pub mod gemv;
 pub mod heads;

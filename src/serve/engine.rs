@@ -14,12 +14,12 @@ use crate::infer::grammar::Grammars;
 use crate::infer::{FinishReason, Sampler, SamplingParams};
 use crate::serve::metrics::{Metrics, Outcome};
 use crate::MiniMindForCausalLM;
-use std::time::Instant;
 use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError, TrySendError};
 use std::sync::Arc;
+use std::time::Instant;
 use tokio::sync::mpsc::UnboundedSender;
 
 /// A model the server can run.
@@ -329,7 +329,10 @@ impl<'e> Worker<'e> {
         let m = &self.engine.models[model];
         if self.timed_out(&job) {
             let waited = job.submitted.elapsed().as_secs_f64();
-            self.reject(Running::new(job, &m.tokenizer), format!("timed out after {waited:.1} s waiting for a KV slot"));
+            self.reject(
+                Running::new(job, &m.tokenizer),
+                format!("timed out after {waited:.1} s waiting for a KV slot"),
+            );
             return;
         }
         let (hook, batcher) = (&self.hook, &mut self.batchers[model]);

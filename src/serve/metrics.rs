@@ -120,13 +120,18 @@ impl Metrics {
             ("error", &self.requests_error),
             ("rejected", &self.requests_rejected),
         ] {
-            let _ = writeln!(out, "minimind_requests_total{{outcome=\"{outcome}\"}} {}", counter.load(Ordering::Relaxed));
+            let _ =
+                writeln!(out, "minimind_requests_total{{outcome=\"{outcome}\"}} {}", counter.load(Ordering::Relaxed));
         }
         for (name, help, counter) in [
             ("minimind_prompt_tokens_total", "Prompt tokens of finished requests.", &self.prompt_tokens),
             ("minimind_generation_tokens_total", "Tokens generated for finished requests.", &self.generation_tokens),
         ] {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}", counter.load(Ordering::Relaxed));
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+                counter.load(Ordering::Relaxed)
+            );
         }
         for (name, help, value) in [
             ("minimind_requests_waiting", "Requests queued for a KV slot.", waiting),

@@ -24,12 +24,12 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use engine::{Engine, Event, Job};
 use request::{ApiError, Request};
-use tools::ToolChoice;
 use serde_json::{json, Value};
 use std::convert::Infallible;
 use std::sync::atomic::Ordering;
 use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
+use tools::ToolChoice;
 
 const PAGE: &str = include_str!("page.html");
 
@@ -268,7 +268,12 @@ fn logprobs_field(chat: bool, entries: &[Value], offset: usize) -> Value {
         .iter()
         .map(|e| {
             let alternatives = e["top_logprobs"].as_array().map(Vec::as_slice).unwrap_or_default();
-            Value::Object(alternatives.iter().map(|a| (a["token"].as_str().unwrap_or("").to_string(), a["logprob"].clone())).collect())
+            Value::Object(
+                alternatives
+                    .iter()
+                    .map(|a| (a["token"].as_str().unwrap_or("").to_string(), a["logprob"].clone()))
+                    .collect(),
+            )
         })
         .collect();
     json!({"tokens": tokens, "token_logprobs": entries.iter().map(|e| e["logprob"].clone()).collect::<Vec<_>>(),
@@ -356,7 +361,8 @@ fn stream_reply(reply: Reply, req: &Request, rx: UnboundedReceiver<(usize, Event
         reply,
         splitters,
         logprobs: req.logprobs.map(|_| vec![Vec::new(); req.n]),
-        tools: (req.tools != ToolChoice::None).then(|| (req.tools.prompt_suffix().to_string(), vec![String::new(); req.n])),
+        tools: (req.tools != ToolChoice::None)
+            .then(|| (req.tools.prompt_suffix().to_string(), vec![String::new(); req.n])),
         queue,
         open: req.n,
         include_usage: req.include_usage,

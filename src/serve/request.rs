@@ -99,7 +99,11 @@ pub fn model_index(engine: &Engine, body: &Value, required: bool) -> Result<usiz
 /// `response_format`: `text` (default), `json_object` (any JSON object) or `json_schema`
 /// (`{"json_schema": {"name", "schema"}}`): a grammar the answer is decoded under, so it always parses
 /// and validates. A schema the grammar engine cannot compile is a 400.
-fn response_format(engine: &Engine, model: usize, body: &Value) -> Result<Option<crate::infer::grammar::Constraint>, ApiError> {
+fn response_format(
+    engine: &Engine,
+    model: usize,
+    body: &Value,
+) -> Result<Option<crate::infer::grammar::Constraint>, ApiError> {
     let format = match body.get("response_format") {
         None | Some(Value::Null) => return Ok(None),
         Some(f) => f,
@@ -115,9 +119,8 @@ fn response_format(engine: &Engine, model: usize, body: &Value) -> Result<Option
         ),
         _ => return Err(ApiError::invalid("response_format", "type must be text, json_object or json_schema".into())),
     };
-    let grammars = engine
-        .grammars(model)
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", &e))?;
+    let grammars =
+        engine.grammars(model).map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", &e))?;
     grammars
         .json(schema)
         .map(Some)
@@ -131,14 +134,18 @@ fn forced_call(engine: &Engine, model: usize, body: &Value) -> Result<crate::inf
         .map(|tools| {
             tools
                 .iter()
-                .filter_map(|t| Some((t.pointer("/function/name")?.as_str()?.to_string(), t.pointer("/function/parameters").cloned())))
+                .filter_map(|t| {
+                    Some((
+                        t.pointer("/function/name")?.as_str()?.to_string(),
+                        t.pointer("/function/parameters").cloned(),
+                    ))
+                })
                 .collect()
         })
         .unwrap_or_default();
     let name = body.pointer("/tool_choice/function/name").and_then(Value::as_str);
-    let grammars = engine
-        .grammars(model)
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", &e))?;
+    let grammars =
+        engine.grammars(model).map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", &e))?;
     grammars
         .tool_call(&tools, name)
         .map_err(|e| ApiError::invalid("tools", format!("the tools' parameters cannot be used: {e:#}")))
@@ -224,7 +231,9 @@ impl Request {
         let n = match number(&body, "n")? {
             None => 1,
             Some(n) if (1.0..=MAX_CHOICES as f64).contains(&n) && n.fract() == 0.0 => n as usize,
-            Some(n) => return Err(ApiError::invalid("n", format!("n must be an integer in 1..={MAX_CHOICES}, got {n}"))),
+            Some(n) => {
+                return Err(ApiError::invalid("n", format!("n must be an integer in 1..={MAX_CHOICES}, got {n}")))
+            }
         };
         // Unset fields take the same defaults as `minimind generate` / `chat`.
         let defaults = SamplingParams::default();

@@ -30,7 +30,11 @@ fn tokenize_body(engine: &Engine, body: &[u8]) -> Result<Value, ApiError> {
     } else if let Some(text) = body.get("content").and_then(Value::as_str) {
         m.tokenizer.encode(text).map_err(server_error)?
     } else {
-        return Err(ApiError::new(StatusCode::BAD_REQUEST, "invalid_request_error", "give prompt, messages or content"));
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            "give prompt, messages or content",
+        ));
     };
     let context = engine.config.slot_capacity(&m.model);
     Ok(json!({"tokens": tokens, "count": tokens.len(), "max_model_len": context}))
@@ -51,7 +55,9 @@ fn detokenize_body(engine: &Engine, body: &[u8]) -> Result<Value, ApiError> {
     let ids = body
         .get("tokens")
         .and_then(Value::as_array)
-        .and_then(|ids| ids.iter().map(|v| v.as_u64().filter(|&id| id < vocab).map(|id| id as u32)).collect::<Option<Vec<_>>>())
+        .and_then(|ids| {
+            ids.iter().map(|v| v.as_u64().filter(|&id| id < vocab).map(|id| id as u32)).collect::<Option<Vec<_>>>()
+        })
         .ok_or_else(|| {
             let message = format!("tokens must be an array of token ids below {vocab}");
             ApiError::new(StatusCode::BAD_REQUEST, "invalid_request_error", &message)

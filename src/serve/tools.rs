@@ -48,7 +48,8 @@ impl ToolChoice {
                 other => Err(format!("tool_choice must be none, auto, required or a function, got {other:?}")),
             },
             Some(v) => {
-                let name = v.pointer("/function/name").and_then(Value::as_str).ok_or("tool_choice must name a function")?;
+                let name =
+                    v.pointer("/function/name").and_then(Value::as_str).ok_or("tool_choice must name a function")?;
                 if !names.iter().any(|n| n == name) {
                     return Err(format!("tool_choice names {name:?}, which is not among the tools"));
                 }

@@ -5,8 +5,8 @@
 use super::optim::LrSchedule;
 use super::resume::{self, Resume};
 use super::trainer::{train, ModelOutput, Stage, TrainOptions, TrainSummary};
-use crate::model::params::WeightBuilder;
 use crate::dist::Dist;
+use crate::model::params::WeightBuilder;
 use crate::model::{MiniMindForCausalLM, ModelConfig, Precision};
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device};

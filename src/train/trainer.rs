@@ -7,13 +7,13 @@
 //! (as minimind-3 flushes at the epoch's end), its loss the mean over the micro-batches it has.
 
 use crate::data::DataCursor;
+use crate::dist::Dist;
 use crate::model::checkpoint;
 use crate::model::params::Params;
 use crate::model::{DropoutSeed, MiniMindForCausalLM};
 use crate::train::metrics::{write_chart, MetricsWriter, StepMetrics};
 use crate::train::optim::{clip_factor, grad_norm, AdamW, AdamWConfig, GradAccumulator, LrSchedule};
 use crate::train::resume::{self, Resume, RunState};
-use crate::dist::Dist;
 use anyhow::{bail, Context, Result};
 use candle_core::Tensor;
 use indicatif::{ProgressBar, ProgressStyle};

@@ -478,7 +478,9 @@ fn generate_prompts_file_batches_and_matches_single_prompts() {
     let lines: Vec<String> = prompts.iter().map(|t| serde_json::json!({ "prompt": t }).to_string()).collect();
     std::fs::write(&file, lines.join("\n")).unwrap();
     let greedy = ["--temperature", "0", "--max-new-tokens", "10", "--chat"];
-    let batch = ok(minimind(&[&["generate", "--model", p(&model), "--prompts", p(&file), "--max-batch", "3"], &greedy[..]].concat()));
+    let batch = ok(minimind(
+        &[&["generate", "--model", p(&model), "--prompts", p(&file), "--max-batch", "3"], &greedy[..]].concat(),
+    ));
     let rows: Vec<serde_json::Value> = batch.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(rows.len(), prompts.len());
     for (row, prompt) in rows.iter().zip(prompts) {

@@ -33,7 +33,8 @@ fn step_in_both(config: &ModelConfig) {
         let loss = out.moe.add_aux(ops::cross_entropy(&out.logits, &y, &mask).unwrap()).unwrap();
         assert_eq!(loss.dtype(), DType::F32, "the loss is computed in f32");
         let grads = loss.backward().unwrap();
-        let grads: Vec<Option<Tensor>> = params.entries.iter().map(|(_, v)| grads.get(v.as_tensor()).cloned()).collect();
+        let grads: Vec<Option<Tensor>> =
+            params.entries.iter().map(|(_, v)| grads.get(v.as_tensor()).cloned()).collect();
         (loss.to_scalar::<f32>().unwrap(), grads)
     };
     let (loss32, grads32) = run(DType::F32);

@@ -228,7 +228,8 @@ fn kv_slots_bound_the_batch_and_late_joiners_get_single_client_answers() {
     let long = || {
         let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
         let body = chat(json!({"stream": true, "max_tokens": 400, "temperature": 1.0})).to_string();
-        write!(s, "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{body}", body.len()).unwrap();
+        write!(s, "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{body}", body.len())
+            .unwrap();
         let mut first = [0u8; 64];
         s.read_exact(&mut first).unwrap();
         assert!(first.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&first));
@@ -508,7 +509,10 @@ fn tokenize_and_detokenize_round_trip() {
     let (_, chat) = post_json("/tokenize", json!({"messages": [{"role": "user", "content": "明月几时有"}]}));
     let (_, text) = post_json("/detokenize", json!({"tokens": chat["tokens"]}));
     let text = text["prompt"].as_str().unwrap();
-    assert!(text.contains("<|im_start|>user\n明月几时有<|im_end|>") && text.ends_with("<|im_start|>assistant\n"), "{text:?}");
+    assert!(
+        text.contains("<|im_start|>user\n明月几时有<|im_end|>") && text.ends_with("<|im_start|>assistant\n"),
+        "{text:?}"
+    );
     // Bad input is a 400 / 404 in OpenAI's error shape.
     assert_eq!(post_json("/detokenize", json!({"tokens": [1, 999999]})).0, 400);
     assert_eq!(post_json("/tokenize", json!({"nothing": 1})).0, 400);
@@ -561,17 +565,25 @@ fn metrics_count_requests_tokens_and_latencies() {
     let (status, text) = http(port, "GET", "/metrics", None);
     assert_eq!(status, 200);
     let value = |name: &str| -> f64 {
-        let line = text.lines().find(|l| l.starts_with(name) && !l.starts_with('#')).unwrap_or_else(|| panic!("{name}\n{text}"));
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(name) && !l.starts_with('#'))
+            .unwrap_or_else(|| panic!("{name}\n{text}"));
         line.rsplit(' ').next().unwrap().parse().unwrap()
     };
-    let finished = value("minimind_requests_total{outcome=\"stop\"}") + value("minimind_requests_total{outcome=\"length\"}");
+    let finished =
+        value("minimind_requests_total{outcome=\"stop\"}") + value("minimind_requests_total{outcome=\"length\"}");
     assert_eq!(finished, 2.0);
     assert!(value("minimind_generation_tokens_total") >= 2.0);
     assert!(value("minimind_prompt_tokens_total") > 0.0);
     assert_eq!(value("minimind_time_to_first_token_seconds_count"), 2.0);
     assert_eq!(value("minimind_requests_running"), 0.0);
     let tokens = value("minimind_generation_tokens_total");
-    assert_eq!(value("minimind_time_per_output_token_seconds_count"), tokens - 2.0, "one interval per token after the first");
+    assert_eq!(
+        value("minimind_time_per_output_token_seconds_count"),
+        tokens - 2.0,
+        "one interval per token after the first"
+    );
     for line in text.lines().filter(|l| !l.is_empty()) {
         assert!(line.starts_with('#') || line.split(' ').count() == 2, "not Prometheus text: {line:?}");
     }
@@ -591,7 +603,8 @@ fn n_choices_whole_and_streamed() {
     assert!(texts[0] != texts[1] || texts[1] != texts[2], "different seeds sample differently: {texts:?}");
     assert_eq!(r["usage"]["completion_tokens"], 18);
     // Choice i is what a single request with seed 5 + i answers.
-    let (_, alone, _) = post(port, "/v1/chat/completions", chat(json!({"temperature": 1.0, "seed": 6, "max_tokens": 6})));
+    let (_, alone, _) =
+        post(port, "/v1/chat/completions", chat(json!({"temperature": 1.0, "seed": 6, "max_tokens": 6})));
     assert_eq!(alone["choices"][0]["message"]["content"], texts[1]);
     // Streamed: every choice's deltas carry its index, each ends with its finish reason.
     let mut streamed = body;
@@ -615,7 +628,8 @@ fn n_choices_whole_and_streamed() {
 #[test]
 fn a_request_past_its_time_limit_ends_with_its_answer_so_far() {
     let limit = std::time::Duration::from_millis(300);
-    let port = serve(Engine::start(vec![tiny(&[])], EngineConfig { request_timeout: Some(limit), ..Default::default() }));
+    let port =
+        serve(Engine::start(vec![tiny(&[])], EngineConfig { request_timeout: Some(limit), ..Default::default() }));
     let started = std::time::Instant::now();
     let (status, r, _) = post(port, "/v1/chat/completions", chat(json!({"max_tokens": 2000, "temperature": 1.0})));
     assert_eq!(status, 200, "{r}");
@@ -663,7 +677,11 @@ fn logprobs_whole_streamed_and_legacy() {
     assert!(plain["choices"][0]["logprobs"].is_null());
     assert_eq!(post(port, "/v1/chat/completions", chat(json!({"top_logprobs": 2}))).0, 400);
     // Completions: the legacy arrays.
-    let (status, r, _) = post(port, "/v1/completions", json!({"model": "tiny", "prompt": "你好", "max_tokens": 4, "temperature": 0, "logprobs": 2}));
+    let (status, r, _) = post(
+        port,
+        "/v1/completions",
+        json!({"model": "tiny", "prompt": "你好", "max_tokens": 4, "temperature": 0, "logprobs": 2}),
+    );
     assert_eq!(status, 200, "{r}");
     let lp = &r["choices"][0]["logprobs"];
     let n = lp["tokens"].as_array().unwrap().len();
@@ -677,8 +695,10 @@ fn logprobs_whole_streamed_and_legacy() {
 #[test]
 fn tool_call_blocks_become_openai_tool_calls() {
     use minimind::serve::tools::{parse_tool_calls, ToolChoice};
-    let (content, calls) =
-        parse_tool_calls("Let me check.\n<tool_call>\n{\"name\": \"weather\", \"arguments\": {\"city\": \"杭州\"}}\n</tool_call>").unwrap();
+    let (content, calls) = parse_tool_calls(
+        "Let me check.\n<tool_call>\n{\"name\": \"weather\", \"arguments\": {\"city\": \"杭州\"}}\n</tool_call>",
+    )
+    .unwrap();
     assert_eq!(content, "Let me check.");
     assert_eq!(calls.len(), 1);
     assert_eq!(calls[0]["type"], "function");
@@ -693,8 +713,13 @@ fn tool_call_blocks_become_openai_tool_calls() {
     assert_eq!(calls[1]["function"]["arguments"], "{}");
     assert_ne!(calls[0]["id"], calls[1]["id"]);
     // Anything that is not a valid call stays plain content.
-    for text in ["no call", "<tool_call>{\"name\": \"a\", \"arguments\": {</tool_call>", "<tool_call>{\"name\": \"a\"}",
-                 "<tool_call>{\"arguments\": {}}</tool_call>", "<tool_call>{\"name\": \"a\", \"arguments\": 3}</tool_call>"] {
+    for text in [
+        "no call",
+        "<tool_call>{\"name\": \"a\", \"arguments\": {</tool_call>",
+        "<tool_call>{\"name\": \"a\"}",
+        "<tool_call>{\"arguments\": {}}</tool_call>",
+        "<tool_call>{\"name\": \"a\", \"arguments\": 3}</tool_call>",
+    ] {
         assert!(parse_tool_calls(text).is_none(), "{text}");
     }
     let names = vec!["weather".to_string()];
@@ -713,9 +738,18 @@ fn tool_call_blocks_become_openai_tool_calls() {
 #[test]
 fn tools_render_in_the_template_and_forced_calls_are_valid() {
     let config = minimind::ModelConfig { max_position_embeddings: 2048, ..micro_config(6400, 4, 2, 16) };
-    let (model, _) = minimind::model::checkpoint::init_model(&config, minimind::model::params::InitScheme::Minimind2, 7, &Device::Cpu).unwrap();
+    let (model, _) = minimind::model::checkpoint::init_model(
+        &config,
+        minimind::model::params::InitScheme::Minimind2,
+        7,
+        &Device::Cpu,
+    )
+    .unwrap();
     let tokenizer = minimind::Tokenizer::load(&tokenizer_dir("v3")).unwrap();
-    let engine = Engine::start(vec![LoadedModel { id: "m3".into(), aliases: vec![], model, tokenizer }], EngineConfig::default());
+    let engine = Engine::start(
+        vec![LoadedModel { id: "m3".into(), aliases: vec![], model, tokenizer }],
+        EngineConfig::default(),
+    );
     let port = serve(engine);
     let tools = json!([{"type": "function", "function": {"name": "weather", "description": "today's weather",
                         "parameters": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 6}},
@@ -729,8 +763,12 @@ fn tools_render_in_the_template_and_forced_calls_are_valid() {
     let (_, tokens, _) = post(port, "/tokenize", json!({"messages": messages, "tools": tools}));
     let (_, text, _) = post(port, "/detokenize", json!({"tokens": tokens["tokens"]}));
     let prompt = text["prompt"].as_str().unwrap();
-    for part in ["<tools>", "{\"type\": \"function\", \"function\": {\"name\": \"weather\"", "<tool_call>\n{\"name\": \"weather\", \"arguments\": {\"city\": \"杭州\"}}\n</tool_call>",
-                 "<tool_response>\n晴, 25°C\n</tool_response>"] {
+    for part in [
+        "<tools>",
+        "{\"type\": \"function\", \"function\": {\"name\": \"weather\"",
+        "<tool_call>\n{\"name\": \"weather\", \"arguments\": {\"city\": \"杭州\"}}\n</tool_call>",
+        "<tool_response>\n晴, 25°C\n</tool_response>",
+    ] {
         assert!(prompt.contains(part), "{part:?} not in {prompt:?}");
     }
     // A forced call is decoded under its parameters' grammar: it always comes back as a valid call.
@@ -748,8 +786,10 @@ fn tools_render_in_the_template_and_forced_calls_are_valid() {
     streamed["stream"] = json!(true);
     let (status, text) = http(port, "POST", "/v1/chat/completions", Some(&streamed.to_string()));
     assert_eq!(status, 200);
-    let chunks: Vec<Value> = events(&text).iter().filter(|e| *e != "[DONE]").map(|e| serde_json::from_str(e).unwrap()).collect();
-    let calls: Vec<&Value> = chunks.iter().filter_map(|c| c["choices"][0]["delta"]["tool_calls"].as_array()).flatten().collect();
+    let chunks: Vec<Value> =
+        events(&text).iter().filter(|e| *e != "[DONE]").map(|e| serde_json::from_str(e).unwrap()).collect();
+    let calls: Vec<&Value> =
+        chunks.iter().filter_map(|c| c["choices"][0]["delta"]["tool_calls"].as_array()).flatten().collect();
     assert_eq!(calls.len(), 1);
     assert_eq!((calls[0]["index"].as_u64(), calls[0]["function"]["name"].as_str()), (Some(0), Some("weather")));
     assert_eq!(chunks.last().unwrap()["choices"][0]["finish_reason"], "tool_calls");
@@ -778,14 +818,20 @@ fn json_schema_answers_parse_and_validate() {
                                        "n": {"type": "integer", "minimum": 0, "maximum": 9}}});
     let format = json!({"type": "json_schema", "json_schema": {"name": "reply", "schema": schema}});
     for (seed, stream) in [(1, false), (2, false), (3, true)] {
-        let body = chat(json!({"response_format": format, "max_tokens": 60, "temperature": 1.0, "seed": seed, "stream": stream}));
+        let body = chat(
+            json!({"response_format": format, "max_tokens": 60, "temperature": 1.0, "seed": seed, "stream": stream}),
+        );
         let (status, text) = http(port, "POST", "/v1/chat/completions", Some(&body.to_string()));
         assert_eq!(status, 200, "{text}");
         let answer: String = if stream {
             events(&text)
                 .iter()
                 .filter(|e| *e != "[DONE]")
-                .filter_map(|e| serde_json::from_str::<Value>(e).unwrap()["choices"][0]["delta"]["content"].as_str().map(str::to_string))
+                .filter_map(|e| {
+                    serde_json::from_str::<Value>(e).unwrap()["choices"][0]["delta"]["content"]
+                        .as_str()
+                        .map(str::to_string)
+                })
                 .collect()
         } else {
             let r: Value = serde_json::from_str(&text).unwrap();
@@ -799,9 +845,18 @@ fn json_schema_answers_parse_and_validate() {
     }
     // A model whose head is wider than its tokenizer's vocabulary never picks the extra ids.
     let config = minimind::ModelConfig { max_position_embeddings: 2048, ..micro_config(6500, 4, 2, 16) };
-    let (model, _) = minimind::model::checkpoint::init_model(&config, minimind::model::params::InitScheme::Minimind2, 3, &Device::Cpu).unwrap();
+    let (model, _) = minimind::model::checkpoint::init_model(
+        &config,
+        minimind::model::params::InitScheme::Minimind2,
+        3,
+        &Device::Cpu,
+    )
+    .unwrap();
     let tokenizer = minimind::Tokenizer::load(&tokenizer_dir("v2")).unwrap();
-    let wide = serve(Engine::start(vec![LoadedModel { id: "tiny".into(), aliases: vec![], model, tokenizer }], EngineConfig::default()));
+    let wide = serve(Engine::start(
+        vec![LoadedModel { id: "tiny".into(), aliases: vec![], model, tokenizer }],
+        EngineConfig::default(),
+    ));
     let (status, r, _) = post(wide, "/v1/chat/completions", chat(json!({"response_format": format, "max_tokens": 60})));
     assert_eq!(status, 200, "{r}");
     serde_json::from_str::<Value>(r["choices"][0]["message"]["content"].as_str().unwrap()).unwrap();
