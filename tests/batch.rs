@@ -9,7 +9,7 @@ use minimind::infer::batch::{Batcher, Decoded, SeqId, SeqOptions};
 use minimind::infer::{generate, generate_batch, FinishReason, Sampler, SamplingParams};
 use minimind::model::checkpoint::init_model;
 use minimind::model::params::InitScheme;
-use minimind::{MiniMindForCausalLM, ModelConfig};
+use minimind::MiniMindForCausalLM;
 use std::collections::HashMap;
 
 fn greedy() -> Sampler {
@@ -85,18 +85,7 @@ fn staggered_batched_decoding_equals_one_at_a_time_exactly() {
     let (model, _) = micro_model(12);
     check_against_one_at_a_time(&model);
     // minimind-3's q/k norm and a MoE FFN.
-    let config = ModelConfig {
-        hidden_size: 64,
-        num_hidden_layers: 2,
-        num_attention_heads: 4,
-        num_key_value_heads: 2,
-        vocab_size: 97,
-        max_position_embeddings: 128,
-        intermediate_size: None,
-        ..ModelConfig::preset("minimind3-moe").unwrap()
-    }
-    .resolved()
-    .unwrap();
+    let config = micro_preset("minimind3-moe");
     let (moe, _) = init_model(&config, InitScheme::Normal, 3, &candle_core::Device::Cpu).unwrap();
     check_against_one_at_a_time(&moe);
     // Int8 weights: the batch stays on the int8 kernel, row by row.

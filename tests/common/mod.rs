@@ -77,6 +77,23 @@ pub fn micro_config(vocab: usize, heads: usize, kv_heads: usize, head_dim: usize
     .unwrap()
 }
 
+/// A named preset (its architecture: MoE, q/k norm, …) shrunk to a few thousand parameters.
+pub fn micro_preset(name: &str) -> ModelConfig {
+    let base = ModelConfig::preset(name).unwrap();
+    ModelConfig {
+        hidden_size: 32,
+        num_hidden_layers: 2,
+        num_attention_heads: 4,
+        num_key_value_heads: 2,
+        intermediate_size: Some(48),
+        vocab_size: 97,
+        max_position_embeddings: 64,
+        ..base
+    }
+    .resolved()
+    .unwrap()
+}
+
 pub fn micro_model(seed: u64) -> (MiniMindForCausalLM, Params) {
     init_model(&micro_config(97, 4, 2, 16), InitScheme::Minimind2, seed, &Device::Cpu).unwrap()
 }

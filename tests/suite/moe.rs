@@ -157,26 +157,10 @@ fn aux_losses_match_minimind_formulas_on_a_hand_computed_case() {
     assert!((p0 - 0.84921).abs() < 1e-4);
 }
 
-fn micro(name: &str) -> ModelConfig {
-    let base = ModelConfig::preset(name).unwrap();
-    ModelConfig {
-        hidden_size: 32,
-        num_hidden_layers: 2,
-        num_attention_heads: 4,
-        num_key_value_heads: 2,
-        intermediate_size: Some(48),
-        vocab_size: 97,
-        max_position_embeddings: 64,
-        ..base
-    }
-    .resolved()
-    .unwrap()
-}
-
 #[test]
 fn every_parameter_of_moe_and_qk_norm_models_gets_a_gradient() {
     for name in ["minimind2-moe", "minimind3", "minimind3-moe"] {
-        let config = micro(name);
+        let config = micro_preset(name);
         let (model, params) =
             minimind::model::checkpoint::init_model(&config, InitScheme::Minimind2, 4, &Device::Cpu).unwrap();
         let ids = random_ids(2, 17, 97, 5);
@@ -198,7 +182,7 @@ fn every_parameter_of_moe_and_qk_norm_models_gets_a_gradient() {
 #[test]
 fn moe_and_qk_norm_models_save_load_and_decode_like_their_full_forward() {
     for name in ["minimind2-moe", "minimind3-moe"] {
-        let config = micro(name);
+        let config = micro_preset(name);
         let (model, _) =
             minimind::model::checkpoint::init_model(&config, InitScheme::Minimind2, 9, &Device::Cpu).unwrap();
         let dir = tempfile::tempdir().unwrap();
@@ -358,7 +342,7 @@ fn yarn_tables_follow_the_formula() {
 #[test]
 fn generate_takes_rope_scaling() {
     let dir = tempfile::tempdir().unwrap();
-    let config = ModelConfig { max_position_embeddings: 4096, vocab_size: 6400, ..micro("minimind3") };
+    let config = ModelConfig { max_position_embeddings: 4096, vocab_size: 6400, ..micro_preset("minimind3") };
     let (model, _) = minimind::model::checkpoint::init_model(&config, InitScheme::Minimind2, 1, &Device::Cpu).unwrap();
     minimind::model::checkpoint::save_model(dir.path(), &model).unwrap();
     minimind::model::checkpoint::copy_tokenizer_files(&tokenizer_dir("v3"), dir.path()).unwrap();
@@ -371,7 +355,7 @@ fn generate_takes_rope_scaling() {
 /// The MoE layer and q/k norm run in bf16 too (the composed path, as on CUDA), close to f32.
 #[test]
 fn moe_and_qk_norm_models_run_in_bf16() {
-    let config = micro("minimind3-moe");
+    let config = micro_preset("minimind3-moe");
     let (model, _) = minimind::model::checkpoint::init_model(&config, InitScheme::Minimind2, 6, &Device::Cpu).unwrap();
     let dir = tempfile::tempdir().unwrap();
     minimind::model::checkpoint::save_model(dir.path(), &model).unwrap();
