@@ -184,13 +184,7 @@ fn post_raw(port: u16, body: Value) -> (u16, String) {
 fn a_client_that_disconnects_frees_its_slot_and_concurrent_clients_get_their_own_answers() {
     let port = start();
     // Start a long stream, read its first bytes, hang up.
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    let body = chat(json!({"stream": true, "max_tokens": 2000, "temperature": 1.0})).to_string();
-    write!(s, "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{body}", body.len()).unwrap();
-    let mut first = [0u8; 64];
-    s.read_exact(&mut first).unwrap();
-    assert!(first.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&first));
-    drop(s);
+    drop(open_stream(port, 2000));
     let health = || -> Value { serde_json::from_str(&http(port, "GET", "/health", None).1).unwrap() };
     let start = std::time::Instant::now();
     while health()["pending"] != 0 && start.elapsed().as_secs() < 60 {
@@ -225,16 +219,7 @@ fn kv_slots_bound_the_batch_and_late_joiners_get_single_client_answers() {
     };
     let single: Vec<String> = ["一", "二二", "三三三"].iter().map(|p| answer_n(port, p, 5 + p.len() % 4)).collect();
     // Two endless streams take both slots.
-    let long = || {
-        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-        let body = chat(json!({"stream": true, "max_tokens": 400, "temperature": 1.0})).to_string();
-        write!(s, "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{body}", body.len())
-            .unwrap();
-        let mut first = [0u8; 64];
-        s.read_exact(&mut first).unwrap();
-        assert!(first.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&first));
-        s
-    };
+    let long = || open_stream(port, 400);
     // (Each one joins the batch before the next is sent: the queue holds one.)
     let a = long();
     wait_for("running", 1);
@@ -258,6 +243,17 @@ fn kv_slots_bound_the_batch_and_late_joiners_get_single_client_answers() {
     drop(b);
     wait_for("pending", 0);
     assert_eq!(health()["running"], 0);
+}
+
+/// A sampled stream of up to `max_tokens`, started (its 200 and first bytes read) and left open.
+fn open_stream(port: u16, max_tokens: usize) -> TcpStream {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let body = chat(json!({"stream": true, "max_tokens": max_tokens, "temperature": 1.0})).to_string();
+    write!(s, "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{body}", body.len()).unwrap();
+    let mut first = [0u8; 64];
+    s.read_exact(&mut first).unwrap();
+    assert!(first.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&first));
+    s
 }
 
 /// A streamed greedy answer, reassembled.
