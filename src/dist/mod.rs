@@ -95,10 +95,7 @@ impl Dist {
         if self.world_size() == 1 || tensors.is_empty() {
             return Ok(tensors.to_vec());
         }
-        let flat =
-            tensors.iter().map(|t| t.to_dtype(DType::F32)?.flatten_all()).collect::<candle_core::Result<Vec<_>>>()?;
-        let summed = self.0.all_reduce_sum(&Tensor::cat(&flat, 0)?)?;
-        split_like(&summed, tensors)
+        split_like(&self.0.all_reduce_sum(&concat_f32(tensors)?)?, tensors)
     }
 
     /// Sums numbers over ranks (as f32 on the wire: logged scalars and token counts).
@@ -120,11 +117,15 @@ impl Dist {
         if self.world_size() == 1 || tensors.is_empty() {
             return Ok(tensors.to_vec());
         }
-        let flat =
-            tensors.iter().map(|t| t.to_dtype(DType::F32)?.flatten_all()).collect::<candle_core::Result<Vec<_>>>()?;
-        let root = self.0.broadcast(&Tensor::cat(&flat, 0)?, 0)?;
-        split_like(&root, tensors)
+        split_like(&self.0.broadcast(&concat_f32(tensors)?, 0)?, tensors)
     }
+}
+
+/// All `tensors` as one flat f32 buffer (one message on the wire), undone by [`split_like`].
+fn concat_f32(tensors: &[Tensor]) -> Result<Tensor> {
+    let flat =
+        tensors.iter().map(|t| t.to_dtype(DType::F32)?.flatten_all()).collect::<candle_core::Result<Vec<_>>>()?;
+    Ok(Tensor::cat(&flat, 0)?)
 }
 
 /// Cuts a flat buffer back into tensors of the shapes, dtypes and devices of `like`.
