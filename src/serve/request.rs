@@ -1,7 +1,7 @@
 //! Parsing and validating OpenAI-style requests into generation jobs, with OpenAI-shaped errors.
 
 use super::engine::Engine;
-use super::tools::{tool_names, ToolChoice};
+use super::tools::{tool_specs, ToolChoice};
 use crate::infer::sampler::{SamplingParams, DEFAULT_MAX_NEW_TOKENS};
 use axum::http::StatusCode;
 use serde_json::{json, Value};
@@ -127,27 +127,18 @@ fn response_format(
         .map_err(|e| ApiError::invalid("response_format", format!("the schema cannot be used: {e:#}")))
 }
 
-/// The grammar of a forced tool call (`tool_choice` `required` or a named function).
-fn forced_call(engine: &Engine, model: usize, body: &Value) -> Result<crate::infer::grammar::Constraint, ApiError> {
-    let tools: Vec<(String, Option<Value>)> = body["tools"]
-        .as_array()
-        .map(|tools| {
-            tools
-                .iter()
-                .filter_map(|t| {
-                    Some((
-                        t.pointer("/function/name")?.as_str()?.to_string(),
-                        t.pointer("/function/parameters").cloned(),
-                    ))
-                })
-                .collect()
-        })
-        .unwrap_or_default();
+/// The grammar of a forced tool call (`tool_choice` `required` or a named function) over `tools`.
+fn forced_call(
+    engine: &Engine,
+    model: usize,
+    body: &Value,
+    tools: &[(String, Option<Value>)],
+) -> Result<crate::infer::grammar::Constraint, ApiError> {
     let name = body.pointer("/tool_choice/function/name").and_then(Value::as_str);
     let grammars =
         engine.grammars(model).map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", &e))?;
     grammars
-        .tool_call(&tools, name)
+        .tool_call(tools, name)
         .map_err(|e| ApiError::invalid("tools", format!("the tools' parameters cannot be used: {e:#}")))
 }
 
@@ -186,11 +177,11 @@ impl Request {
         let body = json_object(body)?;
         let model = model_index(engine, &body, true)?;
         let m = &engine.models[model];
-        let (prompt, opens_thinking, tools) = if chat {
+        let (prompt, opens_thinking, tools, tool_specs) = if chat {
             let p = chat_prompt(m, &body)?;
-            (p.ids, p.opens_thinking, p.tools)
+            (p.ids, p.opens_thinking, p.tools, p.tool_specs)
         } else {
-            (completion_prompt(m, &body)?, false, ToolChoice::None)
+            (completion_prompt(m, &body)?, false, ToolChoice::None, Vec::new())
         };
         // A request's prompt and answer share one KV slot.
         let context = engine.config.slot_capacity(&m.model);
@@ -226,7 +217,7 @@ impl Request {
         let mut constraint = response_format(engine, model, &body)?;
         if let ToolChoice::Forced(_) = tools {
             // A forced call is decoded under its tools' grammar: its arguments always parse.
-            constraint = Some(forced_call(engine, model, &body)?);
+            constraint = Some(forced_call(engine, model, &body, &tool_specs)?);
         }
         let n = match number(&body, "n")? {
             None => 1,
@@ -320,10 +311,11 @@ pub(crate) fn chat_prompt(m: &super::engine::LoadedModel, body: &Value) -> Resul
     for (i, msg) in messages.iter().enumerate() {
         clean.push(clean_message(i, msg)?);
     }
-    let names = match body.get("tools") {
+    let tool_specs = match body.get("tools") {
         None | Some(Value::Null) => Vec::new(),
-        Some(tools) => tool_names(tools).map_err(|e| ApiError::invalid("tools", e))?,
+        Some(tools) => tool_specs(tools).map_err(|e| ApiError::invalid("tools", e))?,
     };
+    let names: Vec<String> = tool_specs.iter().map(|(name, _)| name.clone()).collect();
     let tools = ToolChoice::parse(body.get("tool_choice"), &names).map_err(|e| ApiError::invalid("tool_choice", e))?;
     let mut kwargs = template_kwargs(body)?;
     if tools != ToolChoice::None {
@@ -338,10 +330,12 @@ pub(crate) fn chat_prompt(m: &super::engine::LoadedModel, body: &Value) -> Resul
         .tokenizer
         .encode(&text)
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", &format!("{e:#}")))?;
-    Ok(ChatPrompt { ids, opens_thinking: crate::infer::reasoning::opens_thinking(&text), tools })
+    Ok(ChatPrompt { ids, opens_thinking: crate::infer::reasoning::opens_thinking(&text), tools, tool_specs })
 }
 
 pub(crate) struct ChatPrompt {
+    /// The offered tools as `(name, parameters schema)`.
+    pub tool_specs: Vec<(String, Option<Value>)>,
     pub ids: Vec<u32>,
     pub opens_thinking: bool,
     pub tools: ToolChoice,

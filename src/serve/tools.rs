@@ -59,17 +59,18 @@ impl ToolChoice {
     }
 }
 
-/// The function names of a request's `tools` (`[{"type": "function", "function": {"name", …}}]`).
-pub fn tool_names(tools: &Value) -> Result<Vec<String>, String> {
+/// A request's `tools` (`[{"type": "function", "function": {"name", "parameters"?, …}}]`) as
+/// `(name, parameters schema)`.
+pub fn tool_specs(tools: &Value) -> Result<Vec<(String, Option<Value>)>, String> {
     let Value::Array(tools) = tools else { return Err("tools must be an array".into()) };
     tools
         .iter()
         .enumerate()
         .map(|(i, t)| {
-            t.pointer("/function/name")
-                .and_then(Value::as_str)
-                .map(str::to_string)
-                .ok_or_else(|| format!("tools[{i}] must be {{\"type\": \"function\", \"function\": {{\"name\": …}}}}"))
+            let name = t.pointer("/function/name").and_then(Value::as_str).ok_or_else(|| {
+                format!("tools[{i}] must be {{\"type\": \"function\", \"function\": {{\"name\": …}}}}")
+            })?;
+            Ok((name.to_string(), t.pointer("/function/parameters").cloned()))
         })
         .collect()
 }
