@@ -8,7 +8,7 @@
 //! attention runs single-sequence decoding's per-row code), so a greedy answer is the same whether
 //! its request ran alone or beside others.
 
-use crate::model::transformer::{Attention, Linear, MiniMindForCausalLM, RmsNorm, RotaryEmbedding};
+use crate::model::transformer::{Attention, Linear, MiniMindForCausalLM, RmsNorm};
 use crate::model::KvPool;
 use crate::ops;
 use crate::ops::decode_attention::PoolRow;
@@ -21,28 +21,25 @@ impl Attention {
     ///
     /// The B rows are laid out as the time axis of one sequence (`[1, heads, B, D]`) for the head
     /// split, the q/k norm and RoPE — with each row's own position's table row — which are all per
-    /// row, so they run once for the batch.
+    /// row, so they run once for the batch. `cos`/`sin` are each row's RoPE table row `[B, D]`.
     fn decode_rows(
         &self,
         x: &Tensor,
         pool: &KvPool,
         slots: &[usize],
         layer: usize,
-        rope: &RotaryEmbedding,
+        (cos, sin): (&Tensor, &Tensor),
     ) -> Result<Tensor> {
         let b = slots.len();
-        let positions: Vec<u32> = slots.iter().map(|&s| pool.len(s) as u32).collect();
-        let positions = Tensor::from_vec(positions, b, x.device())?;
-        let (cos, sin) = (rope.cos.index_select(&positions, 0)?, rope.sin.index_select(&positions, 0)?);
         // As `Attention::forward` does for one row: heads, then RoPE (after the q/k norm if any).
         let heads = |linear: &Linear, n: usize, rotate: bool, norm: Option<&RmsNorm>| -> Result<Tensor> {
             let z = ops::matmul_nt(x, &linear.weight_for(x)?)?; // [B, 1, n·D]
             let z = z.reshape((1, b, z.dim(D::Minus1)?))?;
             match (rotate, norm) {
                 (false, _) => Ok(ops::composed::split_heads(&z, n, None)?),
-                (true, None) => Ok(ops::composed::split_heads(&z, n, Some((&cos, &sin)))?),
+                (true, None) => Ok(ops::composed::split_heads(&z, n, Some((cos, sin)))?),
                 (true, Some(norm)) => {
-                    Ok(ops::apply_rope(&norm.forward(&ops::composed::split_heads(&z, n, None)?)?, &cos, &sin)?)
+                    Ok(ops::apply_rope(&norm.forward(&ops::composed::split_heads(&z, n, None)?)?, cos, sin)?)
                 }
             }
         };
@@ -75,9 +72,14 @@ impl MiniMindForCausalLM {
         let ids = Tensor::from_vec(tokens.to_vec(), b, self.device())?;
         let embedded = self.model.embed_tokens.index_select(&ids, 0)?;
         let mut x = embedded.to_dtype(self.compute_dtype())?.reshape((b, 1, d))?;
+        // Each row's RoPE table row, at its own position: once per step, for every layer.
+        let positions: Vec<u32> = slots.iter().map(|&s| pool.len(s) as u32).collect();
+        let positions = Tensor::from_vec(positions, b, self.device())?;
+        let rotary = &self.model.rotary;
+        let (cos, sin) = (rotary.cos.index_select(&positions, 0)?, rotary.sin.index_select(&positions, 0)?);
         for (i, layer) in self.model.layers.iter().enumerate() {
             let normed = layer.input_layernorm.forward(&x)?;
-            let h = (x + layer.self_attn.decode_rows(&normed, pool, slots, i, &self.model.rotary)?)?;
+            let h = (x + layer.self_attn.decode_rows(&normed, pool, slots, i, (&cos, &sin))?)?;
             let (m, _) = layer.mlp.forward(&layer.post_attention_layernorm.forward(&h)?, false)?;
             x = (h + m)?;
         }
