@@ -3,7 +3,7 @@
 //! over all clients, time to first token (p50/p95), peak RSS. The engine is the one `serve` runs,
 //! driven in process (HTTP framing is left out: it costs microseconds per token).
 
-use super::bench::{median, peak_rss_bytes, BenchArgs};
+use super::bench::{median, peak_rss_bytes, rss_bytes, BenchArgs};
 use crate::infer::SamplingParams;
 use crate::model::checkpoint::init_model;
 use crate::model::params::InitScheme;
@@ -20,6 +20,8 @@ struct RunFigures {
     elapsed: f64,
     /// Seconds from sending to the first text of each request.
     first_token: Vec<f64>,
+    /// Resident memory sampled each second of the run.
+    rss: Vec<u64>,
 }
 
 pub fn run(a: &BenchArgs) -> Result<()> {
@@ -65,6 +67,7 @@ pub fn run(a: &BenchArgs) -> Result<()> {
             figures.first_token.len(),
             peak_rss_bytes() as f64 / (1 << 20) as f64
         );
+        println!("{}", rss_course(&figures.rss));
     }
     Ok(())
 }
@@ -77,7 +80,7 @@ fn measure(engine: &Engine, clients: usize, seconds: f64, a: &BenchArgs) -> Resu
     let deadline = start + Duration::from_secs_f64(seconds);
     let before = engine.generated.load(Ordering::SeqCst);
     let vocab = engine.models[0].model.config.vocab_size as u32;
-    let (tokens, firsts) = std::thread::scope(|scope| {
+    let (tokens, firsts, rss) = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..clients)
             .map(|c| {
                 scope.spawn(move || -> Result<Vec<f64>> {
@@ -94,19 +97,23 @@ fn measure(engine: &Engine, clients: usize, seconds: f64, a: &BenchArgs) -> Resu
                 })
             })
             .collect();
-        std::thread::sleep(deadline.saturating_duration_since(Instant::now()));
+        let mut rss = Vec::new();
+        while Instant::now() < deadline {
+            std::thread::sleep(deadline.saturating_duration_since(Instant::now()).min(Duration::from_secs(1)));
+            rss.push(rss_bytes());
+        }
         let tokens = engine.generated.load(Ordering::SeqCst) - before;
         let firsts: Vec<Result<Vec<f64>>> = handles
             .into_iter()
             .map(|h| h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("a client thread panicked"))))
             .collect();
-        (tokens, firsts)
+        (tokens, firsts, rss)
     });
     let mut first_token = Vec::new();
     for f in firsts {
         first_token.extend(f?);
     }
-    Ok(RunFigures { tokens, elapsed: seconds, first_token })
+    Ok(RunFigures { tokens, elapsed: seconds, first_token, rss })
 }
 
 /// Streams one greedy request to its end; returns its time to first token.
@@ -138,6 +145,24 @@ fn one_request(engine: &Engine, prompt: Vec<u32>, new_tokens: usize) -> Result<O
             None => bail!("the engine stopped"),
         }
     }
+}
+
+/// Whether memory stayed flat: resident memory once warm (a tenth into the run) against its end and
+/// its highest.
+fn rss_course(samples: &[u64]) -> String {
+    let mib = |b: u64| b as f64 / (1 << 20) as f64;
+    let (Some(&end), Some(&max)) = (samples.last(), samples.iter().max()) else {
+        return "             RSS not sampled (run shorter than a second)".into();
+    };
+    let warm = samples[samples.len() / 10];
+    format!(
+        "             RSS {:.0} MiB a tenth into the run, {:.0} MiB at its end ({:+.1} %), highest {:.0} MiB, {} samples",
+        mib(warm),
+        mib(end),
+        (end as f64 / warm as f64 - 1.0) * 100.0,
+        mib(max),
+        samples.len()
+    )
 }
 
 fn percentile(values: &[f64], q: f64) -> f64 {

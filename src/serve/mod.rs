@@ -7,6 +7,7 @@
 //! `{"error": {"message", "type", "param", "code"}}` with a 4xx/5xx status. Text inside
 //! `<think>…</think>` goes to `reasoning_content`.
 
+pub mod demo_tools;
 pub mod engine;
 pub mod metrics;
 pub mod request;
@@ -61,7 +62,7 @@ pub fn router(engine: Engine) -> Router {
     router_with_key(engine, None)
 }
 
-/// [`router`] where, with an `api_key`, the API (`/v1/*`, `/tokenize`, `/detokenize`) answers only
+/// [`router`] where, with an `api_key`, the API (`/v1/*`, `/tokenize`, `/detokenize`, the page's `/demo/tools`) answers only
 /// requests carrying `Authorization: Bearer <key>` (401 otherwise); the page, `/health` and
 /// `/metrics` stay open.
 pub fn router_with_key(engine: Engine, api_key: Option<String>) -> Router {
@@ -71,6 +72,8 @@ pub fn router_with_key(engine: Engine, api_key: Option<String>) -> Router {
         .route("/v1/completions", post(completions))
         .route("/tokenize", post(tokens::tokenize))
         .route("/detokenize", post(tokens::detokenize))
+        .route("/demo/tools", get(demo_tools::list))
+        .route("/demo/tools/{name}", post(demo_tools::call))
         .layer(axum::middleware::from_fn(move |request, next| require_key(api_key.clone(), request, next)));
     Router::new()
         .route("/", get(|| async { Html(PAGE) }))

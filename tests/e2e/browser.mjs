@@ -1,4 +1,5 @@
-// Drives the web chat page in headless Chromium: sends a message, waits for the streamed answer.
+// Drives the web chat page in headless Chromium: sends a message, waits for the streamed answer;
+// the thinking switch; a demo tool call shown, run and answered.
 import { chromium } from "playwright-core";
 
 const [url, shot] = process.argv.slice(2);
@@ -38,6 +39,34 @@ await page.click("#send");
 const body = JSON.parse((await sent).postData());
 if (body.chat_template_kwargs?.enable_thinking !== false) throw new Error(`thinking switch not sent: ${JSON.stringify(body)}`);
 await page.waitForFunction(() => !document.querySelector("#send").disabled, null, { timeout: 60000 });
+// Demo tools: a required call is shown, run on the server's demo tools, its result shown and sent
+// back as a `tool` message (tool_choice auto) before the model answers.
+await page.selectOption("#tools", "required");
+await page.fill("#max_tokens", "200"); // room for the longest expression the schema allows
+const isChat = (r) => r.url().endsWith("/v1/chat/completions") && r.method() === "POST";
+const first = page.waitForRequest((r) => isChat(r) && JSON.parse(r.postData()).tool_choice === "required");
+const followUp = page.waitForRequest((r) => isChat(r) && JSON.parse(r.postData()).messages.some((m) => m.role === "tool"));
+await page.fill("#input", "6 乘 7 等于几？");
+await page.click("#send");
+const asked = JSON.parse((await first).postData());
+if (asked.tools?.length !== 2) throw new Error(`demo tools not offered: ${JSON.stringify(asked)}`);
+const second = JSON.parse((await followUp).postData());
+await page.waitForFunction(() => !document.querySelector("#send").disabled, null, { timeout: 120000 });
+const made = second.messages.find((m) => m.tool_calls).tool_calls[0];
+const reply = second.messages.find((m) => m.role === "tool");
+if (second.tool_choice !== "auto" || reply.tool_call_id !== made.id) throw new Error(`follow-up: ${JSON.stringify(second)}`);
+const shownCall = await page.textContent(".toolcall");
+if (!shownCall.includes(made.function.name + "(")) throw new Error(`tool call shown as ${shownCall}`);
+// The result on the page and in the follow-up is what the tool answers for those arguments.
+const ran = await fetch(new URL("/demo/tools/" + made.function.name, url), {
+  method: "POST", headers: { "Content-Type": "application/json" }, body: made.function.arguments,
+});
+const out = await ran.json();
+const expectedResult = ran.ok ? out.result : "error: " + out.error;
+const shownResult = await page.textContent(".msg.tool");
+if (reply.content !== expectedResult || !shownResult.endsWith(expectedResult)) {
+  throw new Error(`tool result ${JSON.stringify(reply.content)} / shown ${JSON.stringify(shownResult)}, tool answers ${JSON.stringify(expectedResult)}`);
+}
 if (shot) await page.screenshot({ path: shot });
 await browser.close();
-console.log(`browser: sent a message, streamed answer of ${answer.length} chars, thinking switch — OK`);
+console.log(`browser: sent a message, streamed answer of ${answer.length} chars, thinking switch, tool call ${made.function.name} → ${JSON.stringify(expectedResult)} — OK`);

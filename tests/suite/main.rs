@@ -6,6 +6,7 @@ mod common;
 
 mod cli;
 mod data;
+mod demo_tools;
 mod dist;
 mod distill;
 mod dpo;

@@ -550,6 +550,24 @@ fn api_key_guards_the_api() {
     }
 }
 
+/// The page's demo tools over HTTP: the list is an OpenAI `tools` array, a call answers its result,
+/// a call that cannot be carried out answers 400 with the reason.
+#[test]
+fn demo_tools_are_listed_and_called() {
+    let port = start();
+    let (status, body) = http(port, "GET", "/demo/tools", None);
+    let tools: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(status, 200);
+    let names: Vec<&str> = tools.as_array().unwrap().iter().filter_map(|t| t["function"]["name"].as_str()).collect();
+    assert_eq!(names, ["calculator", "current_time"]);
+    let (status, result, _) = post(port, "/demo/tools/calculator", json!({"expression": "(3 + 4) * 2^3"}));
+    assert_eq!((status, result["result"].as_str()), (200, Some("56")));
+    let (status, result, _) = post(port, "/demo/tools/calculator", json!({"expression": "1 +"}));
+    assert_eq!(status, 400);
+    assert!(result["error"].as_str().unwrap().contains("column 4"), "{result}");
+    assert_eq!(post(port, "/demo/tools/shell", json!({})).0, 400);
+}
+
 /// `/metrics` is Prometheus text: counters of requests and tokens, the queue gauges, latency
 /// histograms whose counts add up.
 #[test]
