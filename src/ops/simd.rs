@@ -49,18 +49,24 @@ macro_rules! dispatch {
     };
 }
 
-/// 2: AVX-512F, 1: AVX2+FMA, 0: baseline (detected once).
+/// 2: AVX-512F, 1: AVX2+FMA, 0: baseline (detected once). `MINIMIND_SIMD=avx2` or `portable` picks a
+/// lower level than the CPU has, to measure or test that path.
 #[cfg(target_arch = "x86_64")]
 pub fn level() -> u8 {
     use std::sync::OnceLock;
     static LEVEL: OnceLock<u8> = OnceLock::new();
     *LEVEL.get_or_init(|| {
-        if is_x86_feature_detected!("avx512f") {
+        let detected = if is_x86_feature_detected!("avx512f") {
             2
         } else if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
             1
         } else {
             0
+        };
+        match std::env::var("MINIMIND_SIMD").as_deref() {
+            Ok("avx2") => detected.min(1),
+            Ok("portable") => 0,
+            _ => detected,
         }
     })
 }
