@@ -1,7 +1,8 @@
 //! Training: one loop ([`trainer`]) that every stage uses, the optimizer and schedule
 //! ([`optim`]), exact resume ([`resume`]), metrics ([`metrics`]), what every stage's entry point
 //! shares ([`run`]), and one module per stage — each a dataset plus a loss:
-//! [`pretrain()`], [`sft()`], [`dpo()`], [`lora()`], [`distill()`], [`reason()`].
+//! [`pretrain()`], [`sft()`], [`dpo()`], [`lora()`], [`distill()`], [`reason()`]. Reinforcement
+//! learning's pieces so far: its losses ([`policy_loss`]: GRPO, CISPO, GAE) and rule rewards ([`rewards`]).
 //!
 //! ```no_run
 //! use minimind::train::{self, SftConfig, TrainConfig};
@@ -20,9 +21,11 @@ pub mod lm;
 pub mod lora;
 pub mod metrics;
 pub mod optim;
+pub mod policy_loss;
 pub mod pretrain;
 pub mod reason;
 pub mod resume;
+pub mod rewards;
 pub mod run;
 pub mod sft;
 pub mod stage;

@@ -20,6 +20,7 @@ mod model;
 mod moe;
 mod precision;
 mod reason;
+mod rl;
 mod robustness;
 mod serve;
 mod sft;

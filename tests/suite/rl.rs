@@ -1,0 +1,108 @@
+//! Reinforcement learning's pieces against hand-computed cases: group-normalized advantages, the
+//! completion mask, the GRPO and CISPO losses with their gradients, GAE, and the rule rewards.
+
+use candle_core::{Device, Tensor, Var};
+use minimind::train::policy_loss::{
+    completion_mask, gae, group_advantages, policy_loss, whiten, PolicyLossConfig, PolicyLossKind,
+};
+use minimind::train::rewards::{format_reward, gt_match, last_number, minimind_rule_reward, repetition_penalty};
+
+fn close(a: f64, b: f64, tol: f64) -> bool {
+    (a - b).abs() <= tol
+}
+
+#[test]
+fn advantages_are_normalized_within_each_group() {
+    let a = group_advantages(&[1.0, 2.0, 3.0, 5.0, 5.0, 5.0], 3).unwrap();
+    let std = (2.0f64 / 3.0).sqrt(); // biased std of 1, 2, 3
+    let expected = [-1.0 / (std + 1e-4), 0.0, 1.0 / (std + 1e-4), 0.0, 0.0, 0.0];
+    for (got, want) in a.iter().zip(expected) {
+        assert!(close(*got, want, 1e-12), "{a:?}");
+    }
+    assert!(group_advantages(&[1.0, 2.0, 3.0], 2).unwrap_err().to_string().contains("groups of 2"));
+}
+
+#[test]
+fn the_mask_counts_tokens_through_the_first_stop() {
+    assert_eq!(completion_mask(&[5, 7, 2, 9, 2], &[2]), [1.0, 1.0, 1.0, 0.0, 0.0]);
+    assert_eq!(completion_mask(&[5, 7], &[2]), [1.0, 1.0]);
+}
+
+/// One completion of two tokens: the policy's log-probabilities ln ½ and ln ¼, the sampler's ln 0.4
+/// and ln ¼, the reference's ln ½ and ln ½, advantage 2, β 0.1, ε 0.2.
+fn case(kind: PolicyLossKind) -> (f64, Vec<f32>, f64, f64) {
+    let dev = Device::Cpu;
+    let logp = Var::from_tensor(&Tensor::new(&[[0.5f32.ln(), 0.25f32.ln()]], &dev).unwrap()).unwrap();
+    let old = Tensor::new(&[[0.4f32.ln(), 0.25f32.ln()]], &dev).unwrap();
+    let reference = Tensor::new(&[[0.5f32.ln(), 0.5f32.ln()]], &dev).unwrap();
+    let advantages = Tensor::new(&[2.0f32], &dev).unwrap();
+    let mask = Tensor::new(&[[1.0f32, 1.0]], &dev).unwrap();
+    let config = PolicyLossConfig { kind, beta: 0.1, epsilon: 0.2, epsilon_high: 5.0 };
+    let (loss, stats) = policy_loss(logp.as_tensor(), &old, &reference, &advantages, &mask, &config).unwrap();
+    let grads = loss.backward().unwrap();
+    let grad = grads.get(logp.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    (loss.to_scalar::<f32>().unwrap() as f64, grad, stats.kl, stats.clip_fraction)
+}
+
+#[test]
+fn grpo_clips_the_ratio_and_adds_the_k3_kl() {
+    // Token 0: ratio 1.25 clipped to 1.2 → −2.4 (no gradient through the clipped term), KL 0.
+    // Token 1: ratio 1 → −2, KL e^(ln 2) − ln 2 − 1 = 0.306853 → −2 + 0.0306853.
+    let (loss, grad, kl, clipped) = case(PolicyLossKind::Grpo);
+    assert!(close(loss, (-2.4 + (-2.0 + 0.1 * 0.306853)) / 2.0, 1e-5), "{loss}");
+    // d/dlogπ₁: −ratio·A + β·(1 − e^(ref − logπ)) = −2 − 0.1, over two tokens.
+    assert!(close(grad[0] as f64, 0.0, 1e-6) && close(grad[1] as f64, -2.1 / 2.0, 1e-5), "{grad:?}");
+    assert!(close(kl, 0.306853 / 2.0, 1e-5) && close(clipped, 0.5, 1e-9), "{kl} {clipped}");
+}
+
+#[test]
+fn cispo_weighs_log_probabilities_by_the_capped_ratio() {
+    // Token 0: −1.25·2·ln ½; token 1: −1·2·ln ¼ + 0.1·0.306853.
+    let (loss, grad, _, clipped) = case(PolicyLossKind::Cispo);
+    let expected = (-2.5 * 0.5f64.ln() + (-2.0 * 0.25f64.ln() + 0.0306853)) / 2.0;
+    assert!(close(loss, expected, 1e-5), "{loss} vs {expected}");
+    // The ratio is a constant weight: d/dlogπ = −w·A (+ the KL's −β on token 1), over two tokens.
+    assert!(close(grad[0] as f64, -1.25, 1e-5) && close(grad[1] as f64, -1.05, 1e-5), "{grad:?}");
+    assert_eq!(clipped, 0.0);
+}
+
+#[test]
+fn gae_spreads_the_last_reward_back() {
+    let (a, r) = gae(&[0.0, 0.0, 1.0], &[0.5, 0.6, 0.7], 1.0, 0.95).unwrap();
+    for (got, want) in a.iter().zip([0.46575, 0.385, 0.3]) {
+        assert!(close(*got, want, 1e-12), "{a:?}");
+    }
+    for (got, want) in r.iter().zip([0.96575, 0.985, 1.0]) {
+        assert!(close(*got, want, 1e-12), "{r:?}");
+    }
+    let w = whiten(&[1.0, 2.0, 3.0]);
+    assert!(close(w.iter().sum::<f64>(), 0.0, 1e-12) && close(w[2], 1.0 / (2.0f64 / 3.0).sqrt(), 1e-6));
+}
+
+#[test]
+fn rule_rewards_follow_minimind() {
+    let long = "这是一个足够长的回答，包含二十多个字符的内容呢。";
+    assert_eq!(format_reward(long), 0.5);
+    assert_eq!(format_reward("太短"), -0.5);
+    let thought = format!("{}</think>{long}", "思考".repeat(12)); // 24 characters of thinking
+    assert_eq!(format_reward(&thought), 0.5 + 1.0 + 0.25);
+    assert_eq!(format_reward(&format!("短</think>{long}</think>")), 0.5 - 0.5 - 0.25);
+    // "a b c a b c": 3-grams abc, bca, cab, abc — one duplicate of four → 1·0.5·2/4.
+    assert_eq!(repetition_penalty("a b c a b c", 3, 0.5), 0.25);
+    assert_eq!(repetition_penalty("你好。你好。", 3, 0.5), 0.0); // 你好 。 你好 。: two distinct 3-grams
+    assert_eq!(repetition_penalty(&"the end ".repeat(50), 3, 0.5), 0.5);
+    assert_eq!(minimind_rule_reward(&format!("{long} {}", "la la ".repeat(30))), 0.5 - 0.5);
+}
+
+#[test]
+fn answers_match_the_ground_truth_numerically_or_as_text() {
+    assert_eq!(gt_match("6 × 7 = 42。", "42"), 1.0);
+    assert_eq!(gt_match("<think>先算 6×7=41？不对</think>答案是 42", "42"), 1.0);
+    assert_eq!(gt_match("答案是 41", "42"), 0.0);
+    assert_eq!(gt_match("total: 1,234.5", "1234.5"), 1.0);
+    assert_eq!(gt_match("The answer:\nParis.", "paris"), 1.0);
+    assert_eq!(gt_match("London", "paris"), 0.0);
+    assert_eq!(last_number("x = -3.5"), Some(-3.5));
+    assert_eq!(last_number("-3.5 and 7."), Some(7.0));
+    assert_eq!(last_number("none"), None);
+}
