@@ -45,6 +45,8 @@ pub enum Command {
     Sft(SftArgs),
     /// Direct preference optimization on {"chosen": […], "rejected": […]} pairs.
     Dpo(train::DpoArgs),
+    /// Reinforcement learning with GRPO / CISPO: sampled answers to prompts, scored by rewards.
+    Grpo(train::GrpoArgs),
     /// Reasoning distillation: SFT on <think>…</think><answer>…</answer> answers, tags up-weighted.
     Reason(train::ReasonArgs),
     /// White-box distillation: the student learns the teacher's distributions on SFT data.
@@ -397,6 +399,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Pretrain(a) => report("pretrained", &crate::train::pretrain(&a.config()?)?, &a.train.out),
         Command::Sft(a) => report("fine-tuned", &crate::train::sft(&a.config()?)?, &a.train.out),
         Command::Dpo(a) => report("preference-tuned", &train::dpo(&a)?, &a.train.out),
+        Command::Grpo(a) => report("RL-tuned", &train::grpo(&a)?, &a.train.out),
         Command::Distill(a) => report("distilled", &train::distill(&a)?, &a.train.out),
         Command::Reason(a) => report("reasoning-tuned", &train::reason(&a)?, &a.train.out),
         Command::GenerateDataset(a) => generate_dataset_cmd(&a),

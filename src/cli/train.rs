@@ -7,6 +7,7 @@ use crate::model::params::InitScheme;
 use crate::model::{ModelConfig, Precision};
 use crate::train::dpo::SeqLogProb;
 use crate::train::optim::LrSchedule;
+use crate::train::policy_loss::{PolicyLossConfig, PolicyLossKind};
 use crate::train::{self, TrainConfig, TrainSummary};
 use anyhow::{bail, Context, Result};
 use clap::Args;
@@ -18,23 +19,24 @@ pub struct TrainerArgs {
     /// Output model folder (config, weights, tokenizer, metrics.jsonl, loss.png, trainer_state).
     #[arg(long)]
     pub out: PathBuf,
-    /// Passes over the data [pretrain 1, sft 1, dpo 2, lora 10, distill 6, reason 1].
+    /// Passes over the data [pretrain 1, sft 1, dpo 2, lora 10, distill 6, reason 1, grpo 1].
     #[arg(long)]
     pub epochs: Option<usize>,
-    /// Rows (pairs for dpo) per micro-batch [pretrain 32, sft 32, dpo 8, lora 32, distill 32, reason 8].
+    /// Rows (pairs for dpo, prompts for grpo) per micro-batch [pretrain 32, sft 32, dpo 8, lora 32, distill 32,
+    /// reason 8, grpo 2].
     #[arg(long)]
     pub batch_size: Option<usize>,
     /// Micro-batches per optimizer step [pretrain 8, others 1]; an epoch's last step may have fewer.
     #[arg(long)]
     pub accumulation_steps: Option<usize>,
-    /// Peak learning rate [pretrain 5e-4, sft 5e-5, dpo 1e-8, lora 1e-4, distill 5e-6, reason 1e-6].
+    /// Peak learning rate [pretrain 5e-4, sft 5e-5, dpo 1e-8, lora 1e-4, distill 5e-6, reason 1e-6, grpo 3e-7].
     #[arg(long)]
     pub lr: Option<f64>,
     /// Cosine schedule per micro-step: minimind2 (lr/10 + lr/2·(1+cos), starts at 1.1·lr) or
     /// minimind3 (lr·(0.1 + 0.45·(1+cos)), 1-based) [minimind2, the recipes' version].
     #[arg(long)]
     pub lr_schedule: Option<LrSchedule>,
-    /// Tokens per row [512; dpo and reason 1024].
+    /// Tokens per row [512; dpo and reason 1024; grpo: of the prompt, 768].
     #[arg(long)]
     pub max_seq_len: Option<usize>,
     #[arg(long, default_value_t = 1.0)]
@@ -182,6 +184,58 @@ pub struct DpoArgs {
 pub fn dpo(a: &DpoArgs) -> Result<TrainSummary> {
     let (model, data, train) = (a.model.clone(), a.data.clone(), a.train.config()?);
     train::dpo(&train::DpoConfig { model, data, beta: a.beta, seq_logp: a.seq_logp, train })
+}
+
+#[derive(Args, Clone)]
+pub struct GrpoArgs {
+    /// The model folder to start from (an SFT model); also the frozen reference.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// JSON Lines of prompts: RLAIF rows {"conversations": [...], "gt": …} or {"prompt": …, "gt": …}.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Policy loss: cispo (minimind-3's default) or grpo (clipped ratio).
+    #[arg(long, default_value_t = PolicyLossKind::Cispo)]
+    pub loss_type: PolicyLossKind,
+    /// Completions sampled per prompt (advantages are normalized within each group).
+    #[arg(long, default_value_t = 6)]
+    pub group: usize,
+    /// Longest completion, in tokens.
+    #[arg(long, default_value_t = 256)]
+    pub max_new_tokens: usize,
+    /// Sampling temperature of the rollouts.
+    #[arg(long, default_value_t = 0.8)]
+    pub temperature: f64,
+    /// β: weight of the KL to the frozen reference.
+    #[arg(long, default_value_t = 0.1)]
+    pub beta: f64,
+    /// GRPO's clip range ε (ratio clipped to [1 − ε, 1 + ε]).
+    #[arg(long, default_value_t = 0.2)]
+    pub epsilon: f64,
+    /// CISPO's cap on the ratio that weighs each token's gradient.
+    #[arg(long, default_value_t = 5.0)]
+    pub epsilon_high: f64,
+    /// Weight of MiniMind's rule reward (length, thinking format, repetition).
+    #[arg(long, default_value_t = 1.0)]
+    pub reward_rules: f64,
+    /// Weight of the exact/numeric match with a row's "gt".
+    #[arg(long, default_value_t = 1.0)]
+    pub reward_gt: f64,
+    #[command(flatten)]
+    pub train: TrainerArgs,
+}
+
+pub fn grpo(a: &GrpoArgs) -> Result<TrainSummary> {
+    let rollout = train::grpo::RolloutConfig {
+        group: a.group,
+        max_new_tokens: a.max_new_tokens,
+        temperature: a.temperature,
+        rule_weight: a.reward_rules,
+        gt_weight: a.reward_gt,
+    };
+    let loss = PolicyLossConfig { kind: a.loss_type, beta: a.beta, epsilon: a.epsilon, epsilon_high: a.epsilon_high };
+    let (model, data, train) = (a.model.clone(), a.data.clone(), a.train.config()?);
+    train::grpo(&train::GrpoConfig { model, data, rollout, loss, train })
 }
 
 /// `minimind lora merge …` instead of training.

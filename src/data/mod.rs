@@ -7,10 +7,12 @@
 //! - [`sft`] conversations with MiniMind's assistant-only mask (SFT, LoRA, distillation)
 //! - [`dpo`] chosen/rejected conversation pairs
 //! - [`reason`] SFT rows with up-weighted `<think>`/`<answer>` tags
+//! - [`rl`] prompts (RLAIF rows) with an optional ground truth for reinforcement learning
 
 pub mod dpo;
 pub mod pretrain;
 pub mod reason;
+pub mod rl;
 pub mod rows;
 pub mod sft;
 pub mod tokenizer;

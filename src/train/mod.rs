@@ -2,7 +2,7 @@
 //! ([`optim`]), exact resume ([`resume`]), metrics ([`metrics`]), what every stage's entry point
 //! shares ([`run`]), and one module per stage — each a dataset plus a loss:
 //! [`pretrain()`], [`sft()`], [`dpo()`], [`lora()`], [`distill()`], [`reason()`]. Reinforcement
-//! learning's pieces so far: its losses ([`policy_loss`]: GRPO, CISPO, GAE) and rule rewards ([`rewards`]).
+//! learning: [`grpo()`] (GRPO / CISPO), its losses ([`policy_loss`], with PPO's GAE) and rewards ([`rewards`]).
 //!
 //! ```no_run
 //! use minimind::train::{self, SftConfig, TrainConfig};
@@ -17,6 +17,7 @@
 
 pub mod distill;
 pub mod dpo;
+pub mod grpo;
 pub mod lm;
 pub mod lora;
 pub mod metrics;
@@ -33,6 +34,7 @@ pub mod trainer;
 
 pub use distill::{distill, DistillConfig};
 pub use dpo::{dpo, DpoConfig};
+pub use grpo::{grpo, GrpoConfig};
 pub use lora::{lora, LoraTrainConfig};
 pub use pretrain::{pretrain, PretrainConfig};
 pub use reason::{reason, ReasonConfig};

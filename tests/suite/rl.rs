@@ -1,6 +1,7 @@
 //! Reinforcement learning's pieces against hand-computed cases: group-normalized advantages, the
 //! completion mask, the GRPO and CISPO losses with their gradients, GAE, and the rule rewards.
 
+use crate::common::max_abs_diff;
 use candle_core::{Device, Tensor, Var};
 use minimind::train::policy_loss::{
     completion_mask, gae, group_advantages, policy_loss, whiten, PolicyLossConfig, PolicyLossKind,
@@ -105,4 +106,112 @@ fn answers_match_the_ground_truth_numerically_or_as_text() {
     assert_eq!(last_number("x = -3.5"), Some(-3.5));
     assert_eq!(last_number("-3.5 and 7."), Some(7.0));
     assert_eq!(last_number("none"), None);
+}
+
+/// GRPO on a micro model through the library: rollouts, rewards and the loss each step; the
+/// reference does not move while the policy does; answers stay within their budget.
+#[test]
+fn grpo_trains_the_policy_and_keeps_the_reference() {
+    use minimind::data::rl::RlData;
+    use minimind::data::tokenizer::Tokenizer;
+    use minimind::train::grpo::{GrpoStage, RolloutConfig};
+    let t = Tokenizer::load(&crate::common::tokenizer_dir("v2")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = crate::common::micro_config(6400, 4, 2, 16);
+    let scheme = minimind::model::params::InitScheme::Minimind2;
+    let (model, _) = minimind::model::checkpoint::init_model(&config, scheme, 3, &Device::Cpu).unwrap();
+    minimind::model::checkpoint::save_model(dir.path(), &model).unwrap();
+    let load = |trainable| {
+        minimind::model::checkpoint::load_model(dir.path(), &Device::Cpu, candle_core::DType::F32, trainable)
+    };
+    let ((policy, params), (reference, _)) = (load(true).unwrap(), load(false).unwrap());
+    let ids = crate::common::random_ids(1, 12, 6400, 9);
+    let before = reference.forward(&ids, None).unwrap();
+    let data = RlData::open(&crate::common::fixture("sft_zh_en_32.jsonl"), false, &t, 128, 2, 1).unwrap();
+    let rollout = RolloutConfig { group: 4, max_new_tokens: 6, temperature: 1.0, rule_weight: 1.0, gt_weight: 1.0 };
+    let loss = PolicyLossConfig { kind: PolicyLossKind::Grpo, ..Default::default() };
+    let mut stage = GrpoStage::new(data, &t, reference, rollout, loss, 1, Device::Cpu).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let opts = minimind::train::TrainOptions { max_steps: Some(3), ..crate::common::train_options(out.path()) };
+    minimind::train::train(&policy, &params, &mut stage, &opts).unwrap();
+    let rows = metrics(out.path());
+    assert_eq!(rows.len(), 3);
+    for r in &rows {
+        let field = |k: &str| r[k].as_f64().unwrap_or_else(|| panic!("no {k} in {r}"));
+        assert!(field("kl") >= 0.0 && field("length") <= 6.0 && field("reward").abs() <= 2.0, "{r}");
+        assert!((0.0..=1.0).contains(&field("clip_fraction")), "{r}");
+    }
+    assert_eq!(rows[0]["kl"].as_f64(), Some(0.0), "the policy starts as the reference");
+    assert_eq!(max_abs_diff(&stage.reference().forward(&ids, None).unwrap(), &before), 0.0);
+    assert!(max_abs_diff(&policy.forward(&ids, None).unwrap(), &before) > 0.0, "the policy trained");
+}
+
+fn metrics(dir: &std::path::Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(dir.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// From the CLI: a micro model fine-tuned to answer briefly (too short for MiniMind's length rule,
+/// −0.5), then `minimind grpo` with the rule reward — the mean reward rises as answers lengthen.
+#[test]
+fn grpo_from_the_cli_raises_the_rule_reward() {
+    use crate::common::{fixture, minimind, ok, p};
+    let dir = tempfile::tempdir().unwrap();
+    let (base, chat, rl) = (dir.path().join("base"), dir.path().join("chat"), dir.path().join("rl"));
+    let config = crate::common::micro_config(6400, 4, 2, 16);
+    let scheme = minimind::model::params::InitScheme::Minimind2;
+    let (model, _) = minimind::model::checkpoint::init_model(&config, scheme, 3, &Device::Cpu).unwrap();
+    minimind::model::checkpoint::save_model(&base, &model).unwrap();
+    let tokenizer = crate::common::tokenizer_dir("v2");
+    for f in ["tokenizer.json", "tokenizer_config.json"] {
+        std::fs::copy(tokenizer.join(f), base.join(f)).unwrap();
+    }
+    let data = fixture("sft_zh_en_32.jsonl");
+    ok(minimind(&[
+        "sft",
+        "--model",
+        p(&base),
+        "--data",
+        p(&data),
+        "--out",
+        p(&chat),
+        "--batch-size",
+        "4",
+        "--max-seq-len",
+        "96",
+        "--max-steps",
+        "40",
+        "--lr",
+        "3e-3",
+    ]));
+    ok(minimind(&[
+        "grpo",
+        "--model",
+        p(&chat),
+        "--data",
+        p(&data),
+        "--out",
+        p(&rl),
+        "--group",
+        "6",
+        "--max-new-tokens",
+        "40",
+        "--max-seq-len",
+        "128",
+        "--batch-size",
+        "2",
+        "--max-steps",
+        "12",
+        "--lr",
+        "2e-3",
+        "--loss-type",
+        "grpo",
+    ]));
+    let rewards: Vec<f64> = metrics(&rl).iter().map(|r| r["reward"].as_f64().unwrap()).collect();
+    let (first, last) = (rewards[0], rewards[rewards.len() - 3..].iter().sum::<f64>() / 3.0);
+    assert!(last > first + 0.5, "reward {first} → {last}: {rewards:?}");
+    assert!(rl.join("model.safetensors").exists() || rl.join("config.json").exists());
 }
