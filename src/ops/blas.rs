@@ -62,10 +62,15 @@ pub fn configure_environment() {
     if std::env::var_os("OPENBLAS_THREAD_TIMEOUT").is_none() {
         std::env::set_var("OPENBLAS_THREAD_TIMEOUT", "4");
     }
-    // An OpenBLAS older than the CPU does not recognize it and falls back to a generic SSE kernel:
-    // Debian's 0.3.21 on a 2024 Xeon (Emerald Rapids) ran sgemm at 29–58 GFLOP/s instead of 202 with
-    // the AVX-512 kernel (docs/PERFORMANCE.md). Name the kernel family from the CPU's features unless
-    // the user chose one.
+    name_core_type();
+}
+
+/// An OpenBLAS older than the CPU does not recognize it and falls back to a generic SSE kernel:
+/// Debian's 0.3.21 on a 2024 Xeon (Emerald Rapids) ran sgemm at 29–58 GFLOP/s instead of 202 with
+/// the AVX-512 kernel (docs/PERFORMANCE.md). Names the kernel family from the CPU's features unless
+/// the user chose one. OpenBLAS reads it when it is loaded: the binary sets it at start
+/// ([`configure_environment`]), a library user gets it just before the load.
+fn name_core_type() {
     if std::env::var_os("OPENBLAS_CORETYPE").is_none() {
         if let Some(core) = openblas_core() {
             std::env::set_var("OPENBLAS_CORETYPE", core);
@@ -94,6 +99,7 @@ fn load() -> Option<Blas> {
         Ok(v) => vec![v],
         Err(_) => CANDIDATES.iter().map(|s| s.to_string()).collect(),
     };
+    name_core_type();
     candidates.into_iter().find_map(|path| open(&path))
 }
 
