@@ -221,6 +221,12 @@ pub struct GrpoArgs {
     /// Weight of the exact/numeric match with a row's "gt".
     #[arg(long, default_value_t = 1.0)]
     pub reward_gt: f64,
+    /// An external scorer: POST {"items": [{"prompt", "completion", "gt"}]}, answered {"scores": [...]}.
+    #[arg(long)]
+    pub reward_url: Option<String>,
+    /// Weight of the external scorer's score.
+    #[arg(long, default_value_t = 1.0)]
+    pub reward_url_weight: f64,
     #[command(flatten)]
     pub train: TrainerArgs,
 }
@@ -232,6 +238,7 @@ pub fn grpo(a: &GrpoArgs) -> Result<TrainSummary> {
         temperature: a.temperature,
         rule_weight: a.reward_rules,
         gt_weight: a.reward_gt,
+        reward_url: a.reward_url.clone().map(|url| (url, a.reward_url_weight)),
     };
     let loss = PolicyLossConfig { kind: a.loss_type, beta: a.beta, epsilon: a.epsilon, epsilon_high: a.epsilon_high };
     let (model, data, train) = (a.model.clone(), a.data.clone(), a.train.config()?);

@@ -20,6 +20,8 @@ use std::path::Path;
 pub struct RlPrompt {
     /// The rendered prompt's token ids.
     pub ids: Vec<u32>,
+    /// The last user turn's text (what an external scorer is shown).
+    pub text: String,
     /// The answer verifiable rewards expect, when the row has one.
     pub gt: Option<String>,
 }
@@ -57,7 +59,8 @@ pub fn encode_rl_row(line: &str, tokenizer: &Tokenizer, max_prompt_len: usize) -
     if ids.len() > max_prompt_len {
         return Err(format!("the prompt has {} tokens, more than --max-seq-len {max_prompt_len}", ids.len()));
     }
-    Ok(RlPrompt { ids, gt })
+    let text = messages.iter().rev().find(|m| m.role == "user").map(|m| m.content.clone()).unwrap_or_default();
+    Ok(RlPrompt { ids, text, gt })
 }
 
 /// Prompts, shuffled and batched.

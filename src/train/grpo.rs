@@ -4,8 +4,9 @@
 //! 1. **Rollouts** — `G` completions per prompt sampled from the current policy by batched decoding
 //!    (the serving engine's [`Batcher`]), temperature `T`, up to `max_new_tokens` each;
 //! 2. **Rewards** — per completion, a weighted sum of MiniMind's rule reward (length, thinking
-//!    format, repetition: [`rewards::minimind_rule_reward`]) and, for rows with a `gt`, the answer's
-//!    match with it ([`rewards::gt_match`]); advantages normalized within each group;
+//!    format, repetition: [`rewards::minimind_rule_reward`]), for rows with a `gt` the answer's match
+//!    with it ([`rewards::gt_match`]), and an external scorer's ([`rewards::ExternalScorer`]);
+//!    advantages normalized within each group;
 //! 3. **Loss** — every completion re-scored in one forward pass by the policy (with gradient) and
 //!    the frozen reference; [`policy_loss`] over the sampled tokens through the first stop token.
 //!
@@ -41,11 +42,13 @@ pub struct RolloutConfig {
     pub rule_weight: f64,
     /// Weight of the ground-truth match, for rows with a `gt` (1).
     pub gt_weight: f64,
+    /// An external scorer's URL ([`rewards::ExternalScorer`]) and its weight.
+    pub reward_url: Option<(String, f64)>,
 }
 
 impl Default for RolloutConfig {
     fn default() -> Self {
-        Self { group: 6, max_new_tokens: 256, temperature: 0.8, rule_weight: 1.0, gt_weight: 1.0 }
+        Self { group: 6, max_new_tokens: 256, temperature: 0.8, rule_weight: 1.0, gt_weight: 1.0, reward_url: None }
     }
 }
 
@@ -65,6 +68,7 @@ pub struct GrpoStage<'a> {
     rollout: RolloutConfig,
     loss: PolicyLossConfig,
     stop_ids: Vec<u32>,
+    scorer: Option<(rewards::ExternalScorer, f64)>,
     seed: u64,
     device: Device,
     /// Positions the last loss processed, and its logged figures.
@@ -96,6 +100,10 @@ impl<'a> GrpoStage<'a> {
             bail!("--max-new-tokens must be at least 1 and --temperature positive");
         }
         let stop_ids = tokenizer.stop_ids()?;
+        let scorer = match &rollout.reward_url {
+            Some((url, weight)) => Some((rewards::ExternalScorer::new(url)?, *weight)),
+            None => None,
+        };
         Ok(Self {
             data,
             tokenizer,
@@ -103,6 +111,7 @@ impl<'a> GrpoStage<'a> {
             rollout,
             loss,
             stop_ids,
+            scorer,
             seed,
             device,
             last_tokens: Cell::new(0),
@@ -173,15 +182,17 @@ impl<'a> GrpoStage<'a> {
 
     /// Each completion's reward and its components' means (logged).
     fn rewards(&self, batch: &GrpoBatch, completions: &[Completion]) -> Result<(Vec<f64>, Vec<(String, f64)>)> {
+        let texts: Vec<String> = completions
+            .iter()
+            .map(|c| self.tokenizer.decode(if c.stopped { &c.tokens[..c.tokens.len() - 1] } else { &c.tokens }, true))
+            .collect::<Result<_>>()?;
         let (mut total, mut rule_sum, mut gt_sum, mut gt_rows) = (Vec::new(), 0.0, 0.0, 0usize);
-        for c in completions {
-            let body = if c.stopped { &c.tokens[..c.tokens.len() - 1] } else { &c.tokens[..] };
-            let text = self.tokenizer.decode(body, true)?;
-            let rule = rewards::minimind_rule_reward(&text);
+        for (c, text) in completions.iter().zip(&texts) {
+            let rule = rewards::minimind_rule_reward(text);
             let mut reward = self.rollout.rule_weight * rule;
             rule_sum += rule;
             if let Some(gt) = &batch.prompts[c.prompt].gt {
-                let matched = rewards::gt_match(&text, gt);
+                let matched = rewards::gt_match(text, gt);
                 reward += self.rollout.gt_weight * matched;
                 gt_sum += matched;
                 gt_rows += 1;
@@ -192,6 +203,21 @@ impl<'a> GrpoStage<'a> {
         let mut logged = vec![("reward_rules".into(), rule_sum / n)];
         if gt_rows > 0 {
             logged.push(("gt_accuracy".into(), gt_sum / gt_rows as f64));
+        }
+        if let Some((scorer, weight)) = &self.scorer {
+            let items: Vec<rewards::ScoreItem> = completions
+                .iter()
+                .zip(&texts)
+                .map(|(c, text)| {
+                    let prompt = &batch.prompts[c.prompt];
+                    rewards::ScoreItem { prompt: &prompt.text, completion: text, gt: prompt.gt.as_deref() }
+                })
+                .collect();
+            let scores = scorer.score(&items)?;
+            for (reward, score) in total.iter_mut().zip(&scores) {
+                *reward += weight * score;
+            }
+            logged.push(("reward_external".into(), scores.iter().sum::<f64>() / n));
         }
         Ok((total, logged))
     }

@@ -9,6 +9,9 @@
 //! - repetition: minus `min(0.5, duplicated 3-grams · 0.5 · 2 / 3-grams)` of the answer's words
 //!   (runs of word characters, or single other non-space characters, lower-cased) — small models
 //!   fall into endless loops, and this term pays them to stop.
+//!
+//! Any other scorer — a larger reward model served elsewhere, a unit-test runner — plugs in over HTTP
+//! ([`ExternalScorer`]).
 
 /// The response's answer: the text after the first `</think>`, stripped (all of it without one).
 pub fn answer_part(response: &str) -> &str {
@@ -118,4 +121,52 @@ pub fn last_number(text: &str) -> Option<f64> {
         end = start;
     }
     None
+}
+
+/// What an external scorer is sent for each completion.
+#[derive(Debug, serde::Serialize)]
+pub struct ScoreItem<'a> {
+    /// The user's prompt (the last user turn).
+    pub prompt: &'a str,
+    /// The sampled answer (special tokens removed).
+    pub completion: &'a str,
+    /// The row's ground truth, when it has one.
+    pub gt: Option<&'a str>,
+}
+
+/// A reward from a service: `POST url` with `{"items": [{"prompt", "completion", "gt"}, …]}` (one
+/// batch of completions), answered by `{"scores": [number, …]}` in the same order.
+pub struct ExternalScorer {
+    url: String,
+    agent: ureq::Agent,
+}
+
+impl ExternalScorer {
+    pub fn new(url: &str) -> anyhow::Result<Self> {
+        if !url.starts_with("http://") {
+            anyhow::bail!("--reward-url must be an http:// URL, got {url:?}");
+        }
+        let config = ureq::Agent::config_builder().timeout_global(Some(std::time::Duration::from_secs(300))).build();
+        Ok(Self { url: url.to_string(), agent: config.into() })
+    }
+
+    /// One score per item.
+    pub fn score(&self, items: &[ScoreItem]) -> anyhow::Result<Vec<f64>> {
+        use anyhow::Context;
+        let context = || format!("reward scorer {}", self.url);
+        let body = serde_json::json!({ "items": items });
+        let mut response = self.agent.post(&self.url).send_json(&body).with_context(context)?;
+        let answer: serde_json::Value = response.body_mut().read_json().with_context(context)?;
+        let scores: Option<Vec<f64>> =
+            answer.get("scores").and_then(|s| s.as_array()).and_then(|a| a.iter().map(|v| v.as_f64()).collect());
+        match scores {
+            Some(scores) if scores.len() == items.len() && scores.iter().all(|s| s.is_finite()) => Ok(scores),
+            _ => anyhow::bail!(
+                "{}: expected {{\"scores\": [{} finite numbers]}}, got {}",
+                context(),
+                items.len(),
+                answer.to_string().chars().take(200).collect::<String>()
+            ),
+        }
+    }
 }

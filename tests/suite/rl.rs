@@ -128,7 +128,14 @@ fn grpo_trains_the_policy_and_keeps_the_reference() {
     let ids = crate::common::random_ids(1, 12, 6400, 9);
     let before = reference.forward(&ids, None).unwrap();
     let data = RlData::open(&crate::common::fixture("sft_zh_en_32.jsonl"), false, &t, 128, 2, 1).unwrap();
-    let rollout = RolloutConfig { group: 4, max_new_tokens: 6, temperature: 1.0, rule_weight: 1.0, gt_weight: 1.0 };
+    let rollout = RolloutConfig {
+        group: 4,
+        max_new_tokens: 6,
+        temperature: 1.0,
+        rule_weight: 1.0,
+        gt_weight: 1.0,
+        reward_url: None,
+    };
     let loss = PolicyLossConfig { kind: PolicyLossKind::Grpo, ..Default::default() };
     let mut stage = GrpoStage::new(data, &t, reference, rollout, loss, 1, Device::Cpu).unwrap();
     let out = tempfile::tempdir().unwrap();
@@ -214,4 +221,80 @@ fn grpo_from_the_cli_raises_the_rule_reward() {
     let (first, last) = (rewards[0], rewards[rewards.len() - 3..].iter().sum::<f64>() / 3.0);
     assert!(last > first + 0.5, "reward {first} → {last}: {rewards:?}");
     assert!(rl.join("model.safetensors").exists() || rl.join("config.json").exists());
+}
+
+/// A local scorer service: each completion scores its length in characters (`/short` answers one
+/// score too few).
+fn scorer_server() -> u16 {
+    use axum::routing::post;
+    use axum::Json;
+    let score = |Json(body): Json<serde_json::Value>| async move {
+        let items = body["items"].as_array().cloned().unwrap_or_default();
+        let scores: Vec<f64> =
+            items.iter().map(|i| i["completion"].as_str().unwrap_or("").chars().count() as f64).collect();
+        Json(serde_json::json!({ "scores": scores }))
+    };
+    let short = |Json(_): Json<serde_json::Value>| async move { Json(serde_json::json!({ "scores": [1.0] })) };
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            tx.send(listener.local_addr().unwrap().port()).unwrap();
+            let app = axum::Router::new().route("/score", post(score)).route("/short", post(short));
+            axum::serve(listener, app).await.unwrap();
+        });
+    });
+    rx.recv().unwrap()
+}
+
+/// `--reward-url`: batches of completions posted to a service, its scores read back in order; a
+/// wrong answer or an unreachable service is an error naming the URL.
+#[test]
+fn an_external_scorer_scores_completions_over_http() {
+    use minimind::train::rewards::{ExternalScorer, ScoreItem};
+    let port = scorer_server();
+    let items = [
+        ScoreItem { prompt: "1+1?", completion: "2", gt: Some("2") },
+        ScoreItem { prompt: "你好", completion: "你好呀", gt: None },
+    ];
+    let scorer = ExternalScorer::new(&format!("http://127.0.0.1:{port}/score")).unwrap();
+    assert_eq!(scorer.score(&items).unwrap(), [1.0, 3.0]);
+    let short = ExternalScorer::new(&format!("http://127.0.0.1:{port}/short")).unwrap();
+    let err = format!("{:#}", short.score(&items).unwrap_err());
+    assert!(err.contains("/short") && err.contains("2 finite numbers"), "{err}");
+    let gone = ExternalScorer::new("http://127.0.0.1:9/score").unwrap();
+    assert!(format!("{:#}", gone.score(&items).unwrap_err()).contains("127.0.0.1:9"));
+    assert!(ExternalScorer::new("ftp://x").is_err());
+}
+
+/// GRPO with only the external reward: each step's reward is the service's mean score.
+#[test]
+fn grpo_takes_its_reward_from_the_url() {
+    use minimind::data::rl::RlData;
+    use minimind::data::tokenizer::Tokenizer;
+    use minimind::train::grpo::{GrpoStage, RolloutConfig};
+    let port = scorer_server();
+    let t = Tokenizer::load(&crate::common::tokenizer_dir("v2")).unwrap();
+    let config = crate::common::micro_config(6400, 4, 2, 16);
+    let scheme = minimind::model::params::InitScheme::Minimind2;
+    let (policy, params) = minimind::model::checkpoint::init_model(&config, scheme, 4, &Device::Cpu).unwrap();
+    let (reference, _) = minimind::model::checkpoint::init_model(&config, scheme, 4, &Device::Cpu).unwrap();
+    let data = RlData::open(&crate::common::fixture("sft_zh_en_32.jsonl"), false, &t, 128, 2, 1).unwrap();
+    let rollout = RolloutConfig {
+        group: 3,
+        max_new_tokens: 5,
+        temperature: 1.0,
+        rule_weight: 0.0,
+        gt_weight: 0.0,
+        reward_url: Some((format!("http://127.0.0.1:{port}/score"), 1.0)),
+    };
+    let mut stage = GrpoStage::new(data, &t, reference, rollout, PolicyLossConfig::default(), 1, Device::Cpu).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let opts = minimind::train::TrainOptions { max_steps: Some(2), ..crate::common::train_options(out.path()) };
+    minimind::train::train(&policy, &params, &mut stage, &opts).unwrap();
+    for r in metrics(out.path()) {
+        let (reward, external) = (r["reward"].as_f64().unwrap(), r["reward_external"].as_f64().unwrap());
+        assert!(external > 0.0 && (reward - external).abs() < 1e-9, "{r}");
+    }
 }
