@@ -99,6 +99,13 @@ impl<'a> GrpoStage<'a> {
         if rollout.max_new_tokens == 0 || !(rollout.temperature > 0.0 && rollout.temperature.is_finite()) {
             bail!("--max-new-tokens must be at least 1 and --temperature positive");
         }
+        if tokenizer.vocab_size() > reference.config.vocab_size {
+            bail!(
+                "the tokenizer has {} tokens but the model only {}: use the model folder's own tokenizer",
+                tokenizer.vocab_size(),
+                reference.config.vocab_size
+            );
+        }
         let stop_ids = tokenizer.stop_ids()?;
         let scorer = match &rollout.reward_url {
             Some((url, weight)) => Some((rewards::ExternalScorer::new(url)?, *weight)),

@@ -122,3 +122,59 @@ pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
         .to_scalar::<f32>()
         .unwrap()
 }
+
+/// Trains `opts` but stops right after the checkpoint at `stop_after` steps, as a killed run would.
+pub fn train_until(
+    model: &MiniMindForCausalLM,
+    params: &minimind::model::params::Params,
+    stage: &mut impl minimind::train::Stage,
+    opts: &minimind::train::TrainOptions,
+    stop_after: usize,
+) {
+    struct Stop<'a, S: minimind::train::Stage> {
+        inner: &'a mut S,
+        batches_left: usize,
+    }
+    impl<S: minimind::train::Stage> minimind::train::Stage for Stop<'_, S> {
+        type Batch = S::Batch;
+        fn name(&self) -> &str {
+            self.inner.name()
+        }
+        fn batches_per_epoch(&self) -> usize {
+            self.inner.batches_per_epoch()
+        }
+        fn next_batch(&mut self) -> anyhow::Result<S::Batch> {
+            if self.batches_left == 0 {
+                anyhow::bail!("killed");
+            }
+            self.batches_left -= 1;
+            self.inner.next_batch()
+        }
+        fn loss(
+            &self,
+            m: &MiniMindForCausalLM,
+            b: &S::Batch,
+            d: minimind::model::DropoutSeed,
+        ) -> anyhow::Result<Tensor> {
+            self.inner.loss(m, b, d)
+        }
+        fn tokens(&self, b: &S::Batch) -> usize {
+            self.inner.tokens(b)
+        }
+        fn cursor(&self) -> minimind::data::DataCursor {
+            self.inner.cursor()
+        }
+        fn seek(&mut self, c: minimind::data::DataCursor) {
+            self.inner.seek(c)
+        }
+        fn batch_metrics(&self) -> Vec<(String, f64)> {
+            self.inner.batch_metrics()
+        }
+    }
+    // Let it run into step stop_after + 1 and die there, after the checkpoint of step stop_after.
+    let plan = minimind::train::StepPlan::new(opts, stage.batches_per_epoch());
+    let batches = plan.micro_before(stop_after) + plan.micro_batches(stop_after) - 1;
+    let mut stopping = Stop { inner: stage, batches_left: batches };
+    let err = minimind::train::train(model, params, &mut stopping, opts).unwrap_err();
+    assert!(err.to_string().contains("killed"));
+}

@@ -151,6 +151,13 @@ fn grpo_trains_the_policy_and_keeps_the_reference() {
     assert_eq!(rows[0]["kl"].as_f64(), Some(0.0), "the policy starts as the reference");
     assert_eq!(max_abs_diff(&stage.reference().forward(&ids, None).unwrap(), &before), 0.0);
     assert!(max_abs_diff(&policy.forward(&ids, None).unwrap(), &before) > 0.0, "the policy trained");
+    // A tokenizer larger than the model's vocabulary is refused up front, not met as a bad index.
+    let (small, _) = crate::common::micro_model(1);
+    let data = RlData::open(&crate::common::fixture("sft_zh_en_32.jsonl"), false, &t, 128, 2, 1).unwrap();
+    match GrpoStage::new(data, &t, small, RolloutConfig::default(), PolicyLossConfig::default(), 1, Device::Cpu) {
+        Err(e) => assert!(e.to_string().contains("tokenizer has 6400 tokens but the model only 97"), "{e}"),
+        Ok(_) => panic!("a 97-token model took a 6400-token tokenizer"),
+    }
 }
 
 fn metrics(dir: &std::path::Path) -> Vec<serde_json::Value> {
@@ -297,4 +304,48 @@ fn grpo_takes_its_reward_from_the_url() {
         let (reward, external) = (r["reward"].as_f64().unwrap(), r["reward_external"].as_f64().unwrap());
         assert!(external > 0.0 && (reward - external).abs() < 1e-9, "{r}");
     }
+}
+
+/// A GRPO run killed after its step-2 checkpoint and resumed equals the uninterrupted run: the
+/// rollouts' seeds come from the data position, so the resumed steps sample the same answers.
+#[test]
+fn a_resumed_grpo_run_matches_an_uninterrupted_one() {
+    use minimind::data::rl::RlData;
+    use minimind::data::tokenizer::Tokenizer;
+    use minimind::train::grpo::{GrpoStage, RolloutConfig};
+    let t = Tokenizer::load(&crate::common::tokenizer_dir("v2")).unwrap();
+    let config = crate::common::micro_config(6400, 4, 2, 16);
+    let scheme = minimind::model::params::InitScheme::Minimind2;
+    let init = || minimind::model::checkpoint::init_model(&config, scheme, 6, &Device::Cpu).unwrap();
+    let stage = || {
+        let data = RlData::open(&crate::common::fixture("sft_zh_en_32.jsonl"), false, &t, 128, 2, 1).unwrap();
+        let rollout = RolloutConfig { group: 3, max_new_tokens: 5, temperature: 1.0, ..Default::default() };
+        GrpoStage::new(data, &t, init().0, rollout, PolicyLossConfig::default(), 1, Device::Cpu).unwrap()
+    };
+    let opts = |dir: &std::path::Path| minimind::train::TrainOptions {
+        max_steps: Some(4),
+        save_every: 2,
+        ..crate::common::train_options(dir)
+    };
+    let straight = tempfile::tempdir().unwrap();
+    let (model, params) = init();
+    minimind::train::train(&model, &params, &mut stage(), &opts(straight.path())).unwrap();
+    let resumed = tempfile::tempdir().unwrap();
+    let (model, params) = init();
+    crate::common::train_until(&model, &params, &mut stage(), &opts(resumed.path()), 2);
+    let (model, params, resume) = minimind::train::resume::load_run(resumed.path(), &Device::Cpu).unwrap();
+    let options = minimind::train::TrainOptions { resume: Some(resume), ..opts(resumed.path()) };
+    minimind::train::train(&model, &params, &mut stage(), &options).unwrap();
+    let strip = |dir: &std::path::Path| -> Vec<String> {
+        metrics(dir)
+            .into_iter()
+            .map(|mut r| {
+                for timing in ["tokens_per_sec", "elapsed_s"] {
+                    r.as_object_mut().unwrap().remove(timing);
+                }
+                r.to_string()
+            })
+            .collect()
+    };
+    assert_eq!(strip(straight.path()), strip(resumed.path()));
 }
