@@ -157,7 +157,7 @@ fn grpo_trains_the_policy_and_keeps_the_reference() {
     match GrpoStage::new(data, &t, small, RolloutConfig::default(), PolicyLossConfig::default(), 1, Device::Cpu) {
         Err(e) => assert!(e.to_string().contains("tokenizer has 6400 tokens but the model only 97"), "{e}"),
         Ok(_) => panic!("a 97-token model took a 6400-token tokenizer"),
-    }
+    };
 }
 
 fn metrics(dir: &std::path::Path) -> Vec<serde_json::Value> {
