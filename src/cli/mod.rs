@@ -47,6 +47,8 @@ pub enum Command {
     Dpo(train::DpoArgs),
     /// Reinforcement learning with GRPO / CISPO: sampled answers to prompts, scored by rewards.
     Grpo(train::GrpoArgs),
+    /// Train a reward model (a scalar head on a model) from {"chosen", "rejected"} pairs.
+    RewardModel(train::RewardModelArgs),
     /// Reasoning distillation: SFT on <think>…</think><answer>…</answer> answers, tags up-weighted.
     Reason(train::ReasonArgs),
     /// White-box distillation: the student learns the teacher's distributions on SFT data.
@@ -400,6 +402,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Sft(a) => report("fine-tuned", &crate::train::sft(&a.config()?)?, &a.train.out),
         Command::Dpo(a) => report("preference-tuned", &train::dpo(&a)?, &a.train.out),
         Command::Grpo(a) => report("RL-tuned", &train::grpo(&a)?, &a.train.out),
+        Command::RewardModel(a) => report("reward model trained", &train::reward_model(&a)?, &a.train.out),
         Command::Distill(a) => report("distilled", &train::distill(&a)?, &a.train.out),
         Command::Reason(a) => report("reasoning-tuned", &train::reason(&a)?, &a.train.out),
         Command::GenerateDataset(a) => generate_dataset_cmd(&a),

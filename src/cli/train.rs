@@ -227,6 +227,12 @@ pub struct GrpoArgs {
     /// Weight of the external scorer's score.
     #[arg(long, default_value_t = 1.0)]
     pub reward_url_weight: f64,
+    /// A reward model folder written by `minimind reward-model`.
+    #[arg(long)]
+    pub reward_model: Option<PathBuf>,
+    /// Weight of the reward model's score.
+    #[arg(long, default_value_t = 1.0)]
+    pub reward_model_weight: f64,
     #[command(flatten)]
     pub train: TrainerArgs,
 }
@@ -239,10 +245,28 @@ pub fn grpo(a: &GrpoArgs) -> Result<TrainSummary> {
         rule_weight: a.reward_rules,
         gt_weight: a.reward_gt,
         reward_url: a.reward_url.clone().map(|url| (url, a.reward_url_weight)),
+        reward_model: a.reward_model.clone().map(|dir| (dir, a.reward_model_weight)),
     };
     let loss = PolicyLossConfig { kind: a.loss_type, beta: a.beta, epsilon: a.epsilon, epsilon_high: a.epsilon_high };
     let (model, data, train) = (a.model.clone(), a.data.clone(), a.train.config()?);
     train::grpo(&train::GrpoConfig { model, data, rollout, loss, train })
+}
+
+#[derive(Args, Clone)]
+pub struct RewardModelArgs {
+    /// The model folder to start from (an SFT model: its backbone and tokenizer).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// JSON Lines of {"chosen": [...], "rejected": [...]} conversations.
+    #[arg(long)]
+    pub data: PathBuf,
+    #[command(flatten)]
+    pub train: TrainerArgs,
+}
+
+pub fn reward_model(a: &RewardModelArgs) -> Result<TrainSummary> {
+    let (model, data, train) = (a.model.clone(), a.data.clone(), a.train.config()?);
+    train::reward_model(&train::RewardModelConfig { model, data, train })
 }
 
 /// `minimind lora merge …` instead of training.

@@ -100,9 +100,16 @@ pub fn all_finite(t: &Tensor) -> Result<bool> {
 
 /// Saves `config.json` and `model.safetensors` into `dir` (created if needed).
 pub fn save_model(dir: &Path, model: &MiniMindForCausalLM) -> Result<()> {
+    save_model_with(dir, model, Vec::new())
+}
+
+/// [`save_model`] with `extra` tensors beside the model's (a reward model's head).
+pub fn save_model_with(dir: &Path, model: &MiniMindForCausalLM, extra: Vec<(String, Tensor)>) -> Result<()> {
     let json = model.config.to_json()?;
     atomic_write(&dir.join(CONFIG_FILE), |w| Ok(w.write_all(json.as_bytes())?))?;
-    save_tensors(&dir.join(WEIGHTS_FILE), &model.named_tensors())
+    let mut tensors = model.named_tensors();
+    tensors.extend(extra);
+    save_tensors(&dir.join(WEIGHTS_FILE), &tensors)
 }
 
 /// Copies the tokenizer files of `from` into `to` (skipping files that are absent or already there).
@@ -158,13 +165,19 @@ pub fn model_weights(
     dtype: DType,
     trainable: bool,
 ) -> Result<(ModelConfig, WeightBuilder)> {
+    let (config, tensors) = model_tensors(dir, device)?;
+    Ok((config, WeightBuilder::loaded(tensors, dtype, device, trainable)))
+}
+
+/// The config of the model folder `dir` and its tensors by name (tied embeddings under one name).
+pub fn model_tensors(dir: &Path, device: &Device) -> Result<(ModelConfig, HashMap<String, Tensor>)> {
     let config = ModelConfig::load(&dir.join(CONFIG_FILE))?;
     let weights_path = dir.join(WEIGHTS_FILE);
     let mut tensors = load_tensors(&weights_path, device)?;
     if config.tie_word_embeddings {
         normalize_tied(&mut tensors, &weights_path)?;
     }
-    Ok((config, WeightBuilder::loaded(tensors, dtype, device, trainable)))
+    Ok((config, tensors))
 }
 
 /// Loads the model in `dir` in `dtype`; `trainable` returns its parameters as `Var`s.

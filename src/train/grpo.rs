@@ -5,7 +5,8 @@
 //!    (the serving engine's [`Batcher`]), temperature `T`, up to `max_new_tokens` each;
 //! 2. **Rewards** — per completion, a weighted sum of MiniMind's rule reward (length, thinking
 //!    format, repetition: [`rewards::minimind_rule_reward`]), for rows with a `gt` the answer's match
-//!    with it ([`rewards::gt_match`]), and an external scorer's ([`rewards::ExternalScorer`]);
+//!    with it ([`rewards::gt_match`]), a reward model's score ([`RewardModel`]) and an external
+//!    scorer's ([`rewards::ExternalScorer`]);
 //!    advantages normalized within each group;
 //! 3. **Loss** — every completion re-scored in one forward pass by the policy (with gradient) and
 //!    the frozen reference; [`policy_loss`] over the sampled tokens through the first stop token.
@@ -15,6 +16,7 @@
 //! carries the gradient.
 
 use super::policy_loss::{completion_mask, group_advantages, policy_loss, PolicyLossConfig};
+use super::reward_model::RewardModel;
 use super::rewards;
 use super::run::{from_model_folder, run_stage, TrainConfig, GRPO};
 use super::trainer::{Stage, TrainSummary};
@@ -44,11 +46,21 @@ pub struct RolloutConfig {
     pub gt_weight: f64,
     /// An external scorer's URL ([`rewards::ExternalScorer`]) and its weight.
     pub reward_url: Option<(String, f64)>,
+    /// A reward model folder (`minimind reward-model`) and its weight.
+    pub reward_model: Option<(PathBuf, f64)>,
 }
 
 impl Default for RolloutConfig {
     fn default() -> Self {
-        Self { group: 6, max_new_tokens: 256, temperature: 0.8, rule_weight: 1.0, gt_weight: 1.0, reward_url: None }
+        Self {
+            group: 6,
+            max_new_tokens: 256,
+            temperature: 0.8,
+            rule_weight: 1.0,
+            gt_weight: 1.0,
+            reward_url: None,
+            reward_model: None,
+        }
     }
 }
 
@@ -69,6 +81,7 @@ pub struct GrpoStage<'a> {
     loss: PolicyLossConfig,
     stop_ids: Vec<u32>,
     scorer: Option<(rewards::ExternalScorer, f64)>,
+    reward_model: Option<(RewardModel, f64)>,
     seed: u64,
     device: Device,
     /// Positions the last loss processed, and its logged figures.
@@ -111,6 +124,16 @@ impl<'a> GrpoStage<'a> {
             Some((url, weight)) => Some((rewards::ExternalScorer::new(url)?, *weight)),
             None => None,
         };
+        let reward_model = match &rollout.reward_model {
+            Some((dir, weight)) => {
+                let rm = RewardModel::load(dir, &device)?;
+                if rm.lm.config.vocab_size != reference.config.vocab_size {
+                    bail!("the reward model {} has another vocabulary than the policy", dir.display());
+                }
+                Some((rm, *weight))
+            }
+            None => None,
+        };
         Ok(Self {
             data,
             tokenizer,
@@ -119,6 +142,7 @@ impl<'a> GrpoStage<'a> {
             loss,
             stop_ids,
             scorer,
+            reward_model,
             seed,
             device,
             last_tokens: Cell::new(0),
@@ -225,6 +249,15 @@ impl<'a> GrpoStage<'a> {
                 *reward += weight * score;
             }
             logged.push(("reward_external".into(), scores.iter().sum::<f64>() / n));
+        }
+        if let Some((rm, weight)) = &self.reward_model {
+            let sequences: Vec<Vec<u32>> =
+                completions.iter().map(|c| [&batch.prompts[c.prompt].ids[..], &c.tokens[..]].concat()).collect();
+            let scores = rm.score(&sequences)?;
+            for (reward, score) in total.iter_mut().zip(&scores) {
+                *reward += weight * score;
+            }
+            logged.push(("reward_model".into(), scores.iter().sum::<f64>() / n));
         }
         Ok((total, logged))
     }

@@ -204,6 +204,8 @@ pub const DISTILL: StageDefaults = recipe(6, 32, 1, 5e-6, 512);
 pub const REASON: StageDefaults = recipe(1, 8, 1, 1e-6, 1024);
 /// minimind-3's GRPO: two prompts a step, a tiny learning rate; `max_seq_len` bounds the prompt.
 pub const GRPO: StageDefaults = recipe(1, 2, 1, 3e-7, 768);
+/// A reward model on preference pairs (not a MiniMind recipe): DPO's batch, a small rate.
+pub const REWARD_MODEL: StageDefaults = recipe(1, 8, 1, 1e-5, 512);
 
 /// Where a stage's trainable weights come from: `fresh` (an initial checkpoint or a random init)
 /// or, with `resume`, the run's own checkpoint; `build` turns either into the model.

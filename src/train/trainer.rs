@@ -97,6 +97,8 @@ pub enum ModelOutput {
     Full,
     /// `adapter.safetensors` + `adapter_config.json` for a frozen base model.
     Adapter(crate::model::lora::LoraConfig),
+    /// [`Full`](Self::Full) plus these trained parameters the model does not hold (a reward head).
+    FullWith(Vec<String>),
 }
 
 #[derive(Debug, Clone)]
@@ -344,6 +346,11 @@ fn save(
     match &opts.output {
         ModelOutput::Full => checkpoint::save_model(out, model)?,
         ModelOutput::Adapter(config) => crate::model::lora::save(out, model, config)?,
+        ModelOutput::FullWith(names) => {
+            let extra = params.entries.iter().filter(|(n, _)| names.contains(n));
+            let extra = extra.map(|(n, v)| (n.clone(), v.as_tensor().clone())).collect();
+            checkpoint::save_model_with(out, model, extra)?
+        }
     }
     resume::save(out, state, params, optimizer.state_tensors(params)?)?;
     let rows = crate::train::metrics::read_metrics(&out.join("metrics.jsonl"))?;

@@ -134,7 +134,7 @@ fn grpo_trains_the_policy_and_keeps_the_reference() {
         temperature: 1.0,
         rule_weight: 1.0,
         gt_weight: 1.0,
-        reward_url: None,
+        ..Default::default()
     };
     let loss = PolicyLossConfig { kind: PolicyLossKind::Grpo, ..Default::default() };
     let mut stage = GrpoStage::new(data, &t, reference, rollout, loss, 1, Device::Cpu).unwrap();
@@ -174,15 +174,7 @@ fn metrics(dir: &std::path::Path) -> Vec<serde_json::Value> {
 fn grpo_from_the_cli_raises_the_rule_reward() {
     use crate::common::{fixture, minimind, ok, p};
     let dir = tempfile::tempdir().unwrap();
-    let (base, chat, rl) = (dir.path().join("base"), dir.path().join("chat"), dir.path().join("rl"));
-    let config = crate::common::micro_config(6400, 4, 2, 16);
-    let scheme = minimind::model::params::InitScheme::Minimind2;
-    let (model, _) = minimind::model::checkpoint::init_model(&config, scheme, 3, &Device::Cpu).unwrap();
-    minimind::model::checkpoint::save_model(&base, &model).unwrap();
-    let tokenizer = crate::common::tokenizer_dir("v2");
-    for f in ["tokenizer.json", "tokenizer_config.json"] {
-        std::fs::copy(tokenizer.join(f), base.join(f)).unwrap();
-    }
+    let (base, chat, rl) = (micro_folder(dir.path()), dir.path().join("chat"), dir.path().join("rl"));
     let data = fixture("sft_zh_en_32.jsonl");
     ok(minimind(&[
         "sft",
@@ -295,6 +287,7 @@ fn grpo_takes_its_reward_from_the_url() {
         rule_weight: 0.0,
         gt_weight: 0.0,
         reward_url: Some((format!("http://127.0.0.1:{port}/score"), 1.0)),
+        reward_model: None,
     };
     let mut stage = GrpoStage::new(data, &t, reference, rollout, PolicyLossConfig::default(), 1, Device::Cpu).unwrap();
     let out = tempfile::tempdir().unwrap();
@@ -348,4 +341,93 @@ fn a_resumed_grpo_run_matches_an_uninterrupted_one() {
             .collect()
     };
     assert_eq!(strip(straight.path()), strip(resumed.path()));
+}
+
+/// A micro model folder (v2 tokenizer, random weights) in `dir/base`.
+fn micro_folder(dir: &std::path::Path) -> std::path::PathBuf {
+    let base = dir.join("base");
+    let config = crate::common::micro_config(6400, 4, 2, 16);
+    let scheme = minimind::model::params::InitScheme::Minimind2;
+    let (model, _) = minimind::model::checkpoint::init_model(&config, scheme, 3, &Device::Cpu).unwrap();
+    minimind::model::checkpoint::save_model(&base, &model).unwrap();
+    let tokenizer = crate::common::tokenizer_dir("v2");
+    for f in ["tokenizer.json", "tokenizer_config.json"] {
+        std::fs::copy(tokenizer.join(f), base.join(f)).unwrap();
+    }
+    base
+}
+
+/// `minimind reward-model` learns its training pairs (accuracy from chance to above it, loss down),
+/// writes a model folder with the score head that loads and ranks chosen over rejected, and
+/// `grpo --reward-model` scores rollouts with it.
+#[test]
+fn a_reward_model_learns_its_pairs_and_scores_rollouts() {
+    use crate::common::{fixture, minimind, ok, p};
+    use minimind::train::reward_model::RewardModel;
+    let dir = tempfile::tempdir().unwrap();
+    let (base, rm, rl) = (micro_folder(dir.path()), dir.path().join("rm"), dir.path().join("rl"));
+    let pairs = fixture("dpo_zh_en_16.jsonl");
+    ok(minimind(&[
+        "reward-model",
+        "--model",
+        p(&base),
+        "--data",
+        p(&pairs),
+        "--out",
+        p(&rm),
+        "--batch-size",
+        "4",
+        "--max-seq-len",
+        "96",
+        "--max-steps",
+        "24",
+        "--lr",
+        "3e-3",
+    ]));
+    let rows = metrics(&rm);
+    let field = |r: &serde_json::Value, k: &str| r[k].as_f64().unwrap();
+    let late: f64 = rows[rows.len() - 4..].iter().map(|r| field(r, "accuracy")).sum::<f64>() / 4.0;
+    assert!(
+        late >= 0.9,
+        "training-pair accuracy {late}: {:?}",
+        rows.iter().map(|r| field(r, "accuracy")).collect::<Vec<_>>()
+    );
+    assert!(field(&rows[rows.len() - 1], "loss") < field(&rows[0], "loss"));
+    // The folder loads as a reward model and ranks a training pair's chosen side first.
+    let model = RewardModel::load(&rm, &Device::Cpu).unwrap();
+    let t = minimind::Tokenizer::load(&rm).unwrap();
+    let pair: serde_json::Value =
+        serde_json::from_str(std::fs::read_to_string(&pairs).unwrap().lines().next().unwrap()).unwrap();
+    let encode = |side: &str| {
+        let messages: Vec<minimind::data::tokenizer::ChatMessage> = serde_json::from_value(pair[side].clone()).unwrap();
+        t.encode(&t.render_chat(&messages, false).unwrap()).unwrap()
+    };
+    let scores = model.score(&[encode("chosen"), encode("rejected")]).unwrap();
+    assert!(scores[0] > scores[1], "{scores:?}");
+    assert!(RewardModel::load(&base, &Device::Cpu).is_err(), "a plain model folder has no score head");
+    ok(minimind(&[
+        "grpo",
+        "--model",
+        p(&base),
+        "--data",
+        p(&fixture("sft_zh_en_32.jsonl")),
+        "--out",
+        p(&rl),
+        "--group",
+        "2",
+        "--max-new-tokens",
+        "4",
+        "--max-seq-len",
+        "128",
+        "--batch-size",
+        "2",
+        "--max-steps",
+        "1",
+        "--reward-rules",
+        "0",
+        "--reward-model",
+        p(&rm),
+    ]));
+    let row = &metrics(&rl)[0];
+    assert!((field(row, "reward") - field(row, "reward_model")).abs() < 1e-9, "{row}");
 }
