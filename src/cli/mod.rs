@@ -333,9 +333,12 @@ impl SamplingArgs {
 pub struct EvalArgs {
     #[command(flatten)]
     pub model: ModelArgs,
-    /// JSON Lines file of `{"text": …}` rows.
+    /// JSON Lines file of `{"text": …}` rows (or of conversations, with --sft).
     #[arg(long)]
     pub data: PathBuf,
+    /// The rows are SFT conversations: score only the assistant turns (the SFT loss).
+    #[arg(long)]
+    pub sft: bool,
     #[arg(long, default_value_t = 512)]
     pub max_seq_len: usize,
     #[arg(long, default_value_t = 4)]
@@ -423,14 +426,17 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Command::Eval(a) => {
             let (model, tokenizer) = a.model.load()?;
-            let p = crate::eval::perplexity(&model, &tokenizer, &a.data, a.max_seq_len, a.batch_size, a.rows)?;
+            let format = if a.sft { crate::eval::EvalFormat::Sft } else { crate::eval::EvalFormat::Text };
+            let p = crate::eval::evaluate(&model, &tokenizer, &a.data, format, a.max_seq_len, a.batch_size, a.rows)?;
             println!(
-                "perplexity {:.4} (mean NLL {:.5} nats/token over {} tokens of {} rows{})",
+                "perplexity {:.4} (mean NLL {:.5} nats/token over {} tokens of {} rows{}), {:.4} bits per byte ({} bytes)",
                 p.value(),
                 p.nll,
                 p.tokens,
                 p.rows,
-                if model.is_int8() { ", int8 weights" } else { "" }
+                if model.is_int8() { ", int8 weights" } else { "" },
+                p.bits_per_byte(),
+                p.bytes
             );
             Ok(())
         }

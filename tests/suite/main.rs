@@ -10,6 +10,7 @@ mod demo_tools;
 mod dist;
 mod distill;
 mod dpo;
+mod eval;
 mod gguf;
 mod import;
 mod int8;
