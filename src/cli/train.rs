@@ -54,6 +54,9 @@ pub struct TrainerArgs {
     /// Stop early (saving everything) once this many minutes have passed.
     #[arg(long)]
     pub max_minutes: Option<f64>,
+    /// Also log every metric as TensorBoard scalars into this folder (`tensorboard --logdir DIR`).
+    #[arg(long)]
+    pub tensorboard: Option<PathBuf>,
     /// Continue the run in --out from its last checkpoint, exactly as if never interrupted.
     #[arg(long, conflicts_with = "overwrite")]
     pub resume: bool,
@@ -99,6 +102,7 @@ impl TrainerArgs {
             precision: self.dtype,
             show_progress: true,
             dist,
+            tensorboard: self.tensorboard.clone(),
         })
     }
 }

@@ -31,6 +31,7 @@ pub mod rewards;
 pub mod run;
 pub mod sft;
 pub mod stage;
+pub mod tensorboard;
 pub mod trainer;
 
 pub use distill::{distill, DistillConfig};

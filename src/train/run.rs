@@ -50,6 +50,8 @@ pub struct TrainConfig {
     /// Data parallelism: the ranks this process trains with (`crate::dist::connect`); `batch_size`
     /// is per rank, so a global batch is `batch_size × ranks`.
     pub dist: Dist,
+    /// Also write TensorBoard event files (every metric of `metrics.jsonl`) into this folder.
+    pub tensorboard: Option<PathBuf>,
 }
 
 impl TrainConfig {
@@ -76,6 +78,7 @@ impl TrainConfig {
             precision: Precision::F32,
             show_progress: true,
             dist: Dist::default(),
+            tensorboard: None,
         }
     }
 
@@ -147,6 +150,7 @@ impl TrainConfig {
             resume: None,
             output,
             dist: self.dist.clone(),
+            tensorboard: self.tensorboard.clone(),
         }
     }
 }

@@ -88,6 +88,8 @@ pub struct TrainOptions {
     pub output: ModelOutput,
     /// The ranks of a data-parallel run (a world of one by default).
     pub dist: Dist,
+    /// Also write every step's metrics as TensorBoard scalars into this folder.
+    pub tensorboard: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -171,6 +173,10 @@ pub fn train<S: Stage>(
     let total = plan.total_steps;
     let main = dist.is_main(); // rank 0 writes; every rank computes
     let metrics_path = opts.out_dir.join("metrics.jsonl");
+    let mut events = match (&opts.tensorboard, main) {
+        (Some(dir), true) => Some(super::tensorboard::EventWriter::create(dir)?),
+        _ => None,
+    };
     if main {
         std::fs::create_dir_all(&opts.out_dir).with_context(|| format!("creating {}", opts.out_dir.display()))?;
         if let Some(dir) = &opts.tokenizer_dir {
@@ -267,6 +273,16 @@ pub fn train<S: Stage>(
         };
         if let Some(metrics) = metrics.as_mut() {
             metrics.write(&row)?;
+        }
+        if let Some(events) = events.as_mut() {
+            let mut scalars = vec![
+                ("loss", row.loss),
+                ("lr", row.lr),
+                ("grad_norm", row.grad_norm),
+                ("tokens_per_sec", row.tokens_per_sec),
+            ];
+            scalars.extend(row.extra.iter().map(|(k, v)| (k.as_str(), *v)));
+            events.scalars(row.step as u64, &scalars)?;
         }
         progress.update(&row);
         // Rank 0's clock decides, so every rank stops after the same step.

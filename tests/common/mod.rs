@@ -46,6 +46,7 @@ pub fn train_options(out: &Path) -> minimind::train::TrainOptions {
         resume: None,
         output: Default::default(),
         dist: Default::default(),
+        tensorboard: None,
     }
 }
 

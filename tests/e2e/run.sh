@@ -40,6 +40,21 @@ assert done > 0, "no requests counted"
 assert "minimind_time_to_first_token_seconds" in families
 print(f"metrics: {len(families)} families, {done:.0f} requests counted")
 '
+# --tensorboard: the event files read back by TensorBoard's own reader, the same losses as metrics.jsonl.
+"$work/venv/bin/pip" install -q tensorboard
+"$bin" sft --model "$work/tiny" --data tests/fixtures/sft_zh_en_32.jsonl --out "$work/tbrun" --batch-size 4 \
+  --max-seq-len 96 --max-steps 3 --tensorboard "$work/tb" 2>/dev/null >/dev/null
+"$work/venv/bin/python" - "$work/tb" "$work/tbrun/metrics.jsonl" <<'PY'
+import json, sys
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+events = EventAccumulator(sys.argv[1]); events.Reload()
+losses = [(e.step, e.value) for e in events.Scalars("loss")]
+expected = [(r["step"], r["loss"]) for r in map(json.loads, open(sys.argv[2]))]
+assert [s for s, _ in losses] == [s for s, _ in expected], (losses, expected)
+assert all(abs(a - b) <= 1e-6 * max(1.0, abs(b)) for (_, a), (_, b) in zip(losses, expected)), (losses, expected)
+assert {"lr", "grad_norm", "tokens_per_sec"} <= set(events.Tags()["scalars"]), events.Tags()
+print(f"tensorboard: {len(losses)} steps of {len(events.Tags()['scalars'])} scalars read back")
+PY
 passed=1
 
 if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
