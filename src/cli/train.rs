@@ -6,6 +6,7 @@ use crate::model::lora::LoraConfig;
 use crate::model::params::InitScheme;
 use crate::model::{ModelConfig, Precision};
 use crate::train::dpo::SeqLogProb;
+use crate::train::grpo::RolloutConfig;
 use crate::train::optim::LrSchedule;
 use crate::train::policy_loss::{PolicyLossConfig, PolicyLossKind};
 use crate::train::{self, TrainConfig, TrainSummary};
@@ -199,31 +200,31 @@ pub struct GrpoArgs {
     #[arg(long)]
     pub data: PathBuf,
     /// Policy loss: cispo (minimind-3's default) or grpo (clipped ratio).
-    #[arg(long, default_value_t = PolicyLossKind::Cispo)]
+    #[arg(long, default_value_t = PolicyLossConfig::default().kind)]
     pub loss_type: PolicyLossKind,
     /// Completions sampled per prompt (advantages are normalized within each group).
-    #[arg(long, default_value_t = 6)]
+    #[arg(long, default_value_t = RolloutConfig::default().group)]
     pub group: usize,
     /// Longest completion, in tokens.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = RolloutConfig::default().max_new_tokens)]
     pub max_new_tokens: usize,
     /// Sampling temperature of the rollouts.
-    #[arg(long, default_value_t = 0.8)]
+    #[arg(long, default_value_t = RolloutConfig::default().temperature)]
     pub temperature: f64,
     /// β: weight of the KL to the frozen reference.
-    #[arg(long, default_value_t = 0.1)]
+    #[arg(long, default_value_t = PolicyLossConfig::default().beta)]
     pub beta: f64,
     /// GRPO's clip range ε (ratio clipped to [1 − ε, 1 + ε]).
-    #[arg(long, default_value_t = 0.2)]
+    #[arg(long, default_value_t = PolicyLossConfig::default().epsilon)]
     pub epsilon: f64,
     /// CISPO's cap on the ratio that weighs each token's gradient.
-    #[arg(long, default_value_t = 5.0)]
+    #[arg(long, default_value_t = PolicyLossConfig::default().epsilon_high)]
     pub epsilon_high: f64,
     /// Weight of MiniMind's rule reward (length, thinking format, repetition).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = RolloutConfig::default().rule_weight)]
     pub reward_rules: f64,
     /// Weight of the exact/numeric match with a row's "gt".
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = RolloutConfig::default().gt_weight)]
     pub reward_gt: f64,
     /// An external scorer: POST {"items": [{"prompt", "completion", "gt"}]}, answered {"scores": [...]}.
     #[arg(long)]
@@ -242,7 +243,7 @@ pub struct GrpoArgs {
 }
 
 pub fn grpo(a: &GrpoArgs) -> Result<TrainSummary> {
-    let rollout = train::grpo::RolloutConfig {
+    let rollout = RolloutConfig {
         group: a.group,
         max_new_tokens: a.max_new_tokens,
         temperature: a.temperature,

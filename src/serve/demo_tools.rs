@@ -133,11 +133,22 @@ impl Parser {
         false
     }
 
-    fn sum(&mut self) -> Result<f64, String> {
+    /// Runs `parse` one nesting level deeper, refusing to go past [`MAX_DEPTH`].
+    fn nested(&mut self, parse: fn(&mut Self) -> Result<f64, String>) -> Result<f64, String> {
         self.depth += 1;
         if self.depth > MAX_DEPTH {
             return Err(format!("nested deeper than {MAX_DEPTH} levels"));
         }
+        let value = parse(self);
+        self.depth -= 1;
+        value
+    }
+
+    fn sum(&mut self) -> Result<f64, String> {
+        self.nested(Self::terms)
+    }
+
+    fn terms(&mut self) -> Result<f64, String> {
         let mut value = self.product()?;
         loop {
             if self.eat('+') {
@@ -145,11 +156,9 @@ impl Parser {
             } else if self.eat('-') {
                 value -= self.product()?;
             } else {
-                break;
+                return Ok(value);
             }
         }
-        self.depth -= 1;
-        Ok(value)
     }
 
     fn product(&mut self) -> Result<f64, String> {
@@ -193,13 +202,7 @@ impl Parser {
 
     /// A sign's operand, counting toward the depth bound (`------…1` nests too).
     fn signed_nested(&mut self) -> Result<f64, String> {
-        self.depth += 1;
-        if self.depth > MAX_DEPTH {
-            return Err(format!("nested deeper than {MAX_DEPTH} levels"));
-        }
-        let value = self.signed();
-        self.depth -= 1;
-        value
+        self.nested(Self::signed)
     }
 
     fn power(&mut self) -> Result<f64, String> {

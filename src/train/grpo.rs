@@ -15,7 +15,7 @@
 //! sampling policy's log-probabilities are the policy's own, detached: the ratio is 1 in value and
 //! carries the gradient.
 
-use super::policy_loss::{completion_mask, group_advantages, policy_loss, PolicyLossConfig};
+use super::policy_loss::{completion_mask, group_advantages, mean_std, policy_loss, PolicyLossConfig};
 use super::reward_model::RewardModel;
 use super::rewards;
 use super::run::{from_model_folder, run_stage, TrainConfig, GRPO};
@@ -244,20 +244,12 @@ impl<'a> GrpoStage<'a> {
                     rewards::ScoreItem { prompt: &prompt.text, completion: text, gt: prompt.gt.as_deref() }
                 })
                 .collect();
-            let scores = scorer.score(&items)?;
-            for (reward, score) in total.iter_mut().zip(&scores) {
-                *reward += weight * score;
-            }
-            logged.push(("reward_external".into(), scores.iter().sum::<f64>() / n));
+            add_scores(&mut total, &scorer.score(&items)?, *weight, "reward_external", &mut logged);
         }
         if let Some((rm, weight)) = &self.reward_model {
             let sequences: Vec<Vec<u32>> =
                 completions.iter().map(|c| [&batch.prompts[c.prompt].ids[..], &c.tokens[..]].concat()).collect();
-            let scores = rm.score(&sequences)?;
-            for (reward, score) in total.iter_mut().zip(&scores) {
-                *reward += weight * score;
-            }
-            logged.push(("reward_model".into(), scores.iter().sum::<f64>() / n));
+            add_scores(&mut total, &rm.score(&sequences)?, *weight, "reward_model", &mut logged);
         }
         Ok((total, logged))
     }
@@ -265,27 +257,29 @@ impl<'a> GrpoStage<'a> {
     /// The completions as training rows: prompt then completion, padded to one length; only the
     /// completion's tokens through its first stop are supervised.
     fn rows(&self, batch: &GrpoBatch, completions: &[Completion]) -> Result<LmBatch> {
-        let rows: Vec<(Vec<u32>, Vec<f32>)> = completions
+        let t = completions.iter().map(|c| batch.prompts[c.prompt].ids.len() + c.tokens.len()).max().unwrap_or(0);
+        let rows: Vec<EncodedRow> = completions
             .iter()
             .map(|c| {
                 let prompt = &batch.prompts[c.prompt].ids;
-                let ids: Vec<u32> = prompt.iter().chain(&c.tokens).copied().collect();
-                let mask =
+                let mut ids: Vec<u32> = prompt.iter().chain(&c.tokens).copied().collect();
+                let mut mask: Vec<f32> =
                     std::iter::repeat_n(0.0, prompt.len()).chain(completion_mask(&c.tokens, &self.stop_ids)).collect();
-                (ids, mask)
-            })
-            .collect();
-        let t = rows.iter().map(|(ids, _)| ids.len()).max().unwrap_or(0);
-        let padded: Vec<EncodedRow> = rows
-            .into_iter()
-            .map(|(mut ids, mut mask)| {
                 ids.resize(t, 0);
                 mask.resize(t, 0.0);
                 EncodedRow { ids, mask, norm: None }
             })
             .collect();
-        LmBatch::from_encoded(&padded, &self.device)
+        LmBatch::from_encoded(&rows, &self.device)
     }
+}
+
+/// Adds `weight × score` to each completion's reward and logs the scores' mean as `name`.
+fn add_scores(total: &mut [f64], scores: &[f64], weight: f64, name: &str, logged: &mut Vec<(String, f64)>) {
+    for (reward, score) in total.iter_mut().zip(scores) {
+        *reward += weight * score;
+    }
+    logged.push((name.into(), mean_std(scores).0));
 }
 
 /// Each sampled token's log-probability `[N, T]` under `model` (with gradient when it is trained).
@@ -324,10 +318,8 @@ impl Stage for GrpoStage<'_> {
             Tensor::from_vec(advantages.iter().map(|&a| a as f32).collect(), advantages.len(), &self.device)?;
         let (loss, stats) =
             policy_loss(&logp, &logp.detach(), &reference.detach(), &advantages, &rows.mask, &self.loss)?;
-        let n = rewards.len() as f64;
-        let mean = rewards.iter().sum::<f64>() / n;
-        let std = (rewards.iter().map(|r| (r - mean).powi(2)).sum::<f64>() / n).sqrt();
-        let length = completions.iter().map(|c| c.tokens.len()).sum::<usize>() as f64 / n;
+        let (mean, std) = mean_std(&rewards);
+        let length = completions.iter().map(|c| c.tokens.len()).sum::<usize>() as f64 / rewards.len() as f64;
         logged.splice(0..0, [("reward".into(), mean), ("reward_std".into(), std)]);
         logged.extend([
             ("kl".into(), stats.kl),

@@ -46,6 +46,16 @@ impl Default for PolicyLossConfig {
     }
 }
 
+/// Mean and biased (population) standard deviation; `(0, 0)` for no values.
+pub fn mean_std(values: &[f64]) -> (f64, f64) {
+    if values.is_empty() {
+        return (0.0, 0.0);
+    }
+    let n = values.len() as f64;
+    let mean = values.iter().sum::<f64>() / n;
+    (mean, (values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n).sqrt())
+}
+
 /// `(r − mean_group) / (std_group + 1e-4)` for rewards laid out group after group.
 pub fn group_advantages(rewards: &[f64], group: usize) -> Result<Vec<f64>> {
     if group == 0 || rewards.len() % group != 0 {
@@ -53,8 +63,7 @@ pub fn group_advantages(rewards: &[f64], group: usize) -> Result<Vec<f64>> {
     }
     let mut out = Vec::with_capacity(rewards.len());
     for g in rewards.chunks(group) {
-        let mean = g.iter().sum::<f64>() / group as f64;
-        let std = (g.iter().map(|r| (r - mean).powi(2)).sum::<f64>() / group as f64).sqrt();
+        let (mean, std) = mean_std(g);
         out.extend(g.iter().map(|r| (r - mean) / (std + 1e-4)));
     }
     Ok(out)
@@ -136,11 +145,6 @@ pub fn gae(rewards: &[f64], values: &[f64], gamma: f64, lambda: f64) -> Result<(
 /// Advantages shifted and scaled to mean 0 and standard deviation 1 over the counted tokens
 /// (`(a − mean) / (std + 1e-8)`, PPO's whitening).
 pub fn whiten(values: &[f64]) -> Vec<f64> {
-    if values.is_empty() {
-        return Vec::new();
-    }
-    let n = values.len() as f64;
-    let mean = values.iter().sum::<f64>() / n;
-    let std = (values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n).sqrt();
+    let (mean, std) = mean_std(values);
     values.iter().map(|v| (v - mean) / (std + 1e-8)).collect()
 }
