@@ -96,7 +96,31 @@ pub fn micro_preset(name: &str) -> ModelConfig {
 }
 
 pub fn micro_model(seed: u64) -> (MiniMindForCausalLM, Params) {
-    init_model(&micro_config(97, 4, 2, 16), InitScheme::Minimind2, seed, &Device::Cpu).unwrap()
+    init(&micro_config(97, 4, 2, 16), seed)
+}
+
+/// A random model of `config` (MiniMind2's init, `seed`) on the CPU, with its trainable parameters.
+pub fn init(config: &ModelConfig, seed: u64) -> (MiniMindForCausalLM, Params) {
+    init_model(config, InitScheme::Minimind2, seed, &Device::Cpu).unwrap()
+}
+
+/// A micro model over the 6,400-token v2 vocabulary (the bundled tokenizer's).
+pub fn micro_v2_model(seed: u64) -> (MiniMindForCausalLM, Params) {
+    init(&micro_config(6400, 4, 2, 16), seed)
+}
+
+/// Serves `router` on a free loopback port from a thread of its own; returns the port.
+pub fn serve_router(router: axum::Router) -> u16 {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            tx.send(listener.local_addr().unwrap().port()).unwrap();
+            axum::serve(listener, router).await.unwrap();
+        });
+    });
+    rx.recv().unwrap()
 }
 
 /// Deterministic pseudo-random ids in `0..vocab`, shape `[b, t]`.

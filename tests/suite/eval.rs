@@ -2,13 +2,10 @@
 //! scoring only the assistant turns.
 
 use crate::common::*;
-use candle_core::Device;
 use minimind::eval::{evaluate, EvalFormat};
 
 fn model() -> minimind::MiniMindForCausalLM {
-    let config = micro_config(6400, 4, 2, 16);
-    let scheme = minimind::model::params::InitScheme::Minimind2;
-    minimind::model::checkpoint::init_model(&config, scheme, 2, &Device::Cpu).unwrap().0
+    micro_v2_model(2).0
 }
 
 fn lines(name: &str, n: usize) -> Vec<serde_json::Value> {

@@ -1,7 +1,6 @@
 //! The OpenAI-compatible server, through real HTTP on loopback.
 
 use crate::common::*;
-use candle_core::Device;
 use minimind::serve::engine::{Engine, EngineConfig, LoadedModel};
 use serde_json::{json, Value};
 use std::io::{Read, Write};
@@ -10,24 +9,14 @@ use std::net::TcpStream;
 /// The small random model every server test serves (seed 7), answering to "tiny" (and `aliases`).
 fn tiny(aliases: &[&str]) -> LoadedModel {
     let config = minimind::ModelConfig { max_position_embeddings: 4096, ..micro_config(6400, 4, 2, 16) };
-    let scheme = minimind::model::params::InitScheme::Minimind2;
-    let (model, _) = minimind::model::checkpoint::init_model(&config, scheme, 7, &Device::Cpu).unwrap();
+    let (model, _) = init(&config, 7);
     let tokenizer = minimind::Tokenizer::load(&tokenizer_dir("v2")).unwrap();
     LoadedModel { id: "tiny".into(), aliases: aliases.iter().map(|a| a.to_string()).collect(), model, tokenizer }
 }
 
 /// Serves `engine` on a free loopback port; returns the port.
 fn serve(engine: Engine) -> u16 {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        rt.block_on(async {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            tx.send(listener.local_addr().unwrap().port()).unwrap();
-            axum::serve(listener, minimind::serve::router(engine)).await.unwrap();
-        });
-    });
-    rx.recv().unwrap()
+    serve_router(minimind::serve::router(engine))
 }
 
 /// Starts a server with the tiny model (also answering to "minimind"); returns the port.
@@ -520,17 +509,7 @@ fn tokenize_and_detokenize_round_trip() {
 #[test]
 fn api_key_guards_the_api() {
     let engine = Engine::start(vec![tiny(&[])], EngineConfig { queue: 4, ..Default::default() });
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        rt.block_on(async {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            tx.send(listener.local_addr().unwrap().port()).unwrap();
-            let router = minimind::serve::router_with_key(engine, Some("sk-test".into()));
-            axum::serve(listener, router).await.unwrap();
-        });
-    });
-    let port = rx.recv().unwrap();
+    let port = serve_router(minimind::serve::router_with_key(engine, Some("sk-test".into())));
     let call = |auth: Option<&str>, path: &str| -> (u16, String) {
         let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
         let auth = auth.map_or(String::new(), |a| format!("Authorization: {a}\r\n"));
@@ -752,13 +731,7 @@ fn tool_call_blocks_become_openai_tool_calls() {
 #[test]
 fn tools_render_in_the_template_and_forced_calls_are_valid() {
     let config = minimind::ModelConfig { max_position_embeddings: 2048, ..micro_config(6400, 4, 2, 16) };
-    let (model, _) = minimind::model::checkpoint::init_model(
-        &config,
-        minimind::model::params::InitScheme::Minimind2,
-        7,
-        &Device::Cpu,
-    )
-    .unwrap();
+    let (model, _) = init(&config, 7);
     let tokenizer = minimind::Tokenizer::load(&tokenizer_dir("v3")).unwrap();
     let engine = Engine::start(
         vec![LoadedModel { id: "m3".into(), aliases: vec![], model, tokenizer }],
@@ -859,13 +832,7 @@ fn json_schema_answers_parse_and_validate() {
     }
     // A model whose head is wider than its tokenizer's vocabulary never picks the extra ids.
     let config = minimind::ModelConfig { max_position_embeddings: 2048, ..micro_config(6500, 4, 2, 16) };
-    let (model, _) = minimind::model::checkpoint::init_model(
-        &config,
-        minimind::model::params::InitScheme::Minimind2,
-        3,
-        &Device::Cpu,
-    )
-    .unwrap();
+    let (model, _) = init(&config, 3);
     let tokenizer = minimind::Tokenizer::load(&tokenizer_dir("v2")).unwrap();
     let wide = serve(Engine::start(
         vec![LoadedModel { id: "tiny".into(), aliases: vec![], model, tokenizer }],
