@@ -113,9 +113,8 @@ fn answers_match_the_ground_truth_numerically_or_as_text() {
 /// reference does not move while the policy does; answers stay within their budget.
 #[test]
 fn grpo_trains_the_policy_and_keeps_the_reference() {
-    use minimind::data::rl::RlData;
     use minimind::data::tokenizer::Tokenizer;
-    use minimind::train::grpo::{GrpoStage, RolloutConfig};
+    use minimind::train::grpo::RolloutConfig;
     let t = Tokenizer::load(&crate::common::tokenizer_dir("v2")).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let base = micro_folder(dir.path());
@@ -124,7 +123,6 @@ fn grpo_trains_the_policy_and_keeps_the_reference() {
     let ((policy, params), (reference, _)) = (load(true).unwrap(), load(false).unwrap());
     let ids = crate::common::random_ids(1, 12, 6400, 9);
     let before = reference.forward(&ids, None).unwrap();
-    let data = RlData::open(&crate::common::fixture("sft_zh_en_32.jsonl"), false, &t, 128, 2, 1).unwrap();
     let rollout = RolloutConfig {
         group: 4,
         max_new_tokens: 6,
@@ -134,7 +132,7 @@ fn grpo_trains_the_policy_and_keeps_the_reference() {
         ..Default::default()
     };
     let loss = PolicyLossConfig { kind: PolicyLossKind::Grpo, ..Default::default() };
-    let mut stage = GrpoStage::new(data, &t, reference, rollout, loss, 1, Device::Cpu).unwrap();
+    let mut stage = grpo_stage(&t, reference, rollout, loss).unwrap();
     let out = tempfile::tempdir().unwrap();
     let opts = minimind::train::TrainOptions { max_steps: Some(3), ..crate::common::train_options(out.path()) };
     minimind::train::train(&policy, &params, &mut stage, &opts).unwrap();
@@ -149,11 +147,21 @@ fn grpo_trains_the_policy_and_keeps_the_reference() {
     assert!(max_abs_diff(&policy.forward(&ids, None).unwrap(), &before) > 0.0, "the policy trained");
     // A tokenizer larger than the model's vocabulary is refused up front, not met as a bad index.
     let (small, _) = crate::common::micro_model(1);
-    let data = RlData::open(&crate::common::fixture("sft_zh_en_32.jsonl"), false, &t, 128, 2, 1).unwrap();
-    match GrpoStage::new(data, &t, small, RolloutConfig::default(), PolicyLossConfig::default(), 1, Device::Cpu) {
+    match grpo_stage(&t, small, RolloutConfig::default(), PolicyLossConfig::default()) {
         Err(e) => assert!(e.to_string().contains("tokenizer has 6400 tokens but the model only 97"), "{e}"),
         Ok(_) => panic!("a 97-token model took a 6400-token tokenizer"),
     };
+}
+
+/// GRPO over the SFT fixture's prompts, two a batch (seed 1).
+fn grpo_stage<'a>(
+    t: &'a minimind::Tokenizer,
+    reference: minimind::MiniMindForCausalLM,
+    rollout: minimind::train::grpo::RolloutConfig,
+    loss: PolicyLossConfig,
+) -> anyhow::Result<minimind::train::grpo::GrpoStage<'a>> {
+    let data = minimind::data::rl::RlData::open(&crate::common::fixture("sft_zh_en_32.jsonl"), false, t, 128, 2, 1)?;
+    minimind::train::grpo::GrpoStage::new(data, t, reference, rollout, loss, 1, Device::Cpu)
 }
 
 fn metrics(dir: &std::path::Path) -> Vec<StepMetrics> {
@@ -257,13 +265,11 @@ fn an_external_scorer_scores_completions_over_http() {
 /// GRPO with only the external reward: each step's reward is the service's mean score.
 #[test]
 fn grpo_takes_its_reward_from_the_url() {
-    use minimind::data::rl::RlData;
     use minimind::data::tokenizer::Tokenizer;
-    use minimind::train::grpo::{GrpoStage, RolloutConfig};
+    use minimind::train::grpo::RolloutConfig;
     let port = scorer_server();
     let t = Tokenizer::load(&crate::common::tokenizer_dir("v2")).unwrap();
     let ((policy, params), (reference, _)) = (micro_v2_model(4), micro_v2_model(4));
-    let data = RlData::open(&crate::common::fixture("sft_zh_en_32.jsonl"), false, &t, 128, 2, 1).unwrap();
     let rollout = RolloutConfig {
         group: 3,
         max_new_tokens: 5,
@@ -273,7 +279,7 @@ fn grpo_takes_its_reward_from_the_url() {
         reward_url: Some((format!("http://127.0.0.1:{port}/score"), 1.0)),
         reward_model: None,
     };
-    let mut stage = GrpoStage::new(data, &t, reference, rollout, PolicyLossConfig::default(), 1, Device::Cpu).unwrap();
+    let mut stage = grpo_stage(&t, reference, rollout, PolicyLossConfig::default()).unwrap();
     let out = tempfile::tempdir().unwrap();
     let opts = minimind::train::TrainOptions { max_steps: Some(2), ..crate::common::train_options(out.path()) };
     minimind::train::train(&policy, &params, &mut stage, &opts).unwrap();
@@ -287,15 +293,13 @@ fn grpo_takes_its_reward_from_the_url() {
 /// rollouts' seeds come from the data position, so the resumed steps sample the same answers.
 #[test]
 fn a_resumed_grpo_run_matches_an_uninterrupted_one() {
-    use minimind::data::rl::RlData;
     use minimind::data::tokenizer::Tokenizer;
-    use minimind::train::grpo::{GrpoStage, RolloutConfig};
+    use minimind::train::grpo::RolloutConfig;
     let t = Tokenizer::load(&crate::common::tokenizer_dir("v2")).unwrap();
     let init = || micro_v2_model(6);
     let stage = || {
-        let data = RlData::open(&crate::common::fixture("sft_zh_en_32.jsonl"), false, &t, 128, 2, 1).unwrap();
         let rollout = RolloutConfig { group: 3, max_new_tokens: 5, temperature: 1.0, ..Default::default() };
-        GrpoStage::new(data, &t, init().0, rollout, PolicyLossConfig::default(), 1, Device::Cpu).unwrap()
+        grpo_stage(&t, init().0, rollout, PolicyLossConfig::default()).unwrap()
     };
     let opts = |dir: &std::path::Path| minimind::train::TrainOptions {
         max_steps: Some(4),
