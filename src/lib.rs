@@ -9,7 +9,7 @@
 //!   [`train::pretrain()`], [`train::sft()`], [`train::dpo()`], [`train::lora()`],
 //!   [`train::distill()`], [`train::reason()`]
 //! - [`infer`] sampling, KV-cached decoding, the reasoning split; [`infer::load`] a model to run
-//! - [`eval`] perplexity on held-out text
+//! - [`eval`] perplexity and bits per byte on held-out text, multiple-choice benchmark accuracy
 //! - [`serve`] the OpenAI-compatible server and the web chat page
 //! - [`interop`] MiniMind `.pth` / HF import, HF and GGUF export
 //! - [`cli`] the command line: flags turned into the library's configs, the demo, benchmarks

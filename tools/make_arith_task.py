@@ -7,9 +7,13 @@ their answers, for fine-tuning and then reinforcement learning with a ground-tru
 - arith_sft.jsonl   2,000 SFT rows: the question, then the worked answer ("12 + 7 = 19，答案是 19。")
 - arith_rl.jsonl      500 RLAIF rows: the question, an empty assistant turn, and "gt" (the number)
 - arith_eval.jsonl    200 RLAIF rows for measuring accuracy, no question shared with the two above
+- arith_mc/           the eval questions as a multiple-choice benchmark in C-Eval's layout:
+                      val/arith_{zh,en}_val.csv (four choices, the answer's letter balanced) and
+                      dev/arith_{zh,en}_dev.csv (five few-shot examples each, from the RL rows)
 
 Standard library only; the seed fixes every file.
 """
+import csv
 import json
 import random
 import sys
@@ -58,6 +62,33 @@ def main():
     rlaif = lambda part: ({"conversations": [{"role": "user", "content": q}, {"role": "assistant", "content": ""}], "gt": str(v)} for q, _, v in part)
     write("arith_rl.jsonl", rlaif(rl))
     write("arith_eval.jsonl", rlaif(ev))
+    write_choice_benchmark(out / "arith_mc", rl, ev)
+
+
+def distractors(rng, value):
+    """Three wrong answers a careless solver might give: off by one, by ten, or a near number."""
+    wrong = []
+    for candidate in [value + 1, value - 1, value + 10, value - 10, value + 2, value * 2, value + 11]:
+        if candidate >= 0 and candidate != value and candidate not in wrong:
+            wrong.append(candidate)
+    rng.shuffle(wrong)
+    return wrong[:3]
+
+
+def write_choice_benchmark(root, dev_rows, val_rows):
+    rng = random.Random(7)
+    for split, rows, limit in (("dev", dev_rows, 5), ("val", val_rows, None)):
+        (root / split).mkdir(parents=True, exist_ok=True)
+        for lang in ("zh", "en"):
+            picked = [r for r in rows if (ord(r[0][0]) > 127) == (lang == "zh")][:limit]
+            with open(root / split / f"arith_{lang}_{split}.csv", "w", encoding="utf-8", newline="") as f:
+                out = csv.writer(f, lineterminator="\n")
+                out.writerow(["id", "question", "A", "B", "C", "D", "answer"])
+                for i, (q, _, v) in enumerate(picked):
+                    slot = i % 4
+                    choices = distractors(rng, v)
+                    choices.insert(slot, v)
+                    out.writerow([i, q, *choices, "ABCD"[slot]])
 
 
 if __name__ == "__main__":

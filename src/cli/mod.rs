@@ -4,6 +4,7 @@ pub mod bench;
 mod bench_serve;
 pub mod chat;
 pub mod demo;
+pub mod eval;
 pub mod generate;
 mod interop;
 mod parity;
@@ -101,8 +102,9 @@ pub enum Command {
         #[arg(long)]
         base: Option<PathBuf>,
     },
-    /// Perplexity of a model on `{"text": …}` rows (encoded as in pretraining).
-    Eval(EvalArgs),
+    /// Perplexity and bits per byte on held-out rows, or accuracy on a multiple-choice benchmark
+    /// (C-Eval / CMMLU CSV or JSONL) with --task.
+    Eval(eval::EvalArgs),
     /// Measure training, forward or decoding throughput on synthetic tokens.
     Bench(crate::cli::bench::BenchArgs),
     /// Redraw the loss/lr chart of a run from its metrics.jsonl.
@@ -329,25 +331,6 @@ impl SamplingArgs {
     }
 }
 
-#[derive(Args)]
-pub struct EvalArgs {
-    #[command(flatten)]
-    pub model: ModelArgs,
-    /// JSON Lines file of `{"text": …}` rows (or of conversations, with --sft).
-    #[arg(long)]
-    pub data: PathBuf,
-    /// The rows are SFT conversations: score only the assistant turns (the SFT loss).
-    #[arg(long)]
-    pub sft: bool,
-    #[arg(long, default_value_t = 512)]
-    pub max_seq_len: usize,
-    #[arg(long, default_value_t = 4)]
-    pub batch_size: usize,
-    /// Evaluate only the first N rows.
-    #[arg(long)]
-    pub rows: Option<usize>,
-}
-
 /// The thinking switch of a reasoning model's chat template (minimind-3: `open_thinking`).
 #[derive(Args, Clone, Default)]
 pub struct ThinkArgs {
@@ -424,22 +407,7 @@ pub fn run(cli: Cli) -> Result<()> {
             let opts = crate::interop::import::ImportOptions { tokenizer, config, heads, base };
             interop::import_cmd(&src, &out, &opts)
         }
-        Command::Eval(a) => {
-            let (model, tokenizer) = a.model.load()?;
-            let format = if a.sft { crate::eval::EvalFormat::Sft } else { crate::eval::EvalFormat::Text };
-            let p = crate::eval::evaluate(&model, &tokenizer, &a.data, format, a.max_seq_len, a.batch_size, a.rows)?;
-            println!(
-                "perplexity {:.4} (mean NLL {:.5} nats/token over {} tokens of {} rows{}), {:.4} bits per byte ({} bytes)",
-                p.value(),
-                p.nll,
-                p.tokens,
-                p.rows,
-                if model.is_int8() { ", int8 weights" } else { "" },
-                p.bits_per_byte(),
-                p.bytes
-            );
-            Ok(())
-        }
+        Command::Eval(a) => eval::run(&a),
         Command::Chart { path, out } => {
             let metrics = if path.is_dir() { path.join("metrics.jsonl") } else { path.clone() };
             let out = out.unwrap_or_else(|| metrics.with_file_name("loss.png"));

@@ -109,6 +109,17 @@ pub fn micro_v2_model(seed: u64) -> (MiniMindForCausalLM, Params) {
     init(&micro_config(6400, 4, 2, 16), seed)
 }
 
+/// A model folder under `dir` (`base/`) holding [`micro_v2_model`] and the v2 tokenizer.
+pub fn micro_v2_folder(dir: &Path) -> PathBuf {
+    let base = dir.join("base");
+    minimind::model::checkpoint::save_model(&base, &micro_v2_model(3).0).unwrap();
+    let tokenizer = tokenizer_dir("v2");
+    for f in ["tokenizer.json", "tokenizer_config.json"] {
+        std::fs::copy(tokenizer.join(f), base.join(f)).unwrap();
+    }
+    base
+}
+
 /// Serves `router` on a free loopback port from a thread of its own; returns the port.
 pub fn serve_router(router: axum::Router) -> u16 {
     let (tx, rx) = std::sync::mpsc::channel();

@@ -48,3 +48,152 @@ fn sft_rows_score_only_the_assistant_turns() {
     let err = evaluate(&model(), &t, bad.path(), EvalFormat::Sft, 64, 1, None).unwrap_err();
     assert!(format!("{err:#}").contains(":1"), "{err:#}");
 }
+
+// ---- multiple-choice benchmarks ----
+
+use minimind::eval::{load_benchmark, render_prompt_for, score_choices, ChoiceOptions, ChoiceScoring};
+
+#[test]
+fn benchmark_layouts_load_with_their_examples() {
+    let root = fixture("choice");
+    let subjects = load_benchmark(&root, None).unwrap();
+    let names: Vec<&str> = subjects.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["colors", "numbers"]);
+    let colors = &subjects[0];
+    assert_eq!((colors.questions.len(), colors.dev.len()), (8, 2));
+    // Quoted fields keep their comma and line break; answers are letters.
+    assert_eq!(colors.questions[3].question, "Mix red and white, and you get which color?");
+    assert_eq!(colors.questions[6].question, "What color is an orange?\n(the fruit)");
+    assert_eq!(colors.questions[6].answer, 2);
+    assert!(colors.questions[7].source.ends_with("colors_val.csv:10"), "{}", colors.questions[7].source);
+    // CMMLU's header: an unnamed index column, capitalized names.
+    assert_eq!(subjects[1].questions[1].choices, ["十", "二十四", "六", "八"]);
+    assert_eq!(subjects[1].questions[1].answer, 1);
+    // A file inside val/ finds its dev examples; JSONL groups by subject, letters or indices.
+    let one = load_benchmark(&root.join("val/numbers_val.csv"), None).unwrap();
+    assert_eq!((one.len(), one[0].dev.len()), (1, 2));
+    let mixed = load_benchmark(&fixture("choice_mixed.jsonl"), None).unwrap();
+    let shape: Vec<(&str, usize)> = mixed.iter().map(|s| (s.name.as_str(), s.questions.len())).collect();
+    assert_eq!(shape, [("choice_mixed", 1), ("sums", 2)]);
+    assert_eq!((mixed[1].questions[0].answer, mixed[1].questions[1].answer), (1, 0));
+    assert!(load_benchmark(&root, Some("test")).unwrap_err().to_string().contains("no test/ folder"));
+}
+
+#[test]
+fn bad_benchmark_rows_name_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let check = |name: &str, text: &str, wanted: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        let err = format!("{:#}", load_benchmark(&path, None).unwrap_err());
+        assert!(err.contains(&format!("{name}:")) && err.contains(wanted), "{err}");
+    };
+    check("letter.csv", "question,A,B,C,D,answer\nq1,a,b,c,d,A\nq2,a,b,c,d,E\n", "letter.csv:3");
+    check("quoted.csv", "question,A,B,answer\nq1,a,b,B\n\"q2\nsecond line\",a,b,C\n", "quoted.csv:3");
+    check("header.csv", "id,question,A,B,C,D\n0,q,a,b,c,d\n", "header.csv:1");
+    check(
+        "row.jsonl",
+        "{\"question\": \"q\", \"choices\": [\"a\", \"b\"], \"answer\": \"A\"}\n{\"question\": \"q\"}\n",
+        "row.jsonl:2",
+    );
+    check("index.jsonl", "{\"question\": \"q\", \"choices\": [\"a\", \"b\"], \"answer\": 2}\n", "index.jsonl:1");
+}
+
+#[test]
+fn few_shot_prompts_render_as_documented() {
+    let subjects = load_benchmark(&fixture("choice"), None).unwrap();
+    let colors = &subjects[0];
+    let prompt = render_prompt_for(colors, 1, &colors.questions[0]);
+    assert_eq!(
+        prompt,
+        "以下是关于colors的单项选择题，请直接给出正确答案的选项。\n\n\
+         What color is the sky on a clear day?\nA. green\nB. blue\nC. red\nD. black\n答案：B\n\n\
+         What color is grass?\nA. green\nB. blue\nC. red\nD. white\n答案："
+    );
+}
+
+/// A model pretrained on the benchmark's answered prompts scores above chance from the CLI; a
+/// random model scores near chance on the bundled 200-question arithmetic benchmark (its letters
+/// balanced, so always picking one letter gives exactly 25 %).
+#[test]
+fn a_model_trained_on_the_answers_beats_chance_and_a_random_one_does_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let subjects = load_benchmark(&fixture("choice"), None).unwrap();
+    let rows: String = subjects
+        .iter()
+        .flat_map(|s| s.questions.iter().map(move |q| (s, q)))
+        .map(|(s, q)| {
+            let text = render_prompt_for(s, 0, q) + &minimind::eval::benchmark::letter(q.answer).to_string();
+            serde_json::json!({ "text": text }).to_string() + "\n"
+        })
+        .collect();
+    let (data, config, trained) =
+        (dir.path().join("train.jsonl"), dir.path().join("config.json"), dir.path().join("m"));
+    std::fs::write(&data, rows).unwrap();
+    std::fs::write(&config, micro_config(6400, 4, 2, 16).to_json().unwrap()).unwrap();
+    let tokenizer = tokenizer_dir("v2");
+    ok(minimind(&[
+        "pretrain",
+        "--data",
+        p(&data),
+        "--tokenizer",
+        p(&tokenizer),
+        "--config",
+        p(&config),
+        "--out",
+        p(&trained),
+        "--batch-size",
+        "16",
+        "--accumulation-steps",
+        "1",
+        "--lr",
+        "3e-3",
+        "--max-steps",
+        "150",
+        "--save-every",
+        "0",
+        "--max-seq-len",
+        "128",
+    ]));
+    let json = dir.path().join("eval.json");
+    let out = ok(minimind(&["eval", "--model", p(&trained), "--task", p(&fixture("choice")), "--json", p(&json)]));
+    assert!(out.contains("chance 0.2500"), "{out}");
+    let result: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert!(result["accuracy"].as_f64().unwrap() >= 0.75, "{out}");
+    assert_eq!(result["subjects"].as_array().unwrap().len(), 2);
+
+    let t = minimind::Tokenizer::load(&tokenizer).unwrap();
+    let arith =
+        load_benchmark(&std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data/arith_mc"), None).unwrap();
+    for scoring in [ChoiceScoring::Letter, ChoiceScoring::Text] {
+        let options = ChoiceOptions { scoring, batch: 8, ..ChoiceOptions::default() };
+        let r = score_choices(&model(), &t, &arith, &options, |_| {}).unwrap();
+        assert_eq!((r.questions(), r.chance()), (200, 0.25));
+        assert!((0.15..=0.35).contains(&r.accuracy()), "{scoring}: {}", r.accuracy());
+    }
+}
+
+/// Scores do not depend on the batch (rows are padded on the right, after their continuation), and a
+/// prompt longer than the context drops its examples first.
+#[test]
+fn choice_scores_ignore_batching_and_long_prompts_shrink() {
+    let t = minimind::Tokenizer::load(&tokenizer_dir("v2")).unwrap();
+    let subjects = load_benchmark(&fixture("choice"), None).unwrap();
+    let run = |batch, shots, max_seq_len| {
+        let o = ChoiceOptions { batch, shots, max_seq_len, ..ChoiceOptions::default() };
+        score_choices(&model(), &t, &subjects, &o, |_| {}).unwrap()
+    };
+    let (one, many) = (run(1, 2, 512), run(5, 2, 512));
+    let correct = |r: &minimind::eval::ChoiceResult| r.subjects.iter().map(|s| s.correct).collect::<Vec<_>>();
+    assert_eq!(correct(&one), correct(&many));
+    assert_eq!(one.shortened, 0);
+    assert_eq!(run(3, 2, 40).shortened, 16);
+    let err = score_choices(
+        &model(),
+        &t,
+        &load_benchmark(&fixture("choice_mixed.jsonl"), None).unwrap(),
+        &ChoiceOptions { shots: 1, ..ChoiceOptions::default() },
+        |_| {},
+    );
+    assert!(err.unwrap_err().to_string().contains("no dev examples"));
+}

@@ -1,7 +1,7 @@
 //! Reinforcement learning's pieces against hand-computed cases: group-normalized advantages, the
 //! completion mask, the GRPO and CISPO losses with their gradients, GAE, and the rule rewards.
 
-use crate::common::{max_abs_diff, micro_v2_model};
+use crate::common::{max_abs_diff, micro_v2_folder, micro_v2_model};
 use candle_core::{Device, Tensor, Var};
 use minimind::train::metrics::StepMetrics;
 use minimind::train::policy_loss::{
@@ -117,7 +117,7 @@ fn grpo_trains_the_policy_and_keeps_the_reference() {
     use minimind::train::grpo::RolloutConfig;
     let t = Tokenizer::load(&crate::common::tokenizer_dir("v2")).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let base = micro_folder(dir.path());
+    let base = micro_v2_folder(dir.path());
     let load =
         |trainable| minimind::model::checkpoint::load_model(&base, &Device::Cpu, candle_core::DType::F32, trainable);
     let ((policy, params), (reference, _)) = (load(true).unwrap(), load(false).unwrap());
@@ -179,7 +179,7 @@ fn stat(row: &StepMetrics, name: &str) -> f64 {
 fn grpo_from_the_cli_raises_the_rule_reward() {
     use crate::common::{fixture, minimind, ok, p};
     let dir = tempfile::tempdir().unwrap();
-    let (base, chat, rl) = (micro_folder(dir.path()), dir.path().join("chat"), dir.path().join("rl"));
+    let (base, chat, rl) = (micro_v2_folder(dir.path()), dir.path().join("chat"), dir.path().join("rl"));
     let data = fixture("sft_zh_en_32.jsonl");
     ok(minimind(&[
         "sft",
@@ -326,16 +326,6 @@ fn a_resumed_grpo_run_matches_an_uninterrupted_one() {
 }
 
 /// A micro model folder (v2 tokenizer, random weights) in `dir/base`.
-fn micro_folder(dir: &std::path::Path) -> std::path::PathBuf {
-    let base = dir.join("base");
-    minimind::model::checkpoint::save_model(&base, &micro_v2_model(3).0).unwrap();
-    let tokenizer = crate::common::tokenizer_dir("v2");
-    for f in ["tokenizer.json", "tokenizer_config.json"] {
-        std::fs::copy(tokenizer.join(f), base.join(f)).unwrap();
-    }
-    base
-}
-
 /// `minimind reward-model` learns its training pairs (accuracy from chance to above it, loss down),
 /// writes a model folder with the score head that loads and ranks chosen over rejected, and
 /// `grpo --reward-model` scores rollouts with it.
@@ -344,7 +334,7 @@ fn a_reward_model_learns_its_pairs_and_scores_rollouts() {
     use crate::common::{fixture, minimind, ok, p};
     use minimind::train::reward_model::RewardModel;
     let dir = tempfile::tempdir().unwrap();
-    let (base, rm, rl) = (micro_folder(dir.path()), dir.path().join("rm"), dir.path().join("rl"));
+    let (base, rm, rl) = (micro_v2_folder(dir.path()), dir.path().join("rm"), dir.path().join("rl"));
     let pairs = fixture("dpo_zh_en_16.jsonl");
     ok(minimind(&[
         "reward-model",

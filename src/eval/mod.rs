@@ -6,6 +6,15 @@
 //!   length), every real next token scored;
 //! - SFT conversations ([`EvalFormat::Sft`]), encoded as in SFT, only the supervised (assistant) tokens
 //!   scored — the SFT loss on held-out chats.
+//!
+//! Multiple-choice benchmarks (C-Eval, CMMLU, JSONL) are read by [`benchmark`] and scored by
+//! [`choice`].
+
+pub mod benchmark;
+pub mod choice;
+
+pub use benchmark::{load_benchmark, Question, Subject};
+pub use choice::{render_prompt, render_prompt_for, score_choices, ChoiceOptions, ChoiceResult, ChoiceScoring};
 
 use crate::data::pretrain::{parse_text_row, PretrainEncoding};
 use crate::data::sft::{parse_conversation, SftEncoding};
