@@ -13,15 +13,22 @@ pub struct EvalArgs {
     #[command(flatten)]
     pub model: ModelArgs,
     /// JSON Lines file of `{"text": …}` rows (or of conversations, with --sft): perplexity.
-    #[arg(long, required_unless_present = "task", conflicts_with = "task")]
+    #[arg(long, required_unless_present_any = ["task", "answers"], conflicts_with_all = ["task", "answers"])]
     pub data: Option<PathBuf>,
     /// The rows are SFT conversations: score only the assistant turns (the SFT loss).
     #[arg(long)]
     pub sft: bool,
     /// A multiple-choice benchmark: a C-Eval/CMMLU CSV file, a JSONL file, or a folder of them (the
     /// official dev/ val/ test/ layout included): accuracy per subject and overall.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "answers")]
     pub task: Option<PathBuf>,
+    /// Prompts with a ground truth (`minimind grpo`'s rows, `"gt"`): the share of greedy answers that
+    /// match it (the last number for a numeric gt).
+    #[arg(long)]
+    pub answers: Option<PathBuf>,
+    /// Longest answer, with --answers.
+    #[arg(long, default_value_t = 64)]
+    pub max_new_tokens: usize,
     /// The benchmark folder's split to score: val (default when present) or test.
     #[arg(long, requires = "task")]
     pub split: Option<String>,
@@ -42,26 +49,49 @@ pub struct EvalArgs {
     pub json: Option<PathBuf>,
     #[arg(long, default_value_t = 512)]
     pub max_seq_len: usize,
-    /// Rows (perplexity) or questions (--task) per forward pass.
-    #[arg(long, default_value_t = 4)]
-    pub batch_size: usize,
+    /// Rows (perplexity, default 4), questions (--task, default 4) or prompts decoded together
+    /// (--answers, default 16) per pass.
+    #[arg(long)]
+    pub batch_size: Option<usize>,
     /// Evaluate only the first N rows (of each subject, with --task).
     #[arg(long)]
     pub rows: Option<usize>,
 }
 
 pub fn run(a: &EvalArgs) -> Result<()> {
-    match (&a.data, &a.task) {
-        (Some(data), None) => perplexity(a, data),
-        (None, Some(task)) => benchmark(a, task),
-        _ => bail!("minimind eval needs --data FILE (perplexity) or --task BENCHMARK (accuracy)"),
+    match (&a.data, &a.task, &a.answers) {
+        (Some(data), None, None) => perplexity(a, data),
+        (None, Some(task), None) => benchmark(a, task),
+        (None, None, Some(rows)) => answers(a, rows),
+        _ => bail!("minimind eval needs one of --data FILE (perplexity), --task BENCHMARK or --answers FILE (accuracy)"),
     }
+}
+
+fn answers(a: &EvalArgs, rows: &std::path::Path) -> Result<()> {
+    let (model, tokenizer) = a.model.load()?;
+    let r = eval::answer_accuracy(&model, &tokenizer, rows, a.max_new_tokens, a.batch_size.unwrap_or(16), a.rows)?;
+    for shown in r.answers.iter().take(3) {
+        println!("{} → {:?} (gt {}, {})", shown.prompt, shown.answer, shown.gt, if shown.correct { "right" } else { "wrong" });
+    }
+    println!(
+        "answer accuracy {:.4} ({} of {} greedy answers match gt{})",
+        r.accuracy(),
+        r.correct(),
+        r.answers.len(),
+        if model.is_int8() { ", int8 weights" } else { "" }
+    );
+    if let Some(path) = &a.json {
+        let json = serde_json::json!({"kind": "answers", "data": rows, "model": a.model.model,
+            "accuracy": r.accuracy(), "correct": r.correct(), "rows": r.answers.len(), "answers": r.answers});
+        write_json(path, &json)?;
+    }
+    Ok(())
 }
 
 fn perplexity(a: &EvalArgs, data: &std::path::Path) -> Result<()> {
     let (model, tokenizer) = a.model.load()?;
     let format = if a.sft { EvalFormat::Sft } else { EvalFormat::Text };
-    let p = eval::evaluate(&model, &tokenizer, data, format, a.max_seq_len, a.batch_size, a.rows)?;
+    let p = eval::evaluate(&model, &tokenizer, data, format, a.max_seq_len, a.batch_size.unwrap_or(4), a.rows)?;
     println!(
         "perplexity {:.4} (mean NLL {:.5} nats/token over {} tokens of {} rows{}), {:.4} bits per byte ({} bytes)",
         p.value(),
@@ -88,7 +118,7 @@ fn benchmark(a: &EvalArgs, task: &std::path::Path) -> Result<()> {
         scoring: a.scoring,
         chat: a.chat,
         max_seq_len: a.max_seq_len,
-        batch: a.batch_size,
+        batch: a.batch_size.unwrap_or(4),
         max_questions: a.rows,
     };
     if a.show_prompt {

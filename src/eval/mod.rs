@@ -8,11 +8,13 @@
 //!   scored — the SFT loss on held-out chats.
 //!
 //! Multiple-choice benchmarks (C-Eval, CMMLU, JSONL) are read by [`benchmark`] and scored by
-//! [`choice`].
+//! [`choice`]; [`answers`] measures generated answers against a ground truth.
 
+pub mod answers;
 pub mod benchmark;
 pub mod choice;
 
+pub use answers::{answer_accuracy, AnswerAccuracy};
 pub use benchmark::{load_benchmark, Question, Subject};
 pub use choice::{render_prompt, render_prompt_for, score_choices, ChoiceOptions, ChoiceResult, ChoiceScoring};
 

@@ -197,3 +197,28 @@ fn choice_scores_ignore_batching_and_long_prompts_shrink() {
     );
     assert!(err.unwrap_err().to_string().contains("no dev examples"));
 }
+
+/// `eval --answers`: greedy answers checked against each row's gt by GRPO's rule — a row whose gt is
+/// the model's own answer counts as right, a different number as wrong; rows without gt are refused.
+#[test]
+fn answer_accuracy_checks_greedy_answers_against_gt() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = micro_v2_folder(dir.path());
+    let rows = dir.path().join("rows.jsonl");
+    let row = |prompt: &str, gt: &str| serde_json::json!({"prompt": prompt, "gt": gt}).to_string() + "\n";
+    std::fs::write(&rows, row("1 + 1 = ?", "2") + &row("你好", "x")).unwrap();
+    let json = dir.path().join("answers.json");
+    let args = ["eval", "--model", p(&base), "--answers", p(&rows), "--max-new-tokens", "6", "--json", p(&json)];
+    ok(minimind(&args));
+    let first: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let answer = first["answers"][1]["answer"].as_str().unwrap().to_string();
+    assert!(!answer.trim().is_empty() && !answer.contains('\n'), "{answer:?}");
+    // The same prompts, now with the model's own (greedy, so repeated) answer as the second gt.
+    std::fs::write(&rows, row("1 + 1 = ?", "2") + &row("你好", &answer)).unwrap();
+    let out = ok(minimind(&args));
+    let again: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(again["answers"][1]["correct"], true, "{out}");
+    assert_eq!(again["correct"].as_u64().unwrap(), 1 + u64::from(again["answers"][0]["correct"] == true));
+    std::fs::write(&rows, row("1 + 1 = ?", "2") + "{\"prompt\": \"no answer\"}\n").unwrap();
+    assert!(fails(minimind(&args)).contains("rows.jsonl:2"));
+}
