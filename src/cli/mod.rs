@@ -48,6 +48,8 @@ pub enum Command {
     Dpo(train::DpoArgs),
     /// Reinforcement learning with GRPO / CISPO: sampled answers to prompts, scored by rewards.
     Grpo(train::GrpoArgs),
+    /// Reinforcement learning with PPO: a value head as the critic, GAE, clipped policy and value losses.
+    Ppo(train::PpoArgs),
     /// Train a reward model (a scalar head on a model) from {"chosen", "rejected"} pairs.
     RewardModel(train::RewardModelArgs),
     /// Reasoning distillation: SFT on <think>…</think><answer>…</answer> answers, tags up-weighted.
@@ -388,6 +390,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Sft(a) => report("fine-tuned", &crate::train::sft(&a.config()?)?, &a.train.out),
         Command::Dpo(a) => report("preference-tuned", &train::dpo(&a)?, &a.train.out),
         Command::Grpo(a) => report("RL-tuned", &train::grpo(&a)?, &a.train.out),
+        Command::Ppo(a) => report("RL-tuned (PPO)", &train::ppo(&a)?, &a.train.out),
         Command::RewardModel(a) => report("reward model trained", &train::reward_model(&a)?, &a.train.out),
         Command::Distill(a) => report("distilled", &train::distill(&a)?, &a.train.out),
         Command::Reason(a) => report("reasoning-tuned", &train::reason(&a)?, &a.train.out),

@@ -7,6 +7,7 @@ use crate::model::params::InitScheme;
 use crate::model::{ModelConfig, Precision};
 use crate::train::dpo::SeqLogProb;
 use crate::train::grpo::RolloutConfig;
+use crate::train::ppo::PpoConfig;
 use crate::train::optim::LrSchedule;
 use crate::train::policy_loss::{PolicyLossConfig, PolicyLossKind};
 use crate::train::{self, TrainConfig, TrainSummary};
@@ -20,24 +21,24 @@ pub struct TrainerArgs {
     /// Output model folder (config, weights, tokenizer, metrics.jsonl, loss.png, trainer_state).
     #[arg(long)]
     pub out: PathBuf,
-    /// Passes over the data [pretrain 1, sft 1, dpo 2, lora 10, distill 6, reason 1, grpo 1].
+    /// Passes over the data [pretrain 1, sft 1, dpo 2, lora 10, distill 6, reason 1, grpo/ppo 1].
     #[arg(long)]
     pub epochs: Option<usize>,
     /// Rows (pairs for dpo, prompts for grpo) per micro-batch [pretrain 32, sft 32, dpo 8, lora 32, distill 32,
-    /// reason 8, grpo 2].
+    /// reason 8, grpo/ppo 2].
     #[arg(long)]
     pub batch_size: Option<usize>,
     /// Micro-batches per optimizer step [pretrain 8, others 1]; an epoch's last step may have fewer.
     #[arg(long)]
     pub accumulation_steps: Option<usize>,
-    /// Peak learning rate [pretrain 5e-4, sft 5e-5, dpo 1e-8, lora 1e-4, distill 5e-6, reason 1e-6, grpo 3e-7].
+    /// Peak learning rate [pretrain 5e-4, sft 5e-5, dpo 1e-8, lora 1e-4, distill 5e-6, reason 1e-6, grpo/ppo 3e-7].
     #[arg(long)]
     pub lr: Option<f64>,
     /// Cosine schedule per micro-step: minimind2 (lr/10 + lr/2·(1+cos), starts at 1.1·lr) or
     /// minimind3 (lr·(0.1 + 0.45·(1+cos)), 1-based) [minimind2, the recipes' version].
     #[arg(long)]
     pub lr_schedule: Option<LrSchedule>,
-    /// Tokens per row [512; dpo and reason 1024; grpo: of the prompt, 768].
+    /// Tokens per row [512; dpo and reason 1024; grpo/ppo: of the prompt, 768].
     #[arg(long)]
     pub max_seq_len: Option<usize>,
     #[arg(long, default_value_t = 1.0)]
@@ -205,12 +206,6 @@ pub struct GrpoArgs {
     /// Completions sampled per prompt (advantages are normalized within each group).
     #[arg(long, default_value_t = RolloutConfig::default().group)]
     pub group: usize,
-    /// Longest completion, in tokens.
-    #[arg(long, default_value_t = RolloutConfig::default().max_new_tokens)]
-    pub max_new_tokens: usize,
-    /// Sampling temperature of the rollouts.
-    #[arg(long, default_value_t = RolloutConfig::default().temperature)]
-    pub temperature: f64,
     /// β: weight of the KL to the frozen reference.
     #[arg(long, default_value_t = PolicyLossConfig::default().beta)]
     pub beta: f64,
@@ -220,6 +215,21 @@ pub struct GrpoArgs {
     /// CISPO's cap on the ratio that weighs each token's gradient.
     #[arg(long, default_value_t = PolicyLossConfig::default().epsilon_high)]
     pub epsilon_high: f64,
+    #[command(flatten)]
+    pub rollout: RolloutArgs,
+    #[command(flatten)]
+    pub train: TrainerArgs,
+}
+
+/// How RL stages sample and score completions.
+#[derive(Args, Clone)]
+pub struct RolloutArgs {
+    /// Longest completion, in tokens.
+    #[arg(long, default_value_t = RolloutConfig::default().max_new_tokens)]
+    pub max_new_tokens: usize,
+    /// Sampling temperature of the rollouts.
+    #[arg(long, default_value_t = RolloutConfig::default().temperature)]
+    pub temperature: f64,
     /// Weight of MiniMind's rule reward (length, thinking format, repetition).
     #[arg(long, default_value_t = RolloutConfig::default().rule_weight)]
     pub reward_rules: f64,
@@ -238,23 +248,83 @@ pub struct GrpoArgs {
     /// Weight of the reward model's score.
     #[arg(long, default_value_t = 1.0)]
     pub reward_model_weight: f64,
+}
+
+impl RolloutArgs {
+    pub fn config(&self, group: usize) -> RolloutConfig {
+        RolloutConfig {
+            group,
+            max_new_tokens: self.max_new_tokens,
+            temperature: self.temperature,
+            rule_weight: self.reward_rules,
+            gt_weight: self.reward_gt,
+            reward_url: self.reward_url.clone().map(|url| (url, self.reward_url_weight)),
+            reward_model: self.reward_model.clone().map(|dir| (dir, self.reward_model_weight)),
+        }
+    }
+}
+
+pub fn grpo(a: &GrpoArgs) -> Result<TrainSummary> {
+    let rollout = a.rollout.config(a.group);
+    let loss = PolicyLossConfig { kind: a.loss_type, beta: a.beta, epsilon: a.epsilon, epsilon_high: a.epsilon_high };
+    let (model, data, train) = (a.model.clone(), a.data.clone(), a.train.config()?);
+    train::grpo(&train::GrpoConfig { model, data, rollout, loss, train })
+}
+
+#[derive(Args, Clone)]
+pub struct PpoArgs {
+    /// The model folder to start from (an SFT model); also the frozen reference.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// JSON Lines of prompts: RLAIF rows {"conversations": [...], "gt": …} or {"prompt": …, "gt": …}.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Completions sampled per prompt.
+    #[arg(long, default_value_t = 1)]
+    pub group: usize,
+    /// Updates (optimizer steps) per rollout.
+    #[arg(long, default_value_t = PpoConfig::default().epochs)]
+    pub ppo_epochs: usize,
+    /// Skip a rollout's remaining updates once ½·mean((logπ − logπ_old)²) passes this.
+    #[arg(long, default_value_t = PpoConfig::default().target_kl)]
+    pub target_kl: f64,
+    /// Policy ratio clip ε.
+    #[arg(long, default_value_t = PpoConfig::default().clip)]
+    pub clip: f64,
+    /// Value clip around the rollout's values.
+    #[arg(long, default_value_t = PpoConfig::default().value_clip)]
+    pub value_clip: f64,
+    /// Weight of the value loss.
+    #[arg(long, default_value_t = PpoConfig::default().vf_coef)]
+    pub vf_coef: f64,
+    /// Weight of the KL to the frozen reference.
+    #[arg(long, default_value_t = PpoConfig::default().kl_coef)]
+    pub kl_coef: f64,
+    /// GAE discount γ.
+    #[arg(long, default_value_t = PpoConfig::default().gamma)]
+    pub gamma: f64,
+    /// GAE λ.
+    #[arg(long, default_value_t = PpoConfig::default().lambda)]
+    pub lambda: f64,
+    #[command(flatten)]
+    pub rollout: RolloutArgs,
     #[command(flatten)]
     pub train: TrainerArgs,
 }
 
-pub fn grpo(a: &GrpoArgs) -> Result<TrainSummary> {
-    let rollout = RolloutConfig {
-        group: a.group,
-        max_new_tokens: a.max_new_tokens,
-        temperature: a.temperature,
-        rule_weight: a.reward_rules,
-        gt_weight: a.reward_gt,
-        reward_url: a.reward_url.clone().map(|url| (url, a.reward_url_weight)),
-        reward_model: a.reward_model.clone().map(|dir| (dir, a.reward_model_weight)),
+pub fn ppo(a: &PpoArgs) -> Result<TrainSummary> {
+    let ppo = PpoConfig {
+        clip: a.clip,
+        value_clip: a.value_clip,
+        vf_coef: a.vf_coef,
+        kl_coef: a.kl_coef,
+        gamma: a.gamma,
+        lambda: a.lambda,
+        epochs: a.ppo_epochs,
+        target_kl: a.target_kl,
     };
-    let loss = PolicyLossConfig { kind: a.loss_type, beta: a.beta, epsilon: a.epsilon, epsilon_high: a.epsilon_high };
-    let (model, data, train) = (a.model.clone(), a.data.clone(), a.train.config()?);
-    train::grpo(&train::GrpoConfig { model, data, rollout, loss, train })
+    let (model, data, rollout, train) = (a.model.clone(), a.data.clone(), a.rollout.config(a.group), a.train.config()?);
+    train::ppo(&train::PpoTrainConfig { model, data, rollout, ppo, train })
 }
 
 #[derive(Args, Clone)]

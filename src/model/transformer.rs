@@ -369,6 +369,8 @@ pub struct MiniMindModel {
 pub struct TrainOutput {
     /// `[B·T, V]`.
     pub logits: Tensor,
+    /// The final hidden states `[B, T, d]` the logits were read from (a value head reads them too).
+    pub hidden: Tensor,
     pub moe: MoeStats,
 }
 
@@ -495,7 +497,7 @@ impl MiniMindForCausalLM {
         let hidden = self.run(input_ids, None, dropout, Some(&mut moe))?;
         let d = hidden.dim(D::Minus1)?;
         let logits = self.lm_head.forward(&hidden.reshape(((), d))?)?;
-        Ok(TrainOutput { logits, moe })
+        Ok(TrainOutput { logits, hidden, moe })
     }
 
     /// Switches RoPE scaling (YaRN for long prompts, or none) and rebuilds the RoPE tables.

@@ -87,7 +87,8 @@ pub struct PolicyStats {
 
 /// The policy loss of a batch of completions. `logp` `[N, T]` is the trained policy's log-probability
 /// of each sampled token (with gradient); `old_logp` (the policy that sampled) and `ref_logp` (the
-/// frozen reference) are constants of the same shape; `advantages` `[N]`; `mask` `[N, T]`.
+/// frozen reference) are constants of the same shape; `advantages` `[N]` (one per completion, GRPO)
+/// or `[N, T]` (one per token, PPO); `mask` `[N, T]`.
 pub fn policy_loss(
     logp: &Tensor,
     old_logp: &Tensor,
@@ -97,7 +98,10 @@ pub fn policy_loss(
     c: &PolicyLossConfig,
 ) -> Result<(Tensor, PolicyStats)> {
     let (old_logp, ref_logp) = (old_logp.detach(), ref_logp.detach());
-    let a = advantages.detach().unsqueeze(1)?;
+    let a = match advantages.rank() {
+        1 => advantages.detach().unsqueeze(1)?,
+        _ => advantages.detach(),
+    };
     let to_ref = (&ref_logp - logp)?;
     let kl = ((to_ref.exp()? - &to_ref)? - 1.0)?;
     let ratio = (logp - &old_logp)?.exp()?;
@@ -123,6 +127,24 @@ pub fn policy_loss(
     };
     let stats = PolicyStats { kl: masked_mean(&kl.detach())?, clip_fraction: masked_mean(&clipped)? };
     Ok((loss, stats))
+}
+
+/// PPO's clipped value loss: `½·max((V − R)², (V_old + clip(V − V_old, ±c) − R)²)` per counted
+/// token (`values` with gradient, `old_values` and `returns` constants, all `[N, T]`), a masked mean
+/// per sequence, then the batch mean — the same averaging as [`policy_loss`].
+pub fn value_loss(values: &Tensor, old_values: &Tensor, returns: &Tensor, mask: &Tensor, clip: f64) -> Result<Tensor> {
+    let (old, returns) = (old_values.detach(), returns.detach());
+    let clipped = (&old + (values - &old)?.clamp(-clip, clip)?)?;
+    let worst = (values - &returns)?.sqr()?.maximum(&(clipped - &returns)?.sqr()?)?;
+    let counted = mask.sum(D::Minus1)?.clamp(1.0, f64::INFINITY)?;
+    Ok(((worst * mask)?.sum(D::Minus1)?.div(&counted)?.mean_all()? * 0.5)?)
+}
+
+/// PPO's early-stop statistic: `½·mean((logπ − logπ_old)²)` over counted tokens.
+pub fn approx_kl(logp: &Tensor, old_logp: &Tensor, mask: &Tensor) -> Result<f64> {
+    let squared = (logp.detach() - old_logp)?.sqr()?;
+    let total = mask.sum_all()?.to_scalar::<f32>()?.max(1.0) as f64;
+    Ok(0.5 * (squared * mask)?.sum_all()?.to_scalar::<f32>()? as f64 / total)
 }
 
 /// Generalized advantage estimation over one response: `rewards` and critic `values` per token.

@@ -49,11 +49,19 @@ impl RunState {
     }
 }
 
-/// Writes parameters (`param.<name>`), optimizer tensors (`optim.<key>`) and the run state.
-pub fn save(dir: &Path, state: &RunState, params: &Params, optimizer: Vec<(String, Tensor)>) -> Result<()> {
+/// Writes parameters (`param.<name>`), optimizer tensors (`optim.<key>`), what the stage carries
+/// between steps (`stage.<key>`, see [`crate::train::Stage::carried`]) and the run state.
+pub fn save(
+    dir: &Path,
+    state: &RunState,
+    params: &Params,
+    optimizer: Vec<(String, Tensor)>,
+    stage: Vec<(String, Tensor)>,
+) -> Result<()> {
     let mut tensors: Vec<(String, Tensor)> =
         params.entries.iter().map(|(n, v)| (format!("param.{n}"), v.as_tensor().clone())).collect();
     tensors.extend(optimizer.into_iter().map(|(k, t)| (format!("optim.{k}"), t)));
+    tensors.extend(stage.into_iter().map(|(k, t)| (format!("stage.{k}"), t)));
     let bytes = safetensors::serialize(tensors.iter().map(|(n, t)| (n.as_str(), t)), Some(state.to_metadata()))
         .context("serializing the trainer state")?;
     atomic_write(&dir.join(STATE_FILE), |w| Ok(w.write_all(&bytes)?))
@@ -70,8 +78,8 @@ pub fn require(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Reads the state back: the run state, parameter tensors by name, optimizer tensors by key.
-pub fn load(dir: &Path, device: &Device) -> Result<(RunState, Named, Named)> {
+/// Reads the state back: the run state, parameter tensors by name, optimizer and stage tensors by key.
+pub fn load(dir: &Path, device: &Device) -> Result<(RunState, Named, Named, Named)> {
     require(dir)?;
     let path = dir.join(STATE_FILE);
     let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
@@ -79,7 +87,7 @@ pub fn load(dir: &Path, device: &Device) -> Result<(RunState, Named, Named)> {
         .map_err(|e| anyhow::anyhow!("{}: not a safetensors file: {e}", path.display()))?;
     let meta = header.metadata().clone().unwrap_or_default();
     let state = RunState::from_metadata(&meta, &path)?;
-    let (mut params, mut optim) = (HashMap::new(), HashMap::new());
+    let (mut params, mut optim, mut stage) = (HashMap::new(), HashMap::new(), HashMap::new());
     let tensors = candle_core::safetensors::load_buffer(&bytes, device)
         .with_context(|| format!("reading tensors from {}", path.display()))?;
     for (name, t) in tensors {
@@ -87,9 +95,11 @@ pub fn load(dir: &Path, device: &Device) -> Result<(RunState, Named, Named)> {
             params.insert(n.to_string(), t);
         } else if let Some(k) = name.strip_prefix("optim.") {
             optim.insert(k.to_string(), t);
+        } else if let Some(k) = name.strip_prefix("stage.") {
+            stage.insert(k.to_string(), t);
         }
     }
-    Ok((state, params, optim))
+    Ok((state, params, optim, stage))
 }
 
 /// A run to continue: its state and the optimizer tensors by key.
@@ -97,15 +107,17 @@ pub fn load(dir: &Path, device: &Device) -> Result<(RunState, Named, Named)> {
 pub struct Resume {
     pub state: RunState,
     pub optimizer: HashMap<String, Tensor>,
+    /// What the stage carried between steps when the checkpoint was written.
+    pub stage: HashMap<String, Tensor>,
 }
 
 /// Loads the model of `dir` with the parameters of its resume checkpoint (trainable), and the
 /// state to hand to the trainer.
 pub fn load_run(dir: &Path, device: &Device) -> Result<(crate::MiniMindForCausalLM, Params, Resume)> {
     let config = crate::ModelConfig::load(&dir.join(crate::model::checkpoint::CONFIG_FILE))?;
-    let (state, params, optimizer) = load(dir, device)?;
+    let (state, params, optimizer, stage) = load(dir, device)?;
     let wb = crate::model::params::WeightBuilder::loaded(params, candle_core::DType::F32, device, true);
     let model = crate::MiniMindForCausalLM::new(&config, &wb, crate::model::params::InitScheme::Minimind2)?;
     let params = wb.finish().with_context(|| format!("resuming from {}", dir.join(STATE_FILE).display()))?;
-    Ok((model, params, Resume { state, optimizer }))
+    Ok((model, params, Resume { state, optimizer, stage }))
 }

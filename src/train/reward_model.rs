@@ -39,8 +39,19 @@ impl ScoreHead {
     /// The head's tensors from `wb`: loaded, or new (`w ~ N(0, 1/(d+1))`, as MiniMind's reward head
     /// init; `b = 0`).
     pub fn new(wb: &WeightBuilder, d: usize) -> Result<Self> {
-        let weight = wb.get(HEAD[0], (1, d), Init::Normal(1.0 / ((d + 1) as f64).sqrt()))?;
-        Ok(Self { weight, bias: wb.get(HEAD[1], 1, Init::Zeros)? })
+        Self::named(wb, d, HEAD)
+    }
+
+    /// The head under other tensor names (PPO's critic: `value_head.weight`, `value_head.bias`).
+    pub fn named(wb: &WeightBuilder, d: usize, names: [&str; 2]) -> Result<Self> {
+        let weight = wb.get(names[0], (1, d), Init::Normal(1.0 / ((d + 1) as f64).sqrt()))?;
+        Ok(Self { weight, bias: wb.get(names[1], 1, Init::Zeros)? })
+    }
+
+    /// The head at every position: `[B, T]` from hidden states `[B, T, d]`.
+    pub fn all_positions(&self, hidden: &Tensor) -> Result<Tensor> {
+        let hidden = hidden.to_dtype(DType::F32)?;
+        Ok(hidden.broadcast_mul(&self.weight)?.sum(D::Minus1)?.broadcast_add(&self.bias)?)
     }
 
     /// Scores `[B]` of `ids` `[B, T]` read at positions `last` (each row's last real token).

@@ -208,6 +208,8 @@ pub const DISTILL: StageDefaults = recipe(6, 32, 1, 5e-6, 512);
 pub const REASON: StageDefaults = recipe(1, 8, 1, 1e-6, 1024);
 /// minimind-3's GRPO: two prompts a step, a tiny learning rate; `max_seq_len` bounds the prompt.
 pub const GRPO: StageDefaults = recipe(1, 2, 1, 3e-7, 768);
+/// minimind-3's PPO: the actor's rate, 2 prompts, prompts up to 768 tokens.
+pub const PPO: StageDefaults = recipe(1, 2, 1, 3e-7, 768);
 /// A reward model on preference pairs (not a MiniMind recipe): DPO's batch, a small rate.
 pub const REWARD_MODEL: StageDefaults = recipe(1, 8, 1, 1e-5, 512);
 
@@ -231,11 +233,11 @@ pub fn run_stage<S: Stage, F: FnOnce(&WeightBuilder) -> Result<MiniMindForCausal
 ) -> Result<TrainSummary> {
     let mut opts = cfg.options(defaults, start.tokenizer_dir, start.output);
     let weights = if cfg.resume {
-        let (state, tensors, optimizer) = resume::load(&cfg.out, &cfg.device)?;
+        let (state, tensors, optimizer, stage) = resume::load(&cfg.out, &cfg.device)?;
         if cfg.dist.is_main() {
             eprintln!("resuming {} at step {}", cfg.out.display(), state.step);
         }
-        opts.resume = Some(Resume { state, optimizer });
+        opts.resume = Some(Resume { state, optimizer, stage });
         WeightBuilder::loaded(tensors, DType::F32, &cfg.device, true)
     } else {
         start.fresh

@@ -51,6 +51,16 @@ pub trait Stage {
     fn weight(&self, _batch: &Self::Batch) -> f64 {
         1.0
     }
+    /// Tensors the stage carries from one step to the next (PPO's rollout while it is replayed),
+    /// saved with every checkpoint so that a resumed run continues exactly.
+    fn carried(&self) -> Result<Vec<(String, Tensor)>> {
+        Ok(Vec::new())
+    }
+    /// Takes back what [`Stage::carried`] saved (called after `seek` when a run resumes).
+    fn restore_carried(&mut self, tensors: &std::collections::HashMap<String, Tensor>) -> Result<()> {
+        let _ = tensors;
+        Ok(())
+    }
     /// Data parallelism: read only rank `rank`'s part of every global batch.
     fn shard(&mut self, rank: usize, world: usize) -> Result<()> {
         if world > 1 {
@@ -195,6 +205,9 @@ pub fn train<S: Stage>(
                 );
             }
             stage.seek(state.cursor);
+            if let Some(r) = &opts.resume {
+                stage.restore_carried(&r.stage)?;
+            }
             if main {
                 keep_metrics_up_to(&metrics_path, state.step)?;
             }
@@ -291,7 +304,7 @@ pub fn train<S: Stage>(
         let done = step + 1 == total || out_of_time;
         if main && (done || (opts.save_every > 0 && (step + 1) % opts.save_every == 0)) {
             let state = RunState { step: step + 1, total_steps: total, cursor: stage.cursor(), seed: opts.seed };
-            save(model, params, &optimizer, &state, opts, stage.name())?;
+            save(model, params, &optimizer, &state, opts, stage.name(), stage.carried()?)?;
         }
         if out_of_time {
             steps_done = step + 1;
@@ -357,6 +370,7 @@ fn save(
     state: &RunState,
     opts: &TrainOptions,
     title: &str,
+    carried: Vec<(String, Tensor)>,
 ) -> Result<()> {
     let out = opts.out_dir.as_path();
     match &opts.output {
@@ -368,7 +382,7 @@ fn save(
             checkpoint::save_model_with(out, model, extra)?
         }
     }
-    resume::save(out, state, params, optimizer.state_tensors(params)?)?;
+    resume::save(out, state, params, optimizer.state_tensors(params)?, carried)?;
     let rows = crate::train::metrics::read_metrics(&out.join("metrics.jsonl"))?;
     write_chart(&rows, title, &out.join("loss.png"))
 }

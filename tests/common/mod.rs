@@ -206,6 +206,9 @@ pub fn train_until(
         fn batch_metrics(&self) -> Vec<(String, f64)> {
             self.inner.batch_metrics()
         }
+        fn carried(&self) -> anyhow::Result<Vec<(String, Tensor)>> {
+            self.inner.carried()
+        }
     }
     // Let it run into step stop_after + 1 and die there, after the checkpoint of step stop_after.
     let plan = minimind::train::StepPlan::new(opts, stage.batches_per_epoch());

@@ -19,6 +19,7 @@ mod kernels;
 mod lora;
 mod model;
 mod moe;
+mod ppo;
 mod precision;
 mod reason;
 mod rl;

@@ -325,7 +325,6 @@ fn a_resumed_grpo_run_matches_an_uninterrupted_one() {
     assert_eq!(strip(straight.path()), strip(resumed.path()));
 }
 
-/// A micro model folder (v2 tokenizer, random weights) in `dir/base`.
 /// `minimind reward-model` learns its training pairs (accuracy from chance to above it, loss down),
 /// writes a model folder with the score head that loads and ranks chosen over rejected, and
 /// `grpo --reward-model` scores rollouts with it.
