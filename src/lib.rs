@@ -47,6 +47,7 @@ pub mod infer;
 pub mod interop;
 pub mod model;
 pub mod ops;
+pub mod report;
 pub mod serve;
 pub mod train;
 

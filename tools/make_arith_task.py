@@ -36,7 +36,7 @@ def problem(rng):
     if op == "*":
         a, b = rng.randint(2, 12), rng.randint(2, 12)
     else:
-        a, b = rng.randint(1, 99), rng.randint(1, 99)
+        a, b = rng.randint(1, 20), rng.randint(1, 20)
         if op == "-" and b > a:
             a, b = b, a
     value = {"+": a + b, "-": a - b, "*": a * b}[op]

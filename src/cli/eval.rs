@@ -63,7 +63,9 @@ pub fn run(a: &EvalArgs) -> Result<()> {
         (Some(data), None, None) => perplexity(a, data),
         (None, Some(task), None) => benchmark(a, task),
         (None, None, Some(rows)) => answers(a, rows),
-        _ => bail!("minimind eval needs one of --data FILE (perplexity), --task BENCHMARK or --answers FILE (accuracy)"),
+        _ => {
+            bail!("minimind eval needs one of --data FILE (perplexity), --task BENCHMARK or --answers FILE (accuracy)")
+        }
     }
 }
 
@@ -71,7 +73,13 @@ fn answers(a: &EvalArgs, rows: &std::path::Path) -> Result<()> {
     let (model, tokenizer) = a.model.load()?;
     let r = eval::answer_accuracy(&model, &tokenizer, rows, a.max_new_tokens, a.batch_size.unwrap_or(16), a.rows)?;
     for shown in r.answers.iter().take(3) {
-        println!("{} → {:?} (gt {}, {})", shown.prompt, shown.answer, shown.gt, if shown.correct { "right" } else { "wrong" });
+        println!(
+            "{} → {:?} (gt {}, {})",
+            shown.prompt,
+            shown.answer,
+            shown.gt,
+            if shown.correct { "right" } else { "wrong" }
+        );
     }
     println!(
         "answer accuracy {:.4} ({} of {} greedy answers match gt{})",

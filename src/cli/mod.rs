@@ -8,6 +8,7 @@ pub mod eval;
 pub mod generate;
 mod interop;
 mod parity;
+mod report;
 pub mod train;
 
 pub use interop::ExportFormat;
@@ -109,6 +110,8 @@ pub enum Command {
     Eval(eval::EvalArgs),
     /// Measure training, forward or decoding throughput on synthetic tokens.
     Bench(crate::cli::bench::BenchArgs),
+    /// One self-contained HTML page about one or several runs: figures, curves, evaluations, answers.
+    Report(report::ReportArgs),
     /// Redraw the loss/lr chart of a run from its metrics.jsonl.
     Chart {
         /// A run folder (containing metrics.jsonl) or a metrics.jsonl file.
@@ -411,6 +414,7 @@ pub fn run(cli: Cli) -> Result<()> {
             interop::import_cmd(&src, &out, &opts)
         }
         Command::Eval(a) => eval::run(&a),
+        Command::Report(a) => report::run(&a),
         Command::Chart { path, out } => {
             let metrics = if path.is_dir() { path.join("metrics.jsonl") } else { path.clone() };
             let out = out.unwrap_or_else(|| metrics.with_file_name("loss.png"));

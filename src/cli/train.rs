@@ -7,9 +7,9 @@ use crate::model::params::InitScheme;
 use crate::model::{ModelConfig, Precision};
 use crate::train::dpo::SeqLogProb;
 use crate::train::grpo::RolloutConfig;
-use crate::train::ppo::PpoConfig;
 use crate::train::optim::LrSchedule;
 use crate::train::policy_loss::{PolicyLossConfig, PolicyLossKind};
+use crate::train::ppo::PpoConfig;
 use crate::train::{self, TrainConfig, TrainSummary};
 use anyhow::{bail, Context, Result};
 use clap::Args;
@@ -248,11 +248,28 @@ pub struct RolloutArgs {
     /// Weight of the reward model's score.
     #[arg(long, default_value_t = 1.0)]
     pub reward_model_weight: f64,
+    /// Tool-use rollouts with these built-in tools (comma-separated: calculator, current_time).
+    #[arg(long, value_delimiter = ',')]
+    pub tools: Vec<String>,
+    /// A user tool for tool-use rollouts, NAME=COMMAND: the call's arguments (JSON) on the command's
+    /// stdin, its stdout the result (repeatable).
+    #[arg(long = "tool")]
+    pub tool_commands: Vec<String>,
+    /// Most tool rounds per rollout.
+    #[arg(long, default_value_t = RolloutConfig::default().max_tool_turns)]
+    pub max_tool_turns: usize,
+    /// Weight of the tool reward (+1 working calls, −1 a call that fails, 0 none).
+    #[arg(long, default_value_t = RolloutConfig::default().tool_weight)]
+    pub reward_tools: f64,
 }
 
 impl RolloutArgs {
-    pub fn config(&self, group: usize) -> RolloutConfig {
-        RolloutConfig {
+    pub fn config(&self, group: usize) -> Result<RolloutConfig> {
+        let tools = match self.tools.is_empty() && self.tool_commands.is_empty() {
+            true => None,
+            false => Some(crate::train::agent::ToolSet::new(&self.tools, &self.tool_commands)?),
+        };
+        Ok(RolloutConfig {
             group,
             max_new_tokens: self.max_new_tokens,
             temperature: self.temperature,
@@ -260,12 +277,15 @@ impl RolloutArgs {
             gt_weight: self.reward_gt,
             reward_url: self.reward_url.clone().map(|url| (url, self.reward_url_weight)),
             reward_model: self.reward_model.clone().map(|dir| (dir, self.reward_model_weight)),
-        }
+            tools,
+            max_tool_turns: self.max_tool_turns,
+            tool_weight: self.reward_tools,
+        })
     }
 }
 
 pub fn grpo(a: &GrpoArgs) -> Result<TrainSummary> {
-    let rollout = a.rollout.config(a.group);
+    let rollout = a.rollout.config(a.group)?;
     let loss = PolicyLossConfig { kind: a.loss_type, beta: a.beta, epsilon: a.epsilon, epsilon_high: a.epsilon_high };
     let (model, data, train) = (a.model.clone(), a.data.clone(), a.train.config()?);
     train::grpo(&train::GrpoConfig { model, data, rollout, loss, train })
@@ -323,7 +343,8 @@ pub fn ppo(a: &PpoArgs) -> Result<TrainSummary> {
         epochs: a.ppo_epochs,
         target_kl: a.target_kl,
     };
-    let (model, data, rollout, train) = (a.model.clone(), a.data.clone(), a.rollout.config(a.group), a.train.config()?);
+    let (model, data, rollout, train) =
+        (a.model.clone(), a.data.clone(), a.rollout.config(a.group)?, a.train.config()?);
     train::ppo(&train::PpoTrainConfig { model, data, rollout, ppo, train })
 }
 

@@ -24,6 +24,8 @@ pub struct RlPrompt {
     pub text: String,
     /// The answer verifiable rewards expect, when the row has one.
     pub gt: Option<String>,
+    /// The prompt's messages (tool-use rollouts render later turns after them).
+    pub messages: Vec<ChatMessage>,
 }
 
 const EXPECTED: &str =
@@ -53,14 +55,27 @@ pub fn parse_rl_row(line: &str) -> Result<(Vec<ChatMessage>, Option<String>), St
 
 /// A line encoded: its prompt rendered and tokenized (at most `max_prompt_len` tokens).
 pub fn encode_rl_row(line: &str, tokenizer: &Tokenizer, max_prompt_len: usize) -> Result<RlPrompt, String> {
-    let (messages, gt) = parse_rl_row(line)?;
+    encode_rl_row_with(line, tokenizer, max_prompt_len, None)
+}
+
+/// [`encode_rl_row`] offering `tools` (an OpenAI `tools` array) to rows that bring none of their own.
+pub fn encode_rl_row_with(
+    line: &str,
+    tokenizer: &Tokenizer,
+    max_prompt_len: usize,
+    tools: Option<&Value>,
+) -> Result<RlPrompt, String> {
+    let (mut messages, gt) = parse_rl_row(line)?;
+    if let Some(tools) = tools.filter(|_| messages.iter().all(|m| m.tools.is_none())) {
+        messages[0].tools = Some(tools.clone());
+    }
     let text = tokenizer.render_chat(&messages, true).map_err(|e| format!("{e:#}"))?;
     let ids = tokenizer.encode(&text).map_err(|e| format!("{e:#}"))?;
     if ids.len() > max_prompt_len {
         return Err(format!("the prompt has {} tokens, more than --max-seq-len {max_prompt_len}", ids.len()));
     }
     let text = messages.iter().rev().find(|m| m.role == "user").map(|m| m.content.clone()).unwrap_or_default();
-    Ok(RlPrompt { ids, text, gt })
+    Ok(RlPrompt { ids, text, gt, messages })
 }
 
 /// Prompts, shuffled and batched.
@@ -77,10 +92,26 @@ impl<'a> RlData<'a> {
         batch_size: usize,
         seed: u64,
     ) -> Result<Self> {
-        let index =
-            JsonlIndex::build(path, skip_bad, |line| encode_rl_row(line, tokenizer, max_prompt_len).map(|_| ()))?;
-        let encode: RowEncoder<'a, RlPrompt> =
-            Box::new(move |line| encode_rl_row(line, tokenizer, max_prompt_len).map_err(anyhow::Error::msg));
+        Self::open_with_tools(path, skip_bad, tokenizer, max_prompt_len, batch_size, seed, None)
+    }
+
+    /// [`RlData::open`] with `tools` offered in every prompt (see [`encode_rl_row_with`]).
+    pub fn open_with_tools(
+        path: &Path,
+        skip_bad: bool,
+        tokenizer: &'a Tokenizer,
+        max_prompt_len: usize,
+        batch_size: usize,
+        seed: u64,
+        tools: Option<Value>,
+    ) -> Result<Self> {
+        let check = tools.clone();
+        let index = JsonlIndex::build(path, skip_bad, |line| {
+            encode_rl_row_with(line, tokenizer, max_prompt_len, check.as_ref()).map(|_| ())
+        })?;
+        let encode: RowEncoder<'a, RlPrompt> = Box::new(move |line| {
+            encode_rl_row_with(line, tokenizer, max_prompt_len, tools.as_ref()).map_err(anyhow::Error::msg)
+        });
         Ok(Rows::new(index, batch_size, seed, encode))
     }
 }

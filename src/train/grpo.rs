@@ -75,7 +75,11 @@ impl<'a> GrpoStage<'a> {
 }
 
 /// Each sampled token's log-probability `[N, T]` under `model` (with gradient when it is trained).
-pub(crate) fn token_log_probs(model: &MiniMindForCausalLM, batch: &LmBatch, dropout: DropoutSeed) -> Result<(Tensor, Tensor)> {
+pub(crate) fn token_log_probs(
+    model: &MiniMindForCausalLM,
+    batch: &LmBatch,
+    dropout: DropoutSeed,
+) -> Result<(Tensor, Tensor)> {
     let out = model.forward_train(&batch.x, dropout)?;
     let (n, t) = batch.x.dims2()?;
     let logp = ops::target_log_probs(&out.logits, &batch.y.flatten_all()?)?.reshape((n, t))?;
@@ -165,7 +169,9 @@ pub fn grpo(c: &GrpoConfig) -> Result<TrainSummary> {
     let tokenizer = Tokenizer::load(&c.model)?;
     let (reference, _) = checkpoint::load_model(&c.model, &t.device, t.precision.dtype(), false)?;
     let max_prompt = t.max_seq_len(&GRPO, &reference.config)?;
-    let data = RlData::open(&c.data, t.skip_bad_lines, &tokenizer, max_prompt, t.batch_size(&GRPO)?, t.seed)?;
+    let tools = c.rollout.tools.as_ref().map(|t| t.specs());
+    let batch = t.batch_size(&GRPO)?;
+    let data = RlData::open_with_tools(&c.data, t.skip_bad_lines, &tokenizer, max_prompt, batch, t.seed, tools)?;
     let mut stage = GrpoStage::new(data, &tokenizer, reference, c.rollout.clone(), c.loss, t.seed, t.device.clone())?;
     let (_, start) = from_model_folder(&c.model, &t.device)?;
     run_stage(t, &GRPO, &mut stage, start)

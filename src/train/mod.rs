@@ -15,6 +15,7 @@
 //! # anyhow::Ok(())
 //! ```
 
+pub mod agent;
 pub mod distill;
 pub mod dpo;
 pub mod grpo;

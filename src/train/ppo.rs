@@ -65,7 +65,16 @@ pub struct PpoConfig {
 
 impl Default for PpoConfig {
     fn default() -> Self {
-        Self { clip: 0.2, value_clip: 0.2, vf_coef: 0.5, kl_coef: 0.02, gamma: 1.0, lambda: 0.95, epochs: 2, target_kl: 0.25 }
+        Self {
+            clip: 0.2,
+            value_clip: 0.2,
+            vf_coef: 0.5,
+            kl_coef: 0.02,
+            gamma: 1.0,
+            lambda: 0.95,
+            epochs: 2,
+            target_kl: 0.25,
+        }
     }
 }
 
@@ -204,7 +213,12 @@ impl<'a> PpoStage<'a> {
         let logp = crate::ops::target_log_probs(&out.logits, &r.rows.y.flatten_all()?)?.reshape((n, t))?;
         // The critic reads the actor's features without moving them (see the module docs).
         let values = self.head()?.all_positions(&out.hidden.detach())?;
-        let pl = PolicyLossConfig { kind: PolicyLossKind::Grpo, beta: self.ppo.kl_coef, epsilon: self.ppo.clip, epsilon_high: 0.0 };
+        let pl = PolicyLossConfig {
+            kind: PolicyLossKind::Grpo,
+            beta: self.ppo.kl_coef,
+            epsilon: self.ppo.clip,
+            epsilon_high: 0.0,
+        };
         let (policy, stats) = policy_loss(&logp, &r.old_logp, &r.ref_logp, &r.advantages, &r.rows.mask, &pl)?;
         let vf = value_loss(&values, &r.old_values, &r.returns, &r.rows.mask, self.ppo.value_clip)?;
         let kl_old = approx_kl(&logp, &r.old_logp, &r.rows.mask)?;
@@ -287,7 +301,8 @@ impl Stage for PpoStage<'_> {
     fn carried(&self) -> Result<Vec<(String, Tensor)>> {
         let carried = self.carried.borrow();
         let Some(r) = carried.as_ref().filter(|_| self.replaying()) else { return Ok(Vec::new()) };
-        let tensors = [&r.rows.x, &r.rows.y, &r.rows.mask, &r.old_logp, &r.ref_logp, &r.old_values, &r.advantages, &r.returns];
+        let tensors =
+            [&r.rows.x, &r.rows.y, &r.rows.mask, &r.old_logp, &r.ref_logp, &r.old_values, &r.advantages, &r.returns];
         let mut out: Vec<(String, Tensor)> =
             ROLLOUT_TENSORS.iter().zip(tensors).map(|(n, t)| (n.to_string(), t.clone())).collect();
         let [a, b, c] = r.summary;
@@ -299,7 +314,8 @@ impl Stage for PpoStage<'_> {
         if tensors.is_empty() {
             return Ok(());
         }
-        let get = |name: &str| tensors.get(name).cloned().with_context(|| format!("the checkpoint's rollout has no {name}"));
+        let get =
+            |name: &str| tensors.get(name).cloned().with_context(|| format!("the checkpoint's rollout has no {name}"));
         let summary: Vec<f64> = get("summary")?.to_dtype(DType::F64)?.to_vec1()?;
         let mask = get("mask")?;
         let weight = mask.sum_all()?.to_scalar::<f32>()?;
@@ -358,7 +374,9 @@ pub fn ppo(c: &PpoTrainConfig) -> Result<TrainSummary> {
     add_value_head(&mut tensors, config.hidden_size, t.seed, &t.device)?;
     let fresh = WeightBuilder::loaded(tensors, DType::F32, &t.device, true);
     let max_prompt = t.max_seq_len(&PPO, &config)?;
-    let data = RlData::open(&c.data, t.skip_bad_lines, &tokenizer, max_prompt, t.batch_size(&PPO)?, t.seed)?;
+    let tools = c.rollout.tools.as_ref().map(|t| t.specs());
+    let batch = t.batch_size(&PPO)?;
+    let data = RlData::open_with_tools(&c.data, t.skip_bad_lines, &tokenizer, max_prompt, batch, t.seed, tools)?;
     let head = Rc::new(RefCell::new(None));
     let mut stage =
         PpoStage::new(data, &tokenizer, reference, c.rollout.clone(), c.ppo, head.clone(), t.seed, t.device.clone())?;
@@ -368,5 +386,10 @@ pub fn ppo(c: &PpoTrainConfig) -> Result<TrainSummary> {
         *head.borrow_mut() = Some(value_head);
         Ok(lm)
     };
-    run_stage(t, &PPO, &mut stage, Start { fresh, build, output: ModelOutput::Full, tokenizer_dir: Some(c.model.clone()) })
+    run_stage(
+        t,
+        &PPO,
+        &mut stage,
+        Start { fresh, build, output: ModelOutput::Full, tokenizer_dir: Some(c.model.clone()) },
+    )
 }

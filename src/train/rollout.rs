@@ -7,6 +7,7 @@
 //! ([`rewards::gt_match`]), a reward model's score ([`RewardModel`]) and an external scorer's
 //! ([`rewards::ExternalScorer`]).
 
+use super::agent::ToolSet;
 use super::policy_loss::{completion_mask, mean_std};
 use super::reward_model::RewardModel;
 use super::rewards;
@@ -16,7 +17,7 @@ use crate::infer::batch::{Batcher, Decoded};
 use crate::infer::{FinishReason, Sampler, SamplingParams};
 use crate::model::MiniMindForCausalLM;
 use crate::Tokenizer;
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -37,6 +38,12 @@ pub struct RolloutConfig {
     pub reward_url: Option<(String, f64)>,
     /// A reward model folder (`minimind reward-model`) and its weight.
     pub reward_model: Option<(PathBuf, f64)>,
+    /// Tools the policy may call between turns ([`super::agent`]); none for single-turn rollouts.
+    pub tools: Option<ToolSet>,
+    /// Most tool rounds per rollout (3).
+    pub max_tool_turns: usize,
+    /// Weight of the tool reward ([`ToolUse::score`]).
+    pub tool_weight: f64,
 }
 
 impl Default for RolloutConfig {
@@ -49,17 +56,47 @@ impl Default for RolloutConfig {
             gt_weight: 1.0,
             reward_url: None,
             reward_model: None,
+            tools: None,
+            max_tool_turns: 3,
+            tool_weight: 0.5,
         }
     }
 }
 
 /// One sampled completion.
+#[derive(Debug, Clone, Default)]
 pub struct Completion {
     /// Its prompt's index in the batch.
     pub prompt: usize,
     pub tokens: Vec<u32>,
     /// Whether it ended with a stop token (appended to `tokens`) rather than its budget.
     pub stopped: bool,
+    /// Which tokens the loss counts, when not all through the first stop: a tool-use rollout
+    /// counts its sampled turns and not the tool responses between them.
+    pub mask: Option<Vec<f32>>,
+    /// The final answer (the last turn) of a tool-use rollout.
+    pub answer: Option<String>,
+    /// Its tool calls, in a tool-use rollout.
+    pub tool_use: Option<ToolUse>,
+}
+
+/// How a rollout used its tools.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct ToolUse {
+    pub calls: usize,
+    /// Calls that could not be read (a `<tool_call>` block that is not a call) or that the tool refused.
+    pub failed: usize,
+}
+
+impl ToolUse {
+    /// The tool reward: −1 when a call failed, +1 when calls were made and all worked, else 0.
+    pub fn score(&self) -> f64 {
+        match (self.failed, self.calls) {
+            (f, _) if f > 0 => -1.0,
+            (_, c) if c > 0 => 1.0,
+            _ => 0.0,
+        }
+    }
 }
 
 /// A micro-batch of prompts and the seed its rollouts sample with (drawn from the data position,
@@ -79,9 +116,9 @@ impl PromptBatch {
 
 /// Samples and scores completions.
 pub struct Rollouts<'a> {
-    tokenizer: &'a Tokenizer,
+    pub(super) tokenizer: &'a Tokenizer,
     pub config: RolloutConfig,
-    stop_ids: Vec<u32>,
+    pub(super) stop_ids: Vec<u32>,
     scorer: Option<(rewards::ExternalScorer, f64)>,
     reward_model: Option<(RewardModel, f64)>,
     device: Device,
@@ -90,7 +127,9 @@ pub struct Rollouts<'a> {
 impl<'a> Rollouts<'a> {
     /// Checks the settings against a policy of `vocab_size` tokens and loads the reward sources.
     pub fn new(tokenizer: &'a Tokenizer, config: RolloutConfig, vocab_size: usize, device: Device) -> Result<Self> {
-        if config.group == 0 || config.max_new_tokens == 0 || !(config.temperature > 0.0 && config.temperature.is_finite())
+        if config.group == 0
+            || config.max_new_tokens == 0
+            || !(config.temperature > 0.0 && config.temperature.is_finite())
         {
             bail!("--group and --max-new-tokens must be at least 1 and --temperature positive");
         }
@@ -117,68 +156,86 @@ impl<'a> Rollouts<'a> {
         Ok(Self { tokenizer, stop_ids: tokenizer.stop_ids()?, config, scorer, reward_model, device })
     }
 
-    /// `group` completions of every prompt, decoded together.
+    /// `group` completions of every prompt, decoded together (through tool rounds when the
+    /// rollouts have tools, see [`super::agent`]).
     pub fn sample(&self, model: &MiniMindForCausalLM, batch: &PromptBatch) -> Result<Vec<Completion>> {
+        if let Some(tools) = &self.config.tools {
+            return self.sample_with_tools(model, batch, tools);
+        }
+        let jobs = self.first_turn_jobs(batch);
+        let decoded =
+            self.decode(model, &jobs.iter().map(|(p, seed)| (&batch.prompts[*p].ids[..], *seed)).collect::<Vec<_>>())?;
+        Ok(jobs
+            .iter()
+            .zip(decoded)
+            .map(|(&(prompt, _), (tokens, stopped))| Completion { prompt, tokens, stopped, ..Completion::default() })
+            .collect())
+    }
+
+    /// Every prompt `group` times, each with its own sampling seed.
+    pub(super) fn first_turn_jobs(&self, batch: &PromptBatch) -> Vec<(usize, u64)> {
         let g = self.config.group;
-        let longest = batch.prompts.iter().map(|p| p.ids.len()).max().unwrap_or(0);
-        let slots = batch.prompts.len() * g;
-        let mut batcher = Batcher::new(model, slots, longest + self.config.max_new_tokens + 1, &self.stop_ids)?;
-        let mut running: HashMap<u64, Completion> = HashMap::new();
-        let mut done = Vec::with_capacity(slots);
-        for (p, prompt) in batch.prompts.iter().enumerate() {
-            for j in 0..g {
-                let params = SamplingParams {
-                    temperature: self.config.temperature,
-                    top_k: 0,
-                    top_p: 1.0,
-                    repetition_penalty: 1.0,
-                    seed: batch.seed.wrapping_add((p * g + j) as u64),
-                };
-                let Some((id, events)) =
-                    batcher.join(&prompt.ids, self.config.max_new_tokens, Sampler::new(params)?)?
-                else {
-                    bail!("no free rollout slot");
-                };
-                running.insert(id, Completion { prompt: p, tokens: Vec::new(), stopped: false });
-                self.take(id, events, &mut running, &mut done);
-            }
+        (0..batch.prompts.len() * g).map(|i| (i / g, batch.seed.wrapping_add(i as u64))).collect()
+    }
+
+    /// Samples a continuation of each sequence (ids so far, seed), all decoded together: the new
+    /// tokens — ending with the end of turn when a stop token was sampled — and whether it stopped.
+    pub(super) fn decode(&self, model: &MiniMindForCausalLM, jobs: &[(&[u32], u64)]) -> Result<Vec<(Vec<u32>, bool)>> {
+        let mut out = vec![(Vec::new(), false); jobs.len()];
+        if jobs.is_empty() {
+            return Ok(out);
+        }
+        let longest = jobs.iter().map(|j| j.0.len()).max().unwrap_or(0);
+        let mut batcher = Batcher::new(model, jobs.len(), longest + self.config.max_new_tokens + 1, &self.stop_ids)?;
+        let mut row_of = HashMap::new();
+        for (i, &(ids, seed)) in jobs.iter().enumerate() {
+            let params = SamplingParams {
+                temperature: self.config.temperature,
+                top_k: 0,
+                top_p: 1.0,
+                repetition_penalty: 1.0,
+                seed,
+            };
+            let (id, events) = batcher
+                .join(ids, self.config.max_new_tokens, Sampler::new(params)?)?
+                .context("no free rollout slot")?;
+            row_of.insert(id, i);
+            self.record(&mut out[i], events);
         }
         while batcher.active() > 0 {
             for (id, events) in batcher.step()? {
-                self.take(id, events, &mut running, &mut done);
+                self.record(&mut out[row_of[&id]], events);
             }
         }
-        done.sort_by_key(|c: &Completion| c.prompt);
-        Ok(done)
+        Ok(out)
     }
 
-    /// Adds a sequence's decoded tokens to its completion; a finished one moves to `done`.
-    fn take(&self, id: u64, events: Vec<Decoded>, running: &mut HashMap<u64, Completion>, done: &mut Vec<Completion>) {
+    fn record(&self, (tokens, stopped): &mut (Vec<u32>, bool), events: Vec<Decoded>) {
         for event in events {
             match event {
-                Decoded::Token(t) => running.get_mut(&id).into_iter().for_each(|c| c.tokens.push(t)),
-                Decoded::Finished(reason) => {
-                    if let Some(mut c) = running.remove(&id) {
-                        // The batcher does not hand out the stop token it sampled; the chat template's
-                        // end of turn (the first stop id) is what a finished answer ends with.
-                        if reason == FinishReason::Stop {
-                            c.tokens.push(self.stop_ids[0]);
-                            c.stopped = true;
-                        }
-                        done.push(c);
-                    }
+                Decoded::Token(t) => tokens.push(t),
+                // The batcher does not hand out the stop token it sampled; the chat template's end
+                // of turn (the first stop id) is what a finished answer ends with.
+                Decoded::Finished(FinishReason::Stop) => {
+                    tokens.push(self.stop_ids[0]);
+                    *stopped = true;
                 }
-                Decoded::Logprobs(_) => {}
+                Decoded::Finished(_) | Decoded::Logprobs(_) => {}
             }
+        }
+    }
+
+    /// The completion's answer text: its last turn without the end-of-turn token.
+    pub(super) fn answer_text(&self, c: &Completion) -> Result<String> {
+        match &c.answer {
+            Some(text) => Ok(text.clone()),
+            None => self.tokenizer.decode(if c.stopped { &c.tokens[..c.tokens.len() - 1] } else { &c.tokens }, true),
         }
     }
 
     /// Each completion's reward and its components' means (logged).
     pub fn rewards(&self, batch: &PromptBatch, completions: &[Completion]) -> Result<(Vec<f64>, Vec<(String, f64)>)> {
-        let texts: Vec<String> = completions
-            .iter()
-            .map(|c| self.tokenizer.decode(if c.stopped { &c.tokens[..c.tokens.len() - 1] } else { &c.tokens }, true))
-            .collect::<Result<_>>()?;
+        let texts: Vec<String> = completions.iter().map(|c| self.answer_text(c)).collect::<Result<_>>()?;
         let (mut total, mut rule_sum, mut gt_sum, mut gt_rows) = (Vec::new(), 0.0, 0.0, 0usize);
         for (c, text) in completions.iter().zip(&texts) {
             let rule = rewards::minimind_rule_reward(text);
@@ -194,6 +251,12 @@ impl<'a> Rollouts<'a> {
         }
         let n = completions.len() as f64;
         let mut logged = vec![("reward_rules".into(), rule_sum / n)];
+        if self.config.tools.is_some() {
+            let scores: Vec<f64> = completions.iter().map(|c| c.tool_use.map_or(0.0, |u| u.score())).collect();
+            add_scores(&mut total, &scores, self.config.tool_weight, "reward_tools", &mut logged);
+            let calls = completions.iter().map(|c| c.tool_use.map_or(0, |u| u.calls)).sum::<usize>();
+            logged.push(("tool_calls".into(), calls as f64 / n));
+        }
         if gt_rows > 0 {
             logged.push(("gt_accuracy".into(), gt_sum / gt_rows as f64));
         }
@@ -225,8 +288,8 @@ impl<'a> Rollouts<'a> {
             .map(|c| {
                 let prompt = &batch.prompts[c.prompt].ids;
                 let mut ids: Vec<u32> = prompt.iter().chain(&c.tokens).copied().collect();
-                let mut mask: Vec<f32> =
-                    std::iter::repeat_n(0.0, prompt.len()).chain(completion_mask(&c.tokens, &self.stop_ids)).collect();
+                let sampled = c.mask.clone().unwrap_or_else(|| completion_mask(&c.tokens, &self.stop_ids));
+                let mut mask: Vec<f32> = std::iter::repeat_n(0.0, prompt.len()).chain(sampled).collect();
                 ids.resize(t, 0);
                 mask.resize(t, 0.0);
                 EncodedRow { ids, mask, norm: None }
@@ -243,4 +306,3 @@ fn add_scores(total: &mut [f64], scores: &[f64], weight: f64, name: &str, logged
     }
     logged.push((name.into(), mean_std(scores).0));
 }
-

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # End-to-end checks against a live `minimind serve`: the official `openai` Python client (in a
-# throw-away venv) and the web page in headless Chromium (Playwright). Installs what it needs.
+# throw-away venv), the web page and a run report in headless Chromium (Playwright). Installs what it needs.
 #   tests/e2e/run.sh [path/to/minimind]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -55,6 +55,8 @@ assert all(abs(a - b) <= 1e-6 * max(1.0, abs(b)) for (_, a), (_, b) in zip(losse
 assert {"lr", "grad_norm", "tokens_per_sec"} <= set(events.Tags()["scalars"]), events.Tags()
 print(f"tensorboard: {len(losses)} steps of {len(events.Tags()['scalars'])} scalars read back")
 PY
+# The run report of that run and the served model (curves, figures, greedy answers).
+"$bin" report "$work/tbrun" "$work/tiny" --out "$work/report.html" --max-new-tokens 8 >/dev/null
 passed=1
 
 if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
@@ -64,7 +66,9 @@ if [ -x /usr/bin/chromium ] && command -v npm >/dev/null; then
   (cd "$work" && npm init -y >/dev/null && npm install -s playwright-core >/dev/null 2>&1)
   cp tests/e2e/browser.mjs "$work/browser.mjs"
   node "$work/browser.mjs" "http://127.0.0.1:$port/" "${SCREENSHOT:-}"
-  passed=2
+  cp tests/e2e/report.mjs "$work/report.mjs"
+  node "$work/report.mjs" "$work/report.html" "${REPORT_SCREENSHOT:-}"
+  passed=3
 else
   echo "browser test skipped: no Chromium/npm on this machine"
 fi

@@ -4,6 +4,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod agent;
 mod cli;
 mod data;
 mod demo_tools;
@@ -22,6 +23,7 @@ mod moe;
 mod ppo;
 mod precision;
 mod reason;
+mod report;
 mod rl;
 mod robustness;
 mod serve;

@@ -85,7 +85,8 @@ fn ppo_stage<'a>(
 ) -> PpoStage<'a> {
     let (reference, _) = minimind::model::checkpoint::load_model(base, &Device::Cpu, DType::F32, false).unwrap();
     let data = minimind::data::rl::RlData::open(&fixture("sft_zh_en_32.jsonl"), false, t, 128, 2, 1).unwrap();
-    let rollout = minimind::train::grpo::RolloutConfig { group: 2, max_new_tokens: 5, temperature: 1.0, ..Default::default() };
+    let rollout =
+        minimind::train::grpo::RolloutConfig { group: 2, max_new_tokens: 5, temperature: 1.0, ..Default::default() };
     let ppo = PpoConfig { epochs: 3, target_kl: f64::INFINITY, ..PpoConfig::default() };
     PpoStage::new(data, t, reference, rollout, ppo, head, 1, Device::Cpu).unwrap()
 }

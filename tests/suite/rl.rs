@@ -277,7 +277,7 @@ fn grpo_takes_its_reward_from_the_url() {
         rule_weight: 0.0,
         gt_weight: 0.0,
         reward_url: Some((format!("http://127.0.0.1:{port}/score"), 1.0)),
-        reward_model: None,
+        ..Default::default()
     };
     let mut stage = grpo_stage(&t, reference, rollout, PolicyLossConfig::default()).unwrap();
     let out = tempfile::tempdir().unwrap();

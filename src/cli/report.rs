@@ -1,0 +1,72 @@
+//! `minimind report RUN_DIR… --out report.html`: a self-contained page about one or several runs.
+
+use crate::infer::{generate_batch, LoadOptions, Sampler, SamplingParams};
+use crate::report::{render, RunReport};
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use std::path::PathBuf;
+
+/// The prompts answered on the page unless `--prompt` is given.
+pub const DEFAULT_PROMPTS: [&str; 3] = ["你好，请介绍一下你自己。", "What is 7 times 8?", "浣溪沙（"];
+
+#[derive(Args)]
+pub struct ReportArgs {
+    /// Run folders (each with metrics.jsonl; a model folder also gets sample answers).
+    #[arg(required = true)]
+    pub runs: Vec<PathBuf>,
+    /// The HTML file to write.
+    #[arg(long, default_value = "report.html")]
+    pub out: PathBuf,
+    /// A prompt every model answers on the page (repeatable).
+    #[arg(long = "prompt")]
+    pub prompts: Vec<String>,
+    /// Continue the prompts as plain text instead of through the chat template (pretrained models).
+    #[arg(long)]
+    pub raw: bool,
+    #[arg(long, default_value_t = 48)]
+    pub max_new_tokens: usize,
+    /// No sample answers (no model is loaded).
+    #[arg(long)]
+    pub no_samples: bool,
+    #[arg(long, default_value = "minimind training report")]
+    pub title: String,
+}
+
+pub fn run(a: &ReportArgs) -> Result<()> {
+    let prompts: Vec<String> =
+        if a.prompts.is_empty() { DEFAULT_PROMPTS.iter().map(|s| s.to_string()).collect() } else { a.prompts.clone() };
+    let mut runs = Vec::new();
+    for dir in &a.runs {
+        let mut run = RunReport::read(dir)?;
+        if !a.no_samples && dir.join("model.safetensors").exists() {
+            run.samples = answers(dir, &prompts, !a.raw, a.max_new_tokens)
+                .with_context(|| format!("answering the prompts with {}", dir.display()))?;
+        }
+        runs.push(run);
+    }
+    if runs.is_empty() {
+        bail!("minimind report needs at least one run folder");
+    }
+    std::fs::write(&a.out, render(&runs, &a.title)).with_context(|| format!("writing {}", a.out.display()))?;
+    println!("report on {} run(s) written to {}", runs.len(), a.out.display());
+    Ok(())
+}
+
+/// Greedy answers of the model in `dir` to `prompts`, decoded together.
+fn answers(
+    dir: &std::path::Path,
+    prompts: &[String],
+    chat: bool,
+    max_new_tokens: usize,
+) -> Result<Vec<(String, String)>> {
+    let (model, tokenizer) = crate::infer::load(dir, &candle_core::Device::Cpu, &LoadOptions::default())?;
+    let ids = prompts
+        .iter()
+        .map(|p| crate::infer::generate::encode_prompt(&tokenizer, p, chat, None))
+        .collect::<Result<Vec<_>>>()?;
+    let greedy = SamplingParams { temperature: 0.0, ..SamplingParams::default() };
+    let samplers = prompts.iter().map(|_| Sampler::new(greedy.clone())).collect::<Result<Vec<_>>>()?;
+    let outputs = generate_batch(&model, &ids, max_new_tokens, &tokenizer.stop_ids()?, samplers, prompts.len())?;
+    let texts = outputs.iter().map(|g| tokenizer.decode(&g.tokens, true)).collect::<Result<Vec<_>>>()?;
+    Ok(prompts.iter().cloned().zip(texts).collect())
+}
