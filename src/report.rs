@@ -5,11 +5,36 @@
 //! reward) drawn as inline SVG with one line per run, so several runs compare on the same axes. No
 //! scripts, styles or images are fetched: the file opens anywhere.
 
+use crate::infer::{generate_batch, Sampler, SamplingParams};
 use crate::train::metrics::{read_metrics, StepMetrics};
+use crate::{MiniMindForCausalLM, Tokenizer};
 use anyhow::{bail, Context, Result};
 use std::collections::BTreeSet;
 use std::fmt::Write;
 use std::path::{Path, PathBuf};
+
+/// The prompts a report (and TensorBoard, at checkpoints) shows answers to unless told others.
+pub const SAMPLE_PROMPTS: [&str; 3] = ["你好，请介绍一下你自己。", "What is 7 times 8?", "浣溪沙（"];
+
+/// Greedy answers of `model` to `prompts` (through the chat template with `chat`, else continued as
+/// plain text), decoded together.
+pub fn sample_answers(
+    model: &MiniMindForCausalLM,
+    tokenizer: &Tokenizer,
+    prompts: &[String],
+    chat: bool,
+    max_new_tokens: usize,
+) -> Result<Vec<(String, String)>> {
+    let ids = prompts
+        .iter()
+        .map(|p| crate::infer::generate::encode_prompt(tokenizer, p, chat, None))
+        .collect::<Result<Vec<_>>>()?;
+    let greedy = SamplingParams { temperature: 0.0, ..SamplingParams::default() };
+    let samplers = prompts.iter().map(|_| Sampler::new(greedy.clone())).collect::<Result<Vec<_>>>()?;
+    let outputs = generate_batch(model, &ids, max_new_tokens, &tokenizer.stop_ids()?, samplers, prompts.len())?;
+    let texts = outputs.iter().map(|g| tokenizer.decode(&g.tokens, true)).collect::<Result<Vec<_>>>()?;
+    Ok(prompts.iter().cloned().zip(texts).collect())
+}
 
 /// What the page shows of one run folder.
 pub struct RunReport {

@@ -1,13 +1,10 @@
 //! `minimind report RUN_DIR… --out report.html`: a self-contained page about one or several runs.
 
-use crate::infer::{generate_batch, LoadOptions, Sampler, SamplingParams};
-use crate::report::{render, RunReport};
+use crate::infer::LoadOptions;
+use crate::report::{render, sample_answers, RunReport, SAMPLE_PROMPTS};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use std::path::PathBuf;
-
-/// The prompts answered on the page unless `--prompt` is given.
-pub const DEFAULT_PROMPTS: [&str; 3] = ["你好，请介绍一下你自己。", "What is 7 times 8?", "浣溪沙（"];
 
 #[derive(Args)]
 pub struct ReportArgs {
@@ -34,7 +31,7 @@ pub struct ReportArgs {
 
 pub fn run(a: &ReportArgs) -> Result<()> {
     let prompts: Vec<String> =
-        if a.prompts.is_empty() { DEFAULT_PROMPTS.iter().map(|s| s.to_string()).collect() } else { a.prompts.clone() };
+        if a.prompts.is_empty() { SAMPLE_PROMPTS.iter().map(|s| s.to_string()).collect() } else { a.prompts.clone() };
     let mut runs = Vec::new();
     for dir in &a.runs {
         let mut run = RunReport::read(dir)?;
@@ -52,21 +49,8 @@ pub fn run(a: &ReportArgs) -> Result<()> {
     Ok(())
 }
 
-/// Greedy answers of the model in `dir` to `prompts`, decoded together.
-fn answers(
-    dir: &std::path::Path,
-    prompts: &[String],
-    chat: bool,
-    max_new_tokens: usize,
-) -> Result<Vec<(String, String)>> {
+/// Greedy answers of the model in `dir` to `prompts`.
+fn answers(dir: &std::path::Path, prompts: &[String], chat: bool, max_new_tokens: usize) -> Result<Vec<(String, String)>> {
     let (model, tokenizer) = crate::infer::load(dir, &candle_core::Device::Cpu, &LoadOptions::default())?;
-    let ids = prompts
-        .iter()
-        .map(|p| crate::infer::generate::encode_prompt(&tokenizer, p, chat, None))
-        .collect::<Result<Vec<_>>>()?;
-    let greedy = SamplingParams { temperature: 0.0, ..SamplingParams::default() };
-    let samplers = prompts.iter().map(|_| Sampler::new(greedy.clone())).collect::<Result<Vec<_>>>()?;
-    let outputs = generate_batch(&model, &ids, max_new_tokens, &tokenizer.stop_ids()?, samplers, prompts.len())?;
-    let texts = outputs.iter().map(|g| tokenizer.decode(&g.tokens, true)).collect::<Result<Vec<_>>>()?;
-    Ok(prompts.iter().cloned().zip(texts).collect())
+    sample_answers(&model, &tokenizer, prompts, chat, max_new_tokens)
 }

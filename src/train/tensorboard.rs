@@ -3,7 +3,7 @@
 //! A file `events.out.tfevents.<seconds>.<host>` holds records `[len: u64][masked crc32c(len)]
 //! [data][masked crc32c(data)]` (TFRecord framing, little-endian), each `data` one `Event` protocol
 //! buffer: the first carries `file_version = "brain.Event:2"`, the others a step, a wall time and a
-//! `Summary` of scalar values. Written here directly (≈ 100 lines: the framing, CRC-32C and the four
+//! `Summary` of scalar values (or of one text: sample answers at checkpoints). Written here directly (≈ 100 lines: the framing, CRC-32C and the four
 //! protobuf field kinds used) rather than through a crate: the Rust TensorBoard writers on crates.io
 //! are unmaintained and pull a whole protobuf toolchain for these few bytes.
 
@@ -44,6 +44,30 @@ impl EventWriter {
             v.extend_from_slice(&(*value as f32).to_le_bytes());
             bytes_field(&mut summary, 1, &v);
         }
+        let mut event = Vec::new();
+        double_field(&mut event, 1, now());
+        varint_field(&mut event, 2, step);
+        bytes_field(&mut event, 5, &summary);
+        self.record(&event)
+    }
+
+    /// A text summary (TensorBoard's Text tab renders it as Markdown) at `step`: a `Summary.Value`
+    /// whose metadata names the `text` plugin and whose tensor is one string (`DT_STRING`, scalar).
+    pub fn text(&mut self, step: u64, tag: &str, text: &str) -> Result<()> {
+        let mut plugin = Vec::new();
+        bytes_field(&mut plugin, 1, b"text");
+        let mut metadata = Vec::new();
+        bytes_field(&mut metadata, 1, &plugin);
+        let mut tensor = Vec::new();
+        varint_field(&mut tensor, 1, 7); // dtype: DT_STRING
+        bytes_field(&mut tensor, 2, &[]); // tensor_shape: a scalar
+        bytes_field(&mut tensor, 8, text.as_bytes()); // string_val
+        let mut value = Vec::new();
+        bytes_field(&mut value, 1, tag.as_bytes());
+        bytes_field(&mut value, 9, &metadata);
+        bytes_field(&mut value, 8, &tensor);
+        let mut summary = Vec::new();
+        bytes_field(&mut summary, 1, &value);
         let mut event = Vec::new();
         double_field(&mut event, 1, now());
         varint_field(&mut event, 2, step);

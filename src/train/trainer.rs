@@ -183,6 +183,11 @@ pub fn train<S: Stage>(
     let total = plan.total_steps;
     let main = dist.is_main(); // rank 0 writes; every rank computes
     let metrics_path = opts.out_dir.join("metrics.jsonl");
+    // TensorBoard also shows greedy answers to fixed prompts at each checkpoint.
+    let samples_tokenizer = match (&opts.tensorboard, &opts.tokenizer_dir, main) {
+        (Some(_), Some(dir), true) => Some(crate::Tokenizer::load(dir)?),
+        _ => None,
+    };
     let mut events = match (&opts.tensorboard, main) {
         (Some(dir), true) => Some(super::tensorboard::EventWriter::create(dir)?),
         _ => None,
@@ -305,6 +310,9 @@ pub fn train<S: Stage>(
         if main && (done || (opts.save_every > 0 && (step + 1) % opts.save_every == 0)) {
             let state = RunState { step: step + 1, total_steps: total, cursor: stage.cursor(), seed: opts.seed };
             save(model, params, &optimizer, &state, opts, stage.name(), stage.carried()?)?;
+            if let (Some(events), Some(tokenizer)) = (events.as_mut(), samples_tokenizer.as_ref()) {
+                log_samples(events, model, tokenizer, step + 1, stage.name() != "pretrain")?;
+            }
         }
         if out_of_time {
             steps_done = step + 1;
@@ -360,6 +368,20 @@ fn keep_metrics_up_to(path: &Path, step: usize) -> Result<()> {
         }
     }
     checkpoint::atomic_write(path, |w| Ok(w.write_all(kept.as_bytes())?))
+}
+
+/// Greedy answers to [`crate::report::SAMPLE_PROMPTS`] as a TensorBoard text at `step`.
+fn log_samples(
+    events: &mut super::tensorboard::EventWriter,
+    model: &MiniMindForCausalLM,
+    tokenizer: &crate::Tokenizer,
+    step: usize,
+    chat: bool,
+) -> Result<()> {
+    let prompts: Vec<String> = crate::report::SAMPLE_PROMPTS.iter().map(|s| s.to_string()).collect();
+    let answers = crate::report::sample_answers(model, tokenizer, &prompts, chat, 32)?;
+    let text: Vec<String> = answers.iter().map(|(p, a)| format!("**{p}** → {a}")).collect();
+    events.text(step as u64, "samples", &text.join("\n\n"))
 }
 
 /// Writes the model folder, the resume state and the chart.

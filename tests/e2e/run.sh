@@ -53,7 +53,11 @@ expected = [(r["step"], r["loss"]) for r in map(json.loads, open(sys.argv[2]))]
 assert [s for s, _ in losses] == [s for s, _ in expected], (losses, expected)
 assert all(abs(a - b) <= 1e-6 * max(1.0, abs(b)) for (_, a), (_, b) in zip(losses, expected)), (losses, expected)
 assert {"lr", "grad_norm", "tokens_per_sec"} <= set(events.Tags()["scalars"]), events.Tags()
-print(f"tensorboard: {len(losses)} steps of {len(events.Tags()['scalars'])} scalars read back")
+# The checkpoint's sample answers, as a text summary of the text plugin.
+samples = events.Tensors("samples")
+text = samples[-1].tensor_proto.string_val[0].decode()
+assert samples[-1].step == expected[-1][0] and "**What is 7 times 8?** →" in text, (samples, text)
+print(f"tensorboard: {len(losses)} steps of {len(events.Tags()['scalars'])} scalars and {len(samples)} sample texts read back")
 PY
 # The run report of that run and the served model (curves, figures, greedy answers).
 "$bin" report "$work/tbrun" "$work/tiny" --out "$work/report.html" --max-new-tokens 8 >/dev/null

@@ -409,6 +409,28 @@ fn tensorboard_events_hold_every_metric_of_every_step() {
     }
 }
 
+/// A text summary is an `Event` whose `Summary.Value` names the text plugin and holds one string.
+#[test]
+fn tensorboard_text_summaries_name_the_text_plugin() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut events = minimind::train::tensorboard::EventWriter::create(dir.path()).unwrap();
+    events.text(7, "samples", "**你好** → hi").unwrap();
+    let bytes = std::fs::read(&events.path).unwrap();
+    let first = 16 + u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let len = u64::from_le_bytes(bytes[first..first + 8].try_into().unwrap()) as usize;
+    let event = proto_fields(&bytes[first + 12..first + 12 + len]);
+    assert_eq!(event.iter().find(|(f, _)| *f == 2).map(|(_, v)| v[0]), Some(7));
+    let summary = proto_fields(&event.iter().find(|(f, _)| *f == 5).unwrap().1);
+    let value = proto_fields(&summary[0].1);
+    let field = |n: u64| value.iter().find(|(f, _)| *f == n).unwrap().1.clone();
+    assert_eq!(field(1), b"samples");
+    let plugin = proto_fields(&proto_fields(&field(9))[0].1);
+    assert_eq!(plugin[0].1, b"text");
+    let tensor = proto_fields(&field(8));
+    assert_eq!(tensor[0].1[0], 7, "DT_STRING");
+    assert_eq!(tensor.iter().find(|(f, _)| *f == 8).unwrap().1, "**你好** → hi".as_bytes());
+}
+
 /// A protobuf message's fields as (number, payload): varints as their value's low byte first bytes,
 /// fixed64/fixed32 as their bytes, length-delimited as their contents.
 fn proto_fields(mut data: &[u8]) -> Vec<(u64, Vec<u8>)> {
