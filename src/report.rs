@@ -208,6 +208,12 @@ fn evals_section(run: &RunReport) -> String {
                     per.join(", ")
                 )
             }
+            Some("pairs") => format!(
+                "preference accuracy {:.1} % ({} of {} pairs)",
+                100.0 * num("accuracy").unwrap_or(f64::NAN),
+                num("correct").unwrap_or(0.0),
+                num("rows").unwrap_or(0.0)
+            ),
             Some("answers") => format!(
                 "answer accuracy {:.1} % ({} of {})",
                 100.0 * num("accuracy").unwrap_or(f64::NAN),

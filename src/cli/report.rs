@@ -50,7 +50,12 @@ pub fn run(a: &ReportArgs) -> Result<()> {
 }
 
 /// Greedy answers of the model in `dir` to `prompts`.
-fn answers(dir: &std::path::Path, prompts: &[String], chat: bool, max_new_tokens: usize) -> Result<Vec<(String, String)>> {
+fn answers(
+    dir: &std::path::Path,
+    prompts: &[String],
+    chat: bool,
+    max_new_tokens: usize,
+) -> Result<Vec<(String, String)>> {
     let (model, tokenizer) = crate::infer::load(dir, &candle_core::Device::Cpu, &LoadOptions::default())?;
     sample_answers(&model, &tokenizer, prompts, chat, max_new_tokens)
 }

@@ -356,13 +356,26 @@ pub struct RewardModelArgs {
     /// JSON Lines of {"chosen": [...], "rejected": [...]} conversations.
     #[arg(long)]
     pub data: PathBuf,
+    /// Held-out pairs (same format): the trained model's accuracy on them is printed and saved as
+    /// eval_pairs.json in --out (the run report shows it).
+    #[arg(long)]
+    pub eval_data: Option<PathBuf>,
     #[command(flatten)]
     pub train: TrainerArgs,
 }
 
 pub fn reward_model(a: &RewardModelArgs) -> Result<TrainSummary> {
     let (model, data, train) = (a.model.clone(), a.data.clone(), a.train.config()?);
-    train::reward_model(&train::RewardModelConfig { model, data, train })
+    let max_seq_len = train.max_seq_len.unwrap_or(crate::train::run::REWARD_MODEL.max_seq_len);
+    let summary = train::reward_model(&train::RewardModelConfig { model, data, train })?;
+    if let Some(pairs) = &a.eval_data {
+        let r = crate::train::reward_model::held_out_accuracy(&a.train.out, pairs, max_seq_len)?;
+        println!("held-out pairs: accuracy {:.4} ({} of {} chosen above rejected)", r.accuracy(), r.correct, r.pairs);
+        let json = serde_json::json!({"kind": "pairs", "data": pairs, "accuracy": r.accuracy(), "correct": r.correct,
+            "rows": r.pairs});
+        std::fs::write(a.train.out.join("eval_pairs.json"), serde_json::to_string_pretty(&json)? + "\n")?;
+    }
+    Ok(summary)
 }
 
 /// `minimind lora merge …` instead of training.

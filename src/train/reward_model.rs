@@ -94,6 +94,41 @@ impl RewardModel {
     }
 }
 
+/// A reward model's preference accuracy on pairs it was not trained on.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct PairAccuracy {
+    pub pairs: usize,
+    /// Pairs whose chosen side scores above the rejected one.
+    pub correct: usize,
+}
+
+impl PairAccuracy {
+    pub fn accuracy(&self) -> f64 {
+        self.correct as f64 / self.pairs.max(1) as f64
+    }
+}
+
+/// Scores both sides of every pair of `path` (DPO format) with the reward model in `dir`, each read
+/// at its answer's last token as in training.
+pub fn held_out_accuracy(dir: &Path, path: &Path, max_seq_len: usize) -> Result<PairAccuracy> {
+    let rm = RewardModel::load(dir, &Device::Cpu)?;
+    let tokenizer = Tokenizer::load(dir)?;
+    let encoding = SftEncoding::for_tokenizer(&tokenizer, max_seq_len)?;
+    let index = crate::data::JsonlIndex::build(path, false, |line| crate::data::dpo::parse_pair(line).map(|_| ()))?;
+    let through_answer = |row: &crate::data::EncodedRow| -> Vec<u32> {
+        let last = row.mask.iter().rposition(|&m| m > 0.0).unwrap_or(row.ids.len() - 1);
+        row.ids[..=last].to_vec()
+    };
+    let mut correct = 0;
+    for i in 0..index.len() {
+        let (chosen, rejected) = crate::data::dpo::encode_pair(&index.read(i)?, &encoding, &tokenizer)
+            .map_err(|e| anyhow::anyhow!("{}:{}: {e}", path.display(), index.line_number(i)))?;
+        let scores = rm.score(&[through_answer(&chosen), through_answer(&rejected)])?;
+        correct += usize::from(scores[0] > scores[1]);
+    }
+    Ok(PairAccuracy { pairs: index.len(), correct })
+}
+
 /// Each row's last real position in a batch's full ids `[x | last target]`: the last supervised
 /// target (the answer's end), or the last position.
 fn last_positions(batch: &LmBatch) -> Result<Vec<u32>> {

@@ -335,6 +335,19 @@ fn a_reward_model_learns_its_pairs_and_scores_rollouts() {
     let dir = tempfile::tempdir().unwrap();
     let (base, rm, rl) = (micro_v2_folder(dir.path()), dir.path().join("rm"), dir.path().join("rl"));
     let pairs = fixture("dpo_zh_en_16.jsonl");
+    // Scored after training: the first four pairs with their sides swapped, so a model that ranks its
+    // training pairs right ranks these wrong.
+    let held_out = dir.path().join("swapped.jsonl");
+    let swapped: String = std::fs::read_to_string(&pairs)
+        .unwrap()
+        .lines()
+        .take(4)
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            serde_json::json!({"chosen": v["rejected"], "rejected": v["chosen"]}).to_string() + "\n"
+        })
+        .collect();
+    std::fs::write(&held_out, swapped).unwrap();
     ok(minimind(&[
         "reward-model",
         "--model",
@@ -351,6 +364,8 @@ fn a_reward_model_learns_its_pairs_and_scores_rollouts() {
         "24",
         "--lr",
         "3e-3",
+        "--eval-data",
+        p(&held_out),
     ]));
     let rows = metrics(&rm);
     let late: f64 = rows[rows.len() - 4..].iter().map(|r| stat(r, "accuracy")).sum::<f64>() / 4.0;
@@ -360,6 +375,10 @@ fn a_reward_model_learns_its_pairs_and_scores_rollouts() {
         rows.iter().map(|r| stat(r, "accuracy")).collect::<Vec<_>>()
     );
     assert!(rows[rows.len() - 1].loss < rows[0].loss);
+    let eval: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(rm.join("eval_pairs.json")).unwrap()).unwrap();
+    assert_eq!(eval["rows"], 4);
+    assert!(eval["accuracy"].as_f64().unwrap() <= 0.25, "{eval}");
     // The folder loads as a reward model and ranks a training pair's chosen side first.
     let model = RewardModel::load(&rm, &Device::Cpu).unwrap();
     let t = minimind::Tokenizer::load(&rm).unwrap();
