@@ -227,6 +227,9 @@ pub struct ServeArgs {
     /// Require `Authorization: Bearer KEY` on the API (default: $MINIMIND_API_KEY when set).
     #[arg(long, env = "MINIMIND_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
+    /// Append the web page's side-by-side votes (compare mode) to this JSON Lines file as DPO pairs.
+    #[arg(long)]
+    pub votes: Option<PathBuf>,
 }
 
 fn serve_cmd(a: &ServeArgs) -> Result<()> {
@@ -265,7 +268,7 @@ fn serve_cmd(a: &ServeArgs) -> Result<()> {
     };
     let config =
         crate::serve::engine::EngineConfig { queue: a.queue, max_batch: a.max_batch, kv_cache_tokens, request_timeout };
-    crate::serve::run(models, &a.host, a.port, config, a.api_key.clone())
+    crate::serve::run(models, &a.host, a.port, config, a.api_key.clone(), a.votes.clone())
 }
 
 /// The model to run: a folder, an optional LoRA adapter, the device.

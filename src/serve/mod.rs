@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod request;
 pub mod tokens;
 pub mod tools;
+pub mod votes;
 
 use crate::infer::reasoning::{ReasoningSplit, Split};
 use crate::infer::FinishReason;
@@ -42,6 +43,7 @@ pub fn run(
     port: u16,
     config: engine::EngineConfig,
     api_key: Option<String>,
+    votes: Option<std::path::PathBuf>,
 ) -> anyhow::Result<()> {
     use anyhow::Context;
     let ids: Vec<String> = models.iter().map(|m| m.id.clone()).collect();
@@ -51,7 +53,7 @@ pub fn run(
         let listener =
             tokio::net::TcpListener::bind((host, port)).await.with_context(|| format!("binding {host}:{port}"))?;
         eprintln!("serving {} on http://{} (web chat at /, API at /v1)", ids.join(", "), listener.local_addr()?);
-        axum::serve(listener, router_with_key(engine, api_key)).await?;
+        axum::serve(listener, router_with(engine, api_key, votes::VoteLog::new(votes))).await?;
         Ok(())
     })
 }
@@ -66,6 +68,11 @@ pub fn router(engine: Engine) -> Router {
 /// requests carrying `Authorization: Bearer <key>` (401 otherwise); the page, `/health` and
 /// `/metrics` stay open.
 pub fn router_with_key(engine: Engine, api_key: Option<String>) -> Router {
+    router_with(engine, api_key, votes::VoteLog::default())
+}
+
+/// [`router_with_key`] whose `POST /feedback/vote` appends the page's side-by-side votes to `votes`.
+pub fn router_with(engine: Engine, api_key: Option<String>, votes: votes::VoteLog) -> Router {
     let api = Router::new()
         .route("/v1/models", get(models))
         .route("/v1/chat/completions", post(chat_completions))
@@ -74,6 +81,8 @@ pub fn router_with_key(engine: Engine, api_key: Option<String>) -> Router {
         .route("/detokenize", post(tokens::detokenize))
         .route("/demo/tools", get(demo_tools::list))
         .route("/demo/tools/{name}", post(demo_tools::call))
+        .route("/feedback/vote", post(votes::vote))
+        .layer(axum::Extension(votes))
         .layer(axum::middleware::from_fn(move |request, next| require_key(api_key.clone(), request, next)));
     Router::new()
         .route("/", get(|| async { Html(PAGE) }))

@@ -1,8 +1,9 @@
 // Drives the web chat page in headless Chromium: sends a message, waits for the streamed answer;
 // the thinking switch; a demo tool call shown, run and answered.
 import { chromium } from "playwright-core";
+import { readFileSync } from "node:fs";
 
-const [url, shot] = process.argv.slice(2);
+const [url, shot, votes] = process.argv.slice(2);
 const browser = await chromium.launch({
   executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
   args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -67,6 +68,30 @@ const shownResult = await page.textContent(".msg.tool");
 if (reply.content !== expectedResult || !shownResult.endsWith(expectedResult)) {
   throw new Error(`tool result ${JSON.stringify(reply.content)} / shown ${JSON.stringify(shownResult)}, tool answers ${JSON.stringify(expectedResult)}`);
 }
+// Compare mode: both models answer side by side; the pick is saved as a preference pair.
+await page.selectOption("#tools", "");
+await page.fill("#max_tokens", "12");
+const other = await page.$eval("#compare", (e) => e.options[e.options.length - 1].value);
+await page.selectOption("#compare", other);
+await page.fill("#input", "你好");
+await page.click("#send");
+await page.waitForSelector(".vote button.pick", { timeout: 120000 });
+const sides = await page.$$eval(".pair .side", (all) => all.map((e) => e.textContent));
+if (sides.length !== 2) throw new Error(`compare mode shows ${sides.length} answers`);
+await page.click(".vote button.pick >> nth=1"); // B is better
+await page.waitForSelector(".voted");
+const voted = await page.textContent(".voted");
+if (!voted.startsWith("vote saved") || !voted.includes(other)) throw new Error(`after the vote: ${voted}`);
+let pairs = 0;
+if (votes) {
+  const rows = readFileSync(votes, "utf8").trim().split("\n").map((l) => JSON.parse(l));
+  const last = rows[rows.length - 1];
+  const chosen = last.chosen[last.chosen.length - 1].content, rejected = last.rejected[last.rejected.length - 1].content;
+  if (last.chosen_model !== other || last.chosen[0].content !== "你好" || chosen !== sides[1] || rejected !== sides[0]) {
+    throw new Error(`vote row ${JSON.stringify(last)} for answers ${JSON.stringify(sides)}`);
+  }
+  pairs = rows.length;
+}
 if (shot) await page.screenshot({ path: shot });
 await browser.close();
-console.log(`browser: sent a message, streamed answer of ${answer.length} chars, thinking switch, tool call ${made.function.name} → ${JSON.stringify(expectedResult)} — OK`);
+console.log(`browser: sent a message, streamed answer of ${answer.length} chars, thinking switch, tool call ${made.function.name} → ${JSON.stringify(expectedResult)}, side-by-side vote (${pairs} pair saved) — OK`);

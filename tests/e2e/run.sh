@@ -23,7 +23,9 @@ for steps in 40 80 160; do
 done
 rm -rf "$work/tiny" && mv "$work/chat" "$work/tiny"
 port=$((20000 + RANDOM % 20000))
-"$bin" serve --model "$work/tiny" --port "$port" 2>"$work/serve.log" &
+# A second model for the page's side-by-side compare mode, whose votes land in votes.jsonl.
+cp -r "$work/tiny" "$work/tiny2"
+"$bin" serve --model "$work/tiny" --model "$work/tiny2" --votes "$work/votes.jsonl" --port "$port" 2>"$work/serve.log" &
 server=$!
 for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/health" >/dev/null && break; sleep 0.1; done
 
@@ -69,7 +71,7 @@ fi
 if [ -x /usr/bin/chromium ] && command -v npm >/dev/null; then
   (cd "$work" && npm init -y >/dev/null && npm install -s playwright-core >/dev/null 2>&1)
   cp tests/e2e/browser.mjs "$work/browser.mjs"
-  node "$work/browser.mjs" "http://127.0.0.1:$port/" "${SCREENSHOT:-}"
+  node "$work/browser.mjs" "http://127.0.0.1:$port/" "${SCREENSHOT:-}" "$work/votes.jsonl"
   cp tests/e2e/report.mjs "$work/report.mjs"
   node "$work/report.mjs" "$work/report.html" "${REPORT_SCREENSHOT:-}"
   passed=3

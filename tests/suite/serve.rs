@@ -846,3 +846,45 @@ fn json_schema_answers_parse_and_validate() {
     assert_eq!(status, 400, "{r}");
     assert_eq!(r["error"]["param"], "response_format");
 }
+
+/// Side-by-side votes from the page's compare mode become DPO pairs in `--votes FILE`: one line per
+/// vote that `minimind dpo` reads; malformed votes are refused; without the file voting is off.
+#[test]
+fn votes_append_preference_pairs() {
+    use minimind::serve::votes::VoteLog;
+    let dir = tempfile::tempdir().unwrap();
+    let votes = dir.path().join("votes.jsonl");
+    let engine = Engine::start(vec![tiny(&[])], EngineConfig { queue: 4, ..Default::default() });
+    let port = serve_router(minimind::serve::router_with(engine, None, VoteLog::new(Some(votes.clone()))));
+    let vote = |chosen: &str, rejected: &str| {
+        json!({"messages": [{"role": "user", "content": "你好"}],
+               "chosen": {"model": "a", "content": chosen}, "rejected": {"model": "b", "content": rejected}})
+        .to_string()
+    };
+    assert_eq!(http(port, "POST", "/feedback/vote", Some(&vote("你好！", "……"))).0, 200);
+    assert_eq!(http(port, "POST", "/feedback/vote", Some(&vote("Hello!", "?"))).0, 200);
+    // Earlier turns may hold tool calls with a null content.
+    let with_tools = json!({"messages": [{"role": "user", "content": "6×7?"},
+        {"role": "assistant", "content": null, "tool_calls": [{"id": "c1", "type": "function",
+            "function": {"name": "calculator", "arguments": "{\"expression\": \"6*7\"}"}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": "42"}, {"role": "assistant", "content": "42"},
+        {"role": "user", "content": "你好"}],
+        "chosen": {"model": "a", "content": "hi"}, "rejected": {"model": "b", "content": "?"}});
+    assert_eq!(http(port, "POST", "/feedback/vote", Some(&with_tools.to_string())).0, 200);
+    let (status, body) = http(port, "POST", "/feedback/vote", Some(r#"{"messages": [], "chosen": {}}"#));
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("messages"), "{body}");
+    let lines: Vec<String> = std::fs::read_to_string(&votes).unwrap().lines().map(String::from).collect();
+    assert_eq!(lines.len(), 3);
+    let (chosen, _) = minimind::data::dpo::parse_pair(&lines[2]).unwrap();
+    assert_eq!((chosen.len(), chosen[1].content.as_str()), (6, ""));
+    assert!(chosen[1].tool_calls.is_some());
+    let (chosen, rejected) = minimind::data::dpo::parse_pair(&lines[0]).unwrap();
+    assert_eq!((chosen[1].content.as_str(), rejected[1].content.as_str()), ("你好！", "……"));
+    assert_eq!((chosen[0].content.as_str(), chosen[1].role.as_str()), ("你好", "assistant"));
+    let row: Value = serde_json::from_str(&lines[1]).unwrap();
+    assert_eq!((row["chosen_model"].as_str(), row["rejected_model"].as_str()), (Some("a"), Some("b")));
+    // A server started without --votes refuses votes.
+    let off = serve(Engine::start(vec![tiny(&[])], EngineConfig { queue: 4, ..Default::default() }));
+    assert_eq!(http(off, "POST", "/feedback/vote", Some(&vote("x", "y"))).0, 404);
+}
