@@ -236,29 +236,28 @@ impl<'a> Rollouts<'a> {
     /// Each completion's reward and its components' means (logged).
     pub fn rewards(&self, batch: &PromptBatch, completions: &[Completion]) -> Result<(Vec<f64>, Vec<(String, f64)>)> {
         let texts: Vec<String> = completions.iter().map(|c| self.answer_text(c)).collect::<Result<_>>()?;
-        let (mut total, mut rule_sum, mut gt_sum, mut gt_rows) = (Vec::new(), 0.0, 0.0, 0usize);
-        for (c, text) in completions.iter().zip(&texts) {
-            let rule = rewards::minimind_rule_reward(text);
-            let mut reward = self.config.rule_weight * rule;
-            rule_sum += rule;
-            if let Some(gt) = &batch.prompts[c.prompt].gt {
-                let matched = rewards::gt_match(text, gt);
-                reward += self.config.gt_weight * matched;
-                gt_sum += matched;
-                gt_rows += 1;
+        let mut total = vec![0.0; completions.len()];
+        let mut logged = Vec::new();
+        let rules: Vec<f64> = texts.iter().map(|t| rewards::minimind_rule_reward(t)).collect();
+        add_scores(&mut total, &rules, self.config.rule_weight, "reward_rules", &mut logged);
+        // The ground-truth match, over the rows that have a gt (logged as an accuracy).
+        let matches: Vec<Option<f64>> = completions
+            .iter()
+            .zip(&texts)
+            .map(|(c, text)| batch.prompts[c.prompt].gt.as_ref().map(|gt| rewards::gt_match(text, gt)))
+            .collect();
+        let matched: Vec<f64> = matches.iter().flatten().copied().collect();
+        if !matched.is_empty() {
+            for (reward, m) in total.iter_mut().zip(&matches) {
+                *reward += self.config.gt_weight * m.unwrap_or(0.0);
             }
-            total.push(reward);
+            logged.push(("gt_accuracy".into(), mean_std(&matched).0));
         }
-        let n = completions.len() as f64;
-        let mut logged = vec![("reward_rules".into(), rule_sum / n)];
         if self.config.tools.is_some() {
             let scores: Vec<f64> = completions.iter().map(|c| c.tool_use.map_or(0.0, |u| u.score())).collect();
             add_scores(&mut total, &scores, self.config.tool_weight, "reward_tools", &mut logged);
             let calls = completions.iter().map(|c| c.tool_use.map_or(0, |u| u.calls)).sum::<usize>();
-            logged.push(("tool_calls".into(), calls as f64 / n));
-        }
-        if gt_rows > 0 {
-            logged.push(("gt_accuracy".into(), gt_sum / gt_rows as f64));
+            logged.push(("tool_calls".into(), calls as f64 / completions.len().max(1) as f64));
         }
         if let Some((scorer, weight)) = &self.scorer {
             let items: Vec<rewards::ScoreItem> = completions
@@ -299,10 +298,12 @@ impl<'a> Rollouts<'a> {
     }
 }
 
-/// Adds `weight × score` to each completion's reward and logs the scores' mean as `name`.
+/// Adds `weight × score` to each completion's reward and logs the scores' mean as `name` and their
+/// spread as `name_std`.
 fn add_scores(total: &mut [f64], scores: &[f64], weight: f64, name: &str, logged: &mut Vec<(String, f64)>) {
     for (reward, score) in total.iter_mut().zip(scores) {
         *reward += weight * score;
     }
-    logged.push((name.into(), mean_std(scores).0));
+    let (mean, std) = mean_std(scores);
+    logged.extend([(name.into(), mean), (format!("{name}_std"), std)]);
 }
