@@ -5,7 +5,8 @@ their answers, for fine-tuning and then reinforcement learning with a ground-tru
     python3 tools/make_arith_task.py [OUT_DIR]        # default: data/
 
 - arith_sft.jsonl   2,000 SFT rows: the question, then the worked answer ("12 + 7 = 19，答案是 19。")
-- arith_rl.jsonl      500 RLAIF rows: the question, an empty assistant turn, and "gt" (the number)
+- arith_rl.jsonl    2,500 RLAIF rows: the question, an empty assistant turn, and "gt" (the number) —
+                      the 2,000 SFT questions, then 500 questions of their own
 - arith_eval.jsonl    200 RLAIF rows for measuring accuracy, no question shared with the two above
 - arith_mc/           the eval questions as a multiple-choice benchmark in C-Eval's layout:
                       val/arith_{zh,en}_val.csv (four choices, the answer's letter balanced) and
@@ -60,7 +61,9 @@ def main():
     write = lambda name, items: (out / name).write_text("".join(json.dumps(i, ensure_ascii=False) + "\n" for i in items), encoding="utf-8")
     write("arith_sft.jsonl", ({"conversations": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]} for q, a, _ in sft))
     rlaif = lambda part: ({"conversations": [{"role": "user", "content": q}, {"role": "assistant", "content": ""}], "gt": str(v)} for q, _, v in part)
-    write("arith_rl.jsonl", rlaif(rl))
+    # RL practises the fine-tuning questions and 500 new ones: a small model answers its SFT questions
+    # right only some of the time, and the ground-truth reward sharpens what it half knows.
+    write("arith_rl.jsonl", rlaif(sft + rl))
     write("arith_eval.jsonl", rlaif(ev))
     write_choice_benchmark(out / "arith_mc", rl, ev)
 
