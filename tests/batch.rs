@@ -37,6 +37,7 @@ fn staggered(
             match e {
                 Decoded::Token(t) => out[row].0.push(t),
                 Decoded::Finished(r) => out[row].1 = r,
+                Decoded::Stopped(t) => assert!(stop.contains(&t), "a stop token"),
                 Decoded::Logprobs(_) => unreachable!("not asked for"),
             }
         }
@@ -161,7 +162,7 @@ fn logprobs_come_before_each_token_on_request() {
                 pending = Some(lp.token);
             }
             Decoded::Token(t) => assert_eq!(pending.take(), Some(*t), "a Logprobs event before each token"),
-            Decoded::Finished(_) => {}
+            Decoded::Finished(_) | Decoded::Stopped(_) => {}
         }
     }
 }

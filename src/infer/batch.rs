@@ -25,6 +25,8 @@ pub enum Decoded {
     /// Asked for with [`Batcher::join_with_logprobs`], just before its `Token`: the token's log
     /// probability under the model (the raw softmax of its logits) and the `k` most likely tokens'.
     Logprobs(TokenLogprobs),
+    /// The stop token it sampled, just before its `Finished(Stop)` (not part of the answer).
+    Stopped(u32),
     /// Finished: a stop token, its token budget or its slot's capacity. It has left the batch.
     Finished(FinishReason),
 }
@@ -236,7 +238,7 @@ impl<'m> Batcher<'m> {
         }
         let next = seq.sampler.sample(&logits, &seq.seen)?;
         if self.stop_ids.contains(&next) {
-            return Ok(vec![Decoded::Finished(FinishReason::Stop)]);
+            return Ok(vec![Decoded::Stopped(next), Decoded::Finished(FinishReason::Stop)]);
         }
         let mut complete = false;
         if let Some(grammar) = seq.constraint.as_mut() {

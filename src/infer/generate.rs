@@ -97,7 +97,7 @@ pub fn generate_batch(
             match event {
                 Decoded::Token(t) => out[row].tokens.push(t),
                 Decoded::Finished(reason) => out[row].finish_reason = reason,
-                Decoded::Logprobs(_) => {}
+                Decoded::Logprobs(_) | Decoded::Stopped(_) => {}
             }
         }
     };

@@ -412,6 +412,7 @@ impl<'e> Worker<'e> {
                     }
                 }
                 Decoded::Finished(reason) => end = Some(Ok(reason)),
+                Decoded::Stopped(_) => {}
                 Decoded::Logprobs(lp) => {
                     let tokenizer = &self.engine.models[model].tokenizer;
                     if request.job.events.send(Event::Logprobs(logprob_entry(tokenizer, &lp))).is_err() {

@@ -14,9 +14,10 @@
 //!   batch) and returns;
 //! - **`--ppo-epochs` updates** replay the rollout, one optimizer step each: the clipped surrogate
 //!   `−min(ratio·A, clip(ratio, 1 ± ε)·A)` plus `kl_coef`·k3 KL to the frozen reference
-//!   ([`policy_loss`]) plus `vf_coef`·the clipped value loss ([`value_loss`]); after an update whose
-//!   approximate KL to the sampling policy (`½·mean((logπ − logπ_old)²)`) exceeds `--target-kl`, the
-//!   rest of the replays are skipped and the next step draws new prompts.
+//!   ([`policy_loss`]) plus `vf_coef`·the clipped value loss ([`value_loss`]); before each further
+//!   update the approximate KL of the current policy to the sampling one (`½·mean((logπ −
+//!   logπ_old)²)`) is checked, and past `--target-kl` the rollout is dropped and that step rolls out
+//!   the next prompts instead.
 //!
 //! The rollout under replay is carried in the checkpoint ([`Stage::carried`]), so `--resume` continues
 //! exactly. The model folder written is the actor alone (a plain model folder); the value head lives
@@ -86,19 +87,20 @@ struct Rollout {
     old_values: Tensor,
     advantages: Tensor,
     returns: Tensor,
-    /// Updates done on it, and whether the KL stopped it early.
+    /// Updates done on it.
     updates: usize,
-    stopped: bool,
     /// Reward mean and spread, mean length (logged on every update).
     summary: [f64; 3],
 }
 
 const ROLLOUT_TENSORS: [&str; 8] = ["x", "y", "mask", "old_logp", "ref_logp", "old_values", "advantages", "returns"];
 
-/// A step's work: new prompts to roll out, or another update on the carried rollout.
+/// A step's work: new prompts to roll out, or another update on the carried rollout — unless the
+/// policy has already moved past `--target-kl` from the one that sampled it; then the next prompts
+/// (`fallback`, read ahead; the data position after them is `after`) are rolled out instead.
 pub enum PpoBatch {
     Fresh(PromptBatch),
-    Replay,
+    Replay { fallback: PromptBatch, after: DataCursor },
 }
 
 pub struct PpoStage<'a> {
@@ -110,6 +112,8 @@ pub struct PpoStage<'a> {
     seed: u64,
     device: Device,
     carried: RefCell<Option<Rollout>>,
+    /// The data position after a replay's fallback prompts, once a step has used them.
+    fallback_taken: Cell<Option<DataCursor>>,
     last_tokens: Cell<usize>,
     last: RefCell<Vec<(String, f64)>>,
 }
@@ -139,6 +143,7 @@ impl<'a> PpoStage<'a> {
             seed,
             device,
             carried: RefCell::new(None),
+            fallback_taken: Cell::new(None),
             last_tokens: Cell::new(0),
             last: RefCell::new(Vec::new()),
         })
@@ -166,7 +171,6 @@ impl<'a> PpoStage<'a> {
             advantages,
             returns,
             updates: 0,
-            stopped: false,
             summary: [mean, std, length],
         })
     }
@@ -206,8 +210,9 @@ impl<'a> PpoStage<'a> {
         self.head.borrow().clone().context("the value head was not built")
     }
 
-    /// One update on `r`: the clipped policy loss with the KL penalty, plus the clipped value loss.
-    fn update(&self, model: &MiniMindForCausalLM, r: &mut Rollout, dropout: DropoutSeed) -> Result<Tensor> {
+    /// One update on `r`: the clipped policy loss with the KL penalty, plus the clipped value loss;
+    /// and the approximate KL of the policy as it stands (before this update) to the one that sampled.
+    fn update(&self, model: &MiniMindForCausalLM, r: &mut Rollout, dropout: DropoutSeed) -> Result<(Tensor, f64)> {
         let out = model.forward_train(&r.rows.x, dropout)?;
         let (n, t) = r.rows.x.dims2()?;
         let logp = crate::ops::target_log_probs(&out.logits, &r.rows.y.flatten_all()?)?.reshape((n, t))?;
@@ -223,7 +228,6 @@ impl<'a> PpoStage<'a> {
         let vf = value_loss(&values, &r.old_values, &r.returns, &r.rows.mask, self.ppo.value_clip)?;
         let kl_old = approx_kl(&logp, &r.old_logp, &r.rows.mask)?;
         r.updates += 1;
-        r.stopped = kl_old > self.ppo.target_kl;
         let aux = out.moe.add_aux(Tensor::new(0f32, model.device())?)?;
         let [reward, reward_std, length] = r.summary;
         *self.last.borrow_mut() = vec![
@@ -238,12 +242,12 @@ impl<'a> PpoStage<'a> {
             ("length".into(), length),
         ];
         self.last_tokens.set(r.rows.tokens());
-        Ok(((policy + (vf * self.ppo.vf_coef)?)? + aux)?)
+        Ok((((policy + (vf * self.ppo.vf_coef)?)? + aux)?, kl_old))
     }
 
     /// Whether the carried rollout gets another update.
     fn replaying(&self) -> bool {
-        self.carried.borrow().as_ref().is_some_and(|r| r.updates < self.ppo.epochs && !r.stopped)
+        self.carried.borrow().as_ref().is_some_and(|r| r.updates < self.ppo.epochs)
     }
 }
 
@@ -254,26 +258,40 @@ impl Stage for PpoStage<'_> {
         "ppo"
     }
 
-    /// Each batch of prompts is up to `epochs` steps.
+    /// Each batch of prompts is up to `epochs` steps (fewer when the KL ends its updates early, so a
+    /// data epoch may take fewer steps than this counts; the data wraps around).
     fn batches_per_epoch(&self) -> usize {
         self.data.batches_per_epoch() * self.ppo.epochs
     }
 
     fn next_batch(&mut self) -> Result<PpoBatch> {
-        if self.replaying() {
-            return Ok(PpoBatch::Replay);
+        if let Some(after) = self.fallback_taken.take() {
+            self.data.seek(after);
         }
-        self.carried.replace(None);
-        let cursor = self.data.cursor();
-        Ok(PpoBatch::Fresh(PromptBatch::at(self.data.next_rows()?, self.seed, cursor)))
+        let before = self.data.cursor();
+        let prompts = PromptBatch::at(self.data.next_rows()?, self.seed, before);
+        if !self.replaying() {
+            self.carried.replace(None);
+            return Ok(PpoBatch::Fresh(prompts));
+        }
+        // Read ahead, then back: the prompts are used only if the replay is refused.
+        let after = self.data.cursor();
+        self.data.seek(before);
+        Ok(PpoBatch::Replay { fallback: prompts, after })
     }
 
     fn loss(&self, model: &MiniMindForCausalLM, batch: &PpoBatch, dropout: DropoutSeed) -> Result<Tensor> {
         let mut rollout = match batch {
             PpoBatch::Fresh(prompts) => self.roll_out(model, prompts)?,
-            PpoBatch::Replay => self.carried.borrow_mut().take().context("no rollout to replay")?,
+            PpoBatch::Replay { .. } => self.carried.borrow_mut().take().context("no rollout to replay")?,
         };
-        let loss = self.update(model, &mut rollout, dropout)?;
+        let (mut loss, kl) = self.update(model, &mut rollout, dropout)?;
+        if let (PpoBatch::Replay { fallback, after }, true) = (batch, kl > self.ppo.target_kl) {
+            // The policy already left the sampler's neighbourhood: no further update on this rollout.
+            self.fallback_taken.set(Some(*after));
+            rollout = self.roll_out(model, fallback)?;
+            loss = self.update(model, &mut rollout, dropout)?.0;
+        }
         self.carried.replace(Some(rollout));
         Ok(loss)
     }
@@ -283,10 +301,11 @@ impl Stage for PpoStage<'_> {
     }
 
     fn cursor(&self) -> DataCursor {
-        self.data.cursor()
+        self.fallback_taken.get().unwrap_or_else(|| self.data.cursor())
     }
 
     fn seek(&mut self, cursor: DataCursor) {
+        self.fallback_taken.set(None);
         self.data.seek(cursor)
     }
 
@@ -328,7 +347,6 @@ impl Stage for PpoStage<'_> {
             advantages: get("advantages")?,
             returns: get("returns")?,
             updates: summary[3] as usize,
-            stopped: false,
             summary: [summary[0], summary[1], summary[2]],
         }));
         Ok(())

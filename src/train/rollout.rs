@@ -14,7 +14,7 @@ use super::rewards;
 use crate::data::rl::RlPrompt;
 use crate::data::{EncodedRow, LmBatch};
 use crate::infer::batch::{Batcher, Decoded};
-use crate::infer::{FinishReason, Sampler, SamplingParams};
+use crate::infer::{Sampler, SamplingParams};
 use crate::model::MiniMindForCausalLM;
 use crate::Tokenizer;
 use anyhow::{bail, Context, Result};
@@ -214,10 +214,9 @@ impl<'a> Rollouts<'a> {
         for event in events {
             match event {
                 Decoded::Token(t) => tokens.push(t),
-                // The batcher does not hand out the stop token it sampled; the chat template's end
-                // of turn (the first stop id) is what a finished answer ends with.
-                Decoded::Finished(FinishReason::Stop) => {
-                    tokens.push(self.stop_ids[0]);
+                // The stop token the policy sampled ends the answer (and is trained on).
+                Decoded::Stopped(t) => {
+                    tokens.push(t);
                     *stopped = true;
                 }
                 Decoded::Finished(_) | Decoded::Logprobs(_) => {}

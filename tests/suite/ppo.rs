@@ -70,31 +70,48 @@ fn ppo_from_the_cli_raises_the_rule_reward() {
     let lengths: Vec<f64> = rows.iter().map(|r| stat(r, "length")).collect();
     assert!(last > first + 0.4, "reward {first} → {last}: {rewards:?} lengths {lengths:?}");
     for pair in rows.windows(2) {
-        // An update follows the previous one on the same rollout, or a new rollout starts.
+        // An update follows the previous one on the same rollout, or a new rollout starts; a further
+        // update happens only while the policy is within --target-kl of the one that sampled.
         let (a, b) = (stat(&pair[0], "update"), stat(&pair[1], "update"));
-        assert!(b == 1.0 || (b == a + 1.0 && stat(&pair[0], "approx_kl") <= 0.25), "{pair:?}");
+        assert!(b == 1.0 || (b == a + 1.0 && stat(&pair[1], "approx_kl") <= 0.25), "{pair:?}");
     }
     assert!(rows.iter().all(|r| stat(r, "value_loss").is_finite() && stat(r, "value_loss") >= 0.0));
     ok(minimind(&["generate", "--model", p(&rl), "--prompt", "你好", "--chat", "--max-new-tokens", "4"]));
+    // With --target-kl 0 every replay is refused (the policy moved in its first update): each step
+    // rolls out new prompts.
+    let strict = dir.path().join("strict");
+    let args = ["ppo", "--model", p(&chat), "--data", p(&data), "--out", p(&strict), "--ppo-epochs", "3"];
+    let flags =
+        ["--target-kl", "0", "--max-new-tokens", "8", "--max-seq-len", "128", "--max-steps", "4", "--lr", "2e-3"];
+    ok(minimind(&[&args[..], &flags[..]].concat()));
+    let rows = minimind::train::metrics::read_metrics(&strict.join("metrics.jsonl")).unwrap();
+    assert!(rows.iter().all(|r| stat(r, "update") == 1.0), "{rows:?}");
 }
 
 fn ppo_stage<'a>(
     t: &'a minimind::Tokenizer,
     base: &std::path::Path,
     head: std::rc::Rc<std::cell::RefCell<Option<minimind::train::reward_model::ScoreHead>>>,
+    target_kl: f64,
 ) -> PpoStage<'a> {
     let (reference, _) = minimind::model::checkpoint::load_model(base, &Device::Cpu, DType::F32, false).unwrap();
     let data = minimind::data::rl::RlData::open(&fixture("sft_zh_en_32.jsonl"), false, t, 128, 2, 1).unwrap();
     let rollout =
         minimind::train::grpo::RolloutConfig { group: 2, max_new_tokens: 5, temperature: 1.0, ..Default::default() };
-    let ppo = PpoConfig { epochs: 3, target_kl: f64::INFINITY, ..PpoConfig::default() };
+    let ppo = PpoConfig { epochs: 3, target_kl, ..PpoConfig::default() };
     PpoStage::new(data, t, reference, rollout, ppo, head, 1, Device::Cpu).unwrap()
 }
 
 /// A PPO run killed after a checkpoint taken in the middle of a rollout's updates and resumed equals
-/// the uninterrupted run: the rollout under replay travels in the checkpoint.
+/// the uninterrupted run: the rollout under replay travels in the checkpoint. Also when the KL
+/// refuses replays (the read-ahead prompts then count as used).
 #[test]
 fn a_resumed_ppo_run_matches_an_uninterrupted_one() {
+    resumed_ppo_matches(f64::INFINITY);
+    resumed_ppo_matches(1e-7);
+}
+
+fn resumed_ppo_matches(target_kl: f64) {
     let t = minimind::Tokenizer::load(&crate::common::tokenizer_dir("v2")).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let base = micro_v2_folder(dir.path());
@@ -116,17 +133,18 @@ fn a_resumed_ppo_run_matches_an_uninterrupted_one() {
     };
     let straight = tempfile::tempdir().unwrap();
     let (model, head, params) = fresh();
-    minimind::train::train(&model, &params, &mut ppo_stage(&t, &base, head), &opts(straight.path())).unwrap();
+    minimind::train::train(&model, &params, &mut ppo_stage(&t, &base, head, target_kl), &opts(straight.path()))
+        .unwrap();
     // Step 2 is the second of three updates on the first rollout: its checkpoint carries the rollout.
     let resumed = tempfile::tempdir().unwrap();
     let (model, head, params) = fresh();
-    train_until(&model, &params, &mut ppo_stage(&t, &base, head), &opts(resumed.path()), 2);
+    train_until(&model, &params, &mut ppo_stage(&t, &base, head, target_kl), &opts(resumed.path()), 2);
     let (state, tensors, optimizer, carried) = minimind::train::resume::load(resumed.path(), &Device::Cpu).unwrap();
     assert!(carried.contains_key("advantages"), "{:?}", carried.keys());
     let (model, head, params) = build(tensors);
     let resume = minimind::train::resume::Resume { state, optimizer, stage: carried };
     let options = minimind::train::TrainOptions { resume: Some(resume), ..opts(resumed.path()) };
-    minimind::train::train(&model, &params, &mut ppo_stage(&t, &base, head), &options).unwrap();
+    minimind::train::train(&model, &params, &mut ppo_stage(&t, &base, head, target_kl), &options).unwrap();
     let strip = |dir: &std::path::Path| -> Vec<String> {
         minimind::train::metrics::read_metrics(&dir.join("metrics.jsonl"))
             .unwrap()
@@ -134,6 +152,13 @@ fn a_resumed_ppo_run_matches_an_uninterrupted_one() {
             .map(|r| format!("{:?}", (r.step, r.loss, r.grad_norm, r.tokens, &r.extra)))
             .collect()
     };
+    let updates: Vec<f64> = minimind::train::metrics::read_metrics(&straight.path().join("metrics.jsonl"))
+        .unwrap()
+        .iter()
+        .map(|r| r.extra["update"])
+        .collect();
+    let expected = if target_kl.is_infinite() { [1.0, 2.0, 3.0, 1.0, 2.0, 3.0] } else { [1.0; 6] };
+    assert_eq!(updates, expected);
     let (a, b) = (strip(straight.path()), strip(resumed.path()));
     assert_eq!(a.len(), 6);
     assert_eq!(a, b);
