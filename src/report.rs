@@ -146,15 +146,12 @@ fn summary_table(runs: &[RunReport]) -> String {
     rows.push(("MoE", runs.iter().map(|r| cfg(r, "use_moe")).collect()));
     rows.push(("steps", runs.iter().map(|r| last(r).map_or("–".into(), |m| m.step.to_string())).collect()));
     rows.push(("epochs", runs.iter().map(|r| last(r).map_or("–".into(), |m| (m.epoch + 1).to_string())).collect()));
-    rows.push(("time", runs.iter().map(|r| last(r).map_or("–".into(), |m| format!("{:.1} s", m.elapsed_s))).collect()));
+    // Training time as the sum of the steps' own durations, right across resumed sessions.
+    let seconds = |r: &RunReport| r.metrics.iter().map(|m| m.tokens as f64 / m.tokens_per_sec.max(1e-9)).sum::<f64>();
+    rows.push(("time", runs.iter().map(|r| format!("{:.1} s", seconds(r))).collect()));
     let tokens = |r: &RunReport| r.metrics.iter().map(|m| m.tokens).sum::<usize>();
     rows.push(("tokens", runs.iter().map(|r| tokens(r).to_string()).collect()));
-    rows.push((
-        "tokens/s",
-        runs.iter()
-            .map(|r| last(r).map_or("–".into(), |m| format!("{:.0}", tokens(r) as f64 / m.elapsed_s.max(1e-9))))
-            .collect(),
-    ));
+    rows.push(("tokens/s", runs.iter().map(|r| format!("{:.0}", tokens(r) as f64 / seconds(r).max(1e-9))).collect()));
     let first_loss = |r: &RunReport| r.metrics.first().map_or("–".into(), |m| format!("{:.4}", m.loss));
     rows.push((
         "loss (first → last)",

@@ -36,8 +36,11 @@ pub fn run(a: &ReportArgs) -> Result<()> {
     for dir in &a.runs {
         let mut run = RunReport::read(dir)?;
         if !a.no_samples && dir.join("model.safetensors").exists() {
-            run.samples = answers(dir, &prompts, !a.raw, a.max_new_tokens)
-                .with_context(|| format!("answering the prompts with {}", dir.display()))?;
+            // A folder that is not a plain language model (a reward model's extra head) gets no answers.
+            match answers(dir, &prompts, !a.raw, a.max_new_tokens) {
+                Ok(samples) => run.samples = samples,
+                Err(e) => eprintln!("note: no sample answers for {}: {e:#}", dir.display()),
+            }
         }
         runs.push(run);
     }

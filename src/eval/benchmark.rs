@@ -128,11 +128,12 @@ fn read_csv(path: &Path) -> Result<Vec<Question>> {
         .from_path(path)
         .with_context(|| format!("opening {}", path.display()))?;
     let header = reader.headers().with_context(|| format!("{}:1: reading the header row", path.display()))?.clone();
-    let column = |want: &str| header.iter().position(|h| h.trim().eq_ignore_ascii_case(want));
+    let name = |h: &str| h.trim_start_matches('\u{feff}').trim().to_string();
+    let column = |want: &str| header.iter().position(|h| name(h).eq_ignore_ascii_case(want));
     let question = column("question");
     let answer = column("answer");
     let choices: Vec<usize> =
-        (0..26).map_while(|i| header.iter().position(|h| h.trim() == letter(i).to_string())).collect();
+        (0..26).map_while(|i| header.iter().position(|h| name(h) == letter(i).to_string())).collect();
     let (Some(question), Some(answer)) = (question, answer) else {
         bail!(
             "{}:1: expected a header with question, A, B, … and answer columns (C-Eval/CMMLU layout), found {:?}{}",
@@ -168,6 +169,7 @@ fn read_csv(path: &Path) -> Result<Vec<Question>> {
 
 fn read_jsonl(path: &Path, default_subject: &str) -> Result<Vec<(String, Vec<Question>)>> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
     let mut by_subject: BTreeMap<String, Vec<Question>> = BTreeMap::new();
     for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
         let at = format!("{}:{}", path.display(), i + 1);

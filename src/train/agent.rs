@@ -98,7 +98,8 @@ fn tool_names(specs: &Value) -> Vec<String> {
 }
 
 /// `sh -c command` with `input` on stdin: its trimmed stdout, or its stderr when it fails or runs
-/// past [`COMMAND_TIMEOUT`].
+/// past [`COMMAND_TIMEOUT`]. The pipes are drained while it runs (a large output cannot stall it);
+/// a command that overstays is killed and reaped.
 fn run_command(command: &str, input: &str) -> Result<String, String> {
     let mut child = Command::new("sh")
         .args(["-c", command])
@@ -107,6 +108,19 @@ fn run_command(command: &str, input: &str) -> Result<String, String> {
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| format!("cannot start {command:?}: {e}"))?;
+    let drain = |pipe: Option<Box<dyn Read + Send>>| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_string(&mut text);
+            }
+            let _ = tx.send(text);
+        });
+        rx
+    };
+    let stdout = drain(child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
+    let stderr = drain(child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
     if let Some(mut stdin) = child.stdin.take() {
         let _ = stdin.write_all(input.as_bytes());
     }
@@ -116,22 +130,32 @@ fn run_command(command: &str, input: &str) -> Result<String, String> {
             Some(status) => break status,
             None if start.elapsed() > COMMAND_TIMEOUT => {
                 let _ = child.kill();
+                let _ = child.wait();
                 return Err(format!("{command:?} ran longer than {} s", COMMAND_TIMEOUT.as_secs()));
             }
             None => std::thread::sleep(Duration::from_millis(5)),
         }
     };
-    let read = |pipe: Option<&mut dyn Read>| {
-        let mut text = String::new();
-        pipe.map(|p| p.read_to_string(&mut text));
-        text.trim().to_string()
-    };
-    let stdout = read(child.stdout.as_mut().map(|p| p as &mut dyn Read));
+    // A background process the command left holding the pipes does not hold up the rollout.
+    let collect = |rx: std::sync::mpsc::Receiver<String>| rx.recv_timeout(Duration::from_secs(1)).unwrap_or_default();
+    let out = collect(stdout).trim().to_string();
     if status.success() {
-        Ok(stdout)
+        Ok(out)
     } else {
-        Err(format!("{command:?} failed ({status}): {}", read(child.stderr.as_mut().map(|p| p as &mut dyn Read))))
+        Err(format!("{command:?} failed ({status}): {}", collect(stderr).trim()))
     }
+}
+
+/// A tool's result with the tokenizer's special tokens made plain text (`<|im_end|>` → `‹|im_end|>`),
+/// so a result cannot end the turn or open a fake one in the model's context.
+pub fn defuse_special_tokens(tokenizer: &crate::Tokenizer, text: &str) -> String {
+    let mut text = text.to_string();
+    for token in tokenizer.hf().get_added_tokens_decoder().values().filter(|t| t.special) {
+        if token.content.starts_with('<') && text.contains(&token.content) {
+            text = text.replace(&token.content, &token.content.replacen('<', "‹", 1));
+        }
+    }
+    text
 }
 
 /// One rollout in progress.
@@ -215,7 +239,7 @@ impl Rollouts<'_> {
                         t.tool_use.failed += 1;
                         format!("error: {e}")
                     });
-                    turn_messages.push(ChatMessage::new("tool", &result));
+                    turn_messages.push(ChatMessage::new("tool", &defuse_special_tokens(self.tokenizer, &result)));
                 }
                 let response = self.tool_turn_ids(&t.messages, &turn_messages)?;
                 if batch.prompts[t.prompt].ids.len() + t.tokens.len() + response.len() + self.config.max_new_tokens + 1
@@ -240,6 +264,19 @@ impl Rollouts<'_> {
                 tool_use: Some(t.tool_use),
             })
             .collect())
+    }
+
+    /// Fails unless the chat template renders a tool call and its result after it (checked when the
+    /// rollouts are set up, not at the first call hours into a run).
+    pub(super) fn check_tool_template(&self) -> Result<()> {
+        let history = [ChatMessage::new("user", "1 + 1 = ?")];
+        let call = json!([{"id": "call_0", "type": "function",
+            "function": {"name": "calculator", "arguments": "{\"expression\": \"1 + 1\"}"}}]);
+        let turn = [
+            ChatMessage { tool_calls: Some(call), ..ChatMessage::new("assistant", "") },
+            ChatMessage::new("tool", "2"),
+        ];
+        self.tool_turn_ids(&history, &turn).map(|_| ())
     }
 
     /// The tokens that follow a sampled turn ending in the end-of-turn token when `turn` (the

@@ -153,7 +153,11 @@ impl<'a> Rollouts<'a> {
             }
             None => None,
         };
-        Ok(Self { tokenizer, stop_ids: tokenizer.stop_ids()?, config, scorer, reward_model, device })
+        let rollouts = Self { tokenizer, stop_ids: tokenizer.stop_ids()?, config, scorer, reward_model, device };
+        if rollouts.config.tools.is_some() {
+            rollouts.check_tool_template()?;
+        }
+        Ok(rollouts)
     }
 
     /// `group` completions of every prompt, decoded together (through tool rounds when the

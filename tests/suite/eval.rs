@@ -77,6 +77,13 @@ fn benchmark_layouts_load_with_their_examples() {
     assert_eq!(shape, [("choice_mixed", 1), ("sums", 2)]);
     assert_eq!((mixed[1].questions[0].answer, mixed[1].questions[1].answer), (1, 0));
     assert!(load_benchmark(&root, Some("test")).unwrap_err().to_string().contains("no test/ folder"));
+    // Files saved with a byte-order mark (as spreadsheet programs write them) load the same.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("bom.csv"), "\u{feff}question,A,B,answer\nq,a,b,B\n").unwrap();
+    let bom_jsonl = "\u{feff}{\"question\": \"q\", \"choices\": [\"a\", \"b\"], \"answer\": 0}\n";
+    std::fs::write(dir.path().join("bom.jsonl"), bom_jsonl).unwrap();
+    let both = load_benchmark(dir.path(), None).unwrap();
+    assert_eq!(both.iter().map(|s| s.questions.len()).sum::<usize>(), 2);
 }
 
 #[test]
