@@ -1,5 +1,6 @@
 //! `minimind report`: one self-contained HTML page about one or several training runs — what a person
-//! screenshots to share a run. Per run: the model's shape, the data and training figures (steps, time,
+//! screenshots to share a run. Per run: the stage, its data and settings (`run.json`, written by the
+//! trainer), the model's shape, training figures (steps, time,
 //! tokens, tokens/s, first and last loss), `eval --json` results found in the run folder (`eval*.json`),
 //! and greedy answers to fixed prompts; charts (loss, learning rate, and every stage figure such as a
 //! reward) drawn as inline SVG with one line per run, so several runs compare on the same axes. No
@@ -42,6 +43,8 @@ pub struct RunReport {
     pub metrics: Vec<StepMetrics>,
     /// `config.json`, when the folder is a model folder.
     pub config: Option<serde_json::Value>,
+    /// `run.json`: the stage, its data and settings, as the trainer recorded them.
+    pub run: Option<serde_json::Value>,
     /// Each `eval*.json`: its file name and content.
     pub evals: Vec<(String, serde_json::Value)>,
     /// (prompt, greedy answer) pairs.
@@ -56,10 +59,13 @@ impl RunReport {
             bail!("{}: not a run folder (no metrics.jsonl)", dir.display());
         }
         let metrics = read_metrics(&path)?;
-        let config = match std::fs::read_to_string(dir.join("config.json")) {
-            Ok(text) => Some(serde_json::from_str(&text).with_context(|| format!("{}/config.json", dir.display()))?),
-            Err(_) => None,
+        let json = |name: &str| -> Result<Option<serde_json::Value>> {
+            match std::fs::read_to_string(dir.join(name)) {
+                Ok(text) => Ok(Some(serde_json::from_str(&text).with_context(|| format!("{}/{name}", dir.display()))?)),
+                Err(_) => Ok(None),
+            }
         };
+        let (config, run) = (json("config.json")?, json("run.json")?);
         let mut evals = Vec::new();
         let mut names: Vec<PathBuf> = std::fs::read_dir(dir)?
             .filter_map(|e| e.ok().map(|e| e.path()))
@@ -74,7 +80,7 @@ impl RunReport {
             let value = serde_json::from_str(&text).with_context(|| format!("{}: not JSON", p.display()))?;
             evals.push((p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(), value));
         }
-        Ok(Self { dir: dir.to_path_buf(), metrics, config, evals, samples: Vec::new() })
+        Ok(Self { dir: dir.to_path_buf(), metrics, config, run, evals, samples: Vec::new() })
     }
 
     pub fn name(&self) -> String {
@@ -137,7 +143,29 @@ fn summary_table(runs: &[RunReport]) -> String {
     let mut rows: Vec<(&str, Vec<String>)> = Vec::new();
     let cfg = |r: &RunReport, k: &str| r.config.as_ref().and_then(|c| c.get(k)).map_or("–".into(), |v| v.to_string());
     let last = |r: &RunReport| r.metrics.last().cloned();
+    let run = |r: &RunReport, k: &str| {
+        r.run.as_ref().and_then(|c| c.get(k)).filter(|v| !v.is_null()).map_or("–".into(), |v| match v {
+            serde_json::Value::String(s) => s.clone(),
+            other => other.to_string(),
+        })
+    };
     rows.push(("folder", runs.iter().map(|r| r.dir.display().to_string()).collect()));
+    rows.push(("stage", runs.iter().map(|r| run(r, "stage")).collect()));
+    rows.push(("data", runs.iter().map(|r| format!("{} ({} rows)", run(r, "data"), run(r, "rows"))).collect()));
+    rows.push((
+        "batch × accumulation × processes",
+        runs.iter()
+            .map(|r| format!("{} × {} × {}", run(r, "batch_size"), run(r, "accumulation_steps"), run(r, "processes")))
+            .collect(),
+    ));
+    rows.push((
+        "lr (schedule)",
+        runs.iter().map(|r| format!("{} ({})", run(r, "lr"), run(r, "lr_schedule"))).collect(),
+    ));
+    rows.push((
+        "max seq len, precision",
+        runs.iter().map(|r| format!("{}, {}", run(r, "max_seq_len"), run(r, "precision"))).collect(),
+    ));
     rows.push((
         "hidden × layers",
         runs.iter().map(|r| format!("{} × {}", cfg(r, "hidden_size"), cfg(r, "num_hidden_layers"))).collect(),

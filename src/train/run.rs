@@ -261,7 +261,45 @@ pub fn run_stage<S: Stage, F: FnOnce(&WeightBuilder) -> Result<MiniMindForCausal
             );
         }
     }
+    if cfg.dist.is_main() && !cfg.resume {
+        write_run_record(cfg, defaults, stage, &model, params.num_elements(), &opts)?;
+    }
     train(&model, &params, stage, &opts)
+}
+
+/// `run.json` in the output folder: what this run trains on and with which settings (the run report
+/// shows it beside the curves).
+fn write_run_record<S: Stage>(
+    cfg: &TrainConfig,
+    defaults: &StageDefaults,
+    stage: &S,
+    model: &MiniMindForCausalLM,
+    parameters: usize,
+    opts: &crate::train::TrainOptions,
+) -> Result<()> {
+    let index = stage.index();
+    let record = serde_json::json!({
+        "stage": stage.name(),
+        "data": index.map(|i| i.path.display().to_string()),
+        "rows": index.map(|i| i.len()),
+        "skipped_lines": index.map(|i| i.skipped),
+        "trainable_parameters": parameters,
+        "epochs": opts.epochs,
+        "max_steps": opts.max_steps,
+        "batch_size": cfg.batch_size(defaults)?,
+        "accumulation_steps": opts.accumulation_steps,
+        "processes": cfg.dist.world_size(),
+        "lr": opts.lr,
+        "lr_schedule": opts.lr_schedule.to_string(),
+        "max_seq_len": cfg.max_seq_len(defaults, &model.config).ok(),
+        "precision": cfg.precision.to_string(),
+        "seed": opts.seed,
+        "command": std::env::args().collect::<Vec<_>>().join(" "),
+    });
+    std::fs::create_dir_all(&cfg.out).with_context(|| format!("creating {}", cfg.out.display()))?;
+    let path = cfg.out.join("run.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&record)? + "\n")
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 /// Builds a model from weights (a fresh start or a resumed run's).

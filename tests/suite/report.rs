@@ -24,6 +24,14 @@ fn a_report_compares_runs_with_charts_evals_and_answers() {
     let charts = html.matches("<svg class=\"chart\"").count();
     assert!(charts >= 2 && html.matches("<polyline").count() >= 2 * charts - 1, "{charts} charts");
     assert!(html.contains(">fast<") && html.contains(">slow<") && html.contains("loss (first → last)"));
+    // The trainer's record of each run: its stage, data and settings.
+    let record: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fast.join("run.json")).unwrap()).unwrap();
+    assert_eq!(
+        (record["stage"].as_str(), record["rows"].as_u64(), record["lr"].as_f64()),
+        (Some("sft"), Some(32), Some(3e-3))
+    );
+    assert!(html.contains("sft_zh_en_32.jsonl (32 rows)") && html.contains("0.0001 (minimind2)"), "the run records");
     assert!(html.contains("accuracy") && html.contains("chance 25.0 %") && html.contains("colors"));
     // The prompt is shown escaped, with each model's answer.
     assert_eq!(html.matches("你好 &lt;b&gt;").count(), 2);
