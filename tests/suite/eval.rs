@@ -168,6 +168,10 @@ fn a_model_trained_on_the_answers_beats_chance_and_a_random_one_does_not() {
     let result: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     assert!(result["accuracy"].as_f64().unwrap() >= 0.75, "{out}");
     assert_eq!(result["subjects"].as_array().unwrap().len(), 2);
+    // With int8 weights the trained model still knows its answers.
+    let int8 = ok(minimind(&["eval", "--model", p(&trained), "--task", p(&fixture("choice")), "--int8"]));
+    let accuracy: f64 = int8.lines().last().unwrap().split_whitespace().nth(1).unwrap().parse().unwrap();
+    assert!(accuracy >= 0.6 && int8.contains("int8 weights"), "{int8}");
 
     let t = minimind::Tokenizer::load(&tokenizer).unwrap();
     let arith =
