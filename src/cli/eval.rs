@@ -13,7 +13,7 @@ pub struct EvalArgs {
     #[command(flatten)]
     pub model: ModelArgs,
     /// JSON Lines file of `{"text": …}` rows (or of conversations, with --sft): perplexity.
-    #[arg(long, required_unless_present_any = ["task", "answers"], conflicts_with_all = ["task", "answers"])]
+    #[arg(long, conflicts_with_all = ["task", "answers"])]
     pub data: Option<PathBuf>,
     /// The rows are SFT conversations: score only the assistant turns (the SFT loss).
     #[arg(long)]

@@ -232,4 +232,7 @@ fn answer_accuracy_checks_greedy_answers_against_gt() {
     assert_eq!(again["correct"].as_u64().unwrap(), 1 + u64::from(again["answers"][0]["correct"] == true));
     std::fs::write(&rows, row("1 + 1 = ?", "2") + "{\"prompt\": \"no answer\"}\n").unwrap();
     assert!(fails(minimind(&args)).contains("rows.jsonl:2"));
+    // Without something to evaluate, the message names the three modes.
+    let none = fails(minimind(&["eval", "--model", p(&base)]));
+    assert!(none.contains("--data") && none.contains("--task") && none.contains("--answers"), "{none}");
 }
