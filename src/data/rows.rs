@@ -249,6 +249,8 @@ pub struct Rows<'a, R> {
     pub batch_size: usize,
     /// Data parallelism: this process is rank `shard.0` of `shard.1`.
     shard: (usize, usize),
+    /// Where this rank's part of the last batch starts in the global batch.
+    shard_start: usize,
     encode: RowEncoder<'a, R>,
 }
 
@@ -258,7 +260,7 @@ pub type LmData<'a> = Rows<'a, EncodedRow>;
 impl<'a, R> Rows<'a, R> {
     pub fn new(index: JsonlIndex, batch_size: usize, seed: u64, encode: RowEncoder<'a, R>) -> Self {
         let order = ShuffledRows::new(index.len(), seed, DataCursor::default());
-        Self { index, order, batch_size, shard: (0, 1), encode }
+        Self { index, order, batch_size, shard: (0, 1), shard_start: 0, encode }
     }
 
     /// Data parallelism: each global batch is `batch_size × world` rows of the shuffled order, the
@@ -285,9 +287,16 @@ impl<'a, R> Rows<'a, R> {
         self.order = ShuffledRows::new(self.index.len(), self.order.seed, cursor);
     }
 
+    /// The position in its global batch of the first row [`Rows::next_rows`] last returned (0
+    /// without data parallelism): stages that seed per row use it to seed as one process would.
+    pub fn shard_start(&self) -> usize {
+        self.shard_start
+    }
+
     /// The next batch's rows, encoded; an error names the line's `file:line`.
     pub fn next_rows(&mut self) -> Result<Vec<R>> {
-        let rows = shard_of(self.order.next_batch(self.global_batch()), self.shard);
+        let (rows, start) = shard_of(self.order.next_batch(self.global_batch()), self.shard);
+        self.shard_start = start;
         rows.iter()
             .map(|&i| {
                 let line = self.index.read(i)?;
@@ -301,16 +310,16 @@ impl<'a, R> Rows<'a, R> {
 /// Rank `rank`'s part of a global batch split into `world` even parts. An epoch's last batch with
 /// fewer rows than ranks is padded by repeating its rows (as PyTorch's `DistributedSampler` pads),
 /// so every rank has a row to compute on.
-fn shard_of(mut rows: Vec<usize>, (rank, world): (usize, usize)) -> Vec<usize> {
+fn shard_of(mut rows: Vec<usize>, (rank, world): (usize, usize)) -> (Vec<usize>, usize) {
     if world == 1 {
-        return rows;
+        return (rows, 0);
     }
     let n = rows.len();
     for i in n..world {
         rows.push(rows[i % n]);
     }
     let n = rows.len();
-    rows[rank * n / world..(rank + 1) * n / world].to_vec()
+    (rows[rank * n / world..(rank + 1) * n / world].to_vec(), rank * n / world)
 }
 
 impl LmData<'_> {

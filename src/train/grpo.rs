@@ -99,7 +99,35 @@ impl Stage for GrpoStage<'_> {
 
     fn next_batch(&mut self) -> Result<PromptBatch> {
         let cursor = self.data.cursor();
-        Ok(PromptBatch::at(self.data.next_rows()?, self.seed, cursor))
+        let prompts = self.data.next_rows()?;
+        Ok(PromptBatch { first: self.data.shard_start(), ..PromptBatch::at(prompts, self.seed, cursor) })
+    }
+
+    /// The loss is a mean over completions.
+    fn weight(&self, batch: &PromptBatch) -> f64 {
+        (batch.prompts.len() * self.rollouts.config.group) as f64
+    }
+
+    /// Data parallelism: each rank rolls out its part of every global batch of prompts, with the
+    /// seeds those prompts have in one process. Every rank must log the same figures, so the rows
+    /// must all have a `gt` or none of them.
+    fn shard(&mut self, rank: usize, world: usize) -> Result<()> {
+        if world > 1 {
+            let mut with_gt = 0;
+            for i in 0..self.data.index.len() {
+                let line = self.data.index.read(i)?;
+                with_gt += usize::from(crate::data::rl::parse_rl_row(&line).is_ok_and(|(_, gt)| gt.is_some()));
+            }
+            if with_gt != 0 && with_gt != self.data.index.len() {
+                bail!(
+                    "data parallel GRPO needs every row of {} to have a \"gt\" or none ({with_gt} of {} have one)",
+                    self.data.index.path.display(),
+                    self.data.index.len()
+                );
+            }
+        }
+        self.data.set_shard(rank, world);
+        Ok(())
     }
 
     fn loss(&self, model: &MiniMindForCausalLM, batch: &PromptBatch, dropout: DropoutSeed) -> Result<Tensor> {

@@ -104,13 +104,16 @@ impl ToolUse {
 pub struct PromptBatch {
     pub prompts: Vec<RlPrompt>,
     pub seed: u64,
+    /// The first prompt's position in the global batch (data parallelism: a rank's part starts
+    /// there), so every prompt samples with the seeds it has in a one-process run.
+    pub first: usize,
 }
 
 impl PromptBatch {
     /// The batch at the data position `cursor` of a run seeded `seed`.
     pub fn at(prompts: Vec<RlPrompt>, seed: u64, cursor: crate::data::DataCursor) -> Self {
         let seed = seed.wrapping_mul(1_000_003).wrapping_add((cursor.epoch as u64) << 32 | cursor.row as u64);
-        Self { prompts, seed }
+        Self { prompts, seed, first: 0 }
     }
 }
 
@@ -179,7 +182,7 @@ impl<'a> Rollouts<'a> {
     /// Every prompt `group` times, each with its own sampling seed.
     pub(super) fn first_turn_jobs(&self, batch: &PromptBatch) -> Vec<(usize, u64)> {
         let g = self.config.group;
-        (0..batch.prompts.len() * g).map(|i| (i / g, batch.seed.wrapping_add(i as u64))).collect()
+        (0..batch.prompts.len() * g).map(|i| (i / g, batch.seed.wrapping_add((batch.first * g + i) as u64))).collect()
     }
 
     /// Samples a continuation of each sequence (ids so far, seed), all decoded together: the new

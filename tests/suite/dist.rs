@@ -148,4 +148,50 @@ mod mpi {
         ok(minimind(&[&sft_args(p(&base), p(&data), p(&resumed), "4")[..], &["--resume"]].concat()));
         assert_same_weights(&straight, &resumed, &base);
     }
+
+    /// GRPO over two ranks, each rolling out half of every global batch of prompts with the seeds
+    /// those prompts have in one process, takes the one-process steps; rows mixing prompts with and
+    /// without a `gt` are refused (the ranks would log different figures).
+    #[test]
+    fn grpo_on_two_ranks_equals_one_process() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = base_model(dir.path());
+        let data = dir.path().join("prompts.jsonl");
+        let rows: String =
+            (1..=8).map(|i| format!("{{\"prompt\": \"{i} + {i} = ?\", \"gt\": \"{}\"}}\n", 2 * i)).collect();
+        std::fs::write(&data, rows).unwrap();
+        let grpo = |out: &Path, batch: &'static str| -> Vec<String> {
+            let args = ["grpo", "--model", p(&base), "--data", p(&data), "--out", p(out), "--batch-size", batch];
+            let flags =
+                ["--group", "3", "--max-new-tokens", "8", "--max-seq-len", "32", "--max-steps", "2", "--lr", "1e-3"];
+            [&args[..], &flags[..], &["--temperature", "1.0"]].concat().into_iter().map(String::from).collect()
+        };
+        let (one, two) = (dir.path().join("one"), dir.path().join("two"));
+        let args = |v: &Vec<String>| v.iter().map(String::as_str).collect::<Vec<_>>().join("\u{1}");
+        let (a, b) = (grpo(&one, "4"), grpo(&two, "2"));
+        mpirun(1, &args(&a).split('\u{1}').collect::<Vec<_>>());
+        let log = mpirun(2, &args(&b).split('\u{1}').collect::<Vec<_>>());
+        assert!(log.contains("RL-tuned 2 steps"), "{log}");
+        assert_same_weights(&one, &two, &base);
+        let mixed = dir.path().join("mixed.jsonl");
+        std::fs::write(&mixed, "{\"prompt\": \"1 + 1\", \"gt\": \"2\"}\n{\"prompt\": \"hi\"}\n").unwrap();
+        let refused = Command::new("mpirun")
+            .args(["--allow-run-as-root", "--oversubscribe", "-np", "2"])
+            .arg(env!("CARGO_BIN_EXE_minimind"))
+            .args([
+                "grpo",
+                "--model",
+                p(&base),
+                "--data",
+                p(&mixed),
+                "--out",
+                p(&dir.path().join("m")),
+                "--max-steps",
+                "1",
+            ])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&refused.stderr).to_string() + &String::from_utf8_lossy(&refused.stdout);
+        assert!(!refused.status.success() && text.contains("every row"), "{text}");
+    }
 }
