@@ -95,6 +95,14 @@ struct Rollout {
 
 const ROLLOUT_TENSORS: [&str; 8] = ["x", "y", "mask", "old_logp", "ref_logp", "old_values", "advantages", "returns"];
 
+/// The policy's pass over a rollout's rows: each sampled token's log-probability and each
+/// position's value `[N, T]`, and the MoE aux loss.
+struct PolicyPass {
+    logp: Tensor,
+    values: Tensor,
+    aux: Tensor,
+}
+
 /// A step's work: new prompts to roll out, or another update on the carried rollout — unless the
 /// policy has already moved past `--target-kl` from the one that sampled it; then the next prompts
 /// (`fallback`, read ahead; the data position after them is `after`) are rolled out instead.
@@ -149,21 +157,25 @@ impl<'a> PpoStage<'a> {
         })
     }
 
-    /// Samples and scores new completions and turns them into a rollout: old log-probabilities and
-    /// values (the policy's, before any update on them), the reference's, GAE advantages and returns.
-    fn roll_out(&self, model: &MiniMindForCausalLM, batch: &PromptBatch) -> Result<Rollout> {
+    /// Samples and scores new completions and turns them into a rollout, with the policy's pass
+    /// over it: that pass's log-probabilities and values, detached, are the rollout's old ones (the
+    /// policy before any update on it), beside the reference's, GAE advantages and returns.
+    fn roll_out(
+        &self,
+        model: &MiniMindForCausalLM,
+        batch: &PromptBatch,
+        dropout: DropoutSeed,
+    ) -> Result<(Rollout, PolicyPass)> {
         let completions = self.rollouts.sample(model, batch)?;
         let (rewards, _) = self.rollouts.rewards(batch, &completions)?;
         let rows = self.rollouts.rows(batch, &completions)?;
-        let out = model.forward_train(&rows.x, None)?;
-        let (n, t) = rows.x.dims2()?;
-        let old_logp = crate::ops::target_log_probs(&out.logits, &rows.y.flatten_all()?)?.reshape((n, t))?.detach();
-        let old_values = self.head()?.all_positions(&out.hidden)?.detach();
+        let pass = self.pass(model, &rows, dropout)?;
+        let (old_logp, old_values) = (pass.logp.detach(), pass.values.detach());
         let (ref_logp, _) = token_log_probs(&self.reference, &rows, None)?;
         let (advantages, returns) = self.advantages(&rewards, &old_values, &rows.mask)?;
         let (mean, std) = super::policy_loss::mean_std(&rewards);
         let length = completions.iter().map(|c| c.tokens.len()).sum::<usize>() as f64 / completions.len() as f64;
-        Ok(Rollout {
+        let rollout = Rollout {
             rows,
             old_logp,
             ref_logp: ref_logp.detach(),
@@ -172,7 +184,19 @@ impl<'a> PpoStage<'a> {
             returns,
             updates: 0,
             summary: [mean, std, length],
-        })
+        };
+        Ok((rollout, pass))
+    }
+
+    /// The policy over a rollout's rows, with gradient.
+    fn pass(&self, model: &MiniMindForCausalLM, rows: &LmBatch, dropout: DropoutSeed) -> Result<PolicyPass> {
+        let out = model.forward_train(&rows.x, dropout)?;
+        let (n, t) = rows.x.dims2()?;
+        let logp = crate::ops::target_log_probs(&out.logits, &rows.y.flatten_all()?)?.reshape((n, t))?;
+        // The critic reads the actor's features without moving them (see the module docs).
+        let values = self.head()?.all_positions(&out.hidden.detach())?;
+        let aux = out.moe.add_aux(Tensor::new(0f32, model.device())?)?;
+        Ok(PolicyPass { logp, values, aux })
     }
 
     /// Per-token advantages (whitened over all counted tokens) and returns, `[N, T]` each: every
@@ -210,14 +234,10 @@ impl<'a> PpoStage<'a> {
         self.head.borrow().clone().context("the value head was not built")
     }
 
-    /// One update on `r`: the clipped policy loss with the KL penalty, plus the clipped value loss;
-    /// and the approximate KL of the policy as it stands (before this update) to the one that sampled.
-    fn update(&self, model: &MiniMindForCausalLM, r: &mut Rollout, dropout: DropoutSeed) -> Result<(Tensor, f64)> {
-        let out = model.forward_train(&r.rows.x, dropout)?;
-        let (n, t) = r.rows.x.dims2()?;
-        let logp = crate::ops::target_log_probs(&out.logits, &r.rows.y.flatten_all()?)?.reshape((n, t))?;
-        // The critic reads the actor's features without moving them (see the module docs).
-        let values = self.head()?.all_positions(&out.hidden.detach())?;
+    /// One update on `r` from the policy's pass over it: the clipped policy loss with the KL
+    /// penalty, plus the clipped value loss.
+    fn update(&self, r: &mut Rollout, pass: PolicyPass) -> Result<Tensor> {
+        let PolicyPass { logp, values, aux } = pass;
         let pl = PolicyLossConfig {
             kind: PolicyLossKind::Grpo,
             beta: self.ppo.kl_coef,
@@ -228,7 +248,6 @@ impl<'a> PpoStage<'a> {
         let vf = value_loss(&values, &r.old_values, &r.returns, &r.rows.mask, self.ppo.value_clip)?;
         let kl_old = approx_kl(&logp, &r.old_logp, &r.rows.mask)?;
         r.updates += 1;
-        let aux = out.moe.add_aux(Tensor::new(0f32, model.device())?)?;
         let [reward, reward_std, length] = r.summary;
         *self.last.borrow_mut() = vec![
             ("reward".into(), reward),
@@ -242,7 +261,7 @@ impl<'a> PpoStage<'a> {
             ("length".into(), length),
         ];
         self.last_tokens.set(r.rows.tokens());
-        Ok((((policy + (vf * self.ppo.vf_coef)?)? + aux)?, kl_old))
+        Ok(((policy + (vf * self.ppo.vf_coef)?)? + aux)?)
     }
 
     /// Whether the carried rollout gets another update.
@@ -281,17 +300,21 @@ impl Stage for PpoStage<'_> {
     }
 
     fn loss(&self, model: &MiniMindForCausalLM, batch: &PpoBatch, dropout: DropoutSeed) -> Result<Tensor> {
-        let mut rollout = match batch {
-            PpoBatch::Fresh(prompts) => self.roll_out(model, prompts)?,
-            PpoBatch::Replay { .. } => self.carried.borrow_mut().take().context("no rollout to replay")?,
+        let (mut rollout, pass) = match batch {
+            PpoBatch::Fresh(prompts) => self.roll_out(model, prompts, dropout)?,
+            PpoBatch::Replay { fallback, after } => {
+                let carried = self.carried.borrow_mut().take().context("no rollout to replay")?;
+                let pass = self.pass(model, &carried.rows, dropout)?;
+                if approx_kl(&pass.logp, &carried.old_logp, &carried.rows.mask)? <= self.ppo.target_kl {
+                    (carried, pass)
+                } else {
+                    // The policy already left the sampler's neighbourhood: no further update on it.
+                    self.fallback_taken.set(Some(*after));
+                    self.roll_out(model, fallback, dropout)?
+                }
+            }
         };
-        let (mut loss, kl) = self.update(model, &mut rollout, dropout)?;
-        if let (PpoBatch::Replay { fallback, after }, true) = (batch, kl > self.ppo.target_kl) {
-            // The policy already left the sampler's neighbourhood: no further update on this rollout.
-            self.fallback_taken.set(Some(*after));
-            rollout = self.roll_out(model, fallback)?;
-            loss = self.update(model, &mut rollout, dropout)?.0;
-        }
+        let loss = self.update(&mut rollout, pass)?;
         self.carried.replace(Some(rollout));
         Ok(loss)
     }
