@@ -224,6 +224,17 @@ impl ShuffledRows {
         order
     }
 
+    /// What [`ShuffledRows::next_batch`] would return, and the cursor after it, without moving.
+    pub fn peek_batch(&self, batch: usize) -> (Vec<usize>, DataCursor) {
+        if self.cursor.row >= self.n {
+            let epoch = self.cursor.epoch + 1;
+            let end = batch.min(self.n);
+            return (self.permutation(epoch)[..end].to_vec(), DataCursor { epoch, row: end });
+        }
+        let end = (self.cursor.row + batch).min(self.n);
+        (self.order[self.cursor.row..end].to_vec(), DataCursor { epoch: self.cursor.epoch, row: end })
+    }
+
     /// The next (up to) `batch` row indices, moving to a fresh permutation at an epoch boundary.
     /// The last batch of an epoch may be short; it never spans two epochs.
     pub fn next_batch(&mut self, batch: usize) -> Vec<usize> {
@@ -297,6 +308,22 @@ impl<'a, R> Rows<'a, R> {
     pub fn next_rows(&mut self) -> Result<Vec<R>> {
         let (rows, start) = shard_of(self.order.next_batch(self.global_batch()), self.shard);
         self.shard_start = start;
+        self.encode_rows(&rows)
+    }
+
+    /// The rows [`Rows::next_rows`] would return, and the data position after them, without moving
+    /// (a stage that may or may not use them; [`Rows::skip_rows`] then moves past them).
+    pub fn peek_rows(&self) -> Result<(Vec<R>, DataCursor)> {
+        let (rows, after) = self.order.peek_batch(self.global_batch());
+        Ok((self.encode_rows(&shard_of(rows, self.shard).0)?, after))
+    }
+
+    /// Moves past the next batch without reading it.
+    pub fn skip_rows(&mut self) {
+        self.order.next_batch(self.global_batch());
+    }
+
+    fn encode_rows(&self, rows: &[usize]) -> Result<Vec<R>> {
         rows.iter()
             .map(|&i| {
                 let line = self.index.read(i)?;
@@ -307,9 +334,6 @@ impl<'a, R> Rows<'a, R> {
     }
 }
 
-/// Rank `rank`'s part of a global batch split into `world` even parts. An epoch's last batch with
-/// fewer rows than ranks is padded by repeating its rows (as PyTorch's `DistributedSampler` pads),
-/// so every rank has a row to compute on.
 fn shard_of(mut rows: Vec<usize>, (rank, world): (usize, usize)) -> (Vec<usize>, usize) {
     if world == 1 {
         return (rows, 0);

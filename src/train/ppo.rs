@@ -105,10 +105,10 @@ struct PolicyPass {
 
 /// A step's work: new prompts to roll out, or another update on the carried rollout — unless the
 /// policy has already moved past `--target-kl` from the one that sampled it; then the next prompts
-/// (`fallback`, read ahead; the data position after them is `after`) are rolled out instead.
+/// are rolled out instead.
 pub enum PpoBatch {
     Fresh(PromptBatch),
-    Replay { fallback: PromptBatch, after: DataCursor },
+    Replay,
 }
 
 pub struct PpoStage<'a> {
@@ -120,7 +120,7 @@ pub struct PpoStage<'a> {
     seed: u64,
     device: Device,
     carried: RefCell<Option<Rollout>>,
-    /// The data position after a replay's fallback prompts, once a step has used them.
+    /// The data position after the next prompts, once a refused replay has used them.
     fallback_taken: Cell<Option<DataCursor>>,
     last_tokens: Cell<usize>,
     last: RefCell<Vec<(String, f64)>>,
@@ -284,33 +284,31 @@ impl Stage for PpoStage<'_> {
     }
 
     fn next_batch(&mut self) -> Result<PpoBatch> {
-        if let Some(after) = self.fallback_taken.take() {
-            self.data.seek(after);
+        if self.fallback_taken.take().is_some() {
+            self.data.skip_rows();
         }
-        let before = self.data.cursor();
-        let prompts = PromptBatch::at(self.data.next_rows()?, self.seed, before);
-        if !self.replaying() {
-            self.carried.replace(None);
-            return Ok(PpoBatch::Fresh(prompts));
+        if self.replaying() {
+            return Ok(PpoBatch::Replay);
         }
-        // Read ahead, then back: the prompts are used only if the replay is refused.
-        let after = self.data.cursor();
-        self.data.seek(before);
-        Ok(PpoBatch::Replay { fallback: prompts, after })
+        self.carried.replace(None);
+        let cursor = self.data.cursor();
+        Ok(PpoBatch::Fresh(PromptBatch::at(self.data.next_rows()?, self.seed, cursor)))
     }
 
     fn loss(&self, model: &MiniMindForCausalLM, batch: &PpoBatch, dropout: DropoutSeed) -> Result<Tensor> {
         let (mut rollout, pass) = match batch {
             PpoBatch::Fresh(prompts) => self.roll_out(model, prompts, dropout)?,
-            PpoBatch::Replay { fallback, after } => {
+            PpoBatch::Replay => {
                 let carried = self.carried.borrow_mut().take().context("no rollout to replay")?;
                 let pass = self.pass(model, &carried.rows, dropout)?;
                 if approx_kl(&pass.logp, &carried.old_logp, &carried.rows.mask)? <= self.ppo.target_kl {
                     (carried, pass)
                 } else {
-                    // The policy already left the sampler's neighbourhood: no further update on it.
-                    self.fallback_taken.set(Some(*after));
-                    self.roll_out(model, fallback, dropout)?
+                    // The policy already left the sampler's neighbourhood: no further update on it;
+                    // the next prompts instead (the data moves past them at the next batch).
+                    let (prompts, after) = self.data.peek_rows()?;
+                    self.fallback_taken.set(Some(after));
+                    self.roll_out(model, &PromptBatch::at(prompts, self.seed, self.data.cursor()), dropout)?
                 }
             }
         };
