@@ -6,7 +6,6 @@
 //! reward) drawn as inline SVG with one line per run, so several runs compare on the same axes. No
 //! scripts, styles or images are fetched: the file opens anywhere.
 
-use crate::infer::{generate_batch, Sampler, SamplingParams};
 use crate::train::metrics::{read_metrics, StepMetrics};
 use crate::{MiniMindForCausalLM, Tokenizer};
 use anyhow::{bail, Context, Result};
@@ -30,10 +29,7 @@ pub fn sample_answers(
         .iter()
         .map(|p| crate::infer::generate::encode_prompt(tokenizer, p, chat, None))
         .collect::<Result<Vec<_>>>()?;
-    let greedy = SamplingParams { temperature: 0.0, ..SamplingParams::default() };
-    let samplers = prompts.iter().map(|_| Sampler::new(greedy.clone())).collect::<Result<Vec<_>>>()?;
-    let outputs = generate_batch(model, &ids, max_new_tokens, &tokenizer.stop_ids()?, samplers, prompts.len())?;
-    let texts = outputs.iter().map(|g| tokenizer.decode(&g.tokens, true)).collect::<Result<Vec<_>>>()?;
+    let texts = crate::infer::generate::greedy_answers(model, tokenizer, &ids, max_new_tokens, prompts.len())?;
     Ok(prompts.iter().cloned().zip(texts).collect())
 }
 

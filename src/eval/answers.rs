@@ -6,7 +6,7 @@
 
 use crate::data::rl::encode_rl_row;
 use crate::data::JsonlIndex;
-use crate::infer::{generate_batch, Sampler, SamplingParams};
+use crate::infer::generate::greedy_answers;
 use crate::train::rewards::gt_match;
 use crate::{MiniMindForCausalLM, Tokenizer};
 use anyhow::{bail, Context, Result};
@@ -59,12 +59,9 @@ pub fn answer_accuracy(
         .map(|i| encode_rl_row(&index.read(i)?, tokenizer, max_prompt).map_err(anyhow::Error::msg))
         .collect::<Result<Vec<_>>>()?;
     let ids: Vec<Vec<u32>> = prompts.iter().map(|p| p.ids.clone()).collect();
-    let greedy = SamplingParams { temperature: 0.0, ..SamplingParams::default() };
-    let samplers = (0..rows).map(|_| Sampler::new(greedy.clone())).collect::<Result<Vec<_>>>()?;
-    let outputs = generate_batch(model, &ids, max_new_tokens, &tokenizer.stop_ids()?, samplers, batch)?;
+    let texts = greedy_answers(model, tokenizer, &ids, max_new_tokens, batch)?;
     let mut answers = Vec::with_capacity(rows);
-    for (prompt, generation) in prompts.into_iter().zip(outputs) {
-        let answer = tokenizer.decode(&generation.tokens, true)?;
+    for (prompt, answer) in prompts.into_iter().zip(texts) {
         let gt = prompt.gt.context("a row without gt passed the scan")?;
         let correct = gt_match(&answer, &gt) > 0.5;
         answers.push(Answer { prompt: prompt.text, answer, gt, correct });

@@ -116,6 +116,21 @@ pub fn generate_batch(
     Ok(out)
 }
 
+/// The greedy answer to each of `prompts` (token ids), decoded to text (special tokens dropped),
+/// `max_batch` decoded together through [`generate_batch`].
+pub fn greedy_answers(
+    model: &MiniMindForCausalLM,
+    tokenizer: &Tokenizer,
+    prompts: &[Vec<u32>],
+    max_new_tokens: usize,
+    max_batch: usize,
+) -> Result<Vec<String>> {
+    let greedy = SamplingParams { temperature: 0.0, ..SamplingParams::default() };
+    let samplers = prompts.iter().map(|_| Sampler::new(greedy.clone())).collect::<Result<Vec<_>>>()?;
+    let outputs = generate_batch(model, prompts, max_new_tokens, &tokenizer.stop_ids()?, samplers, max_batch)?;
+    outputs.iter().map(|g| tokenizer.decode(&g.tokens, true)).collect()
+}
+
 /// Encodes a prompt the way the model was trained: chat template, or a plain text with a leading bos.
 /// `think` is the thinking switch of a chat prompt (see [`crate::data::tokenizer::thinking_kwargs`]).
 pub fn encode_prompt(tokenizer: &Tokenizer, prompt: &str, chat: bool, think: Option<bool>) -> Result<Vec<u32>> {

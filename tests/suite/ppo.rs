@@ -104,7 +104,7 @@ fn ppo_stage<'a>(
 
 /// A PPO run killed after a checkpoint taken in the middle of a rollout's updates and resumed equals
 /// the uninterrupted run: the rollout under replay travels in the checkpoint. Also when the KL
-/// refuses replays (the read-ahead prompts then count as used).
+/// refuses replays (the next prompts, rolled out instead, then count as used).
 #[test]
 fn a_resumed_ppo_run_matches_an_uninterrupted_one() {
     resumed_ppo_matches(f64::INFINITY);
