@@ -184,7 +184,7 @@ fn print_result(r: &ChoiceResult, int8: bool) {
     );
 }
 
-fn write_json(path: &std::path::Path, json: &serde_json::Value) -> Result<()> {
+pub(super) fn write_json(path: &std::path::Path, json: &serde_json::Value) -> Result<()> {
     std::fs::write(path, serde_json::to_string_pretty(json)? + "\n")
         .with_context(|| format!("writing {}", path.display()))?;
     println!("results written to {}", path.display());

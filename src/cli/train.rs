@@ -373,7 +373,7 @@ pub fn reward_model(a: &RewardModelArgs) -> Result<TrainSummary> {
         println!("held-out pairs: accuracy {:.4} ({} of {} chosen above rejected)", r.accuracy(), r.correct, r.pairs);
         let json = serde_json::json!({"kind": "pairs", "data": pairs, "accuracy": r.accuracy(), "correct": r.correct,
             "rows": r.pairs});
-        std::fs::write(a.train.out.join("eval_pairs.json"), serde_json::to_string_pretty(&json)? + "\n")?;
+        super::eval::write_json(&a.train.out.join("eval_pairs.json"), &json)?;
     }
     Ok(summary)
 }
