@@ -53,6 +53,10 @@ pub struct BenchArgs {
     /// forward/generate with int8 weights (inference only).
     #[arg(long)]
     pub int8: bool,
+    /// forward/generate/serve with f32 weights in PyTorch's `[out, in]` layout instead of the
+    /// panels inference loads them into (to measure one against the other).
+    #[arg(long)]
+    pub unpacked: bool,
     /// forward/generate with a rank-R LoRA adapter on q_proj and o_proj, merged once at load as
     /// `generate`, `chat` and `serve` do.
     #[arg(long, value_name = "R")]
@@ -172,6 +176,11 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         params = Default::default(); // frees the f32 projection weights
     }
     match (a.mode, a.dtype) {
+        (BenchMode::Train, Precision::F32) => {}
+        (_, Precision::F32) if !a.unpacked => {
+            model.pack_panels()?;
+            params = Default::default(); // frees the unpacked weights
+        }
         (_, Precision::F32) => {}
         (BenchMode::Train, precision) => model.set_compute_dtype(precision.dtype()),
         (_, precision) => {

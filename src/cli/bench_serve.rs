@@ -34,6 +34,8 @@ pub fn run(a: &BenchArgs) -> Result<()> {
     let (mut model, _) = init_model(&config, InitScheme::Minimind2, 0, &Device::Cpu)?;
     if a.int8 {
         model.quantize_int8()?;
+    } else if !a.unpacked {
+        model.pack_panels()?;
     }
     let slot = a.prompt_len + a.new_tokens + 1;
     let engine_config = EngineConfig {
@@ -47,7 +49,7 @@ pub fn run(a: &BenchArgs) -> Result<()> {
     println!(
         "bench serve: {} ({}), prompt {} + {} new tokens (greedy), {} KV slots, {} threads",
         a.preset,
-        if a.int8 { "int8" } else { "fp32" },
+        if a.int8 { "int8" } else if a.unpacked { "fp32, unpacked" } else { "fp32" },
         a.prompt_len,
         a.new_tokens,
         a.max_batch,

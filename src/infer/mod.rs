@@ -46,5 +46,6 @@ pub fn load(dir: &Path, device: &Device, options: &LoadOptions) -> Result<(MiniM
     if options.precision != crate::model::Precision::F32 {
         model = model.with_weights_in(options.precision.dtype())?;
     }
+    model.pack_panels()?;
     Ok((model, Tokenizer::load(dir)?))
 }

@@ -55,7 +55,7 @@ impl Linear {
     /// gradients to the master weights). Int8 packings are used as they are.
     pub fn weight_for(&self, x: &Tensor) -> Result<Tensor> {
         let w = self.effective_weight()?;
-        if ops::int8::is_int8(&w) {
+        if ops::int8::is_int8(&w) || ops::panel::is_packed(&w) {
             return Ok(w);
         }
         Ok(w.to_dtype(x.dtype())?)
@@ -65,6 +65,16 @@ impl Linear {
     fn quantize_int8(&mut self) -> Result<()> {
         if !ops::int8::is_int8(&self.weight) {
             self.weight = ops::int8::quantize(&self.effective_weight()?)?;
+            self.lora = None;
+        }
+        Ok(())
+    }
+
+    /// Replaces the (adapted) f32 weight by its panel packing ([`ops::panel`]) where it has one.
+    fn pack_panels(&mut self) -> Result<()> {
+        let w = self.effective_weight()?;
+        if ops::panel::packable(&w) {
+            self.weight = ops::panel::pack(&w)?;
             self.lora = None;
         }
         Ok(())
@@ -532,8 +542,8 @@ impl MiniMindForCausalLM {
     /// A copy with every weight stored (and computed) in `dtype`: bf16 inference reads half the
     /// bytes. Rebuilt through the same walk as loading a checkpoint.
     pub fn with_weights_in(&self, dtype: DType) -> Result<Self> {
-        if self.is_int8() {
-            bail!("int8 weights cannot be converted to {dtype:?}");
+        if self.is_int8() || ops::panel::is_packed(&self.lm_head.weight) {
+            bail!("int8 or panel-packed weights cannot be converted to {dtype:?}");
         }
         let mut merged = self.clone();
         for (_, linear) in merged.linears_mut() {
@@ -578,6 +588,22 @@ impl MiniMindForCausalLM {
             linear.quantize_int8()?;
         }
         self.lm_head.quantize_int8()
+    }
+
+    /// Packs every f32 projection and the head into panels ([`ops::panel`]) for CPU inference: one
+    /// kernel serves decode batches and prompts, a batched decode step runs near the CPU's
+    /// multiply-add peak, and a sequence's bits do not depend on its batch. Weights stay f32 and
+    /// their memory the same; LoRA adapters are merged first. Such a model cannot be trained or saved.
+    /// Does nothing for int8, bf16 or non-CPU models.
+    pub fn pack_panels(&mut self) -> Result<()> {
+        let cpu_f32 = self.dtype() == DType::F32 && self.compute_dtype() == DType::F32 && self.device().is_cpu();
+        if !cpu_f32 || self.is_int8() {
+            return Ok(());
+        }
+        for (_, linear) in self.linears_mut() {
+            linear.pack_panels()?;
+        }
+        self.lm_head.pack_panels()
     }
 
     /// Whether [`Self::quantize_int8`] was applied.

@@ -148,16 +148,9 @@ pub(super) fn decode_row(
     out: &mut [f32],
 ) -> f32 {
     let scores = &mut scores[..keys];
-    for (j, score) in scores.iter_mut().enumerate() {
-        *score = simd::dot(q, &k[j * d..(j + 1) * d]) * scale;
-    }
+    simd::attention_scores(&q[..d], k, keys, scale, scores);
     let lse = softmax_row(scores, keys);
-    out.fill(0.0);
-    for (j, &p) in scores.iter().enumerate() {
-        for (o, &x) in out.iter_mut().zip(&v[j * d..(j + 1) * d]) {
-            *o += p * x;
-        }
-    }
+    simd::weighted_rows(scores, v, &mut out[..d]);
     lse
 }
 

@@ -6,7 +6,6 @@
 
 use super::attention::decode_row;
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
-use rayon::prelude::*;
 
 /// Where each query row reads: its slot in the pool and how many positions it attends to.
 #[derive(Debug, Clone, Copy)]
@@ -59,8 +58,9 @@ impl CustomOp3 for PoolAttention {
         let (rep, scale) = (h / kv, 1.0 / (d as f32).sqrt());
         let head_stride = capacity * d;
         let mut out = vec![0f32; h * b * d];
-        // Output [1, H, B, D]: chunk (head, row) is d values.
-        out.par_chunks_mut(d).enumerate().for_each(|(i, o)| {
+        // Output [1, H, B, D]: chunk (head, row) is d values. The decode loop's own workers (not
+        // rayon's, which would compete with them for the cores between the step's matmuls).
+        super::pool::for_each_chunk_mut(&mut out, d, |i, o| {
             let (head, row) = (i / b, i % b);
             let PoolRow { slot, len } = self.rows[row];
             let at = (slot * kv + head / rep) * head_stride;

@@ -16,6 +16,7 @@ pub mod heads;
 pub mod int8;
 pub mod mlp;
 pub mod norm;
+pub mod panel;
 mod pool;
 pub mod rope;
 pub mod simd;
@@ -100,16 +101,23 @@ pub fn cross_entropy(logits: &Tensor, targets: &Tensor, mask: &Tensor) -> Result
 }
 
 /// `x · wᵀ` for `x` `[.., in]` and a PyTorch-layout weight `w` `[out, in]` (a bias-free Linear),
-/// f32 or packed int8 ([`int8`]). The leading axes are flattened so one 2-D matmul serves any batch
-/// shape.
+/// f32, packed int8 ([`int8`]) or f32 panels ([`panel`]). The leading axes are flattened so one 2-D
+/// matmul serves any batch shape.
 pub fn matmul_nt(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     let dims = x.dims();
     let inp = dims[dims.len() - 1];
     let rows = x.elem_count() / inp;
-    if int8::is_int8(w) {
+    let packed = if int8::is_int8(w) {
+        Some((int8::matmul_nt as fn(&Tensor, &Tensor) -> Result<Tensor>, w.dim(0)?))
+    } else if panel::is_packed(w) {
+        Some((panel::matmul_nt as fn(&Tensor, &Tensor) -> Result<Tensor>, w.dim(0)? * panel::WIDTH))
+    } else {
+        None
+    };
+    if let Some((product, out)) = packed {
         let mut out_dims = dims.to_vec();
-        out_dims[dims.len() - 1] = w.dim(0)?;
-        return int8::matmul_nt(&x.reshape((rows, inp))?, w)?.reshape(out_dims);
+        out_dims[dims.len() - 1] = out;
+        return product(&x.reshape((rows, inp))?, w)?.reshape(out_dims);
     }
     if fused_f32(&[x, w]) && rows > gemv::MAX_ROWS {
         return gemm::matmul(x, w, false, true); // keeps x's batch axes itself
@@ -137,7 +145,7 @@ pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor, dropout: Option<(f64
 pub fn project_heads(x: &Tensor, w: &Tensor, heads: usize, rope: Option<(&Tensor, &Tensor)>) -> Result<Tensor> {
     let rows = x.elem_count() / x.dim(candle_core::D::Minus1)?;
     let tables_f32 = rope.is_none_or(|(c, s)| c.dtype() == DType::F32 && s.dtype() == DType::F32);
-    if fused_f32(&[x, w]) && tables_f32 && rows > gemv::MAX_ROWS {
+    if fused_f32(&[x, w]) && !panel::is_packed(w) && tables_f32 && rows > gemv::MAX_ROWS {
         heads::project_heads(x, w, heads, rope)
     } else {
         // Decoding (a few rows) goes through `matmul_nt`'s gemv path.
@@ -149,7 +157,7 @@ pub fn project_heads(x: &Tensor, w: &Tensor, heads: usize, rope: Option<(&Tensor
 /// `[d, H·D]` → `[B, T, d]`.
 pub fn merge_heads(y: &Tensor, w: &Tensor) -> Result<Tensor> {
     let (b, h, t, d) = y.dims4()?;
-    if fused_f32(&[y, w]) && b * t > gemv::MAX_ROWS {
+    if fused_f32(&[y, w]) && !panel::is_packed(w) && b * t > gemv::MAX_ROWS {
         heads::merge_heads(y, w)
     } else {
         matmul_nt(&y.transpose(1, 2)?.reshape((b, t, h * d))?, w)
@@ -159,7 +167,7 @@ pub fn merge_heads(y: &Tensor, w: &Tensor) -> Result<Tensor> {
 /// The SwiGLU block's input half: `silu(x·W_gateᵀ) ⊙ (x·W_upᵀ)` for `x` `[.., d]`, weights `[F, d]`.
 pub fn swiglu_in(x: &Tensor, w_gate: &Tensor, w_up: &Tensor) -> Result<Tensor> {
     let rows = x.elem_count() / x.dim(candle_core::D::Minus1)?;
-    if fused_f32(&[x, w_gate, w_up]) && rows > gemv::MAX_ROWS {
+    if fused_f32(&[x, w_gate, w_up]) && !panel::is_packed(w_gate) && rows > gemv::MAX_ROWS {
         mlp::swiglu_in(x, w_gate, w_up)
     } else {
         swiglu(&matmul_nt(x, w_gate)?, &matmul_nt(x, w_up)?)

@@ -314,3 +314,108 @@ dispatch! {
         }
     }
 }
+
+/// Attention scores of one query against `keys` rows of `k` (row stride `q.len()`):
+/// `scores[j] = scale·q·k_j`. Each dot product runs in 8 lanes over the row, and eight keys' lanes
+/// are summed together as a tree of pairwise adds (no per-key horizontal reduction); a key's bits
+/// depend only on its row and the query.
+pub fn attention_scores(q: &[f32], k: &[f32], keys: usize, scale: f32, scores: &mut [f32]) {
+    let d = q.len();
+    assert!(k.len() >= keys * d && scores.len() >= keys, "attention_scores: short buffers");
+    #[cfg(target_arch = "x86_64")]
+    if level() >= 1 && d % LANES == 0 {
+        // SAFETY: AVX2 and FMA were detected; the sizes were checked above.
+        return unsafe { attention_scores_avx2(q, k, keys, scale, scores) };
+    }
+    for (j, s) in scores[..keys].iter_mut().enumerate() {
+        let row = &k[j * d..(j + 1) * d];
+        let mut lanes = [0f32; LANES];
+        for (x, y) in q.chunks(LANES).zip(row.chunks(LANES)) {
+            for (i, (a, b)) in x.iter().zip(y).enumerate() {
+                lanes[i] += a * b;
+            }
+        }
+        let [a, b, c, e, f, g, h, i] = lanes;
+        *s = (((a + b) + (c + e)) + ((f + g) + (h + i))) * scale;
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn attention_scores_avx2(q: &[f32], k: &[f32], keys: usize, scale: f32, scores: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let d = q.len();
+    let zeros = vec![0f32; d];
+    for j0 in (0..keys).step_by(8) {
+        // Eight keys at once; past the last key, rows of zeros (their sums are discarded).
+        let rows: [*const f32; 8] =
+            std::array::from_fn(|t| if j0 + t < keys { k[(j0 + t) * d..].as_ptr() } else { zeros.as_ptr() });
+        let mut acc = [_mm256_setzero_ps(); 8];
+        for c in (0..d).step_by(LANES) {
+            // SAFETY: c + 8 ≤ d and every row holds d values.
+            let x = unsafe { _mm256_loadu_ps(q.as_ptr().add(c)) };
+            for t in 0..8 {
+                acc[t] = _mm256_fmadd_ps(x, unsafe { _mm256_loadu_ps(rows[t].add(c)) }, acc[t]);
+            }
+        }
+        // Lanes (0+1)+(2+3) and (4+5)+(6+7) of each key by two rounds of pairwise adds, then the halves.
+        let t0 = _mm256_hadd_ps(acc[0], acc[1]);
+        let t1 = _mm256_hadd_ps(acc[2], acc[3]);
+        let t2 = _mm256_hadd_ps(acc[4], acc[5]);
+        let t3 = _mm256_hadd_ps(acc[6], acc[7]);
+        let u0 = _mm256_hadd_ps(t0, t1);
+        let u1 = _mm256_hadd_ps(t2, t3);
+        let low = _mm256_permute2f128_ps::<0x20>(u0, u1);
+        let high = _mm256_permute2f128_ps::<0x31>(u0, u1);
+        let sums = _mm256_mul_ps(_mm256_add_ps(low, high), _mm256_set1_ps(scale));
+        let mut out = [0f32; 8];
+        unsafe { _mm256_storeu_ps(out.as_mut_ptr(), sums) };
+        let n = (keys - j0).min(8);
+        scores[j0..j0 + n].copy_from_slice(&out[..n]);
+    }
+}
+
+/// `out = Σ_j p_j·v_j` over `p.len()` rows of `v` (row stride `out.len()`): each output element one
+/// chain of multiply-adds over j in order, 64 (or 32) elements held in registers per pass over the
+/// rows — eight (four) independent chains keep the multiply-add units busy.
+pub fn weighted_rows(p: &[f32], v: &[f32], out: &mut [f32]) {
+    let d = out.len();
+    assert!(v.len() >= p.len() * d, "weighted_rows: short buffers");
+    #[cfg(target_arch = "x86_64")]
+    if level() >= 1 && d % 32 == 0 {
+        // SAFETY: AVX2 and FMA were detected; the sizes were checked above.
+        return unsafe {
+            if d % 64 == 0 {
+                weighted_rows_avx2::<8>(p, v, out)
+            } else {
+                weighted_rows_avx2::<4>(p, v, out)
+            }
+        };
+    }
+    out.fill(0.0);
+    for (j, &pj) in p.iter().enumerate() {
+        for (o, &x) in out.iter_mut().zip(&v[j * d..(j + 1) * d]) {
+            *o += pj * x;
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn weighted_rows_avx2<const N: usize>(p: &[f32], v: &[f32], out: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let d = out.len();
+    for c in (0..d).step_by(8 * N) {
+        let mut acc = [_mm256_setzero_ps(); N];
+        for (j, &pj) in p.iter().enumerate() {
+            let w = _mm256_set1_ps(pj);
+            for (i, a) in acc.iter_mut().enumerate() {
+                // SAFETY: c + 8N ≤ d and v holds p.len() rows of d values.
+                *a = _mm256_fmadd_ps(w, unsafe { _mm256_loadu_ps(v.as_ptr().add(j * d + c + 8 * i)) }, *a);
+            }
+        }
+        for (i, a) in acc.iter().enumerate() {
+            unsafe { _mm256_storeu_ps(out.as_mut_ptr().add(c + 8 * i), *a) };
+        }
+    }
+}

@@ -1,0 +1,265 @@
+//! Panel-packed f32 weights for CPU inference: one matmul kernel for every number of rows.
+//!
+//! Decoding multiplies a few rows (one per running sequence) by every weight matrix. In PyTorch's
+//! `[n, k]` layout a vectorized dot product runs along `k`, and every (row, feature) pair ends with a
+//! reduction of its vector lanes. Packed as panels of 16 features, `[n/16, k, 16]` with
+//! `panel[p][i][j] = W[16p + j][i]`, one load brings input `i`'s weights for 16 features, and the
+//! product is the register tile of every BLAS: broadcast `x[r][i]`, multiply-add into one
+//! accumulator vector per (row, 16 features), store — no reductions, each weight loaded once per
+//! group of up to 8 rows.
+//!
+//! Every output is one chain of fused multiply-adds `acc ← x[r][i]·W[f][i] + acc` over
+//! `i = 0, 1, …, k−1` from zero, whatever the number of rows, the tile or the vector width (AVX-512
+//! and AVX2 give the same bits): a sequence's projections are the same bits alone, beside others in
+//! a decode batch, or in a prompt. Inference only: there is no backward (training keeps `[n, k]`).
+
+use super::cpu::f32_slice;
+use super::pool;
+use super::simd;
+use candle_core::{CpuStorage, CustomOp2, DType, Device, Layout, Result, Shape, Tensor};
+
+/// Features per panel: one AVX-512 register, two AVX2 registers.
+pub const WIDTH: usize = 16;
+
+/// How many inputs ahead (64-byte lines of a panel) the tiles prefetch the weights.
+const AHEAD: usize = 32;
+
+/// Panels per parallel task (64 output features).
+const PANELS_PER_TASK: usize = 4;
+
+/// Whether `w` is a packed weight `[n/16, k, 16]` (every unpacked weight is 2-D).
+pub fn is_packed(w: &Tensor) -> bool {
+    w.rank() == 3 && w.dtype() == DType::F32 && w.dims()[2] == WIDTH
+}
+
+/// Whether a weight `[n, k]` can be packed: f32, on the CPU, `n` a multiple of 16.
+pub fn packable(w: &Tensor) -> bool {
+    w.rank() == 2 && w.dtype() == DType::F32 && matches!(w.device(), Device::Cpu) && w.dims()[0] % WIDTH == 0
+}
+
+/// `[n, k]` → panels `[n/16, k, 16]`.
+pub fn pack(w: &Tensor) -> Result<Tensor> {
+    let (n, k) = w.dims2()?;
+    if !packable(w) {
+        candle_core::bail!("panels: cannot pack a {:?} {n}×{k} weight on {:?}", w.dtype(), w.device());
+    }
+    w.reshape((n / WIDTH, WIDTH, k))?.transpose(1, 2)?.contiguous()
+}
+
+/// Panels `[n/16, k, 16]` → the weight `[n, k]` they hold.
+pub fn unpack(p: &Tensor) -> Result<Tensor> {
+    let (panels, k, _) = p.dims3()?;
+    p.transpose(1, 2)?.contiguous()?.reshape((panels * WIDTH, k))
+}
+
+/// `x · Wᵀ` `[m, n]` for `x` `[m, k]` and `W` packed as panels.
+pub fn matmul_nt(x: &Tensor, panels: &Tensor) -> Result<Tensor> {
+    x.contiguous()?.apply_op2(&panels.contiguous()?, PanelMatmul)
+}
+
+struct PanelMatmul;
+
+impl CustomOp2 for PanelMatmul {
+    fn name(&self) -> &'static str {
+        "panel-matmul"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (m, k) = l1.shape().dims2()?;
+        let (panels, k2, width) = l2.shape().dims3()?;
+        if k != k2 || width != WIDTH {
+            candle_core::bail!("panel matmul: {m}×{k} · panels {panels}×{k2}×{width}");
+        }
+        let out = product(f32_slice(s1, l1)?, f32_slice(s2, l2)?, m, k, panels);
+        Ok((CpuStorage::F32(out), Shape::from((m, panels * WIDTH))))
+    }
+}
+
+/// The instruction set the tiles use, with its row-group size: as many rows as leave registers for
+/// the weights (AVX-512: 8 rows × 2 panels = 16 of 32 registers; AVX2: 6 rows × 2 halves of a
+/// panel = 12 of 16).
+#[derive(Clone, Copy, PartialEq)]
+enum Isa {
+    Avx512,
+    Avx2,
+    Portable,
+}
+
+impl Isa {
+    fn detect() -> Self {
+        #[cfg(target_arch = "x86_64")]
+        match simd::level() {
+            2 => return Isa::Avx512,
+            1 => return Isa::Avx2,
+            _ => {}
+        }
+        Isa::Portable
+    }
+
+    fn group(self) -> usize {
+        match self {
+            Isa::Avx512 => 8,
+            Isa::Avx2 => 6,
+            Isa::Portable => 4,
+        }
+    }
+}
+
+/// `x·Wᵀ` as `[m, n]`. Rows go in groups, each group interleaved `[k][rows]` so a step of the tile
+/// reads its rows' inputs from one cache line; threads take four panels at a time and run every
+/// row group against them (a panel is read from memory once, then from cache).
+fn product(x: &[f32], w: &[f32], m: usize, k: usize, panels: usize) -> Vec<f32> {
+    let isa = Isa::detect();
+    let group = isa.group();
+    let groups: Vec<(usize, Vec<f32>)> = (0..m.div_ceil(group))
+        .map(|g| {
+            let (r0, rows) = (g * group, group.min(m - g * group));
+            let mut packed = vec![0f32; rows * k];
+            for r in 0..rows {
+                for (i, &v) in x[(r0 + r) * k..(r0 + r + 1) * k].iter().enumerate() {
+                    packed[i * rows + r] = v;
+                }
+            }
+            (r0, packed)
+        })
+        .collect();
+    let panel_len = k * WIDTH;
+    let mut by_panel = vec![0f32; panels * m * WIDTH];
+    pool::for_each_chunk_mut(&mut by_panel, PANELS_PER_TASK * m * WIDTH, |c, out| {
+        let (first, count) = (c * PANELS_PER_TASK, out.len() / (m * WIDTH));
+        let mut p = 0;
+        while p < count {
+            let pair = isa == Isa::Avx512 && p + 1 < count;
+            let np = if pair { 2 } else { 1 };
+            let ws = &w[(first + p) * panel_len..(first + p + np) * panel_len];
+            for (r0, xs) in &groups {
+                let out = &mut out[p * m * WIDTH + r0 * WIDTH..];
+                tile(isa, xs.len() / k, pair, xs, ws, k, out, m * WIDTH);
+            }
+            p += np;
+        }
+    });
+    if m == 1 {
+        return by_panel; // one row: panel-major is already [1, n]
+    }
+    let mut out = vec![0f32; m * panels * WIDTH];
+    for (p, block) in by_panel.chunks_exact(m * WIDTH).enumerate() {
+        for (r, features) in block.chunks_exact(WIDTH).enumerate() {
+            out[(r * panels + p) * WIDTH..][..WIDTH].copy_from_slice(features);
+        }
+    }
+    out
+}
+
+/// One register tile: `rows` rows (`x` `[k][rows]`) against one panel, or two when `pair` (`w` the
+/// panels one after the other, `[k][16]` each). Row r's 16 products with panel q go to
+/// `out[q·stride + 16r ..]`.
+#[allow(clippy::too_many_arguments)]
+fn tile(isa: Isa, rows: usize, pair: bool, x: &[f32], w: &[f32], k: usize, out: &mut [f32], stride: usize) {
+    let np = if pair { 2 } else { 1 };
+    assert!(
+        (1..=isa.group()).contains(&rows)
+            && x.len() == k * rows
+            && w.len() == np * k * WIDTH
+            && out.len() >= (np - 1) * stride + rows * WIDTH,
+        "panel tile: bad sizes"
+    );
+    macro_rules! rows {
+        ($f:ident, $($r:literal)*) => {
+            match rows { $($r => $f::<$r>(x, w, k, out, stride, pair),)* _ => unreachable!("rows ≤ group") }
+        };
+    }
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: AVX-512F was detected; the sizes were checked above.
+        Isa::Avx512 => unsafe { rows!(tile_avx512, 1 2 3 4 5 6 7 8) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: AVX2 and FMA were detected; the sizes were checked above.
+        Isa::Avx2 => unsafe { rows!(tile_avx2, 1 2 3 4 5 6) },
+        _ => rows!(tile_portable, 1 2 3 4),
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn tile_avx512<const R: usize>(x: &[f32], w: &[f32], k: usize, out: &mut [f32], stride: usize, pair: bool) {
+    if pair {
+        unsafe { tile_avx512_np::<R, 2>(x, w, k, out, stride) }
+    } else {
+        unsafe { tile_avx512_np::<R, 1>(x, w, k, out, stride) }
+    }
+}
+
+/// AVX-512: one register per (row, panel).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn tile_avx512_np<const R: usize, const NP: usize>(x: &[f32], w: &[f32], k: usize, out: &mut [f32], stride: usize) {
+    use std::arch::x86_64::*;
+    let mut acc = [[_mm512_setzero_ps(); NP]; R];
+    let (xp, wp) = (x.as_ptr(), w.as_ptr());
+    for i in 0..k {
+        let mut wv = [_mm512_setzero_ps(); NP];
+        for q in 0..NP {
+            // The panels stream from memory once per step; ask for them ahead of the hardware.
+            _mm_prefetch::<_MM_HINT_T0>(wp.wrapping_add(q * k * WIDTH + (i + AHEAD) * WIDTH) as *const i8);
+        }
+        for (q, v) in wv.iter_mut().enumerate() {
+            // SAFETY (all loads): `tile` checked x = k·R values, w = NP·k·16, out large enough.
+            *v = unsafe { _mm512_loadu_ps(wp.add(q * k * WIDTH + i * WIDTH)) };
+        }
+        for (r, acc) in acc.iter_mut().enumerate() {
+            let xv = _mm512_set1_ps(unsafe { *xp.add(i * R + r) });
+            for q in 0..NP {
+                acc[q] = _mm512_fmadd_ps(xv, wv[q], acc[q]);
+            }
+        }
+    }
+    for (r, acc) in acc.iter().enumerate() {
+        for (q, v) in acc.iter().enumerate() {
+            unsafe { _mm512_storeu_ps(out.as_mut_ptr().add(q * stride + r * WIDTH), *v) };
+        }
+    }
+}
+
+/// AVX2: a panel's 16 features as two registers per row.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn tile_avx2<const R: usize>(x: &[f32], w: &[f32], k: usize, out: &mut [f32], _stride: usize, _pair: bool) {
+    use std::arch::x86_64::*;
+    let mut acc = [[_mm256_setzero_ps(); 2]; R];
+    let (xp, wp) = (x.as_ptr(), w.as_ptr());
+    for i in 0..k {
+        // SAFETY (all loads): `tile` checked x = k·R values, w = k·16, out ≥ 16·R.
+        _mm_prefetch::<_MM_HINT_T0>(wp.wrapping_add((i + AHEAD) * WIDTH) as *const i8);
+        let lo = unsafe { _mm256_loadu_ps(wp.add(i * WIDTH)) };
+        let hi = unsafe { _mm256_loadu_ps(wp.add(i * WIDTH + 8)) };
+        for (r, acc) in acc.iter_mut().enumerate() {
+            let xv = _mm256_set1_ps(unsafe { *xp.add(i * R + r) });
+            acc[0] = _mm256_fmadd_ps(xv, lo, acc[0]);
+            acc[1] = _mm256_fmadd_ps(xv, hi, acc[1]);
+        }
+    }
+    for (r, acc) in acc.iter().enumerate() {
+        unsafe {
+            _mm256_storeu_ps(out.as_mut_ptr().add(r * WIDTH), acc[0]);
+            _mm256_storeu_ps(out.as_mut_ptr().add(r * WIDTH + 8), acc[1]);
+        }
+    }
+}
+
+/// Without AVX2/FMA: the same chain with a separate multiply and add.
+fn tile_portable<const R: usize>(x: &[f32], w: &[f32], k: usize, out: &mut [f32], _stride: usize, _pair: bool) {
+    let mut acc = [[0f32; WIDTH]; R];
+    for i in 0..k {
+        let wi = &w[i * WIDTH..(i + 1) * WIDTH];
+        for (r, acc) in acc.iter_mut().enumerate() {
+            let xv = x[i * R + r];
+            for j in 0..WIDTH {
+                acc[j] += xv * wi[j];
+            }
+        }
+    }
+    for (r, acc) in acc.iter().enumerate() {
+        out[r * WIDTH..(r + 1) * WIDTH].copy_from_slice(acc);
+    }
+}
