@@ -89,6 +89,13 @@ fn staggered_batched_decoding_equals_one_at_a_time_exactly() {
     let config = micro_preset("minimind3-moe");
     let (moe, _) = init_model(&config, InitScheme::Normal, 3, &candle_core::Device::Cpu).unwrap();
     check_against_one_at_a_time(&moe);
+    // Panel-packed weights (what inference loads): one kernel for prompts and batches of any size.
+    for plain in [&model, &moe] {
+        let mut packed = plain.clone();
+        packed.pack_panels().unwrap();
+        assert!(minimind::ops::panel::is_packed(&packed.model.layers[0].self_attn.q_proj.weight));
+        check_against_one_at_a_time(&packed);
+    }
     // Int8 weights: the batch stays on the int8 kernel, row by row.
     let mut int8 = model.clone();
     int8.quantize_int8().unwrap();

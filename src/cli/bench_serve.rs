@@ -49,7 +49,13 @@ pub fn run(a: &BenchArgs) -> Result<()> {
     println!(
         "bench serve: {} ({}), prompt {} + {} new tokens (greedy), {} KV slots, {} threads",
         a.preset,
-        if a.int8 { "int8" } else if a.unpacked { "fp32, unpacked" } else { "fp32" },
+        if a.int8 {
+            "int8"
+        } else if a.unpacked {
+            "fp32, unpacked"
+        } else {
+            "fp32"
+        },
         a.prompt_len,
         a.new_tokens,
         a.max_batch,

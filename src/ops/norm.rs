@@ -32,13 +32,18 @@ impl CustomOp2 for RmsNorm {
         }
         let mut y = vec![0f32; x.len()];
         let mut inv = vec![0f32; x.len() / d];
-        y.par_chunks_mut(d).zip(x.par_chunks(d)).zip(inv.par_iter_mut()).for_each(|((y, x), r)| {
+        let row = |((y, x), r): ((&mut [f32], &[f32]), &mut f32)| {
             let mean_square = simd::dot(x, x) / d as f32;
             *r = 1.0 / (mean_square + self.eps).sqrt();
             for ((yi, xi), wi) in y.iter_mut().zip(x).zip(w) {
                 *yi = wi * (xi * *r);
             }
-        });
+        };
+        if y.len() <= super::pool::SMALL {
+            y.chunks_mut(d).zip(x.chunks(d)).zip(inv.iter_mut()).for_each(row); // a decode step's few rows
+        } else {
+            y.par_chunks_mut(d).zip(x.par_chunks(d)).zip(inv.par_iter_mut()).for_each(row);
+        }
         *self.inv_rms.lock().map_err(|_| candle_core::Error::Msg("lock poisoned".into()))? = inv;
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }

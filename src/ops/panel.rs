@@ -107,7 +107,8 @@ impl Isa {
 
 /// `x·Wᵀ` as `[m, n]`. Rows go in groups, each group interleaved `[k][rows]` so a step of the tile
 /// reads its rows' inputs from one cache line; threads take four panels at a time and run every
-/// row group against them (a panel is read from memory once, then from cache).
+/// row group against them (a panel is read from memory once, then from cache), writing their
+/// columns of the output in place.
 fn product(x: &[f32], w: &[f32], m: usize, k: usize, panels: usize) -> Vec<f32> {
     let isa = Isa::detect();
     let group = isa.group();
@@ -123,66 +124,73 @@ fn product(x: &[f32], w: &[f32], m: usize, k: usize, panels: usize) -> Vec<f32> 
             (r0, packed)
         })
         .collect();
-    let panel_len = k * WIDTH;
-    let mut by_panel = vec![0f32; panels * m * WIDTH];
-    pool::for_each_chunk_mut(&mut by_panel, PANELS_PER_TASK * m * WIDTH, |c, out| {
-        let (first, count) = (c * PANELS_PER_TASK, out.len() / (m * WIDTH));
-        let mut p = 0;
-        while p < count {
-            let pair = isa == Isa::Avx512 && p + 1 < count;
+    let (n, panel_len) = (panels * WIDTH, k * WIDTH);
+    let mut out = vec![0f32; m * n];
+    let base = OutPtr(out.as_mut_ptr());
+    pool::for_each(panels.div_ceil(PANELS_PER_TASK), &|c| {
+        let (first, end) = (c * PANELS_PER_TASK, ((c + 1) * PANELS_PER_TASK).min(panels));
+        let mut p = first;
+        while p < end {
+            let pair = isa == Isa::Avx512 && p + 1 < end;
             let np = if pair { 2 } else { 1 };
-            let ws = &w[(first + p) * panel_len..(first + p + np) * panel_len];
+            let ws = &w[p * panel_len..(p + np) * panel_len];
             for (r0, xs) in &groups {
-                let out = &mut out[p * m * WIDTH + r0 * WIDTH..];
-                tile(isa, xs.len() / k, pair, xs, ws, k, out, m * WIDTH);
+                // SAFETY: rows r0.. of columns 16p..16(p+np) lie inside `out`, and no other task
+                // writes these columns.
+                unsafe { tile(isa, xs.len() / k, pair, xs, ws, k, base.at(r0 * n + p * WIDTH), n) };
             }
             p += np;
         }
     });
-    if m == 1 {
-        return by_panel; // one row: panel-major is already [1, n]
-    }
-    let mut out = vec![0f32; m * panels * WIDTH];
-    for (p, block) in by_panel.chunks_exact(m * WIDTH).enumerate() {
-        for (r, features) in block.chunks_exact(WIDTH).enumerate() {
-            out[(r * panels + p) * WIDTH..][..WIDTH].copy_from_slice(features);
-        }
-    }
     out
+}
+
+/// The output, shared by the tasks that write disjoint columns of it.
+struct OutPtr(*mut f32);
+// SAFETY: each task writes only its own columns (see `product`).
+unsafe impl Sync for OutPtr {}
+
+impl OutPtr {
+    /// # Safety
+    /// `i` must lie inside the output.
+    unsafe fn at(&self, i: usize) -> *mut f32 {
+        unsafe { self.0.add(i) }
+    }
 }
 
 /// One register tile: `rows` rows (`x` `[k][rows]`) against one panel, or two when `pair` (`w` the
 /// panels one after the other, `[k][16]` each). Row r's 16 products with panel q go to
-/// `out[q·stride + 16r ..]`.
+/// `out + r·row_stride + 16q`.
+///
+/// # Safety
+/// `out` must be valid for those writes, and no other thread may access them meanwhile.
 #[allow(clippy::too_many_arguments)]
-fn tile(isa: Isa, rows: usize, pair: bool, x: &[f32], w: &[f32], k: usize, out: &mut [f32], stride: usize) {
+unsafe fn tile(isa: Isa, rows: usize, pair: bool, x: &[f32], w: &[f32], k: usize, out: *mut f32, row_stride: usize) {
     let np = if pair { 2 } else { 1 };
     assert!(
-        (1..=isa.group()).contains(&rows)
-            && x.len() == k * rows
-            && w.len() == np * k * WIDTH
-            && out.len() >= (np - 1) * stride + rows * WIDTH,
+        (1..=isa.group()).contains(&rows) && x.len() == k * rows && w.len() == np * k * WIDTH,
         "panel tile: bad sizes"
     );
     macro_rules! rows {
         ($f:ident, $($r:literal)*) => {
-            match rows { $($r => $f::<$r>(x, w, k, out, stride, pair),)* _ => unreachable!("rows ≤ group") }
+            match rows { $($r => $f::<$r>(x, w, k, out, row_stride, pair),)* _ => unreachable!("rows ≤ group") }
         };
     }
-    match isa {
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: AVX-512F was detected; the sizes were checked above.
-        Isa::Avx512 => unsafe { rows!(tile_avx512, 1 2 3 4 5 6 7 8) },
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: AVX2 and FMA were detected; the sizes were checked above.
-        Isa::Avx2 => unsafe { rows!(tile_avx2, 1 2 3 4 5 6) },
-        _ => rows!(tile_portable, 1 2 3 4),
+    // SAFETY: the instruction set was detected; the sizes were checked above; `out` is the caller's.
+    unsafe {
+        match isa {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => rows!(tile_avx512, 1 2 3 4 5 6 7 8),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => rows!(tile_avx2, 1 2 3 4 5 6),
+            _ => rows!(tile_portable, 1 2 3 4),
+        }
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn tile_avx512<const R: usize>(x: &[f32], w: &[f32], k: usize, out: &mut [f32], stride: usize, pair: bool) {
+unsafe fn tile_avx512<const R: usize>(x: &[f32], w: &[f32], k: usize, out: *mut f32, stride: usize, pair: bool) {
     if pair {
         unsafe { tile_avx512_np::<R, 2>(x, w, k, out, stride) }
     } else {
@@ -193,7 +201,13 @@ unsafe fn tile_avx512<const R: usize>(x: &[f32], w: &[f32], k: usize, out: &mut 
 /// AVX-512: one register per (row, panel).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn tile_avx512_np<const R: usize, const NP: usize>(x: &[f32], w: &[f32], k: usize, out: &mut [f32], stride: usize) {
+unsafe fn tile_avx512_np<const R: usize, const NP: usize>(
+    x: &[f32],
+    w: &[f32],
+    k: usize,
+    out: *mut f32,
+    stride: usize,
+) {
     use std::arch::x86_64::*;
     let mut acc = [[_mm512_setzero_ps(); NP]; R];
     let (xp, wp) = (x.as_ptr(), w.as_ptr());
@@ -204,7 +218,7 @@ unsafe fn tile_avx512_np<const R: usize, const NP: usize>(x: &[f32], w: &[f32], 
             _mm_prefetch::<_MM_HINT_T0>(wp.wrapping_add(q * k * WIDTH + (i + AHEAD) * WIDTH) as *const i8);
         }
         for (q, v) in wv.iter_mut().enumerate() {
-            // SAFETY (all loads): `tile` checked x = k·R values, w = NP·k·16, out large enough.
+            // SAFETY (all loads): `tile` checked x = k·R values, w = NP·k·16; `out` is the caller's.
             *v = unsafe { _mm512_loadu_ps(wp.add(q * k * WIDTH + i * WIDTH)) };
         }
         for (r, acc) in acc.iter_mut().enumerate() {
@@ -216,7 +230,7 @@ unsafe fn tile_avx512_np<const R: usize, const NP: usize>(x: &[f32], w: &[f32], 
     }
     for (r, acc) in acc.iter().enumerate() {
         for (q, v) in acc.iter().enumerate() {
-            unsafe { _mm512_storeu_ps(out.as_mut_ptr().add(q * stride + r * WIDTH), *v) };
+            unsafe { _mm512_storeu_ps(out.add(r * stride + q * WIDTH), *v) };
         }
     }
 }
@@ -224,12 +238,12 @@ unsafe fn tile_avx512_np<const R: usize, const NP: usize>(x: &[f32], w: &[f32], 
 /// AVX2: a panel's 16 features as two registers per row.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn tile_avx2<const R: usize>(x: &[f32], w: &[f32], k: usize, out: &mut [f32], _stride: usize, _pair: bool) {
+unsafe fn tile_avx2<const R: usize>(x: &[f32], w: &[f32], k: usize, out: *mut f32, stride: usize, _pair: bool) {
     use std::arch::x86_64::*;
     let mut acc = [[_mm256_setzero_ps(); 2]; R];
     let (xp, wp) = (x.as_ptr(), w.as_ptr());
     for i in 0..k {
-        // SAFETY (all loads): `tile` checked x = k·R values, w = k·16, out ≥ 16·R.
+        // SAFETY (all loads): `tile` checked x = k·R values, w = k·16; `out` is the caller's.
         _mm_prefetch::<_MM_HINT_T0>(wp.wrapping_add((i + AHEAD) * WIDTH) as *const i8);
         let lo = unsafe { _mm256_loadu_ps(wp.add(i * WIDTH)) };
         let hi = unsafe { _mm256_loadu_ps(wp.add(i * WIDTH + 8)) };
@@ -241,14 +255,14 @@ unsafe fn tile_avx2<const R: usize>(x: &[f32], w: &[f32], k: usize, out: &mut [f
     }
     for (r, acc) in acc.iter().enumerate() {
         unsafe {
-            _mm256_storeu_ps(out.as_mut_ptr().add(r * WIDTH), acc[0]);
-            _mm256_storeu_ps(out.as_mut_ptr().add(r * WIDTH + 8), acc[1]);
+            _mm256_storeu_ps(out.add(r * stride), acc[0]);
+            _mm256_storeu_ps(out.add(r * stride + 8), acc[1]);
         }
     }
 }
 
 /// Without AVX2/FMA: the same chain with a separate multiply and add.
-fn tile_portable<const R: usize>(x: &[f32], w: &[f32], k: usize, out: &mut [f32], _stride: usize, _pair: bool) {
+unsafe fn tile_portable<const R: usize>(x: &[f32], w: &[f32], k: usize, out: *mut f32, stride: usize, _pair: bool) {
     let mut acc = [[0f32; WIDTH]; R];
     for i in 0..k {
         let wi = &w[i * WIDTH..(i + 1) * WIDTH];
@@ -260,6 +274,7 @@ fn tile_portable<const R: usize>(x: &[f32], w: &[f32], k: usize, out: &mut [f32]
         }
     }
     for (r, acc) in acc.iter().enumerate() {
-        out[r * WIDTH..(r + 1) * WIDTH].copy_from_slice(acc);
+        // SAFETY: the caller's contract (see `tile`).
+        unsafe { std::ptr::copy_nonoverlapping(acc.as_ptr(), out.add(r * stride), WIDTH) };
     }
 }

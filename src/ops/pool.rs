@@ -10,6 +10,11 @@ use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering::SeqCst};
 use std::sync::{Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+/// Outputs up to this many values are decode-sized: a kernel runs them on this pool (or on the
+/// calling thread) instead of rayon's, whose hand-off from a non-rayon thread costs more than the
+/// work and whose workers would compete with this pool's spinning ones for the cores.
+pub const SMALL: usize = 1 << 15;
+
 /// How long an idle worker spins before it parks.
 const SPIN: Duration = Duration::from_micros(200);
 

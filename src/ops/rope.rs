@@ -17,7 +17,7 @@ pub fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
 fn rotate(x: &[f32], cos: &[f32], sin: &[f32], t: usize, d: usize, sign: f32) -> Vec<f32> {
     let half = d / 2;
     let mut y = vec![0f32; x.len()];
-    y.par_chunks_mut(t * d).zip(x.par_chunks(t * d)).for_each(|(y, x)| {
+    let head = |(y, x): (&mut [f32], &[f32])| {
         for p in 0..t {
             let (c, s) = (&cos[p * d..p * d + half], &sin[p * d..p * d + half]);
             let (x, y) = (&x[p * d..(p + 1) * d], &mut y[p * d..(p + 1) * d]);
@@ -27,7 +27,12 @@ fn rotate(x: &[f32], cos: &[f32], sin: &[f32], t: usize, d: usize, sign: f32) ->
                 y[i + half] = b * c[i] + a * sn;
             }
         }
-    });
+    };
+    if y.len() <= super::pool::SMALL {
+        y.chunks_mut(t * d).zip(x.chunks(t * d)).for_each(head); // a decode step's few rows
+    } else {
+        y.par_chunks_mut(t * d).zip(x.par_chunks(t * d)).for_each(head);
+    }
     y
 }
 

@@ -294,3 +294,62 @@ fn attention_accepts_size_one_axes_with_any_stride() {
     let reference = ops::composed::causal_attention(&q, &k, &v, None).unwrap();
     assert!(max_abs_diff(&fused, &reference) < 1e-5);
 }
+
+#[test]
+fn panels_pack_unpack_and_refuse_what_they_cannot_hold() {
+    let w = randn(&[48, 37]);
+    let packed = ops::panel::pack(&w).unwrap();
+    assert_eq!(packed.dims(), &[3, 37, 16]);
+    assert!(ops::panel::is_packed(&packed) && !ops::panel::is_packed(&w));
+    assert_eq!(max_abs_diff(&ops::panel::unpack(&packed).unwrap(), &w), 0.0);
+    // panel[p][i][j] = W[16p + j][i]
+    let (p, i, j) = (2, 5, 7);
+    let at = packed.get(p).unwrap().get(i).unwrap().get(j).unwrap().to_scalar::<f32>().unwrap();
+    assert_eq!(at, w.get(16 * p + j).unwrap().get(i).unwrap().to_scalar::<f32>().unwrap());
+    assert!(!ops::panel::packable(&randn(&[45, 37])), "45 features are not whole panels");
+    assert!(!ops::panel::packable(&w.to_dtype(candle_core::DType::BF16).unwrap()));
+    assert!(ops::panel::pack(&randn(&[45, 37])).is_err());
+}
+
+#[test]
+fn panel_products_match_composed_and_give_a_row_the_same_bits_in_any_batch() {
+    // 3 panels (a pair and a single on AVX-512), inputs not a multiple of any vector width.
+    let w = randn(&[48, 67]);
+    let packed = ops::panel::pack(&w).unwrap();
+    let x = randn(&[70, 67]);
+    let all = ops::panel::matmul_nt(&x, &packed).unwrap();
+    assert!(max_abs_diff(&all, &x.matmul(&w.t().unwrap()).unwrap()) < 1e-4);
+    // Through the model's dispatch, with batch axes.
+    let x3 = x.reshape((7, 10, 67)).unwrap();
+    assert_eq!(max_abs_diff(&ops::matmul_nt(&x3, &packed).unwrap().reshape((70, 48)).unwrap(), &all), 0.0);
+    for (start, rows) in [(0, 1), (5, 1), (3, 4), (9, 8), (2, 9), (40, 17), (0, 64)] {
+        let part = ops::panel::matmul_nt(&x.narrow(0, start, rows).unwrap(), &packed).unwrap();
+        let same = all.narrow(0, start, rows).unwrap();
+        assert_eq!(max_abs_diff(&part, &same), 0.0, "rows {start}..{} alone", start + rows);
+    }
+}
+
+#[test]
+fn decode_attention_helpers_match_scalar_math() {
+    for (d, keys) in [(64, 1), (64, 13), (32, 8), (48, 19), (5, 3)] {
+        let q: Vec<f32> = (0..d).map(|i| (i as f32 * 0.37).sin()).collect();
+        let k: Vec<f32> = (0..d * keys).map(|i| (i as f32 * 0.11).cos()).collect();
+        let mut scores = vec![0f32; keys];
+        ops::simd::attention_scores(&q, &k, keys, 0.5, &mut scores);
+        for (j, s) in scores.iter().enumerate() {
+            let exact: f32 = q.iter().zip(&k[j * d..(j + 1) * d]).map(|(a, b)| a * b).sum::<f32>() * 0.5;
+            assert!((s - exact).abs() < 1e-4, "d {d} key {j}: {s} vs {exact}");
+        }
+        // A key's score does not depend on how many keys come with it.
+        let mut first = vec![0f32; 1];
+        ops::simd::attention_scores(&q, &k, 1, 0.5, &mut first);
+        assert_eq!(first[0], scores[0]);
+        let p: Vec<f32> = (0..keys).map(|j| 1.0 / (j + 1) as f32).collect();
+        let mut out = vec![0f32; d];
+        ops::simd::weighted_rows(&p, &k, &mut out);
+        for (e, o) in out.iter().enumerate() {
+            let exact: f32 = (0..keys).map(|j| p[j] * k[j * d + e]).sum();
+            assert!((o - exact).abs() < 1e-4, "d {d} element {e}: {o} vs {exact}");
+        }
+    }
+}
