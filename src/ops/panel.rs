@@ -43,7 +43,8 @@ pub fn pack(w: &Tensor) -> Result<Tensor> {
     if !packable(w) {
         candle_core::bail!("panels: cannot pack a {:?} {n}×{k} weight on {:?}", w.dtype(), w.device());
     }
-    w.reshape((n / WIDTH, WIDTH, k))?.transpose(1, 2)?.contiguous()
+    // Detached: a trainable weight's graph would otherwise keep the unpacked copy alive.
+    w.detach().reshape((n / WIDTH, WIDTH, k))?.transpose(1, 2)?.contiguous()
 }
 
 /// Panels `[n/16, k, 16]` → the weight `[n, k]` they hold.
