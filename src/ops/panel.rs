@@ -106,27 +106,14 @@ impl Isa {
     }
 }
 
-/// `x·Wᵀ` as `[m, n]`. Rows go in groups, each group interleaved `[k][rows]` so a step of the tile
-/// reads its rows' inputs from one cache line; threads take four panels at a time and run every
-/// row group against them (a panel is read from memory once, then from cache), writing their
-/// columns of the output in place.
+/// `x·Wᵀ` as `[m, n]`. Threads take four panels at a time and run every group of rows against them
+/// (a panel is read from memory once, then from cache), writing their columns of the output in
+/// place.
 fn product(x: &[f32], w: &[f32], m: usize, k: usize, panels: usize) -> Vec<f32> {
     let isa = Isa::detect();
     let group = isa.group();
-    let groups: Vec<(usize, Vec<f32>)> = (0..m.div_ceil(group))
-        .map(|g| {
-            let (r0, rows) = (g * group, group.min(m - g * group));
-            let mut packed = vec![0f32; rows * k];
-            for r in 0..rows {
-                for (i, &v) in x[(r0 + r) * k..(r0 + r + 1) * k].iter().enumerate() {
-                    packed[i * rows + r] = v;
-                }
-            }
-            (r0, packed)
-        })
-        .collect();
     let (n, panel_len) = (panels * WIDTH, k * WIDTH);
-    let mut out = vec![0f32; m * n];
+    let mut out: Vec<f32> = Vec::with_capacity(m * n);
     let base = OutPtr(out.as_mut_ptr());
     pool::for_each(panels.div_ceil(PANELS_PER_TASK), &|c| {
         let (first, end) = (c * PANELS_PER_TASK, ((c + 1) * PANELS_PER_TASK).min(panels));
@@ -135,14 +122,17 @@ fn product(x: &[f32], w: &[f32], m: usize, k: usize, panels: usize) -> Vec<f32> 
             let pair = isa == Isa::Avx512 && p + 1 < end;
             let np = if pair { 2 } else { 1 };
             let ws = &w[p * panel_len..(p + np) * panel_len];
-            for (r0, xs) in &groups {
-                // SAFETY: rows r0.. of columns 16p..16(p+np) lie inside `out`, and no other task
-                // writes these columns.
-                unsafe { tile(isa, xs.len() / k, pair, xs, ws, k, base.at(r0 * n + p * WIDTH), n) };
+            for r0 in (0..m).step_by(group) {
+                let rows = group.min(m - r0);
+                // SAFETY: rows r0..r0+rows of columns 16p..16(p+np) lie inside `out`'s capacity,
+                // and no other task writes these columns.
+                unsafe { tile(isa, rows, pair, &x[r0 * k..(r0 + rows) * k], ws, k, base.at(r0 * n + p * WIDTH), n) };
             }
             p += np;
         }
     });
+    // SAFETY: the tasks above wrote every (row, column) of the m·n values, and all have finished.
+    unsafe { out.set_len(m * n) };
     out
 }
 
@@ -159,7 +149,7 @@ impl OutPtr {
     }
 }
 
-/// One register tile: `rows` rows (`x` `[k][rows]`) against one panel, or two when `pair` (`w` the
+/// One register tile: `rows` rows (`x` `[rows, k]`) against one panel, or two when `pair` (`w` the
 /// panels one after the other, `[k][16]` each). Row r's 16 products with panel q go to
 /// `out + r·row_stride + 16q`.
 ///
@@ -169,7 +159,7 @@ impl OutPtr {
 unsafe fn tile(isa: Isa, rows: usize, pair: bool, x: &[f32], w: &[f32], k: usize, out: *mut f32, row_stride: usize) {
     let np = if pair { 2 } else { 1 };
     assert!(
-        (1..=isa.group()).contains(&rows) && x.len() == k * rows && w.len() == np * k * WIDTH,
+        (1..=isa.group()).contains(&rows) && x.len() == rows * k && w.len() == np * k * WIDTH,
         "panel tile: bad sizes"
     );
     macro_rules! rows {
@@ -223,7 +213,7 @@ unsafe fn tile_avx512_np<const R: usize, const NP: usize>(
             *v = unsafe { _mm512_loadu_ps(wp.add(q * k * WIDTH + i * WIDTH)) };
         }
         for (r, acc) in acc.iter_mut().enumerate() {
-            let xv = _mm512_set1_ps(unsafe { *xp.add(i * R + r) });
+            let xv = _mm512_set1_ps(unsafe { *xp.add(r * k + i) });
             for q in 0..NP {
                 acc[q] = _mm512_fmadd_ps(xv, wv[q], acc[q]);
             }
@@ -249,7 +239,7 @@ unsafe fn tile_avx2<const R: usize>(x: &[f32], w: &[f32], k: usize, out: *mut f3
         let lo = unsafe { _mm256_loadu_ps(wp.add(i * WIDTH)) };
         let hi = unsafe { _mm256_loadu_ps(wp.add(i * WIDTH + 8)) };
         for (r, acc) in acc.iter_mut().enumerate() {
-            let xv = _mm256_set1_ps(unsafe { *xp.add(i * R + r) });
+            let xv = _mm256_set1_ps(unsafe { *xp.add(r * k + i) });
             acc[0] = _mm256_fmadd_ps(xv, lo, acc[0]);
             acc[1] = _mm256_fmadd_ps(xv, hi, acc[1]);
         }
@@ -268,7 +258,7 @@ unsafe fn tile_portable<const R: usize>(x: &[f32], w: &[f32], k: usize, out: *mu
     for i in 0..k {
         let wi = &w[i * WIDTH..(i + 1) * WIDTH];
         for (r, acc) in acc.iter_mut().enumerate() {
-            let xv = x[i * R + r];
+            let xv = x[r * k + i];
             for j in 0..WIDTH {
                 acc[j] += xv * wi[j];
             }
