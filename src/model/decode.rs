@@ -51,7 +51,7 @@ impl Attention {
         }
         let rows: Vec<PoolRow> = slots.iter().map(|&slot| PoolRow { slot, len: pool.len(slot) + 1 }).collect();
         let (k_pool, v_pool) = pool.layer(layer);
-        let y = ops::pool_attention(&q, k_pool, v_pool, &rows)?; // [1, H, B, D]
+        let y = ops::pool_attention(&q, k_pool, v_pool, &rows)?.transpose(1, 2)?; // [1, H, B, D]
         let out = ops::merge_heads(&y, &self.o_proj.weight_for(&y)?)?; // [1, B, d]
         Ok(out.reshape((b, 1, out.dim(D::Minus1)?))?)
     }

@@ -137,6 +137,7 @@ fn softmax_row(row: &mut [f32], len: usize) -> f32 {
 
 /// Attention of one query row `q` `[D]` over `keys` rows of `k` and `v` (row stride `d`): scores
 /// `scale·q·k_j`, softmax, `out = Σ_j p_j·v_j`. Returns the row's log-sum-exp.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn decode_row(
     q: &[f32],
     k: &[f32],
@@ -147,11 +148,33 @@ pub(super) fn decode_row(
     scores: &mut [f32],
     out: &mut [f32],
 ) -> f32 {
-    let scores = &mut scores[..keys];
-    simd::attention_scores(&q[..d], k, keys, scale, scores);
-    let lse = softmax_row(scores, keys);
-    simd::weighted_rows(scores, v, &mut out[..d]);
-    lse
+    let mut lse = [0f32];
+    decode_heads(&q[..d], k, v, keys, d, scale, scores, &mut out[..d], &mut lse);
+    lse[0]
+}
+
+/// [`decode_row`] for the query heads `q` `[heads, D]` of one grouped-query group, which share the
+/// key and value rows: each head's output `[heads, D]` and log-sum-exp are the bits
+/// [`decode_row`] gives it alone. `scores` holds at least `heads·keys` values.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn decode_heads(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    keys: usize,
+    d: usize,
+    scale: f32,
+    scores: &mut [f32],
+    out: &mut [f32],
+    lse: &mut [f32],
+) {
+    let heads = q.len() / d;
+    let scores = &mut scores[..heads * keys];
+    simd::attention_scores(q, d, k, keys, scale, scores);
+    for (row, lse) in scores.chunks_exact_mut(keys).zip(lse.iter_mut()) {
+        *lse = softmax_row(row, keys);
+    }
+    simd::weighted_rows(scores, keys, v, d, out);
 }
 
 impl CustomOp3 for FlashAttention {

@@ -1,10 +1,11 @@
 //! Attention of continuous batching's decode step, fused for CPU fp32: one query row per sequence,
 //! each against its own slot of a KV pool (`[slots, K, capacity, D]`) and its own length. One op for
 //! the whole batch instead of a handful per sequence; each (sequence, head) runs exactly the
-//! computation single-sequence decoding runs ([`super::attention`]'s one-row path), so a sequence's
+//! computation single-sequence decoding runs ([`super::attention`]'s one-row path, here for the query
+//! heads of a grouped-query group at once, each with the same bits), so a sequence's
 //! bits do not depend on the batch.
 
-use super::attention::decode_row;
+use super::attention::decode_heads;
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 
 /// Where each query row reads: its slot in the pool and how many positions it attends to.
@@ -19,7 +20,8 @@ struct PoolAttention {
 }
 
 /// `q` `[1, H, B, D]` (row b's query heads at time index b), `k`/`v` pools `[S, K, C, D]`: row b
-/// attends to positions `0..rows[b].len` of slot `rows[b].slot`. Returns `[1, H, B, D]`.
+/// attends to positions `0..rows[b].len` of slot `rows[b].slot`. Returns `[1, B, H, D]` (each row's
+/// heads together, ready to be merged).
 pub fn pool_attention(q: &Tensor, k: &Tensor, v: &Tensor, rows: &[PoolRow]) -> Result<Tensor> {
     q.contiguous()?.apply_op3(k, v, PoolAttention { rows: rows.to_vec() })
 }
@@ -57,17 +59,21 @@ impl CustomOp3 for PoolAttention {
             (&sq.as_slice::<f32>()?[lq.start_offset()..], &sk.as_slice::<f32>()?[k0..], &sv.as_slice::<f32>()?[v0..]);
         let (rep, scale) = (h / kv, 1.0 / (d as f32).sqrt());
         let head_stride = capacity * d;
-        let mut out = vec![0f32; h * b * d];
-        // Output [1, H, B, D]: chunk (head, row) is d values. The decode loop's own workers (not
+        let mut out = vec![0f32; b * h * d];
+        // Output [1, B, H, D]: chunk (row, KV head) is the `rep` query heads sharing that KV head,
+        // which read its key and value rows together. On the decode loop's own workers (not
         // rayon's, which would compete with them for the cores between the step's matmuls).
-        super::pool::for_each_chunk_mut(&mut out, d, |i, o| {
-            let (head, row) = (i / b, i % b);
+        super::pool::for_each_chunk_mut(&mut out, rep * d, |i, o| {
+            let (row, group) = (i / kv, i % kv);
             let PoolRow { slot, len } = self.rows[row];
-            let at = (slot * kv + head / rep) * head_stride;
-            let mut scores = vec![0f32; len];
-            let query = &q[(head * b + row) * d..][..d];
-            decode_row(query, &k[at..], &v[at..], len, d, scale, &mut scores, o);
+            let at = (slot * kv + group) * head_stride;
+            let mut queries = Vec::with_capacity(rep * d);
+            for head in group * rep..(group + 1) * rep {
+                queries.extend_from_slice(&q[(head * b + row) * d..][..d]);
+            }
+            let (mut scores, mut lse) = (vec![0f32; rep * len], vec![0f32; rep]);
+            decode_heads(&queries, &k[at..], &v[at..], len, d, scale, &mut scores, o, &mut lse);
         });
-        Ok((CpuStorage::F32(out), Shape::from((1, h, b, d))))
+        Ok((CpuStorage::F32(out), Shape::from((1, b, h, d))))
     }
 }

@@ -176,7 +176,8 @@ pub fn swiglu_in(x: &Tensor, w_gate: &Tensor, w_up: &Tensor) -> Result<Tensor> {
 
 /// Continuous batching's decode attention: `q` `[1, H, B, D]` (row b's heads at time index b), KV
 /// pools `[slots, K, capacity, D]`; row b attends to positions `0..rows[b].len` of slot
-/// `rows[b].slot`. One fused op on the CPU; per row with the composed reference elsewhere.
+/// `rows[b].slot`. Returns `[1, B, H, D]`, each row's heads together. One fused op on the CPU; per
+/// row with the composed reference elsewhere.
 pub fn pool_attention(q: &Tensor, k: &Tensor, v: &Tensor, rows: &[decode_attention::PoolRow]) -> Result<Tensor> {
     if fused_f32(&[q, k, v]) {
         return decode_attention::pool_attention(q, k, v, rows);
@@ -189,5 +190,5 @@ pub fn pool_attention(q: &Tensor, k: &Tensor, v: &Tensor, rows: &[decode_attenti
             composed::causal_attention(&q.narrow(2, i, 1)?, &slot(k)?, &slot(v)?, None)
         })
         .collect::<Result<Vec<_>>>()?;
-    Tensor::cat(&per_row, 2)
+    Tensor::cat(&per_row, 2)?.transpose(1, 2)
 }

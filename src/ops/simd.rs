@@ -315,107 +315,183 @@ dispatch! {
     }
 }
 
-/// Attention scores of one query against `keys` rows of `k` (row stride `q.len()`):
-/// `scores[j] = scale·q·k_j`. Each dot product runs in 8 lanes over the row, and eight keys' lanes
-/// are summed together as a tree of pairwise adds (no per-key horizontal reduction); a key's bits
-/// depend only on its row and the query.
-pub fn attention_scores(q: &[f32], k: &[f32], keys: usize, scale: f32, scores: &mut [f32]) {
-    let d = q.len();
-    assert!(k.len() >= keys * d && scores.len() >= keys, "attention_scores: short buffers");
+/// Attention scores of query heads `q` `[heads, d]` against `keys` rows of `k` (row stride `d`):
+/// `scores[h·keys + j] = scale·q_h·k_j`. Each dot product runs in 8 lanes over the row, and eight
+/// keys' lanes are summed together as a tree of pairwise adds (no per-key horizontal reduction); a
+/// score's bits depend only on its query and key row. The heads of a grouped-query attention group
+/// share their key rows, so a block of eight rows is read from memory once for all of them.
+pub fn attention_scores(q: &[f32], d: usize, k: &[f32], keys: usize, scale: f32, scores: &mut [f32]) {
+    let heads = q.len() / d.max(1);
+    assert!(q.len() == heads * d && k.len() >= keys * d && scores.len() >= heads * keys, "attention_scores: sizes");
     #[cfg(target_arch = "x86_64")]
     if level() >= 1 && d % LANES == 0 {
         // SAFETY: AVX2 and FMA were detected; the sizes were checked above.
-        return unsafe { attention_scores_avx2(q, k, keys, scale, scores) };
+        return unsafe { attention_scores_avx2(q, d, k, keys, scale, scores) };
     }
-    for (j, s) in scores[..keys].iter_mut().enumerate() {
-        let row = &k[j * d..(j + 1) * d];
-        let mut lanes = [0f32; LANES];
-        for (x, y) in q.chunks(LANES).zip(row.chunks(LANES)) {
-            for (i, (a, b)) in x.iter().zip(y).enumerate() {
-                lanes[i] += a * b;
+    for (h, q) in q.chunks_exact(d).enumerate() {
+        for (j, s) in scores[h * keys..(h + 1) * keys].iter_mut().enumerate() {
+            let row = &k[j * d..(j + 1) * d];
+            let mut lanes = [0f32; LANES];
+            for (x, y) in q.chunks(LANES).zip(row.chunks(LANES)) {
+                for (i, (a, b)) in x.iter().zip(y).enumerate() {
+                    lanes[i] += a * b;
+                }
             }
+            let [a, b, c, e, f, g, h, i] = lanes;
+            *s = (((a + b) + (c + e)) + ((f + g) + (h + i))) * scale;
         }
-        let [a, b, c, e, f, g, h, i] = lanes;
-        *s = (((a + b) + (c + e)) + ((f + g) + (h + i))) * scale;
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn attention_scores_avx2(q: &[f32], k: &[f32], keys: usize, scale: f32, scores: &mut [f32]) {
+unsafe fn attention_scores_avx2(q: &[f32], d: usize, k: &[f32], keys: usize, scale: f32, scores: &mut [f32]) {
     use std::arch::x86_64::*;
-    let d = q.len();
     let zeros = vec![0f32; d];
     for j0 in (0..keys).step_by(8) {
         // Eight keys at once; past the last key, rows of zeros (their sums are discarded).
         let rows: [*const f32; 8] =
             std::array::from_fn(|t| if j0 + t < keys { k[(j0 + t) * d..].as_ptr() } else { zeros.as_ptr() });
-        let mut acc = [_mm256_setzero_ps(); 8];
-        for c in (0..d).step_by(LANES) {
-            // SAFETY: c + 8 ≤ d and every row holds d values.
-            let x = unsafe { _mm256_loadu_ps(q.as_ptr().add(c)) };
-            for t in 0..8 {
-                acc[t] = _mm256_fmadd_ps(x, unsafe { _mm256_loadu_ps(rows[t].add(c)) }, acc[t]);
-            }
-        }
-        // Lanes (0+1)+(2+3) and (4+5)+(6+7) of each key by two rounds of pairwise adds, then the halves.
-        let t0 = _mm256_hadd_ps(acc[0], acc[1]);
-        let t1 = _mm256_hadd_ps(acc[2], acc[3]);
-        let t2 = _mm256_hadd_ps(acc[4], acc[5]);
-        let t3 = _mm256_hadd_ps(acc[6], acc[7]);
-        let u0 = _mm256_hadd_ps(t0, t1);
-        let u1 = _mm256_hadd_ps(t2, t3);
-        let low = _mm256_permute2f128_ps::<0x20>(u0, u1);
-        let high = _mm256_permute2f128_ps::<0x31>(u0, u1);
-        let sums = _mm256_mul_ps(_mm256_add_ps(low, high), _mm256_set1_ps(scale));
-        let mut out = [0f32; 8];
-        unsafe { _mm256_storeu_ps(out.as_mut_ptr(), sums) };
         let n = (keys - j0).min(8);
-        scores[j0..j0 + n].copy_from_slice(&out[..n]);
+        for (h, q) in q.chunks_exact(d).enumerate() {
+            let mut acc = [_mm256_setzero_ps(); 8];
+            for c in (0..d).step_by(LANES) {
+                // SAFETY: c + 8 ≤ d and every row holds d values.
+                let x = unsafe { _mm256_loadu_ps(q.as_ptr().add(c)) };
+                for t in 0..8 {
+                    acc[t] = _mm256_fmadd_ps(x, unsafe { _mm256_loadu_ps(rows[t].add(c)) }, acc[t]);
+                }
+            }
+            // Lanes (0+1)+(2+3) and (4+5)+(6+7) of each key by two rounds of pairwise adds, then
+            // the halves.
+            let t0 = _mm256_hadd_ps(acc[0], acc[1]);
+            let t1 = _mm256_hadd_ps(acc[2], acc[3]);
+            let t2 = _mm256_hadd_ps(acc[4], acc[5]);
+            let t3 = _mm256_hadd_ps(acc[6], acc[7]);
+            let u0 = _mm256_hadd_ps(t0, t1);
+            let u1 = _mm256_hadd_ps(t2, t3);
+            let low = _mm256_permute2f128_ps::<0x20>(u0, u1);
+            let high = _mm256_permute2f128_ps::<0x31>(u0, u1);
+            let sums = _mm256_mul_ps(_mm256_add_ps(low, high), _mm256_set1_ps(scale));
+            let mut out = [0f32; 8];
+            unsafe { _mm256_storeu_ps(out.as_mut_ptr(), sums) };
+            scores[h * keys + j0..h * keys + j0 + n].copy_from_slice(&out[..n]);
+        }
     }
 }
 
-/// `out = Σ_j p_j·v_j` over `p.len()` rows of `v` (row stride `out.len()`): each output element one
-/// chain of multiply-adds over j in order, 64 (or 32) elements held in registers per pass over the
-/// rows — eight (four) independent chains keep the multiply-add units busy.
-pub fn weighted_rows(p: &[f32], v: &[f32], out: &mut [f32]) {
-    let d = out.len();
-    assert!(v.len() >= p.len() * d, "weighted_rows: short buffers");
+/// `out_h = Σ_j p[h][j]·v_j` for weights `p` `[heads, keys]` over `keys` rows of `v` (row stride `d`),
+/// `out` `[heads, d]`: each output element one chain of fused multiply-adds over j in order (a
+/// separate multiply and add without FMA), so its bits do not depend on the vector width, on `d`
+/// or on how many heads share the pass. AVX-512 runs up to four heads of a group at once, each
+/// value row loaded once for all of them.
+pub fn weighted_rows(p: &[f32], keys: usize, v: &[f32], d: usize, out: &mut [f32]) {
+    let heads = out.len() / d.max(1);
+    assert!(out.len() == heads * d && p.len() >= heads * keys && v.len() >= keys * d, "weighted_rows: sizes");
     #[cfg(target_arch = "x86_64")]
-    if level() >= 1 && d % 32 == 0 {
-        // SAFETY: AVX2 and FMA were detected; the sizes were checked above.
-        return unsafe {
-            if d % 64 == 0 {
-                weighted_rows_avx2::<8>(p, v, out)
-            } else {
-                weighted_rows_avx2::<4>(p, v, out)
-            }
-        };
+    match level() {
+        // SAFETY (both): the instruction set was detected; the sizes were checked above.
+        2 if d % 64 == 0 => return unsafe { weighted_rows_avx512(p, keys, v, d, out) },
+        1 | 2 => return unsafe { weighted_rows_avx2(p, keys, v, d, out) },
+        _ => {}
     }
-    out.fill(0.0);
-    for (j, &pj) in p.iter().enumerate() {
-        for (o, &x) in out.iter_mut().zip(&v[j * d..(j + 1) * d]) {
-            *o += pj * x;
+    for (h, out) in out.chunks_exact_mut(d).enumerate() {
+        out.fill(0.0);
+        for (j, &pj) in p[h * keys..(h + 1) * keys].iter().enumerate() {
+            for (o, &x) in out.iter_mut().zip(&v[j * d..(j + 1) * d]) {
+                *o += pj * x;
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn weighted_rows_avx512(p: &[f32], keys: usize, v: &[f32], d: usize, out: &mut [f32]) {
+    let heads = out.len() / d;
+    for h0 in (0..heads).step_by(4) {
+        // SAFETY (all): the caller checked the sizes; d is a multiple of 64.
+        unsafe {
+            match heads - h0 {
+                1 => weighted_heads_avx512::<1>(p, keys, v, d, out, h0),
+                2 => weighted_heads_avx512::<2>(p, keys, v, d, out, h0),
+                3 => weighted_heads_avx512::<3>(p, keys, v, d, out, h0),
+                _ => weighted_heads_avx512::<4>(p, keys, v, d, out, h0),
+            }
+        }
+    }
+}
+
+/// Heads `h0..h0 + H`, 64 output values (four registers) per head at a time.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn weighted_heads_avx512<const H: usize>(
+    p: &[f32],
+    keys: usize,
+    v: &[f32],
+    d: usize,
+    out: &mut [f32],
+    h0: usize,
+) {
+    use std::arch::x86_64::*;
+    for c in (0..d).step_by(64) {
+        let mut acc = [[_mm512_setzero_ps(); 4]; H];
+        for j in 0..keys {
+            // SAFETY: c + 64 ≤ d, j < keys, v holds keys rows of d values, p holds the heads' rows.
+            let row: [__m512; 4] =
+                std::array::from_fn(|i| unsafe { _mm512_loadu_ps(v.as_ptr().add(j * d + c + 16 * i)) });
+            for (h, acc) in acc.iter_mut().enumerate() {
+                let w = _mm512_set1_ps(unsafe { *p.get_unchecked((h0 + h) * keys + j) });
+                for i in 0..4 {
+                    acc[i] = _mm512_fmadd_ps(w, row[i], acc[i]);
+                }
+            }
+        }
+        for (h, acc) in acc.iter().enumerate() {
+            for (i, a) in acc.iter().enumerate() {
+                unsafe { _mm512_storeu_ps(out.as_mut_ptr().add((h0 + h) * d + c + 16 * i), *a) };
+            }
         }
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn weighted_rows_avx2<const N: usize>(p: &[f32], v: &[f32], out: &mut [f32]) {
-    use std::arch::x86_64::*;
-    let d = out.len();
-    for c in (0..d).step_by(8 * N) {
-        let mut acc = [_mm256_setzero_ps(); N];
-        for (j, &pj) in p.iter().enumerate() {
-            let w = _mm256_set1_ps(pj);
-            for (i, a) in acc.iter_mut().enumerate() {
-                // SAFETY: c + 8N ≤ d and v holds p.len() rows of d values.
-                *a = _mm256_fmadd_ps(w, unsafe { _mm256_loadu_ps(v.as_ptr().add(j * d + c + 8 * i)) }, *a);
+unsafe fn weighted_rows_avx2(p: &[f32], keys: usize, v: &[f32], d: usize, out: &mut [f32]) {
+    for (h, out) in out.chunks_exact_mut(d).enumerate() {
+        let p = &p[h * keys..(h + 1) * keys];
+        let mut c = 0;
+        // SAFETY (all): each pass stays inside the row (c + width ≤ d); the caller checked sizes.
+        unsafe {
+            while c + 64 <= d {
+                weighted_chunk_avx2::<8>(p, v, d, out, c);
+                c += 64;
+            }
+            while c + 8 <= d {
+                weighted_chunk_avx2::<1>(p, v, d, out, c);
+                c += 8;
             }
         }
-        for (i, a) in acc.iter().enumerate() {
-            unsafe { _mm256_storeu_ps(out.as_mut_ptr().add(c + 8 * i), *a) };
+        for (e, o) in out.iter_mut().enumerate().skip(c) {
+            *o = p.iter().enumerate().fold(0f32, |acc, (j, &pj)| pj.mul_add(v[j * d + e], acc));
         }
+    }
+}
+
+/// Values `c..c + 8N` of one head, N registers held across the pass over the rows.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn weighted_chunk_avx2<const N: usize>(p: &[f32], v: &[f32], d: usize, out: &mut [f32], c: usize) {
+    use std::arch::x86_64::*;
+    let mut acc = [_mm256_setzero_ps(); N];
+    for (j, &pj) in p.iter().enumerate() {
+        let w = _mm256_set1_ps(pj);
+        for (i, a) in acc.iter_mut().enumerate() {
+            // SAFETY: c + 8N ≤ d and v holds p.len() rows of d values.
+            *a = _mm256_fmadd_ps(w, unsafe { _mm256_loadu_ps(v.as_ptr().add(j * d + c + 8 * i)) }, *a);
+        }
+    }
+    for (i, a) in acc.iter().enumerate() {
+        unsafe { _mm256_storeu_ps(out.as_mut_ptr().add(c + 8 * i), *a) };
     }
 }

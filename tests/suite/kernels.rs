@@ -330,26 +330,39 @@ fn panel_products_match_composed_and_give_a_row_the_same_bits_in_any_batch() {
 }
 
 #[test]
-fn decode_attention_helpers_match_scalar_math() {
-    for (d, keys) in [(64, 1), (64, 13), (32, 8), (48, 19), (5, 3)] {
-        let q: Vec<f32> = (0..d).map(|i| (i as f32 * 0.37).sin()).collect();
+fn decode_attention_helpers_match_scalar_math_and_group_heads_bit_for_bit() {
+    for (heads, d, keys) in [(1, 64, 1), (4, 64, 13), (2, 32, 8), (3, 48, 19), (1, 5, 3), (4, 128, 9), (5, 64, 4)] {
+        let q: Vec<f32> = (0..heads * d).map(|i| (i as f32 * 0.37).sin()).collect();
         let k: Vec<f32> = (0..d * keys).map(|i| (i as f32 * 0.11).cos()).collect();
-        let mut scores = vec![0f32; keys];
-        ops::simd::attention_scores(&q, &k, keys, 0.5, &mut scores);
-        for (j, s) in scores.iter().enumerate() {
-            let exact: f32 = q.iter().zip(&k[j * d..(j + 1) * d]).map(|(a, b)| a * b).sum::<f32>() * 0.5;
-            assert!((s - exact).abs() < 1e-4, "d {d} key {j}: {s} vs {exact}");
+        let mut scores = vec![0f32; heads * keys];
+        ops::simd::attention_scores(&q, d, &k, keys, 0.5, &mut scores);
+        for h in 0..heads {
+            let qh = &q[h * d..(h + 1) * d];
+            for j in 0..keys {
+                let exact: f32 = qh.iter().zip(&k[j * d..(j + 1) * d]).map(|(a, b)| a * b).sum::<f32>() * 0.5;
+                let s = scores[h * keys + j];
+                assert!((s - exact).abs() < 1e-4, "d {d} head {h} key {j}: {s} vs {exact}");
+            }
+            // A head alone, and a key alone, get the same bits.
+            let mut alone = vec![0f32; keys];
+            ops::simd::attention_scores(qh, d, &k, keys, 0.5, &mut alone);
+            assert_eq!(alone, scores[h * keys..(h + 1) * keys]);
+            let mut first = [0f32];
+            ops::simd::attention_scores(qh, d, &k, 1, 0.5, &mut first);
+            assert_eq!(first[0], alone[0]);
         }
-        // A key's score does not depend on how many keys come with it.
-        let mut first = vec![0f32; 1];
-        ops::simd::attention_scores(&q, &k, 1, 0.5, &mut first);
-        assert_eq!(first[0], scores[0]);
-        let p: Vec<f32> = (0..keys).map(|j| 1.0 / (j + 1) as f32).collect();
-        let mut out = vec![0f32; d];
-        ops::simd::weighted_rows(&p, &k, &mut out);
-        for (e, o) in out.iter().enumerate() {
-            let exact: f32 = (0..keys).map(|j| p[j] * k[j * d + e]).sum();
-            assert!((o - exact).abs() < 1e-4, "d {d} element {e}: {o} vs {exact}");
+        let p: Vec<f32> = (0..heads * keys).map(|j| 1.0 / (j + 1) as f32).collect();
+        let mut out = vec![0f32; heads * d];
+        ops::simd::weighted_rows(&p, keys, &k, d, &mut out);
+        for h in 0..heads {
+            for e in 0..d {
+                let exact: f32 = (0..keys).map(|j| p[h * keys + j] * k[j * d + e]).sum();
+                let o = out[h * d + e];
+                assert!((o - exact).abs() < 1e-4, "d {d} head {h} element {e}: {o} vs {exact}");
+            }
+            let mut alone = vec![0f32; d];
+            ops::simd::weighted_rows(&p[h * keys..(h + 1) * keys], keys, &k, d, &mut alone);
+            assert_eq!(alone, out[h * d..(h + 1) * d], "head {h} of {heads} alone");
         }
     }
 }
