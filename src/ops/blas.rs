@@ -56,11 +56,15 @@ pub fn blas() -> Option<&'static Blas> {
 }
 
 /// OpenBLAS worker threads spin for ~0.1 s after each call by default, stealing the cores the next
-/// (non-BLAS) op needs; this lets them sleep almost at once. Call before any thread starts (it sets
-/// an environment variable), unless the user chose a value.
+/// (non-BLAS) op needs; this lets them sleep almost at once. Candle's element-wise thread pool
+/// (large adds and maps, e.g. a prompt's residuals) spins 25,000 rounds after each call, taking a
+/// core from the decode loop's workers while a batch decodes; 1,000 rounds. Call before any thread
+/// starts (it sets environment variables), unless the user chose values.
 pub fn configure_environment() {
-    if std::env::var_os("OPENBLAS_THREAD_TIMEOUT").is_none() {
-        std::env::set_var("OPENBLAS_THREAD_TIMEOUT", "4");
+    for (name, value) in [("OPENBLAS_THREAD_TIMEOUT", "4"), ("CANDLE_BARRIER_POOL_SPIN_LIMIT", "1000")] {
+        if std::env::var_os(name).is_none() {
+            std::env::set_var(name, value);
+        }
     }
     name_core_type();
 }
