@@ -124,9 +124,13 @@ fn product(x: &[f32], w: &[f32], m: usize, k: usize, panels: usize) -> Vec<f32> 
             let ws = &w[p * panel_len..(p + np) * panel_len];
             for r0 in (0..m).step_by(group) {
                 let rows = group.min(m - r0);
+                // The first group streams this pair from memory: prefetch ahead in it. The others
+                // find it in cache and prefetch the next pair instead, so memory is never idle.
+                let ahead = if r0 == 0 { AHEAD * WIDTH } else { np * panel_len };
+                let pf = ws.as_ptr().wrapping_add(ahead);
                 // SAFETY: rows r0..r0+rows of columns 16p..16(p+np) lie inside `out`'s capacity,
                 // and no other task writes these columns.
-                unsafe { tile(isa, rows, pair, &x[r0 * k..(r0 + rows) * k], ws, k, base.at(r0 * n + p * WIDTH), n) };
+                unsafe { tile(isa, rows, pair, &x[r0 * k..(r0 + rows) * k], (ws, pf), k, base.at(r0 * n + p * WIDTH), n) };
             }
             p += np;
         }
@@ -156,7 +160,16 @@ impl OutPtr {
 /// # Safety
 /// `out` must be valid for those writes, and no other thread may access them meanwhile.
 #[allow(clippy::too_many_arguments)]
-unsafe fn tile(isa: Isa, rows: usize, pair: bool, x: &[f32], w: &[f32], k: usize, out: *mut f32, row_stride: usize) {
+unsafe fn tile(
+    isa: Isa,
+    rows: usize,
+    pair: bool,
+    x: &[f32],
+    (w, pf): (&[f32], *const f32),
+    k: usize,
+    out: *mut f32,
+    row_stride: usize,
+) {
     let np = if pair { 2 } else { 1 };
     assert!(
         (1..=isa.group()).contains(&rows) && x.len() == rows * k && w.len() == np * k * WIDTH,
@@ -164,7 +177,7 @@ unsafe fn tile(isa: Isa, rows: usize, pair: bool, x: &[f32], w: &[f32], k: usize
     );
     macro_rules! rows {
         ($f:ident, $($r:literal)*) => {
-            match rows { $($r => $f::<$r>(x, w, k, out, row_stride, pair),)* _ => unreachable!("rows ≤ group") }
+            match rows { $($r => $f::<$r>(x, (w, pf), k, out, row_stride, pair),)* _ => unreachable!("rows ≤ group") }
         };
     }
     // SAFETY: the instruction set was detected; the sizes were checked above; `out` is the caller's.
@@ -181,7 +194,7 @@ unsafe fn tile(isa: Isa, rows: usize, pair: bool, x: &[f32], w: &[f32], k: usize
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn tile_avx512<const R: usize>(x: &[f32], w: &[f32], k: usize, out: *mut f32, stride: usize, pair: bool) {
+unsafe fn tile_avx512<const R: usize>(x: &[f32], w: (&[f32], *const f32), k: usize, out: *mut f32, stride: usize, pair: bool) {
     if pair {
         unsafe { tile_avx512_np::<R, 2>(x, w, k, out, stride) }
     } else {
@@ -194,7 +207,7 @@ unsafe fn tile_avx512<const R: usize>(x: &[f32], w: &[f32], k: usize, out: *mut 
 #[target_feature(enable = "avx512f")]
 unsafe fn tile_avx512_np<const R: usize, const NP: usize>(
     x: &[f32],
-    w: &[f32],
+    (w, pf): (&[f32], *const f32),
     k: usize,
     out: *mut f32,
     stride: usize,
@@ -206,7 +219,7 @@ unsafe fn tile_avx512_np<const R: usize, const NP: usize>(
         let mut wv = [_mm512_setzero_ps(); NP];
         for q in 0..NP {
             // The panels stream from memory once per step; ask for them ahead of the hardware.
-            _mm_prefetch::<_MM_HINT_T0>(wp.wrapping_add(q * k * WIDTH + (i + AHEAD) * WIDTH) as *const i8);
+            _mm_prefetch::<_MM_HINT_T0>(pf.wrapping_add(q * k * WIDTH + i * WIDTH) as *const i8);
         }
         for (q, v) in wv.iter_mut().enumerate() {
             // SAFETY (all loads): `tile` checked x = k·R values, w = NP·k·16; `out` is the caller's.
@@ -229,13 +242,13 @@ unsafe fn tile_avx512_np<const R: usize, const NP: usize>(
 /// AVX2: a panel's 16 features as two registers per row.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn tile_avx2<const R: usize>(x: &[f32], w: &[f32], k: usize, out: *mut f32, stride: usize, _pair: bool) {
+unsafe fn tile_avx2<const R: usize>(x: &[f32], (w, pf): (&[f32], *const f32), k: usize, out: *mut f32, stride: usize, _pair: bool) {
     use std::arch::x86_64::*;
     let mut acc = [[_mm256_setzero_ps(); 2]; R];
     let (xp, wp) = (x.as_ptr(), w.as_ptr());
     for i in 0..k {
         // SAFETY (all loads): `tile` checked x = k·R values, w = k·16; `out` is the caller's.
-        _mm_prefetch::<_MM_HINT_T0>(wp.wrapping_add((i + AHEAD) * WIDTH) as *const i8);
+        _mm_prefetch::<_MM_HINT_T0>(pf.wrapping_add(i * WIDTH) as *const i8);
         let lo = unsafe { _mm256_loadu_ps(wp.add(i * WIDTH)) };
         let hi = unsafe { _mm256_loadu_ps(wp.add(i * WIDTH + 8)) };
         for (r, acc) in acc.iter_mut().enumerate() {
@@ -253,7 +266,7 @@ unsafe fn tile_avx2<const R: usize>(x: &[f32], w: &[f32], k: usize, out: *mut f3
 }
 
 /// Without AVX2/FMA: the same chain with a separate multiply and add.
-unsafe fn tile_portable<const R: usize>(x: &[f32], w: &[f32], k: usize, out: *mut f32, stride: usize, _pair: bool) {
+unsafe fn tile_portable<const R: usize>(x: &[f32], (w, _): (&[f32], *const f32), k: usize, out: *mut f32, stride: usize, _pair: bool) {
     let mut acc = [[0f32; WIDTH]; R];
     for i in 0..k {
         let wi = &w[i * WIDTH..(i + 1) * WIDTH];
