@@ -31,24 +31,22 @@ impl Attention {
         (cos, sin): (&Tensor, &Tensor),
     ) -> Result<Tensor> {
         let b = slots.len();
-        // As `Attention::forward` does for one row: heads, then RoPE (after the q/k norm if any).
-        let heads = |linear: &Linear, n: usize, rotate: bool, norm: Option<&RmsNorm>| -> Result<Tensor> {
-            let z = ops::matmul_nt(x, &linear.weight_for(x)?)?; // [B, 1, n·D]
+        let project = |linear: &Linear| -> Result<Tensor> { Ok(ops::matmul_nt(x, &linear.weight_for(x)?)?) };
+        let (q, k, v) = (project(&self.q_proj)?, project(&self.k_proj)?, project(&self.v_proj)?); // [B, 1, n·D]
+                                                                                                  // As `Attention::forward` does for one row: heads, then RoPE (after the q/k norm if any).
+        let heads = |z: &Tensor, n: usize, rotate: bool, norm: Option<&RmsNorm>| -> Result<Tensor> {
             let z = z.reshape((1, b, z.dim(D::Minus1)?))?;
+            let z = ops::composed::split_heads(&z, n, None)?;
             match (rotate, norm) {
-                (false, _) => Ok(ops::composed::split_heads(&z, n, None)?),
-                (true, None) => Ok(ops::composed::split_heads(&z, n, Some((cos, sin)))?),
-                (true, Some(norm)) => {
-                    Ok(ops::apply_rope(&norm.forward(&ops::composed::split_heads(&z, n, None)?)?, cos, sin)?)
-                }
+                (false, _) => Ok(z),
+                (true, None) => Ok(ops::apply_rope(&z, cos, sin)?),
+                (true, Some(norm)) => Ok(ops::apply_rope(&norm.forward(&z)?, cos, sin)?),
             }
         };
-        let q = heads(&self.q_proj, self.num_heads, true, self.q_norm.as_ref())?; // [1, H, B, D]
-        let k = heads(&self.k_proj, self.num_kv_heads, true, self.k_norm.as_ref())?;
-        let v = heads(&self.v_proj, self.num_kv_heads, false, None)?;
-        for (i, &slot) in slots.iter().enumerate() {
-            pool.write(layer, slot, &k.narrow(2, i, 1)?, &v.narrow(2, i, 1)?)?;
-        }
+        let q = heads(&q, self.num_heads, true, self.q_norm.as_ref())?; // [1, H, B, D]
+        let k = heads(&k, self.num_kv_heads, true, self.k_norm.as_ref())?;
+        let v = heads(&v, self.num_kv_heads, false, None)?;
+        pool.write_rows(layer, slots, &k, &v)?;
         let rows: Vec<PoolRow> = slots.iter().map(|&slot| PoolRow { slot, len: pool.len(slot) + 1 }).collect();
         let (k_pool, v_pool) = pool.layer(layer);
         let y = ops::pool_attention(&q, k_pool, v_pool, &rows)?.transpose(1, 2)?; // [1, H, B, D]

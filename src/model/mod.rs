@@ -9,6 +9,7 @@ mod decode;
 pub mod kv_cache;
 pub mod lora;
 pub mod moe;
+mod panels;
 pub mod params;
 pub mod transformer;
 

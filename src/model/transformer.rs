@@ -69,16 +69,6 @@ impl Linear {
         }
         Ok(())
     }
-
-    /// Replaces the (adapted) f32 weight by its panel packing ([`ops::panel`]) where it has one.
-    fn pack_panels(&mut self) -> Result<()> {
-        let w = self.effective_weight()?;
-        if ops::panel::packable(&w) {
-            self.weight = ops::panel::pack(&w)?;
-            self.lora = None;
-        }
-        Ok(())
-    }
 }
 
 impl Module for Linear {
@@ -588,22 +578,6 @@ impl MiniMindForCausalLM {
             linear.quantize_int8()?;
         }
         self.lm_head.quantize_int8()
-    }
-
-    /// Packs every f32 projection and the head into panels ([`ops::panel`]) for CPU inference: one
-    /// kernel serves decode batches and prompts, a batched decode step runs near the CPU's
-    /// multiply-add peak, and a sequence's bits do not depend on its batch. Weights stay f32 and
-    /// their memory the same; LoRA adapters are merged first. Such a model cannot be trained or saved.
-    /// Does nothing for int8, bf16 or non-CPU models.
-    pub fn pack_panels(&mut self) -> Result<()> {
-        let cpu_f32 = self.dtype() == DType::F32 && self.compute_dtype() == DType::F32 && self.device().is_cpu();
-        if !cpu_f32 || self.is_int8() {
-            return Ok(());
-        }
-        for (_, linear) in self.linears_mut() {
-            linear.pack_panels()?;
-        }
-        self.lm_head.pack_panels()
     }
 
     /// Whether [`Self::quantize_int8`] was applied.

@@ -77,3 +77,41 @@ impl CustomOp3 for PoolAttention {
         Ok((CpuStorage::F32(out), Shape::from((1, b, h, d))))
     }
 }
+
+/// Writes row b of `x` `[1, K, B, D]` (a decode step's new keys or values) into `pool`
+/// `[S, K, C, D]` at slot `places[b].0`, position `places[b].1`, in place: one op for the batch
+/// instead of a copy per sequence.
+pub fn pool_write(pool: &Tensor, x: &Tensor, places: &[(usize, usize)]) -> Result<()> {
+    pool.inplace_op2(&x.contiguous()?, &PoolWrite { places: places.to_vec() })
+}
+
+struct PoolWrite {
+    places: Vec<(usize, usize)>,
+}
+
+impl candle_core::InplaceOp2 for PoolWrite {
+    fn name(&self) -> &'static str {
+        "pool-write"
+    }
+
+    fn cpu_fwd(&self, s1: &mut CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<()> {
+        let (slots, kv, capacity, d) = l1.shape().dims4()?;
+        let (one, kx, b, dx) = l2.shape().dims4()?;
+        let bad = self.places.iter().any(|&(s, at)| s >= slots || at >= capacity);
+        if one != 1 || kx != kv || dx != d || b != self.places.len() || bad {
+            candle_core::bail!("pool write: {:?} into {:?} at {:?}", l2.dims(), l1.dims(), self.places);
+        }
+        let (Some((p0, _)), Some((x0, _))) = (l1.contiguous_offsets(), l2.contiguous_offsets()) else {
+            candle_core::bail!("pool write: the pool and the rows must be contiguous");
+        };
+        let x = &s2.as_slice::<f32>()?[x0..];
+        let CpuStorage::F32(pool) = s1 else { candle_core::bail!("pool write: an f32 pool") };
+        for (row, &(slot, at)) in self.places.iter().enumerate() {
+            for g in 0..kv {
+                let to = p0 + ((slot * kv + g) * capacity + at) * d;
+                pool[to..to + d].copy_from_slice(&x[(g * b + row) * d..][..d]);
+            }
+        }
+        Ok(())
+    }
+}

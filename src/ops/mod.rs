@@ -148,8 +148,13 @@ pub fn project_heads(x: &Tensor, w: &Tensor, heads: usize, rope: Option<(&Tensor
     if fused_f32(&[x, w]) && !panel::is_packed(w) && tables_f32 && rows > gemv::MAX_ROWS {
         heads::project_heads(x, w, heads, rope)
     } else {
-        // Decoding (a few rows) goes through `matmul_nt`'s gemv path.
-        composed::split_heads(&matmul_nt(x, w)?, heads, rope)
+        // Decoding (a few rows) goes through `matmul_nt`'s decode path, then RoPE as its own op
+        // (fused on the CPU), exactly as continuous batching's decode step applies it.
+        let z = composed::split_heads(&matmul_nt(x, w)?, heads, None)?;
+        match rope {
+            Some((cos, sin)) => apply_rope(&z, cos, sin),
+            None => Ok(z),
+        }
     }
 }
 

@@ -37,14 +37,23 @@ pub fn packable(w: &Tensor) -> bool {
     w.rank() == 2 && w.dtype() == DType::F32 && matches!(w.device(), Device::Cpu) && w.dims()[0] % WIDTH == 0
 }
 
-/// `[n, k]` → panels `[n/16, k, 16]`.
+/// `[n, k]` → panels `[n/16, k, 16]`, written straight from the weight's data (no autograd graph
+/// holding the original alive).
 pub fn pack(w: &Tensor) -> Result<Tensor> {
     let (n, k) = w.dims2()?;
     if !packable(w) {
         candle_core::bail!("panels: cannot pack a {:?} {n}×{k} weight on {:?}", w.dtype(), w.device());
     }
-    // Detached: a trainable weight's graph would otherwise keep the unpacked copy alive.
-    w.detach().reshape((n / WIDTH, WIDTH, k))?.transpose(1, 2)?.contiguous()
+    let mut out = vec![0f32; n * k];
+    super::cpu::with_f32(w, |data| {
+        for (f, row) in data.chunks_exact(k).enumerate() {
+            let (p, j) = (f / WIDTH, f % WIDTH);
+            for (i, &v) in row.iter().enumerate() {
+                out[(p * k + i) * WIDTH + j] = v;
+            }
+        }
+    })?;
+    Tensor::from_vec(out, (n / WIDTH, k, WIDTH), w.device())
 }
 
 /// Panels `[n/16, k, 16]` → the weight `[n, k]` they hold.
@@ -130,7 +139,9 @@ fn product(x: &[f32], w: &[f32], m: usize, k: usize, panels: usize) -> Vec<f32> 
                 let pf = ws.as_ptr().wrapping_add(ahead);
                 // SAFETY: rows r0..r0+rows of columns 16p..16(p+np) lie inside `out`'s capacity,
                 // and no other task writes these columns.
-                unsafe { tile(isa, rows, pair, &x[r0 * k..(r0 + rows) * k], (ws, pf), k, base.at(r0 * n + p * WIDTH), n) };
+                unsafe {
+                    tile(isa, rows, pair, &x[r0 * k..(r0 + rows) * k], (ws, pf), k, base.at(r0 * n + p * WIDTH), n)
+                };
             }
             p += np;
         }
@@ -194,7 +205,14 @@ unsafe fn tile(
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn tile_avx512<const R: usize>(x: &[f32], w: (&[f32], *const f32), k: usize, out: *mut f32, stride: usize, pair: bool) {
+unsafe fn tile_avx512<const R: usize>(
+    x: &[f32],
+    w: (&[f32], *const f32),
+    k: usize,
+    out: *mut f32,
+    stride: usize,
+    pair: bool,
+) {
     if pair {
         unsafe { tile_avx512_np::<R, 2>(x, w, k, out, stride) }
     } else {
@@ -242,7 +260,14 @@ unsafe fn tile_avx512_np<const R: usize, const NP: usize>(
 /// AVX2: a panel's 16 features as two registers per row.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn tile_avx2<const R: usize>(x: &[f32], (w, pf): (&[f32], *const f32), k: usize, out: *mut f32, stride: usize, _pair: bool) {
+unsafe fn tile_avx2<const R: usize>(
+    x: &[f32],
+    (w, pf): (&[f32], *const f32),
+    k: usize,
+    out: *mut f32,
+    stride: usize,
+    _pair: bool,
+) {
     use std::arch::x86_64::*;
     let mut acc = [[_mm256_setzero_ps(); 2]; R];
     let (xp, wp) = (x.as_ptr(), w.as_ptr());
@@ -266,7 +291,14 @@ unsafe fn tile_avx2<const R: usize>(x: &[f32], (w, pf): (&[f32], *const f32), k:
 }
 
 /// Without AVX2/FMA: the same chain with a separate multiply and add.
-unsafe fn tile_portable<const R: usize>(x: &[f32], (w, _): (&[f32], *const f32), k: usize, out: *mut f32, stride: usize, _pair: bool) {
+unsafe fn tile_portable<const R: usize>(
+    x: &[f32],
+    (w, _): (&[f32], *const f32),
+    k: usize,
+    out: *mut f32,
+    stride: usize,
+    _pair: bool,
+) {
     let mut acc = [[0f32; WIDTH]; R];
     for i in 0..k {
         let wi = &w[i * WIDTH..(i + 1) * WIDTH];

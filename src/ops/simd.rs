@@ -353,6 +353,10 @@ unsafe fn attention_scores_avx2(q: &[f32], d: usize, k: &[f32], keys: usize, sca
         let rows: [*const f32; 8] =
             std::array::from_fn(|t| if j0 + t < keys { k[(j0 + t) * d..].as_ptr() } else { zeros.as_ptr() });
         let n = (keys - j0).min(8);
+        // The cache rows stream from memory: ask for the block after next ahead of the hardware.
+        for line in (0..8 * d).step_by(16) {
+            _mm_prefetch::<_MM_HINT_T0>(k.as_ptr().wrapping_add((j0 + 16) * d + line) as *const i8);
+        }
         for (h, q) in q.chunks_exact(d).enumerate() {
             let mut acc = [_mm256_setzero_ps(); 8];
             for c in (0..d).step_by(LANES) {
@@ -437,6 +441,9 @@ unsafe fn weighted_heads_avx512<const H: usize>(
     for c in (0..d).step_by(64) {
         let mut acc = [[_mm512_setzero_ps(); 4]; H];
         for j in 0..keys {
+            for line in (0..64).step_by(16) {
+                _mm_prefetch::<_MM_HINT_T0>(v.as_ptr().wrapping_add((j + 8) * d + c + line) as *const i8);
+            }
             // SAFETY: c + 64 ≤ d, j < keys, v holds keys rows of d values, p holds the heads' rows.
             let row: [__m512; 4] =
                 std::array::from_fn(|i| unsafe { _mm512_loadu_ps(v.as_ptr().add(j * d + c + 16 * i)) });
@@ -485,6 +492,9 @@ unsafe fn weighted_chunk_avx2<const N: usize>(p: &[f32], v: &[f32], d: usize, ou
     use std::arch::x86_64::*;
     let mut acc = [_mm256_setzero_ps(); N];
     for (j, &pj) in p.iter().enumerate() {
+        for line in (0..8 * N).step_by(16) {
+            _mm_prefetch::<_MM_HINT_T0>(v.as_ptr().wrapping_add((j + 8) * d + c + line) as *const i8);
+        }
         let w = _mm256_set1_ps(pj);
         for (i, a) in acc.iter_mut().enumerate() {
             // SAFETY: c + 8N ≤ d and v holds p.len() rows of d values.
