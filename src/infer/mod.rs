@@ -31,7 +31,8 @@ pub struct LoadOptions {
 }
 
 /// A model folder ready for inference: its weights, a LoRA adapter merged in once (so decoding costs
-/// what the base model costs), int8 weights and YaRN when asked, and its tokenizer.
+/// what the base model costs), int8 weights and YaRN when asked, f32 CPU weights packed into panels
+/// ([`crate::ops::panel`]: one kernel for decode batches and prompts), and its tokenizer.
 pub fn load(dir: &Path, device: &Device, options: &LoadOptions) -> Result<(MiniMindForCausalLM, Tokenizer)> {
     let mut model = lora::load_merged(dir, options.adapter.as_deref(), device)?;
     if options.rope_scaling {

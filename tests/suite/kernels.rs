@@ -366,3 +366,21 @@ fn decode_attention_helpers_match_scalar_math_and_group_heads_bit_for_bit() {
         }
     }
 }
+
+#[test]
+fn inference_loads_f32_models_as_panels_and_int8_models_as_int8() {
+    let dir = tempfile::tempdir().unwrap();
+    let folder = micro_v2_folder(dir.path());
+    let cpu = Device::Cpu;
+    let (packed, _) = minimind::infer::load(&folder, &cpu, &Default::default()).unwrap();
+    let attention = &packed.model.layers[0].self_attn;
+    assert!(ops::panel::is_packed(&attention.q_proj.weight) && ops::panel::is_packed(&packed.lm_head.weight));
+    // The packed model computes what the checkpoint does, to rounding.
+    let (plain, _) = minimind::model::checkpoint::load_model(&folder, &cpu, candle_core::DType::F32, false).unwrap();
+    let ids = Tensor::new(&[[1u32, 200, 300, 4000, 17]], &cpu).unwrap();
+    let d = max_abs_diff(&packed.forward(&ids, None).unwrap(), &plain.forward(&ids, None).unwrap());
+    assert!(d < 1e-4, "packed logits differ by {d}");
+    let options = minimind::infer::LoadOptions { int8: true, ..Default::default() };
+    let (int8, _) = minimind::infer::load(&folder, &cpu, &options).unwrap();
+    assert!(int8.is_int8() && !ops::panel::is_packed(&int8.model.layers[0].self_attn.q_proj.weight));
+}
