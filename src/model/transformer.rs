@@ -64,7 +64,10 @@ impl Linear {
     /// Replaces the (adapted) weight by its int8 packing ([`ops::int8`]).
     fn quantize_int8(&mut self) -> Result<()> {
         if !ops::int8::is_int8(&self.weight) {
-            self.weight = ops::int8::quantize(&self.effective_weight()?)?;
+            let w = self.effective_weight()?;
+            // Int8 panels where the shape has them (batched decoding shares the f32 panels' tile).
+            self.weight =
+                if ops::panel_int8::packable(&w) { ops::panel_int8::quantize(&w)? } else { ops::int8::quantize(&w)? };
             self.lora = None;
         }
         Ok(())

@@ -17,6 +17,7 @@ pub mod int8;
 pub mod mlp;
 pub mod norm;
 pub mod panel;
+pub mod panel_int8;
 mod pool;
 pub mod rope;
 pub mod simd;
@@ -107,7 +108,9 @@ pub fn matmul_nt(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     let dims = x.dims();
     let inp = dims[dims.len() - 1];
     let rows = x.elem_count() / inp;
-    let packed = if int8::is_int8(w) {
+    let packed = if panel_int8::is_packed(w) {
+        Some((panel_int8::matmul_nt as fn(&Tensor, &Tensor) -> Result<Tensor>, w.dim(0)? * panel::WIDTH))
+    } else if int8::is_int8(w) {
         Some((int8::matmul_nt as fn(&Tensor, &Tensor) -> Result<Tensor>, w.dim(0)?))
     } else if panel::is_packed(w) {
         Some((panel::matmul_nt as fn(&Tensor, &Tensor) -> Result<Tensor>, w.dim(0)? * panel::WIDTH))

@@ -22,10 +22,10 @@ use candle_core::{CpuStorage, CustomOp2, DType, Device, Layout, Result, Shape, T
 pub const WIDTH: usize = 16;
 
 /// How many inputs ahead (64-byte lines of a panel) the tiles prefetch the weights.
-const AHEAD: usize = 32;
+pub(super) const AHEAD: usize = 32;
 
 /// Panels per parallel task (64 output features).
-const PANELS_PER_TASK: usize = 4;
+pub(super) const PANELS_PER_TASK: usize = 4;
 
 /// Whether `w` is a packed weight `[n/16, k, 16]` (every unpacked weight is 2-D).
 pub fn is_packed(w: &Tensor) -> bool {
@@ -89,14 +89,14 @@ impl CustomOp2 for PanelMatmul {
 /// the weights (AVX-512: 8 rows × 2 panels = 16 of 32 registers; AVX2: 6 rows × 2 halves of a
 /// panel = 12 of 16).
 #[derive(Clone, Copy, PartialEq)]
-enum Isa {
+pub(super) enum Isa {
     Avx512,
     Avx2,
     Portable,
 }
 
 impl Isa {
-    fn detect() -> Self {
+    pub(super) fn detect() -> Self {
         #[cfg(target_arch = "x86_64")]
         match simd::level() {
             2 => return Isa::Avx512,
@@ -106,7 +106,7 @@ impl Isa {
         Isa::Portable
     }
 
-    fn group(self) -> usize {
+    pub(super) fn group(self) -> usize {
         match self {
             Isa::Avx512 => 8,
             Isa::Avx2 => 6,
@@ -152,14 +152,14 @@ fn product(x: &[f32], w: &[f32], m: usize, k: usize, panels: usize) -> Vec<f32> 
 }
 
 /// The output, shared by the tasks that write disjoint columns of it.
-struct OutPtr(*mut f32);
+pub(super) struct OutPtr(pub(super) *mut f32);
 // SAFETY: each task writes only its own columns (see `product`).
 unsafe impl Sync for OutPtr {}
 
 impl OutPtr {
     /// # Safety
     /// `i` must lie inside the output.
-    unsafe fn at(&self, i: usize) -> *mut f32 {
+    pub(super) unsafe fn at(&self, i: usize) -> *mut f32 {
         unsafe { self.0.add(i) }
     }
 }

@@ -125,3 +125,26 @@ fn perplexity_is_the_exponential_of_the_mean_token_loss() {
     assert!((p.nll - nll / count as f64).abs() < 1e-4, "{} vs {}", p.nll, nll / count as f64);
     assert!((p.value() - (nll / count as f64).exp()).abs() / p.value() < 1e-3);
 }
+
+#[test]
+fn int8_panels_are_the_f32_panel_product_of_their_dequantized_weights_bit_for_bit() {
+    use minimind::ops::{panel, panel_int8};
+    let (n, k) = (48, 96);
+    let w = weights(n, k, 5);
+    let packed = panel_int8::quantize(&w).unwrap();
+    assert!(panel_int8::is_packed(&packed) && !panel_int8::is_packed(&int8::quantize(&w).unwrap()));
+    assert_eq!(packed.dims(), &[3, 3, panel_int8::BLOCK]);
+    // The same quantization as the row layout.
+    let dense = panel_int8::dequantize(&packed).unwrap();
+    assert_eq!(max_abs_diff(&dense, &int8::dequantize(&int8::quantize(&w).unwrap(), k).unwrap()), 0.0);
+    let as_f32 = panel::pack(&dense).unwrap();
+    let x = Tensor::randn(0f32, 1., (70, k), &Device::Cpu).unwrap();
+    let all = ops::matmul_nt(&x, &packed).unwrap();
+    assert_eq!(max_abs_diff(&all, &panel::matmul_nt(&x, &as_f32).unwrap()), 0.0);
+    for (start, rows) in [(0, 1), (7, 1), (3, 5), (10, 16), (20, 50)] {
+        let part = ops::matmul_nt(&x.narrow(0, start, rows).unwrap(), &packed).unwrap();
+        assert_eq!(max_abs_diff(&part, &all.narrow(0, start, rows).unwrap()), 0.0, "rows {start}+{rows}");
+    }
+    // Shapes without whole panels and groups keep the row layout.
+    assert!(!panel_int8::packable(&weights(45, 96, 1)) && !panel_int8::packable(&weights(48, 40, 1)));
+}
