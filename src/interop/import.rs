@@ -199,7 +199,7 @@ fn classic_renamed(name: &str) -> Option<String> {
 /// (spec §2.3): view the rows as (heads, D/2, 2) and swap the last two axes.
 pub fn permute_classic_rope_rows(w: &Tensor, head_dim: usize) -> Result<Tensor> {
     let (rows, cols) = w.dims2()?;
-    if rows % head_dim != 0 || head_dim % 2 != 0 {
+    if rows % head_dim != 0 || !head_dim.is_multiple_of(2) {
         bail!("cannot split {rows} rows into heads of {head_dim}");
     }
     Ok(w.reshape((rows / head_dim, head_dim / 2, 2, cols))?.transpose(1, 2)?.contiguous()?.reshape((rows, cols))?)

@@ -34,7 +34,7 @@ pub fn is_packed(w: &Tensor) -> bool {
 
 /// Whether a weight `[n, k]` can be packed: f32, on the CPU, `n` a multiple of 16.
 pub fn packable(w: &Tensor) -> bool {
-    w.rank() == 2 && w.dtype() == DType::F32 && matches!(w.device(), Device::Cpu) && w.dims()[0] % WIDTH == 0
+    w.rank() == 2 && w.dtype() == DType::F32 && matches!(w.device(), Device::Cpu) && w.dims()[0].is_multiple_of(WIDTH)
 }
 
 /// `[n, k]` → panels `[n/16, k, 16]`, written straight from the weight's data (no autograd graph

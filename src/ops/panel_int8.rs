@@ -25,7 +25,7 @@ pub fn is_packed(w: &Tensor) -> bool {
 
 /// Whether an f32 weight `[n, k]` has int8 panels: on the CPU, `n` a multiple of 16, `k` of 32.
 pub fn packable(w: &Tensor) -> bool {
-    super::panel::packable(w) && w.dims()[1] % GROUP == 0
+    super::panel::packable(w) && w.dims()[1].is_multiple_of(GROUP)
 }
 
 /// Quantizes an f32 weight `[n, k]` into int8 panels (per feature and group of 32 inputs:

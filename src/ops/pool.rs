@@ -88,7 +88,7 @@ fn worker(pool: &'static Pool) {
         let mut spins = 0u32;
         while pool.epoch.load(SeqCst) == seen {
             spins = spins.wrapping_add(1);
-            if spins % 256 == 0 && start.elapsed() > SPIN {
+            if spins.is_multiple_of(256) && start.elapsed() > SPIN {
                 park(pool, seen);
             }
             std::hint::spin_loop();

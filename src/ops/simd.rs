@@ -324,7 +324,7 @@ pub fn attention_scores(q: &[f32], d: usize, k: &[f32], keys: usize, scale: f32,
     let heads = q.len() / d.max(1);
     assert!(q.len() == heads * d && k.len() >= keys * d && scores.len() >= heads * keys, "attention_scores: sizes");
     #[cfg(target_arch = "x86_64")]
-    if level() >= 1 && d % LANES == 0 {
+    if level() >= 1 && d.is_multiple_of(LANES) {
         // SAFETY: AVX2 and FMA were detected; the sizes were checked above.
         return unsafe { attention_scores_avx2(q, d, k, keys, scale, scores) };
     }
@@ -395,7 +395,7 @@ pub fn weighted_rows(p: &[f32], keys: usize, v: &[f32], d: usize, out: &mut [f32
     #[cfg(target_arch = "x86_64")]
     match level() {
         // SAFETY (both): the instruction set was detected; the sizes were checked above.
-        2 if d % 64 == 0 => return unsafe { weighted_rows_avx512(p, keys, v, d, out) },
+        2 if d.is_multiple_of(64) => return unsafe { weighted_rows_avx512(p, keys, v, d, out) },
         1 | 2 => return unsafe { weighted_rows_avx2(p, keys, v, d, out) },
         _ => {}
     }

@@ -58,7 +58,7 @@ pub fn mean_std(values: &[f64]) -> (f64, f64) {
 
 /// `(r − mean_group) / (std_group + 1e-4)` for rewards laid out group after group.
 pub fn group_advantages(rewards: &[f64], group: usize) -> Result<Vec<f64>> {
-    if group == 0 || rewards.len() % group != 0 {
+    if group == 0 || !rewards.len().is_multiple_of(group) {
         bail!("{} rewards do not split into groups of {group}", rewards.len());
     }
     let mut out = Vec::with_capacity(rewards.len());

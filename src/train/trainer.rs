@@ -441,7 +441,7 @@ impl Progress {
         if let Some(bar) = &self.bar {
             bar.set_position(m.step as u64);
             bar.set_message(msg);
-        } else if self.total > 0 && (m.step % (self.total / 20).max(1) == 0 || m.step == self.total) {
+        } else if self.total > 0 && (m.step.is_multiple_of((self.total / 20).max(1)) || m.step == self.total) {
             let eta = m.elapsed_s / (m.step - self.first) as f64 * (self.total - m.step) as f64;
             eprintln!("step {}/{} {msg} ({:.0}s, eta {:.0}s)", m.step, self.total, m.elapsed_s, eta);
         }
