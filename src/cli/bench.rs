@@ -176,8 +176,7 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         params = Default::default(); // frees the f32 projection weights
     }
     match (a.mode, a.dtype) {
-        (BenchMode::Train, Precision::F32) => {}
-        (_, Precision::F32) if !a.unpacked => {
+        (mode, Precision::F32) if mode != BenchMode::Train && !a.unpacked => {
             model.pack_panels()?;
             params = Default::default(); // frees the unpacked weights
         }

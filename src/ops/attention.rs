@@ -135,27 +135,11 @@ fn softmax_row(row: &mut [f32], len: usize) -> f32 {
     max + sum.ln()
 }
 
-/// Attention of one query row `q` `[D]` over `keys` rows of `k` and `v` (row stride `d`): scores
-/// `scale·q·k_j`, softmax, `out = Σ_j p_j·v_j`. Returns the row's log-sum-exp.
-#[allow(clippy::too_many_arguments)]
-pub(super) fn decode_row(
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
-    keys: usize,
-    d: usize,
-    scale: f32,
-    scores: &mut [f32],
-    out: &mut [f32],
-) -> f32 {
-    let mut lse = [0f32];
-    decode_heads(&q[..d], k, v, keys, d, scale, scores, &mut out[..d], &mut lse);
-    lse[0]
-}
-
-/// [`decode_row`] for the query heads `q` `[heads, D]` of one grouped-query group, which share the
-/// key and value rows: each head's output `[heads, D]` and log-sum-exp are the bits
-/// [`decode_row`] gives it alone. `scores` holds at least `heads·keys` values.
+/// Decoding attention of query rows `q` `[heads, D]` — one head, or the query heads of a
+/// grouped-query group, which share the key and value rows — over `keys` rows of `k` and `v` (row
+/// stride `d`): scores `scale·q·k_j`, softmax, `out_h = Σ_j p_hj·v_j` `[heads, D]`, and each head's
+/// log-sum-exp in `lse`. A head gets the same bits alone as in its group. `scores` holds at least
+/// `heads·keys` values.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn decode_heads(
     q: &[f32],
@@ -213,7 +197,7 @@ impl CustomOp3 for FlashAttention {
             if t == 1 {
                 // Decoding one token: scores and the weighted sum of values as vector loops (a
                 // matmul with one row costs more in packing than in arithmetic).
-                lse[0] = decode_row(&q[..d], k, v, s, d, self.scale, &mut scores, o);
+                decode_heads(&q[..d], k, v, s, d, self.scale, &mut scores, o, &mut lse[..1]);
                 return;
             }
             for t0 in (0..t).step_by(TILE) {

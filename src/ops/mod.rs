@@ -63,6 +63,12 @@ fn fused_f32(ts: &[&Tensor]) -> bool {
     ts.iter().all(|t| t.dtype() == DType::F32) && fused_on(ts[0])
 }
 
+/// [`fused_f32`] for a kernel that reads weights as plain `[out, in]` f32 matrices (not int8 or
+/// panel packings, which go through [`matmul_nt`]).
+fn fused_matrices(inputs: &[&Tensor], weights: &[&Tensor]) -> bool {
+    weights.iter().all(|w| w.rank() == 2) && fused_f32(&[inputs, weights].concat())
+}
+
 /// RMSNorm: `y = w ⊙ x / sqrt(mean(x²) + ε)`, ε inside the root, normalized in f32.
 pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
     if fused_f32(&[x, weight]) {
@@ -108,12 +114,13 @@ pub fn matmul_nt(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     let dims = x.dims();
     let inp = dims[dims.len() - 1];
     let rows = x.elem_count() / inp;
-    let packed = if panel_int8::is_packed(w) {
-        Some((panel_int8::matmul_nt as fn(&Tensor, &Tensor) -> Result<Tensor>, w.dim(0)? * panel::WIDTH))
+    // A packed weight's own product, and its output width.
+    let packed: Option<(fn(&Tensor, &Tensor) -> Result<Tensor>, usize)> = if panel_int8::is_packed(w) {
+        Some((panel_int8::matmul_nt, w.dim(0)? * panel::WIDTH))
     } else if int8::is_int8(w) {
-        Some((int8::matmul_nt as fn(&Tensor, &Tensor) -> Result<Tensor>, w.dim(0)?))
+        Some((int8::matmul_nt, w.dim(0)?))
     } else if panel::is_packed(w) {
-        Some((panel::matmul_nt as fn(&Tensor, &Tensor) -> Result<Tensor>, w.dim(0)? * panel::WIDTH))
+        Some((panel::matmul_nt, w.dim(0)? * panel::WIDTH))
     } else {
         None
     };
@@ -148,7 +155,7 @@ pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor, dropout: Option<(f64
 pub fn project_heads(x: &Tensor, w: &Tensor, heads: usize, rope: Option<(&Tensor, &Tensor)>) -> Result<Tensor> {
     let rows = x.elem_count() / x.dim(candle_core::D::Minus1)?;
     let tables_f32 = rope.is_none_or(|(c, s)| c.dtype() == DType::F32 && s.dtype() == DType::F32);
-    if fused_f32(&[x, w]) && !panel::is_packed(w) && tables_f32 && rows > gemv::MAX_ROWS {
+    if fused_matrices(&[x], &[w]) && tables_f32 && rows > gemv::MAX_ROWS {
         heads::project_heads(x, w, heads, rope)
     } else {
         // Decoding (a few rows) goes through `matmul_nt`'s decode path, then RoPE as its own op
@@ -165,7 +172,7 @@ pub fn project_heads(x: &Tensor, w: &Tensor, heads: usize, rope: Option<(&Tensor
 /// `[d, H·D]` → `[B, T, d]`.
 pub fn merge_heads(y: &Tensor, w: &Tensor) -> Result<Tensor> {
     let (b, h, t, d) = y.dims4()?;
-    if fused_f32(&[y, w]) && !panel::is_packed(w) && b * t > gemv::MAX_ROWS {
+    if fused_matrices(&[y], &[w]) && b * t > gemv::MAX_ROWS {
         heads::merge_heads(y, w)
     } else {
         matmul_nt(&y.transpose(1, 2)?.reshape((b, t, h * d))?, w)
@@ -175,7 +182,7 @@ pub fn merge_heads(y: &Tensor, w: &Tensor) -> Result<Tensor> {
 /// The SwiGLU block's input half: `silu(x·W_gateᵀ) ⊙ (x·W_upᵀ)` for `x` `[.., d]`, weights `[F, d]`.
 pub fn swiglu_in(x: &Tensor, w_gate: &Tensor, w_up: &Tensor) -> Result<Tensor> {
     let rows = x.elem_count() / x.dim(candle_core::D::Minus1)?;
-    if fused_f32(&[x, w_gate, w_up]) && !panel::is_packed(w_gate) && rows > gemv::MAX_ROWS {
+    if fused_matrices(&[x], &[w_gate, w_up]) && rows > gemv::MAX_ROWS {
         mlp::swiglu_in(x, w_gate, w_up)
     } else {
         swiglu(&matmul_nt(x, w_gate)?, &matmul_nt(x, w_up)?)
