@@ -1,22 +1,38 @@
-//! Int8 panels: [`super::panel`]'s layout and tile with int8 weights, for batched int8 inference.
+//! Int8 panels: int8 weights in [`super::panel`]'s panel order, multiplied by int8 activations.
 //!
-//! A packed weight is a u8 tensor `[n/16, k/32, 576]`: for each panel of 16 features and each group of
-//! 32 inputs, the 32 × 16 int8 values (`[i][j]`, input-major as in f32 panels) and then the 16
-//! features' f32 scales (little-endian), `w ≈ scale·q` with [`super::int8`]'s quantization. The tile
-//! turns each input's 16 weights into f32 (`q as f32 · scale`, exactly the dequantized weight) and runs
-//! the f32 panels' FMA chain: an output is bit for bit the f32 panel product of the dequantized
-//! weight, for every batch size and on AVX2 and AVX-512 alike. Weights are read as bytes (≈ 3.6×
-//! fewer than f32) and converted once per group of rows, not once per row.
+//! A packed weight is a u8 tensor `[n/16, k/32, 576]`: for each panel of 16 features and each group
+//! of 32 inputs, 512 weight bytes and then the 16 features' f32 scales (little-endian), `w ≈ scale·q`
+//! with [`super::int8`]'s quantization (`q ∈ [−127, 127]`). The weight bytes run in 8 chunks of 4
+//! inputs; a chunk holds, for each feature `j`, its 4 weights as `q + 128` (`[c][j][i mod 4]`): one
+//! 64-byte chunk is one vector of 16 features × 4 inputs, the operand shape of the CPU's int8 dot
+//! product instructions.
+//!
+//! Activations are quantized the same way per row and group of 32 inputs (`x ≈ s·a`, `a ∈ [−127,
+//! 127]`, as llama.cpp's q8_0), so a group's contribution is an exact integer dot product:
+//!
+//! ```text
+//! y[r][f] = Σ_g fma((Σ_{i∈g} q[f][i]·a[r][i]) as f32 · scale[f][g],  s[r][g],  …)
+//! ```
+//!
+//! accumulated over the groups in order. AVX-512 VNNI multiplies the unsigned weight bytes by the
+//! signed activations (`vpdpbusd`) and subtracts the offset `128·Σa` (computed with the activations);
+//! AVX2 multiplies `|a|` by `q` with `a`'s sign (`vpmaddubsw`, as llama.cpp). Both give the same
+//! integers, so every instruction set — and every batch size, since rows are quantized on their own —
+//! gives the same bits. Weights are read as bytes (≈ 3.6× fewer than f32) and multiplied 64 at a time.
 
 use super::cpu::f32_slice;
-use super::panel::{Isa, OutPtr, AHEAD, PANELS_PER_TASK, WIDTH};
+use super::panel::{OutPtr, AHEAD, PANELS_PER_TASK, WIDTH};
 use super::pool;
 use candle_core::{CpuStorage, CustomOp2, DType, Device, Layout, Result, Shape, Tensor};
 
 /// Inputs per scale.
 const GROUP: usize = super::int8::GROUP;
-/// Bytes per (panel, group) block: 32 × 16 int8 values, then 16 f32 scales.
-pub const BLOCK: usize = GROUP * WIDTH + 4 * WIDTH;
+/// Inputs per chunk: one 32-bit lane of an int8 dot product.
+const CHUNK: usize = 4;
+/// Weight bytes per (panel, group) block.
+const CODES: usize = GROUP * WIDTH;
+/// Bytes per (panel, group) block: 32 × 16 weight bytes, then 16 f32 scales.
+pub const BLOCK: usize = CODES + 4 * WIDTH;
 
 /// Whether `w` is an int8 panel weight `[n/16, k/32, 576]` (row-layout int8 weights are 2-D).
 pub fn is_packed(w: &Tensor) -> bool {
@@ -28,8 +44,24 @@ pub fn packable(w: &Tensor) -> bool {
     super::panel::packable(w) && w.dims()[1].is_multiple_of(GROUP)
 }
 
-/// Quantizes an f32 weight `[n, k]` into int8 panels (per feature and group of 32 inputs:
-/// `scale = max|w| / 127`, `q = round(w / scale)`, as [`super::int8::quantize`]).
+/// Where weight `(j, i)` of a block (feature `j`, input `i` of the group) lies.
+fn code_at(j: usize, i: usize) -> usize {
+    (i / CHUNK * WIDTH + j) * CHUNK + i % CHUNK
+}
+
+/// `scale = max|v| / 127` and `q = round(v / scale)` for one group (the scale 0 for all zeros).
+fn quantize_group(values: &[f32], mut code: impl FnMut(usize, i8)) -> f32 {
+    let max = values.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let scale = max / 127.0;
+    let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
+    for (i, v) in values.iter().enumerate() {
+        code(i, (v * inv).round().clamp(-127.0, 127.0) as i8);
+    }
+    scale
+}
+
+/// Quantizes an f32 weight `[n, k]` into int8 panels (per feature and group of 32 inputs,
+/// as [`super::int8::quantize`]).
 pub fn quantize(w: &Tensor) -> Result<Tensor> {
     let (n, k) = w.dims2()?;
     if !packable(w) {
@@ -42,36 +74,135 @@ pub fn quantize(w: &Tensor) -> Result<Tensor> {
             let (p, j) = (f / WIDTH, f % WIDTH);
             for (g, values) in row.chunks_exact(GROUP).enumerate() {
                 let block = &mut out[(p * groups + g) * BLOCK..][..BLOCK];
-                let max = values.iter().fold(0f32, |m, v| m.max(v.abs()));
-                let scale = max / 127.0;
-                let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
-                for (i, v) in values.iter().enumerate() {
-                    block[i * WIDTH + j] = ((v * inv).round().clamp(-127.0, 127.0) as i8) as u8;
-                }
-                block[GROUP * WIDTH + 4 * j..][..4].copy_from_slice(&scale.to_le_bytes());
+                let scale = quantize_group(values, |i, q| block[code_at(j, i)] = (q as u8) ^ 0x80);
+                block[CODES + 4 * j..][..4].copy_from_slice(&scale.to_le_bytes());
             }
         }
     })?;
     Tensor::from_vec(out, (n / WIDTH, groups, BLOCK), w.device())
 }
 
-/// The f32 weight `[n, k]` int8 panels stand for.
-pub fn dequantize(p: &Tensor) -> Result<Tensor> {
+/// The int8 codes `[n, k]` and scales `[n, k/32]` of int8 panels.
+pub fn codes(p: &Tensor) -> Result<(Vec<i8>, Vec<f32>)> {
     let (panels, groups, _) = p.dims3()?;
     let bytes = p.flatten_all()?.to_vec1::<u8>()?;
     let (n, k) = (panels * WIDTH, groups * GROUP);
-    let mut out = vec![0f32; n * k];
+    let (mut q, mut scales) = (vec![0i8; n * k], vec![0f32; n * groups]);
     for (b, block) in bytes.chunks_exact(BLOCK).enumerate() {
         let (panel, g) = (b / groups, b % groups);
         for j in 0..WIDTH {
-            let s = &block[GROUP * WIDTH + 4 * j..][..4];
-            let scale = f32::from_le_bytes([s[0], s[1], s[2], s[3]]);
+            let f = panel * WIDTH + j;
+            let s = &block[CODES + 4 * j..][..4];
+            scales[f * groups + g] = f32::from_le_bytes([s[0], s[1], s[2], s[3]]);
             for i in 0..GROUP {
-                out[(panel * WIDTH + j) * k + g * GROUP + i] = (block[i * WIDTH + j] as i8) as f32 * scale;
+                q[f * k + g * GROUP + i] = (block[code_at(j, i)] ^ 0x80) as i8;
             }
         }
     }
+    Ok((q, scales))
+}
+
+/// The f32 weight `[n, k]` int8 panels stand for.
+pub fn dequantize(p: &Tensor) -> Result<Tensor> {
+    let (panels, groups, _) = p.dims3()?;
+    let (n, k) = (panels * WIDTH, groups * GROUP);
+    let (q, scales) = codes(p)?;
+    let out = q.iter().enumerate().map(|(at, &q)| q as f32 * scales[at / GROUP]).collect::<Vec<_>>();
     Tensor::from_vec(out, (n, k), &Device::Cpu)
+}
+
+/// Activation rows quantized per group of 32 inputs: `x[r][i] ≈ scales[r][g]·codes[r][i]`, and
+/// `offsets[r][g] = 128·Σ_{i∈g} codes[r][i]` (what the unsigned weight bytes add to a dot product).
+/// Codes round half to even (the CPU's conversion), weights half away from zero (as the row layout).
+pub struct QuantizedRows {
+    pub codes: Vec<i8>,
+    pub scales: Vec<f32>,
+    pub offsets: Vec<i32>,
+}
+
+/// Quantizes rows `[m, k]` (`k` a multiple of 32), in parallel for prompts.
+pub fn quantize_rows(x: &[f32], k: usize) -> QuantizedRows {
+    assert!(
+        k.is_multiple_of(GROUP) && x.len().is_multiple_of(k),
+        "int8 activations: {} values in rows of {k}",
+        x.len()
+    );
+    let groups = x.len() / GROUP;
+    let mut rows = QuantizedRows { codes: vec![0; x.len()], scales: vec![0.0; groups], offsets: vec![0; groups] };
+    // Groups per parallel task: a few rows' worth, so one decode row stays on the calling thread.
+    let per_task = (4096 / GROUP).max(k / GROUP);
+    let (codes, scales, offsets) =
+        (SyncPtr(rows.codes.as_mut_ptr()), SyncPtr(rows.scales.as_mut_ptr()), SyncPtr(rows.offsets.as_mut_ptr()));
+    pool::for_each(groups.div_ceil(per_task), &|t| {
+        for g in t * per_task..((t + 1) * per_task).min(groups) {
+            // SAFETY: group g's codes, scale and offset are written by this task alone.
+            let (c, s, o) = unsafe {
+                (
+                    &mut *std::ptr::slice_from_raw_parts_mut(codes.at(g * GROUP), GROUP),
+                    &mut *scales.at(g),
+                    &mut *offsets.at(g),
+                )
+            };
+            (*s, *o) = quantize_activations(&x[g * GROUP..][..GROUP], c.try_into().expect("a group"));
+        }
+    });
+    rows
+}
+
+struct SyncPtr<T>(*mut T);
+// SAFETY: the tasks of `quantize_rows` write disjoint groups.
+unsafe impl<T> Sync for SyncPtr<T> {}
+
+impl<T> SyncPtr<T> {
+    /// # Safety
+    /// `i` must lie inside the vector.
+    unsafe fn at(&self, i: usize) -> *mut T {
+        unsafe { self.0.add(i) }
+    }
+}
+
+/// One group of activations: its scale and offset, its codes into `codes`.
+fn quantize_activations(values: &[f32], codes: &mut [i8; GROUP]) -> (f32, i32) {
+    #[cfg(target_arch = "x86_64")]
+    if super::simd::level() >= 1 {
+        // SAFETY: AVX2 was detected; `values` holds a group (checked by the slice below).
+        return unsafe { quantize_activations_avx2(values[..GROUP].try_into().expect("a group"), codes) };
+    }
+    let max = values.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let scale = max / 127.0;
+    let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
+    for (c, v) in codes.iter_mut().zip(values) {
+        *c = (v * inv).round_ties_even().clamp(-127.0, 127.0) as i8;
+    }
+    (scale, 128 * codes.iter().map(|&c| c as i32).sum::<i32>())
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn quantize_activations_avx2(values: &[f32; GROUP], codes: &mut [i8; GROUP]) -> (f32, i32) {
+    use std::arch::x86_64::*;
+    // SAFETY (loads and stores): a group is 4 vectors of 8.
+    let v: [__m256; 4] = std::array::from_fn(|h| unsafe { _mm256_loadu_ps(values.as_ptr().add(8 * h)) });
+    let sign = _mm256_set1_ps(-0.0);
+    let abs = v.map(|v| _mm256_andnot_ps(sign, v));
+    let m = _mm256_max_ps(_mm256_max_ps(abs[0], abs[1]), _mm256_max_ps(abs[2], abs[3]));
+    let m = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+    let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    let max = _mm_cvtss_f32(_mm_max_ss(m, _mm_shuffle_ps(m, m, 1)));
+    let scale = max / 127.0;
+    let inv = _mm256_set1_ps(if scale > 0.0 { 1.0 / scale } else { 0.0 });
+    // Round half to even (the default rounding mode), then clamp as the scalar path.
+    let (lo, hi) = (_mm256_set1_epi32(-127), _mm256_set1_epi32(127));
+    let q = v.map(|v| _mm256_min_epi32(_mm256_max_epi32(_mm256_cvtps_epi32(_mm256_mul_ps(v, inv)), lo), hi));
+    let sum = _mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3]));
+    let sum = _mm_add_epi32(_mm256_castsi256_si128(sum), _mm256_extracti128_si256(sum, 1));
+    let sum = _mm_add_epi32(sum, _mm_shuffle_epi32(sum, 0b01_00_11_10));
+    let sum = _mm_cvtsi128_si32(_mm_add_epi32(sum, _mm_shuffle_epi32(sum, 0b00_00_00_01)));
+    // i32 → i16 → i8 packs interleave the 128-bit halves; one permutation puts them back in order.
+    let bytes = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
+    let ordered = _mm256_permutevar8x32_epi32(bytes, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+    unsafe { _mm256_storeu_si256(codes.as_mut_ptr() as *mut __m256i, ordered) };
+    (scale, 128 * sum)
 }
 
 /// `x · Wᵀ` `[m, n]` for `x` `[m, k]` (f32) and int8 panels.
@@ -96,26 +227,63 @@ impl CustomOp2 for Int8PanelMatmul {
             (CpuStorage::U8(w), Some((start, end))) => &w[start..end],
             _ => candle_core::bail!("int8 panel matmul: the weight must be contiguous u8"),
         };
-        let out = product(f32_slice(s1, l1)?, w, m, k, panels);
+        let out = product(&quantize_rows(f32_slice(s1, l1)?, k), w, m, k, panels);
         Ok((CpuStorage::F32(out), Shape::from((m, panels * WIDTH))))
     }
 }
 
+/// The instruction set of the int8 tiles, with its rows per tile (accumulators: an i32 and an f32
+/// register per row and 16 features).
+#[derive(Clone, Copy, PartialEq)]
+enum Isa {
+    Vnni512,
+    Avx2,
+    Portable,
+}
+
+impl Isa {
+    fn detect() -> Self {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::sync::OnceLock;
+            static VNNI: OnceLock<bool> = OnceLock::new();
+            let vnni = *VNNI.get_or_init(|| is_x86_feature_detected!("avx512vnni"));
+            match super::simd::level() {
+                2 if vnni => return Isa::Vnni512,
+                1 | 2 => return Isa::Avx2,
+                _ => {}
+            }
+        }
+        Isa::Portable
+    }
+
+    fn rows(self) -> usize {
+        match self {
+            Isa::Vnni512 => 8,
+            Isa::Avx2 | Isa::Portable => 4,
+        }
+    }
+}
+
 /// As [`super::panel`]'s product: threads take four panels, every row group runs against each.
-fn product(x: &[f32], w: &[u8], m: usize, k: usize, panels: usize) -> Vec<f32> {
+fn product(x: &QuantizedRows, w: &[u8], m: usize, k: usize, panels: usize) -> Vec<f32> {
     let isa = Isa::detect();
-    let group = rows_per_tile(isa);
-    let (n, panel_len) = (panels * WIDTH, k / GROUP * BLOCK);
+    let (n, groups, panel_len) = (panels * WIDTH, k / GROUP, k / GROUP * BLOCK);
     let mut out: Vec<f32> = Vec::with_capacity(m * n);
     let base = OutPtr(out.as_mut_ptr());
     pool::for_each(panels.div_ceil(PANELS_PER_TASK), &|c| {
         for p in c * PANELS_PER_TASK..((c + 1) * PANELS_PER_TASK).min(panels) {
             let ws = &w[p * panel_len..(p + 1) * panel_len];
-            for r0 in (0..m).step_by(group) {
-                let rows = group.min(m - r0);
+            for r0 in (0..m).step_by(isa.rows()) {
+                let rows = isa.rows().min(m - r0);
+                let part = Rows {
+                    codes: &x.codes[r0 * k..(r0 + rows) * k],
+                    scales: &x.scales[r0 * groups..(r0 + rows) * groups],
+                    offsets: &x.offsets[r0 * groups..(r0 + rows) * groups],
+                };
                 // SAFETY: rows r0.. of columns 16p..16p+16 lie inside `out`'s capacity, and no
                 // other task writes these columns.
-                unsafe { tile(isa, rows, &x[r0 * k..(r0 + rows) * k], ws, k, base.at(r0 * n + p * WIDTH), n) };
+                unsafe { tile(isa, rows, &part, ws, k, base.at(r0 * n + p * WIDTH), n) };
             }
         }
     });
@@ -124,68 +292,75 @@ fn product(x: &[f32], w: &[u8], m: usize, k: usize, panels: usize) -> Vec<f32> {
     out
 }
 
-/// Rows per tile: each input's weights are converted once per tile, so AVX-512 takes 16 rows (16
-/// accumulators of 32 registers) where the f32 tile takes 8.
-fn rows_per_tile(isa: Isa) -> usize {
-    if isa == Isa::Avx512 {
-        16
-    } else {
-        isa.group()
-    }
+/// A tile's rows of [`QuantizedRows`].
+struct Rows<'a> {
+    codes: &'a [i8],
+    scales: &'a [f32],
+    offsets: &'a [i32],
 }
 
-/// `rows` rows (`x` `[rows, k]`) against one int8 panel; row r's 16 products go to
-/// `out + r·row_stride`.
+/// `rows` quantized rows against one int8 panel; row r's 16 products go to `out + r·row_stride`.
 ///
 /// # Safety
 /// `out` must be valid for those writes, and no other thread may access them meanwhile.
-unsafe fn tile(isa: Isa, rows: usize, x: &[f32], w: &[u8], k: usize, out: *mut f32, row_stride: usize) {
+unsafe fn tile(isa: Isa, rows: usize, x: &Rows, w: &[u8], k: usize, out: *mut f32, row_stride: usize) {
+    let groups = k / GROUP;
     assert!(
-        (1..=rows_per_tile(isa)).contains(&rows) && x.len() == rows * k && w.len() == k / GROUP * BLOCK,
+        (1..=isa.rows()).contains(&rows)
+            && x.codes.len() == rows * k
+            && x.scales.len() == rows * groups
+            && x.offsets.len() == rows * groups
+            && w.len() == groups * BLOCK,
         "int8 panel tile: bad sizes"
     );
     macro_rules! rows {
         ($f:ident, $($r:literal)*) => {
-            match rows { $($r => $f::<$r>(x, w, k, out, row_stride),)* _ => unreachable!("rows ≤ group") }
+            match rows { $($r => $f::<$r>(x, w, k, out, row_stride),)* _ => unreachable!("rows ≤ tile rows") }
         };
     }
     // SAFETY: the instruction set was detected; the sizes were checked above; `out` is the caller's.
     unsafe {
         match isa {
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 => rows!(tile_avx512, 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16),
+            Isa::Vnni512 => rows!(tile_vnni512, 1 2 3 4 5 6 7 8),
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => rows!(tile_avx2, 1 2 3 4 5 6),
+            Isa::Avx2 => rows!(tile_avx2, 1 2 3 4),
             _ => rows!(tile_portable, 1 2 3 4),
         }
     }
 }
 
-/// The 16 scales of a block.
-fn scales(block: &[u8]) -> [f32; WIDTH] {
-    std::array::from_fn(|j| {
-        let s = &block[GROUP * WIDTH + 4 * j..][..4];
-        f32::from_le_bytes([s[0], s[1], s[2], s[3]])
-    })
+/// Row `r`'s 4 activation codes of chunk `c` in group `g`, as one 32-bit lane.
+#[inline(always)]
+fn lane(x: &Rows, k: usize, r: usize, g: usize, c: usize) -> i32 {
+    let a = &x.codes[r * k + g * GROUP + c * CHUNK..][..CHUNK];
+    i32::from_le_bytes([a[0] as u8, a[1] as u8, a[2] as u8, a[3] as u8])
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn tile_avx512<const R: usize>(x: &[f32], w: &[u8], k: usize, out: *mut f32, stride: usize) {
+#[target_feature(enable = "avx512f,avx512vnni")]
+unsafe fn tile_vnni512<const R: usize>(x: &Rows, w: &[u8], k: usize, out: *mut f32, stride: usize) {
     use std::arch::x86_64::*;
+    let groups = k / GROUP;
     let mut acc = [_mm512_setzero_ps(); R];
     for (g, block) in w.chunks_exact(BLOCK).enumerate() {
-        let s = scales(block);
-        // SAFETY (all loads): `tile` checked the sizes; `out` is the caller's.
-        let scale = unsafe { _mm512_loadu_ps(s.as_ptr()) };
-        _mm_prefetch::<_MM_HINT_T0>(block.as_ptr().wrapping_add(AHEAD * 64) as *const i8);
-        for i in 0..GROUP {
-            let q = unsafe { _mm_loadu_si128(block.as_ptr().add(i * WIDTH) as *const __m128i) };
-            let wv = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q)), scale);
-            let at = g * GROUP + i;
-            for (r, acc) in acc.iter_mut().enumerate() {
-                *acc = _mm512_fmadd_ps(_mm512_set1_ps(unsafe { *x.as_ptr().add(r * k + at) }), wv, *acc);
+        let at = block.as_ptr();
+        for line in 0..BLOCK / 64 {
+            _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add((AHEAD + line) * 64) as *const i8);
+        }
+        // Σ (q + 128)·a over the group, less the activations' 128·Σa.
+        let mut dot: [__m512i; R] = std::array::from_fn(|r| _mm512_set1_epi32(-x.offsets[r * groups + g]));
+        for c in 0..GROUP / CHUNK {
+            // SAFETY (all loads): `tile` checked the sizes; `out` is the caller's.
+            let q = unsafe { _mm512_loadu_si512(at.add(c * 64) as *const __m512i) };
+            for (r, dot) in dot.iter_mut().enumerate() {
+                *dot = _mm512_dpbusd_epi32(*dot, q, _mm512_set1_epi32(lane(x, k, r, g, c)));
             }
+        }
+        let scale = unsafe { _mm512_loadu_ps(at.add(CODES) as *const f32) };
+        for (r, acc) in acc.iter_mut().enumerate() {
+            let product = _mm512_mul_ps(_mm512_cvtepi32_ps(dot[r]), scale);
+            *acc = _mm512_fmadd_ps(product, _mm512_set1_ps(x.scales[r * groups + g]), *acc);
         }
     }
     for (r, acc) in acc.iter().enumerate() {
@@ -193,47 +368,56 @@ unsafe fn tile_avx512<const R: usize>(x: &[f32], w: &[u8], k: usize, out: *mut f
     }
 }
 
+/// Two passes of 8 features (16 registers hold 4 rows' i32 and f32 accumulators for 8 features).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn tile_avx2<const R: usize>(x: &[f32], w: &[u8], k: usize, out: *mut f32, stride: usize) {
+unsafe fn tile_avx2<const R: usize>(x: &Rows, w: &[u8], k: usize, out: *mut f32, stride: usize) {
     use std::arch::x86_64::*;
-    let mut acc = [[_mm256_setzero_ps(); 2]; R];
-    for (g, block) in w.chunks_exact(BLOCK).enumerate() {
-        let s = scales(block);
-        // SAFETY (all loads): `tile` checked the sizes; `out` is the caller's.
-        let scale = unsafe { [_mm256_loadu_ps(s.as_ptr()), _mm256_loadu_ps(s.as_ptr().add(8))] };
-        _mm_prefetch::<_MM_HINT_T0>(block.as_ptr().wrapping_add(AHEAD * 64) as *const i8);
-        for i in 0..GROUP {
-            let q = |h: usize| unsafe { _mm_loadl_epi64(block.as_ptr().add(i * WIDTH + 8 * h) as *const __m128i) };
-            let wv = [0, 1].map(|h| _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q(h))), scale[h]));
-            let at = g * GROUP + i;
+    let groups = k / GROUP;
+    let (ones, flip) = (_mm256_set1_epi16(1), _mm256_set1_epi8(-128));
+    for half in 0..2 {
+        let mut acc = [_mm256_setzero_ps(); R];
+        for (g, block) in w.chunks_exact(BLOCK).enumerate() {
+            let at = block.as_ptr();
+            for line in 0..BLOCK / 64 {
+                _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add((AHEAD + line) * 64) as *const i8);
+            }
+            let mut dot = [_mm256_setzero_si256(); R];
+            for c in 0..GROUP / CHUNK {
+                // SAFETY (all loads): `tile` checked the sizes; `out` is the caller's.
+                let bytes = unsafe { _mm256_loadu_si256(at.add(c * 64 + 32 * half) as *const __m256i) };
+                let q = _mm256_xor_si256(bytes, flip);
+                for (r, dot) in dot.iter_mut().enumerate() {
+                    // |a|·(q with a's sign): each pair of products fits an i16 (≤ 2·127·127).
+                    let a = _mm256_set1_epi32(lane(x, k, r, g, c));
+                    let pairs = _mm256_maddubs_epi16(_mm256_abs_epi8(a), _mm256_sign_epi8(q, a));
+                    *dot = _mm256_add_epi32(*dot, _mm256_madd_epi16(pairs, ones));
+                }
+            }
+            let scale = unsafe { _mm256_loadu_ps(at.add(CODES + 32 * half) as *const f32) };
             for (r, acc) in acc.iter_mut().enumerate() {
-                let xv = _mm256_set1_ps(unsafe { *x.as_ptr().add(r * k + at) });
-                acc[0] = _mm256_fmadd_ps(xv, wv[0], acc[0]);
-                acc[1] = _mm256_fmadd_ps(xv, wv[1], acc[1]);
+                let product = _mm256_mul_ps(_mm256_cvtepi32_ps(dot[r]), scale);
+                *acc = _mm256_fmadd_ps(product, _mm256_set1_ps(x.scales[r * groups + g]), *acc);
             }
         }
-    }
-    for (r, acc) in acc.iter().enumerate() {
-        unsafe {
-            _mm256_storeu_ps(out.add(r * stride), acc[0]);
-            _mm256_storeu_ps(out.add(r * stride + 8), acc[1]);
+        for (r, acc) in acc.iter().enumerate() {
+            unsafe { _mm256_storeu_ps(out.add(r * stride + 8 * half), *acc) };
         }
     }
 }
 
-/// Without AVX2/FMA: the same chain with a separate multiply and add.
-unsafe fn tile_portable<const R: usize>(x: &[f32], w: &[u8], k: usize, out: *mut f32, stride: usize) {
+/// Without AVX2: the same integers and the same f32 operations, one feature at a time.
+unsafe fn tile_portable<const R: usize>(x: &Rows, w: &[u8], k: usize, out: *mut f32, stride: usize) {
+    let groups = k / GROUP;
     let mut acc = [[0f32; WIDTH]; R];
     for (g, block) in w.chunks_exact(BLOCK).enumerate() {
-        let s = scales(block);
-        for i in 0..GROUP {
-            let wv: [f32; WIDTH] = std::array::from_fn(|j| (block[i * WIDTH + j] as i8) as f32 * s[j]);
-            for (r, acc) in acc.iter_mut().enumerate() {
-                let xv = x[r * k + g * GROUP + i];
-                for j in 0..WIDTH {
-                    acc[j] += xv * wv[j];
-                }
+        for (r, acc) in acc.iter_mut().enumerate() {
+            let a = &x.codes[r * k + g * GROUP..][..GROUP];
+            for (j, acc) in acc.iter_mut().enumerate() {
+                let dot: i32 = (0..GROUP).map(|i| ((block[code_at(j, i)] ^ 0x80) as i8 as i32) * a[i] as i32).sum();
+                let s = &block[CODES + 4 * j..][..4];
+                let product = dot as f32 * f32::from_le_bytes([s[0], s[1], s[2], s[3]]);
+                *acc = product.mul_add(x.scales[r * groups + g], *acc);
             }
         }
     }
