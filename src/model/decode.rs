@@ -8,7 +8,7 @@
 //! attention runs single-sequence decoding's per-row code), so a greedy answer is the same whether
 //! its request ran alone or beside others.
 
-use crate::model::transformer::{Attention, Linear, MiniMindForCausalLM, RmsNorm};
+use crate::model::transformer::{Attention, MiniMindForCausalLM, RmsNorm};
 use crate::model::KvPool;
 use crate::ops;
 use crate::ops::decode_attention::PoolRow;
@@ -31,9 +31,10 @@ impl Attention {
         (cos, sin): (&Tensor, &Tensor),
     ) -> Result<Tensor> {
         let b = slots.len();
-        let project = |linear: &Linear| -> Result<Tensor> { Ok(ops::matmul_nt(x, &linear.weight_for(x)?)?) };
-        let (q, k, v) = (project(&self.q_proj)?, project(&self.k_proj)?, project(&self.v_proj)?); // [B, 1, n·D]
-                                                                                                  // As `Attention::forward` does for one row: heads, then RoPE (after the q/k norm if any).
+        let weights = [self.q_proj.weight_for(x)?, self.k_proj.weight_for(x)?, self.v_proj.weight_for(x)?];
+        let qkv = ops::matmul_nt_many(x, &[&weights[0], &weights[1], &weights[2]])?; // [B, 1, n·D] each
+        let (q, k, v) = (&qkv[0], &qkv[1], &qkv[2]);
+        // As `Attention::forward` does for one row: heads, then RoPE (after the q/k norm if any).
         let heads = |z: &Tensor, n: usize, rotate: bool, norm: Option<&RmsNorm>| -> Result<Tensor> {
             let z = z.reshape((1, b, z.dim(D::Minus1)?))?;
             let z = ops::composed::split_heads(&z, n, None)?;
@@ -43,9 +44,9 @@ impl Attention {
                 (true, Some(norm)) => Ok(ops::apply_rope(&norm.forward(&z)?, cos, sin)?),
             }
         };
-        let q = heads(&q, self.num_heads, true, self.q_norm.as_ref())?; // [1, H, B, D]
-        let k = heads(&k, self.num_kv_heads, true, self.k_norm.as_ref())?;
-        let v = heads(&v, self.num_kv_heads, false, None)?;
+        let q = heads(q, self.num_heads, true, self.q_norm.as_ref())?; // [1, H, B, D]
+        let k = heads(k, self.num_kv_heads, true, self.k_norm.as_ref())?;
+        let v = heads(v, self.num_kv_heads, false, None)?;
         pool.write_rows(layer, slots, &k, &v)?;
         let rows: Vec<PoolRow> = slots.iter().map(|&slot| PoolRow { slot, len: pool.len(slot) + 1 }).collect();
         let (k_pool, v_pool) = pool.layer(layer);

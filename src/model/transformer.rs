@@ -211,20 +211,27 @@ impl Attention {
         let t = x.dim(1)?;
         let past = cache.as_ref().map_or(0, |(c, _)| c.len());
         let (cos, sin) = rope.rows(past, t)?;
-        // Heads `[B, n, T, D]`, rotated by RoPE when `rotate`; with a per-head norm (q/k norm) the
-        // heads are normalized first and rotated after.
-        let project = |linear: &Linear, heads: usize, rotate: bool, norm: Option<&RmsNorm>| -> Result<Tensor> {
-            let w = linear.weight_for(x)?;
-            let tables = (rotate && norm.is_none()).then_some((&cos, &sin));
-            let heads = ops::project_heads(x, &w, heads, tables)?;
+        // Heads `[B, n, T, D]`, q and k rotated by RoPE; with a per-head norm (q/k norm) the heads
+        // are normalized first and rotated after.
+        let weights = [self.q_proj.weight_for(x)?, self.k_proj.weight_for(x)?, self.v_proj.weight_for(x)?];
+        let tables = |norm: Option<&RmsNorm>| norm.is_none().then_some((&cos, &sin));
+        let heads = ops::project_heads_many(
+            x,
+            &[
+                (&weights[0], self.num_heads, tables(self.q_norm.as_ref())),
+                (&weights[1], self.num_kv_heads, tables(self.k_norm.as_ref())),
+                (&weights[2], self.num_kv_heads, None),
+            ],
+        )?;
+        let normed = |heads: &Tensor, norm: Option<&RmsNorm>| -> Result<Tensor> {
             match norm {
-                None => Ok(heads),
-                Some(norm) => Ok(ops::apply_rope(&norm.forward(&heads)?, &cos, &sin)?),
+                None => Ok(heads.clone()),
+                Some(norm) => Ok(ops::apply_rope(&norm.forward(heads)?, &cos, &sin)?),
             }
         };
-        let q = project(&self.q_proj, self.num_heads, true, self.q_norm.as_ref())?;
-        let k = project(&self.k_proj, self.num_kv_heads, true, self.k_norm.as_ref())?;
-        let v = project(&self.v_proj, self.num_kv_heads, false, None)?;
+        let q = normed(&heads[0], self.q_norm.as_ref())?;
+        let k = normed(&heads[1], self.k_norm.as_ref())?;
+        let v = heads[2].clone();
         let (k, v) = match cache {
             Some((cache, layer)) => cache.append(layer, &k, &v)?,
             None => (k, v),

@@ -161,6 +161,36 @@ pub(super) fn decode_heads(
     simd::weighted_rows(scores, keys, v, d, out);
 }
 
+impl FlashAttention {
+    /// Decoding one token (`t = 1`): scores and the weighted sum of values as vector loops (a
+    /// matmul with one row costs more in packing than in arithmetic), the query heads of each KV
+    /// head together over its key and value rows, on the decode loop's workers. Output and
+    /// log-sum-exp `[b, h]`.
+    fn decode(
+        &self,
+        q: &[f32],
+        (k, lk): (&[f32], &Layout),
+        (v, lv): (&[f32], &Layout),
+        dims: Dims,
+        b: usize,
+        d: usize,
+    ) -> (Vec<f32>, Vec<f32>) {
+        let (rep, s) = (dims.rep(), dims.s);
+        let mut groups = vec![(Vec::new(), Vec::new()); b * dims.kv];
+        super::pool::for_each_chunk_mut(&mut groups, 1, |i, group| {
+            let (bi, g) = (i / dims.kv, i % dims.kv);
+            let (mut out, mut lse, mut scores) = (vec![0f32; rep * d], vec![0f32; rep], vec![0f32; rep * s]);
+            let (k, v) = (&k[head_offset(lk, bi, g)..], &v[head_offset(lv, bi, g)..]);
+            decode_heads(&q[i * rep * d..][..rep * d], k, v, s, d, self.scale, &mut scores, &mut out, &mut lse);
+            group[0] = (out, lse);
+        });
+        (
+            groups.iter().flat_map(|g| g.0.iter().copied()).collect(),
+            groups.iter().flat_map(|g| g.1.iter().copied()).collect(),
+        )
+    }
+}
+
 impl CustomOp3 for FlashAttention {
     fn name(&self) -> &'static str {
         "flash-attention"
@@ -186,6 +216,11 @@ impl CustomOp3 for FlashAttention {
         check_rows_contiguous(lv, d, "v")?;
         let (q, k, v) = (sq.as_slice::<f32>()?, sk.as_slice::<f32>()?, sv.as_slice::<f32>()?);
         let q = &q[lq.start_offset()..];
+        if t == 1 {
+            let (out, lse) = self.decode(q, (k, lk), (v, lv), dims, b, d);
+            *self.lse.lock().map_err(|_| candle_core::Error::Msg("lse lock poisoned".into()))? = lse;
+            return Ok((CpuStorage::F32(out), Shape::from((b, h, t, d))));
+        }
         let mut out = vec![0f32; b * h * t * d];
         let mut lse = vec![0f32; b * h * t];
         out.par_chunks_mut(t * d).zip(lse.par_chunks_mut(t)).enumerate().for_each(|(bh, (o, lse))| {
@@ -194,12 +229,6 @@ impl CustomOp3 for FlashAttention {
             let q = &q[bh * t * d..];
             let (k, v) = (&k[head_offset(lk, bi, g)..], &v[head_offset(lv, bi, g)..]);
             let mut scores = vec![0f32; TILE * s];
-            if t == 1 {
-                // Decoding one token: scores and the weighted sum of values as vector loops (a
-                // matmul with one row costs more in packing than in arithmetic).
-                decode_heads(&q[..d], k, v, s, d, self.scale, &mut scores, o, &mut lse[..1]);
-                return;
-            }
             for t0 in (0..t).step_by(TILE) {
                 let rows = TILE.min(t - t0);
                 let keys = dims.past() + t0 + rows;

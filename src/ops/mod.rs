@@ -168,6 +168,52 @@ pub fn project_heads(x: &Tensor, w: &Tensor, heads: usize, rope: Option<(&Tensor
     }
 }
 
+/// `x · wᵢᵀ` for weights that share the input `x` (q, k and v; gate and up): weights packed alike
+/// (f32 or int8 panels) go through one parallel loop, with int8 activations quantized once; others
+/// through [`matmul_nt`] one by one.
+pub fn matmul_nt_many(x: &Tensor, ws: &[&Tensor]) -> Result<Vec<Tensor>> {
+    let many: fn(&Tensor, &[&Tensor]) -> Result<Vec<Tensor>> = if ws.iter().all(|w| panel_int8::is_packed(w)) {
+        panel_int8::matmul_nt_many
+    } else if ws.iter().all(|w| panel::is_packed(w)) {
+        panel::matmul_nt_many
+    } else {
+        return ws.iter().map(|w| matmul_nt(x, w)).collect();
+    };
+    let dims = x.dims();
+    let inp = dims[dims.len() - 1];
+    let ys = many(&x.reshape((x.elem_count() / inp, inp))?, ws)?;
+    ys.into_iter()
+        .map(|y| {
+            let mut out_dims = dims.to_vec();
+            out_dims[dims.len() - 1] = y.dim(1)?;
+            y.reshape(out_dims)
+        })
+        .collect()
+}
+
+/// [`project_heads`] for several weights of one input, `(w, heads, rope)` each: q, k and v. Packed
+/// (inference) weights share one product ([`matmul_nt_many`]).
+pub fn project_heads_many(
+    x: &Tensor,
+    projections: &[(&Tensor, usize, Option<(&Tensor, &Tensor)>)],
+) -> Result<Vec<Tensor>> {
+    if projections.iter().any(|(w, ..)| w.rank() == 2) {
+        return projections.iter().map(|&(w, heads, rope)| project_heads(x, w, heads, rope)).collect();
+    }
+    let ws: Vec<&Tensor> = projections.iter().map(|(w, ..)| *w).collect();
+    matmul_nt_many(x, &ws)?
+        .iter()
+        .zip(projections)
+        .map(|(z, &(_, heads, rope))| {
+            let z = composed::split_heads(z, heads, None)?;
+            match rope {
+                Some((cos, sin)) => apply_rope(&z, cos, sin),
+                None => Ok(z),
+            }
+        })
+        .collect()
+}
+
 /// Attention's output projection: heads `[B, H, T, D]` concatenated per position, times `w`
 /// `[d, H·D]` → `[B, T, d]`.
 pub fn merge_heads(y: &Tensor, w: &Tensor) -> Result<Tensor> {
@@ -185,7 +231,8 @@ pub fn swiglu_in(x: &Tensor, w_gate: &Tensor, w_up: &Tensor) -> Result<Tensor> {
     if fused_matrices(&[x], &[w_gate, w_up]) && rows > gemv::MAX_ROWS {
         mlp::swiglu_in(x, w_gate, w_up)
     } else {
-        swiglu(&matmul_nt(x, w_gate)?, &matmul_nt(x, w_up)?)
+        let gate_up = matmul_nt_many(x, &[w_gate, w_up])?;
+        swiglu(&gate_up[0], &gate_up[1])
     }
 }
 

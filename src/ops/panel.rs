@@ -67,6 +67,28 @@ pub fn matmul_nt(x: &Tensor, panels: &Tensor) -> Result<Tensor> {
     x.contiguous()?.apply_op2(&panels.contiguous()?, PanelMatmul)
 }
 
+/// `x · Wᵢᵀ` for several panel weights that share the input `x` `[m, k]`, in one parallel loop.
+pub fn matmul_nt_many(x: &Tensor, ws: &[&Tensor]) -> Result<Vec<Tensor>> {
+    let (m, k) = x.dims2()?;
+    let ws = ws.iter().map(|w| w.contiguous()).collect::<Result<Vec<_>>>()?;
+    for w in &ws {
+        let (_, k2, width) = w.dims3()?;
+        if !is_packed(w) || k2 != k || width != WIDTH {
+            candle_core::bail!("panel matmul: {m}×{k} · {:?} {:?}", w.dtype(), w.dims());
+        }
+    }
+    let storages: Vec<_> = ws.iter().map(|w| w.storage_and_layout()).collect();
+    let slices = storages
+        .iter()
+        .map(|(s, l)| match &**s {
+            candle_core::Storage::Cpu(cpu) => f32_slice(cpu, l),
+            _ => candle_core::bail!("panel matmul: panels live on the CPU"),
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let outs = super::cpu::with_f32(x, |x| product(x, &slices, m, k))?;
+    outs.into_iter().zip(&ws).map(|(o, w)| Tensor::from_vec(o, (m, w.dim(0)? * WIDTH), x.device())).collect()
+}
+
 struct PanelMatmul;
 
 impl CustomOp2 for PanelMatmul {
@@ -80,7 +102,7 @@ impl CustomOp2 for PanelMatmul {
         if k != k2 || width != WIDTH {
             candle_core::bail!("panel matmul: {m}×{k} · panels {panels}×{k2}×{width}");
         }
-        let out = product(f32_slice(s1, l1)?, f32_slice(s2, l2)?, m, k, panels);
+        let out = product(f32_slice(s1, l1)?, &[f32_slice(s2, l2)?], m, k).remove(0);
         Ok((CpuStorage::F32(out), Shape::from((m, panels * WIDTH))))
     }
 }
@@ -115,17 +137,21 @@ impl Isa {
     }
 }
 
-/// `x·Wᵀ` as `[m, n]`. Threads take four panels at a time and run every group of rows against them
-/// (a panel is read from memory once, then from cache), writing their columns of the output in
-/// place.
-fn product(x: &[f32], w: &[f32], m: usize, k: usize, panels: usize) -> Vec<f32> {
+/// `x·Wᵢᵀ` as `[m, nᵢ]` for each weight of `ws` (panels `[nᵢ/16, k, 16]`). Threads take four
+/// panels of one weight at a time and run every group of rows against them (a panel is read from
+/// memory once, then from cache), writing their columns of that weight's output in place. Weights
+/// that share an input (q, k and v; gate and up) go through one parallel loop.
+fn product(x: &[f32], ws: &[&[f32]], m: usize, k: usize) -> Vec<Vec<f32>> {
     let isa = Isa::detect();
     let group = isa.group();
-    let (n, panel_len) = (panels * WIDTH, k * WIDTH);
-    let mut out: Vec<f32> = Vec::with_capacity(m * n);
-    let base = OutPtr(out.as_mut_ptr());
-    pool::for_each(panels.div_ceil(PANELS_PER_TASK), &|c| {
-        let (first, end) = (c * PANELS_PER_TASK, ((c + 1) * PANELS_PER_TASK).min(panels));
+    let panel_len = k * WIDTH;
+    let panels: Vec<usize> = ws.iter().map(|w| w.len() / panel_len).collect();
+    let mut outs: Vec<Vec<f32>> = panels.iter().map(|p| Vec::with_capacity(m * p * WIDTH)).collect();
+    let bases: Vec<OutPtr> = outs.iter_mut().map(|o| OutPtr(o.as_mut_ptr())).collect();
+    let tasks = Tasks::new(&panels);
+    pool::for_each(tasks.len(), &|t| {
+        let (i, first, end) = tasks.get(t);
+        let (w, n) = (ws[i], panels[i] * WIDTH);
         let mut p = first;
         while p < end {
             let pair = isa == Isa::Avx512 && p + 1 < end;
@@ -137,18 +163,49 @@ fn product(x: &[f32], w: &[f32], m: usize, k: usize, panels: usize) -> Vec<f32> 
                 // find it in cache and prefetch the next pair instead, so memory is never idle.
                 let ahead = if r0 == 0 { AHEAD * WIDTH } else { np * panel_len };
                 let pf = ws.as_ptr().wrapping_add(ahead);
-                // SAFETY: rows r0..r0+rows of columns 16p..16(p+np) lie inside `out`'s capacity,
-                // and no other task writes these columns.
+                // SAFETY: rows r0..r0+rows of columns 16p..16(p+np) lie inside output i's
+                // capacity, and no other task writes these columns.
                 unsafe {
-                    tile(isa, rows, pair, &x[r0 * k..(r0 + rows) * k], (ws, pf), k, base.at(r0 * n + p * WIDTH), n)
+                    tile(isa, rows, pair, &x[r0 * k..(r0 + rows) * k], (ws, pf), k, bases[i].at(r0 * n + p * WIDTH), n)
                 };
             }
             p += np;
         }
     });
-    // SAFETY: the tasks above wrote every (row, column) of the m·n values, and all have finished.
-    unsafe { out.set_len(m * n) };
-    out
+    for (out, p) in outs.iter_mut().zip(&panels) {
+        // SAFETY: the tasks above wrote every (row, column) of the m·n values, and all have finished.
+        unsafe { out.set_len(m * p * WIDTH) };
+    }
+    outs
+}
+
+/// The parallel tasks of a product over several weights: [`PANELS_PER_TASK`] panels of one weight
+/// each, weight after weight.
+pub(super) struct Tasks {
+    /// Each weight's first task, and the total at the end.
+    starts: Vec<usize>,
+    panels: Vec<usize>,
+}
+
+impl Tasks {
+    pub(super) fn new(panels: &[usize]) -> Self {
+        let mut starts = vec![0];
+        for p in panels {
+            starts.push(starts[starts.len() - 1] + p.div_ceil(PANELS_PER_TASK));
+        }
+        Self { starts, panels: panels.to_vec() }
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.starts[self.starts.len() - 1]
+    }
+
+    /// Task `t`: its weight and its panels `first..end`.
+    pub(super) fn get(&self, t: usize) -> (usize, usize, usize) {
+        let i = self.starts.partition_point(|&s| s <= t) - 1;
+        let first = (t - self.starts[i]) * PANELS_PER_TASK;
+        (i, first, (first + PANELS_PER_TASK).min(self.panels[i]))
+    }
 }
 
 /// The output, shared by the tasks that write disjoint columns of it.

@@ -21,7 +21,7 @@
 //! gives the same bits. Weights are read as bytes (≈ 3.6× fewer than f32) and multiplied 64 at a time.
 
 use super::cpu::f32_slice;
-use super::panel::{OutPtr, AHEAD, PANELS_PER_TASK, WIDTH};
+use super::panel::{OutPtr, Tasks, AHEAD, WIDTH};
 use super::pool;
 use candle_core::{CpuStorage, CustomOp2, DType, Device, Layout, Result, Shape, Tensor};
 
@@ -210,6 +210,29 @@ pub fn matmul_nt(x: &Tensor, panels: &Tensor) -> Result<Tensor> {
     x.to_dtype(DType::F32)?.contiguous()?.apply_op2_no_bwd(&panels.contiguous()?, &Int8PanelMatmul)
 }
 
+/// `x · Wᵢᵀ` for several int8 panel weights that share the input `x` `[m, k]`: quantized once,
+/// multiplied in one parallel loop.
+pub fn matmul_nt_many(x: &Tensor, ws: &[&Tensor]) -> Result<Vec<Tensor>> {
+    let (m, k) = x.dims2()?;
+    let ws = ws.iter().map(|w| w.contiguous()).collect::<Result<Vec<_>>>()?;
+    for w in &ws {
+        if !is_packed(w) || w.dim(1)? * GROUP != k {
+            candle_core::bail!("int8 panel matmul: {m}×{k} · {:?} {:?}", w.dtype(), w.dims());
+        }
+    }
+    let storages: Vec<_> = ws.iter().map(|w| w.storage_and_layout()).collect();
+    let slices = storages
+        .iter()
+        .map(|(s, l)| match (&**s, l.contiguous_offsets()) {
+            (candle_core::Storage::Cpu(CpuStorage::U8(w)), Some((start, end))) => Ok(&w[start..end]),
+            _ => candle_core::bail!("int8 panel matmul: the weights must be contiguous u8 on the CPU"),
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let x = x.to_dtype(DType::F32)?;
+    let outs = super::cpu::with_f32(&x, |x| product(&quantize_rows(x, k), &slices, m, k))?;
+    outs.into_iter().zip(&ws).map(|(o, w)| Tensor::from_vec(o, (m, w.dim(0)? * WIDTH), x.device())).collect()
+}
+
 struct Int8PanelMatmul;
 
 impl CustomOp2 for Int8PanelMatmul {
@@ -227,7 +250,7 @@ impl CustomOp2 for Int8PanelMatmul {
             (CpuStorage::U8(w), Some((start, end))) => &w[start..end],
             _ => candle_core::bail!("int8 panel matmul: the weight must be contiguous u8"),
         };
-        let out = product(&quantize_rows(f32_slice(s1, l1)?, k), w, m, k, panels);
+        let out = product(&quantize_rows(f32_slice(s1, l1)?, k), &[w], m, k).remove(0);
         Ok((CpuStorage::F32(out), Shape::from((m, panels * WIDTH))))
     }
 }
@@ -265,15 +288,20 @@ impl Isa {
     }
 }
 
-/// As [`super::panel`]'s product: threads take four panels, every row group runs against each.
-fn product(x: &QuantizedRows, w: &[u8], m: usize, k: usize, panels: usize) -> Vec<f32> {
+/// As [`super::panel`]'s product: threads take four panels of one weight, every row group runs
+/// against each; weights that share the input go through one parallel loop.
+fn product(x: &QuantizedRows, ws: &[&[u8]], m: usize, k: usize) -> Vec<Vec<f32>> {
     let isa = Isa::detect();
-    let (n, groups, panel_len) = (panels * WIDTH, k / GROUP, k / GROUP * BLOCK);
-    let mut out: Vec<f32> = Vec::with_capacity(m * n);
-    let base = OutPtr(out.as_mut_ptr());
-    pool::for_each(panels.div_ceil(PANELS_PER_TASK), &|c| {
-        for p in c * PANELS_PER_TASK..((c + 1) * PANELS_PER_TASK).min(panels) {
-            let ws = &w[p * panel_len..(p + 1) * panel_len];
+    let (groups, panel_len) = (k / GROUP, k / GROUP * BLOCK);
+    let panels: Vec<usize> = ws.iter().map(|w| w.len() / panel_len).collect();
+    let mut outs: Vec<Vec<f32>> = panels.iter().map(|p| Vec::with_capacity(m * p * WIDTH)).collect();
+    let bases: Vec<OutPtr> = outs.iter_mut().map(|o| OutPtr(o.as_mut_ptr())).collect();
+    let tasks = Tasks::new(&panels);
+    pool::for_each(tasks.len(), &|t| {
+        let (i, first, end) = tasks.get(t);
+        let n = panels[i] * WIDTH;
+        for p in first..end {
+            let w = &ws[i][p * panel_len..(p + 1) * panel_len];
             for r0 in (0..m).step_by(isa.rows()) {
                 let rows = isa.rows().min(m - r0);
                 let part = Rows {
@@ -281,15 +309,17 @@ fn product(x: &QuantizedRows, w: &[u8], m: usize, k: usize, panels: usize) -> Ve
                     scales: &x.scales[r0 * groups..(r0 + rows) * groups],
                     offsets: &x.offsets[r0 * groups..(r0 + rows) * groups],
                 };
-                // SAFETY: rows r0.. of columns 16p..16p+16 lie inside `out`'s capacity, and no
+                // SAFETY: rows r0.. of columns 16p..16p+16 lie inside output i's capacity, and no
                 // other task writes these columns.
-                unsafe { tile(isa, rows, &part, ws, k, base.at(r0 * n + p * WIDTH), n) };
+                unsafe { tile(isa, rows, &part, w, k, bases[i].at(r0 * n + p * WIDTH), n) };
             }
         }
     });
-    // SAFETY: the tasks above wrote every (row, column) of the m·n values, and all have finished.
-    unsafe { out.set_len(m * n) };
-    out
+    for (out, p) in outs.iter_mut().zip(&panels) {
+        // SAFETY: the tasks above wrote every (row, column) of the m·n values, and all have finished.
+        unsafe { out.set_len(m * p * WIDTH) };
+    }
+    outs
 }
 
 /// A tile's rows of [`QuantizedRows`].

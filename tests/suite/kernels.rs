@@ -73,10 +73,9 @@ fn linear_matmul_matches_composed() {
 #[test]
 fn attention_matches_composed_on_odd_shapes() {
     // (batch, heads, kv heads, T, past, head_dim): GQA ratios 1/2/4, head_dim 64/80/96,
-    // T not a multiple of the 64-row tile, batch 1, and a cached prefix.
-    for (b, h, kv, t, past, d) in
-        [(1, 4, 4, 70, 0, 64), (2, 4, 2, 33, 0, 80), (1, 8, 2, 130, 0, 96), (2, 4, 1, 5, 9, 64), (1, 2, 1, 1, 20, 32)]
-    {
+    // T not a multiple of the 64-row tile, batch 1, a cached prefix, and decoding one token.
+    let shapes = [(1, 4, 4, 70, 0, 64), (2, 4, 2, 33, 0, 80), (1, 8, 2, 130, 0, 96), (2, 4, 1, 5, 9, 64)];
+    for (b, h, kv, t, past, d) in shapes.into_iter().chain([(1, 2, 1, 1, 20, 32), (3, 8, 2, 1, 30, 64)]) {
         let q = randn(&[b, h, t, d]);
         let k = randn(&[b, kv, past + t, d]);
         let v = randn(&[b, kv, past + t, d]);
@@ -96,10 +95,12 @@ fn attention_reads_a_strided_cache_view() {
     let k_buf = randn(&[b, kv, cap, d]);
     let v_buf = randn(&[b, kv, cap, d]);
     let (k, v) = (k_buf.narrow(2, 0, 23).unwrap(), v_buf.narrow(2, 0, 23).unwrap());
-    let q = randn(&[b, h, 3, d]);
-    let fused = ops::attention::causal_attention(&q, &k, &v).unwrap();
-    let reference = ops::composed::causal_attention(&q, &k, &v, None).unwrap();
-    assert!(max_abs_diff(&fused, &reference) < 1e-5);
+    for t in [3, 1] {
+        let q = randn(&[b, h, t, d]);
+        let fused = ops::attention::causal_attention(&q, &k, &v).unwrap();
+        let reference = ops::composed::causal_attention(&q, &k, &v, None).unwrap();
+        assert!(max_abs_diff(&fused, &reference) < 1e-5, "{t} rows");
+    }
 }
 
 #[test]
@@ -326,6 +327,29 @@ fn panel_products_match_composed_and_give_a_row_the_same_bits_in_any_batch() {
         let part = ops::panel::matmul_nt(&x.narrow(0, start, rows).unwrap(), &packed).unwrap();
         let same = all.narrow(0, start, rows).unwrap();
         assert_eq!(max_abs_diff(&part, &same), 0.0, "rows {start}..{} alone", start + rows);
+    }
+}
+
+#[test]
+fn weights_sharing_an_input_multiply_as_one_product_each() {
+    // q, k, v-like widths (f32 panels, int8 panels, plain weights) over 5 and 40 rows with batch axes.
+    let plain: Vec<Tensor> = [64, 16, 32].iter().map(|&n| randn(&[n, 96])).collect();
+    let f32_panels: Vec<Tensor> = plain.iter().map(|w| ops::panel::pack(w).unwrap()).collect();
+    let int8_panels: Vec<Tensor> = plain.iter().map(|w| ops::panel_int8::quantize(w).unwrap()).collect();
+    let row_int8 = ops::int8::quantize(&plain[1]).unwrap();
+    let mixed = vec![f32_panels[0].clone(), row_int8, plain[2].clone()];
+    for rows in [5, 40] {
+        let x = randn(&[1, rows, 96]);
+        for ws in [&plain, &f32_panels, &int8_panels, &mixed] {
+            let refs: Vec<&Tensor> = ws.iter().collect();
+            let many = ops::matmul_nt_many(&x, &refs).unwrap();
+            assert_eq!(many.len(), 3);
+            for (y, w) in many.iter().zip(ws) {
+                let one = ops::matmul_nt(&x, w).unwrap();
+                assert_eq!(y.dims(), one.dims());
+                assert_eq!(max_abs_diff(y, &one), 0.0, "{rows} rows, weight {:?}", w.dims());
+            }
+        }
     }
 }
 
