@@ -256,7 +256,8 @@ impl CustomOp2 for Int8PanelMatmul {
 }
 
 /// The instruction set of the int8 tiles, with its rows per tile (accumulators: an i32 and an f32
-/// register per row and 16 features).
+/// register per row and 16 features: 12 rows take 24 of AVX-512's 32 registers; AVX2's 16 hold 4
+/// rows of one half-panel).
 #[derive(Clone, Copy, PartialEq)]
 enum Isa {
     Vnni512,
@@ -282,7 +283,7 @@ impl Isa {
 
     fn rows(self) -> usize {
         match self {
-            Isa::Vnni512 => 8,
+            Isa::Vnni512 => 12,
             Isa::Avx2 | Isa::Portable => 4,
         }
     }
@@ -352,7 +353,7 @@ unsafe fn tile(isa: Isa, rows: usize, x: &Rows, w: &[u8], k: usize, out: *mut f3
     unsafe {
         match isa {
             #[cfg(target_arch = "x86_64")]
-            Isa::Vnni512 => rows!(tile_vnni512, 1 2 3 4 5 6 7 8),
+            Isa::Vnni512 => rows!(tile_vnni512, 1 2 3 4 5 6 7 8 9 10 11 12),
             #[cfg(target_arch = "x86_64")]
             Isa::Avx2 => rows!(tile_avx2, 1 2 3 4),
             _ => rows!(tile_portable, 1 2 3 4),
@@ -360,11 +361,23 @@ unsafe fn tile(isa: Isa, rows: usize, x: &Rows, w: &[u8], k: usize, out: *mut f3
     }
 }
 
-/// Row `r`'s 4 activation codes of chunk `c` in group `g`, as one 32-bit lane.
+/// Row `r`'s 4 activation codes of chunk `c` in group `g`, as one 32-bit lane (unchecked: this is
+/// the innermost loop's load).
+///
+/// # Safety
+/// `r`, `g` and `c` must lie inside the tile that [`tile`] checked.
 #[inline(always)]
-fn lane(x: &Rows, k: usize, r: usize, g: usize, c: usize) -> i32 {
-    let a = &x.codes[r * k + g * GROUP + c * CHUNK..][..CHUNK];
-    i32::from_le_bytes([a[0] as u8, a[1] as u8, a[2] as u8, a[3] as u8])
+unsafe fn lane(x: &Rows, k: usize, r: usize, g: usize, c: usize) -> i32 {
+    unsafe { (x.codes.as_ptr().add(r * k + g * GROUP + c * CHUNK) as *const i32).read_unaligned() }
+}
+
+/// Row `r`'s scale and offset of group `g` (unchecked, as [`lane`]).
+///
+/// # Safety
+/// As [`lane`].
+#[inline(always)]
+unsafe fn group_of(x: &Rows, groups: usize, r: usize, g: usize) -> (f32, i32) {
+    unsafe { (*x.scales.get_unchecked(r * groups + g), *x.offsets.get_unchecked(r * groups + g)) }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -379,18 +392,18 @@ unsafe fn tile_vnni512<const R: usize>(x: &Rows, w: &[u8], k: usize, out: *mut f
             _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add((AHEAD + line) * 64) as *const i8);
         }
         // Σ (q + 128)·a over the group, less the activations' 128·Σa.
-        let mut dot: [__m512i; R] = std::array::from_fn(|r| _mm512_set1_epi32(-x.offsets[r * groups + g]));
+        let mut dot: [__m512i; R] = std::array::from_fn(|r| _mm512_set1_epi32(-unsafe { group_of(x, groups, r, g) }.1));
         for c in 0..GROUP / CHUNK {
             // SAFETY (all loads): `tile` checked the sizes; `out` is the caller's.
             let q = unsafe { _mm512_loadu_si512(at.add(c * 64) as *const __m512i) };
             for (r, dot) in dot.iter_mut().enumerate() {
-                *dot = _mm512_dpbusd_epi32(*dot, q, _mm512_set1_epi32(lane(x, k, r, g, c)));
+                *dot = _mm512_dpbusd_epi32(*dot, q, _mm512_set1_epi32(unsafe { lane(x, k, r, g, c) }));
             }
         }
         let scale = unsafe { _mm512_loadu_ps(at.add(CODES) as *const f32) };
         for (r, acc) in acc.iter_mut().enumerate() {
             let product = _mm512_mul_ps(_mm512_cvtepi32_ps(dot[r]), scale);
-            *acc = _mm512_fmadd_ps(product, _mm512_set1_ps(x.scales[r * groups + g]), *acc);
+            *acc = _mm512_fmadd_ps(product, _mm512_set1_ps(unsafe { group_of(x, groups, r, g) }.0), *acc);
         }
     }
     for (r, acc) in acc.iter().enumerate() {
@@ -419,7 +432,7 @@ unsafe fn tile_avx2<const R: usize>(x: &Rows, w: &[u8], k: usize, out: *mut f32,
                 let q = _mm256_xor_si256(bytes, flip);
                 for (r, dot) in dot.iter_mut().enumerate() {
                     // |a|·(q with a's sign): each pair of products fits an i16 (≤ 2·127·127).
-                    let a = _mm256_set1_epi32(lane(x, k, r, g, c));
+                    let a = _mm256_set1_epi32(unsafe { lane(x, k, r, g, c) });
                     let pairs = _mm256_maddubs_epi16(_mm256_abs_epi8(a), _mm256_sign_epi8(q, a));
                     *dot = _mm256_add_epi32(*dot, _mm256_madd_epi16(pairs, ones));
                 }
@@ -427,7 +440,7 @@ unsafe fn tile_avx2<const R: usize>(x: &Rows, w: &[u8], k: usize, out: *mut f32,
             let scale = unsafe { _mm256_loadu_ps(at.add(CODES + 32 * half) as *const f32) };
             for (r, acc) in acc.iter_mut().enumerate() {
                 let product = _mm256_mul_ps(_mm256_cvtepi32_ps(dot[r]), scale);
-                *acc = _mm256_fmadd_ps(product, _mm256_set1_ps(x.scales[r * groups + g]), *acc);
+                *acc = _mm256_fmadd_ps(product, _mm256_set1_ps(unsafe { group_of(x, groups, r, g) }.0), *acc);
             }
         }
         for (r, acc) in acc.iter().enumerate() {
