@@ -325,8 +325,13 @@ pub fn attention_scores(q: &[f32], d: usize, k: &[f32], keys: usize, scale: f32,
     assert!(q.len() == heads * d && k.len() >= keys * d && scores.len() >= heads * keys, "attention_scores: sizes");
     #[cfg(target_arch = "x86_64")]
     if level() >= 1 && d.is_multiple_of(LANES) {
-        // SAFETY: AVX2 and FMA were detected; the sizes were checked above.
-        return unsafe { attention_scores_avx2(q, d, k, keys, scale, scores) };
+        // SAFETY: the instruction set was detected; the sizes were checked above.
+        return unsafe {
+            match level() {
+                2 => attention_scores_avx512(q, d, k, keys, scale, scores),
+                _ => attention_scores_avx2(q, d, k, keys, scale, scores),
+            }
+        };
     }
     for (h, q) in q.chunks_exact(d).enumerate() {
         for (j, s) in scores[h * keys..(h + 1) * keys].iter_mut().enumerate() {
@@ -343,43 +348,69 @@ pub fn attention_scores(q: &[f32], d: usize, k: &[f32], keys: usize, scale: f32,
     }
 }
 
+/// AVX2: two heads at a time (8 accumulators of 16 registers).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn attention_scores_avx2(q: &[f32], d: usize, k: &[f32], keys: usize, scale: f32, scores: &mut [f32]) {
+    unsafe { scores_blocks::<2>(q, d, k, keys, scale, scores) }
+}
+
+/// AVX-512 machines: four heads at a time in 256-bit registers (16 accumulators; the extra
+/// registers of AVX-512VL), the same lanes and sums as AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,avx512f,avx512vl")]
+unsafe fn attention_scores_avx512(q: &[f32], d: usize, k: &[f32], keys: usize, scale: f32, scores: &mut [f32]) {
+    unsafe { scores_blocks::<4>(q, d, k, keys, scale, scores) }
+}
+
+/// Blocks of eight key rows (prefetched two blocks ahead), each against groups of up to `HB`
+/// heads, four keys at a time: each loaded key chunk serves `HB` heads, each query chunk four keys.
+/// Every (head, key) product is the same 8-lane chain over `d` and the same tree of adds whatever
+/// `HB`, so a score's bits depend only on its query and key row.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn scores_blocks<const HB: usize>(q: &[f32], d: usize, k: &[f32], keys: usize, scale: f32, scores: &mut [f32]) {
     use std::arch::x86_64::*;
+    let heads = q.len() / d;
     let zeros = vec![0f32; d];
     for j0 in (0..keys).step_by(8) {
-        // Eight keys at once; past the last key, rows of zeros (their sums are discarded).
+        // Past the last key, rows of zeros (their sums are discarded).
         let rows: [*const f32; 8] =
             std::array::from_fn(|t| if j0 + t < keys { k[(j0 + t) * d..].as_ptr() } else { zeros.as_ptr() });
-        let n = (keys - j0).min(8);
         // The cache rows stream from memory: ask for the block after next ahead of the hardware.
         for line in (0..8 * d).step_by(16) {
             _mm_prefetch::<_MM_HINT_T0>(k.as_ptr().wrapping_add((j0 + 16) * d + line) as *const i8);
         }
-        for (h, q) in q.chunks_exact(d).enumerate() {
-            let mut acc = [_mm256_setzero_ps(); 8];
-            for c in (0..d).step_by(LANES) {
-                // SAFETY: c + 8 ≤ d and every row holds d values.
-                let x = unsafe { _mm256_loadu_ps(q.as_ptr().add(c)) };
-                for t in 0..8 {
-                    acc[t] = _mm256_fmadd_ps(x, unsafe { _mm256_loadu_ps(rows[t].add(c)) }, acc[t]);
+        for h0 in (0..heads).step_by(HB) {
+            let hb = HB.min(heads - h0);
+            for half in (0..2).take_while(|half| j0 + 4 * half < keys) {
+                let row4: [*const f32; 4] = std::array::from_fn(|t| rows[4 * half + t]);
+                let mut acc = [[_mm256_setzero_ps(); 4]; HB];
+                for c in (0..d).step_by(LANES) {
+                    // SAFETY: c + 8 ≤ d, every row holds d values, heads past `hb` repeat the
+                    // group's first (their sums are discarded).
+                    let kc: [__m256; 4] = std::array::from_fn(|t| unsafe { _mm256_loadu_ps(row4[t].add(c)) });
+                    for (h, acc) in acc.iter_mut().enumerate() {
+                        let head = h0 + if h < hb { h } else { 0 };
+                        let x = unsafe { _mm256_loadu_ps(q.as_ptr().add(head * d + c)) };
+                        for t in 0..4 {
+                            acc[t] = _mm256_fmadd_ps(x, kc[t], acc[t]);
+                        }
+                    }
+                }
+                for (h, acc) in acc.iter().enumerate().take(hb) {
+                    // Lanes (0+1)+(2+3) and (4+5)+(6+7) of each key by two rounds of pairwise
+                    // adds, then the halves.
+                    let u = _mm256_hadd_ps(_mm256_hadd_ps(acc[0], acc[1]), _mm256_hadd_ps(acc[2], acc[3]));
+                    let sums = _mm_add_ps(_mm256_castps256_ps128(u), _mm256_extractf128_ps::<1>(u));
+                    let sums = _mm_mul_ps(sums, _mm_set1_ps(scale));
+                    let mut out = [0f32; 4];
+                    unsafe { _mm_storeu_ps(out.as_mut_ptr(), sums) };
+                    let (from, n) = (j0 + 4 * half, (keys - j0 - 4 * half).min(4));
+                    let at = (h0 + h) * keys + from;
+                    scores[at..at + n].copy_from_slice(&out[..n]);
                 }
             }
-            // Lanes (0+1)+(2+3) and (4+5)+(6+7) of each key by two rounds of pairwise adds, then
-            // the halves.
-            let t0 = _mm256_hadd_ps(acc[0], acc[1]);
-            let t1 = _mm256_hadd_ps(acc[2], acc[3]);
-            let t2 = _mm256_hadd_ps(acc[4], acc[5]);
-            let t3 = _mm256_hadd_ps(acc[6], acc[7]);
-            let u0 = _mm256_hadd_ps(t0, t1);
-            let u1 = _mm256_hadd_ps(t2, t3);
-            let low = _mm256_permute2f128_ps::<0x20>(u0, u1);
-            let high = _mm256_permute2f128_ps::<0x31>(u0, u1);
-            let sums = _mm256_mul_ps(_mm256_add_ps(low, high), _mm256_set1_ps(scale));
-            let mut out = [0f32; 8];
-            unsafe { _mm256_storeu_ps(out.as_mut_ptr(), sums) };
-            scores[h * keys + j0..h * keys + j0 + n].copy_from_slice(&out[..n]);
         }
     }
 }
