@@ -68,8 +68,10 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         let base = *single.get_or_insert(rate);
         let (p50, p95) = (percentile(&figures.first_token, 0.5), percentile(&figures.first_token, 0.95));
         println!(
-            "{clients:3} clients: {rate:8.1} tokens/s aggregate ({:.2}× one client), first token p50 {:.0} ms p95 {:.0} ms, {} requests, peak RSS {:.0} MiB",
+            "{clients:3} clients: {rate:8.1} tokens/s aggregate ({:.2}× one client, and {:.0} prompt tokens/s), first token p50 {:.0} ms p95 {:.0} ms, {} requests, peak RSS {:.0} MiB",
             rate / base,
+            // Each request's prompt was prefilled inside the run (its first token came in it).
+            (figures.first_token.len() * a.prompt_len) as f64 / figures.elapsed,
             p50 * 1e3,
             p95 * 1e3,
             figures.first_token.len(),

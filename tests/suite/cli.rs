@@ -495,3 +495,45 @@ fn generate_prompts_file_batches_and_matches_single_prompts() {
     let err = fails(minimind(&["generate", "--model", p(&model), "--prompts", p(&file)]));
     assert!(err.contains("prompts.jsonl:2: expected {\"prompt\""), "{err}");
 }
+
+#[test]
+fn bench_generate_and_serve_report_their_figures() {
+    // Batch-1 decoding, fp32 and int8 (the tiny shape has whole int8 panels).
+    for int8 in [false, true] {
+        let mut args = vec!["--threads", "2", "bench", "generate", "--preset", "tiny", "--steps", "1"];
+        args.extend(["--prompt-len", "8", "--new-tokens", "8"]);
+        if int8 {
+            args.push("--int8");
+        }
+        let out = ok(minimind(&args));
+        let rate: f64 = out.lines().last().unwrap().split_whitespace().nth(2).unwrap().parse().unwrap();
+        assert!(out.contains("Generate throughput") && rate > 0.0, "{out}");
+        assert_eq!(out.contains("int8 weights"), int8, "{out}");
+    }
+    // The serving engine under 1 and 2 clients: one line per client count with its ratio to one client,
+    // prompt tokens, first-token latency and memory.
+    let out = ok(minimind(&[
+        "--threads",
+        "2",
+        "bench",
+        "serve",
+        "--preset",
+        "tiny",
+        "--clients",
+        "1,2",
+        "--seconds",
+        "1",
+        "--prompt-len",
+        "8",
+        "--new-tokens",
+        "8",
+    ]));
+    let lines: Vec<&str> = out.lines().filter(|l| l.contains("clients:")).collect();
+    assert_eq!(lines.len(), 2, "{out}");
+    assert!(lines[0].contains("(1.00× one client") && lines[1].contains("prompt tokens/s"), "{out}");
+    for line in lines {
+        let rate: f64 = line.split_whitespace().nth(2).unwrap().parse().unwrap();
+        assert!(rate > 0.0 && line.contains("first token p50") && line.contains("peak RSS"), "{line}");
+    }
+    assert!(out.contains("a tenth into the run"), "{out}");
+}
