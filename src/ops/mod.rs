@@ -21,6 +21,7 @@ pub mod panel_int8;
 mod pool;
 pub mod rope;
 pub mod simd;
+mod simd_attention;
 pub mod swiglu;
 pub mod xent;
 
@@ -191,12 +192,12 @@ pub fn matmul_nt_many(x: &Tensor, ws: &[&Tensor]) -> Result<Vec<Tensor>> {
         .collect()
 }
 
-/// [`project_heads`] for several weights of one input, `(w, heads, rope)` each: q, k and v. Packed
-/// (inference) weights share one product ([`matmul_nt_many`]).
-pub fn project_heads_many(
-    x: &Tensor,
-    projections: &[(&Tensor, usize, Option<(&Tensor, &Tensor)>)],
-) -> Result<Vec<Tensor>> {
+/// One of [`project_heads_many`]'s projections: the weight, its heads, its RoPE tables if rotated.
+pub type Projection<'a> = (&'a Tensor, usize, Option<(&'a Tensor, &'a Tensor)>);
+
+/// [`project_heads`] for several weights of one input: q, k and v. Packed (inference) weights share
+/// one product ([`matmul_nt_many`]).
+pub fn project_heads_many(x: &Tensor, projections: &[Projection]) -> Result<Vec<Tensor>> {
     if projections.iter().any(|(w, ..)| w.rank() == 2) {
         return projections.iter().map(|&(w, heads, rope)| project_heads(x, w, heads, rope)).collect();
     }

@@ -111,14 +111,14 @@ impl CustomOp2 for PanelMatmul {
 /// the weights (AVX-512: 8 rows × 2 panels = 16 of 32 registers; AVX2: 6 rows × 2 halves of a
 /// panel = 12 of 16).
 #[derive(Clone, Copy, PartialEq)]
-pub(super) enum Isa {
+enum Isa {
     Avx512,
     Avx2,
     Portable,
 }
 
 impl Isa {
-    pub(super) fn detect() -> Self {
+    fn detect() -> Self {
         #[cfg(target_arch = "x86_64")]
         match simd::level() {
             2 => return Isa::Avx512,
@@ -128,7 +128,7 @@ impl Isa {
         Isa::Portable
     }
 
-    pub(super) fn group(self) -> usize {
+    fn group(self) -> usize {
         match self {
             Isa::Avx512 => 8,
             Isa::Avx2 => 6,
