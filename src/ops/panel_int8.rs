@@ -303,8 +303,10 @@ fn product(x: &QuantizedRows, ws: &[&[u8]], m: usize, k: usize) -> Vec<Vec<f32>>
         let n = panels[i] * WIDTH;
         for p in first..end {
             let w = &ws[i][p * panel_len..(p + 1) * panel_len];
-            for r0 in (0..m).step_by(isa.rows()) {
-                let rows = isa.rows().min(m - r0);
+            // Tiles of equal size (16 rows: 8 + 8, not 12 + 4), each at most the instruction set's.
+            let per_tile = m.div_ceil(m.div_ceil(isa.rows()));
+            for r0 in (0..m).step_by(per_tile) {
+                let rows = per_tile.min(m - r0);
                 let part = Rows {
                     codes: &x.codes[r0 * k..(r0 + rows) * k],
                     scales: &x.scales[r0 * groups..(r0 + rows) * groups],
