@@ -25,7 +25,7 @@ pub const WIDTH: usize = 16;
 pub(super) const AHEAD: usize = 32;
 
 /// Panels per parallel task (64 output features).
-pub(super) const PANELS_PER_TASK: usize = 4;
+const PANELS_PER_TASK: usize = 4;
 
 /// Whether `w` is a packed weight `[n/16, k, 16]` (every unpacked weight is 2-D).
 pub fn is_packed(w: &Tensor) -> bool {
@@ -146,66 +146,63 @@ fn product(x: &[f32], ws: &[&[f32]], m: usize, k: usize) -> Vec<Vec<f32>> {
     let group = isa.group();
     let panel_len = k * WIDTH;
     let panels: Vec<usize> = ws.iter().map(|w| w.len() / panel_len).collect();
-    let mut outs: Vec<Vec<f32>> = panels.iter().map(|p| Vec::with_capacity(m * p * WIDTH)).collect();
-    let bases: Vec<OutPtr> = outs.iter_mut().map(|o| OutPtr(o.as_mut_ptr())).collect();
-    let tasks = Tasks::new(&panels);
-    pool::for_each(tasks.len(), &|t| {
-        let (i, first, end) = tasks.get(t);
-        let (w, n) = (ws[i], panels[i] * WIDTH);
-        let mut p = first;
-        while p < end {
-            let pair = isa == Isa::Avx512 && p + 1 < end;
+    let work = |i: usize, panels: std::ops::Range<usize>, out: &OutPtr, n: usize| {
+        let w = ws[i];
+        let mut p = panels.start;
+        while p < panels.end {
+            let pair = isa == Isa::Avx512 && p + 1 < panels.end;
             let np = if pair { 2 } else { 1 };
             let ws = &w[p * panel_len..(p + np) * panel_len];
             for r0 in (0..m).step_by(group) {
                 let rows = group.min(m - r0);
-                // The first group streams this pair from memory: prefetch ahead in it. The others
-                // find it in cache and prefetch the next pair instead, so memory is never idle.
+                // The first group streams this pair from memory: prefetch ahead in it. The
+                // others find it in cache and prefetch the next pair instead, so memory is
+                // never idle.
                 let ahead = if r0 == 0 { AHEAD * WIDTH } else { np * panel_len };
                 let pf = ws.as_ptr().wrapping_add(ahead);
-                // SAFETY: rows r0..r0+rows of columns 16p..16(p+np) lie inside output i's
-                // capacity, and no other task writes these columns.
+                // SAFETY: rows r0..r0+rows of columns 16p..16(p+np) lie inside the output,
+                // and no other task writes these columns.
                 unsafe {
-                    tile(isa, rows, pair, &x[r0 * k..(r0 + rows) * k], (ws, pf), k, bases[i].at(r0 * n + p * WIDTH), n)
+                    tile(isa, rows, pair, &x[r0 * k..(r0 + rows) * k], (ws, pf), k, out.at(r0 * n + p * WIDTH), n)
                 };
             }
             p += np;
         }
+    };
+    // SAFETY: every task writes all m rows of its panels' columns.
+    unsafe { for_each_panel_task(m, &panels, &work) }
+}
+
+/// The parallel loop of a product over several weights sharing an input: each task takes
+/// [`PANELS_PER_TASK`] panels of one weight (weight after weight) and runs `work(weight, panels,
+/// out, n)`, which writes those panels' 16-column blocks of that weight's output `[m, n]` (`n = 16 ×
+/// its panels`) in place. Returns the outputs.
+///
+/// # Safety
+/// `work` must write every row of every column of the panels it is given.
+pub(super) unsafe fn for_each_panel_task(
+    m: usize,
+    panels: &[usize],
+    work: &(dyn Fn(usize, std::ops::Range<usize>, &OutPtr, usize) + Sync),
+) -> Vec<Vec<f32>> {
+    let mut outs: Vec<Vec<f32>> = panels.iter().map(|p| Vec::with_capacity(m * p * WIDTH)).collect();
+    let bases: Vec<OutPtr> = outs.iter_mut().map(|o| OutPtr(o.as_mut_ptr())).collect();
+    // Each weight's first task, and the total at the end.
+    let mut starts = vec![0];
+    for p in panels {
+        starts.push(starts[starts.len() - 1] + p.div_ceil(PANELS_PER_TASK));
+    }
+    pool::for_each(starts[panels.len()], &|t| {
+        let i = starts.partition_point(|&s| s <= t) - 1;
+        let first = (t - starts[i]) * PANELS_PER_TASK;
+        work(i, first..(first + PANELS_PER_TASK).min(panels[i]), &bases[i], panels[i] * WIDTH);
     });
-    for (out, p) in outs.iter_mut().zip(&panels) {
-        // SAFETY: the tasks above wrote every (row, column) of the m·n values, and all have finished.
+    for (out, p) in outs.iter_mut().zip(panels) {
+        // SAFETY: the tasks above wrote every (row, column) of the m·n values (the caller's
+        // contract), and all have finished.
         unsafe { out.set_len(m * p * WIDTH) };
     }
     outs
-}
-
-/// The parallel tasks of a product over several weights: [`PANELS_PER_TASK`] panels of one weight
-/// each, weight after weight.
-pub(super) struct Tasks {
-    /// Each weight's first task, and the total at the end.
-    starts: Vec<usize>,
-    panels: Vec<usize>,
-}
-
-impl Tasks {
-    pub(super) fn new(panels: &[usize]) -> Self {
-        let mut starts = vec![0];
-        for p in panels {
-            starts.push(starts[starts.len() - 1] + p.div_ceil(PANELS_PER_TASK));
-        }
-        Self { starts, panels: panels.to_vec() }
-    }
-
-    pub(super) fn len(&self) -> usize {
-        self.starts[self.starts.len() - 1]
-    }
-
-    /// Task `t`: its weight and its panels `first..end`.
-    pub(super) fn get(&self, t: usize) -> (usize, usize, usize) {
-        let i = self.starts.partition_point(|&s| s <= t) - 1;
-        let first = (t - self.starts[i]) * PANELS_PER_TASK;
-        (i, first, (first + PANELS_PER_TASK).min(self.panels[i]))
-    }
 }
 
 /// The output, shared by the tasks that write disjoint columns of it.

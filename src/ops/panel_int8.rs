@@ -20,10 +20,9 @@
 //! integers, so every instruction set — and every batch size, since rows are quantized on their own —
 //! gives the same bits. Weights are read as bytes (≈ 3.6× fewer than f32) and multiplied 64 at a time.
 
-use super::cpu::f32_slice;
-use super::panel::{OutPtr, Tasks, AHEAD, WIDTH};
+use super::panel::{for_each_panel_task, OutPtr, AHEAD, WIDTH};
 use super::pool;
-use candle_core::{CpuStorage, CustomOp2, DType, Device, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, DType, Device, Result, Tensor};
 
 /// Inputs per scale.
 const GROUP: usize = super::int8::GROUP;
@@ -205,9 +204,9 @@ unsafe fn quantize_activations_avx2(values: &[f32; GROUP], codes: &mut [i8; GROU
     (scale, 128 * sum)
 }
 
-/// `x · Wᵀ` `[m, n]` for `x` `[m, k]` (f32) and int8 panels.
+/// `x · Wᵀ` `[m, n]` for `x` `[m, k]` and int8 panels (inference only: no gradient flows).
 pub fn matmul_nt(x: &Tensor, panels: &Tensor) -> Result<Tensor> {
-    x.to_dtype(DType::F32)?.contiguous()?.apply_op2_no_bwd(&panels.contiguous()?, &Int8PanelMatmul)
+    Ok(matmul_nt_many(x, &[panels])?.remove(0))
 }
 
 /// `x · Wᵢᵀ` for several int8 panel weights that share the input `x` `[m, k]`: quantized once,
@@ -231,28 +230,6 @@ pub fn matmul_nt_many(x: &Tensor, ws: &[&Tensor]) -> Result<Vec<Tensor>> {
     let x = x.to_dtype(DType::F32)?;
     let outs = super::cpu::with_f32(&x, |x| product(&quantize_rows(x, k), &slices, m, k))?;
     outs.into_iter().zip(&ws).map(|(o, w)| Tensor::from_vec(o, (m, w.dim(0)? * WIDTH), x.device())).collect()
-}
-
-struct Int8PanelMatmul;
-
-impl CustomOp2 for Int8PanelMatmul {
-    fn name(&self) -> &'static str {
-        "int8-panel-matmul"
-    }
-
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (m, k) = l1.shape().dims2()?;
-        let (panels, groups, block) = l2.shape().dims3()?;
-        if groups * GROUP != k || block != BLOCK {
-            candle_core::bail!("int8 panel matmul: {m}×{k} · panels {panels}×{groups}×{block}");
-        }
-        let w = match (s2, l2.contiguous_offsets()) {
-            (CpuStorage::U8(w), Some((start, end))) => &w[start..end],
-            _ => candle_core::bail!("int8 panel matmul: the weight must be contiguous u8"),
-        };
-        let out = product(&quantize_rows(f32_slice(s1, l1)?, k), &[w], m, k).remove(0);
-        Ok((CpuStorage::F32(out), Shape::from((m, panels * WIDTH))))
-    }
 }
 
 /// The instruction set of the int8 tiles, with its rows per tile (accumulators: an i32 and an f32
@@ -295,16 +272,11 @@ fn product(x: &QuantizedRows, ws: &[&[u8]], m: usize, k: usize) -> Vec<Vec<f32>>
     let isa = Isa::detect();
     let (groups, panel_len) = (k / GROUP, k / GROUP * BLOCK);
     let panels: Vec<usize> = ws.iter().map(|w| w.len() / panel_len).collect();
-    let mut outs: Vec<Vec<f32>> = panels.iter().map(|p| Vec::with_capacity(m * p * WIDTH)).collect();
-    let bases: Vec<OutPtr> = outs.iter_mut().map(|o| OutPtr(o.as_mut_ptr())).collect();
-    let tasks = Tasks::new(&panels);
-    pool::for_each(tasks.len(), &|t| {
-        let (i, first, end) = tasks.get(t);
-        let n = panels[i] * WIDTH;
-        for p in first..end {
+    // Tiles of equal size (16 rows: 8 + 8, not 12 + 4), each at most the instruction set's.
+    let per_tile = m.div_ceil(m.div_ceil(isa.rows()));
+    let work = |i: usize, panels: std::ops::Range<usize>, out: &OutPtr, n: usize| {
+        for p in panels {
             let w = &ws[i][p * panel_len..(p + 1) * panel_len];
-            // Tiles of equal size (16 rows: 8 + 8, not 12 + 4), each at most the instruction set's.
-            let per_tile = m.div_ceil(m.div_ceil(isa.rows()));
             for r0 in (0..m).step_by(per_tile) {
                 let rows = per_tile.min(m - r0);
                 let part = Rows {
@@ -312,17 +284,14 @@ fn product(x: &QuantizedRows, ws: &[&[u8]], m: usize, k: usize) -> Vec<Vec<f32>>
                     scales: &x.scales[r0 * groups..(r0 + rows) * groups],
                     offsets: &x.offsets[r0 * groups..(r0 + rows) * groups],
                 };
-                // SAFETY: rows r0.. of columns 16p..16p+16 lie inside output i's capacity, and no
+                // SAFETY: rows r0.. of columns 16p..16p+16 lie inside the output, and no
                 // other task writes these columns.
-                unsafe { tile(isa, rows, &part, w, k, bases[i].at(r0 * n + p * WIDTH), n) };
+                unsafe { tile(isa, rows, &part, w, k, out.at(r0 * n + p * WIDTH), n) };
             }
         }
-    });
-    for (out, p) in outs.iter_mut().zip(&panels) {
-        // SAFETY: the tasks above wrote every (row, column) of the m·n values, and all have finished.
-        unsafe { out.set_len(m * p * WIDTH) };
-    }
-    outs
+    };
+    // SAFETY: every task writes all m rows of its panels' columns.
+    unsafe { for_each_panel_task(m, &panels, &work) }
 }
 
 /// A tile's rows of [`QuantizedRows`].
@@ -424,7 +393,8 @@ unsafe fn tile_avx2<const R: usize>(x: &Rows, w: &[u8], k: usize, out: *mut f32,
         let mut acc = [_mm256_setzero_ps(); R];
         for (g, block) in w.chunks_exact(BLOCK).enumerate() {
             let at = block.as_ptr();
-            for line in 0..BLOCK / 64 {
+            // The first pass streams the panel; the second finds it in cache.
+            for line in (0..BLOCK / 64).take_while(|_| half == 0) {
                 _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add((AHEAD + line) * 64) as *const i8);
             }
             let mut dot = [_mm256_setzero_si256(); R];
