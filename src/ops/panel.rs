@@ -173,6 +173,9 @@ fn product(x: &[f32], ws: &[&[f32]], m: usize, k: usize) -> Vec<Vec<f32>> {
     unsafe { for_each_panel_task(m, &panels, &work) }
 }
 
+/// A task of [`for_each_panel_task`]: `(weight, its panels, that weight's output, output width)`.
+pub(super) type PanelWork<'a> = dyn Fn(usize, std::ops::Range<usize>, &OutPtr, usize) + Sync + 'a;
+
 /// The parallel loop of a product over several weights sharing an input: each task takes
 /// [`PANELS_PER_TASK`] panels of one weight (weight after weight) and runs `work(weight, panels,
 /// out, n)`, which writes those panels' 16-column blocks of that weight's output `[m, n]` (`n = 16 ×
@@ -180,11 +183,7 @@ fn product(x: &[f32], ws: &[&[f32]], m: usize, k: usize) -> Vec<Vec<f32>> {
 ///
 /// # Safety
 /// `work` must write every row of every column of the panels it is given.
-pub(super) unsafe fn for_each_panel_task(
-    m: usize,
-    panels: &[usize],
-    work: &(dyn Fn(usize, std::ops::Range<usize>, &OutPtr, usize) + Sync),
-) -> Vec<Vec<f32>> {
+pub(super) unsafe fn for_each_panel_task(m: usize, panels: &[usize], work: &PanelWork) -> Vec<Vec<f32>> {
     let mut outs: Vec<Vec<f32>> = panels.iter().map(|p| Vec::with_capacity(m * p * WIDTH)).collect();
     let bases: Vec<OutPtr> = outs.iter_mut().map(|o| OutPtr(o.as_mut_ptr())).collect();
     // Each weight's first task, and the total at the end.
