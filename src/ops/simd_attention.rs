@@ -6,22 +6,20 @@
 use super::simd::{level, LANES};
 
 /// Attention scores of query heads `q` `[heads, d]` against `keys` rows of `k` (row stride `d`):
-/// `scores[h·keys + j] = scale·q_h·k_j`. Each dot product runs in 8 lanes over the row, and eight
-/// keys' lanes are summed together as a tree of pairwise adds (no per-key horizontal reduction); a
-/// score's bits depend only on its query and key row. The heads of a grouped-query attention group
-/// share their key rows, so a block of eight rows is read from memory once for all of them.
+/// `scores[h·keys + j] = scale·q_h·k_j`. Each dot product runs in vector lanes over the row (8 on
+/// AVX2 and here, 16 on AVX-512), and the lanes of several keys are summed together by a fixed tree
+/// (no per-key horizontal reduction); a score's bits depend only on its query and key row. The
+/// heads of a grouped-query attention group share their key rows, so a block of rows is read from
+/// memory once for all of them.
 pub fn attention_scores(q: &[f32], d: usize, k: &[f32], keys: usize, scale: f32, scores: &mut [f32]) {
     let heads = q.len() / d.max(1);
     assert!(q.len() == heads * d && k.len() >= keys * d && scores.len() >= heads * keys, "attention_scores: sizes");
     #[cfg(target_arch = "x86_64")]
-    if level() >= 1 && d.is_multiple_of(LANES) {
-        // SAFETY: the instruction set was detected; the sizes were checked above.
-        return unsafe {
-            match level() {
-                2 => attention_scores_avx512(q, d, k, keys, scale, scores),
-                _ => attention_scores_avx2(q, d, k, keys, scale, scores),
-            }
-        };
+    match level() {
+        // SAFETY (both): the instruction set was detected; the sizes were checked above.
+        2 if d.is_multiple_of(16) => return unsafe { attention_scores_avx512(q, d, k, keys, scale, scores) },
+        1 | 2 if d.is_multiple_of(LANES) => return unsafe { attention_scores_avx2(q, d, k, keys, scale, scores) },
+        _ => {}
     }
     for (h, q) in q.chunks_exact(d).enumerate() {
         for (j, s) in scores[h * keys..(h + 1) * keys].iter_mut().enumerate() {
@@ -38,28 +36,80 @@ pub fn attention_scores(q: &[f32], d: usize, k: &[f32], keys: usize, scale: f32,
     }
 }
 
-/// AVX2: two heads at a time (8 accumulators of 16 registers).
+/// AVX-512: blocks of four heads × four keys in 16 accumulators of 16 lanes, each (head, key) one
+/// chain of fused multiply-adds over its row in steps of 16 values; the 16 accumulators are then
+/// folded into one register of 16 scores by a fixed tree of shuffles and adds (two lanes at a
+/// time, as a 4 × 4 transpose of 128-bit blocks). Heads past the group's end repeat its first and
+/// keys past the last read a row of zeros (their sums are discarded), so a score's bits depend
+/// only on its query and key row.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn attention_scores_avx512(q: &[f32], d: usize, k: &[f32], keys: usize, scale: f32, scores: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let heads = q.len() / d;
+    let zeros = vec![0f32; d];
+    for j0 in (0..keys).step_by(4) {
+        let rows: [*const f32; 4] =
+            std::array::from_fn(|t| if j0 + t < keys { k[(j0 + t) * d..].as_ptr() } else { zeros.as_ptr() });
+        // The cache rows stream from memory: ask for them 16 rows ahead of the hardware.
+        for line in (0..4 * d).step_by(16) {
+            _mm_prefetch::<_MM_HINT_T0>(k.as_ptr().wrapping_add((j0 + 16) * d + line) as *const i8);
+        }
+        let n = (keys - j0).min(4);
+        for h0 in (0..heads).step_by(4) {
+            let hb = 4.min(heads - h0);
+            let qs: [*const f32; 4] = std::array::from_fn(|h| q[(h0 + if h < hb { h } else { 0 }) * d..].as_ptr());
+            let mut acc = [[_mm512_setzero_ps(); 4]; 4];
+            for c in (0..d).step_by(16) {
+                // SAFETY: c + 16 ≤ d and every row holds d values.
+                let kc: [__m512; 4] = std::array::from_fn(|t| unsafe { _mm512_loadu_ps(rows[t].add(c)) });
+                for (h, acc) in acc.iter_mut().enumerate() {
+                    let x = unsafe { _mm512_loadu_ps(qs[h].add(c)) };
+                    for t in 0..4 {
+                        acc[t] = _mm512_fmadd_ps(x, kc[t], acc[t]);
+                    }
+                }
+            }
+            let sums = _mm512_mul_ps(fold_sixteen(&acc), _mm512_set1_ps(scale));
+            for h in 0..hb {
+                // Lanes 4h..4h + n go to scores[(h0 + h)·keys + j0..][..n]: a masked store whose
+                // base lies 4h lanes before (those lanes are not written).
+                let at = (h0 + h) * keys + j0;
+                let base = scores.as_mut_ptr().wrapping_add(at).wrapping_sub(4 * h);
+                // SAFETY: the written lanes are inside the head's row of scores (checked sizes).
+                unsafe { _mm512_mask_storeu_ps(base, ((1u16 << n) - 1) << (4 * h), sums) };
+            }
+        }
+    }
+}
+
+/// The lane sums of `acc[h][t]` as lane `4h + t` of one register: pairs of lanes, then pairs of
+/// pairs within each 128-bit block (per head), then the four blocks (a 4 × 4 block transpose).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn fold_sixteen(acc: &[[std::arch::x86_64::__m512; 4]; 4]) -> std::arch::x86_64::__m512 {
+    use std::arch::x86_64::*;
+    // Per head: block lanes [t0, t1, t2, t3] each summing that key's four lanes of the block.
+    let per_head = acc.map(|[a, b, c, e]| {
+        let ab = _mm512_add_ps(_mm512_unpacklo_ps(a, b), _mm512_unpackhi_ps(a, b));
+        let ce = _mm512_add_ps(_mm512_unpacklo_ps(c, e), _mm512_unpackhi_ps(c, e));
+        _mm512_add_ps(_mm512_shuffle_ps::<0b01_00_01_00>(ab, ce), _mm512_shuffle_ps::<0b11_10_11_10>(ab, ce))
+    });
+    // Blocks: (0 + 2) and (1 + 3) of heads 0, 1 (and 2, 3), then (0 + 1) of each head.
+    let pair =
+        |x, y| _mm512_add_ps(_mm512_shuffle_f32x4::<0b01_00_01_00>(x, y), _mm512_shuffle_f32x4::<0b11_10_11_10>(x, y));
+    let (s01, s23) = (pair(per_head[0], per_head[1]), pair(per_head[2], per_head[3]));
+    _mm512_add_ps(_mm512_shuffle_f32x4::<0b10_00_10_00>(s01, s23), _mm512_shuffle_f32x4::<0b11_01_11_01>(s01, s23))
+}
+
+/// AVX2: blocks of eight key rows (prefetched two blocks ahead), each against pairs of heads, four
+/// keys at a time (8 accumulators of the 16 registers): each loaded key chunk serves two heads, each
+/// query chunk four keys. Every (head, key) product is the same 8-lane chain over `d` and the same
+/// tree of adds, so a score's bits depend only on its query and key row.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn attention_scores_avx2(q: &[f32], d: usize, k: &[f32], keys: usize, scale: f32, scores: &mut [f32]) {
-    unsafe { scores_blocks::<2>(q, d, k, keys, scale, scores) }
-}
-
-/// AVX-512 machines: four heads at a time in 256-bit registers (16 accumulators; the extra
-/// registers of AVX-512VL), the same lanes and sums as AVX2.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma,avx512f,avx512vl")]
-unsafe fn attention_scores_avx512(q: &[f32], d: usize, k: &[f32], keys: usize, scale: f32, scores: &mut [f32]) {
-    unsafe { scores_blocks::<4>(q, d, k, keys, scale, scores) }
-}
-
-/// Blocks of eight key rows (prefetched two blocks ahead), each against groups of up to `HB`
-/// heads, four keys at a time: each loaded key chunk serves `HB` heads, each query chunk four keys.
-/// Every (head, key) product is the same 8-lane chain over `d` and the same tree of adds whatever
-/// `HB`, so a score's bits depend only on its query and key row.
-#[cfg(target_arch = "x86_64")]
-#[inline(always)]
-unsafe fn scores_blocks<const HB: usize>(q: &[f32], d: usize, k: &[f32], keys: usize, scale: f32, scores: &mut [f32]) {
+    const HB: usize = 2;
     use std::arch::x86_64::*;
     let heads = q.len() / d;
     let zeros = vec![0f32; d];
@@ -94,11 +144,18 @@ unsafe fn scores_blocks<const HB: usize>(q: &[f32], d: usize, k: &[f32], keys: u
                     let u = _mm256_hadd_ps(_mm256_hadd_ps(acc[0], acc[1]), _mm256_hadd_ps(acc[2], acc[3]));
                     let sums = _mm_add_ps(_mm256_castps256_ps128(u), _mm256_extractf128_ps::<1>(u));
                     let sums = _mm_mul_ps(sums, _mm_set1_ps(scale));
-                    let mut out = [0f32; 4];
-                    unsafe { _mm_storeu_ps(out.as_mut_ptr(), sums) };
                     let (from, n) = (j0 + 4 * half, (keys - j0 - 4 * half).min(4));
                     let at = (h0 + h) * keys + from;
-                    scores[at..at + n].copy_from_slice(&out[..n]);
+                    if n == 4 {
+                        // SAFETY: at + 4 ≤ (h0 + h + 1)·keys ≤ scores.len() (checked by the caller).
+                        unsafe { _mm_storeu_ps(scores.as_mut_ptr().add(at), sums) };
+                    } else {
+                        let mut out = [0f32; 4];
+                        unsafe { _mm_storeu_ps(out.as_mut_ptr(), sums) };
+                        for (s, &x) in scores[at..at + n].iter_mut().zip(&out) {
+                            *s = x;
+                        }
+                    }
                 }
             }
         }
@@ -108,7 +165,7 @@ unsafe fn scores_blocks<const HB: usize>(q: &[f32], d: usize, k: &[f32], keys: u
 /// `out_h = Σ_j p[h][j]·v_j` for weights `p` `[heads, keys]` over `keys` rows of `v` (row stride `d`),
 /// `out` `[heads, d]`: each output element one chain of fused multiply-adds over j in order (a
 /// separate multiply and add without FMA), so its bits do not depend on the vector width, on `d`
-/// or on how many heads share the pass. AVX-512 runs up to four heads of a group at once, each
+/// or on how many heads share the pass. AVX-512 runs up to four heads of a group at once, AVX2 two, each
 /// value row loaded once for all of them.
 pub fn weighted_rows(p: &[f32], keys: usize, v: &[f32], d: usize, out: &mut [f32]) {
     let heads = out.len() / d.max(1);
@@ -183,46 +240,68 @@ unsafe fn weighted_heads_avx512<const H: usize>(
     }
 }
 
+/// AVX2: pairs of heads, 32 output values (four registers) per head at a time, each value row's
+/// chunk loaded once for both heads; a last odd head and a tail of `d` past the last 32 run alone.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn weighted_rows_avx2(p: &[f32], keys: usize, v: &[f32], d: usize, out: &mut [f32]) {
-    for (h, out) in out.chunks_exact_mut(d).enumerate() {
-        let p = &p[h * keys..(h + 1) * keys];
-        let mut c = 0;
-        // SAFETY (all): each pass stays inside the row (c + width ≤ d); the caller checked sizes.
-        unsafe {
-            while c + 64 <= d {
-                weighted_chunk_avx2::<8>(p, v, d, out, c);
-                c += 64;
-            }
-            while c + 8 <= d {
-                weighted_chunk_avx2::<1>(p, v, d, out, c);
-                c += 8;
+    let heads = out.len() / d;
+    let wide = d - d % 32;
+    for h0 in (0..heads).step_by(2) {
+        for c in (0..wide).step_by(32) {
+            // SAFETY (both): c + 32 ≤ d; the caller checked the sizes.
+            unsafe {
+                match heads - h0 {
+                    1 => weighted_chunk_avx2::<1, 4>(p, keys, v, d, out, h0, c),
+                    _ => weighted_chunk_avx2::<2, 4>(p, keys, v, d, out, h0, c),
+                }
             }
         }
-        for (e, o) in out.iter_mut().enumerate().skip(c) {
-            *o = p.iter().enumerate().fold(0f32, |acc, (j, &pj)| pj.mul_add(v[j * d + e], acc));
+        for h in h0..heads.min(h0 + 2) {
+            let mut c = wide;
+            while c + 8 <= d {
+                // SAFETY: c + 8 ≤ d.
+                unsafe { weighted_chunk_avx2::<1, 1>(p, keys, v, d, out, h, c) };
+                c += 8;
+            }
+            for (e, o) in out[h * d..(h + 1) * d].iter_mut().enumerate().skip(c) {
+                let p = &p[h * keys..(h + 1) * keys];
+                *o = p.iter().enumerate().fold(0f32, |acc, (j, &pj)| pj.mul_add(v[j * d + e], acc));
+            }
         }
     }
 }
 
-/// Values `c..c + 8N` of one head, N registers held across the pass over the rows.
+/// Values `c..c + 8N` of heads `h0..h0 + H`, H·N registers held across the pass over the rows.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn weighted_chunk_avx2<const N: usize>(p: &[f32], v: &[f32], d: usize, out: &mut [f32], c: usize) {
+unsafe fn weighted_chunk_avx2<const H: usize, const N: usize>(
+    p: &[f32],
+    keys: usize,
+    v: &[f32],
+    d: usize,
+    out: &mut [f32],
+    h0: usize,
+    c: usize,
+) {
     use std::arch::x86_64::*;
-    let mut acc = [_mm256_setzero_ps(); N];
-    for (j, &pj) in p.iter().enumerate() {
+    let mut acc = [[_mm256_setzero_ps(); N]; H];
+    for j in 0..keys {
         for line in (0..8 * N).step_by(16) {
             _mm_prefetch::<_MM_HINT_T0>(v.as_ptr().wrapping_add((j + 8) * d + c + line) as *const i8);
         }
-        let w = _mm256_set1_ps(pj);
-        for (i, a) in acc.iter_mut().enumerate() {
-            // SAFETY: c + 8N ≤ d and v holds p.len() rows of d values.
-            *a = _mm256_fmadd_ps(w, unsafe { _mm256_loadu_ps(v.as_ptr().add(j * d + c + 8 * i)) }, *a);
+        // SAFETY: c + 8N ≤ d, j < keys, v holds keys rows of d values, p holds the heads' rows.
+        let row: [__m256; N] = std::array::from_fn(|i| unsafe { _mm256_loadu_ps(v.as_ptr().add(j * d + c + 8 * i)) });
+        for (h, acc) in acc.iter_mut().enumerate() {
+            let w = _mm256_set1_ps(unsafe { *p.get_unchecked((h0 + h) * keys + j) });
+            for i in 0..N {
+                acc[i] = _mm256_fmadd_ps(w, row[i], acc[i]);
+            }
         }
     }
-    for (i, a) in acc.iter().enumerate() {
-        unsafe { _mm256_storeu_ps(out.as_mut_ptr().add(c + 8 * i), *a) };
+    for (h, acc) in acc.iter().enumerate() {
+        for (i, a) in acc.iter().enumerate() {
+            unsafe { _mm256_storeu_ps(out.as_mut_ptr().add((h0 + h) * d + c + 8 * i), *a) };
+        }
     }
 }

@@ -355,7 +355,9 @@ fn weights_sharing_an_input_multiply_as_one_product_each() {
 
 #[test]
 fn decode_attention_helpers_match_scalar_math_and_group_heads_bit_for_bit() {
-    for (heads, d, keys) in [(1, 64, 1), (4, 64, 13), (2, 32, 8), (3, 48, 19), (1, 5, 3), (4, 128, 9), (5, 64, 4)] {
+    for (heads, d, keys) in
+        [(1, 64, 1), (4, 64, 13), (2, 32, 8), (3, 48, 19), (1, 5, 3), (4, 128, 9), (5, 64, 4), (3, 24, 7), (6, 64, 33)]
+    {
         let q: Vec<f32> = (0..heads * d).map(|i| (i as f32 * 0.37).sin()).collect();
         let k: Vec<f32> = (0..d * keys).map(|i| (i as f32 * 0.11).cos()).collect();
         let mut scores = vec![0f32; heads * keys];
