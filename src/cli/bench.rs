@@ -73,6 +73,11 @@ pub struct BenchArgs {
     /// serve: seconds per run (default 30).
     #[arg(long)]
     pub seconds: Option<f64>,
+    /// serve: how many times the list of client counts is run, back to back; each ratio is taken
+    /// against the one-client run of its own round, so a drift of the machine between rounds
+    /// cancels, and a summary gives each count's median.
+    #[arg(long, default_value_t = 1)]
+    pub rounds: usize,
     /// serve: KV slots, i.e. requests decoded together.
     #[arg(long, default_value_t = 16)]
     pub max_batch: usize,

@@ -25,8 +25,8 @@ struct RunFigures {
 }
 
 pub fn run(a: &BenchArgs) -> Result<()> {
-    if a.clients.is_empty() || a.clients.contains(&0) || a.new_tokens == 0 || a.prompt_len == 0 {
-        bail!("--clients, --new-tokens and --prompt-len must be at least 1");
+    if a.clients.is_empty() || a.clients.contains(&0) || a.new_tokens == 0 || a.prompt_len == 0 || a.rounds == 0 {
+        bail!("--clients, --new-tokens, --prompt-len and --rounds must be at least 1");
     }
     let config = ModelConfig::preset(&a.preset)?;
     let tokenizer = Tokenizer::load(&a.tokenizer).with_context(|| format!("--tokenizer {}", a.tokenizer.display()))?;
@@ -61,23 +61,44 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         a.max_batch,
         candle_core::utils::get_num_threads()
     );
-    let mut single = None;
-    for &clients in &a.clients {
-        let figures = measure(&engine, clients, seconds, a)?;
-        let rate = figures.tokens as f64 / figures.elapsed;
-        let base = *single.get_or_insert(rate);
-        let (p50, p95) = (percentile(&figures.first_token, 0.5), percentile(&figures.first_token, 0.95));
-        println!(
-            "{clients:3} clients: {rate:8.1} tokens/s aggregate ({:.2}× one client, and {:.0} prompt tokens/s), first token p50 {:.0} ms p95 {:.0} ms, {} requests, peak RSS {:.0} MiB",
-            rate / base,
-            // Each request's prompt was prefilled inside the run (its first token came in it).
-            (figures.first_token.len() * a.prompt_len) as f64 / figures.elapsed,
-            p50 * 1e3,
-            p95 * 1e3,
-            figures.first_token.len(),
-            peak_rss_bytes() as f64 / (1 << 20) as f64
-        );
-        println!("{}", rss_course(&figures.rss));
+    // Per client count, each round's tokens/s and its ratio to that round's first count.
+    let mut summary: Vec<(Vec<f64>, Vec<f64>)> = vec![(Vec::new(), Vec::new()); a.clients.len()];
+    for round in 0..a.rounds {
+        if a.rounds > 1 {
+            println!("round {} of {}", round + 1, a.rounds);
+        }
+        let mut single = None;
+        for (&clients, (rates, ratios)) in a.clients.iter().zip(summary.iter_mut()) {
+            let figures = measure(&engine, clients, seconds, a)?;
+            let rate = figures.tokens as f64 / figures.elapsed;
+            let base = *single.get_or_insert(rate);
+            let (p50, p95) = (percentile(&figures.first_token, 0.5), percentile(&figures.first_token, 0.95));
+            println!(
+                "{clients:3} clients: {rate:8.1} tokens/s aggregate ({:.2}× one client, and {:.0} prompt tokens/s), first token p50 {:.0} ms p95 {:.0} ms, {} requests, peak RSS {:.0} MiB",
+                rate / base,
+                // Each request's prompt was prefilled inside the run (its first token came in it).
+                (figures.first_token.len() * a.prompt_len) as f64 / figures.elapsed,
+                p50 * 1e3,
+                p95 * 1e3,
+                figures.first_token.len(),
+                peak_rss_bytes() as f64 / (1 << 20) as f64
+            );
+            println!("{}", rss_course(&figures.rss));
+            rates.push(rate);
+            ratios.push(rate / base);
+        }
+    }
+    if a.rounds > 1 {
+        println!("medians over {} rounds:", a.rounds);
+        for (&clients, (rates, ratios)) in a.clients.iter().zip(&summary) {
+            let listed: Vec<String> = ratios.iter().map(|r| format!("{r:.2}")).collect();
+            println!(
+                "{clients:3} clients: {:8.1} tokens/s, {:.2}× one client (rounds: {})",
+                median(rates),
+                median(ratios),
+                listed.join(", ")
+            );
+        }
     }
     Ok(())
 }

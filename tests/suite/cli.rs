@@ -527,13 +527,21 @@ fn bench_generate_and_serve_report_their_figures() {
         "8",
         "--new-tokens",
         "8",
+        "--rounds",
+        "2",
     ]));
-    let lines: Vec<&str> = out.lines().filter(|l| l.contains("clients:")).collect();
-    assert_eq!(lines.len(), 2, "{out}");
+    // Two rounds of two runs, then each count's median over the rounds.
+    let (runs, medians) = out.split_once("medians over 2 rounds:").unwrap_or_else(|| panic!("{out}"));
+    let lines: Vec<&str> = runs.lines().filter(|l| l.contains("clients:")).collect();
+    assert_eq!(lines.len(), 4, "{out}");
     assert!(lines[0].contains("(1.00× one client") && lines[1].contains("prompt tokens/s"), "{out}");
+    assert!(lines[2].contains("(1.00× one client") && runs.contains("round 2 of 2"), "{out}");
     for line in lines {
         let rate: f64 = line.split_whitespace().nth(2).unwrap().parse().unwrap();
         assert!(rate > 0.0 && line.contains("first token p50") && line.contains("peak RSS"), "{line}");
     }
     assert!(out.contains("a tenth into the run"), "{out}");
+    let medians: Vec<&str> = medians.lines().filter(|l| l.contains("clients:")).collect();
+    assert_eq!(medians.len(), 2, "{out}");
+    assert!(medians[0].contains("1.00× one client (rounds: 1.00, 1.00)"), "{out}");
 }
