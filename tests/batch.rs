@@ -100,8 +100,16 @@ fn staggered_batched_decoding_equals_one_at_a_time_exactly() {
     let mut int8 = model.clone();
     int8.quantize_int8().unwrap();
     check_against_one_at_a_time(&int8);
+    // f16 KV caches (pool and single sequence alike), on panels and int8 weights.
+    let mut f16_kv = model.clone();
+    f16_kv.pack_panels().unwrap();
+    for m in [&mut f16_kv, &mut int8] {
+        m.set_kv_f16(true).unwrap();
+        check_against_one_at_a_time(m);
+    }
     minimind::ops::set_fused(false);
     check_against_one_at_a_time(&model);
+    check_against_one_at_a_time(&f16_kv);
     minimind::ops::set_fused(true);
     // The library's batch call is the same machinery.
     let prompts = prompts();

@@ -53,6 +53,9 @@ pub struct BenchArgs {
     /// forward/generate with int8 weights (inference only).
     #[arg(long)]
     pub int8: bool,
+    /// generate/serve with keys and values cached in f16 (CPU, fp32 activations).
+    #[arg(long)]
+    pub kv_f16: bool,
     /// forward/generate/serve with f32 weights in PyTorch's `[out, in]` layout instead of the
     /// panels inference loads them into (to measure one against the other).
     #[arg(long)]
@@ -192,6 +195,10 @@ pub fn run(a: &BenchArgs) -> Result<()> {
             params = Default::default();
         }
     }
+    if a.kv_f16 && a.mode != BenchMode::Generate {
+        bail!("--kv-f16 is for decoding (generate, serve)");
+    }
+    model.set_kv_f16(a.kv_f16)?;
     let ceiling =
         matmul_ceiling_gflops(&device, a.dtype, a.batch_size * a.seq_len, config.hidden_size, config.ffn_size())?;
     let ids = Tensor::rand(0f32, config.vocab_size as f32, (a.batch_size, a.seq_len + 1), &Device::Cpu)?
@@ -202,9 +209,10 @@ pub fn run(a: &BenchArgs) -> Result<()> {
     let mask = Tensor::ones(a.batch_size * a.seq_len, DType::F32, &device)?;
     let memory = DeviceMemory::watch(&device)?;
     println!(
-        "bench {:?}{}{} on {:?} in {}: {} ({} parameters), batch {} × {}, {} threads, matmul ceiling {:.1} GFLOP/s",
+        "bench {:?}{}{}{} on {:?} in {}: {} ({} parameters), batch {} × {}, {} threads, matmul ceiling {:.1} GFLOP/s",
         a.mode,
         if a.int8 { " (int8 weights)" } else { "" },
+        if a.kv_f16 { " (f16 KV cache)" } else { "" },
         a.lora.map_or(String::new(), |r| format!(" (rank-{r} LoRA, merged)")),
         device,
         a.dtype,

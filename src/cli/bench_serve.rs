@@ -37,6 +37,7 @@ pub fn run(a: &BenchArgs) -> Result<()> {
     } else if !a.unpacked {
         model.pack_panels()?;
     }
+    model.set_kv_f16(a.kv_f16)?;
     let slot = a.prompt_len + a.new_tokens + 1;
     let engine_config = EngineConfig {
         queue: 1024,
@@ -47,7 +48,7 @@ pub fn run(a: &BenchArgs) -> Result<()> {
     let engine =
         Engine::start(vec![LoadedModel { id: a.preset.clone(), aliases: vec![], model, tokenizer }], engine_config);
     println!(
-        "bench serve: {} ({}), prompt {} + {} new tokens (greedy), {} KV slots, {} threads",
+        "bench serve: {} ({}{}), prompt {} + {} new tokens (greedy), {} KV slots, {} threads",
         a.preset,
         if a.int8 {
             "int8"
@@ -56,6 +57,7 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         } else {
             "fp32"
         },
+        if a.kv_f16 { ", f16 KV cache" } else { "" },
         a.prompt_len,
         a.new_tokens,
         a.max_batch,

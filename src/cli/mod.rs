@@ -207,6 +207,10 @@ pub struct ServeArgs {
     /// Serve with int8 weights (faster decoding on CPU).
     #[arg(long)]
     pub int8: bool,
+    /// Cache keys and values in f16 (CPU, fp32 activations): half the KV memory per slot and half
+    /// the bytes a decode step streams through attention (llama.cpp's default cache type).
+    #[arg(long)]
+    pub kv_f16: bool,
     /// Names clients may use for the first model (e.g. `minimind`), as vLLM's flag: the first is the
     /// id `/v1/models` lists. Default: the folder name.
     #[arg(long, num_args = 1..)]
@@ -241,6 +245,7 @@ fn serve_cmd(a: &ServeArgs) -> Result<()> {
             lora,
             device: a.device.clone(),
             int8: a.int8,
+            kv_f16: a.kv_f16,
             rope_scaling: a.rope_scaling,
             dtype: a.dtype,
         };
@@ -286,6 +291,10 @@ pub struct ModelArgs {
     /// cost is measured in docs/PERFORMANCE.md).
     #[arg(long)]
     pub int8: bool,
+    /// Cache keys and values in f16 (CPU, fp32 activations): half the KV memory and the bytes each
+    /// decoded token streams through attention (llama.cpp's default cache type).
+    #[arg(long)]
+    pub kv_f16: bool,
     /// YaRN RoPE scaling for prompts beyond the trained context (minimind-3's
     /// inference_rope_scaling: factor 16 over the original 2048 positions).
     #[arg(long)]
@@ -303,6 +312,7 @@ impl ModelArgs {
             int8: self.int8,
             rope_scaling: self.rope_scaling,
             precision: self.dtype,
+            kv_f16: self.kv_f16,
         };
         crate::infer::load(&self.model, &parse_device(&self.device)?, &options)
     }

@@ -106,7 +106,7 @@ impl<'m> Batcher<'m> {
             bail!("a batcher needs at least one slot of at least 2 positions");
         }
         let capacity = slot_capacity.min(model.config.max_position_embeddings);
-        let (dtype, device) = (model.compute_dtype(), model.device());
+        let (dtype, device) = (model.kv_dtype(), model.device());
         let pool = KvPool::new(&model.config, max_batch, capacity, dtype, device)?;
         let scratch = KvCache::new(&model.config, 1, capacity, dtype, device)?;
         let free = (0..max_batch).rev().collect();

@@ -45,7 +45,7 @@ pub fn generate(
         bail!("prompt of {} tokens does not fit the context of {max_len}", prompt.len());
     }
     let capacity = (prompt.len() + max_new_tokens).min(max_len);
-    let mut cache = KvCache::new(&model.config, 1, capacity, model.compute_dtype(), model.device())?;
+    let mut cache = KvCache::new(&model.config, 1, capacity, model.kv_dtype(), model.device())?;
     let mut seen = prompt.to_vec();
     let mut input = Tensor::new(prompt, model.device())?.unsqueeze(0)?;
     let mut tokens = Vec::new();

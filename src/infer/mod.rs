@@ -28,11 +28,14 @@ pub struct LoadOptions {
     pub rope_scaling: bool,
     /// fp32, or bf16 weights and activations (half the bytes per decoded token).
     pub precision: crate::model::Precision,
+    /// Keys and values cached in f16 (CPU, fp32 activations): half the KV memory and traffic.
+    pub kv_f16: bool,
 }
 
 /// A model folder ready for inference: its weights, a LoRA adapter merged in once (so decoding costs
-/// what the base model costs), int8 weights and YaRN when asked, f32 CPU weights packed into panels
-/// ([`crate::ops::panel`]: one kernel for decode batches and prompts), and its tokenizer.
+/// what the base model costs), int8 weights, YaRN and an f16 KV cache when asked, f32 CPU weights
+/// packed into panels ([`crate::ops::panel`]: one kernel for decode batches and prompts), and its
+/// tokenizer.
 pub fn load(dir: &Path, device: &Device, options: &LoadOptions) -> Result<(MiniMindForCausalLM, Tokenizer)> {
     let mut model = lora::load_merged(dir, options.adapter.as_deref(), device)?;
     if options.rope_scaling {
@@ -48,5 +51,6 @@ pub fn load(dir: &Path, device: &Device, options: &LoadOptions) -> Result<(MiniM
         model = model.with_weights_in(options.precision.dtype())?;
     }
     model.pack_panels()?;
+    model.set_kv_f16(options.kv_f16)?;
     Ok((model, Tokenizer::load(dir)?))
 }

@@ -2,8 +2,36 @@
 //! them without recomputing them.
 
 use crate::model::config::ModelConfig;
+use crate::model::MiniMindForCausalLM;
 use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor};
+
+impl MiniMindForCausalLM {
+    /// The dtype decoding caches keys and values in: the activations' own, or f16.
+    pub fn kv_dtype(&self) -> DType {
+        if self.kv_f16 {
+            DType::F16
+        } else {
+            self.compute_dtype()
+        }
+    }
+
+    /// Cache keys and values in f16 (CPU, f32 activations): half the KV memory, and half the bytes
+    /// each decoded token streams through attention — llama.cpp's default cache type. Keys and
+    /// values are rounded to f16 as they are cached (a prompt's own attention included) and widened
+    /// exactly as they are read.
+    pub fn set_kv_f16(&mut self, on: bool) -> Result<()> {
+        if on && !(self.device().is_cpu() && self.compute_dtype() == DType::F32) {
+            bail!(
+                "an f16 KV cache needs f32 activations on the CPU (not {:?} on {:?})",
+                self.compute_dtype(),
+                self.device()
+            );
+        }
+        self.kv_f16 = on;
+        Ok(())
+    }
+}
 
 /// Per-layer key/value cache, pre-allocated `[B, K, capacity, D]` and filled in place, holding
 /// post-RoPE keys (before any head repetition), as MiniMind's cache does.
@@ -53,8 +81,8 @@ impl KvCache {
             bail!("KV cache full: {} + {t} positions > capacity {}", self.len, self.capacity);
         }
         let (k_buf, v_buf) = &self.layers[layer];
-        k_buf.slice_set(&k.contiguous()?, 2, self.len)?;
-        v_buf.slice_set(&v.contiguous()?, 2, self.len)?;
+        k_buf.slice_set(&k.to_dtype(k_buf.dtype())?.contiguous()?, 2, self.len)?;
+        v_buf.slice_set(&v.to_dtype(v_buf.dtype())?.contiguous()?, 2, self.len)?;
         Ok((k_buf.narrow(2, 0, self.len + t)?, v_buf.narrow(2, 0, self.len + t)?))
     }
 
@@ -113,8 +141,8 @@ impl KvPool {
             bail!("KV slot full: {} positions", self.capacity);
         }
         let (k_pool, v_pool) = &self.layers[layer];
-        k_pool.narrow(0, slot, 1)?.slice_set(&k.contiguous()?, 2, at)?;
-        v_pool.narrow(0, slot, 1)?.slice_set(&v.contiguous()?, 2, at)?;
+        k_pool.narrow(0, slot, 1)?.slice_set(&k.to_dtype(k_pool.dtype())?.contiguous()?, 2, at)?;
+        v_pool.narrow(0, slot, 1)?.slice_set(&v.to_dtype(v_pool.dtype())?.contiguous()?, 2, at)?;
         Ok(())
     }
 
@@ -122,7 +150,8 @@ impl KvPool {
     /// slot's cached positions: one in-place op per pool on the CPU, a copy per row elsewhere.
     pub(crate) fn write_rows(&self, layer: usize, slots: &[usize], k: &Tensor, v: &Tensor) -> Result<()> {
         let (k_pool, v_pool) = &self.layers[layer];
-        if k_pool.device().is_cpu() && k_pool.dtype() == DType::F32 && k.dtype() == DType::F32 {
+        let pool_dtype = matches!(k_pool.dtype(), DType::F32 | DType::F16);
+        if k_pool.device().is_cpu() && pool_dtype && k.dtype() == DType::F32 {
             let places: Vec<(usize, usize)> = slots.iter().map(|&s| (s, self.lens[s])).collect();
             crate::ops::decode_attention::pool_write(k_pool, k, &places)?;
             return Ok(crate::ops::decode_attention::pool_write(v_pool, v, &places)?);

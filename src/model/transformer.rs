@@ -394,6 +394,8 @@ pub struct MiniMindForCausalLM {
     /// The dtype activations are computed in: the weights' own, or bf16 over fp32 master weights
     /// (mixed precision, [`set_compute_dtype`](Self::set_compute_dtype)).
     compute_dtype: DType,
+    /// Decoding caches keys and values in f16 ([`set_kv_f16`](Self::set_kv_f16)).
+    pub(crate) kv_f16: bool,
 }
 
 impl MiniMindForCausalLM {
@@ -421,7 +423,13 @@ impl MiniMindForCausalLM {
         };
         let rotary = RotaryEmbedding::new(&c, wb.device())?;
         let compute_dtype = wb.dtype();
-        Ok(Self { model: MiniMindModel { embed_tokens, layers, norm, rotary }, lm_head, config: c, compute_dtype })
+        Ok(Self {
+            model: MiniMindModel { embed_tokens, layers, norm, rotary },
+            lm_head,
+            config: c,
+            compute_dtype,
+            kv_f16: false,
+        })
     }
 
     /// Final hidden states `[B, T, d]` (after the last norm) for `input_ids` `[B, T]`.
@@ -527,7 +535,8 @@ impl MiniMindForCausalLM {
         self.model.embed_tokens.dtype()
     }
 
-    /// The dtype of the activations (and of a KV cache for this model).
+    /// The dtype of the activations (and of a KV cache for this model, unless
+    /// [`kv_dtype`](Self::kv_dtype) says f16).
     pub fn compute_dtype(&self) -> DType {
         self.compute_dtype
     }

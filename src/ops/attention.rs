@@ -41,7 +41,8 @@ struct FlashAttention {
     lse: Mutex<Vec<f32>>,
 }
 
-/// `softmax(QKᵀ·scale + causal mask)·V`; `q` `[B,H,T,D]`, `k`/`v` `[B,K,S,D]`, fp32 on the CPU.
+/// `softmax(QKᵀ·scale + causal mask)·V`; `q` `[B,H,T,D]`, `k`/`v` `[B,K,S,D]`, fp32 on the CPU
+/// (`k`/`v` may be an f16 cache when `T = 1`).
 pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
     let d = q.dim(3)?;
     let op = FlashAttention { scale: 1.0 / (d as f32).sqrt(), lse: Mutex::new(Vec::new()) };
@@ -141,10 +142,10 @@ fn softmax_row(row: &mut [f32], len: usize) -> f32 {
 /// log-sum-exp in `lse`. A head gets the same bits alone as in its group. `scores` holds at least
 /// `heads·keys` values.
 #[allow(clippy::too_many_arguments)]
-pub(super) fn decode_heads(
+pub(super) fn decode_heads<T: simd::KvElem>(
     q: &[f32],
-    k: &[f32],
-    v: &[f32],
+    k: &[T],
+    v: &[T],
     keys: usize,
     d: usize,
     scale: f32,
@@ -166,11 +167,11 @@ impl FlashAttention {
     /// matmul with one row costs more in packing than in arithmetic), the query heads of each KV
     /// head together over its key and value rows, on the decode loop's workers. Output and
     /// log-sum-exp `[b, h]`.
-    fn decode(
+    fn decode<T: simd::KvElem>(
         &self,
         q: &[f32],
-        (k, lk): (&[f32], &Layout),
-        (v, lv): (&[f32], &Layout),
+        (k, lk): (&[T], &Layout),
+        (v, lv): (&[T], &Layout),
         dims: Dims,
         b: usize,
         d: usize,
@@ -214,13 +215,17 @@ impl CustomOp3 for FlashAttention {
         }
         check_rows_contiguous(lk, d, "k")?;
         check_rows_contiguous(lv, d, "v")?;
-        let (q, k, v) = (sq.as_slice::<f32>()?, sk.as_slice::<f32>()?, sv.as_slice::<f32>()?);
-        let q = &q[lq.start_offset()..];
+        let q = &sq.as_slice::<f32>()?[lq.start_offset()..];
         if t == 1 {
-            let (out, lse) = self.decode(q, (k, lk), (v, lv), dims, b, d);
+            // One token reads the cache as it is stored: f32, or f16 widened as it is read.
+            let (out, lse) = match (sk, sv) {
+                (CpuStorage::F16(k), CpuStorage::F16(v)) => self.decode(q, (k, lk), (v, lv), dims, b, d),
+                _ => self.decode(q, (sk.as_slice::<f32>()?, lk), (sv.as_slice::<f32>()?, lv), dims, b, d),
+            };
             *self.lse.lock().map_err(|_| candle_core::Error::Msg("lse lock poisoned".into()))? = lse;
             return Ok((CpuStorage::F32(out), Shape::from((b, h, t, d))));
         }
+        let (k, v) = (sk.as_slice::<f32>()?, sv.as_slice::<f32>()?);
         let mut out = vec![0f32; b * h * t * d];
         let mut lse = vec![0f32; b * h * t];
         out.par_chunks_mut(t * d).zip(lse.par_chunks_mut(t)).enumerate().for_each(|(bh, (o, lse))| {

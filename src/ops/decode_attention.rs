@@ -55,8 +55,30 @@ impl CustomOp3 for PoolAttention {
         let (Some((k0, _)), Some((v0, _))) = (lk.contiguous_offsets(), lv.contiguous_offsets()) else {
             candle_core::bail!("pool attention: the pools must be contiguous");
         };
-        let (q, k, v) =
-            (&sq.as_slice::<f32>()?[lq.start_offset()..], &sk.as_slice::<f32>()?[k0..], &sv.as_slice::<f32>()?[v0..]);
+        let q = &sq.as_slice::<f32>()?[lq.start_offset()..];
+        let shape = PoolShape { b, h, kv, d, capacity };
+        let out = match (sk, sv) {
+            (CpuStorage::F16(k), CpuStorage::F16(v)) => self.attend(q, &k[k0..], &v[v0..], shape),
+            _ => self.attend(q, &sk.as_slice::<f32>()?[k0..], &sv.as_slice::<f32>()?[v0..], shape),
+        };
+        Ok((CpuStorage::F32(out), Shape::from((1, b, h, d))))
+    }
+}
+
+/// The sizes of a pooled attention: rows, query heads, KV heads, head size, slot capacity.
+#[derive(Clone, Copy)]
+struct PoolShape {
+    b: usize,
+    h: usize,
+    kv: usize,
+    d: usize,
+    capacity: usize,
+}
+
+impl PoolAttention {
+    /// `[1, B, H, D]` of queries `q` `[1, H, B, D]` over pools stored as `T` (f32, or f16).
+    fn attend<T: super::simd::KvElem>(&self, q: &[f32], k: &[T], v: &[T], shape: PoolShape) -> Vec<f32> {
+        let PoolShape { b, h, kv, d, capacity } = shape;
         let (rep, scale) = (h / kv, 1.0 / (d as f32).sqrt());
         let head_stride = capacity * d;
         let mut out = vec![0f32; b * h * d];
@@ -74,13 +96,13 @@ impl CustomOp3 for PoolAttention {
             let (mut scores, mut lse) = (vec![0f32; rep * len], vec![0f32; rep]);
             decode_heads(&queries, &k[at..], &v[at..], len, d, scale, &mut scores, o, &mut lse);
         });
-        Ok((CpuStorage::F32(out), Shape::from((1, b, h, d))))
+        out
     }
 }
 
-/// Writes row b of `x` `[1, K, B, D]` (a decode step's new keys or values) into `pool`
-/// `[S, K, C, D]` at slot `places[b].0`, position `places[b].1`, in place: one op for the batch
-/// instead of a copy per sequence.
+/// Writes row b of `x` `[1, K, B, D]` (a decode step's new keys or values, f32) into `pool`
+/// `[S, K, C, D]` (f32 or f16) at slot `places[b].0`, position `places[b].1`, in place: one op for
+/// the batch instead of a copy per sequence.
 pub fn pool_write(pool: &Tensor, x: &Tensor, places: &[(usize, usize)]) -> Result<()> {
     pool.inplace_op2(&x.contiguous()?, &PoolWrite { places: places.to_vec() })
 }
@@ -105,12 +127,17 @@ impl candle_core::InplaceOp2 for PoolWrite {
             candle_core::bail!("pool write: the pool and the rows must be contiguous");
         };
         let x = &s2.as_slice::<f32>()?[x0..];
-        let CpuStorage::F32(pool) = s1 else { candle_core::bail!("pool write: an f32 pool") };
-        for (row, &(slot, at)) in self.places.iter().enumerate() {
-            for g in 0..kv {
-                let to = p0 + ((slot * kv + g) * capacity + at) * d;
-                pool[to..to + d].copy_from_slice(&x[(g * b + row) * d..][..d]);
-            }
+        // Row `row` of KV head `g` goes to the pool at (slot, g, at): copied, or rounded to f16
+        // (to nearest, as a cache's `to_dtype` rounds).
+        let places = self.places.iter().enumerate().flat_map(|(row, &(slot, at))| {
+            (0..kv).map(move |g| (p0 + ((slot * kv + g) * capacity + at) * d, (g * b + row) * d))
+        });
+        match s1 {
+            CpuStorage::F32(pool) => places.for_each(|(to, from)| pool[to..to + d].copy_from_slice(&x[from..][..d])),
+            CpuStorage::F16(pool) => places.for_each(|(to, from)| {
+                pool[to..to + d].iter_mut().zip(&x[from..][..d]).for_each(|(p, &x)| *p = half::f16::from_f32(x))
+            }),
+            _ => candle_core::bail!("pool write: an f32 or f16 pool"),
         }
         Ok(())
     }

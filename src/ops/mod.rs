@@ -144,6 +144,14 @@ pub fn matmul_nt(x: &Tensor, w: &Tensor) -> Result<Tensor> {
 /// `[B, K, S, D]` with `S = past + T` (the cache included) and `H = K·rep`; query head `h` uses KV
 /// head `h / rep`. `dropout = Some((p, seed))` drops attention probabilities (composed path only).
 pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor, dropout: Option<(f64, u64)>) -> Result<Tensor> {
+    if k.dtype() != q.dtype() || v.dtype() != q.dtype() {
+        // An f16 KV cache under f32 activations: one token reads it as stored (the fused kernel
+        // widens as it reads); otherwise it is widened first.
+        if fused_f32(&[q]) && k.dtype() == DType::F16 && v.dtype() == DType::F16 && q.dim(2)? == 1 {
+            return attention::causal_attention(q, k, v);
+        }
+        return causal_attention(q, &k.to_dtype(q.dtype())?, &v.to_dtype(q.dtype())?, dropout);
+    }
     if fused_f32(&[q, k, v]) && dropout.is_none() {
         attention::causal_attention(q, k, v)
     } else {
@@ -239,17 +247,18 @@ pub fn swiglu_in(x: &Tensor, w_gate: &Tensor, w_up: &Tensor) -> Result<Tensor> {
 
 /// Continuous batching's decode attention: `q` `[1, H, B, D]` (row b's heads at time index b), KV
 /// pools `[slots, K, capacity, D]`; row b attends to positions `0..rows[b].len` of slot
-/// `rows[b].slot`. Returns `[1, B, H, D]`, each row's heads together. One fused op on the CPU; per
-/// row with the composed reference elsewhere.
+/// `rows[b].slot`. Returns `[1, B, H, D]`, each row's heads together. One fused op on the CPU (f32
+/// or f16 pools); per row with the composed reference elsewhere.
 pub fn pool_attention(q: &Tensor, k: &Tensor, v: &Tensor, rows: &[decode_attention::PoolRow]) -> Result<Tensor> {
-    if fused_f32(&[q, k, v]) {
+    let f16_pools = k.dtype() == DType::F16 && v.dtype() == DType::F16;
+    if fused_f32(&[q, k, v]) || (f16_pools && fused_f32(&[q])) {
         return decode_attention::pool_attention(q, k, v, rows);
     }
     let per_row = rows
         .iter()
         .enumerate()
         .map(|(i, r)| {
-            let slot = |pool: &Tensor| pool.narrow(0, r.slot, 1)?.narrow(2, 0, r.len);
+            let slot = |pool: &Tensor| pool.narrow(0, r.slot, 1)?.narrow(2, 0, r.len)?.to_dtype(q.dtype());
             composed::causal_attention(&q.narrow(2, i, 1)?, &slot(k)?, &slot(v)?, None)
         })
         .collect::<Result<Vec<_>>>()?;

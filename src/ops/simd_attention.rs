@@ -5,13 +5,70 @@
 
 use super::simd::{level, LANES};
 
+/// An element of cached keys and values: f32, or f16 (half the memory a step streams; widened to
+/// f32 exactly as it is read, so the arithmetic is the f32 kernels' on the widened values).
+pub trait KvElem: Copy + Default + Send + Sync + 'static {
+    /// Stored as IEEE half precision.
+    const HALF: bool;
+    fn widen(self) -> f32;
+}
+
+impl KvElem for f32 {
+    const HALF: bool = false;
+    fn widen(self) -> f32 {
+        self
+    }
+}
+
+impl KvElem for half::f16 {
+    const HALF: bool = true;
+    fn widen(self) -> f32 {
+        self.to_f32()
+    }
+}
+
+/// Eight elements at `p` as f32 lanes.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn load8<T: KvElem>(p: *const T) -> std::arch::x86_64::__m256 {
+    use std::arch::x86_64::*;
+    // SAFETY: the caller guarantees eight readable elements.
+    unsafe {
+        if T::HALF {
+            _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
+        } else {
+            _mm256_loadu_ps(p as *const f32)
+        }
+    }
+}
+
+/// Sixteen elements at `p` as f32 lanes.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn load16<T: KvElem>(p: *const T) -> std::arch::x86_64::__m512 {
+    use std::arch::x86_64::*;
+    // SAFETY: the caller guarantees sixteen readable elements.
+    unsafe {
+        if T::HALF {
+            _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i))
+        } else {
+            _mm512_loadu_ps(p as *const f32)
+        }
+    }
+}
+
+/// Elements of one 64-byte cache line.
+const fn line<T>() -> usize {
+    64 / std::mem::size_of::<T>()
+}
+
 /// Attention scores of query heads `q` `[heads, d]` against `keys` rows of `k` (row stride `d`):
 /// `scores[h·keys + j] = scale·q_h·k_j`. Each dot product runs in vector lanes over the row (8 on
 /// AVX2 and here, 16 on AVX-512), and the lanes of several keys are summed together by a fixed tree
 /// (no per-key horizontal reduction); a score's bits depend only on its query and key row. The
 /// heads of a grouped-query attention group share their key rows, so a block of rows is read from
 /// memory once for all of them.
-pub fn attention_scores(q: &[f32], d: usize, k: &[f32], keys: usize, scale: f32, scores: &mut [f32]) {
+pub fn attention_scores<T: KvElem>(q: &[f32], d: usize, k: &[T], keys: usize, scale: f32, scores: &mut [f32]) {
     let heads = q.len() / d.max(1);
     assert!(q.len() == heads * d && k.len() >= keys * d && scores.len() >= heads * keys, "attention_scores: sizes");
     #[cfg(target_arch = "x86_64")]
@@ -27,7 +84,7 @@ pub fn attention_scores(q: &[f32], d: usize, k: &[f32], keys: usize, scale: f32,
             let mut lanes = [0f32; LANES];
             for (x, y) in q.chunks(LANES).zip(row.chunks(LANES)) {
                 for (i, (a, b)) in x.iter().zip(y).enumerate() {
-                    lanes[i] += a * b;
+                    lanes[i] += a * b.widen();
                 }
             }
             let [a, b, c, e, f, g, h, i] = lanes;
@@ -43,16 +100,23 @@ pub fn attention_scores(q: &[f32], d: usize, k: &[f32], keys: usize, scale: f32,
 /// keys past the last read a row of zeros (their sums are discarded), so a score's bits depend
 /// only on its query and key row.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn attention_scores_avx512(q: &[f32], d: usize, k: &[f32], keys: usize, scale: f32, scores: &mut [f32]) {
+#[target_feature(enable = "avx512f,f16c")]
+unsafe fn attention_scores_avx512<T: KvElem>(
+    q: &[f32],
+    d: usize,
+    k: &[T],
+    keys: usize,
+    scale: f32,
+    scores: &mut [f32],
+) {
     use std::arch::x86_64::*;
     let heads = q.len() / d;
-    let zeros = vec![0f32; d];
+    let zeros = vec![T::default(); d];
     for j0 in (0..keys).step_by(4) {
-        let rows: [*const f32; 4] =
+        let rows: [*const T; 4] =
             std::array::from_fn(|t| if j0 + t < keys { k[(j0 + t) * d..].as_ptr() } else { zeros.as_ptr() });
         // The cache rows stream from memory: ask for them 16 rows ahead of the hardware.
-        for line in (0..4 * d).step_by(16) {
+        for line in (0..4 * d).step_by(line::<T>()) {
             _mm_prefetch::<_MM_HINT_T0>(k.as_ptr().wrapping_add((j0 + 16) * d + line) as *const i8);
         }
         let n = (keys - j0).min(4);
@@ -62,7 +126,7 @@ unsafe fn attention_scores_avx512(q: &[f32], d: usize, k: &[f32], keys: usize, s
             let mut acc = [[_mm512_setzero_ps(); 4]; 4];
             for c in (0..d).step_by(16) {
                 // SAFETY: c + 16 ≤ d and every row holds d values.
-                let kc: [__m512; 4] = std::array::from_fn(|t| unsafe { _mm512_loadu_ps(rows[t].add(c)) });
+                let kc: [__m512; 4] = std::array::from_fn(|t| unsafe { load16(rows[t].add(c)) });
                 for (h, acc) in acc.iter_mut().enumerate() {
                     let x = unsafe { _mm512_loadu_ps(qs[h].add(c)) };
                     for t in 0..4 {
@@ -107,29 +171,29 @@ fn fold_sixteen(acc: &[[std::arch::x86_64::__m512; 4]; 4]) -> std::arch::x86_64:
 /// query chunk four keys. Every (head, key) product is the same 8-lane chain over `d` and the same
 /// tree of adds, so a score's bits depend only on its query and key row.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn attention_scores_avx2(q: &[f32], d: usize, k: &[f32], keys: usize, scale: f32, scores: &mut [f32]) {
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn attention_scores_avx2<T: KvElem>(q: &[f32], d: usize, k: &[T], keys: usize, scale: f32, scores: &mut [f32]) {
     const HB: usize = 2;
     use std::arch::x86_64::*;
     let heads = q.len() / d;
-    let zeros = vec![0f32; d];
+    let zeros = vec![T::default(); d];
     for j0 in (0..keys).step_by(8) {
         // Past the last key, rows of zeros (their sums are discarded).
-        let rows: [*const f32; 8] =
+        let rows: [*const T; 8] =
             std::array::from_fn(|t| if j0 + t < keys { k[(j0 + t) * d..].as_ptr() } else { zeros.as_ptr() });
         // The cache rows stream from memory: ask for the block after next ahead of the hardware.
-        for line in (0..8 * d).step_by(16) {
+        for line in (0..8 * d).step_by(line::<T>()) {
             _mm_prefetch::<_MM_HINT_T0>(k.as_ptr().wrapping_add((j0 + 16) * d + line) as *const i8);
         }
         for h0 in (0..heads).step_by(HB) {
             let hb = HB.min(heads - h0);
             for half in (0..2).take_while(|half| j0 + 4 * half < keys) {
-                let row4: [*const f32; 4] = std::array::from_fn(|t| rows[4 * half + t]);
+                let row4: [*const T; 4] = std::array::from_fn(|t| rows[4 * half + t]);
                 let mut acc = [[_mm256_setzero_ps(); 4]; HB];
                 for c in (0..d).step_by(LANES) {
                     // SAFETY: c + 8 ≤ d, every row holds d values, heads past `hb` repeat the
                     // group's first (their sums are discarded).
-                    let kc: [__m256; 4] = std::array::from_fn(|t| unsafe { _mm256_loadu_ps(row4[t].add(c)) });
+                    let kc: [__m256; 4] = std::array::from_fn(|t| unsafe { load8(row4[t].add(c)) });
                     for (h, acc) in acc.iter_mut().enumerate() {
                         let head = h0 + if h < hb { h } else { 0 };
                         let x = unsafe { _mm256_loadu_ps(q.as_ptr().add(head * d + c)) };
@@ -167,7 +231,7 @@ unsafe fn attention_scores_avx2(q: &[f32], d: usize, k: &[f32], keys: usize, sca
 /// separate multiply and add without FMA), so its bits do not depend on the vector width, on `d`
 /// or on how many heads share the pass. AVX-512 runs up to four heads of a group at once, AVX2 two, each
 /// value row loaded once for all of them.
-pub fn weighted_rows(p: &[f32], keys: usize, v: &[f32], d: usize, out: &mut [f32]) {
+pub fn weighted_rows<T: KvElem>(p: &[f32], keys: usize, v: &[T], d: usize, out: &mut [f32]) {
     let heads = out.len() / d.max(1);
     assert!(out.len() == heads * d && p.len() >= heads * keys && v.len() >= keys * d, "weighted_rows: sizes");
     #[cfg(target_arch = "x86_64")]
@@ -181,24 +245,24 @@ pub fn weighted_rows(p: &[f32], keys: usize, v: &[f32], d: usize, out: &mut [f32
         out.fill(0.0);
         for (j, &pj) in p[h * keys..(h + 1) * keys].iter().enumerate() {
             for (o, &x) in out.iter_mut().zip(&v[j * d..(j + 1) * d]) {
-                *o += pj * x;
+                *o += pj * x.widen();
             }
         }
     }
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn weighted_rows_avx512(p: &[f32], keys: usize, v: &[f32], d: usize, out: &mut [f32]) {
+#[target_feature(enable = "avx512f,f16c")]
+unsafe fn weighted_rows_avx512<T: KvElem>(p: &[f32], keys: usize, v: &[T], d: usize, out: &mut [f32]) {
     let heads = out.len() / d;
     for h0 in (0..heads).step_by(4) {
         // SAFETY (all): the caller checked the sizes; d is a multiple of 64.
         unsafe {
             match heads - h0 {
-                1 => weighted_heads_avx512::<1>(p, keys, v, d, out, h0),
-                2 => weighted_heads_avx512::<2>(p, keys, v, d, out, h0),
-                3 => weighted_heads_avx512::<3>(p, keys, v, d, out, h0),
-                _ => weighted_heads_avx512::<4>(p, keys, v, d, out, h0),
+                1 => weighted_heads_avx512::<T, 1>(p, keys, v, d, out, h0),
+                2 => weighted_heads_avx512::<T, 2>(p, keys, v, d, out, h0),
+                3 => weighted_heads_avx512::<T, 3>(p, keys, v, d, out, h0),
+                _ => weighted_heads_avx512::<T, 4>(p, keys, v, d, out, h0),
             }
         }
     }
@@ -206,11 +270,11 @@ unsafe fn weighted_rows_avx512(p: &[f32], keys: usize, v: &[f32], d: usize, out:
 
 /// Heads `h0..h0 + H`, 64 output values (four registers) per head at a time.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn weighted_heads_avx512<const H: usize>(
+#[target_feature(enable = "avx512f,f16c")]
+unsafe fn weighted_heads_avx512<T: KvElem, const H: usize>(
     p: &[f32],
     keys: usize,
-    v: &[f32],
+    v: &[T],
     d: usize,
     out: &mut [f32],
     h0: usize,
@@ -219,12 +283,11 @@ unsafe fn weighted_heads_avx512<const H: usize>(
     for c in (0..d).step_by(64) {
         let mut acc = [[_mm512_setzero_ps(); 4]; H];
         for j in 0..keys {
-            for line in (0..64).step_by(16) {
+            for line in (0..64).step_by(line::<T>()) {
                 _mm_prefetch::<_MM_HINT_T0>(v.as_ptr().wrapping_add((j + 8) * d + c + line) as *const i8);
             }
             // SAFETY: c + 64 ≤ d, j < keys, v holds keys rows of d values, p holds the heads' rows.
-            let row: [__m512; 4] =
-                std::array::from_fn(|i| unsafe { _mm512_loadu_ps(v.as_ptr().add(j * d + c + 16 * i)) });
+            let row: [__m512; 4] = std::array::from_fn(|i| unsafe { load16(v.as_ptr().add(j * d + c + 16 * i)) });
             for (h, acc) in acc.iter_mut().enumerate() {
                 let w = _mm512_set1_ps(unsafe { *p.get_unchecked((h0 + h) * keys + j) });
                 for i in 0..4 {
@@ -243,8 +306,8 @@ unsafe fn weighted_heads_avx512<const H: usize>(
 /// AVX2: pairs of heads, 32 output values (four registers) per head at a time, each value row's
 /// chunk loaded once for both heads; a last odd head and a tail of `d` past the last 32 run alone.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn weighted_rows_avx2(p: &[f32], keys: usize, v: &[f32], d: usize, out: &mut [f32]) {
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn weighted_rows_avx2<T: KvElem>(p: &[f32], keys: usize, v: &[T], d: usize, out: &mut [f32]) {
     let heads = out.len() / d;
     let wide = d - d % 32;
     for h0 in (0..heads).step_by(2) {
@@ -252,8 +315,8 @@ unsafe fn weighted_rows_avx2(p: &[f32], keys: usize, v: &[f32], d: usize, out: &
             // SAFETY (both): c + 32 ≤ d; the caller checked the sizes.
             unsafe {
                 match heads - h0 {
-                    1 => weighted_chunk_avx2::<1, 4>(p, keys, v, d, out, h0, c),
-                    _ => weighted_chunk_avx2::<2, 4>(p, keys, v, d, out, h0, c),
+                    1 => weighted_chunk_avx2::<T, 1, 4>(p, keys, v, d, out, h0, c),
+                    _ => weighted_chunk_avx2::<T, 2, 4>(p, keys, v, d, out, h0, c),
                 }
             }
         }
@@ -261,12 +324,12 @@ unsafe fn weighted_rows_avx2(p: &[f32], keys: usize, v: &[f32], d: usize, out: &
             let mut c = wide;
             while c + 8 <= d {
                 // SAFETY: c + 8 ≤ d.
-                unsafe { weighted_chunk_avx2::<1, 1>(p, keys, v, d, out, h, c) };
+                unsafe { weighted_chunk_avx2::<T, 1, 1>(p, keys, v, d, out, h, c) };
                 c += 8;
             }
             for (e, o) in out[h * d..(h + 1) * d].iter_mut().enumerate().skip(c) {
                 let p = &p[h * keys..(h + 1) * keys];
-                *o = p.iter().enumerate().fold(0f32, |acc, (j, &pj)| pj.mul_add(v[j * d + e], acc));
+                *o = p.iter().enumerate().fold(0f32, |acc, (j, &pj)| pj.mul_add(v[j * d + e].widen(), acc));
             }
         }
     }
@@ -274,11 +337,11 @@ unsafe fn weighted_rows_avx2(p: &[f32], keys: usize, v: &[f32], d: usize, out: &
 
 /// Values `c..c + 8N` of heads `h0..h0 + H`, H·N registers held across the pass over the rows.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn weighted_chunk_avx2<const H: usize, const N: usize>(
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn weighted_chunk_avx2<T: KvElem, const H: usize, const N: usize>(
     p: &[f32],
     keys: usize,
-    v: &[f32],
+    v: &[T],
     d: usize,
     out: &mut [f32],
     h0: usize,
@@ -287,11 +350,11 @@ unsafe fn weighted_chunk_avx2<const H: usize, const N: usize>(
     use std::arch::x86_64::*;
     let mut acc = [[_mm256_setzero_ps(); N]; H];
     for j in 0..keys {
-        for line in (0..8 * N).step_by(16) {
+        for line in (0..8 * N).step_by(line::<T>()) {
             _mm_prefetch::<_MM_HINT_T0>(v.as_ptr().wrapping_add((j + 8) * d + c + line) as *const i8);
         }
         // SAFETY: c + 8N ≤ d, j < keys, v holds keys rows of d values, p holds the heads' rows.
-        let row: [__m256; N] = std::array::from_fn(|i| unsafe { _mm256_loadu_ps(v.as_ptr().add(j * d + c + 8 * i)) });
+        let row: [__m256; N] = std::array::from_fn(|i| unsafe { load8(v.as_ptr().add(j * d + c + 8 * i)) });
         for (h, acc) in acc.iter_mut().enumerate() {
             let w = _mm256_set1_ps(unsafe { *p.get_unchecked((h0 + h) * keys + j) });
             for i in 0..N {

@@ -377,7 +377,18 @@ fn decode_attention_helpers_match_scalar_math_and_group_heads_bit_for_bit() {
             ops::simd::attention_scores(qh, d, &k, 1, 0.5, &mut first);
             assert_eq!(first[0], alone[0]);
         }
+        // An f16 cache: the same bits as the f32 kernels on its values widened.
+        let k16: Vec<half::f16> = k.iter().map(|&x| half::f16::from_f32(x)).collect();
+        let widened: Vec<f32> = k16.iter().map(|x| x.to_f32()).collect();
+        let (mut from_f16, mut from_f32) = (vec![0f32; heads * keys], vec![0f32; heads * keys]);
+        ops::simd::attention_scores(&q, d, &k16, keys, 0.5, &mut from_f16);
+        ops::simd::attention_scores(&q, d, &widened, keys, 0.5, &mut from_f32);
+        assert_eq!(from_f16, from_f32, "f16 keys, d {d}");
         let p: Vec<f32> = (0..heads * keys).map(|j| 1.0 / (j + 1) as f32).collect();
+        let (mut from_f16, mut from_f32) = (vec![0f32; heads * d], vec![0f32; heads * d]);
+        ops::simd::weighted_rows(&p, keys, &k16, d, &mut from_f16);
+        ops::simd::weighted_rows(&p, keys, &widened, d, &mut from_f32);
+        assert_eq!(from_f16, from_f32, "f16 values, d {d}");
         let mut out = vec![0f32; heads * d];
         ops::simd::weighted_rows(&p, keys, &k, d, &mut out);
         for h in 0..heads {

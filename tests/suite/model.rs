@@ -143,6 +143,32 @@ fn kv_cache_decoding_matches_full_forward() {
 }
 
 #[test]
+fn an_f16_kv_cache_decodes_close_to_the_f32_one() {
+    let (mut model, _) = micro_model(5);
+    let ids = random_ids(2, 12, 97, 9);
+    let full = model.forward(&ids, None).unwrap();
+    model.set_kv_f16(true).unwrap();
+    assert_eq!(model.kv_dtype(), DType::F16);
+    // Prefill 6 (attending over its own keys and values rounded to f16), then one token at a time
+    // (the fused kernel reading the f16 cache), on the fused kernels and the composed reference.
+    for fused in [true, false] {
+        ops::set_fused(fused);
+        let mut cache = KvCache::new(&model.config, 2, 12, model.kv_dtype(), &Device::Cpu).unwrap();
+        let mut pieces = vec![model.forward(&ids.narrow(1, 0, 6).unwrap(), Some(&mut cache)).unwrap()];
+        for p in 6..12 {
+            pieces.push(model.forward(&ids.narrow(1, p, 1).unwrap(), Some(&mut cache)).unwrap());
+        }
+        let cached = Tensor::cat(&pieces, 1).unwrap();
+        let diff = max_abs_diff(&full, &cached);
+        assert!(diff > 0.0 && diff < 2e-2, "fused {fused}: f16 cache off by {diff}");
+    }
+    ops::set_fused(true);
+    // Only f32 activations on the CPU cache in f16.
+    let mut bf16 = model.with_weights_in(DType::BF16).unwrap();
+    assert!(bf16.set_kv_f16(true).is_err());
+}
+
+#[test]
 fn every_parameter_receives_a_nonzero_gradient() {
     let (model, params) = micro_model(3);
     let ids = random_ids(2, 9, 97, 11);
