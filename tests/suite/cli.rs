@@ -440,6 +440,10 @@ fn import_a_classic_pth_then_chat_with_it() {
     let ppl = |s: &str| s.split_whitespace().nth(1).unwrap().parse::<f64>().unwrap();
     assert!((ppl(&f32_eval) / ppl(&int8_eval) - 1.0).abs() < 0.05, "{f32_eval} vs {int8_eval}");
     ok(minimind(&["generate", "--model", p(&model), "--prompt", "春", "--max-new-tokens", "3", "--int8"]));
+    // An f16 KV cache gives the fp32 model's greedy answer here (a few tokens of a trained model).
+    let greedy = ["generate", "--model", p(&model), "--prompt", "春", "--max-new-tokens", "4", "--temperature", "0"];
+    assert_eq!(ok(minimind(&[&greedy[..], &["--kv-f16"]].concat())), ok(minimind(&greedy)));
+    ok(minimind(&[&greedy[..], &["--kv-f16", "--int8"]].concat()));
     // --logits-out writes the prompt's logits: [tokens, vocab], matching the library forward of the
     // model as inference loads it (panel-packed), and the plain model's to rounding.
     let logits_path = dir.path().join("logits.safetensors");
@@ -503,12 +507,13 @@ fn bench_generate_and_serve_report_their_figures() {
         let mut args = vec!["--threads", "2", "bench", "generate", "--preset", "tiny", "--steps", "1"];
         args.extend(["--prompt-len", "8", "--new-tokens", "8"]);
         if int8 {
-            args.push("--int8");
+            args.extend(["--int8", "--kv-f16"]);
         }
         let out = ok(minimind(&args));
         let rate: f64 = out.lines().last().unwrap().split_whitespace().nth(2).unwrap().parse().unwrap();
         assert!(out.contains("Generate throughput") && rate > 0.0, "{out}");
         assert_eq!(out.contains("int8 weights"), int8, "{out}");
+        assert_eq!(out.contains("f16 KV cache"), int8, "{out}");
     }
     // The serving engine under 1 and 2 clients: one line per client count with its ratio to one client,
     // prompt tokens, first-token latency and memory.

@@ -139,4 +139,6 @@ fn bf16_training_and_inference_from_the_cli() {
     assert!(!generate("bf16").is_empty());
     let err = fails(minimind(&["generate", "--model", p(&sft), "--prompt", "x", "--int8", "--dtype", "bf16"]));
     assert!(err.contains("--int8") && err.contains("bf16"), "{err}");
+    let err = fails(minimind(&["generate", "--model", p(&sft), "--prompt", "x", "--kv-f16", "--dtype", "bf16"]));
+    assert!(err.contains("f16 KV cache needs f32 activations"), "{err}");
 }
