@@ -192,9 +192,17 @@ impl<'m> Batcher<'m> {
                 return Err(e);
             }
         };
+        // One copy of the batch's logits, a row per sequence.
+        let rows: Vec<Vec<f32>> = match logits.to_dtype(DType::F32).and_then(|l| l.to_vec2()) {
+            Ok(rows) => rows,
+            Err(e) => {
+                self.free.extend(slots);
+                return Err(e.into());
+            }
+        };
         let mut out = Vec::with_capacity(running.len());
-        for (b, mut seq) in running.into_iter().enumerate() {
-            match logits.get(b).map_err(anyhow::Error::from).and_then(|row| self.advance(&mut seq, &row)) {
+        for (mut seq, row) in running.into_iter().zip(rows) {
+            match self.advance(&mut seq, row) {
                 Ok(events) => {
                     out.push((seq.id, events.clone()));
                     self.settle(seq, &events);
@@ -225,13 +233,12 @@ impl<'m> Batcher<'m> {
         let input = Tensor::new(prompt, self.model.device())?.unsqueeze(0)?;
         let logits = self.model.forward_last(&input, Some(&mut self.scratch))?.squeeze(0)?;
         self.pool.load(seq.slot, &self.scratch)?;
-        self.advance(seq, &logits)
+        self.advance(seq, logits.to_dtype(DType::F32)?.to_vec1()?)
     }
 
-    /// Samples `seq`'s next token from its logits `[V]` as [`super::generate`] does: a stop token
+    /// Samples `seq`'s next token from its logits (`V` values) as [`super::generate`] does: a stop token
     /// finishes it; a token is kept, and finishes it when its budget or its slot is used up.
-    fn advance(&self, seq: &mut Sequence, logits: &Tensor) -> Result<Vec<Decoded>> {
-        let mut logits: Vec<f32> = logits.to_dtype(DType::F32)?.to_vec1()?;
+    fn advance(&self, seq: &mut Sequence, mut logits: Vec<f32>) -> Result<Vec<Decoded>> {
         let raw = seq.logprobs.map(|_| logits.clone());
         if let Some(grammar) = seq.constraint.as_mut() {
             mask_logits(grammar, &mut logits)?;

@@ -57,12 +57,16 @@ impl Sampler {
     /// Picks the next token from `logits` (one row, length V) given the ids seen so far. NaN or +∞
     /// logits (a model with corrupt weights) are an error, never a panic.
     pub fn sample(&mut self, logits: &[f32], seen: &[u32]) -> Result<u32> {
-        if logits.is_empty() || logits.iter().any(|l| l.is_nan() || *l == f32::INFINITY) {
+        let corrupt = |l: &f32| l.is_nan() || *l == f32::INFINITY;
+        if logits.is_empty() || logits.iter().any(corrupt) {
             bail!("the model produced NaN or infinite logits; its weights may be corrupt");
         }
         let p = &self.params;
-        let mut logits = logits.to_vec();
         let greedy = p.temperature < GREEDY_BELOW;
+        if greedy && p.repetition_penalty == 1.0 {
+            return Ok(argmax(logits)); // nothing to rescale: no copy
+        }
+        let mut logits = logits.to_vec();
         if !greedy {
             let t = p.temperature as f32;
             logits.iter_mut().for_each(|l| *l /= t);
