@@ -81,8 +81,8 @@ impl KvCache {
             bail!("KV cache full: {} + {t} positions > capacity {}", self.len, self.capacity);
         }
         let (k_buf, v_buf) = &self.layers[layer];
-        k_buf.slice_set(&k.to_dtype(k_buf.dtype())?.contiguous()?, 2, self.len)?;
-        v_buf.slice_set(&v.to_dtype(v_buf.dtype())?.contiguous()?, 2, self.len)?;
+        k_buf.slice_set(&crate::ops::cast(k, k_buf.dtype())?.contiguous()?, 2, self.len)?;
+        v_buf.slice_set(&crate::ops::cast(v, v_buf.dtype())?.contiguous()?, 2, self.len)?;
         Ok((k_buf.narrow(2, 0, self.len + t)?, v_buf.narrow(2, 0, self.len + t)?))
     }
 
@@ -141,8 +141,8 @@ impl KvPool {
             bail!("KV slot full: {} positions", self.capacity);
         }
         let (k_pool, v_pool) = &self.layers[layer];
-        k_pool.narrow(0, slot, 1)?.slice_set(&k.to_dtype(k_pool.dtype())?.contiguous()?, 2, at)?;
-        v_pool.narrow(0, slot, 1)?.slice_set(&v.to_dtype(v_pool.dtype())?.contiguous()?, 2, at)?;
+        k_pool.narrow(0, slot, 1)?.slice_set(&crate::ops::cast(k, k_pool.dtype())?.contiguous()?, 2, at)?;
+        v_pool.narrow(0, slot, 1)?.slice_set(&crate::ops::cast(v, v_pool.dtype())?.contiguous()?, 2, at)?;
         Ok(())
     }
 

@@ -1,6 +1,6 @@
 //! Shared helpers for the fused CPU kernels: borrowing a tensor's f32 data without copying.
 
-use candle_core::{CpuStorage, Layout, Result, Storage, Tensor};
+use candle_core::{CpuStorage, DType, Device, Layout, Result, Storage, Tensor};
 
 /// The contiguous f32 data behind `storage`/`layout`.
 pub fn f32_slice<'a>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [f32]> {
@@ -18,6 +18,32 @@ pub fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
     match &*storage {
         Storage::Cpu(cpu) => Ok(f(f32_slice(cpu, layout)?)),
         _ => candle_core::bail!("fused kernel expects a CPU tensor"),
+    }
+}
+
+/// `t` in `dtype`: between f32 and f16 on the CPU by vectorized conversions (F16C where the CPU has
+/// it; candle converts element by element), the same rounding; anything else through `to_dtype`.
+pub fn cast(t: &Tensor, dtype: DType) -> Result<Tensor> {
+    use half::slice::HalfFloatSliceExt;
+    if t.dtype() == dtype || !t.device().is_cpu() {
+        return t.to_dtype(dtype);
+    }
+    let t = t.contiguous()?;
+    let (storage, layout) = t.storage_and_layout();
+    let Some((start, end)) = layout.contiguous_offsets() else { return t.to_dtype(dtype) };
+    let shape = t.shape().clone();
+    match (&*storage, dtype) {
+        (Storage::Cpu(CpuStorage::F32(x)), DType::F16) => {
+            let mut out = vec![half::f16::ZERO; end - start];
+            out.convert_from_f32_slice(&x[start..end]);
+            Tensor::from_vec(out, shape, &Device::Cpu)
+        }
+        (Storage::Cpu(CpuStorage::F16(x)), DType::F32) => {
+            let mut out = vec![0f32; end - start];
+            x[start..end].convert_to_f32_slice(&mut out);
+            Tensor::from_vec(out, shape, &Device::Cpu)
+        }
+        _ => t.to_dtype(dtype),
     }
 }
 

@@ -135,7 +135,8 @@ impl candle_core::InplaceOp2 for PoolWrite {
         match s1 {
             CpuStorage::F32(pool) => places.for_each(|(to, from)| pool[to..to + d].copy_from_slice(&x[from..][..d])),
             CpuStorage::F16(pool) => places.for_each(|(to, from)| {
-                pool[to..to + d].iter_mut().zip(&x[from..][..d]).for_each(|(p, &x)| *p = half::f16::from_f32(x))
+                use half::slice::HalfFloatSliceExt;
+                pool[to..to + d].convert_from_f32_slice(&x[from..][..d])
             }),
             _ => candle_core::bail!("pool write: an f32 or f16 pool"),
         }

@@ -9,6 +9,7 @@ pub mod attention;
 pub mod blas;
 pub mod composed;
 mod cpu;
+pub use cpu::cast;
 pub mod decode_attention;
 pub mod gemm;
 pub mod gemv;
@@ -150,7 +151,7 @@ pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor, dropout: Option<(f64
         if fused_f32(&[q]) && k.dtype() == DType::F16 && v.dtype() == DType::F16 && q.dim(2)? == 1 {
             return attention::causal_attention(q, k, v);
         }
-        return causal_attention(q, &k.to_dtype(q.dtype())?, &v.to_dtype(q.dtype())?, dropout);
+        return causal_attention(q, &cpu::cast(k, q.dtype())?, &cpu::cast(v, q.dtype())?, dropout);
     }
     if fused_f32(&[q, k, v]) && dropout.is_none() {
         attention::causal_attention(q, k, v)
@@ -258,7 +259,7 @@ pub fn pool_attention(q: &Tensor, k: &Tensor, v: &Tensor, rows: &[decode_attenti
         .iter()
         .enumerate()
         .map(|(i, r)| {
-            let slot = |pool: &Tensor| pool.narrow(0, r.slot, 1)?.narrow(2, 0, r.len)?.to_dtype(q.dtype());
+            let slot = |pool: &Tensor| cpu::cast(&pool.narrow(0, r.slot, 1)?.narrow(2, 0, r.len)?, q.dtype());
             composed::causal_attention(&q.narrow(2, i, 1)?, &slot(k)?, &slot(v)?, None)
         })
         .collect::<Result<Vec<_>>>()?;

@@ -1,7 +1,7 @@
 //! Fused CPU kernels against the composed reference: values and gradients on odd shapes.
 
 use crate::common::*;
-use candle_core::{Device, Tensor, Var};
+use candle_core::{DType, Device, Tensor, Var};
 use minimind::ops;
 
 /// Values and input gradients of `fused`, then of `reference`, on the same inputs.
@@ -420,4 +420,19 @@ fn inference_loads_f32_models_as_panels_and_int8_models_as_int8() {
     let options = minimind::infer::LoadOptions { int8: true, ..Default::default() };
     let (int8, _) = minimind::infer::load(&folder, &cpu, &options).unwrap();
     assert!(int8.is_int8() && !ops::panel::is_packed(&int8.model.layers[0].self_attn.q_proj.weight));
+}
+
+#[test]
+fn casts_between_f32_and_f16_round_as_candle_does() {
+    // A transposed (non-contiguous) tensor with values needing rounding, tiny, huge and negative.
+    let x = (randn(&[3, 37]) * 1000.0).unwrap().t().unwrap();
+    let half = ops::cast(&x, DType::F16).unwrap();
+    assert_eq!(half.dims(), &[37, 3]);
+    let reference = x.to_dtype(DType::F16).unwrap();
+    let bits = |t: &Tensor| t.to_dtype(DType::F32).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    assert_eq!(bits(&half), bits(&reference));
+    let back = ops::cast(&half, DType::F32).unwrap();
+    assert_eq!(back.flatten_all().unwrap().to_vec1::<f32>().unwrap(), bits(&reference));
+    // Same dtype: the tensor itself.
+    assert_eq!(max_abs_diff(&ops::cast(&x, DType::F32).unwrap(), &x), 0.0);
 }
