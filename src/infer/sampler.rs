@@ -57,8 +57,9 @@ impl Sampler {
     /// Picks the next token from `logits` (one row, length V) given the ids seen so far. NaN or +∞
     /// logits (a model with corrupt weights) are an error, never a panic.
     pub fn sample(&mut self, logits: &[f32], seen: &[u32]) -> Result<u32> {
-        let corrupt = |l: &f32| l.is_nan() || *l == f32::INFINITY;
-        if logits.is_empty() || logits.iter().any(corrupt) {
+        // `!(l < ∞)` holds for NaN and +∞; folded without a branch, so it vectorizes.
+        let corrupt = logits.iter().fold(false, |bad, &l| bad | !(l < f32::INFINITY));
+        if logits.is_empty() || corrupt {
             bail!("the model produced NaN or infinite logits; its weights may be corrupt");
         }
         let p = &self.params;
@@ -124,12 +125,9 @@ pub fn apply_repetition_penalty(logits: &mut [f32], seen: &[u32], penalty: f32) 
     }
 }
 
+/// The position of the largest value (the first of equals; 0 when none is larger than -∞ or all
+/// are NaN): the maximum by a vectorized pass, then its first position.
 pub fn argmax(values: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, v) in values.iter().enumerate() {
-        if *v > values[best] {
-            best = i;
-        }
-    }
-    best as u32
+    let max = crate::ops::simd::max(values);
+    values.iter().position(|&v| v == max).unwrap_or(0) as u32
 }

@@ -46,6 +46,14 @@ fn nan_logits_are_an_error_and_tiny_temperatures_are_greedy() {
         let err = sampler.sample(&[0.5, f32::NAN, 1.0], &[]).unwrap_err().to_string();
         assert!(err.contains("NaN"), "{err}");
     }
+    // Greedy decoding (which reads the logits in place) checks them too, NaN and +∞ alike.
+    let mut greedy = Sampler::new(SamplingParams { temperature: 0.0, ..Default::default() }).unwrap();
+    for bad in [f32::NAN, f32::INFINITY] {
+        let mut logits = vec![0.25f32; 40];
+        logits[33] = bad;
+        assert!(greedy.sample(&logits, &[]).unwrap_err().to_string().contains("NaN or infinite"));
+    }
+    assert_eq!(greedy.sample(&[f32::NEG_INFINITY, 2.0, 7.5, 7.5, -3.0], &[]).unwrap(), 2, "the first of equals");
     // 1e-40 is a denormal in f32: logits / t would be ±∞. It samples the argmax.
     let mut sampler = Sampler::new(SamplingParams { temperature: 1e-40, ..Default::default() }).unwrap();
     for _ in 0..20 {
