@@ -77,8 +77,8 @@ pub struct BenchArgs {
     #[arg(long)]
     pub seconds: Option<f64>,
     /// serve: how many times the list of client counts is run, back to back; each ratio is taken
-    /// against the one-client run of its own round, so a drift of the machine between rounds
-    /// cancels, and a summary gives each count's median.
+    /// against its own round's run of the first count (one client by default), so a drift of the
+    /// machine between rounds cancels, and a summary gives each count's median.
     #[arg(long, default_value_t = 1)]
     pub rounds: usize,
     /// serve: KV slots, i.e. requests decoded together.

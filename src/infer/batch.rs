@@ -201,16 +201,20 @@ impl<'m> Batcher<'m> {
             }
         };
         let mut out = Vec::with_capacity(running.len());
-        for (mut seq, row) in running.into_iter().zip(rows) {
+        let mut pending = running.into_iter().zip(rows);
+        while let Some((mut seq, row)) = pending.next() {
             match self.advance(&mut seq, row) {
                 Ok(events) => {
                     out.push((seq.id, events.clone()));
                     self.settle(seq, &events);
                 }
                 Err(e) => {
+                    // Every sequence of the batch is dropped: this one, those already kept for the
+                    // next step and those not yet sampled.
                     self.free.push(seq.slot);
-                    let rest: Vec<usize> = std::mem::take(&mut self.active).into_iter().map(|s| s.slot).collect();
-                    self.free.extend(rest);
+                    let kept = std::mem::take(&mut self.active).into_iter().map(|s| s.slot);
+                    let unsampled: Vec<usize> = pending.map(|(s, _)| s.slot).collect();
+                    self.free.extend(kept.chain(unsampled));
                     return Err(e);
                 }
             }

@@ -125,8 +125,8 @@ pub fn apply_repetition_penalty(logits: &mut [f32], seen: &[u32], penalty: f32) 
     }
 }
 
-/// The position of the largest value (the first of equals; 0 when none is larger than -∞ or all
-/// are NaN): the maximum by a vectorized pass, then its first position.
+/// The position of the largest value, the first of equals (NaNs are ignored; 0 for an empty slice
+/// or one of NaNs): the maximum by a vectorized pass, then its first position.
 pub fn argmax(values: &[f32]) -> u32 {
     let max = crate::ops::simd::max(values);
     values.iter().position(|&v| v == max).unwrap_or(0) as u32

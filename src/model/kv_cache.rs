@@ -7,9 +7,10 @@ use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor};
 
 impl MiniMindForCausalLM {
-    /// The dtype decoding caches keys and values in: the activations' own, or f16.
+    /// The dtype decoding caches keys and values in: the activations' own, or f16 (asked for, with
+    /// f32 activations on the CPU).
     pub fn kv_dtype(&self) -> DType {
-        if self.kv_f16 {
+        if self.kv_f16 && self.device().is_cpu() && self.compute_dtype() == DType::F32 {
             DType::F16
         } else {
             self.compute_dtype()

@@ -1,4 +1,5 @@
-//! Fused causal GQA attention for CPU fp32, with its backward.
+//! Fused causal GQA attention for CPU fp32, with its backward (one-token decoding also reads an f16
+//! KV cache).
 //!
 //! Forward, per (batch, query head), in tiles of `TILE` query rows: scores `S = scale·Q_tile·Kᵀ` over
 //! only the keys the tile can see (causality), row-wise softmax in place, `O_tile = P·V`, and the

@@ -1,4 +1,5 @@
-//! Shared helpers for the fused CPU kernels: borrowing a tensor's f32 data without copying.
+//! Shared helpers for the fused CPU kernels: borrowing a tensor's f32 data without copying, and
+//! vectorized f32 ↔ f16 casts.
 
 use candle_core::{CpuStorage, DType, Device, Layout, Result, Storage, Tensor};
 

@@ -1,9 +1,9 @@
-//! Attention of continuous batching's decode step, fused for CPU fp32: one query row per sequence,
-//! each against its own slot of a KV pool (`[slots, K, capacity, D]`) and its own length. One op for
-//! the whole batch instead of a handful per sequence; each (sequence, head) runs exactly the
-//! computation single-sequence decoding runs ([`super::attention`]'s `decode_heads`, here for the
-//! query heads of a grouped-query group at once, each with the same bits), so a sequence's bits do
-//! not depend on the batch.
+//! Attention of continuous batching's decode step, fused for CPU fp32 (over f32 or f16 KV pools): one
+//! query row per sequence, each against its own slot of a KV pool (`[slots, K, capacity, D]`) and its
+//! own length. One op for the whole batch instead of a handful per sequence; each (sequence, head) runs
+//! exactly the computation single-sequence decoding runs ([`super::attention`]'s `decode_heads`, here
+//! for the query heads of a grouped-query group at once, each with the same bits), so a sequence's
+//! bits do not depend on the batch.
 
 use super::attention::decode_heads;
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};

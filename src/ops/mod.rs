@@ -148,7 +148,8 @@ pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor, dropout: Option<(f64
     if k.dtype() != q.dtype() || v.dtype() != q.dtype() {
         // An f16 KV cache under f32 activations: one token reads it as stored (the fused kernel
         // widens as it reads); otherwise it is widened first.
-        if fused_f32(&[q]) && k.dtype() == DType::F16 && v.dtype() == DType::F16 && q.dim(2)? == 1 {
+        let one_token = q.dim(2)? == 1 && dropout.is_none();
+        if fused_f32(&[q]) && k.dtype() == DType::F16 && v.dtype() == DType::F16 && one_token {
             return attention::causal_attention(q, k, v);
         }
         return causal_attention(q, &cpu::cast(k, q.dtype())?, &cpu::cast(v, q.dtype())?, dropout);

@@ -49,18 +49,16 @@ macro_rules! dispatch {
     };
 }
 
-/// 2: AVX-512F, 1: AVX2+FMA (and F16C, which every such CPU has), 0: baseline (detected once). `MINIMIND_SIMD=avx2` or `portable` picks a
+/// 2: AVX-512F, 1: AVX2+FMA, 0: baseline (detected once). `MINIMIND_SIMD=avx2` or `portable` picks a
 /// lower level than the CPU has, to measure or test that path.
 #[cfg(target_arch = "x86_64")]
 pub fn level() -> u8 {
     use std::sync::OnceLock;
     static LEVEL: OnceLock<u8> = OnceLock::new();
     *LEVEL.get_or_init(|| {
-        let avx2 =
-            is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c");
-        let detected = if avx2 && is_x86_feature_detected!("avx512f") {
+        let detected = if is_x86_feature_detected!("avx512f") {
             2
-        } else if avx2 {
+        } else if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
             1
         } else {
             0

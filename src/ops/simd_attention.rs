@@ -57,14 +57,25 @@ unsafe fn load16<T: KvElem>(p: *const T) -> std::arch::x86_64::__m512 {
     }
 }
 
+/// The vector level for caches of `T`: f16 is widened with F16C, which a (virtual) machine may hide
+/// even with AVX2 or AVX-512; without it the portable loop runs.
+#[cfg(target_arch = "x86_64")]
+fn level_for<T: KvElem>() -> u8 {
+    if T::HALF && !is_x86_feature_detected!("f16c") {
+        0
+    } else {
+        level()
+    }
+}
+
 /// Elements of one 64-byte cache line.
 const fn line<T>() -> usize {
     64 / std::mem::size_of::<T>()
 }
 
 /// Attention scores of query heads `q` `[heads, d]` against `keys` rows of `k` (row stride `d`):
-/// `scores[h·keys + j] = scale·q_h·k_j`. Each dot product runs in vector lanes over the row (8 on
-/// AVX2 and here, 16 on AVX-512), and the lanes of several keys are summed together by a fixed tree
+/// `scores[h·keys + j] = scale·q_h·k_j`. Each dot product runs in vector lanes over the row (16 on
+/// AVX-512 when `d` is a multiple of 16, else 8 as on AVX2 and here), and the lanes of several keys are summed together by a fixed tree
 /// (no per-key horizontal reduction); a score's bits depend only on its query and key row. The
 /// heads of a grouped-query attention group share their key rows, so a block of rows is read from
 /// memory once for all of them.
@@ -72,7 +83,7 @@ pub fn attention_scores<T: KvElem>(q: &[f32], d: usize, k: &[T], keys: usize, sc
     let heads = q.len() / d.max(1);
     assert!(q.len() == heads * d && k.len() >= keys * d && scores.len() >= heads * keys, "attention_scores: sizes");
     #[cfg(target_arch = "x86_64")]
-    match level() {
+    match level_for::<T>() {
         // SAFETY (both): the instruction set was detected; the sizes were checked above.
         2 if d.is_multiple_of(16) => return unsafe { attention_scores_avx512(q, d, k, keys, scale, scores) },
         1 | 2 if d.is_multiple_of(LANES) => return unsafe { attention_scores_avx2(q, d, k, keys, scale, scores) },
@@ -235,7 +246,7 @@ pub fn weighted_rows<T: KvElem>(p: &[f32], keys: usize, v: &[T], d: usize, out: 
     let heads = out.len() / d.max(1);
     assert!(out.len() == heads * d && p.len() >= heads * keys && v.len() >= keys * d, "weighted_rows: sizes");
     #[cfg(target_arch = "x86_64")]
-    match level() {
+    match level_for::<T>() {
         // SAFETY (both): the instruction set was detected; the sizes were checked above.
         2 if d.is_multiple_of(64) => return unsafe { weighted_rows_avx512(p, keys, v, d, out) },
         1 | 2 => return unsafe { weighted_rows_avx2(p, keys, v, d, out) },
