@@ -57,8 +57,8 @@ impl Sampler {
     /// Picks the next token from `logits` (one row, length V) given the ids seen so far. NaN or +∞
     /// logits (a model with corrupt weights) are an error, never a panic.
     pub fn sample(&mut self, logits: &[f32], seen: &[u32]) -> Result<u32> {
-        // `!(l < ∞)` holds for NaN and +∞; folded without a branch, so it vectorizes.
-        let corrupt = logits.iter().fold(false, |bad, &l| bad | !(l < f32::INFINITY));
+        // Folded with `|` (no branch), so it vectorizes.
+        let corrupt = logits.iter().fold(false, |bad, &l| bad | l.is_nan() | (l == f32::INFINITY));
         if logits.is_empty() || corrupt {
             bail!("the model produced NaN or infinite logits; its weights may be corrupt");
         }
