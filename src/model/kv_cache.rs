@@ -10,7 +10,7 @@ impl MiniMindForCausalLM {
     /// The dtype decoding caches keys and values in: the activations' own, or f16 (asked for, with
     /// f32 activations on the CPU).
     pub fn kv_dtype(&self) -> DType {
-        if self.kv_f16 && self.device().is_cpu() && self.compute_dtype() == DType::F32 {
+        if self.kv_f16 && self.kv_f16_possible() {
             DType::F16
         } else {
             self.compute_dtype()
@@ -22,7 +22,7 @@ impl MiniMindForCausalLM {
     /// values are rounded to f16 as they are cached (a prompt's own attention included) and widened
     /// exactly as they are read.
     pub fn set_kv_f16(&mut self, on: bool) -> Result<()> {
-        if on && !(self.device().is_cpu() && self.compute_dtype() == DType::F32) {
+        if on && !self.kv_f16_possible() {
             bail!(
                 "an f16 KV cache needs f32 activations on the CPU (not {:?} on {:?})",
                 self.compute_dtype(),
@@ -31,6 +31,11 @@ impl MiniMindForCausalLM {
         }
         self.kv_f16 = on;
         Ok(())
+    }
+
+    /// The attention kernels widen f16 caches for f32 activations on the CPU only.
+    fn kv_f16_possible(&self) -> bool {
+        self.device().is_cpu() && self.compute_dtype() == DType::F32
     }
 }
 

@@ -31,17 +31,16 @@ pub fn cast(t: &Tensor, dtype: DType) -> Result<Tensor> {
     }
     let t = t.contiguous()?;
     let (storage, layout) = t.storage_and_layout();
-    let Some((start, end)) = layout.contiguous_offsets() else { return t.to_dtype(dtype) };
-    let shape = t.shape().clone();
+    let (at, n, shape) = (layout.start_offset(), t.elem_count(), t.shape().clone());
     match (&*storage, dtype) {
         (Storage::Cpu(CpuStorage::F32(x)), DType::F16) => {
-            let mut out = vec![half::f16::ZERO; end - start];
-            out.convert_from_f32_slice(&x[start..end]);
+            let mut out = vec![half::f16::ZERO; n];
+            out.convert_from_f32_slice(&x[at..at + n]);
             Tensor::from_vec(out, shape, &Device::Cpu)
         }
         (Storage::Cpu(CpuStorage::F16(x)), DType::F32) => {
-            let mut out = vec![0f32; end - start];
-            x[start..end].convert_to_f32_slice(&mut out);
+            let mut out = vec![0f32; n];
+            x[at..at + n].convert_to_f32_slice(&mut out);
             Tensor::from_vec(out, shape, &Device::Cpu)
         }
         _ => t.to_dtype(dtype),

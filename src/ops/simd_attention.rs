@@ -75,10 +75,10 @@ const fn line<T>() -> usize {
 
 /// Attention scores of query heads `q` `[heads, d]` against `keys` rows of `k` (row stride `d`):
 /// `scores[h·keys + j] = scale·q_h·k_j`. Each dot product runs in vector lanes over the row (16 on
-/// AVX-512 when `d` is a multiple of 16, else 8 as on AVX2 and here), and the lanes of several keys are summed together by a fixed tree
-/// (no per-key horizontal reduction); a score's bits depend only on its query and key row. The
-/// heads of a grouped-query attention group share their key rows, so a block of rows is read from
-/// memory once for all of them.
+/// AVX-512 when `d` is a multiple of 16, else 8 as on AVX2 and here), and the lanes of several keys
+/// are summed together by a fixed tree (no per-key horizontal reduction); a score's bits depend only
+/// on its query and key row. The heads of a grouped-query attention group share their key rows, so a
+/// block of rows is read from memory once for all of them.
 pub fn attention_scores<T: KvElem>(q: &[f32], d: usize, k: &[T], keys: usize, scale: f32, scores: &mut [f32]) {
     let heads = q.len() / d.max(1);
     assert!(q.len() == heads * d && k.len() >= keys * d && scores.len() >= heads * keys, "attention_scores: sizes");
