@@ -156,7 +156,7 @@ pub(super) fn decode_heads<T: simd::KvElem>(
 ) {
     let heads = q.len() / d;
     let scores = &mut scores[..heads * keys];
-    simd::attention_scores(q, d, k, keys, scale, scores);
+    simd::attention_scores_fetching_values(q, d, (k, v), keys, scale, scores);
     for (row, lse) in scores.chunks_exact_mut(keys).zip(lse.iter_mut()) {
         *lse = softmax_row(row, keys);
     }

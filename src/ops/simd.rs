@@ -315,4 +315,4 @@ dispatch! {
     }
 }
 
-pub use super::simd_attention::{attention_scores, weighted_rows, KvElem};
+pub use super::simd_attention::{attention_scores, attention_scores_fetching_values, weighted_rows, KvElem};

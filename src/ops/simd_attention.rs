@@ -85,7 +85,7 @@ pub fn attention_scores<T: KvElem>(q: &[f32], d: usize, k: &[T], keys: usize, sc
     #[cfg(target_arch = "x86_64")]
     match level_for::<T>() {
         // SAFETY (both): the instruction set was detected; the sizes were checked above.
-        2 if d.is_multiple_of(16) => return unsafe { attention_scores_avx512(q, d, k, keys, scale, scores) },
+        2 if d.is_multiple_of(16) => return unsafe { attention_scores_avx512(q, d, k, keys, scale, scores, None) },
         1 | 2 if d.is_multiple_of(LANES) => return unsafe { attention_scores_avx2(q, d, k, keys, scale, scores) },
         _ => {}
     }
@@ -104,6 +104,28 @@ pub fn attention_scores<T: KvElem>(q: &[f32], d: usize, k: &[T], keys: usize, sc
     }
 }
 
+/// [`attention_scores`] that also asks for the value rows `v` (same stride, into L2) as it reads the
+/// key rows, so that the weighted sum that follows finds them in cache (on AVX-512 machines; the
+/// scores are the same bits).
+pub fn attention_scores_fetching_values<T: KvElem>(
+    q: &[f32],
+    d: usize,
+    (k, v): (&[T], &[T]),
+    keys: usize,
+    scale: f32,
+    scores: &mut [f32],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if level_for::<T>() == 2 && d.is_multiple_of(16) {
+        let heads = q.len() / d.max(1);
+        let sizes = q.len() == heads * d && k.len() >= keys * d && v.len() >= keys * d && scores.len() >= heads * keys;
+        assert!(sizes, "attention_scores: sizes");
+        // SAFETY: the instruction set was detected; the sizes were checked above.
+        return unsafe { attention_scores_avx512(q, d, k, keys, scale, scores, Some(v)) };
+    }
+    attention_scores(q, d, k, keys, scale, scores)
+}
+
 /// AVX-512: blocks of four heads × four keys in 16 accumulators of 16 lanes, each (head, key) one
 /// chain of fused multiply-adds over its row in steps of 16 values; the 16 accumulators are then
 /// folded into one register of 16 scores by a fixed tree of shuffles and adds (two lanes at a
@@ -119,6 +141,7 @@ unsafe fn attention_scores_avx512<T: KvElem>(
     keys: usize,
     scale: f32,
     scores: &mut [f32],
+    values: Option<&[T]>,
 ) {
     use std::arch::x86_64::*;
     let heads = q.len() / d;
@@ -129,6 +152,9 @@ unsafe fn attention_scores_avx512<T: KvElem>(
         // The cache rows stream from memory: ask for them 16 rows ahead of the hardware.
         for line in (0..4 * d).step_by(line::<T>()) {
             _mm_prefetch::<_MM_HINT_T0>(k.as_ptr().wrapping_add((j0 + 16) * d + line) as *const i8);
+            if let Some(v) = values {
+                _mm_prefetch::<_MM_HINT_T1>(v.as_ptr().wrapping_add(j0 * d + line) as *const i8);
+            }
         }
         let n = (keys - j0).min(4);
         for h0 in (0..heads).step_by(4) {
