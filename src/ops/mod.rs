@@ -15,6 +15,7 @@ pub mod gemm;
 pub mod gemv;
 pub mod heads;
 pub mod int8;
+mod int8_rows;
 pub mod mlp;
 pub mod norm;
 pub mod panel;

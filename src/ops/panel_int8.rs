@@ -20,8 +20,9 @@
 //! integers, so every instruction set — and every batch size, since rows are quantized on their own —
 //! gives the same bits. Weights are read as bytes (≈ 3.6× fewer than f32) and multiplied 64 at a time.
 
+pub use super::int8_rows::{quantize_rows, QuantizedRows};
+use super::int8_rows::{QuantizedTiles, TileRows};
 use super::panel::{for_each_panel_task, OutPtr, AHEAD, WIDTH};
-use super::pool;
 use candle_core::{CpuStorage, DType, Device, Result, Tensor};
 
 /// Inputs per scale.
@@ -108,100 +109,6 @@ pub fn dequantize(p: &Tensor) -> Result<Tensor> {
     let (q, scales) = codes(p)?;
     let out = q.iter().enumerate().map(|(at, &q)| q as f32 * scales[at / GROUP]).collect::<Vec<_>>();
     Tensor::from_vec(out, (n, k), &Device::Cpu)
-}
-
-/// Activation rows quantized per group of 32 inputs: `x[r][i] ≈ scales[r][g]·codes[r][i]`, and
-/// `offsets[r][g] = 128·Σ_{i∈g} codes[r][i]` (what the unsigned weight bytes add to a dot product).
-/// Codes round half to even (the CPU's conversion), weights half away from zero (as the row layout).
-pub struct QuantizedRows {
-    pub codes: Vec<i8>,
-    pub scales: Vec<f32>,
-    pub offsets: Vec<i32>,
-}
-
-/// Quantizes rows `[m, k]` (`k` a multiple of 32), in parallel for prompts.
-pub fn quantize_rows(x: &[f32], k: usize) -> QuantizedRows {
-    assert!(
-        k.is_multiple_of(GROUP) && x.len().is_multiple_of(k),
-        "int8 activations: {} values in rows of {k}",
-        x.len()
-    );
-    let groups = x.len() / GROUP;
-    let mut rows = QuantizedRows { codes: vec![0; x.len()], scales: vec![0.0; groups], offsets: vec![0; groups] };
-    // Groups per parallel task: a few rows' worth, so one decode row stays on the calling thread.
-    let per_task = (4096 / GROUP).max(k / GROUP);
-    let (codes, scales, offsets) =
-        (SyncPtr(rows.codes.as_mut_ptr()), SyncPtr(rows.scales.as_mut_ptr()), SyncPtr(rows.offsets.as_mut_ptr()));
-    pool::for_each(groups.div_ceil(per_task), &|t| {
-        for g in t * per_task..((t + 1) * per_task).min(groups) {
-            // SAFETY: group g's codes, scale and offset are written by this task alone.
-            let (c, s, o) = unsafe {
-                (
-                    &mut *std::ptr::slice_from_raw_parts_mut(codes.at(g * GROUP), GROUP),
-                    &mut *scales.at(g),
-                    &mut *offsets.at(g),
-                )
-            };
-            (*s, *o) = quantize_activations(&x[g * GROUP..][..GROUP], c.try_into().expect("a group"));
-        }
-    });
-    rows
-}
-
-struct SyncPtr<T>(*mut T);
-// SAFETY: the tasks of `quantize_rows` write disjoint groups.
-unsafe impl<T> Sync for SyncPtr<T> {}
-
-impl<T> SyncPtr<T> {
-    /// # Safety
-    /// `i` must lie inside the vector.
-    unsafe fn at(&self, i: usize) -> *mut T {
-        unsafe { self.0.add(i) }
-    }
-}
-
-/// One group of activations: its scale and offset, its codes into `codes`.
-fn quantize_activations(values: &[f32], codes: &mut [i8; GROUP]) -> (f32, i32) {
-    #[cfg(target_arch = "x86_64")]
-    if super::simd::level() >= 1 {
-        // SAFETY: AVX2 was detected; `values` holds a group (checked by the slice below).
-        return unsafe { quantize_activations_avx2(values[..GROUP].try_into().expect("a group"), codes) };
-    }
-    let max = values.iter().fold(0f32, |m, v| m.max(v.abs()));
-    let scale = max / 127.0;
-    let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
-    for (c, v) in codes.iter_mut().zip(values) {
-        *c = (v * inv).round_ties_even().clamp(-127.0, 127.0) as i8;
-    }
-    (scale, 128 * codes.iter().map(|&c| c as i32).sum::<i32>())
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn quantize_activations_avx2(values: &[f32; GROUP], codes: &mut [i8; GROUP]) -> (f32, i32) {
-    use std::arch::x86_64::*;
-    // SAFETY (loads and stores): a group is 4 vectors of 8.
-    let v: [__m256; 4] = std::array::from_fn(|h| unsafe { _mm256_loadu_ps(values.as_ptr().add(8 * h)) });
-    let sign = _mm256_set1_ps(-0.0);
-    let abs = v.map(|v| _mm256_andnot_ps(sign, v));
-    let m = _mm256_max_ps(_mm256_max_ps(abs[0], abs[1]), _mm256_max_ps(abs[2], abs[3]));
-    let m = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
-    let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
-    let max = _mm_cvtss_f32(_mm_max_ss(m, _mm_shuffle_ps(m, m, 1)));
-    let scale = max / 127.0;
-    let inv = _mm256_set1_ps(if scale > 0.0 { 1.0 / scale } else { 0.0 });
-    // Round half to even (the default rounding mode), then clamp as the scalar path.
-    let (lo, hi) = (_mm256_set1_epi32(-127), _mm256_set1_epi32(127));
-    let q = v.map(|v| _mm256_min_epi32(_mm256_max_epi32(_mm256_cvtps_epi32(_mm256_mul_ps(v, inv)), lo), hi));
-    let sum = _mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3]));
-    let sum = _mm_add_epi32(_mm256_castsi256_si128(sum), _mm256_extracti128_si256(sum, 1));
-    let sum = _mm_add_epi32(sum, _mm_shuffle_epi32(sum, 0b01_00_11_10));
-    let sum = _mm_cvtsi128_si32(_mm_add_epi32(sum, _mm_shuffle_epi32(sum, 0b00_00_00_01)));
-    // i32 → i16 → i8 packs interleave the 128-bit halves; one permutation puts them back in order.
-    let bytes = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
-    let ordered = _mm256_permutevar8x32_epi32(bytes, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
-    unsafe { _mm256_storeu_si256(codes.as_mut_ptr() as *mut __m256i, ordered) };
-    (scale, 128 * sum)
 }
 
 /// `x · Wᵀ` `[m, n]` for `x` `[m, k]` and int8 panels (inference only: no gradient flows).
@@ -296,84 +203,6 @@ fn product(x: &[f32], ws: &[&[u8]], m: usize, k: usize) -> Vec<Vec<f32>> {
     };
     // SAFETY: every task writes all m rows of its panels' columns.
     unsafe { for_each_panel_task(m, &panels, &work) }
-}
-
-/// Activation rows quantized as [`QuantizedRows`], laid out for the tiles: rows `t·per_tile..` form
-/// tile t, which holds its 4-code lanes as `[group][chunk][row]` and its scales and negated offsets as
-/// `[group][row]`, so that the innermost loop reads every row through one pointer at fixed offsets.
-struct QuantizedTiles {
-    m: usize,
-    k: usize,
-    per_tile: usize,
-    lanes: Vec<i32>,
-    scales: Vec<f32>,
-    neg_offsets: Vec<i32>,
-}
-
-/// One tile of [`QuantizedTiles`].
-struct TileRows<'a> {
-    rows: usize,
-    lanes: &'a [i32],
-    scales: &'a [f32],
-    neg_offsets: &'a [i32],
-}
-
-impl QuantizedTiles {
-    /// Quantizes rows `[m, k]` straight into the tiles' layout, in parallel for prompts.
-    fn new(x: &[f32], k: usize, per_tile: usize) -> Self {
-        let (m, groups) = (x.len() / k, k / GROUP);
-        let mut q = QuantizedTiles {
-            m,
-            k,
-            per_tile,
-            lanes: vec![0; x.len() / CHUNK],
-            scales: vec![0.0; m * groups],
-            neg_offsets: vec![0; m * groups],
-        };
-        let (lanes, scales, neg) =
-            (SyncPtr(q.lanes.as_mut_ptr()), SyncPtr(q.scales.as_mut_ptr()), SyncPtr(q.neg_offsets.as_mut_ptr()));
-        // Rows per parallel task: a few thousand values, so one decode row stays on the calling thread.
-        let per_task = (4096 / k).max(1);
-        pool::for_each(m.div_ceil(per_task), &|t| {
-            for r in t * per_task..((t + 1) * per_task).min(m) {
-                let (t0, i) = (r - r % per_tile, r % per_tile);
-                let rows = per_tile.min(m - t0);
-                for g in 0..groups {
-                    let mut codes = [0i8; GROUP];
-                    let (scale, offset) = quantize_activations(&x[r * k + g * GROUP..][..GROUP], &mut codes);
-                    let at = t0 * groups + g * rows + i;
-                    // SAFETY: row r's lanes, scales and offsets are written by this task alone, and
-                    // lie inside the vectors (tile t0's rows·k/4 lanes and rows·groups scales).
-                    unsafe {
-                        *scales.at(at) = scale;
-                        *neg.at(at) = -offset;
-                        for (c, four) in codes.chunks_exact(CHUNK).enumerate() {
-                            let lane = i32::from_le_bytes([four[0] as u8, four[1] as u8, four[2] as u8, four[3] as u8]);
-                            *lanes.at(t0 * k / CHUNK + (g * (GROUP / CHUNK) + c) * rows + i) = lane;
-                        }
-                    }
-                }
-            }
-        });
-        q
-    }
-
-    /// The tiles, in row order.
-    fn tiles(&self) -> Vec<TileRows<'_>> {
-        let groups = self.k / GROUP;
-        (0..self.m)
-            .step_by(self.per_tile)
-            .map(|t0| {
-                let rows = self.per_tile.min(self.m - t0);
-                TileRows {
-                    rows,
-                    lanes: &self.lanes[t0 * self.k / CHUNK..][..rows * self.k / CHUNK],
-                    scales: &self.scales[t0 * groups..][..rows * groups],
-                    neg_offsets: &self.neg_offsets[t0 * groups..][..rows * groups],
-                }
-            })
-            .collect()
-    }
 }
 
 /// A tile's rows against one int8 panel; row r's 16 products go to `out + r·row_stride`. The
