@@ -8,8 +8,6 @@ use super::pool;
 
 /// Inputs per scale.
 const GROUP: usize = super::int8::GROUP;
-/// Inputs per lane: one 32-bit lane of an int8 dot product.
-const CHUNK: usize = 4;
 
 /// Activation rows quantized per group of 32 inputs: `x[r][i] ≈ scales[r][g]·codes[r][i]`, and
 /// `offsets[r][g] = 128·Σ_{i∈g} codes[r][i]` (what the unsigned weight bytes add to a dot product).
@@ -106,13 +104,14 @@ unsafe fn quantize_activations_avx2(values: &[f32; GROUP], codes: &mut [i8; GROU
 }
 
 /// Activation rows quantized as [`QuantizedRows`], laid out for the tiles: rows `t·per_tile..` form
-/// tile t, which holds its 4-code lanes as `[group][chunk][row]` and its scales and negated offsets as
-/// `[group][row]`, so that the innermost loop reads every row through one pointer at fixed offsets.
+/// tile t, which holds its codes as `[group][row][32]` and its scales and negated offsets as
+/// `[group][row]`, so that the innermost loop reads every row through one pointer at fixed offsets
+/// (and a row's group is quantized straight into its place).
 pub(super) struct QuantizedTiles {
     m: usize,
     k: usize,
     per_tile: usize,
-    lanes: Vec<i32>,
+    codes: Vec<i8>,
     scales: Vec<f32>,
     neg_offsets: Vec<i32>,
 }
@@ -120,7 +119,7 @@ pub(super) struct QuantizedTiles {
 /// One tile of [`QuantizedTiles`].
 pub(super) struct TileRows<'a> {
     pub(super) rows: usize,
-    pub(super) lanes: &'a [i32],
+    pub(super) codes: &'a [i8],
     pub(super) scales: &'a [f32],
     pub(super) neg_offsets: &'a [i32],
 }
@@ -133,12 +132,12 @@ impl QuantizedTiles {
             m,
             k,
             per_tile,
-            lanes: vec![0; x.len() / CHUNK],
+            codes: vec![0; x.len()],
             scales: vec![0.0; m * groups],
             neg_offsets: vec![0; m * groups],
         };
-        let (lanes, scales, neg) =
-            (SyncPtr(q.lanes.as_mut_ptr()), SyncPtr(q.scales.as_mut_ptr()), SyncPtr(q.neg_offsets.as_mut_ptr()));
+        let (codes, scales, neg) =
+            (SyncPtr(q.codes.as_mut_ptr()), SyncPtr(q.scales.as_mut_ptr()), SyncPtr(q.neg_offsets.as_mut_ptr()));
         // Rows per parallel task: a few thousand values, so one decode row stays on the calling thread.
         let per_task = (4096 / k).max(1);
         pool::for_each(m.div_ceil(per_task), &|t| {
@@ -146,18 +145,14 @@ impl QuantizedTiles {
                 let (t0, i) = (r - r % per_tile, r % per_tile);
                 let rows = per_tile.min(m - t0);
                 for g in 0..groups {
-                    let mut codes = [0i8; GROUP];
-                    let (scale, offset) = quantize_activations(&x[r * k + g * GROUP..][..GROUP], &mut codes);
                     let at = t0 * groups + g * rows + i;
-                    // SAFETY: row r's lanes, scales and offsets are written by this task alone, and
-                    // lie inside the vectors (tile t0's rows·k/4 lanes and rows·groups scales).
+                    // SAFETY: row r's codes, scales and offsets are written by this task alone, and
+                    // lie inside the vectors (tile t0's rows·k codes and rows·groups scales).
                     unsafe {
+                        let codes = &mut *(codes.at(t0 * k + (g * rows + i) * GROUP) as *mut [i8; GROUP]);
+                        let (scale, offset) = quantize_activations(&x[r * k + g * GROUP..][..GROUP], codes);
                         *scales.at(at) = scale;
                         *neg.at(at) = -offset;
-                        for (c, four) in codes.chunks_exact(CHUNK).enumerate() {
-                            let lane = i32::from_le_bytes([four[0] as u8, four[1] as u8, four[2] as u8, four[3] as u8]);
-                            *lanes.at(t0 * k / CHUNK + (g * (GROUP / CHUNK) + c) * rows + i) = lane;
-                        }
                     }
                 }
             }
@@ -174,7 +169,7 @@ impl QuantizedTiles {
                 let rows = self.per_tile.min(self.m - t0);
                 TileRows {
                     rows,
-                    lanes: &self.lanes[t0 * self.k / CHUNK..][..rows * self.k / CHUNK],
+                    codes: &self.codes[t0 * self.k..][..rows * self.k],
                     scales: &self.scales[t0 * groups..][..rows * groups],
                     neg_offsets: &self.neg_offsets[t0 * groups..][..rows * groups],
                 }

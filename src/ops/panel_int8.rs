@@ -216,7 +216,7 @@ unsafe fn tile(isa: Isa, x: &TileRows<'_>, (w, ahead): (&[u8], usize), k: usize,
     let pair = w.len() == 2 * groups * BLOCK;
     assert!(
         (1..=isa.rows()).contains(&rows)
-            && x.lanes.len() == rows * k / CHUNK
+            && x.codes.len() == rows * k
             && x.scales.len() == rows * groups
             && x.neg_offsets.len() == rows * groups
             && (w.len() == groups * BLOCK || pair && isa == Isa::Vnni512),
@@ -247,7 +247,7 @@ unsafe fn tile(isa: Isa, x: &TileRows<'_>, (w, ahead): (&[u8], usize), k: usize,
 /// `r`, `g` and `c` must lie inside the tile that [`tile`] checked.
 #[inline(always)]
 unsafe fn lane<const R: usize>(x: &TileRows<'_>, r: usize, g: usize, c: usize) -> i32 {
-    unsafe { *x.lanes.get_unchecked((g * (GROUP / CHUNK) + c) * R + r) }
+    unsafe { (x.codes.as_ptr().add((g * R + r) * GROUP + c * CHUNK) as *const i32).read_unaligned() }
 }
 
 /// Row `r`'s scale and negated offset of group `g` (unchecked, as [`lane`]).
