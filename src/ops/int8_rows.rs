@@ -48,7 +48,7 @@ pub fn quantize_rows(x: &[f32], k: usize) -> QuantizedRows {
 }
 
 struct SyncPtr<T>(*mut T);
-// SAFETY: the tasks of `quantize_rows` write disjoint groups.
+// SAFETY: the tasks of `quantize_rows` and `QuantizedTiles::new` write disjoint groups (rows).
 unsafe impl<T> Sync for SyncPtr<T> {}
 
 impl<T> SyncPtr<T> {

@@ -181,7 +181,8 @@ fn product(x: &[f32], ws: &[&[u8]], m: usize, k: usize) -> Vec<Vec<f32>> {
     let isa = Isa::detect();
     let panel_len = k / GROUP * BLOCK;
     let panels: Vec<usize> = ws.iter().map(|w| w.len() / panel_len).collect();
-    // Tiles of equal size (16 rows: 8 + 8, not 12 + 4), each at most the instruction set's.
+    // Tiles of near-equal size, each at most the instruction set's (16 rows on AVX-512: 6 + 6 + 4;
+    // 13: 5 + 5 + 3).
     let per_tile = m.div_ceil(m.div_ceil(isa.rows()));
     let quantized = QuantizedTiles::new(x, k, per_tile);
     let tiles = quantized.tiles();
@@ -205,8 +206,9 @@ fn product(x: &[f32], ws: &[&[u8]], m: usize, k: usize) -> Vec<Vec<f32>> {
     unsafe { for_each_panel_task(m, &panels, &work) }
 }
 
-/// A tile's rows against one int8 panel; row r's 16 products go to `out + r·row_stride`. The
-/// weights `ahead` bytes past each block are prefetched.
+/// A tile's rows against one int8 panel, or two adjacent ones on AVX-512 (`w` holding both): row r's
+/// 16 products with panel q go to `out + r·row_stride + 16q`. The weights `ahead` bytes past each
+/// block are prefetched.
 ///
 /// # Safety
 /// `out` must be valid for those writes, and no other thread may access them meanwhile.
@@ -232,6 +234,7 @@ unsafe fn tile(isa: Isa, x: &TileRows<'_>, (w, ahead): (&[u8], usize), k: usize,
         match isa {
             #[cfg(target_arch = "x86_64")]
             Isa::Vnni512 if pair => rows!(tile_vnni512_pair, 1 2 3 4 5 6),
+            #[cfg(target_arch = "x86_64")]
             Isa::Vnni512 => rows!(tile_vnni512_one, 1 2 3 4 5 6),
             #[cfg(target_arch = "x86_64")]
             Isa::Avx2 => rows!(tile_avx2, 1 2 3 4),
@@ -244,7 +247,7 @@ unsafe fn tile(isa: Isa, x: &TileRows<'_>, (w, ahead): (&[u8], usize), k: usize,
 /// (unchecked: this is the innermost loop's load).
 ///
 /// # Safety
-/// `r`, `g` and `c` must lie inside the tile that [`tile`] checked.
+/// `R` must be the tile's rows, and `r`, `g` and `c` must lie inside the tile that [`tile`] checked.
 #[inline(always)]
 unsafe fn lane<const R: usize>(x: &TileRows<'_>, r: usize, g: usize, c: usize) -> i32 {
     unsafe { (x.codes.as_ptr().add((g * R + r) * GROUP + c * CHUNK) as *const i32).read_unaligned() }
@@ -389,13 +392,12 @@ unsafe fn tile_portable<const R: usize>(
     let mut acc = [[0f32; WIDTH]; R];
     for (g, block) in w.chunks_exact(BLOCK).enumerate() {
         for (r, acc) in acc.iter_mut().enumerate() {
-            // SAFETY: `tile` checked the sizes.
-            let a: [i8; GROUP] =
-                std::array::from_fn(|i| unsafe { lane::<R>(x, r, g, i / CHUNK) }.to_le_bytes()[i % CHUNK] as i8);
+            let a = &x.codes[(g * R + r) * GROUP..][..GROUP];
             for (j, acc) in acc.iter_mut().enumerate() {
                 let dot: i32 = (0..GROUP).map(|i| ((block[code_at(j, i)] ^ 0x80) as i8 as i32) * a[i] as i32).sum();
                 let s = &block[CODES + 4 * j..][..4];
                 let product = dot as f32 * f32::from_le_bytes([s[0], s[1], s[2], s[3]]);
+                // SAFETY: `tile` checked the sizes.
                 *acc = product.mul_add(unsafe { group_of::<R>(x, r, g) }.0, *acc);
             }
         }
