@@ -18,37 +18,20 @@ pub struct QuantizedRows {
     pub offsets: Vec<i32>,
 }
 
-/// Quantizes rows `[m, k]` (`k` a multiple of 32), in parallel for prompts.
+/// Quantizes rows `[m, k]` (`k` a multiple of 32): [`QuantizedTiles`] of one row each, which is
+/// the row layout.
 pub fn quantize_rows(x: &[f32], k: usize) -> QuantizedRows {
     assert!(
         k.is_multiple_of(GROUP) && x.len().is_multiple_of(k),
         "int8 activations: {} values in rows of {k}",
         x.len()
     );
-    let groups = x.len() / GROUP;
-    let mut rows = QuantizedRows { codes: vec![0; x.len()], scales: vec![0.0; groups], offsets: vec![0; groups] };
-    // Groups per parallel task: a few rows' worth, so one decode row stays on the calling thread.
-    let per_task = (4096 / GROUP).max(k / GROUP);
-    let (codes, scales, offsets) =
-        (SyncPtr(rows.codes.as_mut_ptr()), SyncPtr(rows.scales.as_mut_ptr()), SyncPtr(rows.offsets.as_mut_ptr()));
-    pool::for_each(groups.div_ceil(per_task), &|t| {
-        for g in t * per_task..((t + 1) * per_task).min(groups) {
-            // SAFETY: group g's codes, scale and offset are written by this task alone.
-            let (c, s, o) = unsafe {
-                (
-                    &mut *std::ptr::slice_from_raw_parts_mut(codes.at(g * GROUP), GROUP),
-                    &mut *scales.at(g),
-                    &mut *offsets.at(g),
-                )
-            };
-            (*s, *o) = quantize_activations(&x[g * GROUP..][..GROUP], c.try_into().expect("a group"));
-        }
-    });
-    rows
+    let tiles = QuantizedTiles::new(x, k, 1);
+    QuantizedRows { codes: tiles.codes, scales: tiles.scales, offsets: tiles.neg_offsets.iter().map(|o| -o).collect() }
 }
 
 struct SyncPtr<T>(*mut T);
-// SAFETY: the tasks of `quantize_rows` and `QuantizedTiles::new` write disjoint groups (rows).
+// SAFETY: the tasks of `QuantizedTiles::new` write disjoint rows.
 unsafe impl<T> Sync for SyncPtr<T> {}
 
 impl<T> SyncPtr<T> {

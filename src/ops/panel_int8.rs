@@ -228,14 +228,17 @@ unsafe fn tile(isa: Isa, x: &TileRows<'_>, (w, ahead): (&[u8], usize), k: usize,
         ($f:ident, $($r:literal)*) => {
             match rows { $($r => $f::<$r>(x, (w, ahead), k, out, row_stride),)* _ => unreachable!("rows ≤ tile rows") }
         };
+        ($f:ident<$p:literal>, $($r:literal)*) => {
+            match rows { $($r => $f::<$r, $p>(x, (w, ahead), k, out, row_stride),)* _ => unreachable!("rows ≤ tile rows") }
+        };
     }
     // SAFETY: the instruction set was detected; the sizes were checked above; `out` is the caller's.
     unsafe {
         match isa {
             #[cfg(target_arch = "x86_64")]
-            Isa::Vnni512 if pair => rows!(tile_vnni512_pair, 1 2 3 4 5 6),
+            Isa::Vnni512 if pair => rows!(tile_vnni512<2>, 1 2 3 4 5 6),
             #[cfg(target_arch = "x86_64")]
-            Isa::Vnni512 => rows!(tile_vnni512_one, 1 2 3 4 5 6),
+            Isa::Vnni512 => rows!(tile_vnni512<1>, 1 2 3 4 5 6),
             #[cfg(target_arch = "x86_64")]
             Isa::Avx2 => rows!(tile_avx2, 1 2 3 4),
             _ => rows!(tile_portable, 1 2 3 4),
@@ -312,28 +315,6 @@ unsafe fn tile_vnni512<const R: usize, const P: usize>(
             unsafe { _mm512_storeu_ps(out.add(r * stride + p * WIDTH), *acc) };
         }
     }
-}
-
-#[cfg(target_arch = "x86_64")]
-unsafe fn tile_vnni512_pair<const R: usize>(
-    x: &TileRows<'_>,
-    w: (&[u8], usize),
-    k: usize,
-    out: *mut f32,
-    stride: usize,
-) {
-    unsafe { tile_vnni512::<R, 2>(x, w, k, out, stride) }
-}
-
-#[cfg(target_arch = "x86_64")]
-unsafe fn tile_vnni512_one<const R: usize>(
-    x: &TileRows<'_>,
-    w: (&[u8], usize),
-    k: usize,
-    out: *mut f32,
-    stride: usize,
-) {
-    unsafe { tile_vnni512::<R, 1>(x, w, k, out, stride) }
 }
 
 /// Two passes of 8 features (16 registers hold 4 rows' i32 and f32 accumulators for 8 features).

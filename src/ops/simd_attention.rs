@@ -80,12 +80,40 @@ const fn line<T>() -> usize {
 /// on its query and key row. The heads of a grouped-query attention group share their key rows, so a
 /// block of rows is read from memory once for all of them.
 pub fn attention_scores<T: KvElem>(q: &[f32], d: usize, k: &[T], keys: usize, scale: f32, scores: &mut [f32]) {
+    scores_prefetching(q, d, (k, None), keys, scale, scores);
+}
+
+/// [`attention_scores`] that also asks for the value rows `v` (same stride, into L2) as it reads the
+/// key rows, so that the weighted sum that follows finds them in cache (on AVX-512 machines; the
+/// scores are the same bits).
+pub fn attention_scores_fetching_values<T: KvElem>(
+    q: &[f32],
+    d: usize,
+    (k, v): (&[T], &[T]),
+    keys: usize,
+    scale: f32,
+    scores: &mut [f32],
+) {
+    scores_prefetching(q, d, (k, Some(v)), keys, scale, scores);
+}
+
+/// [`attention_scores`], prefetching `values` if given.
+fn scores_prefetching<T: KvElem>(
+    q: &[f32],
+    d: usize,
+    (k, values): (&[T], Option<&[T]>),
+    keys: usize,
+    scale: f32,
+    scores: &mut [f32],
+) {
     let heads = q.len() / d.max(1);
-    assert!(q.len() == heads * d && k.len() >= keys * d && scores.len() >= heads * keys, "attention_scores: sizes");
+    let values_fit = values.is_none_or(|v| v.len() >= keys * d);
+    let sizes = q.len() == heads * d && k.len() >= keys * d && values_fit && scores.len() >= heads * keys;
+    assert!(sizes, "attention_scores: sizes");
     #[cfg(target_arch = "x86_64")]
     match level_for::<T>() {
         // SAFETY (both): the instruction set was detected; the sizes were checked above.
-        2 if d.is_multiple_of(16) => return unsafe { attention_scores_avx512(q, d, k, keys, scale, scores, None) },
+        2 if d.is_multiple_of(16) => return unsafe { attention_scores_avx512(q, d, k, keys, scale, scores, values) },
         1 | 2 if d.is_multiple_of(LANES) => return unsafe { attention_scores_avx2(q, d, k, keys, scale, scores) },
         _ => {}
     }
@@ -102,28 +130,6 @@ pub fn attention_scores<T: KvElem>(q: &[f32], d: usize, k: &[T], keys: usize, sc
             *s = (((a + b) + (c + e)) + ((f + g) + (h + i))) * scale;
         }
     }
-}
-
-/// [`attention_scores`] that also asks for the value rows `v` (same stride, into L2) as it reads the
-/// key rows, so that the weighted sum that follows finds them in cache (on AVX-512 machines; the
-/// scores are the same bits).
-pub fn attention_scores_fetching_values<T: KvElem>(
-    q: &[f32],
-    d: usize,
-    (k, v): (&[T], &[T]),
-    keys: usize,
-    scale: f32,
-    scores: &mut [f32],
-) {
-    #[cfg(target_arch = "x86_64")]
-    if level_for::<T>() == 2 && d.is_multiple_of(16) {
-        let heads = q.len() / d.max(1);
-        let sizes = q.len() == heads * d && k.len() >= keys * d && v.len() >= keys * d && scores.len() >= heads * keys;
-        assert!(sizes, "attention_scores: sizes");
-        // SAFETY: the instruction set was detected; the sizes were checked above.
-        return unsafe { attention_scores_avx512(q, d, k, keys, scale, scores, Some(v)) };
-    }
-    attention_scores(q, d, k, keys, scale, scores)
 }
 
 /// AVX-512: blocks of four heads × four keys in 16 accumulators of 16 lanes, each (head, key) one
