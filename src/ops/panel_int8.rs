@@ -16,9 +16,10 @@
 //!
 //! accumulated over the groups in order. AVX-512 VNNI multiplies the unsigned weight bytes by the
 //! signed activations (`vpdpbusd`) and subtracts the offset `128·Σa` (computed with the activations);
-//! AVX2 multiplies `|a|` by `q` with `a`'s sign (`vpmaddubsw`, as llama.cpp). Both give the same
-//! integers, so every instruction set — and every batch size, since rows are quantized on their own —
-//! gives the same bits. Weights are read as bytes (≈ 3.6× fewer than f32) and multiplied 64 at a time.
+//! AVX2 multiplies `|q|` (taken once per chunk, for all the rows) by `a` with `q`'s sign
+//! (`vpmaddubsw`; signing the weights by each row's activations costs a step more per row). Both
+//! give the same integers, so every instruction set — and every batch size, since rows are quantized
+//! on their own — gives the same bits. Weights are read as bytes (≈ 3.6× fewer than f32) and multiplied 64 at a time.
 
 pub use super::int8_rows::{quantize_rows, QuantizedRows};
 use super::int8_rows::{QuantizedTiles, TileRows};
@@ -343,10 +344,11 @@ unsafe fn tile_avx2<const R: usize>(
                 // SAFETY (all loads): `tile` checked the sizes; `out` is the caller's.
                 let bytes = unsafe { _mm256_loadu_si256(at.add(c * 64 + 32 * half) as *const __m256i) };
                 let q = _mm256_xor_si256(bytes, flip);
+                let magnitude = _mm256_abs_epi8(q);
                 for (r, dot) in dot.iter_mut().enumerate() {
-                    // |a|·(q with a's sign): each pair of products fits an i16 (≤ 2·127·127).
+                    // |q|·(a with q's sign): each pair of products fits an i16 (≤ 2·127·127).
                     let a = _mm256_set1_epi32(unsafe { lane::<R>(x, r, g, c) });
-                    let pairs = _mm256_maddubs_epi16(_mm256_abs_epi8(a), _mm256_sign_epi8(q, a));
+                    let pairs = _mm256_maddubs_epi16(magnitude, _mm256_sign_epi8(a, q));
                     *dot = _mm256_add_epi32(*dot, _mm256_madd_epi16(pairs, ones));
                 }
             }
