@@ -229,7 +229,10 @@ impl CustomOp3 for FlashAttention {
         let (k, v) = (sk.as_slice::<f32>()?, sv.as_slice::<f32>()?);
         let mut out = vec![0f32; b * h * t * d];
         let mut lse = vec![0f32; b * h * t];
-        out.par_chunks_mut(t * d).zip(lse.par_chunks_mut(t)).enumerate().for_each(|(bh, (o, lse))| {
+        let lse_heads = super::pool::Disjoint::new(&mut lse);
+        super::pool::par_chunks_mut(&mut out, t * d, |bh, o| {
+            // SAFETY: head bh writes its own t log-sum-exps.
+            let lse = unsafe { lse_heads.part(bh * t, t) };
             let (bi, hi) = (bh / h, bh % h);
             let g = hi / dims.rep();
             let q = &q[bh * t * d..];

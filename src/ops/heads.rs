@@ -7,7 +7,6 @@
 
 use super::cpu::{f32_slice, sgemm, with_f32};
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
-use rayon::prelude::*;
 
 /// Rotates pair `(v_i, v_{i+D/2})` by the angle whose cos/sin are `c_i`, `s_i` (sign −1: inverse).
 fn rotate_row(v: &mut [f32], c: &[f32], s: &[f32], sign: f32) {
@@ -26,7 +25,7 @@ fn rows_to_heads(
     rope: Option<(&[f32], &[f32], f32)>,
 ) -> Vec<f32> {
     let mut out = vec![0f32; z.len()];
-    out.par_chunks_mut(t * d).enumerate().for_each(|(bh, head)| {
+    super::pool::par_chunks_mut(&mut out, t * d, |bh, head| {
         let (bi, h) = (bh / n, bh % n);
         for p in 0..t {
             let src = &z[(bi * t + p) * n * d + h * d..][..d];
@@ -47,7 +46,7 @@ fn heads_to_rows(
     rope: Option<(&[f32], &[f32], f32)>,
 ) -> Vec<f32> {
     let mut out = vec![0f32; y.len()];
-    out.par_chunks_mut(n * d).enumerate().for_each(|(row, dst)| {
+    super::pool::par_chunks_mut(&mut out, n * d, |row, dst| {
         let (bi, p) = (row / t, row % t);
         for h in 0..n {
             let d_slice = &mut dst[h * d..(h + 1) * d];

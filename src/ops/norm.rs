@@ -42,7 +42,11 @@ impl CustomOp2 for RmsNorm {
         if y.len() <= super::pool::SMALL {
             y.chunks_mut(d).zip(x.chunks(d)).zip(inv.iter_mut()).for_each(row); // a decode step's few rows
         } else {
-            y.par_chunks_mut(d).zip(x.par_chunks(d)).zip(inv.par_iter_mut()).for_each(row);
+            let inv_rows = super::pool::Disjoint::new(&mut inv);
+            // SAFETY: row i writes inv[i] alone.
+            super::pool::par_chunks_mut(&mut y, d, |i, y| {
+                row(((y, &x[i * d..][..d]), unsafe { &mut inv_rows.part(i, 1)[0] }))
+            });
         }
         *self.inv_rms.lock().map_err(|_| candle_core::Error::Msg("lock poisoned".into()))? = inv;
         Ok((CpuStorage::F32(y), l1.shape().clone()))

@@ -4,7 +4,6 @@
 
 use super::cpu::{f32_slice, with_f32};
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
-use rayon::prelude::*;
 
 struct Rope;
 
@@ -31,7 +30,7 @@ fn rotate(x: &[f32], cos: &[f32], sin: &[f32], t: usize, d: usize, sign: f32) ->
     if y.len() <= super::pool::SMALL {
         y.chunks_mut(t * d).zip(x.chunks(t * d)).for_each(head); // a decode step's few rows
     } else {
-        y.par_chunks_mut(t * d).zip(x.par_chunks(t * d)).for_each(head);
+        super::pool::par_chunks_mut(&mut y, t * d, |i, y| head((y, &x[i * t * d..][..t * d])));
     }
     y
 }

@@ -25,16 +25,10 @@ impl CustomOp2 for SwiGlu {
             candle_core::bail!("swiglu: gate {:?} and up {:?} differ", l1.dims(), l2.dims());
         }
         let mut y = vec![0f32; g.len()];
-        if y.len() <= super::pool::SMALL {
-            super::pool::for_each_chunk_mut(&mut y, CHUNK, |c, y| {
-                let at = c * CHUNK..c * CHUNK + y.len();
-                simd::swiglu(y, &g[at.clone()], &u[at]);
-            });
-        } else {
-            y.par_chunks_mut(CHUNK).zip(g.par_chunks(CHUNK).zip(u.par_chunks(CHUNK))).for_each(|(y, (g, u))| {
-                simd::swiglu(y, g, u);
-            });
-        }
+        super::pool::par_chunks_mut(&mut y, CHUNK, |c, y| {
+            let at = c * CHUNK..c * CHUNK + y.len();
+            simd::swiglu(y, &g[at.clone()], &u[at]);
+        });
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
