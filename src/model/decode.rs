@@ -78,9 +78,9 @@ impl MiniMindForCausalLM {
         let (cos, sin) = (rotary.cos.index_select(&positions, 0)?, rotary.sin.index_select(&positions, 0)?);
         for (i, layer) in self.model.layers.iter().enumerate() {
             let normed = layer.input_layernorm.forward(&x)?;
-            let h = (x + layer.self_attn.decode_rows(&normed, pool, slots, i, (&cos, &sin))?)?;
+            let h = ops::residual_add(&x, &layer.self_attn.decode_rows(&normed, pool, slots, i, (&cos, &sin))?)?;
             let (m, _) = layer.mlp.forward(&layer.post_attention_layernorm.forward(&h)?, false)?;
-            x = (h + m)?;
+            x = ops::residual_add(&h, &m)?;
         }
         pool.advance(slots);
         let hidden = self.model.norm.forward(&x)?;

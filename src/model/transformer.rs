@@ -357,12 +357,13 @@ impl DecoderLayer {
         dropout: Option<(f64, u64)>,
         training: bool,
     ) -> Result<(Tensor, Option<Routing>)> {
-        let h = (x + self.self_attn.forward(&self.input_layernorm.forward(x)?, rope, cache, dropout)?)?;
+        let h =
+            ops::residual_add(x, &self.self_attn.forward(&self.input_layernorm.forward(x)?, rope, cache, dropout)?)?;
         let (mut m, routing) = self.mlp.forward(&self.post_attention_layernorm.forward(&h)?, training)?;
         if let Some((p, seed)) = dropout {
             m = ops::dropout(&m, p, site_seed(seed, 0, 4))?;
         }
-        Ok(((h + m)?, routing))
+        Ok((ops::residual_add(&h, &m)?, routing))
     }
 }
 

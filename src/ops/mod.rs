@@ -21,6 +21,7 @@ pub mod norm;
 pub mod panel;
 pub mod panel_int8;
 mod pool;
+mod residual;
 pub mod rope;
 pub mod simd;
 mod simd_attention;
@@ -78,6 +79,15 @@ pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
         norm::rms_norm(x, weight, eps)
     } else {
         composed::rms_norm(x, weight, eps)
+    }
+}
+
+/// A residual connection `x + y` (same shapes).
+pub fn residual_add(x: &Tensor, y: &Tensor) -> Result<Tensor> {
+    if fused_f32(&[x, y]) && x.shape() == y.shape() {
+        residual::add(x, y)
+    } else {
+        x + y
     }
 }
 

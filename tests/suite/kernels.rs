@@ -105,7 +105,8 @@ fn attention_reads_a_strided_cache_view() {
 
 #[test]
 fn rms_norm_matches_composed() {
-    for shape in [[1, 1, 64], [2, 7, 80], [3, 5, 96]] {
+    // Decode-sized rows (the calling thread) and a prompt's (the loop's pool).
+    for shape in [[1, 1, 64], [2, 7, 80], [3, 5, 96], [1, 400, 96]] {
         let x = randn(&shape);
         let w = ((randn(&[shape[2]]) * 0.3).unwrap() + 1.0).unwrap();
         let run = both_paths(
@@ -119,18 +120,30 @@ fn rms_norm_matches_composed() {
 
 #[test]
 fn swiglu_matches_composed() {
-    let (g, u) = (randn(&[3, 11, 37]), randn(&[3, 11, 37]));
-    let run = both_paths(
-        &[(g * 3.0).unwrap(), u],
-        |t| ops::swiglu::swiglu(&t[0], &t[1]).unwrap(),
-        |t| ops::composed::swiglu(&t[0], &t[1]).unwrap(),
-    );
-    assert_close("swiglu", run, 1e-5);
+    for shape in [[3, 11, 37], [1, 130, 520]] {
+        let (g, u) = (randn(&shape), randn(&shape));
+        let run = both_paths(
+            &[(g * 3.0).unwrap(), u],
+            |t| ops::swiglu::swiglu(&t[0], &t[1]).unwrap(),
+            |t| ops::composed::swiglu(&t[0], &t[1]).unwrap(),
+        );
+        assert_close(&format!("swiglu {shape:?}"), run, 1e-5);
+    }
+}
+
+#[test]
+fn residual_add_is_the_plain_sum_in_every_size() {
+    // A decode step's rows, a prompt's (the loop's pool) and a training batch's (rayon).
+    for shape in [[1, 1, 512], [1, 128, 512], [2, 520, 512]] {
+        let (x, y) = (randn(&shape), randn(&shape));
+        let run = both_paths(&[x, y], |t| ops::residual_add(&t[0], &t[1]).unwrap(), |t| (&t[0] + &t[1]).unwrap());
+        assert_close(&format!("residual add {shape:?}"), run, 0.0);
+    }
 }
 
 #[test]
 fn rope_matches_composed() {
-    for (b, h, t, d) in [(1, 1, 1, 64), (2, 3, 13, 80), (1, 2, 70, 96)] {
+    for (b, h, t, d) in [(1, 1, 1, 64), (2, 3, 13, 80), (1, 2, 70, 96), (1, 4, 120, 96)] {
         let x = randn(&[b, h, t, d]);
         let config = minimind::ModelConfig { hidden_size: d * 8, max_position_embeddings: 128, ..Default::default() };
         let rope = minimind::model::RotaryEmbedding::new(&config, &Device::Cpu).unwrap();
