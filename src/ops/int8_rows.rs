@@ -111,13 +111,14 @@ impl QuantizedTiles {
     /// Quantizes rows `[m, k]` straight into the tiles' layout, in parallel for prompts.
     pub(super) fn new(x: &[f32], k: usize, per_tile: usize) -> Self {
         let (m, groups) = (x.len() / k, k / GROUP);
+        // Every value is written below before the lengths are set (no zero-filling first).
         let mut q = QuantizedTiles {
             m,
             k,
             per_tile,
-            codes: vec![0; x.len()],
-            scales: vec![0.0; m * groups],
-            neg_offsets: vec![0; m * groups],
+            codes: Vec::with_capacity(x.len()),
+            scales: Vec::with_capacity(m * groups),
+            neg_offsets: Vec::with_capacity(m * groups),
         };
         let (codes, scales, neg) =
             (SyncPtr(q.codes.as_mut_ptr()), SyncPtr(q.scales.as_mut_ptr()), SyncPtr(q.neg_offsets.as_mut_ptr()));
@@ -131,15 +132,23 @@ impl QuantizedTiles {
                     let at = t0 * groups + g * rows + i;
                     // SAFETY: row r's codes, scales and offsets are written by this task alone, and
                     // lie inside the vectors (tile t0's rows·k codes and rows·groups scales).
+                    let mut group = [0i8; GROUP];
+                    let (scale, offset) = quantize_activations(&x[r * k + g * GROUP..][..GROUP], &mut group);
                     unsafe {
-                        let codes = &mut *(codes.at(t0 * k + (g * rows + i) * GROUP) as *mut [i8; GROUP]);
-                        let (scale, offset) = quantize_activations(&x[r * k + g * GROUP..][..GROUP], codes);
-                        *scales.at(at) = scale;
-                        *neg.at(at) = -offset;
+                        let to = codes.at(t0 * k + (g * rows + i) * GROUP);
+                        std::ptr::copy_nonoverlapping(group.as_ptr(), to, GROUP);
+                        scales.at(at).write(scale);
+                        neg.at(at).write(-offset);
                     }
                 }
             }
         });
+        // SAFETY: the tasks wrote every row's codes, scales and offsets, and have all finished.
+        unsafe {
+            q.codes.set_len(x.len());
+            q.scales.set_len(m * groups);
+            q.neg_offsets.set_len(m * groups);
+        }
         q
     }
 
