@@ -42,13 +42,25 @@ impl<T> SyncPtr<T> {
     }
 }
 
-/// One group of activations: its scale and offset, its codes into `codes`.
-fn quantize_activations(values: &[f32], codes: &mut [i8; GROUP]) -> (f32, i32) {
+/// Quantizes `row` (a multiple of 32 values) group by group, handing each group's index, codes,
+/// scale and offset `128·Σa` to `put`; the loop runs inside the detected instruction set's code.
+fn quantize_row(row: &[f32], put: &mut impl FnMut(usize, &[i8; GROUP], f32, i32)) {
     #[cfg(target_arch = "x86_64")]
-    if super::simd::level() >= 1 {
-        // SAFETY: AVX2 was detected; `values` holds a group (checked by the slice below).
-        return unsafe { quantize_activations_avx2(values[..GROUP].try_into().expect("a group"), codes) };
+    match super::simd::level() {
+        // SAFETY (both): the instruction set was detected.
+        2 => return unsafe { quantize_row_avx512(row, put) },
+        1 => return unsafe { quantize_row_avx2(row, put) },
+        _ => {}
     }
+    for (g, values) in row.chunks_exact(GROUP).enumerate() {
+        let mut codes = [0; GROUP];
+        let (scale, offset) = quantize_group(values, &mut codes);
+        put(g, &codes, scale, offset);
+    }
+}
+
+/// One group of activations: its scale and offset, its codes into `codes`.
+fn quantize_group(values: &[f32], codes: &mut [i8; GROUP]) -> (f32, i32) {
     let max = values.iter().fold(0f32, |m, v| m.max(v.abs()));
     let scale = max / 127.0;
     let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
@@ -60,7 +72,49 @@ fn quantize_activations(values: &[f32], codes: &mut [i8; GROUP]) -> (f32, i32) {
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn quantize_activations_avx2(values: &[f32; GROUP], codes: &mut [i8; GROUP]) -> (f32, i32) {
+unsafe fn quantize_row_avx2(row: &[f32], put: &mut impl FnMut(usize, &[i8; GROUP], f32, i32)) {
+    for (g, values) in row.chunks_exact(GROUP).enumerate() {
+        let mut codes = [0; GROUP];
+        let (scale, offset) = quantize_group_avx2(values.try_into().expect("a group"), &mut codes);
+        put(g, &codes, scale, offset);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn quantize_row_avx512(row: &[f32], put: &mut impl FnMut(usize, &[i8; GROUP], f32, i32)) {
+    for (g, values) in row.chunks_exact(GROUP).enumerate() {
+        let mut codes = [0; GROUP];
+        let (scale, offset) = quantize_group_avx512(values.try_into().expect("a group"), &mut codes);
+        put(g, &codes, scale, offset);
+    }
+}
+
+/// [`quantize_group_avx2`] on 16 lanes: the same maximum, scale, rounding and clamp.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+fn quantize_group_avx512(values: &[f32; GROUP], codes: &mut [i8; GROUP]) -> (f32, i32) {
+    use std::arch::x86_64::*;
+    // SAFETY (loads and stores): a group is 2 vectors of 16.
+    let v: [__m512; 2] = std::array::from_fn(|h| unsafe { _mm512_loadu_ps(values.as_ptr().add(16 * h)) });
+    let abs = v.map(|v| _mm512_abs_ps(v));
+    let max = _mm512_reduce_max_ps(_mm512_max_ps(abs[0], abs[1]));
+    let scale = max / 127.0;
+    let inv = _mm512_set1_ps(if scale > 0.0 { 1.0 / scale } else { 0.0 });
+    let (lo, hi) = (_mm512_set1_epi32(-127), _mm512_set1_epi32(127));
+    let q = v.map(|v| _mm512_min_epi32(_mm512_max_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(v, inv)), lo), hi));
+    let sum = _mm512_reduce_add_epi32(_mm512_add_epi32(q[0], q[1]));
+    for (h, q) in q.into_iter().enumerate() {
+        unsafe { _mm_storeu_si128(codes.as_mut_ptr().add(16 * h) as *mut __m128i, _mm512_cvtepi32_epi8(q)) };
+    }
+    (scale, 128 * sum)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+fn quantize_group_avx2(values: &[f32; GROUP], codes: &mut [i8; GROUP]) -> (f32, i32) {
     use std::arch::x86_64::*;
     // SAFETY (loads and stores): a group is 4 vectors of 8.
     let v: [__m256; 4] = std::array::from_fn(|h| unsafe { _mm256_loadu_ps(values.as_ptr().add(8 * h)) });
@@ -128,19 +182,16 @@ impl QuantizedTiles {
             for r in t * per_task..((t + 1) * per_task).min(m) {
                 let (t0, i) = (r - r % per_tile, r % per_tile);
                 let rows = per_tile.min(m - t0);
-                for g in 0..groups {
+                quantize_row(&x[r * k..][..k], &mut |g, group, scale, offset| {
                     let at = t0 * groups + g * rows + i;
                     // SAFETY: row r's codes, scales and offsets are written by this task alone, and
                     // lie inside the vectors (tile t0's rows·k codes and rows·groups scales).
-                    let mut group = [0i8; GROUP];
-                    let (scale, offset) = quantize_activations(&x[r * k + g * GROUP..][..GROUP], &mut group);
                     unsafe {
-                        let to = codes.at(t0 * k + (g * rows + i) * GROUP);
-                        std::ptr::copy_nonoverlapping(group.as_ptr(), to, GROUP);
+                        std::ptr::copy_nonoverlapping(group.as_ptr(), codes.at(t0 * k + (g * rows + i) * GROUP), GROUP);
                         scales.at(at).write(scale);
                         neg.at(at).write(-offset);
                     }
-                }
+                });
             }
         });
         // SAFETY: the tasks wrote every row's codes, scales and offsets, and have all finished.
