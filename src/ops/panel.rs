@@ -173,11 +173,18 @@ fn product(x: &[f32], ws: &[&[f32]], m: usize, k: usize) -> Vec<Vec<f32>> {
     unsafe { for_each_panel_task(m, &panels, &work) }
 }
 
+/// Panels per task for a weight of `panels` panels over `threads` threads: [`PANELS_PER_TASK`], or
+/// more (an even count, at most 16) while every thread still gets four tasks — a task streams its
+/// panels one after the other, and only its first pair starts cold.
+fn panels_per_task(panels: usize, threads: usize) -> usize {
+    (panels / (4 * threads.max(1)) / 2 * 2).clamp(PANELS_PER_TASK, 16)
+}
+
 /// A task of [`for_each_panel_task`]: `(weight, its panels, that weight's output, output width)`.
 pub(super) type PanelWork<'a> = dyn Fn(usize, std::ops::Range<usize>, &OutPtr, usize) + Sync + 'a;
 
 /// The parallel loop of a product over several weights sharing an input: each task takes
-/// [`PANELS_PER_TASK`] panels of one weight (weight after weight) and runs `work(weight, panels,
+/// [`panels_per_task`] panels of one weight (weight after weight) and runs `work(weight, panels,
 /// out, n)`, which writes those panels' 16-column blocks of that weight's output `[m, n]` (`n = 16 ×
 /// its panels`) in place. Returns the outputs.
 ///
@@ -186,15 +193,17 @@ pub(super) type PanelWork<'a> = dyn Fn(usize, std::ops::Range<usize>, &OutPtr, u
 pub(super) unsafe fn for_each_panel_task(m: usize, panels: &[usize], work: &PanelWork) -> Vec<Vec<f32>> {
     let mut outs: Vec<Vec<f32>> = panels.iter().map(|p| Vec::with_capacity(m * p * WIDTH)).collect();
     let bases: Vec<OutPtr> = outs.iter_mut().map(|o| OutPtr(o.as_mut_ptr())).collect();
-    // Each weight's first task, and the total at the end.
+    // Each weight's panels per task, its first task, and the total at the end.
+    let threads = pool::threads();
+    let per_task: Vec<usize> = panels.iter().map(|&p| panels_per_task(p, threads)).collect();
     let mut starts = vec![0];
-    for p in panels {
-        starts.push(starts[starts.len() - 1] + p.div_ceil(PANELS_PER_TASK));
+    for (p, per) in panels.iter().zip(&per_task) {
+        starts.push(starts[starts.len() - 1] + p.div_ceil(*per));
     }
     pool::for_each(starts[panels.len()], &|t| {
         let i = starts.partition_point(|&s| s <= t) - 1;
-        let first = (t - starts[i]) * PANELS_PER_TASK;
-        work(i, first..(first + PANELS_PER_TASK).min(panels[i]), &bases[i], panels[i] * WIDTH);
+        let first = (t - starts[i]) * per_task[i];
+        work(i, first..(first + per_task[i]).min(panels[i]), &bases[i], panels[i] * WIDTH);
     });
     for (out, p) in outs.iter_mut().zip(panels) {
         // SAFETY: the tasks above wrote every (row, column) of the m·n values (the caller's

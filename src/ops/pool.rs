@@ -121,6 +121,11 @@ fn park(pool: &Pool, seen: usize) {
     pool.any_parked.store(*parked > 0, SeqCst);
 }
 
+/// Threads of a parallel loop: the workers and the calling thread.
+pub fn threads() -> usize {
+    pool().workers + 1
+}
+
 /// Runs `f(i)` for every `i < n`, spread over the loop workers and the calling thread.
 pub fn for_each(n: usize, f: &(dyn Fn(usize) + Sync)) {
     let pool = pool();

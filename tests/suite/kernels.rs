@@ -327,19 +327,22 @@ fn panels_pack_unpack_and_refuse_what_they_cannot_hold() {
 
 #[test]
 fn panel_products_match_composed_and_give_a_row_the_same_bits_in_any_batch() {
-    // 3 panels (a pair and a single on AVX-512), inputs not a multiple of any vector width.
-    let w = randn(&[48, 67]);
-    let packed = ops::panel::pack(&w).unwrap();
-    let x = randn(&[70, 67]);
-    let all = ops::panel::matmul_nt(&x, &packed).unwrap();
-    assert!(max_abs_diff(&all, &x.matmul(&w.t().unwrap()).unwrap()) < 1e-4);
-    // Through the model's dispatch, with batch axes.
-    let x3 = x.reshape((7, 10, 67)).unwrap();
-    assert_eq!(max_abs_diff(&ops::matmul_nt(&x3, &packed).unwrap().reshape((70, 48)).unwrap(), &all), 0.0);
-    for (start, rows) in [(0, 1), (5, 1), (3, 4), (9, 8), (2, 9), (40, 17), (0, 64)] {
-        let part = ops::panel::matmul_nt(&x.narrow(0, start, rows).unwrap(), &packed).unwrap();
-        let same = all.narrow(0, start, rows).unwrap();
-        assert_eq!(max_abs_diff(&part, &same), 0.0, "rows {start}..{} alone", start + rows);
+    // 3 panels (a pair and a single on AVX-512), inputs not a multiple of any vector width; and 75
+    // panels, which a few threads take several at a time (the last task odd).
+    for n in [48, 1200] {
+        let w = randn(&[n, 67]);
+        let packed = ops::panel::pack(&w).unwrap();
+        let x = randn(&[70, 67]);
+        let all = ops::panel::matmul_nt(&x, &packed).unwrap();
+        assert!(max_abs_diff(&all, &x.matmul(&w.t().unwrap()).unwrap()) < 1e-4);
+        // Through the model's dispatch, with batch axes.
+        let x3 = x.reshape((7, 10, 67)).unwrap();
+        assert_eq!(max_abs_diff(&ops::matmul_nt(&x3, &packed).unwrap().reshape((70, n)).unwrap(), &all), 0.0);
+        for (start, rows) in [(0, 1), (5, 1), (3, 4), (9, 8), (2, 9), (40, 17), (0, 64)] {
+            let part = ops::panel::matmul_nt(&x.narrow(0, start, rows).unwrap(), &packed).unwrap();
+            let same = all.narrow(0, start, rows).unwrap();
+            assert_eq!(max_abs_diff(&part, &same), 0.0, "{n} features, rows {start}..{} alone", start + rows);
+        }
     }
 }
 
