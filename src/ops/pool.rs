@@ -168,8 +168,9 @@ pub fn for_each_chunk_mut<T: Send>(out: &mut [T], chunk: usize, f: impl Fn(usize
     });
 }
 
-/// Values up to which [`par_chunks_mut`] runs on this pool (a decode step's or a prompt's tensors);
-/// larger ones (training batches) go to rayon's.
+/// Values up to which [`par_chunks_mut`] runs on this pool (a decode step's tensors, and a prompt's
+/// of a few hundred tokens: MiniMind2-Small's SwiGLU up to 372); larger ones (training batches) go to
+/// rayon's.
 pub const PROMPT: usize = 1 << 19;
 
 /// `f(i, chunk)` for the `chunk`-sized pieces of `out`, in parallel: on this pool for up to
