@@ -194,8 +194,13 @@ fn product(x: &[f32], ws: &[&[u8]], m: usize, k: usize) -> Vec<Vec<f32>> {
             let w = &ws[i][p * panel_len..(p + np) * panel_len];
             for (t, rows) in tiles.iter().enumerate() {
                 // The first tile streams the panels from memory: it prefetches ahead in them. The
-                // others find them in cache and prefetch the next ones, so memory is never idle.
-                let ahead = if t == 0 { AHEAD * 64 } else { np * panel_len };
+                // second finds them in cache and prefetches the next ones, so memory is never idle;
+                // the rest prefetch nothing (the same lines again would only cost load slots).
+                let ahead = match t {
+                    0 => Some(AHEAD * 64),
+                    1 => Some(np * panel_len),
+                    _ => None,
+                };
                 // SAFETY: the tile's rows of columns 16p..16(p+np) lie inside the output, and no
                 // other task writes these columns.
                 unsafe { tile(isa, rows, (w, ahead), k, out.at(t * per_tile * n + p * WIDTH), n) };
@@ -209,11 +214,18 @@ fn product(x: &[f32], ws: &[&[u8]], m: usize, k: usize) -> Vec<Vec<f32>> {
 
 /// A tile's rows against one int8 panel, or two adjacent ones on AVX-512 (`w` holding both): row r's
 /// 16 products with panel q go to `out + r·row_stride + 16q`. The weights `ahead` bytes past each
-/// block are prefetched.
+/// block are prefetched (when given).
 ///
 /// # Safety
 /// `out` must be valid for those writes, and no other thread may access them meanwhile.
-unsafe fn tile(isa: Isa, x: &TileRows<'_>, (w, ahead): (&[u8], usize), k: usize, out: *mut f32, row_stride: usize) {
+unsafe fn tile(
+    isa: Isa,
+    x: &TileRows<'_>,
+    (w, ahead): (&[u8], Option<usize>),
+    k: usize,
+    out: *mut f32,
+    row_stride: usize,
+) {
     let groups = k / GROUP;
     let rows = x.rows;
     let pair = w.len() == 2 * groups * BLOCK;
@@ -272,7 +284,7 @@ unsafe fn group_of<const R: usize>(x: &TileRows<'_>, r: usize, g: usize) -> (f32
 #[target_feature(enable = "avx512f,avx512vnni")]
 unsafe fn tile_vnni512<const R: usize, const P: usize>(
     x: &TileRows<'_>,
-    (w, ahead): (&[u8], usize),
+    (w, ahead): (&[u8], Option<usize>),
     k: usize,
     out: *mut f32,
     stride: usize,
@@ -283,9 +295,11 @@ unsafe fn tile_vnni512<const R: usize, const P: usize>(
     let mut acc = [[_mm512_setzero_ps(); P]; R];
     for g in 0..k / GROUP {
         let at: [*const u8; P] = std::array::from_fn(|p| w.as_ptr().wrapping_add(p * panel_len + g * BLOCK));
-        for at in at {
-            for line in 0..BLOCK / 64 {
-                _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(ahead + line * 64) as *const i8);
+        if let Some(ahead) = ahead {
+            for at in at {
+                for line in 0..BLOCK / 64 {
+                    _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(ahead + line * 64) as *const i8);
+                }
             }
         }
         // Σ (q + 128)·a over the group, less the activations' 128·Σa.
@@ -323,7 +337,7 @@ unsafe fn tile_vnni512<const R: usize, const P: usize>(
 #[target_feature(enable = "avx2,fma")]
 unsafe fn tile_avx2<const R: usize>(
     x: &TileRows<'_>,
-    (w, ahead): (&[u8], usize),
+    (w, ahead): (&[u8], Option<usize>),
     k: usize,
     out: *mut f32,
     stride: usize,
@@ -336,8 +350,10 @@ unsafe fn tile_avx2<const R: usize>(
         for (g, block) in w.chunks_exact(BLOCK).enumerate() {
             let at = block.as_ptr();
             // The first pass streams the panel; the second finds it in cache.
-            for line in (0..BLOCK / 64).take_while(|_| half == 0) {
-                _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(ahead + line * 64) as *const i8);
+            if let (Some(ahead), 0) = (ahead, half) {
+                for line in 0..BLOCK / 64 {
+                    _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(ahead + line * 64) as *const i8);
+                }
             }
             let mut dot = [_mm256_setzero_si256(); R];
             for c in 0..GROUP / CHUNK {
@@ -367,7 +383,7 @@ unsafe fn tile_avx2<const R: usize>(
 /// Without AVX2: the same integers and the same f32 operations, one feature at a time.
 unsafe fn tile_portable<const R: usize>(
     x: &TileRows<'_>,
-    (w, _): (&[u8], usize),
+    (w, _): (&[u8], Option<usize>),
     _k: usize,
     out: *mut f32,
     stride: usize,
