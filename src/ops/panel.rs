@@ -195,15 +195,15 @@ pub(super) unsafe fn for_each_panel_task(m: usize, panels: &[usize], work: &Pane
     let bases: Vec<OutPtr> = outs.iter_mut().map(|o| OutPtr(o.as_mut_ptr())).collect();
     // Each weight's panels per task, its first task, and the total at the end.
     let threads = pool::threads();
-    let per_task: Vec<usize> = panels.iter().map(|&p| panels_per_task(p, threads)).collect();
+    let per_task = |i: usize| panels_per_task(panels[i], threads);
     let mut starts = vec![0];
-    for (p, per) in panels.iter().zip(&per_task) {
-        starts.push(starts[starts.len() - 1] + p.div_ceil(*per));
+    for (i, p) in panels.iter().enumerate() {
+        starts.push(starts[i] + p.div_ceil(per_task(i)));
     }
     pool::for_each(starts[panels.len()], &|t| {
         let i = starts.partition_point(|&s| s <= t) - 1;
-        let first = (t - starts[i]) * per_task[i];
-        work(i, first..(first + per_task[i]).min(panels[i]), &bases[i], panels[i] * WIDTH);
+        let first = (t - starts[i]) * per_task(i);
+        work(i, first..(first + per_task(i)).min(panels[i]), &bases[i], panels[i] * WIDTH);
     });
     for (out, p) in outs.iter_mut().zip(panels) {
         // SAFETY: the tasks above wrote every (row, column) of the m·n values (the caller's

@@ -19,7 +19,8 @@
 //! AVX2 multiplies `|q|` (taken once per chunk, for all the rows) by `a` with `q`'s sign
 //! (`vpmaddubsw`; signing the weights by each row's activations costs a step more per row). Both
 //! give the same integers, so every instruction set — and every batch size, since rows are quantized
-//! on their own — gives the same bits. Weights are read as bytes (≈ 3.6× fewer than f32) and multiplied 64 at a time.
+//! on their own — gives the same bits. Weights are read as bytes (≈ 3.6× fewer than f32) and
+//! multiplied 64 at a time.
 
 pub use super::int8_rows::{quantize_rows, QuantizedRows};
 use super::int8_rows::{QuantizedTiles, TileRows};
