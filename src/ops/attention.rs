@@ -227,10 +227,9 @@ impl CustomOp3 for FlashAttention {
             return Ok((CpuStorage::F32(out), Shape::from((b, h, t, d))));
         }
         let (k, v) = (sk.as_slice::<f32>()?, sv.as_slice::<f32>()?);
-        let mut out = vec![0f32; b * h * t * d];
         let mut lse = vec![0f32; b * h * t];
         let lse_heads = super::pool::Disjoint::new(&mut lse);
-        super::pool::par_chunks_mut(&mut out, t * d, |bh, o| {
+        let out = super::pool::par_filled(b * h * t * d, t * d, |bh, o| {
             // SAFETY: head bh writes its own t log-sum-exps.
             let lse = unsafe { lse_heads.part(bh * t, t) };
             let (bi, hi) = (bh / h, bh % h);

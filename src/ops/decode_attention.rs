@@ -81,11 +81,10 @@ impl PoolAttention {
         let PoolShape { b, h, kv, d, capacity } = shape;
         let (rep, scale) = (h / kv, 1.0 / (d as f32).sqrt());
         let head_stride = capacity * d;
-        let mut out = vec![0f32; b * h * d];
         // Output [1, B, H, D]: chunk (row, KV head) is the `rep` query heads sharing that KV head,
         // which read its key and value rows together. On the decode loop's own workers (not
         // rayon's, which would compete with them for the cores between the step's matmuls).
-        super::pool::for_each_chunk_mut(&mut out, rep * d, |i, o| {
+        super::pool::par_filled(b * h * d, rep * d, |i, o| {
             let (row, group) = (i / kv, i % kv);
             let PoolRow { slot, len } = self.rows[row];
             let at = (slot * kv + group) * head_stride;
@@ -95,8 +94,7 @@ impl PoolAttention {
             }
             let (mut scores, mut lse) = (vec![0f32; rep * len], vec![0f32; rep]);
             decode_heads(&queries, &k[at..], &v[at..], len, d, scale, &mut scores, o, &mut lse);
-        });
-        out
+        })
     }
 }
 

@@ -24,8 +24,7 @@ fn rows_to_heads(
     (_, t, n, d): (usize, usize, usize, usize),
     rope: Option<(&[f32], &[f32], f32)>,
 ) -> Vec<f32> {
-    let mut out = vec![0f32; z.len()];
-    super::pool::par_chunks_mut(&mut out, t * d, |bh, head| {
+    super::pool::par_filled(z.len(), t * d, |bh, head| {
         let (bi, h) = (bh / n, bh % n);
         for p in 0..t {
             let src = &z[(bi * t + p) * n * d + h * d..][..d];
@@ -35,8 +34,7 @@ fn rows_to_heads(
                 rotate_row(dst, &cos[p * d..], &sin[p * d..], sign);
             }
         }
-    });
-    out
+    })
 }
 
 /// Inverse of [`rows_to_heads`]: `[B, n, T, D]` → `[B·T, n·D]` (rotating back when asked).
@@ -45,8 +43,7 @@ fn heads_to_rows(
     (_, t, n, d): (usize, usize, usize, usize),
     rope: Option<(&[f32], &[f32], f32)>,
 ) -> Vec<f32> {
-    let mut out = vec![0f32; y.len()];
-    super::pool::par_chunks_mut(&mut out, n * d, |row, dst| {
+    super::pool::par_filled(y.len(), n * d, |row, dst| {
         let (bi, p) = (row / t, row % t);
         for h in 0..n {
             let d_slice = &mut dst[h * d..(h + 1) * d];
@@ -55,8 +52,7 @@ fn heads_to_rows(
                 rotate_row(d_slice, &cos[p * d..], &sin[p * d..], sign);
             }
         }
-    });
-    out
+    })
 }
 
 struct ProjectHeads {

@@ -30,7 +30,6 @@ impl CustomOp2 for RmsNorm {
         if l1.dims().last() != Some(&d) {
             candle_core::bail!("rms-norm: weight of {d} for input {:?}", l1.dims());
         }
-        let mut y = vec![0f32; x.len()];
         let mut inv = vec![0f32; x.len() / d];
         let row = |((y, x), r): ((&mut [f32], &[f32]), &mut f32)| {
             let mean_square = simd::dot(x, x) / d as f32;
@@ -39,15 +38,17 @@ impl CustomOp2 for RmsNorm {
                 *yi = wi * (xi * *r);
             }
         };
-        if y.len() <= super::pool::SMALL {
+        let y = if x.len() <= super::pool::SMALL {
+            let mut y = vec![0f32; x.len()];
             y.chunks_mut(d).zip(x.chunks(d)).zip(inv.iter_mut()).for_each(row); // a decode step's few rows
+            y
         } else {
             let inv_rows = super::pool::Disjoint::new(&mut inv);
             // SAFETY: row i writes inv[i] alone.
-            super::pool::par_chunks_mut(&mut y, d, |i, y| {
+            super::pool::par_filled(x.len(), d, |i, y| {
                 row(((y, &x[i * d..][..d]), unsafe { &mut inv_rows.part(i, 1)[0] }))
-            });
-        }
+            })
+        };
         *self.inv_rms.lock().map_err(|_| candle_core::Error::Msg("lock poisoned".into()))? = inv;
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }

@@ -26,8 +26,7 @@ impl CustomOp2 for Add {
         if l1.shape() != l2.shape() {
             candle_core::bail!("residual add: {:?} + {:?}", l1.dims(), l2.dims());
         }
-        let mut out = vec![0f32; x.len()];
-        super::pool::par_chunks_mut(&mut out, CHUNK, |c, out| {
+        let out = super::pool::par_filled(x.len(), CHUNK, |c, out| {
             let (x, y) = (&x[c * CHUNK..][..out.len()], &y[c * CHUNK..][..out.len()]);
             for ((o, a), b) in out.iter_mut().zip(x).zip(y) {
                 *o = a + b;

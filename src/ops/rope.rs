@@ -15,7 +15,6 @@ pub fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
 /// Rotates every `[T, D]` head block of `x` by `sign·φ` into `y`.
 fn rotate(x: &[f32], cos: &[f32], sin: &[f32], t: usize, d: usize, sign: f32) -> Vec<f32> {
     let half = d / 2;
-    let mut y = vec![0f32; x.len()];
     let head = |(y, x): (&mut [f32], &[f32])| {
         for p in 0..t {
             let (c, s) = (&cos[p * d..p * d + half], &sin[p * d..p * d + half]);
@@ -27,12 +26,13 @@ fn rotate(x: &[f32], cos: &[f32], sin: &[f32], t: usize, d: usize, sign: f32) ->
             }
         }
     };
-    if y.len() <= super::pool::SMALL {
+    if x.len() <= super::pool::SMALL {
+        let mut y = vec![0f32; x.len()];
         y.chunks_mut(t * d).zip(x.chunks(t * d)).for_each(head); // a decode step's few rows
+        y
     } else {
-        super::pool::par_chunks_mut(&mut y, t * d, |i, y| head((y, &x[i * t * d..][..t * d])));
+        super::pool::par_filled(x.len(), t * d, |i, y| head((y, &x[i * t * d..][..t * d])))
     }
-    y
 }
 
 impl CustomOp3 for Rope {

@@ -24,8 +24,7 @@ impl CustomOp2 for SwiGlu {
         if l1.shape() != l2.shape() {
             candle_core::bail!("swiglu: gate {:?} and up {:?} differ", l1.dims(), l2.dims());
         }
-        let mut y = vec![0f32; g.len()];
-        super::pool::par_chunks_mut(&mut y, CHUNK, |c, y| {
+        let y = super::pool::par_filled(g.len(), CHUNK, |c, y| {
             let at = c * CHUNK..c * CHUNK + y.len();
             simd::swiglu(y, &g[at.clone()], &u[at]);
         });
