@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 struct RunFigures {
     tokens: usize,
     elapsed: f64,
-    /// Seconds from sending to the first text of each request.
+    /// Seconds from sending each request to its first token (as `/metrics` counts it).
     first_token: Vec<f64>,
     /// Resident memory sampled each second of the run.
     rss: Vec<u64>,
@@ -149,7 +149,8 @@ fn measure(engine: &Engine, clients: usize, seconds: f64, a: &BenchArgs) -> Resu
     Ok(RunFigures { tokens, elapsed: seconds, first_token, rss })
 }
 
-/// Streams one greedy request to its end; returns its time to first token.
+/// Streams one greedy request to its end; returns its time to first token (the engine's count: a
+/// randomly initialized model's first text can wait many tokens for a character's remaining bytes).
 fn one_request(engine: &Engine, prompt: Vec<u32>, new_tokens: usize) -> Result<Option<f64>> {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let sampling = SamplingParams { temperature: 0.0, ..Default::default() };
@@ -166,14 +167,10 @@ fn one_request(engine: &Engine, prompt: Vec<u32>, new_tokens: usize) -> Result<O
         constraint: None,
     };
     engine.submit(job).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let mut first = None;
     loop {
         match rx.blocking_recv() {
-            Some(Event::Text(_)) => {
-                first.get_or_insert(sent.elapsed().as_secs_f64());
-            }
-            Some(Event::Done { .. }) => return Ok(first),
-            Some(Event::Logprobs(_)) => {}
+            Some(Event::Text(_)) | Some(Event::Logprobs(_)) => {}
+            Some(Event::Done { first_token, .. }) => return Ok(first_token.map(|t| t.as_secs_f64())),
             Some(Event::Error(e)) => bail!("request failed: {e}"),
             None => bail!("the engine stopped"),
         }

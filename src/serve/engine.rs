@@ -50,6 +50,9 @@ pub enum Event {
         finish: FinishReason,
         prompt_tokens: usize,
         completion_tokens: usize,
+        /// From the request's arrival to its first token (what `/metrics` records; the first text
+        /// can come later, while a token's bytes wait for the rest of their character).
+        first_token: Option<std::time::Duration>,
     },
     Error(String),
 }
@@ -194,12 +197,15 @@ struct Running<'t> {
     stopped_by_string: bool,
     /// When the last token came (for the per-token latency).
     last_token: Option<Instant>,
+    /// From the request's arrival to its first token.
+    first_token: Option<std::time::Duration>,
 }
 
 impl<'t> Running<'t> {
     fn new(job: Job, tokenizer: &'t Tokenizer) -> Self {
         let stream = TextStream::new(tokenizer);
-        Self { job, stream, text: String::new(), sent: 0, tokens: 0, stopped_by_string: false, last_token: None }
+        let (text, last_token, first_token) = (String::new(), None, None);
+        Self { job, stream, text, sent: 0, tokens: 0, stopped_by_string: false, last_token, first_token }
     }
 
     /// Takes a decoded token; false when the request should end here (a stop string, or its client
@@ -235,7 +241,11 @@ impl<'t> Running<'t> {
     fn time_token(&mut self, metrics: &Metrics) {
         let now = Instant::now();
         match self.last_token {
-            None => metrics.first_token((now - self.job.submitted).as_secs_f64()),
+            None => {
+                let first = now - self.job.submitted;
+                metrics.first_token(first.as_secs_f64());
+                self.first_token = Some(first);
+            }
             Some(last) => metrics.next_token((now - last).as_secs_f64()),
         }
         self.last_token = Some(now);
@@ -261,7 +271,8 @@ impl<'t> Running<'t> {
             FinishReason::Cancelled => Outcome::Cancelled,
         };
         metrics.request_done(outcome, prompt_tokens, self.tokens);
-        let _ = self.job.events.send(Event::Done { finish, prompt_tokens, completion_tokens: self.tokens });
+        let (completion_tokens, first_token) = (self.tokens, self.first_token);
+        let _ = self.job.events.send(Event::Done { finish, prompt_tokens, completion_tokens, first_token });
     }
 
     fn fail(self, message: String, metrics: &Metrics) {

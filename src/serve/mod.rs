@@ -307,7 +307,7 @@ async fn whole_reply(reply: Reply, req: &Request, mut rx: UnboundedReceiver<(usi
         match rx.recv().await {
             Some((i, Event::Text(t))) => texts[i].push_str(&t),
             Some((i, Event::Logprobs(entry))) => logprobs[i].push(entry),
-            Some((i, Event::Done { finish, prompt_tokens: p, completion_tokens: c })) => {
+            Some((i, Event::Done { finish, prompt_tokens: p, completion_tokens: c, .. })) => {
                 finishes[i] = Some(finish);
                 prompt_tokens = p;
                 completion_tokens += c;
@@ -446,7 +446,7 @@ impl Streaming {
                     pending[i].push(entry);
                 }
             }
-            Some((i, Event::Done { finish, prompt_tokens, completion_tokens })) => {
+            Some((i, Event::Done { finish, prompt_tokens, completion_tokens, .. })) => {
                 // A partial tag held back at the very end is text after all.
                 if let Some(mut rest) = self.splitters[i].as_mut().map(ReasoningSplit::finish) {
                     if let Some((_, held)) = self.tools.as_mut() {

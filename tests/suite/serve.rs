@@ -888,3 +888,44 @@ fn votes_append_preference_pairs() {
     let off = serve(Engine::start(vec![tiny(&[])], EngineConfig { queue: 4, ..Default::default() }));
     assert_eq!(http(off, "POST", "/feedback/vote", Some(&vote("x", "y"))).0, 404);
 }
+
+/// A finished request reports when its first token came (what `/metrics` records): after its
+/// arrival and no later than its end; a request that decoded nothing reports none.
+#[test]
+fn the_engine_reports_each_requests_time_to_first_token() {
+    use minimind::serve::engine::{Event, Job};
+    let engine = Engine::start(vec![tiny(&[])], EngineConfig { queue: 4, ..Default::default() });
+    for max_new_tokens in [6, 0] {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let submitted = std::time::Instant::now();
+        let job = Job {
+            model: 0,
+            prompt: vec![10, 11, 12, 13],
+            max_new_tokens,
+            sampling: minimind::infer::SamplingParams { temperature: 0.0, ..Default::default() },
+            stop: Vec::new(),
+            events: tx,
+            submitted,
+            logprobs: None,
+            constraint: None,
+        };
+        engine.submit(job).unwrap();
+        let (first_token, completion_tokens) = loop {
+            match rx.blocking_recv() {
+                Some(Event::Done { first_token, completion_tokens, .. }) => break (first_token, completion_tokens),
+                Some(Event::Error(e)) => panic!("request failed: {e}"),
+                Some(_) => {}
+                None => panic!("the engine stopped"),
+            }
+        };
+        let ended = submitted.elapsed();
+        match max_new_tokens {
+            0 => assert_eq!((first_token, completion_tokens), (None, 0)),
+            _ => {
+                assert!(completion_tokens > 0);
+                let first = first_token.expect("a request that decoded tokens reports its first");
+                assert!(first <= ended, "first token after {first:?}, the request ended after {ended:?}");
+            }
+        }
+    }
+}
