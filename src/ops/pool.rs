@@ -171,12 +171,12 @@ pub fn for_each_chunk_mut<T: Send>(out: &mut [T], chunk: usize, f: impl Fn(usize
 /// Values up to which [`par_chunks_mut`] runs on this pool (a decode step's tensors, and a prompt's
 /// of a few hundred tokens: MiniMind2-Small's SwiGLU up to 372); larger ones (training batches) go to
 /// rayon's.
-pub const PROMPT: usize = 1 << 19;
+const PROMPT: usize = 1 << 19;
 
 /// `f(i, chunk)` for the `chunk`-sized pieces of `out`, in parallel: on this pool for up to
 /// [`PROMPT`] values — so that a prompt's element-wise ops run on the workers that run its matmuls
 /// instead of waking rayon's while these spin — and on rayon's pool beyond.
-pub fn par_chunks_mut<T: Send>(out: &mut [T], chunk: usize, f: impl Fn(usize, &mut [T]) + Sync + Send) {
+fn par_chunks_mut<T: Send>(out: &mut [T], chunk: usize, f: impl Fn(usize, &mut [T]) + Sync + Send) {
     if out.len() <= PROMPT {
         for_each_chunk_mut(out, chunk, f);
     } else {

@@ -204,8 +204,16 @@ struct Running<'t> {
 impl<'t> Running<'t> {
     fn new(job: Job, tokenizer: &'t Tokenizer) -> Self {
         let stream = TextStream::new(tokenizer);
-        let (text, last_token, first_token) = (String::new(), None, None);
-        Self { job, stream, text, sent: 0, tokens: 0, stopped_by_string: false, last_token, first_token }
+        Self {
+            job,
+            stream,
+            text: String::new(),
+            sent: 0,
+            tokens: 0,
+            stopped_by_string: false,
+            last_token: None,
+            first_token: None,
+        }
     }
 
     /// Takes a decoded token; false when the request should end here (a stop string, or its client
@@ -271,8 +279,12 @@ impl<'t> Running<'t> {
             FinishReason::Cancelled => Outcome::Cancelled,
         };
         metrics.request_done(outcome, prompt_tokens, self.tokens);
-        let (completion_tokens, first_token) = (self.tokens, self.first_token);
-        let _ = self.job.events.send(Event::Done { finish, prompt_tokens, completion_tokens, first_token });
+        let _ = self.job.events.send(Event::Done {
+            finish,
+            prompt_tokens,
+            completion_tokens: self.tokens,
+            first_token: self.first_token,
+        });
     }
 
     fn fail(self, message: String, metrics: &Metrics) {
