@@ -38,17 +38,11 @@ impl CustomOp2 for RmsNorm {
                 *yi = wi * (xi * *r);
             }
         };
-        let y = if x.len() <= super::pool::SMALL {
-            let mut y = vec![0f32; x.len()];
-            y.chunks_mut(d).zip(x.chunks(d)).zip(inv.iter_mut()).for_each(row); // a decode step's few rows
-            y
-        } else {
-            let inv_rows = super::pool::Disjoint::new(&mut inv);
-            // SAFETY: row i writes inv[i] alone.
-            super::pool::par_filled(x.len(), d, |i, y| {
-                row(((y, &x[i * d..][..d]), unsafe { &mut inv_rows.part(i, 1)[0] }))
-            })
-        };
+        let inv_rows = super::pool::Disjoint::new(&mut inv);
+        // SAFETY: row i writes inv[i] alone.
+        let y = super::pool::filled(x.len(), d, |i, y| {
+            row(((y, &x[i * d..][..d]), unsafe { &mut inv_rows.part(i, 1)[0] }))
+        });
         *self.inv_rms.lock().map_err(|_| candle_core::Error::Msg("lock poisoned".into()))? = inv;
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }

@@ -206,6 +206,17 @@ pub fn par_filled(n: usize, chunk: usize, f: impl Fn(usize, &mut [f32]) + Sync +
     out
 }
 
+/// As [`par_filled`], except that outputs of up to [`SMALL`] values (a decode step's few rows) are
+/// filled on the calling thread, piece after piece: for them a fork-join costs more than the work.
+pub fn filled(n: usize, chunk: usize, f: impl Fn(usize, &mut [f32]) + Sync + Send) -> Vec<f32> {
+    if n > SMALL {
+        return par_filled(n, chunk, f);
+    }
+    let mut out = vec![0f32; n];
+    out.chunks_mut(chunk.max(1)).enumerate().for_each(|(i, piece)| f(i, piece));
+    out
+}
+
 /// A slice that parallel chunks write disjoint parts of (borrowed mutably while it lives).
 pub struct Disjoint<'a, T>(*mut T, usize, std::marker::PhantomData<&'a mut [T]>);
 // SAFETY: the users write disjoint ranges only (see `part`).

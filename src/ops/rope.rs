@@ -26,13 +26,7 @@ fn rotate(x: &[f32], cos: &[f32], sin: &[f32], t: usize, d: usize, sign: f32) ->
             }
         }
     };
-    if x.len() <= super::pool::SMALL {
-        let mut y = vec![0f32; x.len()];
-        y.chunks_mut(t * d).zip(x.chunks(t * d)).for_each(head); // a decode step's few rows
-        y
-    } else {
-        super::pool::par_filled(x.len(), t * d, |i, y| head((y, &x[i * t * d..][..t * d])))
-    }
+    super::pool::filled(x.len(), t * d, |i, y| head((y, &x[i * t * d..][..t * d])))
 }
 
 impl CustomOp3 for Rope {
