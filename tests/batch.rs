@@ -107,6 +107,18 @@ fn staggered_batched_decoding_equals_one_at_a_time_exactly() {
         m.set_kv_f16(true).unwrap();
         check_against_one_at_a_time(m);
     }
+    // Int8 weights with 128-input groups (hidden 128, FFN 384): where the CPU has AMX, prompts and
+    // batches of 8 or more rows take the matrix unit and single rows the vector tiles — the same bits.
+    let (mut wide, _) = init(&micro_config(97, 4, 2, 32), 5);
+    wide.quantize_int8().unwrap();
+    let q = &wide.model.layers[0].self_attn.q_proj.weight;
+    assert_eq!(q.dims()[2], minimind::ops::panel_int8::block_bytes(128));
+    let long: Vec<Vec<u32>> = (0..10u32).map(|i| (0..9 + i).map(|j| (i * 7 + j * 3 + 1) % 97).collect()).collect();
+    let together = staggered(&wide, &long, &[0; 10], &[8; 10], &[]);
+    for (i, p) in long.iter().enumerate() {
+        let alone = generate(&wide, p, 8, &[], &mut greedy(), |_| Ok(true)).unwrap();
+        assert_eq!(together[i].0, alone.tokens, "int8 with 128-input groups, sequence {i}");
+    }
     minimind::ops::set_fused(false);
     check_against_one_at_a_time(&model);
     check_against_one_at_a_time(&f16_kv);

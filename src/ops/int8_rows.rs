@@ -1,15 +1,19 @@
-//! Activations for the int8 panels ([`super::panel_int8`]): rows quantized per group of 32 inputs
-//! (`x ≈ s·a`, `a ∈ [−127, 127]`, as llama.cpp's q8_0), with each group's `128·Σa` — what the
+//! Activations for the int8 panels ([`super::panel_int8`]): rows quantized per group of inputs (the
+//! weight's group, [`group`]: `x ≈ s·a`, `a ∈ [−127, 127]`, as llama.cpp's q8_0 over 32), with each
+//! group's `128·Σa` — what the
 //! unsigned weight bytes add to an integer dot product. [`quantize_rows`] gives the plain row layout
 //! (the scheme's reference); the kernels take [`QuantizedTiles`], the same values laid out tile by
 //! tile so that the innermost loop reads every row of a tile through one pointer at fixed offsets.
 
+use super::panel_int8::group;
 use super::pool;
 
-/// Inputs per scale.
-const GROUP: usize = super::int8::GROUP;
+/// The largest group size.
+const MAX_GROUP: usize = 128;
+/// Inputs per vector pass of the AVX2 quantizer.
+const PASS: usize = 32;
 
-/// Activation rows quantized per group of 32 inputs: `x[r][i] ≈ scales[r][g]·codes[r][i]`, and
+/// Activation rows quantized per group of [`group`]`(k)` inputs: `x[r][i] ≈ scales[r][g]·codes[r][i]`, and
 /// `offsets[r][g] = 128·Σ_{i∈g} codes[r][i]` (what the unsigned weight bytes add to a dot product).
 /// Codes round half to even (the CPU's conversion), weights half away from zero (as the row layout).
 pub struct QuantizedRows {
@@ -21,11 +25,7 @@ pub struct QuantizedRows {
 /// Quantizes rows `[m, k]` (`k` a multiple of 32): [`QuantizedTiles`] of one row each, which is
 /// the row layout.
 pub fn quantize_rows(x: &[f32], k: usize) -> QuantizedRows {
-    assert!(
-        k.is_multiple_of(GROUP) && x.len().is_multiple_of(k),
-        "int8 activations: {} values in rows of {k}",
-        x.len()
-    );
+    assert!(k.is_multiple_of(PASS) && x.len().is_multiple_of(k), "int8 activations: {} values in rows of {k}", x.len());
     let tiles = QuantizedTiles::new(x, k, 1);
     QuantizedRows { codes: tiles.codes, scales: tiles.scales, offsets: tiles.neg_offsets.iter().map(|o| -o).collect() }
 }
@@ -42,23 +42,23 @@ impl<T> SyncPtr<T> {
     }
 }
 
-/// Quantizes `row` (a multiple of 32 values) group by group, handing each group's index, codes,
-/// scale and offset `128·Σa` to `put`; the loop runs inside the detected instruction set's code.
-fn quantize_row(row: &[f32], put: &mut impl FnMut(usize, &[i8; GROUP], f32, i32)) {
+/// Quantizes `row` group by group (`group` values each, a multiple of 32), handing each group's index,
+/// codes, scale and offset `128·Σa` to `put`; the loop runs inside the detected instruction set's code.
+fn quantize_row(row: &[f32], group: usize, put: &mut impl FnMut(usize, &[i8], f32, i32)) {
     #[cfg(target_arch = "x86_64")]
     if super::simd::level() >= 1 {
         // SAFETY: AVX2 was detected (AVX-512 machines included: 16-lane groups measured no faster).
-        return unsafe { quantize_row_avx2(row, put) };
+        return unsafe { quantize_row_avx2(row, group, put) };
     }
-    for (g, values) in row.chunks_exact(GROUP).enumerate() {
-        let mut codes = [0; GROUP];
-        let (scale, offset) = quantize_group(values, &mut codes);
-        put(g, &codes, scale, offset);
+    for (g, values) in row.chunks_exact(group).enumerate() {
+        let mut codes = [0; MAX_GROUP];
+        let (scale, offset) = quantize_group(values, &mut codes[..group]);
+        put(g, &codes[..group], scale, offset);
     }
 }
 
 /// One group of activations: its scale and offset, its codes into `codes`.
-fn quantize_group(values: &[f32], codes: &mut [i8; GROUP]) -> (f32, i32) {
+fn quantize_group(values: &[f32], codes: &mut [i8]) -> (f32, i32) {
     let max = values.iter().fold(0f32, |m, v| m.max(v.abs()));
     let scale = max / 127.0;
     let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
@@ -70,24 +70,26 @@ fn quantize_group(values: &[f32], codes: &mut [i8; GROUP]) -> (f32, i32) {
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn quantize_row_avx2(row: &[f32], put: &mut impl FnMut(usize, &[i8; GROUP], f32, i32)) {
-    for (g, values) in row.chunks_exact(GROUP).enumerate() {
-        let mut codes = [0; GROUP];
-        let (scale, offset) = quantize_group_avx2(values.try_into().expect("a group"), &mut codes);
-        put(g, &codes, scale, offset);
+unsafe fn quantize_row_avx2(row: &[f32], group: usize, put: &mut impl FnMut(usize, &[i8], f32, i32)) {
+    for (g, values) in row.chunks_exact(group).enumerate() {
+        let mut codes = [0; MAX_GROUP];
+        let (scale, offset) = quantize_group_avx2(values, &mut codes[..group]);
+        put(g, &codes[..group], scale, offset);
     }
 }
 
+/// [`quantize_group`] 32 values per pass.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 #[inline]
-fn quantize_group_avx2(values: &[f32; GROUP], codes: &mut [i8; GROUP]) -> (f32, i32) {
+fn quantize_group_avx2(values: &[f32], codes: &mut [i8]) -> (f32, i32) {
     use std::arch::x86_64::*;
-    // SAFETY (loads and stores): a group is 4 vectors of 8.
-    let v: [__m256; 4] = std::array::from_fn(|h| unsafe { _mm256_loadu_ps(values.as_ptr().add(8 * h)) });
     let sign = _mm256_set1_ps(-0.0);
-    let abs = v.map(|v| _mm256_andnot_ps(sign, v));
-    let m = _mm256_max_ps(_mm256_max_ps(abs[0], abs[1]), _mm256_max_ps(abs[2], abs[3]));
+    let mut m = _mm256_setzero_ps();
+    for eight in values.chunks_exact(8) {
+        // SAFETY: 8 values.
+        m = _mm256_max_ps(m, _mm256_andnot_ps(sign, unsafe { _mm256_loadu_ps(eight.as_ptr()) }));
+    }
     let m = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
     let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
     let max = _mm_cvtss_f32(_mm_max_ss(m, _mm_shuffle_ps(m, m, 1)));
@@ -95,20 +97,25 @@ fn quantize_group_avx2(values: &[f32; GROUP], codes: &mut [i8; GROUP]) -> (f32, 
     let inv = _mm256_set1_ps(if scale > 0.0 { 1.0 / scale } else { 0.0 });
     // Round half to even (the default rounding mode), then clamp as the scalar path.
     let (lo, hi) = (_mm256_set1_epi32(-127), _mm256_set1_epi32(127));
-    let q = v.map(|v| _mm256_min_epi32(_mm256_max_epi32(_mm256_cvtps_epi32(_mm256_mul_ps(v, inv)), lo), hi));
-    let sum = _mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3]));
+    let mut sum = _mm256_setzero_si256();
+    for (pass, out) in values.chunks_exact(PASS).zip(codes.chunks_exact_mut(PASS)) {
+        // SAFETY (loads and stores): a pass is 4 vectors of 8 values, 32 codes.
+        let v: [__m256; 4] = std::array::from_fn(|h| unsafe { _mm256_loadu_ps(pass.as_ptr().add(8 * h)) });
+        let q = v.map(|v| _mm256_min_epi32(_mm256_max_epi32(_mm256_cvtps_epi32(_mm256_mul_ps(v, inv)), lo), hi));
+        sum = _mm256_add_epi32(sum, _mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3])));
+        // i32 → i16 → i8 packs interleave the 128-bit halves; one permutation puts them back in order.
+        let bytes = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
+        let ordered = _mm256_permutevar8x32_epi32(bytes, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+        unsafe { _mm256_storeu_si256(out.as_mut_ptr() as *mut __m256i, ordered) };
+    }
     let sum = _mm_add_epi32(_mm256_castsi256_si128(sum), _mm256_extracti128_si256(sum, 1));
     let sum = _mm_add_epi32(sum, _mm_shuffle_epi32(sum, 0b01_00_11_10));
     let sum = _mm_cvtsi128_si32(_mm_add_epi32(sum, _mm_shuffle_epi32(sum, 0b00_00_00_01)));
-    // i32 → i16 → i8 packs interleave the 128-bit halves; one permutation puts them back in order.
-    let bytes = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
-    let ordered = _mm256_permutevar8x32_epi32(bytes, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
-    unsafe { _mm256_storeu_si256(codes.as_mut_ptr() as *mut __m256i, ordered) };
     (scale, 128 * sum)
 }
 
 /// Activation rows quantized as [`QuantizedRows`], laid out for the tiles: rows `t·per_tile..` form
-/// tile t, which holds its codes as `[group][row][32]` and its scales and negated offsets as
+/// tile t, which holds its codes as `[group][row][group size]` and its scales and negated offsets as
 /// `[group][row]`, so that the innermost loop reads every row through one pointer at fixed offsets
 /// (and a row's group is quantized straight into its place).
 pub(super) struct QuantizedTiles {
@@ -131,7 +138,8 @@ pub(super) struct TileRows<'a> {
 impl QuantizedTiles {
     /// Quantizes rows `[m, k]` straight into the tiles' layout, in parallel for prompts.
     pub(super) fn new(x: &[f32], k: usize, per_tile: usize) -> Self {
-        let (m, groups) = (x.len() / k, k / GROUP);
+        let (m, size) = (x.len() / k, group(k));
+        let groups = k / size;
         // Every value is written below before the lengths are set (no zero-filling first).
         let mut q = QuantizedTiles {
             m,
@@ -149,12 +157,12 @@ impl QuantizedTiles {
             for r in t * per_task..((t + 1) * per_task).min(m) {
                 let (t0, i) = (r - r % per_tile, r % per_tile);
                 let rows = per_tile.min(m - t0);
-                quantize_row(&x[r * k..][..k], &mut |g, group, scale, offset| {
+                quantize_row(&x[r * k..][..k], size, &mut |g, group, scale, offset| {
                     let at = t0 * groups + g * rows + i;
                     // SAFETY: row r's codes, scales and offsets are written by this task alone, and
                     // lie inside the vectors (tile t0's rows·k codes and rows·groups scales).
                     unsafe {
-                        std::ptr::copy_nonoverlapping(group.as_ptr(), codes.at(t0 * k + (g * rows + i) * GROUP), GROUP);
+                        std::ptr::copy_nonoverlapping(group.as_ptr(), codes.at(t0 * k + (g * rows + i) * size), size);
                         scales.at(at).write(scale);
                         neg.at(at).write(-offset);
                     }
@@ -172,7 +180,7 @@ impl QuantizedTiles {
 
     /// The tiles, in row order.
     pub(super) fn tiles(&self) -> Vec<TileRows<'_>> {
-        let groups = self.k / GROUP;
+        let groups = self.k / group(self.k);
         (0..self.m)
             .step_by(self.per_tile)
             .map(|t0| {

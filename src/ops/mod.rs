@@ -5,6 +5,8 @@
 //! input lives on the CPU, and to the composed reference in [`composed`] otherwise — or always, after
 //! [`set_fused(false)`](set_fused) or with `MINIMIND_KERNELS=composed` in the environment.
 
+#[cfg(target_arch = "x86_64")]
+mod amx;
 pub mod attention;
 pub mod blas;
 pub mod composed;

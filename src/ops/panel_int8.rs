@@ -1,14 +1,15 @@
 //! Int8 panels: int8 weights in [`super::panel`]'s panel order, multiplied by int8 activations.
 //!
-//! A packed weight is a u8 tensor `[n/16, k/32, 576]`: for each panel of 16 features and each group
-//! of 32 inputs, 512 weight bytes and then the 16 features' f32 scales (little-endian), `w ≈ scale·q`
-//! with [`super::int8`]'s quantization (`q ∈ [−127, 127]`). The weight bytes run in 8 chunks of 4
-//! inputs; a chunk holds, for each feature `j`, its 4 weights as `q + 128` (`[c][j][i mod 4]`): one
-//! 64-byte chunk is one vector of 16 features × 4 inputs, the operand shape of the CPU's int8 dot
-//! product instructions.
+//! A packed weight is a u8 tensor `[n/16, k/G, 16·G + 64]`: for each panel of 16 features and each
+//! group of `G` inputs, the `16·G` weight bytes and then the 16 features' f32 scales (little-endian),
+//! `w ≈ scale·q` with [`super::int8`]'s rounding (`q ∈ [−127, 127]`). `G` is [`group`]`(k)`: 128 when
+//! `k` is a multiple of 128 (MiniMind's widths), else 32. The weight bytes run in chunks of 4 inputs;
+//! a chunk holds, for each feature `j`, its 4 weights as `q + 128` (`[c][j][i mod 4]`): one 64-byte
+//! chunk is one vector of 16 features × 4 inputs, the operand shape of the CPU's int8 dot product
+//! instructions, and 16 chunks are one operand tile of the matrix unit.
 //!
-//! Activations are quantized the same way per row and group of 32 inputs (`x ≈ s·a`, `a ∈ [−127,
-//! 127]`, as llama.cpp's q8_0), so a group's contribution is an exact integer dot product:
+//! Activations are quantized the same way per row and group (`x ≈ s·a`, `a ∈ [−127, 127]`, as
+//! llama.cpp's q8_0 over 32), so a group's contribution is an exact integer dot product:
 //!
 //! ```text
 //! y[r][f] = Σ_g fma((Σ_{i∈g} q[f][i]·a[r][i]) as f32 · scale[f][g],  s[r][g],  …)
@@ -17,33 +18,53 @@
 //! accumulated over the groups in order. AVX-512 VNNI multiplies the unsigned weight bytes by the
 //! signed activations (`vpdpbusd`) and subtracts the offset `128·Σa` (computed with the activations);
 //! AVX2 multiplies `|q|` (taken once per chunk, for all the rows) by `a` with `q`'s sign
-//! (`vpmaddubsw`; signing the weights by each row's activations costs a step more per row). Both
-//! give the same integers, so every instruction set — and every batch size, since rows are quantized
-//! on their own — gives the same bits. Weights are read as bytes (≈ 3.6× fewer than f32) and
-//! multiplied 64 at a time.
+//! (`vpmaddubsw`; signing the weights by each row's activations costs a step more per row); AMX
+//! ([`super::amx`], for 8 rows or more and 128-input groups) multiplies 16 rows × 64 inputs × 16
+//! features per instruction. All give the same integers, so every instruction set — and every batch
+//! size, since rows are quantized on their own — gives the same bits. Weights are read as bytes
+//! (≈ 3.6× fewer than f32).
+//!
+//! Why 128: a group's sums must be scaled before the next group starts, and AMX's leave the unit
+//! through memory; every 32 inputs that costs more than the unit saves, every 128 it does not. Fewer
+//! scales also cost fewer vector operations. Held-out perplexity of the demo model: fp32 207.2538,
+//! groups of 32 207.2374, groups of 128 207.2832 (docs/PERFORMANCE.md).
 
 pub use super::int8_rows::{quantize_rows, QuantizedRows};
 use super::int8_rows::{QuantizedTiles, TileRows};
 use super::panel::{for_each_panel_task, OutPtr, AHEAD, WIDTH};
 use candle_core::{CpuStorage, DType, Device, Result, Tensor};
 
-/// Inputs per scale.
-const GROUP: usize = super::int8::GROUP;
 /// Inputs per chunk: one 32-bit lane of an int8 dot product.
 const CHUNK: usize = 4;
-/// Weight bytes per (panel, group) block.
-const CODES: usize = GROUP * WIDTH;
-/// Bytes per (panel, group) block: 32 × 16 weight bytes, then 16 f32 scales.
-pub const BLOCK: usize = CODES + 4 * WIDTH;
+/// The smaller group size, for weights whose inputs are not a multiple of [`WIDE`].
+const NARROW: usize = 32;
+/// The larger group size: four times fewer scaling operations per product, and sums the matrix
+/// unit ([`super::amx`]) can keep over two of its 64-input steps.
+const WIDE: usize = 128;
 
-/// Whether `w` is an int8 panel weight `[n/16, k/32, 576]` (row-layout int8 weights are 2-D).
+/// Inputs per scale of a weight with `k` inputs: 128 when `k` is a multiple of 128 (MiniMind's
+/// 512 and 1,408), otherwise 32 (q8_0's blocks).
+pub fn group(k: usize) -> usize {
+    if k.is_multiple_of(WIDE) {
+        WIDE
+    } else {
+        NARROW
+    }
+}
+
+/// Bytes per (panel, group) block: `group` × 16 weight bytes, then 16 f32 scales.
+pub const fn block_bytes(group: usize) -> usize {
+    group * WIDTH + 4 * WIDTH
+}
+
+/// Whether `w` is an int8 panel weight `[n/16, k/group, block]` (row-layout int8 weights are 2-D).
 pub fn is_packed(w: &Tensor) -> bool {
-    w.rank() == 3 && w.dtype() == DType::U8 && w.dims()[2] == BLOCK
+    w.rank() == 3 && w.dtype() == DType::U8 && [NARROW, WIDE].iter().any(|&g| w.dims()[2] == block_bytes(g))
 }
 
 /// Whether an f32 weight `[n, k]` has int8 panels: on the CPU, `n` a multiple of 16, `k` of 32.
 pub fn packable(w: &Tensor) -> bool {
-    super::panel::packable(w) && w.dims()[1].is_multiple_of(GROUP)
+    super::panel::packable(w) && w.dims()[1].is_multiple_of(NARROW)
 }
 
 /// Where weight `(j, i)` of a block (feature `j`, input `i` of the group) lies.
@@ -62,42 +83,52 @@ fn quantize_group(values: &[f32], mut code: impl FnMut(usize, i8)) -> f32 {
     scale
 }
 
-/// Quantizes an f32 weight `[n, k]` into int8 panels (per feature and group of 32 inputs,
-/// as [`super::int8::quantize`]).
+/// Quantizes an f32 weight `[n, k]` into int8 panels (per feature and group of [`group`]`(k)` inputs,
+/// with [`super::int8::quantize`]'s rounding).
 pub fn quantize(w: &Tensor) -> Result<Tensor> {
     let (n, k) = w.dims2()?;
     if !packable(w) {
         candle_core::bail!("int8 panels: cannot pack a {:?} {n}×{k} weight on {:?}", w.dtype(), w.device());
     }
-    let groups = k / GROUP;
-    let mut out = vec![0u8; n / WIDTH * groups * BLOCK];
+    let (group, block) = (group(k), block_bytes(group(k)));
+    let groups = k / group;
+    let mut out = vec![0u8; n / WIDTH * groups * block];
     super::cpu::with_f32(w, |data| {
         for (f, row) in data.chunks_exact(k).enumerate() {
             let (p, j) = (f / WIDTH, f % WIDTH);
-            for (g, values) in row.chunks_exact(GROUP).enumerate() {
-                let block = &mut out[(p * groups + g) * BLOCK..][..BLOCK];
+            for (g, values) in row.chunks_exact(group).enumerate() {
+                let block = &mut out[(p * groups + g) * block..][..block];
                 let scale = quantize_group(values, |i, q| block[code_at(j, i)] = (q as u8) ^ 0x80);
-                block[CODES + 4 * j..][..4].copy_from_slice(&scale.to_le_bytes());
+                block[group * WIDTH + 4 * j..][..4].copy_from_slice(&scale.to_le_bytes());
             }
         }
     })?;
-    Tensor::from_vec(out, (n / WIDTH, groups, BLOCK), w.device())
+    Tensor::from_vec(out, (n / WIDTH, groups, block), w.device())
 }
 
-/// The int8 codes `[n, k]` and scales `[n, k/32]` of int8 panels.
+/// The group size of int8 panels `[n/16, k/group, block]`.
+fn group_of_panels(p: &Tensor) -> Result<usize> {
+    match [NARROW, WIDE].into_iter().find(|&g| p.dims().get(2) == Some(&block_bytes(g))) {
+        Some(g) => Ok(g),
+        None => candle_core::bail!("int8 panels: {:?} {:?} is not a packed weight", p.dtype(), p.dims()),
+    }
+}
+
+/// The int8 codes `[n, k]` and scales `[n, k/group]` of int8 panels.
 pub fn codes(p: &Tensor) -> Result<(Vec<i8>, Vec<f32>)> {
-    let (panels, groups, _) = p.dims3()?;
+    let group = group_of_panels(p)?;
+    let (panels, groups, block) = p.dims3()?;
     let bytes = p.flatten_all()?.to_vec1::<u8>()?;
-    let (n, k) = (panels * WIDTH, groups * GROUP);
+    let (n, k) = (panels * WIDTH, groups * group);
     let (mut q, mut scales) = (vec![0i8; n * k], vec![0f32; n * groups]);
-    for (b, block) in bytes.chunks_exact(BLOCK).enumerate() {
+    for (b, block) in bytes.chunks_exact(block).enumerate() {
         let (panel, g) = (b / groups, b % groups);
         for j in 0..WIDTH {
             let f = panel * WIDTH + j;
-            let s = &block[CODES + 4 * j..][..4];
+            let s = &block[group * WIDTH + 4 * j..][..4];
             scales[f * groups + g] = f32::from_le_bytes([s[0], s[1], s[2], s[3]]);
-            for i in 0..GROUP {
-                q[f * k + g * GROUP + i] = (block[code_at(j, i)] ^ 0x80) as i8;
+            for i in 0..group {
+                q[f * k + g * group + i] = (block[code_at(j, i)] ^ 0x80) as i8;
             }
         }
     }
@@ -106,10 +137,11 @@ pub fn codes(p: &Tensor) -> Result<(Vec<i8>, Vec<f32>)> {
 
 /// The f32 weight `[n, k]` int8 panels stand for.
 pub fn dequantize(p: &Tensor) -> Result<Tensor> {
+    let group = group_of_panels(p)?;
     let (panels, groups, _) = p.dims3()?;
-    let (n, k) = (panels * WIDTH, groups * GROUP);
+    let (n, k) = (panels * WIDTH, groups * group);
     let (q, scales) = codes(p)?;
-    let out = q.iter().enumerate().map(|(at, &q)| q as f32 * scales[at / GROUP]).collect::<Vec<_>>();
+    let out = q.iter().enumerate().map(|(at, &q)| q as f32 * scales[at / group]).collect::<Vec<_>>();
     Tensor::from_vec(out, (n, k), &Device::Cpu)
 }
 
@@ -124,7 +156,7 @@ pub fn matmul_nt_many(x: &Tensor, ws: &[&Tensor]) -> Result<Vec<Tensor>> {
     let (m, k) = x.dims2()?;
     let ws = ws.iter().map(|w| w.contiguous()).collect::<Result<Vec<_>>>()?;
     for w in &ws {
-        if !is_packed(w) || w.dim(1)? * GROUP != k {
+        if !is_packed(w) || w.dim(1)? * group(k) != k || w.dim(2)? != block_bytes(group(k)) {
             candle_core::bail!("int8 panel matmul: {m}×{k} · {:?} {:?}", w.dtype(), w.dims());
         }
     }
@@ -147,6 +179,8 @@ pub fn matmul_nt_many(x: &Tensor, ws: &[&Tensor]) -> Result<Vec<Tensor>> {
 /// panel on prompts, 1.05× at 16 rows; AVX2's 16 registers hold 4 rows of one half-panel).
 #[derive(Clone, Copy, PartialEq)]
 enum Isa {
+    /// The matrix unit ([`super::amx`]), for weights with 128-input groups and enough rows.
+    Amx,
     Vnni512,
     Avx2,
     Portable,
@@ -170,6 +204,10 @@ impl Isa {
 
     fn rows(self) -> usize {
         match self {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Amx => super::amx::ROWS,
+            #[cfg(not(target_arch = "x86_64"))]
+            Isa::Amx => unreachable!("AMX is x86-64"),
             Isa::Vnni512 => 6,
             Isa::Avx2 | Isa::Portable => 4,
         }
@@ -180,15 +218,36 @@ impl Isa {
 /// against each (two panels at a time on AVX-512); weights that share the input go through one
 /// parallel loop. The activations are quantized once, straight into the tiles' layout.
 fn product(x: &[f32], ws: &[&[u8]], m: usize, k: usize) -> Vec<Vec<f32>> {
-    let isa = Isa::detect();
-    let panel_len = k / GROUP * BLOCK;
+    let isa = match Isa::detect() {
+        Isa::Vnni512 if group(k) == WIDE && m >= AMX_MIN_ROWS && amx() => Isa::Amx,
+        isa => isa,
+    };
+    let panel_len = k / group(k) * block_bytes(group(k));
     let panels: Vec<usize> = ws.iter().map(|w| w.len() / panel_len).collect();
     // Tiles of near-equal size, each at most the instruction set's (16 rows on AVX-512: 6 + 6 + 4;
-    // 13: 5 + 5 + 3).
-    let per_tile = m.div_ceil(m.div_ceil(isa.rows()));
+    // 13: 5 + 5 + 3; the matrix unit's tiles are 16 rows, the last fewer).
+    let per_tile = if isa == Isa::Amx { isa.rows() } else { m.div_ceil(m.div_ceil(isa.rows())) };
     let quantized = QuantizedTiles::new(x, k, per_tile);
     let tiles = quantized.tiles();
     let work = |i: usize, panels: std::ops::Range<usize>, out: &OutPtr, n: usize| {
+        // The matrix unit: each pair of panels against all the tiles at once, the next pair prefetched.
+        #[cfg(target_arch = "x86_64")]
+        if isa == Isa::Amx {
+            for p in panels.clone().step_by(2) {
+                let np = (panels.end - p).min(2);
+                let w = &ws[i][p * panel_len..(p + np) * panel_len];
+                // SAFETY: the matrix unit is granted (`amx`); the tiles' rows of columns 16p..16(p+np)
+                // lie inside the output, and no other task writes these columns.
+                unsafe {
+                    let out = out.at(p * WIDTH);
+                    match np {
+                        1 => super::amx::product::<1>(&tiles, (w, np * panel_len), k, out, n),
+                        _ => super::amx::product::<2>(&tiles, (w, np * panel_len), k, out, n),
+                    }
+                }
+            }
+            return;
+        }
         let mut p = panels.start;
         while p < panels.end {
             let np = if isa == Isa::Vnni512 && p + 1 < panels.end { 2 } else { 1 };
@@ -213,6 +272,19 @@ fn product(x: &[f32], ws: &[&[u8]], m: usize, k: usize) -> Vec<Vec<f32>> {
     unsafe { for_each_panel_task(m, &panels, &work) }
 }
 
+/// Rows from which products take the matrix unit: below 8, the vector tiles are faster (MiniMind2-Small
+/// decode steps, in-process: 1 row 0.86 vs 1.09 ms, 4 rows 1.27 vs 1.42, 8 rows 2.10 vs 2.01, 16 rows
+/// 3.22 vs 2.88, 128-token prompts 13.0 vs 11.0).
+const AMX_MIN_ROWS: usize = 8;
+
+/// Whether the matrix unit is there and granted to this process.
+fn amx() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return super::amx::available();
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
 /// A tile's rows against one int8 panel, or two adjacent ones on AVX-512 (`w` holding both): row r's
 /// 16 products with panel q go to `out + r·row_stride + 16q`. The weights `ahead` bytes past each
 /// block are prefetched (when given).
@@ -227,47 +299,60 @@ unsafe fn tile(
     out: *mut f32,
     row_stride: usize,
 ) {
-    let groups = k / GROUP;
+    let (group, block) = (group(k), block_bytes(group(k)));
+    let groups = k / group;
     let rows = x.rows;
-    let pair = w.len() == 2 * groups * BLOCK;
+    let np = w.len() / (groups * block);
+    let pair = np == 2;
     assert!(
         (1..=isa.rows()).contains(&rows)
             && x.codes.len() == rows * k
             && x.scales.len() == rows * groups
             && x.neg_offsets.len() == rows * groups
-            && (w.len() == groups * BLOCK || pair && isa == Isa::Vnni512),
+            && w.len() == np * groups * block
+            && (np == 1 || pair && isa == Isa::Vnni512),
         "int8 panel tile: bad sizes"
     );
     macro_rules! rows {
-        ($f:ident, $($r:literal)*) => {
-            match rows { $($r => $f::<$r>(x, (w, ahead), k, out, row_stride),)* _ => unreachable!("rows ≤ tile rows") }
+        ($f:ident<$g:ident>, $($r:literal)*) => {
+            match rows { $($r => $f::<$r, $g>(x, (w, ahead), k, out, row_stride),)* _ => unreachable!("rows ≤ tile rows") }
         };
-        ($f:ident<$p:literal>, $($r:literal)*) => {
-            match rows { $($r => $f::<$r, $p>(x, (w, ahead), k, out, row_stride),)* _ => unreachable!("rows ≤ tile rows") }
+        ($f:ident<$g:ident, $p:literal>, $($r:literal)*) => {
+            match rows { $($r => $f::<$r, $p, $g>(x, (w, ahead), k, out, row_stride),)* _ => unreachable!("rows ≤ tile rows") }
+        };
+    }
+    macro_rules! isas {
+        ($g:ident) => {
+            match isa {
+                Isa::Amx => unreachable!("the matrix unit takes whole panels (see `product`)"),
+                #[cfg(target_arch = "x86_64")]
+                Isa::Vnni512 if pair => rows!(tile_vnni512<$g, 2>, 1 2 3 4 5 6),
+                #[cfg(target_arch = "x86_64")]
+                Isa::Vnni512 => rows!(tile_vnni512<$g, 1>, 1 2 3 4 5 6),
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx2 => rows!(tile_avx2<$g>, 1 2 3 4),
+                _ => rows!(tile_portable<$g>, 1 2 3 4),
+            }
         };
     }
     // SAFETY: the instruction set was detected; the sizes were checked above; `out` is the caller's.
     unsafe {
-        match isa {
-            #[cfg(target_arch = "x86_64")]
-            Isa::Vnni512 if pair => rows!(tile_vnni512<2>, 1 2 3 4 5 6),
-            #[cfg(target_arch = "x86_64")]
-            Isa::Vnni512 => rows!(tile_vnni512<1>, 1 2 3 4 5 6),
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => rows!(tile_avx2, 1 2 3 4),
-            _ => rows!(tile_portable, 1 2 3 4),
+        if group == WIDE {
+            isas!(WIDE)
+        } else {
+            isas!(NARROW)
         }
     }
 }
 
-/// Row `r`'s 4 activation codes of chunk `c` in group `g` of an `R`-row tile, as one 32-bit lane
-/// (unchecked: this is the innermost loop's load).
+/// Row `r`'s 4 activation codes of chunk `c` in group `g` (of `G` inputs) of an `R`-row tile, as one
+/// 32-bit lane (unchecked: this is the innermost loop's load).
 ///
 /// # Safety
 /// `R` must be the tile's rows, and `r`, `g` and `c` must lie inside the tile that [`tile`] checked.
 #[inline(always)]
-unsafe fn lane<const R: usize>(x: &TileRows<'_>, r: usize, g: usize, c: usize) -> i32 {
-    unsafe { (x.codes.as_ptr().add((g * R + r) * GROUP + c * CHUNK) as *const i32).read_unaligned() }
+unsafe fn lane<const R: usize, const G: usize>(x: &TileRows<'_>, r: usize, g: usize, c: usize) -> i32 {
+    unsafe { (x.codes.as_ptr().add((g * R + r) * G + c * CHUNK) as *const i32).read_unaligned() }
 }
 
 /// Row `r`'s scale and negated offset of group `g` (unchecked, as [`lane`]).
@@ -283,7 +368,7 @@ unsafe fn group_of<const R: usize>(x: &TileRows<'_>, r: usize, g: usize) -> (f32
 /// lanes are broadcast once and multiplied into all P panels' integer sums.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512vnni")]
-unsafe fn tile_vnni512<const R: usize, const P: usize>(
+unsafe fn tile_vnni512<const R: usize, const P: usize, const G: usize>(
     x: &TileRows<'_>,
     (w, ahead): (&[u8], Option<usize>),
     k: usize,
@@ -291,14 +376,15 @@ unsafe fn tile_vnni512<const R: usize, const P: usize>(
     stride: usize,
 ) {
     use std::arch::x86_64::*;
-    let panel_len = k / GROUP * BLOCK;
+    let block = block_bytes(G);
+    let panel_len = k / G * block;
     debug_assert_eq!(w.len(), P * panel_len);
     let mut acc = [[_mm512_setzero_ps(); P]; R];
-    for g in 0..k / GROUP {
-        let at: [*const u8; P] = std::array::from_fn(|p| w.as_ptr().wrapping_add(p * panel_len + g * BLOCK));
+    for g in 0..k / G {
+        let at: [*const u8; P] = std::array::from_fn(|p| w.as_ptr().wrapping_add(p * panel_len + g * block));
         if let Some(ahead) = ahead {
             for at in at {
-                for line in 0..BLOCK / 64 {
+                for line in 0..block / 64 {
                     _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(ahead + line * 64) as *const i8);
                 }
             }
@@ -306,18 +392,19 @@ unsafe fn tile_vnni512<const R: usize, const P: usize>(
         // Σ (q + 128)·a over the group, less the activations' 128·Σa.
         let mut dot: [[__m512i; P]; R] =
             std::array::from_fn(|r| [_mm512_set1_epi32(unsafe { group_of::<R>(x, r, g) }.1); P]);
-        for c in 0..GROUP / CHUNK {
+        for c in 0..G / CHUNK {
             // SAFETY (all loads): `tile` checked the sizes; `out` is the caller's.
             let q: [__m512i; P] =
                 std::array::from_fn(|p| unsafe { _mm512_loadu_si512(at[p].add(c * 64) as *const __m512i) });
             for (r, dot) in dot.iter_mut().enumerate() {
-                let a = _mm512_set1_epi32(unsafe { lane::<R>(x, r, g, c) });
+                let a = _mm512_set1_epi32(unsafe { lane::<R, G>(x, r, g, c) });
                 for (dot, q) in dot.iter_mut().zip(q) {
                     *dot = _mm512_dpbusd_epi32(*dot, q, a);
                 }
             }
         }
-        let scale: [__m512; P] = std::array::from_fn(|p| unsafe { _mm512_loadu_ps(at[p].add(CODES) as *const f32) });
+        let scale: [__m512; P] =
+            std::array::from_fn(|p| unsafe { _mm512_loadu_ps(at[p].add(G * WIDTH) as *const f32) });
         for (r, acc) in acc.iter_mut().enumerate() {
             let s = _mm512_set1_ps(unsafe { group_of::<R>(x, r, g) }.0);
             for p in 0..P {
@@ -336,7 +423,7 @@ unsafe fn tile_vnni512<const R: usize, const P: usize>(
 /// Two passes of 8 features (16 registers hold 4 rows' i32 and f32 accumulators for 8 features).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn tile_avx2<const R: usize>(
+unsafe fn tile_avx2<const R: usize, const G: usize>(
     x: &TileRows<'_>,
     (w, ahead): (&[u8], Option<usize>),
     k: usize,
@@ -344,32 +431,32 @@ unsafe fn tile_avx2<const R: usize>(
     stride: usize,
 ) {
     use std::arch::x86_64::*;
-    debug_assert_eq!(w.len(), k / GROUP * BLOCK);
+    debug_assert_eq!(w.len(), k / G * block_bytes(G));
     let (ones, flip) = (_mm256_set1_epi16(1), _mm256_set1_epi8(-128));
     for half in 0..2 {
         let mut acc = [_mm256_setzero_ps(); R];
-        for (g, block) in w.chunks_exact(BLOCK).enumerate() {
+        for (g, block) in w.chunks_exact(block_bytes(G)).enumerate() {
             let at = block.as_ptr();
             // The first pass streams the panel; the second finds it in cache.
             if let (Some(ahead), 0) = (ahead, half) {
-                for line in 0..BLOCK / 64 {
+                for line in 0..block_bytes(G) / 64 {
                     _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(ahead + line * 64) as *const i8);
                 }
             }
             let mut dot = [_mm256_setzero_si256(); R];
-            for c in 0..GROUP / CHUNK {
+            for c in 0..G / CHUNK {
                 // SAFETY (all loads): `tile` checked the sizes; `out` is the caller's.
                 let bytes = unsafe { _mm256_loadu_si256(at.add(c * 64 + 32 * half) as *const __m256i) };
                 let q = _mm256_xor_si256(bytes, flip);
                 let magnitude = _mm256_abs_epi8(q);
                 for (r, dot) in dot.iter_mut().enumerate() {
                     // |q|·(a with q's sign): each pair of products fits an i16 (≤ 2·127·127).
-                    let a = _mm256_set1_epi32(unsafe { lane::<R>(x, r, g, c) });
+                    let a = _mm256_set1_epi32(unsafe { lane::<R, G>(x, r, g, c) });
                     let pairs = _mm256_maddubs_epi16(magnitude, _mm256_sign_epi8(a, q));
                     *dot = _mm256_add_epi32(*dot, _mm256_madd_epi16(pairs, ones));
                 }
             }
-            let scale = unsafe { _mm256_loadu_ps(at.add(CODES + 32 * half) as *const f32) };
+            let scale = unsafe { _mm256_loadu_ps(at.add(G * WIDTH + 32 * half) as *const f32) };
             for (r, acc) in acc.iter_mut().enumerate() {
                 let product = _mm256_mul_ps(_mm256_cvtepi32_ps(dot[r]), scale);
                 *acc = _mm256_fmadd_ps(product, _mm256_set1_ps(unsafe { group_of::<R>(x, r, g) }.0), *acc);
@@ -382,7 +469,7 @@ unsafe fn tile_avx2<const R: usize>(
 }
 
 /// Without AVX2: the same integers and the same f32 operations, one feature at a time.
-unsafe fn tile_portable<const R: usize>(
+unsafe fn tile_portable<const R: usize, const G: usize>(
     x: &TileRows<'_>,
     (w, _): (&[u8], Option<usize>),
     _k: usize,
@@ -390,12 +477,12 @@ unsafe fn tile_portable<const R: usize>(
     stride: usize,
 ) {
     let mut acc = [[0f32; WIDTH]; R];
-    for (g, block) in w.chunks_exact(BLOCK).enumerate() {
+    for (g, block) in w.chunks_exact(block_bytes(G)).enumerate() {
         for (r, acc) in acc.iter_mut().enumerate() {
-            let a = &x.codes[(g * R + r) * GROUP..][..GROUP];
+            let a = &x.codes[(g * R + r) * G..][..G];
             for (j, acc) in acc.iter_mut().enumerate() {
-                let dot: i32 = (0..GROUP).map(|i| ((block[code_at(j, i)] ^ 0x80) as i8 as i32) * a[i] as i32).sum();
-                let s = &block[CODES + 4 * j..][..4];
+                let dot: i32 = (0..G).map(|i| ((block[code_at(j, i)] ^ 0x80) as i8 as i32) * a[i] as i32).sum();
+                let s = &block[G * WIDTH + 4 * j..][..4];
                 let product = dot as f32 * f32::from_le_bytes([s[0], s[1], s[2], s[3]]);
                 // SAFETY: `tile` checked the sizes.
                 *acc = product.mul_add(unsafe { group_of::<R>(x, r, g) }.0, *acc);

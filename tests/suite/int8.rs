@@ -128,46 +128,72 @@ fn perplexity_is_the_exponential_of_the_mean_token_loss() {
 
 #[test]
 fn int8_panels_multiply_int8_activations_exactly_in_any_batch() {
+    // 96 inputs: groups of 32 (q8_0's); 256: groups of 128 (whole multiples of 128 take the wide groups).
+    for (k, group) in [(96, 32), (256, 128)] {
+        int8_panels_are_exact(k, group);
+    }
+    // Shapes without whole panels and groups keep the row layout.
     use minimind::ops::panel_int8;
-    let (n, k, groups) = (48, 96, 3);
+    assert!(!panel_int8::packable(&weights(45, 96, 1)) && !panel_int8::packable(&weights(48, 40, 1)));
+}
+
+fn int8_panels_are_exact(k: usize, group: usize) {
+    use minimind::ops::panel_int8;
+    let (n, groups) = (48, k / group);
+    assert_eq!(panel_int8::group(k), group);
     let w = weights(n, k, 5);
     let packed = panel_int8::quantize(&w).unwrap();
     assert!(panel_int8::is_packed(&packed) && !panel_int8::is_packed(&int8::quantize(&w).unwrap()));
-    assert_eq!(packed.dims(), &[3, 3, panel_int8::BLOCK]);
-    // The same weight quantization as the row layout.
+    assert_eq!(packed.dims(), &[3, groups, panel_int8::block_bytes(group)]);
+    // Each weight within half a step of its group's scale (the row layout's rounding; the same
+    // weights when the groups are the row layout's 32).
     let dense = panel_int8::dequantize(&packed).unwrap();
-    assert_eq!(max_abs_diff(&dense, &int8::dequantize(&int8::quantize(&w).unwrap(), k).unwrap()), 0.0);
+    let (q, ws) = panel_int8::codes(&packed).unwrap();
+    for (at, (v, d)) in w
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap()
+        .iter()
+        .zip(dense.flatten_all().unwrap().to_vec1::<f32>().unwrap())
+        .enumerate()
+    {
+        let scale = ws[at / group];
+        assert!((v - d).abs() <= scale / 2.0 + 1e-6 && d == q[at] as f32 * scale, "weight {at}: {v} → {d}");
+    }
+    if group == int8::GROUP {
+        assert_eq!(max_abs_diff(&dense, &int8::dequantize(&int8::quantize(&w).unwrap(), k).unwrap()), 0.0);
+    }
     // Activations: scale max|x|/127, codes rounded half to even (on every instruction set), offsets 128·Σa.
     let x = Tensor::randn(0f32, 1., (70, k), &Device::Cpu).unwrap();
     let xs = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
     let a = panel_int8::quantize_rows(&xs, k);
-    for (g, values) in xs.chunks(32).enumerate() {
-        let codes = &a.codes[g * 32..][..32];
+    for (g, values) in xs.chunks(group).enumerate() {
+        let codes = &a.codes[g * group..][..group];
         assert_eq!(a.scales[g], values.iter().fold(0f32, |m, v| m.max(v.abs())) / 127.0);
         assert_eq!(a.offsets[g], 128 * codes.iter().map(|&c| c as i32).sum::<i32>());
         for (v, &c) in values.iter().zip(codes) {
             assert_eq!(c as f32, (v * (1.0 / a.scales[g])).round_ties_even(), "group {g}: {v}");
         }
     }
-    let zeros = panel_int8::quantize_rows(&[0.0; 32], 32);
-    assert_eq!((zeros.codes, zeros.scales, zeros.offsets), (vec![0; 32], vec![0.0], vec![0]));
-    // The kernel (whichever of AVX-512 VNNI, AVX2 or portable this CPU or MINIMIND_SIMD picks) is bit
-    // for bit the integer dot product of each group, scaled and accumulated in order.
-    let (q, ws) = panel_int8::codes(&packed).unwrap();
+    let zeros = panel_int8::quantize_rows(&vec![0.0; group], group);
+    assert_eq!((zeros.codes, zeros.scales, zeros.offsets), (vec![0; group], vec![0.0], vec![0]));
+    // The kernel (whichever of AMX, AVX-512 VNNI, AVX2 or portable this CPU or MINIMIND_SIMD picks) is
+    // bit for bit the integer dot product of each group, scaled and accumulated in order.
     let mut expected = vec![0f32; 70 * n];
     for (r, f) in (0..70).flat_map(|r| (0..n).map(move |f| (r, f))) {
         let mut acc = 0f32;
         for g in 0..groups {
-            let dot: i32 = (g * 32..(g + 1) * 32).map(|i| q[f * k + i] as i32 * a.codes[r * k + i] as i32).sum();
+            let dot: i32 = (g * group..(g + 1) * group).map(|i| q[f * k + i] as i32 * a.codes[r * k + i] as i32).sum();
             acc = (dot as f32 * ws[f * groups + g]).mul_add(a.scales[r * groups + g], acc);
         }
         expected[r * n + f] = acc;
     }
     let all = ops::matmul_nt(&x, &packed).unwrap();
-    assert_eq!(all.flatten_all().unwrap().to_vec1::<f32>().unwrap(), expected);
+    assert_eq!(all.flatten_all().unwrap().to_vec1::<f32>().unwrap(), expected, "k {k}");
     for (start, rows) in [(0, 1), (7, 1), (3, 5), (10, 16), (20, 50)] {
         let part = ops::matmul_nt(&x.narrow(0, start, rows).unwrap(), &packed).unwrap();
-        assert_eq!(max_abs_diff(&part, &all.narrow(0, start, rows).unwrap()), 0.0, "rows {start}+{rows}");
+        assert_eq!(max_abs_diff(&part, &all.narrow(0, start, rows).unwrap()), 0.0, "k {k}, rows {start}+{rows}");
     }
     // And near the f32 product.
     let exact = x.matmul(&w.t().unwrap()).unwrap();
@@ -180,6 +206,4 @@ fn int8_panels_multiply_int8_activations_exactly_in_any_batch() {
         let part = ops::matmul_nt(&x.narrow(0, start, rows).unwrap(), &wide).unwrap();
         assert_eq!(max_abs_diff(&part, &all.narrow(0, start, rows).unwrap()), 0.0, "75 panels, rows {start}+{rows}");
     }
-    // Shapes without whole panels and groups keep the row layout.
-    assert!(!panel_int8::packable(&weights(45, 96, 1)) && !panel_int8::packable(&weights(48, 40, 1)));
 }
