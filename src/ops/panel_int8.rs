@@ -280,7 +280,7 @@ const AMX_MIN_ROWS: usize = 8;
 /// Whether the matrix unit is there and granted to this process.
 fn amx() -> bool {
     #[cfg(target_arch = "x86_64")]
-    return super::amx::available();
+    return super::simd::matrix_unit_allowed() && super::amx::available();
     #[cfg(not(target_arch = "x86_64"))]
     false
 }

@@ -50,7 +50,8 @@ macro_rules! dispatch {
 }
 
 /// 2: AVX-512F, 1: AVX2+FMA, 0: baseline (detected once). `MINIMIND_SIMD=avx2` or `portable` picks a
-/// lower level than the CPU has, to measure or test that path.
+/// lower level than the CPU has, to measure or test that path (`avx512`: AVX-512 without AMX, see
+/// [`matrix_unit_allowed`]).
 #[cfg(target_arch = "x86_64")]
 pub fn level() -> u8 {
     use std::sync::OnceLock;
@@ -69,6 +70,14 @@ pub fn level() -> u8 {
             _ => detected,
         }
     })
+}
+
+/// Whether the int8 kernels may use the CPU's matrix unit (AMX) where it has one: not after
+/// `MINIMIND_SIMD=avx512` (or a lower level), which keeps them on the vector tiles.
+pub fn matrix_unit_allowed() -> bool {
+    use std::sync::OnceLock;
+    static ALLOWED: OnceLock<bool> = OnceLock::new();
+    *ALLOWED.get_or_init(|| !matches!(std::env::var("MINIMIND_SIMD").as_deref(), Ok("avx512" | "avx2" | "portable")))
 }
 
 /// `acc + x·y`, fused (one rounding) where the CPU has FMA.
