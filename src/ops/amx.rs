@@ -2,9 +2,10 @@
 //!
 //! One `tdpbsud` multiplies a tile of up to 16 activation rows × 64 inputs (signed bytes) by 16
 //! features × 64 inputs of an int8 panel (the unsigned bytes `q + 128`, already the unit's operand
-//! layout: 16 rows of 16 features × 4 inputs) into 16 × 16 exact i32 sums — 16,384 multiply-adds, a
-//! quarter of what one AVX-512 `vpdpbusd` per cycle does in the same time. The sums of a group of 128
-//! inputs (two steps) leave the unit through memory, and the vector unit applies the same f32
+//! layout: 16 rows of 16 features × 4 inputs) into 16 × 16 exact i32 sums — 16,384 multiply-adds in
+//! 16 cycles, where `vpdpbusd` does 64 per instruction (measured here: the unit alone 2.2 int8 TMAC/s
+//! on one core, the vector unit 0.26). The sums of a group of 128 inputs (two steps) leave the unit
+//! through memory, and the vector unit applies the same f32
 //! operations as the AVX-512 tiles (`dot` less `128·Σa`, `fma(dot·scale, s, acc)`, group after group),
 //! so every output has the same bits as on the other instruction sets. Groups of 32 inputs would
 //! send the sums through memory four times as often, which costs more than the unit saves (measured):
