@@ -98,7 +98,6 @@ fn configure(rows: usize) {
 
 /// i32 sums of a tile of up to 16 rows with 16 features, 64-byte aligned for the tile stores.
 #[repr(C, align(64))]
-#[derive(Clone, Copy)]
 struct Sums([[i32; WIDTH]; ROWS]);
 
 /// Activation tiles (16 rows each, the last one fewer) against `P` (1 or 2) panels one after the
@@ -170,59 +169,42 @@ unsafe fn pass<const P: usize>(
             }
         }
         // SAFETY: the blocks lie inside `w` (checked by `product`): each step is 16 rows of 64 bytes.
+        // With one panel, its blocks stand in for the second too (the odd last panel of a weight).
         unsafe {
             asm!(
                 "tileloadd tmm1, [{a} + {stride}*1]",
                 "tileloadd tmm2, [{a} + {stride}*1 + 1024]",
+                "tileloadd tmm3, [{b} + {stride}*1]",
+                "tileloadd tmm4, [{b} + {stride}*1 + 1024]",
                 a = in(reg) at[0],
+                b = in(reg) at[P - 1],
                 stride = in(reg) 64usize,
                 options(nostack),
             );
-            if P > 1 {
-                asm!(
-                    "tileloadd tmm3, [{b} + {stride}*1]",
-                    "tileloadd tmm4, [{b} + {stride}*1 + 1024]",
-                    b = in(reg) at[P - 1],
-                    stride = in(reg) 64usize,
-                    options(nostack),
-                );
-            }
         }
         // SAFETY: each block's 16 scales follow its codes.
         let scale: [__m512; P] = std::array::from_fn(|p| unsafe { _mm512_loadu_ps(at[p].add(CODES) as *const f32) });
         for (t, x) in tiles.iter().enumerate() {
-            // SAFETY: group g's activations `[group][row][128]` lie inside the tile (checked); the
-            // sums' tiles are 16 rows of 64 bytes.
+            // SAFETY: group g's activations `[group][row][128]` lie inside the tile (checked); each
+            // step is loaded once for both panels; the sums' tiles are the two `Sums` (1 KiB each).
             unsafe {
-                let a = x.codes.as_ptr().add(g * rows * GROUP);
                 asm!(
                     "tileloadd tmm0, [{a} + {stride}*1]",
                     "tdpbsud tmm5, tmm0, tmm1",
+                    "tdpbsud tmm6, tmm0, tmm3",
                     "tileloadd tmm0, [{a} + {stride}*1 + 64]",
                     "tdpbsud tmm5, tmm0, tmm2",
+                    "tdpbsud tmm6, tmm0, tmm4",
                     "tilestored [{s} + {row}*1], tmm5",
+                    "tilestored [{s} + {row}*1 + 1024], tmm6",
                     "tilezero tmm5",
-                    a = in(reg) a,
+                    "tilezero tmm6",
+                    a = in(reg) x.codes.as_ptr().add(g * rows * GROUP),
                     stride = in(reg) GROUP,
                     s = in(reg) sums,
                     row = in(reg) 64usize,
                     options(nostack),
                 );
-                if P > 1 {
-                    asm!(
-                        "tileloadd tmm0, [{a} + {stride}*1]",
-                        "tdpbsud tmm6, tmm0, tmm3",
-                        "tileloadd tmm0, [{a} + {stride}*1 + 64]",
-                        "tdpbsud tmm6, tmm0, tmm4",
-                        "tilestored [{s} + {row}*1], tmm6",
-                        "tilezero tmm6",
-                        a = in(reg) a,
-                        stride = in(reg) GROUP,
-                        s = in(reg) sums.add(1),
-                        row = in(reg) 64usize,
-                        options(nostack),
-                    );
-                }
             }
             for r in 0..rows {
                 // SAFETY: row r < rows of group g (the tile's `[group][row]` scales and offsets).

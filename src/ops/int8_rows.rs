@@ -1,9 +1,9 @@
 //! Activations for the int8 panels ([`super::panel_int8`]): rows quantized per group of inputs (the
 //! weight's group, [`group`]: `x ≈ s·a`, `a ∈ [−127, 127]`, as llama.cpp's q8_0 over 32), with each
-//! group's `128·Σa` — what the
-//! unsigned weight bytes add to an integer dot product. [`quantize_rows`] gives the plain row layout
-//! (the scheme's reference); the kernels take [`QuantizedTiles`], the same values laid out tile by
-//! tile so that the innermost loop reads every row of a tile through one pointer at fixed offsets.
+//! group's `128·Σa` — what the unsigned weight bytes add to an integer dot product. [`quantize_rows`]
+//! gives the plain row layout (the scheme's reference); the kernels take [`QuantizedTiles`], the same
+//! values laid out tile by tile so that the innermost loop reads every row of a tile through one
+//! pointer at fixed offsets.
 
 use super::panel_int8::group;
 use super::pool;

@@ -302,15 +302,13 @@ unsafe fn tile(
     let (group, block) = (group(k), block_bytes(group(k)));
     let groups = k / group;
     let rows = x.rows;
-    let np = w.len() / (groups * block);
-    let pair = np == 2;
+    let pair = w.len() == 2 * groups * block;
     assert!(
         (1..=isa.rows()).contains(&rows)
             && x.codes.len() == rows * k
             && x.scales.len() == rows * groups
             && x.neg_offsets.len() == rows * groups
-            && w.len() == np * groups * block
-            && (np == 1 || pair && isa == Isa::Vnni512),
+            && (w.len() == groups * block || pair && isa == Isa::Vnni512),
         "int8 panel tile: bad sizes"
     );
     macro_rules! rows {
