@@ -1,15 +1,16 @@
-//! The model: its hyper-parameters, the transformer itself, the decoding cache, LoRA adapters, and
-//! how weights come to be (random initialization or a checkpoint, by tensor name) and are saved.
+//! The model: its hyper-parameters, the transformer itself, the decoding cache, LoRA adapters, how
+//! weights come to be (random initialization or a checkpoint, by tensor name) and are saved, and
+//! how they are made ready for inference (panels, int8, bf16).
 //!
 //! Read [`transformer`] top to bottom for the whole forward pass.
 
 pub mod checkpoint;
 pub mod config;
 mod decode;
+mod inference;
 pub mod kv_cache;
 pub mod lora;
 pub mod moe;
-mod panels;
 pub mod params;
 pub mod transformer;
 

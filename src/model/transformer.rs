@@ -60,18 +60,6 @@ impl Linear {
         }
         Ok(w.to_dtype(x.dtype())?)
     }
-
-    /// Replaces the (adapted) weight by its int8 packing ([`ops::int8`]).
-    fn quantize_int8(&mut self) -> Result<()> {
-        if !ops::int8::is_int8(&self.weight) {
-            let w = self.effective_weight()?;
-            // Int8 panels where the shape has them (batched decoding shares the f32 panels' tile).
-            self.weight =
-                if ops::panel_int8::packable(&w) { ops::panel_int8::quantize(&w)? } else { ops::int8::quantize(&w)? };
-            self.lora = None;
-        }
-        Ok(())
-    }
 }
 
 impl Module for Linear {
@@ -549,24 +537,6 @@ impl MiniMindForCausalLM {
         self.compute_dtype = dtype;
     }
 
-    /// A copy with every weight stored (and computed) in `dtype`: bf16 inference reads half the
-    /// bytes. Rebuilt through the same walk as loading a checkpoint.
-    pub fn with_weights_in(&self, dtype: DType) -> Result<Self> {
-        if self.is_int8() || ops::panel::is_packed(&self.lm_head.weight) {
-            bail!("int8 or panel-packed weights cannot be converted to {dtype:?}");
-        }
-        let mut merged = self.clone();
-        for (_, linear) in merged.linears_mut() {
-            linear.weight = linear.effective_weight()?;
-            linear.lora = None;
-        }
-        let tensors = merged.named_tensors().into_iter().collect();
-        let wb = WeightBuilder::loaded(tensors, dtype, self.device(), false);
-        let model = Self::new(&self.config, &wb, InitScheme::Minimind2)?;
-        wb.finish()?;
-        Ok(model)
-    }
-
     /// The projection layers of every block by module path (`model.layers.{i}.self_attn.q_proj`, …),
     /// what LoRA adapters attach to.
     pub fn linears_mut(&mut self) -> Vec<(String, &mut Linear)> {
@@ -585,24 +555,6 @@ impl MiniMindForCausalLM {
             }
         }
         out
-    }
-
-    /// Converts every projection and the head to int8 weights ([`ops::int8`]) for inference: ≈ 3.6×
-    /// fewer bytes read per decoded token. LoRA adapters are merged first; the embedding lookup keeps
-    /// its f32 table. Such a model cannot be trained or saved.
-    pub fn quantize_int8(&mut self) -> Result<()> {
-        if self.dtype() != DType::F32 {
-            bail!("int8 quantization starts from f32 weights, this model is {:?}", self.dtype());
-        }
-        for (_, linear) in self.linears_mut() {
-            linear.quantize_int8()?;
-        }
-        self.lm_head.quantize_int8()
-    }
-
-    /// Whether [`Self::quantize_int8`] was applied.
-    pub fn is_int8(&self) -> bool {
-        ops::int8::is_int8(&self.lm_head.weight)
     }
 
     /// Every tensor by checkpoint name (the tied head is stored once, as the embedding).
