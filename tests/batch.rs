@@ -107,6 +107,12 @@ fn staggered_batched_decoding_equals_one_at_a_time_exactly() {
         m.set_kv_f16(true).unwrap();
         check_against_one_at_a_time(m);
     }
+    // Int8 KV caches (codes and a scale per row; integer scores), on panels and int8 weights.
+    let (mut int8_kv, mut both) = (f16_kv.clone(), int8.clone());
+    for m in [&mut int8_kv, &mut both] {
+        m.set_kv_int8(true).unwrap();
+        check_against_one_at_a_time(m);
+    }
     // Int8 weights with 128-input groups (hidden 128, FFN 384): where the CPU has AMX, prompts and
     // batches of 8 or more rows take the matrix unit and single rows the vector tiles — the same bits.
     let (mut wide, _) = init(&micro_config(97, 4, 2, 32), 5);
@@ -119,9 +125,19 @@ fn staggered_batched_decoding_equals_one_at_a_time_exactly() {
         let alone = generate(&wide, p, 8, &[], &mut greedy(), |_| Ok(true)).unwrap();
         assert_eq!(together[i].0, alone.tokens, "int8 with 128-input groups, sequence {i}");
     }
+    // 64-wide heads over an int8 KV cache: the scores take AVX-512 VNNI where the CPU has it.
+    let (mut heads64, _) = init(&micro_config(97, 4, 2, 64), 6);
+    heads64.quantize_int8().unwrap();
+    heads64.set_kv_int8(true).unwrap();
+    let together = staggered(&heads64, &long, &[0; 10], &[8; 10], &[]);
+    for (i, p) in long.iter().enumerate() {
+        let alone = generate(&heads64, p, 8, &[], &mut greedy(), |_| Ok(true)).unwrap();
+        assert_eq!(together[i].0, alone.tokens, "int8 KV cache, 64-wide heads, sequence {i}");
+    }
     minimind::ops::set_fused(false);
     check_against_one_at_a_time(&model);
     check_against_one_at_a_time(&f16_kv);
+    check_against_one_at_a_time(&int8_kv);
     minimind::ops::set_fused(true);
     // The library's batch call is the same machinery.
     let prompts = prompts();

@@ -54,8 +54,12 @@ pub struct BenchArgs {
     #[arg(long)]
     pub int8: bool,
     /// generate/serve with keys and values cached in f16 (CPU, fp32 activations).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "kv_int8")]
     pub kv_f16: bool,
+    /// generate/serve with keys and values cached as int8 rows with a scale each (CPU, fp32
+    /// activations).
+    #[arg(long)]
+    pub kv_int8: bool,
     /// forward/generate/serve with f32 weights in PyTorch's `[out, in]` layout instead of the
     /// panels inference loads them into (to measure one against the other).
     #[arg(long)]
@@ -87,6 +91,27 @@ pub struct BenchArgs {
     /// serve: tokenizer folder (its stop tokens end answers).
     #[arg(long, default_value = "assets/tokenizers/v2")]
     pub tokenizer: std::path::PathBuf,
+}
+
+impl BenchArgs {
+    /// The KV cache format asked for.
+    pub fn kv_format(&self) -> crate::model::KvFormat {
+        use crate::model::KvFormat;
+        match (self.kv_f16, self.kv_int8) {
+            (true, _) => KvFormat::F16,
+            (false, true) => KvFormat::Int8,
+            (false, false) => KvFormat::Activations,
+        }
+    }
+
+    /// How the report names that format, if not the default.
+    pub fn kv_label(&self) -> Option<&'static str> {
+        match self.kv_format() {
+            crate::model::KvFormat::F16 => Some("f16 KV cache"),
+            crate::model::KvFormat::Int8 => Some("int8 KV cache"),
+            crate::model::KvFormat::Activations => None,
+        }
+    }
 }
 
 /// Runs `f` `warmup + steps` times; returns the measured durations in seconds.
@@ -195,10 +220,10 @@ pub fn run(a: &BenchArgs) -> Result<()> {
             params = Default::default();
         }
     }
-    if a.kv_f16 && a.mode != BenchMode::Generate {
-        bail!("--kv-f16 is for decoding (generate, serve)");
+    if (a.kv_f16 || a.kv_int8) && a.mode != BenchMode::Generate {
+        bail!("--kv-f16 and --kv-int8 are for decoding (generate, serve)");
     }
-    model.set_kv_f16(a.kv_f16)?;
+    model.set_kv_format(a.kv_format())?;
     let ceiling =
         matmul_ceiling_gflops(&device, a.dtype, a.batch_size * a.seq_len, config.hidden_size, config.ffn_size())?;
     let ids = Tensor::rand(0f32, config.vocab_size as f32, (a.batch_size, a.seq_len + 1), &Device::Cpu)?
@@ -212,7 +237,7 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         "bench {:?}{}{}{} on {:?} in {}: {} ({} parameters), batch {} × {}, {} threads, matmul ceiling {:.1} GFLOP/s",
         a.mode,
         if a.int8 { " (int8 weights)" } else { "" },
-        if a.kv_f16 { " (f16 KV cache)" } else { "" },
+        a.kv_label().map_or(String::new(), |l| format!(" ({l})")),
         a.lora.map_or(String::new(), |r| format!(" (rank-{r} LoRA, merged)")),
         device,
         a.dtype,

@@ -37,7 +37,7 @@ pub fn run(a: &BenchArgs) -> Result<()> {
     } else if !a.unpacked {
         model.pack_panels()?;
     }
-    model.set_kv_f16(a.kv_f16)?;
+    model.set_kv_format(a.kv_format())?;
     let slot = a.prompt_len + a.new_tokens + 1;
     let engine_config = EngineConfig {
         queue: 1024,
@@ -57,7 +57,7 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         } else {
             "fp32"
         },
-        if a.kv_f16 { ", f16 KV cache" } else { "" },
+        a.kv_label().map_or(String::new(), |l| format!(", {l}")),
         a.prompt_len,
         a.new_tokens,
         a.max_batch,

@@ -209,8 +209,12 @@ pub struct ServeArgs {
     pub int8: bool,
     /// Cache keys and values in f16 (CPU, fp32 activations): half the KV memory per slot and half
     /// the bytes a decode step streams through attention (llama.cpp's default cache type).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "kv_int8")]
     pub kv_f16: bool,
+    /// Cache keys and values as int8 rows with a scale each (CPU, fp32 activations): half of f16's
+    /// memory and traffic (as llama.cpp's q8_0 cache type).
+    #[arg(long)]
+    pub kv_int8: bool,
     /// Names clients may use for the first model (e.g. `minimind`), as vLLM's flag: the first is the
     /// id `/v1/models` lists. Default: the folder name.
     #[arg(long, num_args = 1..)]
@@ -246,6 +250,7 @@ fn serve_cmd(a: &ServeArgs) -> Result<()> {
             device: a.device.clone(),
             int8: a.int8,
             kv_f16: a.kv_f16,
+            kv_int8: a.kv_int8,
             rope_scaling: a.rope_scaling,
             dtype: a.dtype,
         };
@@ -293,8 +298,12 @@ pub struct ModelArgs {
     pub int8: bool,
     /// Cache keys and values in f16 (CPU, fp32 activations): half the KV memory and the bytes each
     /// decoded token streams through attention (llama.cpp's default cache type).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "kv_int8")]
     pub kv_f16: bool,
+    /// Cache keys and values as int8 rows with a scale each (CPU, fp32 activations): half of f16's
+    /// memory and traffic (as llama.cpp's q8_0 cache type).
+    #[arg(long)]
+    pub kv_int8: bool,
     /// YaRN RoPE scaling for prompts beyond the trained context (minimind-3's
     /// inference_rope_scaling: factor 16 over the original 2048 positions).
     #[arg(long)]
@@ -313,6 +322,7 @@ impl ModelArgs {
             rope_scaling: self.rope_scaling,
             precision: self.dtype,
             kv_f16: self.kv_f16,
+            kv_int8: self.kv_int8,
         };
         crate::infer::load(&self.model, &parse_device(&self.device)?, &options)
     }

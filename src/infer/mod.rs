@@ -30,10 +30,12 @@ pub struct LoadOptions {
     pub precision: crate::model::Precision,
     /// Keys and values cached in f16 (CPU, fp32 activations): half the KV memory and traffic.
     pub kv_f16: bool,
+    /// Keys and values cached as int8 rows with a scale each (CPU, fp32 activations): half of f16's.
+    pub kv_int8: bool,
 }
 
 /// A model folder ready for inference: its weights, a LoRA adapter merged in once (so decoding costs
-/// what the base model costs), int8 weights, YaRN and an f16 KV cache when asked, f32 CPU weights
+/// what the base model costs), int8 weights, YaRN and an f16 or int8 KV cache when asked, f32 CPU weights
 /// packed into panels ([`crate::ops::panel`]: one kernel for decode batches and prompts), and its
 /// tokenizer.
 pub fn load(dir: &Path, device: &Device, options: &LoadOptions) -> Result<(MiniMindForCausalLM, Tokenizer)> {
@@ -51,6 +53,13 @@ pub fn load(dir: &Path, device: &Device, options: &LoadOptions) -> Result<(MiniM
         model = model.with_weights_in(options.precision.dtype())?;
     }
     model.pack_panels()?;
-    model.set_kv_f16(options.kv_f16)?;
+    use crate::model::KvFormat;
+    let kv = match (options.kv_f16, options.kv_int8) {
+        (true, true) => anyhow::bail!("--kv-f16 and --kv-int8 are two cache formats: choose one"),
+        (true, false) => KvFormat::F16,
+        (false, true) => KvFormat::Int8,
+        (false, false) => KvFormat::Activations,
+    };
+    model.set_kv_format(kv)?;
     Ok((model, Tokenizer::load(dir)?))
 }

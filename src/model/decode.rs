@@ -49,8 +49,8 @@ impl Attention {
         let v = heads(v, self.num_kv_heads, false, None)?;
         pool.write_rows(layer, slots, &k, &v)?;
         let rows: Vec<PoolRow> = slots.iter().map(|&slot| PoolRow { slot, len: pool.len(slot) + 1 }).collect();
-        let (k_pool, v_pool) = pool.layer(layer);
-        let y = ops::pool_attention(&q, k_pool, v_pool, &rows)?.transpose(1, 2)?; // [1, H, B, D]
+        let (pools, scales) = pool.layer(layer);
+        let y = ops::pool_attention(&q, pools, scales, &rows)?.transpose(1, 2)?; // [1, H, B, D]
         let out = ops::merge_heads(&y, &self.o_proj.weight_for(&y)?)?; // [1, B, d]
         Ok(out.reshape((b, 1, out.dim(D::Minus1)?))?)
     }

@@ -37,5 +37,5 @@ impl Precision {
         }
     }
 }
-pub use kv_cache::{KvCache, KvPool};
+pub use kv_cache::{KvCache, KvFormat, KvPool};
 pub use transformer::*;

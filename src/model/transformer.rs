@@ -220,11 +220,11 @@ impl Attention {
         let q = normed(&heads[0], self.q_norm.as_ref())?;
         let k = normed(&heads[1], self.k_norm.as_ref())?;
         let v = heads[2].clone();
-        let (k, v) = match cache {
-            Some((cache, layer)) => cache.append(layer, &k, &v)?,
-            None => (k, v),
+        let attention_dropout = dropout.map(|(p, s)| (p, site_seed(s, 0, 1)));
+        let y = match cache {
+            Some((cache, layer)) => cache.attend(layer, &q, (&k, &v), attention_dropout)?,
+            None => ops::causal_attention(&q, &k, &v, attention_dropout)?,
         };
-        let y = ops::causal_attention(&q, &k, &v, dropout.map(|(p, s)| (p, site_seed(s, 0, 1))))?;
         let y = ops::merge_heads(&y, &self.o_proj.weight_for(&y)?)?;
         Ok(match dropout {
             Some((p, s)) => ops::dropout(&y, p, site_seed(s, 0, 2))?,
@@ -383,8 +383,8 @@ pub struct MiniMindForCausalLM {
     /// The dtype activations are computed in: the weights' own, or bf16 over fp32 master weights
     /// (mixed precision, [`set_compute_dtype`](Self::set_compute_dtype)).
     compute_dtype: DType,
-    /// Decoding caches keys and values in f16 ([`set_kv_f16`](Self::set_kv_f16)).
-    pub(crate) kv_f16: bool,
+    /// How decoding caches keys and values ([`set_kv_format`](Self::set_kv_format)).
+    pub(crate) kv: crate::model::kv_cache::KvFormat,
 }
 
 impl MiniMindForCausalLM {
@@ -417,7 +417,7 @@ impl MiniMindForCausalLM {
             lm_head,
             config: c,
             compute_dtype,
-            kv_f16: false,
+            kv: Default::default(),
         })
     }
 

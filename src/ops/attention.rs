@@ -40,13 +40,24 @@ struct FlashAttention {
     scale: f32,
     /// Log-sum-exp of each query row's scores, `[B·H·T]`, written by the forward for the backward.
     lse: Mutex<Vec<f32>>,
+    /// An int8 cache's key and value scales `[B,K,S]` (`k`/`v` are then its codes).
+    row_scales: Option<(Tensor, Tensor)>,
 }
 
 /// `softmax(QKᵀ·scale + causal mask)·V`; `q` `[B,H,T,D]`, `k`/`v` `[B,K,S,D]`, fp32 on the CPU
 /// (`k`/`v` may be an f16 cache when `T = 1`).
 pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
     let d = q.dim(3)?;
-    let op = FlashAttention { scale: 1.0 / (d as f32).sqrt(), lse: Mutex::new(Vec::new()) };
+    let op = FlashAttention { scale: 1.0 / (d as f32).sqrt(), lse: Mutex::new(Vec::new()), row_scales: None };
+    q.contiguous()?.apply_op3(k, v, op)
+}
+
+/// One token (`q` `[B,H,1,D]`) attending over an int8 cache ([`super::kv_int8`]): codes `k`/`v`
+/// `[B,K,S,D]` (U8) and their scales `[B,K,S]`, read as stored.
+pub fn decode_attention_int8(q: &Tensor, (k, v): (&Tensor, &Tensor), scales: (&Tensor, &Tensor)) -> Result<Tensor> {
+    let d = q.dim(3)?;
+    let row_scales = Some((scales.0.clone(), scales.1.clone()));
+    let op = FlashAttention { scale: 1.0 / (d as f32).sqrt(), lse: Mutex::new(Vec::new()), row_scales };
     q.contiguous()?.apply_op3(k, v, op)
 }
 
@@ -117,6 +128,18 @@ fn head_offset(l: &Layout, b: usize, head: usize) -> usize {
     l.start_offset() + b * st[0] + head * st[1]
 }
 
+/// An int8 cache's key and value scales, each with its layout (`[B, K, S]`).
+type RowScales<'a> = ((&'a [f32], &'a Layout), (&'a [f32], &'a Layout));
+
+/// An int8 cache's scales: `[B, K, S]` with the last axis contiguous.
+fn check_scales(scales: &Tensor, dims: (usize, usize, usize)) -> Result<()> {
+    let l = scales.layout();
+    if scales.dims3()? != dims || (dims.2 > 1 && l.stride()[2] != 1) {
+        candle_core::bail!("int8 attention: scales {:?} for keys {dims:?}", scales.dims());
+    }
+    Ok(())
+}
+
 fn check_rows_contiguous(l: &Layout, d: usize, name: &str) -> Result<()> {
     // A size-1 axis may carry any stride (candle still calls the tensor contiguous).
     let (st, dims) = (l.stride(), l.dims());
@@ -141,12 +164,14 @@ fn softmax_row(row: &mut [f32], len: usize) -> f32 {
 /// grouped-query group, which share the key and value rows — over `keys` rows of `k` and `v` (row
 /// stride `d`): scores `scale·q·k_j`, softmax, `out_h = Σ_j p_hj·v_j` `[heads, D]`, and each head's
 /// log-sum-exp in `lse`. A head gets the same bits alone as in its group. `scores` holds at least
-/// `heads·keys` values.
+/// `heads·keys` values. With `row_scales` (an int8 cache's key and value scales, one per row), `k`
+/// and `v` are codes: the scores are integer dot products with the quantized queries
+/// ([`super::int8_attention`]), and each softmax weight is multiplied by its value row's scale.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn decode_heads<T: simd::KvElem>(
     q: &[f32],
-    k: &[T],
-    v: &[T],
+    (k, v): (&[T], &[T]),
+    row_scales: Option<(&[f32], &[f32])>,
     keys: usize,
     d: usize,
     scale: f32,
@@ -156,9 +181,19 @@ pub(super) fn decode_heads<T: simd::KvElem>(
 ) {
     let heads = q.len() / d;
     let scores = &mut scores[..heads * keys];
-    simd::attention_scores_fetching_values(q, d, (k, v), keys, scale, scores);
+    match (row_scales, T::codes(k), T::codes(v)) {
+        (Some((k_scales, _)), Some(k), Some(v)) => {
+            super::int8_attention::int8_scores(q, d, (k, k_scales), v, keys, scale, scores);
+        }
+        _ => simd::attention_scores_fetching_values(q, d, (k, v), keys, scale, scores),
+    }
     for (row, lse) in scores.chunks_exact_mut(keys).zip(lse.iter_mut()) {
         *lse = softmax_row(row, keys);
+    }
+    if let Some((_, v_scales)) = row_scales {
+        for row in scores.chunks_exact_mut(keys) {
+            simd::multiply(row, &v_scales[..keys]);
+        }
     }
     simd::weighted_rows(scores, keys, v, d, out);
 }
@@ -168,11 +203,13 @@ impl FlashAttention {
     /// matmul with one row costs more in packing than in arithmetic), the query heads of each KV
     /// head together over its key and value rows, on the decode loop's workers. Output and
     /// log-sum-exp `[b, h]`.
+    #[allow(clippy::too_many_arguments)]
     fn decode<T: simd::KvElem>(
         &self,
         q: &[f32],
         (k, lk): (&[T], &Layout),
         (v, lv): (&[T], &Layout),
+        row_scales: Option<RowScales<'_>>,
         dims: Dims,
         b: usize,
         d: usize,
@@ -183,7 +220,12 @@ impl FlashAttention {
             let (bi, g) = (i / dims.kv, i % dims.kv);
             let (mut out, mut lse, mut scores) = (vec![0f32; rep * d], vec![0f32; rep], vec![0f32; rep * s]);
             let (k, v) = (&k[head_offset(lk, bi, g)..], &v[head_offset(lv, bi, g)..]);
-            decode_heads(&q[i * rep * d..][..rep * d], k, v, s, d, self.scale, &mut scores, &mut out, &mut lse);
+            // Scales `[B,K,S]`: (bi, g)'s row of S, at the same first two strides' offset.
+            let row_scales = row_scales.map(|((ks, lks), (vs, lvs))| {
+                (&ks[head_offset(lks, bi, g)..][..s], &vs[head_offset(lvs, bi, g)..][..s])
+            });
+            let q = &q[i * rep * d..][..rep * d];
+            decode_heads(q, (k, v), row_scales, s, d, self.scale, &mut scores, &mut out, &mut lse);
             group[0] = (out, lse);
         });
         (
@@ -218,10 +260,20 @@ impl CustomOp3 for FlashAttention {
         check_rows_contiguous(lv, d, "v")?;
         let q = &sq.as_slice::<f32>()?[lq.start_offset()..];
         if t == 1 {
-            // One token reads the cache as it is stored: f32, or f16 widened as it is read.
-            let (out, lse) = match (sk, sv) {
-                (CpuStorage::F16(k), CpuStorage::F16(v)) => self.decode(q, (k, lk), (v, lv), dims, b, d),
-                _ => self.decode(q, (sk.as_slice::<f32>()?, lk), (sv.as_slice::<f32>()?, lv), dims, b, d),
+            // One token reads the cache as it is stored: f32, f16 or int8 codes widened as read.
+            let (out, lse) = match (sk, sv, &self.row_scales) {
+                (CpuStorage::U8(k), CpuStorage::U8(v), Some((ks, vs))) => {
+                    let (k, v) = (super::kv_int8::as_signed(k), super::kv_int8::as_signed(v));
+                    check_scales(ks, (b, kv, s))?;
+                    check_scales(vs, (b, kv, s))?;
+                    super::kv_int8::with_scales(ks, |ks, lks| {
+                        super::kv_int8::with_scales(vs, |vs, lvs| {
+                            Ok(self.decode(q, (k, lk), (v, lv), Some(((ks, lks), (vs, lvs))), dims, b, d))
+                        })
+                    })?
+                }
+                (CpuStorage::F16(k), CpuStorage::F16(v), None) => self.decode(q, (k, lk), (v, lv), None, dims, b, d),
+                _ => self.decode(q, (sk.as_slice::<f32>()?, lk), (sv.as_slice::<f32>()?, lv), None, dims, b, d),
             };
             *self.lse.lock().map_err(|_| candle_core::Error::Msg("lse lock poisoned".into()))? = lse;
             return Ok((CpuStorage::F32(out), Shape::from((b, h, t, d))));

@@ -6,6 +6,7 @@
 //! bits do not depend on the batch.
 
 use super::attention::decode_heads;
+use super::kv_int8::{as_signed, with_scales};
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 
 /// Where each query row reads: its slot in the pool and how many positions it attends to.
@@ -17,13 +18,22 @@ pub struct PoolRow {
 
 struct PoolAttention {
     rows: Vec<PoolRow>,
+    /// An int8 pool's key and value scales `[S, K, C]` (the pools are then its codes).
+    row_scales: Option<(Tensor, Tensor)>,
 }
 
 /// `q` `[1, H, B, D]` (row b's query heads at time index b), `k`/`v` pools `[S, K, C, D]`: row b
 /// attends to positions `0..rows[b].len` of slot `rows[b].slot`. Returns `[1, B, H, D]` (each row's
-/// heads together, ready to be merged).
-pub fn pool_attention(q: &Tensor, k: &Tensor, v: &Tensor, rows: &[PoolRow]) -> Result<Tensor> {
-    q.contiguous()?.apply_op3(k, v, PoolAttention { rows: rows.to_vec() })
+/// heads together, ready to be merged). With `row_scales`, the pools are an int8 cache's codes (U8)
+/// and these its scales `[S, K, C]` ([`super::kv_int8`]).
+pub fn pool_attention(
+    q: &Tensor,
+    (k, v): (&Tensor, &Tensor),
+    row_scales: Option<(&Tensor, &Tensor)>,
+    rows: &[PoolRow],
+) -> Result<Tensor> {
+    let row_scales = row_scales.map(|(ks, vs)| (ks.clone(), vs.clone()));
+    q.contiguous()?.apply_op3(k, v, PoolAttention { rows: rows.to_vec(), row_scales })
 }
 
 impl CustomOp3 for PoolAttention {
@@ -57,12 +67,30 @@ impl CustomOp3 for PoolAttention {
         };
         let q = &sq.as_slice::<f32>()?[lq.start_offset()..];
         let shape = PoolShape { b, h, kv, d, capacity };
-        let out = match (sk, sv) {
-            (CpuStorage::F16(k), CpuStorage::F16(v)) => self.attend(q, &k[k0..], &v[v0..], shape),
-            _ => self.attend(q, &sk.as_slice::<f32>()?[k0..], &sv.as_slice::<f32>()?[v0..], shape),
+        let out = match (sk, sv, &self.row_scales) {
+            (CpuStorage::U8(k), CpuStorage::U8(v), Some((ks, vs))) => {
+                let (k, v) = (as_signed(&k[k0..]), as_signed(&v[v0..]));
+                let dims = [slots, kv, capacity];
+                pool_scales(ks, dims, |ks| {
+                    pool_scales(vs, dims, |vs| Ok(self.attend(q, (k, v), Some((ks, vs)), shape)))
+                })?
+            }
+            (CpuStorage::F16(k), CpuStorage::F16(v), None) => self.attend(q, (&k[k0..], &v[v0..]), None, shape),
+            _ => self.attend(q, (&sk.as_slice::<f32>()?[k0..], &sv.as_slice::<f32>()?[v0..]), None, shape),
         };
         Ok((CpuStorage::F32(out), Shape::from((1, b, h, d))))
     }
+}
+
+/// The contiguous values of an int8 pool's scales `[S, K, C]`, handed to `f`.
+fn pool_scales<R>(scales: &Tensor, dims: [usize; 3], f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
+    if scales.dims() != dims {
+        candle_core::bail!("int8 pool attention: scales {:?} for pools of {dims:?} rows", scales.dims());
+    }
+    with_scales(scales, |s, l| match l.contiguous_offsets() {
+        Some((start, end)) => f(&s[start..end]),
+        None => candle_core::bail!("int8 pool attention: the scales must be contiguous"),
+    })
 }
 
 /// The sizes of a pooled attention: rows, query heads, KV heads, head size, slot capacity.
@@ -77,7 +105,13 @@ struct PoolShape {
 
 impl PoolAttention {
     /// `[1, B, H, D]` of queries `q` `[1, H, B, D]` over pools stored as `T` (f32, or f16).
-    fn attend<T: super::simd::KvElem>(&self, q: &[f32], k: &[T], v: &[T], shape: PoolShape) -> Vec<f32> {
+    fn attend<T: super::simd::KvElem>(
+        &self,
+        q: &[f32],
+        (k, v): (&[T], &[T]),
+        row_scales: Option<(&[f32], &[f32])>,
+        shape: PoolShape,
+    ) -> Vec<f32> {
         let PoolShape { b, h, kv, d, capacity } = shape;
         let (rep, scale) = (h / kv, 1.0 / (d as f32).sqrt());
         let head_stride = capacity * d;
@@ -93,7 +127,12 @@ impl PoolAttention {
                 queries.extend_from_slice(&q[(head * b + row) * d..][..d]);
             }
             let (mut scores, mut lse) = (vec![0f32; rep * len], vec![0f32; rep]);
-            decode_heads(&queries, &k[at..], &v[at..], len, d, scale, &mut scores, o, &mut lse);
+            // Scales `[S, K, C]`: row (slot, group)'s first `len`.
+            let row_scales = row_scales.map(|(ks, vs)| {
+                let at = (slot * kv + group) * capacity;
+                (&ks[at..at + len], &vs[at..at + len])
+            });
+            decode_heads(&queries, (&k[at..], &v[at..]), row_scales, len, d, scale, &mut scores, o, &mut lse);
         })
     }
 }

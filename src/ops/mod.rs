@@ -17,7 +17,9 @@ pub mod gemm;
 pub mod gemv;
 pub mod heads;
 pub mod int8;
+pub mod int8_attention;
 mod int8_rows;
+pub mod kv_int8;
 pub mod mlp;
 pub mod norm;
 pub mod panel;
@@ -262,19 +264,32 @@ pub fn swiglu_in(x: &Tensor, w_gate: &Tensor, w_up: &Tensor) -> Result<Tensor> {
 
 /// Continuous batching's decode attention: `q` `[1, H, B, D]` (row b's heads at time index b), KV
 /// pools `[slots, K, capacity, D]`; row b attends to positions `0..rows[b].len` of slot
-/// `rows[b].slot`. Returns `[1, B, H, D]`, each row's heads together. One fused op on the CPU (f32
-/// or f16 pools); per row with the composed reference elsewhere.
-pub fn pool_attention(q: &Tensor, k: &Tensor, v: &Tensor, rows: &[decode_attention::PoolRow]) -> Result<Tensor> {
-    let f16_pools = k.dtype() == DType::F16 && v.dtype() == DType::F16;
-    if fused_f32(&[q, k, v]) || (f16_pools && fused_f32(&[q])) {
-        return decode_attention::pool_attention(q, k, v, rows);
+/// `rows[b].slot`. Returns `[1, B, H, D]`, each row's heads together. One fused op on the CPU (f32,
+/// f16 or int8 pools — `row_scales` the int8 pools' scales `[slots, K, capacity]`); per row with the
+/// composed reference elsewhere.
+pub fn pool_attention(
+    q: &Tensor,
+    (k, v): (&Tensor, &Tensor),
+    row_scales: Option<(&Tensor, &Tensor)>,
+    rows: &[decode_attention::PoolRow],
+) -> Result<Tensor> {
+    let stored = matches!((k.dtype(), row_scales.is_some()), (DType::F16, false) | (DType::U8, true));
+    if fused_f32(&[q, k, v]) || (stored && k.dtype() == v.dtype() && fused_f32(&[q])) {
+        return decode_attention::pool_attention(q, (k, v), row_scales, rows);
     }
     let per_row = rows
         .iter()
         .enumerate()
         .map(|(i, r)| {
-            let slot = |pool: &Tensor| cpu::cast(&pool.narrow(0, r.slot, 1)?.narrow(2, 0, r.len)?, q.dtype());
-            composed::causal_attention(&q.narrow(2, i, 1)?, &slot(k)?, &slot(v)?, None)
+            let slot = |pool: &Tensor, scales: Option<&Tensor>| -> Result<Tensor> {
+                let rows = pool.narrow(0, r.slot, 1)?.narrow(2, 0, r.len)?;
+                match scales {
+                    Some(s) => kv_int8::dequantize(&rows, &s.narrow(0, r.slot, 1)?.narrow(2, 0, r.len)?),
+                    None => cpu::cast(&rows, q.dtype()),
+                }
+            };
+            let (k, v) = (slot(k, row_scales.map(|s| s.0))?, slot(v, row_scales.map(|s| s.1))?);
+            composed::causal_attention(&q.narrow(2, i, 1)?, &k, &v, None)
         })
         .collect::<Result<Vec<_>>>()?;
     Tensor::cat(&per_row, 2)?.transpose(1, 2)

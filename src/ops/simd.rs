@@ -272,6 +272,15 @@ dispatch! {
 }
 
 dispatch! {
+    /// `x_i ← x_i · s_i`.
+    pub fn multiply(x: &mut [f32], s: &[f32]) -> () {
+        for (x, s) in x.iter_mut().zip(s) {
+            *x *= s;
+        }
+    }
+}
+
+dispatch! {
     /// `x_i ← x_i · s`.
     pub fn scale(x: &mut [f32], s: f32) -> () {
         for v in x.iter_mut() {

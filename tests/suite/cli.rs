@@ -444,6 +444,12 @@ fn import_a_classic_pth_then_chat_with_it() {
     let greedy = ["generate", "--model", p(&model), "--prompt", "春", "--max-new-tokens", "4", "--temperature", "0"];
     assert_eq!(ok(minimind(&[&greedy[..], &["--kv-f16"]].concat())), ok(minimind(&greedy)));
     ok(minimind(&[&greedy[..], &["--kv-f16", "--int8"]].concat()));
+    // An int8 KV cache (a scale per cached row) runs with either weights; one cache format at a time.
+    ok(minimind(&[&greedy[..], &["--kv-int8"]].concat()));
+    ok(minimind(&[&greedy[..], &["--kv-int8", "--int8"]].concat()));
+    let both = minimind(&[&greedy[..], &["--kv-f16", "--kv-int8"]].concat());
+    let stderr = String::from_utf8_lossy(&both.stderr);
+    assert!(!both.status.success() && stderr.contains("cannot be used with"), "{stderr}");
     // --logits-out writes the prompt's logits: [tokens, vocab], matching the library forward of the
     // model as inference loads it (panel-packed), and the plain model's to rounding.
     let logits_path = dir.path().join("logits.safetensors");

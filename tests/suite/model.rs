@@ -169,6 +169,38 @@ fn an_f16_kv_cache_decodes_close_to_the_f32_one() {
 }
 
 #[test]
+fn an_int8_kv_cache_decodes_close_to_the_f32_one() {
+    let (mut model, _) = micro_model(5);
+    let ids = random_ids(2, 12, 97, 9);
+    let full = model.forward(&ids, None).unwrap();
+    model.set_kv_int8(true).unwrap();
+    assert_eq!(model.kv_dtype(), DType::U8);
+    // Prefill 6 (attending over its own rows as cached), a chunk of 2 (over the cached prefix,
+    // dequantized), then one token at a time (the fused kernel reading the codes), on the fused
+    // kernels and the composed reference.
+    for fused in [true, false] {
+        ops::set_fused(fused);
+        let mut cache = KvCache::new(&model.config, 2, 12, model.kv_dtype(), &Device::Cpu).unwrap();
+        let mut pieces = vec![model.forward(&ids.narrow(1, 0, 6).unwrap(), Some(&mut cache)).unwrap()];
+        pieces.push(model.forward(&ids.narrow(1, 6, 2).unwrap(), Some(&mut cache)).unwrap());
+        for p in 8..12 {
+            pieces.push(model.forward(&ids.narrow(1, p, 1).unwrap(), Some(&mut cache)).unwrap());
+        }
+        let cached = Tensor::cat(&pieces, 1).unwrap();
+        let diff = max_abs_diff(&full, &cached);
+        assert!(diff > 0.0 && diff < 0.1, "fused {fused}: int8 cache off by {diff}");
+    }
+    ops::set_fused(true);
+    // A pool takes over only a cache of its own format.
+    let mut pool = minimind::model::KvPool::new(&model.config, 2, 12, DType::U8, &Device::Cpu).unwrap();
+    let f16 = KvCache::new(&model.config, 1, 12, DType::F16, &Device::Cpu).unwrap();
+    assert!(pool.load(0, &f16).is_err());
+    // Only f32 activations on the CPU cache in int8.
+    let mut bf16 = model.with_weights_in(DType::BF16).unwrap();
+    assert!(bf16.set_kv_int8(true).is_err());
+}
+
+#[test]
 fn every_parameter_receives_a_nonzero_gradient() {
     let (model, params) = micro_model(3);
     let ids = random_ids(2, 9, 97, 11);

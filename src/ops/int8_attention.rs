@@ -1,0 +1,208 @@
+//! Attention scores over an int8 KV cache ([`super::kv_int8`]) as integer dot products. Each query
+//! head is quantized as a cached row is (`q ≈ s_q·a`, `a ∈ [−127, 127]`), so that
+//! `scale·q·k_j ≈ ((a·c_j)·(s_q·scale))·s_j` with `a·c_j` an exact i32: on AVX-512 VNNI one
+//! `vpdpbusd` per 64 inputs of a key (its codes offset to unsigned bytes, the query's `128·Σa`
+//! subtracted after), elsewhere an integer loop the compiler vectorizes. The integers are the same
+//! everywhere and so are the f32 operations that follow, so a score has the same bits on every
+//! instruction set ([`int8_scores_reference`]), alone or in a batch. The key codes are read once
+//! for the query heads of a grouped-query group; an f16 cache's kernels spend as much on widening
+//! each key to f32 as on multiplying it.
+
+use super::kv_int8::quantize_row;
+
+/// The most query heads of one grouped-query group, and their values, these kernels take.
+const MAX_HEADS: usize = 16;
+const MAX_QUERY: usize = 16 * 256;
+/// Key rows asked for ahead of the one being read (the codes stream from memory; at a few cycles
+/// per key the next rows must be requested well before).
+const AHEAD: usize = 64;
+
+/// `scores[h·keys + j] = scale·q_h·k_j` for query heads `q` `[heads, d]` over `keys` rows of key
+/// codes `k` (row stride `d`) with scales `k_scales`; the value rows `v` (same stride) are asked into
+/// L2 as the keys are read, for the weighted sum that follows (AVX-512).
+pub fn int8_scores(
+    q: &[f32],
+    d: usize,
+    (k, k_scales): (&[i8], &[f32]),
+    v: &[i8],
+    keys: usize,
+    scale: f32,
+    scores: &mut [f32],
+) {
+    let heads = q.len() / d.max(1);
+    let sizes = q.len() == heads * d && k.len() >= keys * d && v.len() >= keys * d && k_scales.len() >= keys;
+    assert!(sizes && scores.len() >= heads * keys, "int8 attention scores: sizes");
+    // The query heads quantized (a grouped-query group's few heads, on the stack): codes, and per
+    // head `s_q·scale` and `128·Σa`.
+    let mut codes = [0u8; MAX_QUERY];
+    let mut head_scales = [0f32; MAX_HEADS];
+    let mut offsets = [0i32; MAX_HEADS];
+    assert!(heads <= MAX_HEADS && q.len() <= MAX_QUERY, "int8 attention: {heads} heads of {d}");
+    for (h, (q, c)) in q.chunks_exact(d).zip(codes.chunks_exact_mut(d)).enumerate() {
+        head_scales[h] = quantize_row(q, c) * scale;
+        offsets[h] = 128 * super::kv_int8::as_signed(c).iter().map(|&x| x as i32).sum::<i32>();
+    }
+    let a = super::kv_int8::as_signed(&codes[..q.len()]);
+    let head_scales = &head_scales[..heads];
+    #[cfg(target_arch = "x86_64")]
+    if d.is_multiple_of(64) && vnni() {
+        // SAFETY: AVX-512 VNNI was detected; the sizes were checked above.
+        return unsafe { scores_vnni(a, d, (k, k_scales), v, keys, (head_scales, &offsets[..heads]), scores) };
+    }
+    #[cfg(target_arch = "x86_64")]
+    if super::simd::level() >= 1 {
+        // SAFETY: AVX2 was detected.
+        return unsafe { scores_avx2(a, d, (k, k_scales), keys, head_scales, scores) };
+    }
+    scores_portable(a, d, (k, k_scales), keys, head_scales, scores)
+}
+
+/// Whether the CPU has AVX-512 VNNI (and the AVX-512 level is allowed).
+#[cfg(target_arch = "x86_64")]
+fn vnni() -> bool {
+    use std::sync::OnceLock;
+    static VNNI: OnceLock<bool> = OnceLock::new();
+    super::simd::level() == 2 && *VNNI.get_or_init(|| is_x86_feature_detected!("avx512vnni"))
+}
+
+/// The integer dot product of query codes `a` and key codes `c`.
+#[inline(always)]
+fn dot(a: &[i8], c: &[i8]) -> i32 {
+    a.iter().zip(c).map(|(&x, &y)| x as i32 * y as i32).sum()
+}
+
+/// [`int8_scores`] by its definition, without vector code: the reference the dispatched kernels
+/// must equal bit for bit.
+pub fn int8_scores_reference(q: &[f32], d: usize, k: (&[i8], &[f32]), keys: usize, scale: f32, scores: &mut [f32]) {
+    let heads = q.len() / d.max(1);
+    let (codes, q_scales) = super::kv_int8::quantize_rows(q, d);
+    let head_scales: Vec<f32> = q_scales.iter().map(|s| s * scale).collect();
+    scores_portable(super::kv_int8::as_signed(&codes), d, k, keys, &head_scales, &mut scores[..heads * keys]);
+}
+
+/// Every (head, key) score by [`dot`], then `(dot·head_scale)·key_scale`.
+#[inline(always)]
+fn scores_portable(
+    a: &[i8],
+    d: usize,
+    (k, k_scales): (&[i8], &[f32]),
+    keys: usize,
+    head_scales: &[f32],
+    scores: &mut [f32],
+) {
+    for (h, (a, &hs)) in a.chunks_exact(d).zip(head_scales).enumerate() {
+        for (j, s) in scores[h * keys..(h + 1) * keys].iter_mut().enumerate() {
+            *s = (dot(a, &k[j * d..][..d]) as f32 * hs) * k_scales[j];
+        }
+    }
+}
+
+/// [`scores_portable`] compiled for AVX2 (the integer dot vectorizes to `vpmaddwd`).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn scores_avx2(a: &[i8], d: usize, k: (&[i8], &[f32]), keys: usize, head_scales: &[f32], scores: &mut [f32]) {
+    scores_portable(a, d, k, keys, head_scales, scores)
+}
+
+/// AVX-512 VNNI: blocks of four keys × four heads in 16 accumulators, one `vpdpbusd` per (head, key)
+/// and 64 inputs (the key's codes XOR 0x80 are its unsigned bytes `c + 128`, the query's the signed
+/// operand, so the sums exceed `a·c` by `128·Σa`); the accumulators are folded into one register of
+/// 16 sums by integer adds, the offsets subtracted, then the f32 scales applied in the portable
+/// order.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+unsafe fn scores_vnni(
+    a: &[i8],
+    d: usize,
+    (k, k_scales): (&[i8], &[f32]),
+    v: &[i8],
+    keys: usize,
+    (head_scales, offsets): (&[f32], &[i32]),
+    scores: &mut [f32],
+) {
+    use std::arch::x86_64::*;
+    let heads = a.len() / d;
+    let zeros = vec![0i8; d];
+    let flip = _mm512_set1_epi8(-128);
+    for h0 in (0..heads).step_by(4) {
+        let hb = 4.min(heads - h0);
+        // Heads past the group's end repeat its first (their sums are discarded). Lanes 4h..4h + 3
+        // carry head h's offset and scale.
+        let head = |h: usize| h0 + if h < hb { h } else { 0 };
+        let lanes = |f: &dyn Fn(usize) -> i32| {
+            let [w, x, y, z] = [f(0), f(1), f(2), f(3)];
+            _mm512_setr_epi32(w, w, w, w, x, x, x, x, y, y, y, y, z, z, z, z)
+        };
+        let offset = lanes(&|h| offsets[head(h)]);
+        let head_scale = _mm512_castsi512_ps(lanes(&|h| head_scales[head(h)].to_bits() as i32));
+        for j0 in (0..keys).step_by(4) {
+            let n = (keys - j0).min(4);
+            // Past the last key, a row of zeros (its sums are discarded).
+            let rows: [*const i8; 4] =
+                std::array::from_fn(|t| if t < n { k[(j0 + t) * d..].as_ptr() } else { zeros.as_ptr() });
+            if h0 == 0 {
+                for line in (0..4 * d).step_by(64) {
+                    _mm_prefetch::<_MM_HINT_T0>(k.as_ptr().wrapping_add((j0 + AHEAD) * d + line));
+                    _mm_prefetch::<_MM_HINT_T1>(v.as_ptr().wrapping_add(j0 * d + line));
+                }
+            }
+            // Lane 4h + t: key j0 + t's scale (1 past the last key).
+            let key_scales = if n == 4 {
+                // SAFETY: keys j0..j0 + 4 have scales (checked sizes).
+                _mm512_broadcast_f32x4(unsafe { _mm_loadu_ps(k_scales.as_ptr().add(j0)) })
+            } else {
+                let mut padded = [1f32; 4];
+                padded[..n].copy_from_slice(&k_scales[j0..j0 + n]);
+                _mm512_broadcast_f32x4(_mm_loadu_ps(padded.as_ptr()))
+            };
+            let mut acc = [[_mm512_setzero_si512(); 4]; 4];
+            for c in (0..d).step_by(64) {
+                // SAFETY: c + 64 ≤ d and every row holds d codes.
+                let kc: [__m512i; 4] =
+                    std::array::from_fn(|t| _mm512_xor_si512(unsafe { _mm512_loadu_si512(rows[t].add(c) as _) }, flip));
+                for (h, acc) in acc.iter_mut().enumerate() {
+                    let x = unsafe { _mm512_loadu_si512(a.as_ptr().add(head(h) * d + c) as _) };
+                    for t in 0..4 {
+                        acc[t] = _mm512_dpbusd_epi32(acc[t], kc[t], x);
+                    }
+                }
+            }
+            let dots = _mm512_sub_epi32(fold_sixteen_i32(&acc), offset);
+            let sums = _mm512_mul_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(dots), head_scale), key_scales);
+            for h in 0..hb {
+                // Lanes 4h..4h + n go to scores[(h0 + h)·keys + j0..][..n] (a masked store whose
+                // base lies 4h lanes before; those lanes are not written).
+                let at = (h0 + h) * keys + j0;
+                let base = scores.as_mut_ptr().wrapping_add(at).wrapping_sub(4 * h);
+                // SAFETY: the written lanes are inside the head's row of scores (checked sizes).
+                unsafe { _mm512_mask_storeu_ps(base, ((1u16 << n) - 1) << (4 * h), sums) };
+            }
+        }
+    }
+}
+
+/// The lane sums of `acc[h][t]` as lane `4h + t` of one register, by integer adds: pairs of lanes,
+/// pairs of pairs within each 128-bit block, then the four blocks (as the f32 kernels' fold).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn fold_sixteen_i32(acc: &[[std::arch::x86_64::__m512i; 4]; 4]) -> std::arch::x86_64::__m512i {
+    use std::arch::x86_64::*;
+    let shuffle = |x: __m512i, y: __m512i, high: bool| {
+        let (x, y) = (_mm512_castsi512_ps(x), _mm512_castsi512_ps(y));
+        _mm512_castps_si512(if high {
+            _mm512_shuffle_ps::<0b11_10_11_10>(x, y)
+        } else {
+            _mm512_shuffle_ps::<0b01_00_01_00>(x, y)
+        })
+    };
+    let per_head = acc.map(|[a, b, c, e]| {
+        let ab = _mm512_add_epi32(_mm512_unpacklo_epi32(a, b), _mm512_unpackhi_epi32(a, b));
+        let ce = _mm512_add_epi32(_mm512_unpacklo_epi32(c, e), _mm512_unpackhi_epi32(c, e));
+        _mm512_add_epi32(shuffle(ab, ce, false), shuffle(ab, ce, true))
+    });
+    let pair = |x, y| {
+        _mm512_add_epi32(_mm512_shuffle_i32x4::<0b01_00_01_00>(x, y), _mm512_shuffle_i32x4::<0b11_10_11_10>(x, y))
+    };
+    let (s01, s23) = (pair(per_head[0], per_head[1]), pair(per_head[2], per_head[3]));
+    _mm512_add_epi32(_mm512_shuffle_i32x4::<0b10_00_10_00>(s01, s23), _mm512_shuffle_i32x4::<0b11_01_11_01>(s01, s23))
+}
