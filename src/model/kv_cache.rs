@@ -232,6 +232,9 @@ impl KvPool {
 
     /// Writes one new position's key and value (`[1, K, 1, D]`) after `slot`'s cached ones.
     pub(crate) fn write(&self, layer: usize, slot: usize, k: &Tensor, v: &Tensor) -> Result<()> {
+        if !self.scales.is_empty() {
+            bail!("an int8 pool is written row by row through `write_rows`");
+        }
         let at = self.lens[slot];
         if at >= self.capacity {
             bail!("KV slot full: {} positions", self.capacity);

@@ -272,6 +272,7 @@ impl CustomOp3 for FlashAttention {
                         })
                     })?
                 }
+                (_, _, Some(_)) => candle_core::bail!("int8 attention: the codes must be U8"),
                 (CpuStorage::F16(k), CpuStorage::F16(v), None) => self.decode(q, (k, lk), (v, lv), None, dims, b, d),
                 _ => self.decode(q, (sk.as_slice::<f32>()?, lk), (sv.as_slice::<f32>()?, lv), None, dims, b, d),
             };

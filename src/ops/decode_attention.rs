@@ -75,6 +75,7 @@ impl CustomOp3 for PoolAttention {
                     pool_scales(vs, dims, |vs| Ok(self.attend(q, (k, v), Some((ks, vs)), shape)))
                 })?
             }
+            (_, _, Some(_)) => candle_core::bail!("int8 pool attention: the pools must be U8"),
             (CpuStorage::F16(k), CpuStorage::F16(v), None) => self.attend(q, (&k[k0..], &v[v0..]), None, shape),
             _ => self.attend(q, (&sk.as_slice::<f32>()?[k0..], &sv.as_slice::<f32>()?[v0..]), None, shape),
         };

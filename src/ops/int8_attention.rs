@@ -10,9 +10,10 @@
 
 use super::kv_int8::quantize_row;
 
-/// The most query heads of one grouped-query group, and their values, these kernels take.
+/// Query heads of one grouped-query group, and their values, quantized on the stack (more on the
+/// heap).
 const MAX_HEADS: usize = 16;
-const MAX_QUERY: usize = 16 * 256;
+const MAX_QUERY: usize = 1024;
 /// Key rows asked for ahead of the one being read (the codes stream from memory; at a few cycles
 /// per key the next rows must be requested well before).
 const AHEAD: usize = 64;
@@ -34,20 +35,20 @@ pub fn int8_scores(
     assert!(sizes && scores.len() >= heads * keys, "int8 attention scores: sizes");
     // The query heads quantized (a grouped-query group's few heads, on the stack): codes, and per
     // head `s_q·scale` and `128·Σa`.
-    let mut codes = [0u8; MAX_QUERY];
-    let mut head_scales = [0f32; MAX_HEADS];
-    let mut offsets = [0i32; MAX_HEADS];
-    assert!(heads <= MAX_HEADS && q.len() <= MAX_QUERY, "int8 attention: {heads} heads of {d}");
+    let (mut codes, mut head_scales, mut offsets) = ([0u8; MAX_QUERY], [0f32; MAX_HEADS], [0i32; MAX_HEADS]);
+    let (mut codes_heap, mut head_scales_heap, mut offsets_heap) = (Vec::new(), Vec::new(), Vec::new());
+    let codes = on_stack_or_heap(&mut codes, &mut codes_heap, q.len());
+    let head_scales = on_stack_or_heap(&mut head_scales, &mut head_scales_heap, heads);
+    let offsets = on_stack_or_heap(&mut offsets, &mut offsets_heap, heads);
     for (h, (q, c)) in q.chunks_exact(d).zip(codes.chunks_exact_mut(d)).enumerate() {
         head_scales[h] = quantize_row(q, c) * scale;
         offsets[h] = 128 * super::kv_int8::as_signed(c).iter().map(|&x| x as i32).sum::<i32>();
     }
-    let a = super::kv_int8::as_signed(&codes[..q.len()]);
-    let head_scales = &head_scales[..heads];
+    let (a, head_scales, offsets) = (super::kv_int8::as_signed(codes), &*head_scales, &*offsets);
     #[cfg(target_arch = "x86_64")]
     if d.is_multiple_of(64) && vnni() {
         // SAFETY: AVX-512 VNNI was detected; the sizes were checked above.
-        return unsafe { scores_vnni(a, d, (k, k_scales), v, keys, (head_scales, &offsets[..heads]), scores) };
+        return unsafe { scores_vnni(a, d, (k, k_scales), v, keys, (head_scales, offsets), scores) };
     }
     #[cfg(target_arch = "x86_64")]
     if super::simd::level() >= 1 {
@@ -57,12 +58,27 @@ pub fn int8_scores(
     scores_portable(a, d, (k, k_scales), keys, head_scales, scores)
 }
 
+/// The first `n` values of `stack`, or of `heap` grown to `n` when the stack buffer is too small.
+fn on_stack_or_heap<'a, T: Copy + Default, const N: usize>(
+    stack: &'a mut [T; N],
+    heap: &'a mut Vec<T>,
+    n: usize,
+) -> &'a mut [T] {
+    if n <= N {
+        &mut stack[..n]
+    } else {
+        heap.resize(n, T::default());
+        heap
+    }
+}
+
 /// Whether the CPU has AVX-512 VNNI (and the AVX-512 level is allowed).
 #[cfg(target_arch = "x86_64")]
 fn vnni() -> bool {
     use std::sync::OnceLock;
     static VNNI: OnceLock<bool> = OnceLock::new();
-    super::simd::level() == 2 && *VNNI.get_or_init(|| is_x86_feature_detected!("avx512vnni"))
+    super::simd::level() == 2
+        && *VNNI.get_or_init(|| is_x86_feature_detected!("avx512vnni") && is_x86_feature_detected!("avx512bw"))
 }
 
 /// The integer dot product of query codes `a` and key codes `c`.

@@ -26,8 +26,12 @@ pub(super) fn quantize_row(x: &[f32], codes: &mut [u8]) -> f32 {
     scale
 }
 
-/// A row's scale, `max|x|/127`.
+/// A row's scale, `max|x|/127` — NaN if a value is NaN, so that it reaches the scores as an f32
+/// cache's NaN would (its codes are 0).
 fn row_scale(x: &[f32]) -> f32 {
+    if x.iter().any(|v| v.is_nan()) {
+        return f32::NAN;
+    }
     x.iter().fold(0f32, |m, v| m.max(v.abs())) / 127.0
 }
 
@@ -89,7 +93,9 @@ pub fn pool_write(codes: &Tensor, scales: &Tensor, x: &Tensor, places: &[(usize,
     let (slots, kv, capacity, d) = codes.dims4()?;
     let (one, kx, b, dx) = x.dims4()?;
     let bad = places.iter().any(|&(s, at)| s >= slots || at >= capacity);
-    if one != 1 || kx != kv || dx != d || b != places.len() || bad || scales.dims() != [slots, kv, capacity] {
+    let dtypes = codes.dtype() == DType::U8 && scales.dtype() == DType::F32 && x.dtype() == DType::F32;
+    if one != 1 || kx != kv || dx != d || b != places.len() || bad || scales.dims() != [slots, kv, capacity] || !dtypes
+    {
         candle_core::bail!("int8 pool write: {:?} into {:?} at {places:?}", x.dims(), codes.dims());
     }
     // Row (g, b) of x goes to pool row (slot_b, g, at_b).

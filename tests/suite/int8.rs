@@ -215,7 +215,8 @@ fn int8_kv_scores_equal_their_reference_bit_for_bit() {
     // Query heads of one grouped-query group against cached key rows quantized as the cache holds
     // them; 64-wide heads take AVX-512 VNNI where the CPU has it, 32-wide ones the integer loop; odd
     // key counts leave a partial block of four.
-    for (heads, d, keys) in [(4, 64, 37), (3, 64, 8), (4, 128, 5), (2, 32, 19), (5, 64, 1)] {
+    // More heads or values than the stack buffers hold (20 heads; 5 × 256 values) take the heap.
+    for (heads, d, keys) in [(4, 64, 37), (3, 64, 8), (4, 128, 5), (2, 32, 19), (5, 64, 1), (20, 64, 9), (5, 256, 3)] {
         let values = |n: usize, seed: u32| -> Vec<f32> {
             (0..n as u32).map(|i| (i.wrapping_mul(2654435761) ^ seed) % 2001).map(|x| x as f32 / 1000.0 - 1.0).collect()
         };
