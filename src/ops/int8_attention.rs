@@ -9,6 +9,8 @@
 //! each key to f32 as on multiplying it.
 
 use super::kv_int8::quantize_row;
+#[cfg(target_arch = "x86_64")]
+use super::simd_attention::{fold_sixteen, store_sixteen};
 
 /// Query heads of one grouped-query group, and their values, quantized on the stack (more on the
 /// heap).
@@ -123,8 +125,8 @@ unsafe fn scores_avx2(a: &[i8], d: usize, k: (&[i8], &[f32]), keys: usize, head_
 /// AVX-512 VNNI: blocks of four keys × four heads in 16 accumulators, one `vpdpbusd` per (head, key)
 /// and 64 inputs (the key's codes XOR 0x80 are its unsigned bytes `c + 128`, the query's the signed
 /// operand, so the sums exceed `a·c` by `128·Σa`); the accumulators are folded into one register of
-/// 16 sums by integer adds, the offsets subtracted, then the f32 scales applied in the portable
-/// order.
+/// 16 sums as the f32 kernels fold theirs (with integer adds), the offsets subtracted, then the f32
+/// scales applied in the portable order.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 unsafe fn scores_vnni(
@@ -183,42 +185,15 @@ unsafe fn scores_vnni(
                     }
                 }
             }
-            let dots = _mm512_sub_epi32(fold_sixteen_i32(&acc), offset);
+            // The integer sums folded as the f32 kernels fold theirs, with integer adds.
+            let as_lanes = acc.map(|acc| acc.map(|a| _mm512_castsi512_ps(a)));
+            let add = |x: __m512, y: __m512| {
+                _mm512_castsi512_ps(_mm512_add_epi32(_mm512_castps_si512(x), _mm512_castps_si512(y)))
+            };
+            let dots = _mm512_sub_epi32(_mm512_castps_si512(fold_sixteen(&as_lanes, add)), offset);
             let sums = _mm512_mul_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(dots), head_scale), key_scales);
-            for h in 0..hb {
-                // Lanes 4h..4h + n go to scores[(h0 + h)·keys + j0..][..n] (a masked store whose
-                // base lies 4h lanes before; those lanes are not written).
-                let at = (h0 + h) * keys + j0;
-                let base = scores.as_mut_ptr().wrapping_add(at).wrapping_sub(4 * h);
-                // SAFETY: the written lanes are inside the head's row of scores (checked sizes).
-                unsafe { _mm512_mask_storeu_ps(base, ((1u16 << n) - 1) << (4 * h), sums) };
-            }
+            // SAFETY: heads h0..h0 + hb and keys j0..j0 + n lie inside the scores (checked sizes).
+            unsafe { store_sixteen(scores, keys, (h0, hb), (j0, n), sums) };
         }
     }
-}
-
-/// The lane sums of `acc[h][t]` as lane `4h + t` of one register, by integer adds: pairs of lanes,
-/// pairs of pairs within each 128-bit block, then the four blocks (as the f32 kernels' fold).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-fn fold_sixteen_i32(acc: &[[std::arch::x86_64::__m512i; 4]; 4]) -> std::arch::x86_64::__m512i {
-    use std::arch::x86_64::*;
-    let shuffle = |x: __m512i, y: __m512i, high: bool| {
-        let (x, y) = (_mm512_castsi512_ps(x), _mm512_castsi512_ps(y));
-        _mm512_castps_si512(if high {
-            _mm512_shuffle_ps::<0b11_10_11_10>(x, y)
-        } else {
-            _mm512_shuffle_ps::<0b01_00_01_00>(x, y)
-        })
-    };
-    let per_head = acc.map(|[a, b, c, e]| {
-        let ab = _mm512_add_epi32(_mm512_unpacklo_epi32(a, b), _mm512_unpackhi_epi32(a, b));
-        let ce = _mm512_add_epi32(_mm512_unpacklo_epi32(c, e), _mm512_unpackhi_epi32(c, e));
-        _mm512_add_epi32(shuffle(ab, ce, false), shuffle(ab, ce, true))
-    });
-    let pair = |x, y| {
-        _mm512_add_epi32(_mm512_shuffle_i32x4::<0b01_00_01_00>(x, y), _mm512_shuffle_i32x4::<0b11_10_11_10>(x, y))
-    };
-    let (s01, s23) = (pair(per_head[0], per_head[1]), pair(per_head[2], per_head[3]));
-    _mm512_add_epi32(_mm512_shuffle_i32x4::<0b10_00_10_00>(s01, s23), _mm512_shuffle_i32x4::<0b11_01_11_01>(s01, s23))
 }

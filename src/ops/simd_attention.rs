@@ -202,36 +202,57 @@ unsafe fn attention_scores_avx512<T: KvElem>(
                     }
                 }
             }
-            let sums = _mm512_mul_ps(fold_sixteen(&acc), _mm512_set1_ps(scale));
-            for h in 0..hb {
-                // Lanes 4h..4h + n go to scores[(h0 + h)·keys + j0..][..n]: a masked store whose
-                // base lies 4h lanes before (those lanes are not written).
-                let at = (h0 + h) * keys + j0;
-                let base = scores.as_mut_ptr().wrapping_add(at).wrapping_sub(4 * h);
-                // SAFETY: the written lanes are inside the head's row of scores (checked sizes).
-                unsafe { _mm512_mask_storeu_ps(base, ((1u16 << n) - 1) << (4 * h), sums) };
-            }
+            let sums = _mm512_mul_ps(fold_sixteen(&acc, |x, y| _mm512_add_ps(x, y)), _mm512_set1_ps(scale));
+            // SAFETY: heads h0..h0 + hb and keys j0..j0 + n lie inside the scores (checked sizes).
+            unsafe { store_sixteen(scores, keys, (h0, hb), (j0, n), sums) };
         }
     }
 }
 
 /// The lane sums of `acc[h][t]` as lane `4h + t` of one register: pairs of lanes, then pairs of
-/// pairs within each 128-bit block (per head), then the four blocks (a 4 × 4 block transpose).
+/// pairs within each 128-bit block (per head), then the four blocks (a 4 × 4 block transpose). The
+/// lanes move as bits; `add` sums them (f32 adds, or integer adds on i32 lanes).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-fn fold_sixteen(acc: &[[std::arch::x86_64::__m512; 4]; 4]) -> std::arch::x86_64::__m512 {
+pub(super) fn fold_sixteen(
+    acc: &[[std::arch::x86_64::__m512; 4]; 4],
+    add: impl Fn(std::arch::x86_64::__m512, std::arch::x86_64::__m512) -> std::arch::x86_64::__m512,
+) -> std::arch::x86_64::__m512 {
     use std::arch::x86_64::*;
     // Per head: block lanes [t0, t1, t2, t3] each summing that key's four lanes of the block.
     let per_head = acc.map(|[a, b, c, e]| {
-        let ab = _mm512_add_ps(_mm512_unpacklo_ps(a, b), _mm512_unpackhi_ps(a, b));
-        let ce = _mm512_add_ps(_mm512_unpacklo_ps(c, e), _mm512_unpackhi_ps(c, e));
-        _mm512_add_ps(_mm512_shuffle_ps::<0b01_00_01_00>(ab, ce), _mm512_shuffle_ps::<0b11_10_11_10>(ab, ce))
+        let ab = add(_mm512_unpacklo_ps(a, b), _mm512_unpackhi_ps(a, b));
+        let ce = add(_mm512_unpacklo_ps(c, e), _mm512_unpackhi_ps(c, e));
+        add(_mm512_shuffle_ps::<0b01_00_01_00>(ab, ce), _mm512_shuffle_ps::<0b11_10_11_10>(ab, ce))
     });
     // Blocks: (0 + 2) and (1 + 3) of heads 0, 1 (and 2, 3), then (0 + 1) of each head.
-    let pair =
-        |x, y| _mm512_add_ps(_mm512_shuffle_f32x4::<0b01_00_01_00>(x, y), _mm512_shuffle_f32x4::<0b11_10_11_10>(x, y));
+    let pair = |x, y| add(_mm512_shuffle_f32x4::<0b01_00_01_00>(x, y), _mm512_shuffle_f32x4::<0b11_10_11_10>(x, y));
     let (s01, s23) = (pair(per_head[0], per_head[1]), pair(per_head[2], per_head[3]));
-    _mm512_add_ps(_mm512_shuffle_f32x4::<0b10_00_10_00>(s01, s23), _mm512_shuffle_f32x4::<0b11_01_11_01>(s01, s23))
+    add(_mm512_shuffle_f32x4::<0b10_00_10_00>(s01, s23), _mm512_shuffle_f32x4::<0b11_01_11_01>(s01, s23))
+}
+
+/// Writes lanes `4h..4h + n` of `sums` (head h0 + h, keys j0..j0 + n, as [`fold_sixteen`] lays them
+/// out) to `scores[(h0 + h)·keys + j0..][..n]` for the `hb` heads: a masked store whose base lies 4h
+/// lanes before (those lanes are not written).
+///
+/// # Safety
+/// Heads `h0..h0 + hb` and keys `j0..j0 + n` (n ≤ 4, hb ≤ 4) must lie inside `scores` (rows of `keys`).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+pub(super) unsafe fn store_sixteen(
+    scores: &mut [f32],
+    keys: usize,
+    (h0, hb): (usize, usize),
+    (j0, n): (usize, usize),
+    sums: std::arch::x86_64::__m512,
+) {
+    use std::arch::x86_64::*;
+    for h in 0..hb {
+        let at = (h0 + h) * keys + j0;
+        let base = scores.as_mut_ptr().wrapping_add(at).wrapping_sub(4 * h);
+        // SAFETY: the written lanes are inside the head's row of scores (the caller's contract).
+        unsafe { _mm512_mask_storeu_ps(base, ((1u16 << n) - 1) << (4 * h), sums) };
+    }
 }
 
 /// AVX2: blocks of eight key rows (prefetched two blocks ahead), each against pairs of heads, four
