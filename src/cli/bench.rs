@@ -95,21 +95,16 @@ pub struct BenchArgs {
 
 impl BenchArgs {
     /// The KV cache format asked for.
-    pub fn kv_format(&self) -> crate::model::KvFormat {
-        use crate::model::KvFormat;
-        match (self.kv_f16, self.kv_int8) {
-            (true, _) => KvFormat::F16,
-            (false, true) => KvFormat::Int8,
-            (false, false) => KvFormat::Activations,
-        }
+    pub fn kv_format(&self) -> Result<crate::model::KvFormat> {
+        crate::model::KvFormat::from_flags(self.kv_f16, self.kv_int8)
     }
 
     /// How the report names that format, if not the default.
     pub fn kv_label(&self) -> Option<&'static str> {
         match self.kv_format() {
-            crate::model::KvFormat::F16 => Some("f16 KV cache"),
-            crate::model::KvFormat::Int8 => Some("int8 KV cache"),
-            crate::model::KvFormat::Activations => None,
+            Ok(crate::model::KvFormat::F16) => Some("f16 KV cache"),
+            Ok(crate::model::KvFormat::Int8) => Some("int8 KV cache"),
+            _ => None,
         }
     }
 }
@@ -223,7 +218,7 @@ pub fn run(a: &BenchArgs) -> Result<()> {
     if (a.kv_f16 || a.kv_int8) && a.mode != BenchMode::Generate {
         bail!("--kv-f16 and --kv-int8 are for decoding (generate, serve)");
     }
-    model.set_kv_format(a.kv_format())?;
+    model.set_kv_format(a.kv_format()?)?;
     let ceiling =
         matmul_ceiling_gflops(&device, a.dtype, a.batch_size * a.seq_len, config.hidden_size, config.ffn_size())?;
     let ids = Tensor::rand(0f32, config.vocab_size as f32, (a.batch_size, a.seq_len + 1), &Device::Cpu)?

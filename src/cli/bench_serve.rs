@@ -37,7 +37,7 @@ pub fn run(a: &BenchArgs) -> Result<()> {
     } else if !a.unpacked {
         model.pack_panels()?;
     }
-    model.set_kv_format(a.kv_format())?;
+    model.set_kv_format(a.kv_format()?)?;
     let slot = a.prompt_len + a.new_tokens + 1;
     let engine_config = EngineConfig {
         queue: 1024,

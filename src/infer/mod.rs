@@ -53,13 +53,6 @@ pub fn load(dir: &Path, device: &Device, options: &LoadOptions) -> Result<(MiniM
         model = model.with_weights_in(options.precision.dtype())?;
     }
     model.pack_panels()?;
-    use crate::model::KvFormat;
-    let kv = match (options.kv_f16, options.kv_int8) {
-        (true, true) => anyhow::bail!("--kv-f16 and --kv-int8 are two cache formats: choose one"),
-        (true, false) => KvFormat::F16,
-        (false, true) => KvFormat::Int8,
-        (false, false) => KvFormat::Activations,
-    };
-    model.set_kv_format(kv)?;
+    model.set_kv_format(crate::model::KvFormat::from_flags(options.kv_f16, options.kv_int8)?)?;
     Ok((model, Tokenizer::load(dir)?))
 }

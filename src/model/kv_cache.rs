@@ -19,6 +19,18 @@ pub enum KvFormat {
     Int8,
 }
 
+impl KvFormat {
+    /// The format the `--kv-f16` / `--kv-int8` flags ask for (neither: the activations' dtype).
+    pub fn from_flags(f16: bool, int8: bool) -> Result<Self> {
+        Ok(match (f16, int8) {
+            (true, true) => bail!("--kv-f16 and --kv-int8 are two cache formats: choose one"),
+            (true, false) => KvFormat::F16,
+            (false, true) => KvFormat::Int8,
+            (false, false) => KvFormat::Activations,
+        })
+    }
+}
+
 impl MiniMindForCausalLM {
     /// The dtype decoding caches keys and values in: the activations' own, f16, or U8 (an int8
     /// cache's codes, with f32 scales beside them).
