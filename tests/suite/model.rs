@@ -142,6 +142,22 @@ fn kv_cache_decoding_matches_full_forward() {
     assert!(model.forward(&ids.narrow(1, 0, 1).unwrap(), Some(&mut cache)).is_err());
 }
 
+/// The logits of `ids` fed through a fresh cache of the model's KV format in pieces of `sizes` tokens.
+fn decoded_in_pieces(model: &minimind::MiniMindForCausalLM, ids: &Tensor, sizes: &[usize]) -> Tensor {
+    let (b, t) = ids.dims2().unwrap();
+    let mut cache = KvCache::new(&model.config, b, t, model.kv_dtype(), &Device::Cpu).unwrap();
+    let mut at = 0;
+    let pieces: Vec<Tensor> = sizes
+        .iter()
+        .map(|&n| {
+            let piece = model.forward(&ids.narrow(1, at, n).unwrap(), Some(&mut cache)).unwrap();
+            at += n;
+            piece
+        })
+        .collect();
+    Tensor::cat(&pieces, 1).unwrap()
+}
+
 #[test]
 fn an_f16_kv_cache_decodes_close_to_the_f32_one() {
     let (mut model, _) = micro_model(5);
@@ -153,13 +169,7 @@ fn an_f16_kv_cache_decodes_close_to_the_f32_one() {
     // (the fused kernel reading the f16 cache), on the fused kernels and the composed reference.
     for fused in [true, false] {
         ops::set_fused(fused);
-        let mut cache = KvCache::new(&model.config, 2, 12, model.kv_dtype(), &Device::Cpu).unwrap();
-        let mut pieces = vec![model.forward(&ids.narrow(1, 0, 6).unwrap(), Some(&mut cache)).unwrap()];
-        for p in 6..12 {
-            pieces.push(model.forward(&ids.narrow(1, p, 1).unwrap(), Some(&mut cache)).unwrap());
-        }
-        let cached = Tensor::cat(&pieces, 1).unwrap();
-        let diff = max_abs_diff(&full, &cached);
+        let diff = max_abs_diff(&full, &decoded_in_pieces(&model, &ids, &[6, 1, 1, 1, 1, 1, 1]));
         assert!(diff > 0.0 && diff < 2e-2, "fused {fused}: f16 cache off by {diff}");
     }
     ops::set_fused(true);
@@ -180,14 +190,7 @@ fn an_int8_kv_cache_decodes_close_to_the_f32_one() {
     // kernels and the composed reference.
     for fused in [true, false] {
         ops::set_fused(fused);
-        let mut cache = KvCache::new(&model.config, 2, 12, model.kv_dtype(), &Device::Cpu).unwrap();
-        let mut pieces = vec![model.forward(&ids.narrow(1, 0, 6).unwrap(), Some(&mut cache)).unwrap()];
-        pieces.push(model.forward(&ids.narrow(1, 6, 2).unwrap(), Some(&mut cache)).unwrap());
-        for p in 8..12 {
-            pieces.push(model.forward(&ids.narrow(1, p, 1).unwrap(), Some(&mut cache)).unwrap());
-        }
-        let cached = Tensor::cat(&pieces, 1).unwrap();
-        let diff = max_abs_diff(&full, &cached);
+        let diff = max_abs_diff(&full, &decoded_in_pieces(&model, &ids, &[6, 2, 1, 1, 1, 1]));
         assert!(diff > 0.0 && diff < 0.1, "fused {fused}: int8 cache off by {diff}");
     }
     ops::set_fused(true);
