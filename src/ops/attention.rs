@@ -152,10 +152,19 @@ fn check_rows_contiguous(l: &Layout, d: usize, name: &str) -> Result<()> {
 /// Softmax of row `r` of a tile in place over its first `len` columns, zeroing the rest;
 /// returns the row's log-sum-exp.
 fn softmax_row(row: &mut [f32], len: usize) -> f32 {
+    softmax_row_weighted(row, len, None)
+}
+
+/// [`softmax_row`], each probability then multiplied by its `weights` entry in the same pass (an
+/// int8 cache's value scales).
+fn softmax_row_weighted(row: &mut [f32], len: usize, weights: Option<&[f32]>) -> f32 {
     let (live, masked) = row.split_at_mut(len);
     let max = simd::max(live);
     let sum = simd::exp_shifted_sum(live, max);
-    simd::scale(live, 1.0 / sum);
+    match weights {
+        Some(w) => simd::scale_weighted(live, 1.0 / sum, &w[..len]),
+        None => simd::scale(live, 1.0 / sum),
+    }
     masked.fill(0.0);
     max + sum.ln()
 }
@@ -187,13 +196,9 @@ pub(super) fn decode_heads<T: simd::KvElem>(
         }
         _ => simd::attention_scores_fetching_values(q, d, (k, v), keys, scale, scores),
     }
+    let v_scales = row_scales.map(|(_, v_scales)| v_scales);
     for (row, lse) in scores.chunks_exact_mut(keys).zip(lse.iter_mut()) {
-        *lse = softmax_row(row, keys);
-    }
-    if let Some((_, v_scales)) = row_scales {
-        for row in scores.chunks_exact_mut(keys) {
-            simd::multiply(row, &v_scales[..keys]);
-        }
+        *lse = softmax_row_weighted(row, keys, v_scales);
     }
     simd::weighted_rows(scores, keys, v, d, out);
 }

@@ -272,10 +272,10 @@ dispatch! {
 }
 
 dispatch! {
-    /// `x_i ← x_i · s_i`.
-    pub fn multiply(x: &mut [f32], s: &[f32]) -> () {
-        for (x, s) in x.iter_mut().zip(s) {
-            *x *= s;
+    /// `x_i ← (x_i · s) · w_i`.
+    pub fn scale_weighted(x: &mut [f32], s: f32, w: &[f32]) -> () {
+        for (x, w) in x.iter_mut().zip(w) {
+            *x = *x * s * w;
         }
     }
 }
