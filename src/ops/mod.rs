@@ -24,7 +24,7 @@ pub mod mlp;
 pub mod norm;
 pub mod panel;
 pub mod panel_int8;
-mod pool;
+pub mod pool;
 mod residual;
 pub mod rope;
 pub mod simd;

@@ -146,7 +146,7 @@ fn product(x: &[f32], ws: &[&[f32]], m: usize, k: usize) -> Vec<Vec<f32>> {
     let group = isa.group();
     let panel_len = k * WIDTH;
     let panels: Vec<usize> = ws.iter().map(|w| w.len() / panel_len).collect();
-    let work = |i: usize, panels: std::ops::Range<usize>, out: &OutPtr, n: usize| {
+    let work = |i: usize, panels: std::ops::Range<usize>, out: &OutPtr, n: usize, _follows: bool| {
         let w = ws[i];
         let mut p = panels.start;
         while p < panels.end {
@@ -180,13 +180,17 @@ fn panels_per_task(panels: usize, threads: usize) -> usize {
     (panels / (4 * threads.max(1)) / 2 * 2).clamp(PANELS_PER_TASK, 16)
 }
 
-/// A task of [`for_each_panel_task`]: `(weight, its panels, that weight's output, output width)`.
-pub(super) type PanelWork<'a> = dyn Fn(usize, std::ops::Range<usize>, &OutPtr, usize) + Sync + 'a;
+/// A task of [`for_each_panel_task`]: `(weight, its panels, that weight's output, output width,
+/// follows)`, `follows` true when the same thread ran the task before it (the panels before these, or
+/// the previous weight's last) just now: it has likely prefetched these panels.
+pub(super) type PanelWork<'a> = dyn Fn(usize, std::ops::Range<usize>, &OutPtr, usize, bool) + Sync + 'a;
 
 /// The parallel loop of a product over several weights sharing an input: each task takes
 /// [`panels_per_task`] panels of one weight (weight after weight) and runs `work(weight, panels,
-/// out, n)`, which writes those panels' 16-column blocks of that weight's output `[m, n]` (`n = 16 ×
-/// its panels`) in place. Returns the outputs.
+/// out, n, follows)`, which writes those panels' 16-column blocks of that weight's output `[m, n]`
+/// (`n = 16 × its panels`) in place. Each thread takes a run of consecutive tasks
+/// ([`pool::for_each_in_runs`]): it streams its share of the weights in order, so a task can
+/// prefetch the panels after its own. Returns the outputs.
 ///
 /// # Safety
 /// `work` must write every row of every column of the panels it is given.
@@ -200,10 +204,10 @@ pub(super) unsafe fn for_each_panel_task(m: usize, panels: &[usize], work: &Pane
     for (i, p) in panels.iter().enumerate() {
         starts.push(starts[i] + p.div_ceil(per_task(i)));
     }
-    pool::for_each(starts[panels.len()], &|t| {
+    pool::for_each_in_runs(starts[panels.len()], &|t, follows| {
         let i = starts.partition_point(|&s| s <= t) - 1;
         let first = (t - starts[i]) * per_task(i);
-        work(i, first..(first + per_task(i)).min(panels[i]), &bases[i], panels[i] * WIDTH);
+        work(i, first..(first + per_task(i)).min(panels[i]), &bases[i], panels[i] * WIDTH, follows);
     });
     for (out, p) in outs.iter_mut().zip(panels) {
         // SAFETY: the tasks above wrote every (row, column) of the m·n values (the caller's

@@ -229,7 +229,16 @@ fn product(x: &[f32], ws: &[&[u8]], m: usize, k: usize) -> Vec<Vec<f32>> {
     let per_tile = if isa == Isa::Amx { isa.rows() } else { m.div_ceil(m.div_ceil(isa.rows())) };
     let quantized = QuantizedTiles::new(x, k, per_tile);
     let tiles = quantized.tiles();
-    let work = |i: usize, panels: std::ops::Range<usize>, out: &OutPtr, n: usize| {
+    // The bytes after panel `p` of weight `i` that the tile after it reads: the panels after it,
+    // else the next weight's first (a thread streams its run of tasks in this order).
+    let next_pair = |i: usize, p: usize| -> (*const u8, usize) {
+        match (p < panels[i], ws.get(i + 1)) {
+            (true, _) => (ws[i][p * panel_len..].as_ptr(), (panels[i] - p).min(2) * panel_len),
+            (false, Some(next)) => (next.as_ptr(), next.len().min(2 * panel_len)),
+            (false, None) => (std::ptr::null(), 0),
+        }
+    };
+    let work = |i: usize, panels: std::ops::Range<usize>, out: &OutPtr, n: usize, follows: bool| {
         // The matrix unit: each pair of panels against all the tiles at once, the next pair prefetched.
         #[cfg(target_arch = "x86_64")]
         if isa == Isa::Amx {
@@ -252,18 +261,26 @@ fn product(x: &[f32], ws: &[&[u8]], m: usize, k: usize) -> Vec<Vec<f32>> {
         while p < panels.end {
             let np = if isa == Isa::Vnni512 && p + 1 < panels.end { 2 } else { 1 };
             let w = &ws[i][p * panel_len..(p + np) * panel_len];
+            // A pair its thread did not prefetch (the first of a run) streams from memory: its first
+            // tile prefetches ahead in it. Otherwise — and in the other tiles, which find the pair
+            // in cache — the tiles prefetch the next pair, each a share of it spread over its work,
+            // so memory is busy while the tiles multiply.
+            let cold = p == panels.start && !follows;
+            let (next, next_len) = next_pair(i, p + np);
+            let spreaders = tiles.len() - usize::from(cold);
+            let share = (next_len / 64).div_ceil(spreaders.max(1));
             for (t, rows) in tiles.iter().enumerate() {
-                // The first tile streams the panels from memory: it prefetches ahead in them. The
-                // second finds them in cache and prefetches the next ones, so memory is never idle;
-                // the rest prefetch nothing (the same lines again would only cost load slots).
-                let ahead = match t {
-                    0 => Some(AHEAD * 64),
-                    1 => Some(np * panel_len),
-                    _ => None,
+                let prefetch = if tiles.len() == 1 || cold && t == 0 {
+                    Prefetch::Ahead(AHEAD * 64)
+                } else {
+                    let part = t - usize::from(cold);
+                    let first = (part * share).min(next_len / 64);
+                    let lines = ((part + 1) * share).min(next_len / 64) - first;
+                    Prefetch::Spread { from: next.wrapping_add(first * 64), lines }
                 };
                 // SAFETY: the tile's rows of columns 16p..16(p+np) lie inside the output, and no
                 // other task writes these columns.
-                unsafe { tile(isa, rows, (w, ahead), k, out.at(t * per_tile * n + p * WIDTH), n) };
+                unsafe { tile(isa, rows, (w, prefetch), k, out.at(t * per_tile * n + p * WIDTH), n) };
             }
             p += np;
         }
@@ -286,19 +303,11 @@ fn amx() -> bool {
 }
 
 /// A tile's rows against one int8 panel, or two adjacent ones on AVX-512 (`w` holding both): row r's
-/// 16 products with panel q go to `out + r·row_stride + 16q`. The weights `ahead` bytes past each
-/// block are prefetched (when given).
+/// 16 products with panel q go to `out + r·row_stride + 16q`, prefetching as `prefetch` says.
 ///
 /// # Safety
 /// `out` must be valid for those writes, and no other thread may access them meanwhile.
-unsafe fn tile(
-    isa: Isa,
-    x: &TileRows<'_>,
-    (w, ahead): (&[u8], Option<usize>),
-    k: usize,
-    out: *mut f32,
-    row_stride: usize,
-) {
+unsafe fn tile(isa: Isa, x: &TileRows<'_>, (w, ahead): (&[u8], Prefetch), k: usize, out: *mut f32, row_stride: usize) {
     let (group, block) = (group(k), block_bytes(group(k)));
     let groups = k / group;
     let rows = x.rows;
@@ -343,6 +352,51 @@ unsafe fn tile(
     }
 }
 
+/// What a tile prefetches while it multiplies.
+#[derive(Clone, Copy)]
+enum Prefetch {
+    /// Its weights this many bytes past each block, at the block's start (a stream read first here).
+    Ahead(usize),
+    /// `lines` 64-byte lines from `from` (weights the thread reads next), spread over the tile's work.
+    Spread { from: *const u8, lines: usize },
+}
+
+/// A [`Prefetch::Spread`] in step with a tile's progress: by the end of its chunk `c` of `chunks`,
+/// the first `lines · (c + 1) / chunks` lines are requested — a few at a time between the products,
+/// where a burst would stall them.
+struct Spread {
+    from: *const u8,
+    lines: usize,
+    requested: usize,
+    /// Lines per chunk, in 1/65,536ths.
+    step: u64,
+}
+
+impl Spread {
+    fn new(prefetch: Prefetch, chunks: usize) -> Self {
+        match prefetch {
+            Prefetch::Spread { from, lines } => {
+                Spread { from, lines, requested: 0, step: ((lines as u64) << 16).div_ceil(chunks.max(1) as u64) }
+            }
+            Prefetch::Ahead(_) => Spread { from: std::ptr::null(), lines: 0, requested: 0, step: 0 },
+        }
+    }
+
+    #[inline(always)]
+    fn advance(&mut self, chunk: usize) {
+        let due = ((((chunk + 1) as u64 * self.step) >> 16) as usize).min(self.lines);
+        while self.requested < due {
+            // A prefetch is only a hint: it never faults, whatever the address.
+            #[cfg(target_arch = "x86_64")]
+            unsafe {
+                use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+                _mm_prefetch::<_MM_HINT_T0>(self.from.wrapping_add(self.requested * 64) as *const i8)
+            };
+            self.requested += 1;
+        }
+    }
+}
+
 /// Row `r`'s 4 activation codes of chunk `c` in group `g` (of `G` inputs) of an `R`-row tile, as one
 /// 32-bit lane (unchecked: this is the innermost loop's load).
 ///
@@ -368,7 +422,7 @@ unsafe fn group_of<const R: usize>(x: &TileRows<'_>, r: usize, g: usize) -> (f32
 #[target_feature(enable = "avx512f,avx512vnni")]
 unsafe fn tile_vnni512<const R: usize, const P: usize, const G: usize>(
     x: &TileRows<'_>,
-    (w, ahead): (&[u8], Option<usize>),
+    (w, ahead): (&[u8], Prefetch),
     k: usize,
     out: *mut f32,
     stride: usize,
@@ -378,9 +432,10 @@ unsafe fn tile_vnni512<const R: usize, const P: usize, const G: usize>(
     let panel_len = k / G * block;
     debug_assert_eq!(w.len(), P * panel_len);
     let mut acc = [[_mm512_setzero_ps(); P]; R];
+    let mut spread = Spread::new(ahead, k / CHUNK);
     for g in 0..k / G {
         let at: [*const u8; P] = std::array::from_fn(|p| w.as_ptr().wrapping_add(p * panel_len + g * block));
-        if let Some(ahead) = ahead {
+        if let Prefetch::Ahead(ahead) = ahead {
             for at in at {
                 for line in 0..block / 64 {
                     _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(ahead + line * 64) as *const i8);
@@ -391,6 +446,7 @@ unsafe fn tile_vnni512<const R: usize, const P: usize, const G: usize>(
         let mut dot: [[__m512i; P]; R] =
             std::array::from_fn(|r| [_mm512_set1_epi32(unsafe { group_of::<R>(x, r, g) }.1); P]);
         for c in 0..G / CHUNK {
+            spread.advance(g * (G / CHUNK) + c);
             // SAFETY (all loads): `tile` checked the sizes; `out` is the caller's.
             let q: [__m512i; P] =
                 std::array::from_fn(|p| unsafe { _mm512_loadu_si512(at[p].add(c * 64) as *const __m512i) });
@@ -423,7 +479,7 @@ unsafe fn tile_vnni512<const R: usize, const P: usize, const G: usize>(
 #[target_feature(enable = "avx2,fma")]
 unsafe fn tile_avx2<const R: usize, const G: usize>(
     x: &TileRows<'_>,
-    (w, ahead): (&[u8], Option<usize>),
+    (w, ahead): (&[u8], Prefetch),
     k: usize,
     out: *mut f32,
     stride: usize,
@@ -431,18 +487,20 @@ unsafe fn tile_avx2<const R: usize, const G: usize>(
     use std::arch::x86_64::*;
     debug_assert_eq!(w.len(), k / G * block_bytes(G));
     let (ones, flip) = (_mm256_set1_epi16(1), _mm256_set1_epi8(-128));
+    let mut spread = Spread::new(ahead, 2 * k / CHUNK);
     for half in 0..2 {
         let mut acc = [_mm256_setzero_ps(); R];
         for (g, block) in w.chunks_exact(block_bytes(G)).enumerate() {
             let at = block.as_ptr();
             // The first pass streams the panel; the second finds it in cache.
-            if let (Some(ahead), 0) = (ahead, half) {
+            if let (Prefetch::Ahead(ahead), 0) = (ahead, half) {
                 for line in 0..block_bytes(G) / 64 {
                     _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(ahead + line * 64) as *const i8);
                 }
             }
             let mut dot = [_mm256_setzero_si256(); R];
             for c in 0..G / CHUNK {
+                spread.advance((half * (k / G) + g) * (G / CHUNK) + c);
                 // SAFETY (all loads): `tile` checked the sizes; `out` is the caller's.
                 let bytes = unsafe { _mm256_loadu_si256(at.add(c * 64 + 32 * half) as *const __m256i) };
                 let q = _mm256_xor_si256(bytes, flip);
@@ -469,7 +527,7 @@ unsafe fn tile_avx2<const R: usize, const G: usize>(
 /// Without AVX2: the same integers and the same f32 operations, one feature at a time.
 unsafe fn tile_portable<const R: usize, const G: usize>(
     x: &TileRows<'_>,
-    (w, _): (&[u8], Option<usize>),
+    (w, _): (&[u8], Prefetch),
     _k: usize,
     out: *mut f32,
     stride: usize,

@@ -9,7 +9,7 @@
 //! One loop runs at a time; a caller that finds the pool busy (another thread's loop) runs its chunks
 //! itself.
 
-use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering::SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering::SeqCst};
 use std::sync::{Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -152,6 +152,80 @@ pub fn for_each(n: usize, f: &(dyn Fn(usize) + Sync)) {
     }
     if job.panicked.load(SeqCst) {
         panic!("a parallel loop chunk panicked");
+    }
+}
+
+/// Runs `f(i, follows)` for every `i < n` as [`for_each`] does, except that each thread takes a run
+/// of consecutive indices — the j-th of [`threads`] equal shares, front to back — and, done with it,
+/// takes over the back half of what another has left (a late or descheduled thread costs no more
+/// than with [`for_each`]). `follows` is true when the same thread ran `i − 1` just before: a task
+/// streaming memory in index order can then prefetch the next task's data, which is most likely its
+/// own next. (Single indices claimed in turn send each thread's next task to where another left
+/// off, so every task would start cold.)
+pub fn for_each_in_runs(n: usize, f: &(dyn Fn(usize, bool) + Sync)) {
+    let runs = threads().min(n);
+    if runs <= 1 {
+        return (0..n).for_each(|i| f(i, i > 0));
+    }
+    // Chunk c's indices not taken yet, `front..back`, in one atomic (front in the low half). Chunks
+    // below `runs` start with a share; the others (a thread that came late) start empty.
+    let bounds: Vec<AtomicU64> = (0..2 * runs)
+        .map(|c| AtomicU64::new(if c < runs { pack(c * n / runs, (c + 1) * n / runs) } else { 0 }))
+        .collect();
+    for_each(2 * runs, &|chunk| {
+        let mine = &bounds[chunk];
+        let mut last: Option<usize> = None;
+        loop {
+            while let Some(i) = take_front(mine) {
+                f(i, last.is_some_and(|l| l + 1 == i));
+                last = Some(i);
+            }
+            // Only this chunk adds to its own (empty) range, so a plain store is safe.
+            match (1..bounds.len()).find_map(|d| split_back(&bounds[(chunk + d) % bounds.len()])) {
+                Some(stolen) => mine.store(stolen, SeqCst),
+                None => return,
+            }
+        }
+    });
+}
+
+/// `front..back` as one atomic word.
+fn pack(front: usize, back: usize) -> u64 {
+    front as u64 | (back as u64) << 32
+}
+
+fn unpack(range: u64) -> (usize, usize) {
+    (range as u32 as usize, (range >> 32) as usize)
+}
+
+/// The first index left in `range`.
+fn take_front(range: &AtomicU64) -> Option<usize> {
+    let mut current = range.load(SeqCst);
+    loop {
+        let (front, back) = unpack(current);
+        if front >= back {
+            return None;
+        }
+        match range.compare_exchange_weak(current, pack(front + 1, back), SeqCst, SeqCst) {
+            Ok(_) => return Some(front),
+            Err(seen) => current = seen,
+        }
+    }
+}
+
+/// The back half of what is left in `range` (at least one index), taken out of it.
+fn split_back(range: &AtomicU64) -> Option<u64> {
+    let mut current = range.load(SeqCst);
+    loop {
+        let (front, back) = unpack(current);
+        if front >= back {
+            return None;
+        }
+        let middle = front + (back - front) / 2;
+        match range.compare_exchange_weak(current, pack(front, middle), SeqCst, SeqCst) {
+            Ok(_) => return Some(pack(middle, back)),
+            Err(seen) => current = seen,
+        }
     }
 }
 

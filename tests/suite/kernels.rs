@@ -452,3 +452,39 @@ fn casts_between_f32_and_f16_round_as_candle_does() {
     // Same dtype: the tensor itself.
     assert_eq!(max_abs_diff(&ops::cast(&x, DType::F32).unwrap(), &x), 0.0);
 }
+
+#[test]
+fn runs_of_a_parallel_loop_take_every_index_once_and_say_which_follow_on_their_thread() {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+    for n in [0usize, 1, 2, 3, 17, 1000] {
+        // Each thread's indices in the order it ran them, with what it was told.
+        let seen: Mutex<HashMap<std::thread::ThreadId, Vec<(usize, bool)>>> = Mutex::new(HashMap::new());
+        ops::pool::for_each_in_runs(n, &|i, follows| {
+            // Some work, so that both threads take part.
+            std::hint::black_box((0..2_000).fold(i, |a, b| a ^ b));
+            seen.lock().unwrap().entry(std::thread::current().id()).or_default().push((i, follows));
+        });
+        let seen = seen.into_inner().unwrap();
+        let mut all: Vec<usize> = seen.values().flatten().map(|&(i, _)| i).collect();
+        all.sort_unstable();
+        assert_eq!(all, (0..n).collect::<Vec<_>>(), "n = {n}: every index exactly once");
+        for order in seen.values() {
+            for (j, &(i, follows)) in order.iter().enumerate() {
+                // `follows` only when this thread ran i − 1 just before (it may not know it did).
+                if follows {
+                    assert!(
+                        j > 0 && order[j - 1].0 + 1 == i,
+                        "n = {n}: {i} said to follow {:?}",
+                        order.get(j.wrapping_sub(1))
+                    );
+                }
+            }
+        }
+        if n >= 17 {
+            // Runs: most indices follow their predecessor on the same thread.
+            let following = seen.values().flatten().filter(|&&(_, f)| f).count();
+            assert!(following * 2 > n, "n = {n}: only {following} indices followed their predecessor");
+        }
+    }
+}
