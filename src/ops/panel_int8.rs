@@ -229,12 +229,12 @@ fn product(x: &[f32], ws: &[&[u8]], m: usize, k: usize) -> Vec<Vec<f32>> {
     let per_tile = if isa == Isa::Amx { isa.rows() } else { m.div_ceil(m.div_ceil(isa.rows())) };
     let quantized = QuantizedTiles::new(x, k, per_tile);
     let tiles = quantized.tiles();
-    // The bytes after panel `p` of weight `i` that the tile after it reads: the panels after it,
-    // else the next weight's first (a thread streams its run of tasks in this order).
-    let next_pair = |i: usize, p: usize| -> (*const u8, usize) {
+    // The `np` panels from panel `p` of weight `i` on (where the tiles go next), else the next
+    // weight's first: a thread streams its run of tasks in this order.
+    let next_panels = |i: usize, p: usize, np: usize| -> (*const u8, usize) {
         match (p < panels[i], ws.get(i + 1)) {
-            (true, _) => (ws[i][p * panel_len..].as_ptr(), (panels[i] - p).min(2) * panel_len),
-            (false, Some(next)) => (next.as_ptr(), next.len().min(2 * panel_len)),
+            (true, _) => (ws[i][p * panel_len..].as_ptr(), (panels[i] - p).min(np) * panel_len),
+            (false, Some(next)) => (next.as_ptr(), next.len().min(np * panel_len)),
             (false, None) => (std::ptr::null(), 0),
         }
     };
@@ -266,7 +266,7 @@ fn product(x: &[f32], ws: &[&[u8]], m: usize, k: usize) -> Vec<Vec<f32>> {
             // in cache — the tiles prefetch the next pair, each a share of it spread over its work,
             // so memory is busy while the tiles multiply.
             let cold = p == panels.start && !follows;
-            let (next, next_len) = next_pair(i, p + np);
+            let (next, next_len) = next_panels(i, p + np, if isa == Isa::Vnni512 { 2 } else { 1 });
             let spreaders = tiles.len() - usize::from(cold);
             let share = (next_len / 64).div_ceil(spreaders.max(1));
             for (t, rows) in tiles.iter().enumerate() {
