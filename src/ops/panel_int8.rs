@@ -238,12 +238,12 @@ fn product(x: &[f32], ws: &[&[u8]], m: usize, k: usize) -> Vec<Vec<f32>> {
             (false, None) => (std::ptr::null(), 0),
         }
     };
-    let work = |i: usize, panels: std::ops::Range<usize>, out: &OutPtr, n: usize, follows: bool| {
+    let work = |i: usize, range: std::ops::Range<usize>, out: &OutPtr, n: usize, follows: bool| {
         // The matrix unit: each pair of panels against all the tiles at once, the next pair prefetched.
         #[cfg(target_arch = "x86_64")]
         if isa == Isa::Amx {
-            for p in panels.clone().step_by(2) {
-                let np = (panels.end - p).min(2);
+            for p in range.clone().step_by(2) {
+                let np = (range.end - p).min(2);
                 let w = &ws[i][p * panel_len..(p + np) * panel_len];
                 // SAFETY: the matrix unit is granted (`amx`); the tiles' rows of columns 16p..16(p+np)
                 // lie inside the output, and no other task writes these columns.
@@ -257,15 +257,15 @@ fn product(x: &[f32], ws: &[&[u8]], m: usize, k: usize) -> Vec<Vec<f32>> {
             }
             return;
         }
-        let mut p = panels.start;
-        while p < panels.end {
-            let np = if isa == Isa::Vnni512 && p + 1 < panels.end { 2 } else { 1 };
+        let mut p = range.start;
+        while p < range.end {
+            let np = if isa == Isa::Vnni512 && p + 1 < range.end { 2 } else { 1 };
             let w = &ws[i][p * panel_len..(p + np) * panel_len];
             // A pair its thread did not prefetch (the first of a run) streams from memory: its first
             // tile prefetches ahead in it. Otherwise — and in the other tiles, which find the pair
             // in cache — the tiles prefetch the next pair, each a share of it spread over its work,
             // so memory is busy while the tiles multiply.
-            let cold = p == panels.start && !follows;
+            let cold = p == range.start && !follows;
             let (next, next_len) = next_panels(i, p + np, if isa == Isa::Vnni512 { 2 } else { 1 });
             let spreaders = tiles.len() - usize::from(cold);
             let share = (next_len / 64).div_ceil(spreaders.max(1));
@@ -307,7 +307,14 @@ fn amx() -> bool {
 ///
 /// # Safety
 /// `out` must be valid for those writes, and no other thread may access them meanwhile.
-unsafe fn tile(isa: Isa, x: &TileRows<'_>, (w, ahead): (&[u8], Prefetch), k: usize, out: *mut f32, row_stride: usize) {
+unsafe fn tile(
+    isa: Isa,
+    x: &TileRows<'_>,
+    (w, prefetch): (&[u8], Prefetch),
+    k: usize,
+    out: *mut f32,
+    row_stride: usize,
+) {
     let (group, block) = (group(k), block_bytes(group(k)));
     let groups = k / group;
     let rows = x.rows;
@@ -322,10 +329,10 @@ unsafe fn tile(isa: Isa, x: &TileRows<'_>, (w, ahead): (&[u8], Prefetch), k: usi
     );
     macro_rules! rows {
         ($f:ident<$g:ident>, $($r:literal)*) => {
-            match rows { $($r => $f::<$r, $g>(x, (w, ahead), k, out, row_stride),)* _ => unreachable!("rows ≤ tile rows") }
+            match rows { $($r => $f::<$r, $g>(x, (w, prefetch), k, out, row_stride),)* _ => unreachable!("rows ≤ tile rows") }
         };
         ($f:ident<$g:ident, $p:literal>, $($r:literal)*) => {
-            match rows { $($r => $f::<$r, $p, $g>(x, (w, ahead), k, out, row_stride),)* _ => unreachable!("rows ≤ tile rows") }
+            match rows { $($r => $f::<$r, $p, $g>(x, (w, prefetch), k, out, row_stride),)* _ => unreachable!("rows ≤ tile rows") }
         };
     }
     macro_rules! isas {
@@ -352,8 +359,9 @@ unsafe fn tile(isa: Isa, x: &TileRows<'_>, (w, ahead): (&[u8], Prefetch), k: usi
     }
 }
 
-/// What a tile prefetches while it multiplies.
+/// What a tile prefetches while it multiplies (only the x86-64 kernels prefetch).
 #[derive(Clone, Copy)]
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 enum Prefetch {
     /// Its weights this many bytes past each block, at the block's start (a stream read first here).
     Ahead(usize),
@@ -361,9 +369,10 @@ enum Prefetch {
     Spread { from: *const u8, lines: usize },
 }
 
-/// A [`Prefetch::Spread`] in step with a tile's progress: by the end of its chunk `c` of `chunks`,
+/// A [`Prefetch::Spread`] in step with a tile's progress: at the start of its chunk `c` of `chunks`,
 /// the first `lines · (c + 1) / chunks` lines are requested — a few at a time between the products,
 /// where a burst would stall them.
+#[cfg(target_arch = "x86_64")]
 struct Spread {
     from: *const u8,
     lines: usize,
@@ -372,6 +381,7 @@ struct Spread {
     step: u64,
 }
 
+#[cfg(target_arch = "x86_64")]
 impl Spread {
     fn new(prefetch: Prefetch, chunks: usize) -> Self {
         match prefetch {
@@ -387,7 +397,6 @@ impl Spread {
         let due = ((((chunk + 1) as u64 * self.step) >> 16) as usize).min(self.lines);
         while self.requested < due {
             // A prefetch is only a hint: it never faults, whatever the address.
-            #[cfg(target_arch = "x86_64")]
             unsafe {
                 use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
                 _mm_prefetch::<_MM_HINT_T0>(self.from.wrapping_add(self.requested * 64) as *const i8)
@@ -422,7 +431,7 @@ unsafe fn group_of<const R: usize>(x: &TileRows<'_>, r: usize, g: usize) -> (f32
 #[target_feature(enable = "avx512f,avx512vnni")]
 unsafe fn tile_vnni512<const R: usize, const P: usize, const G: usize>(
     x: &TileRows<'_>,
-    (w, ahead): (&[u8], Prefetch),
+    (w, prefetch): (&[u8], Prefetch),
     k: usize,
     out: *mut f32,
     stride: usize,
@@ -432,10 +441,10 @@ unsafe fn tile_vnni512<const R: usize, const P: usize, const G: usize>(
     let panel_len = k / G * block;
     debug_assert_eq!(w.len(), P * panel_len);
     let mut acc = [[_mm512_setzero_ps(); P]; R];
-    let mut spread = Spread::new(ahead, k / CHUNK);
+    let mut spread = Spread::new(prefetch, k / CHUNK);
     for g in 0..k / G {
         let at: [*const u8; P] = std::array::from_fn(|p| w.as_ptr().wrapping_add(p * panel_len + g * block));
-        if let Prefetch::Ahead(ahead) = ahead {
+        if let Prefetch::Ahead(ahead) = prefetch {
             for at in at {
                 for line in 0..block / 64 {
                     _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(ahead + line * 64) as *const i8);
@@ -479,7 +488,7 @@ unsafe fn tile_vnni512<const R: usize, const P: usize, const G: usize>(
 #[target_feature(enable = "avx2,fma")]
 unsafe fn tile_avx2<const R: usize, const G: usize>(
     x: &TileRows<'_>,
-    (w, ahead): (&[u8], Prefetch),
+    (w, prefetch): (&[u8], Prefetch),
     k: usize,
     out: *mut f32,
     stride: usize,
@@ -487,13 +496,13 @@ unsafe fn tile_avx2<const R: usize, const G: usize>(
     use std::arch::x86_64::*;
     debug_assert_eq!(w.len(), k / G * block_bytes(G));
     let (ones, flip) = (_mm256_set1_epi16(1), _mm256_set1_epi8(-128));
-    let mut spread = Spread::new(ahead, 2 * k / CHUNK);
+    let mut spread = Spread::new(prefetch, 2 * k / CHUNK);
     for half in 0..2 {
         let mut acc = [_mm256_setzero_ps(); R];
         for (g, block) in w.chunks_exact(block_bytes(G)).enumerate() {
             let at = block.as_ptr();
             // The first pass streams the panel; the second finds it in cache.
-            if let (Prefetch::Ahead(ahead), 0) = (ahead, half) {
+            if let (Prefetch::Ahead(ahead), 0) = (prefetch, half) {
                 for line in 0..block_bytes(G) / 64 {
                     _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(ahead + line * 64) as *const i8);
                 }
@@ -527,7 +536,7 @@ unsafe fn tile_avx2<const R: usize, const G: usize>(
 /// Without AVX2: the same integers and the same f32 operations, one feature at a time.
 unsafe fn tile_portable<const R: usize, const G: usize>(
     x: &TileRows<'_>,
-    (w, _): (&[u8], Prefetch),
+    (w, _prefetch): (&[u8], Prefetch),
     _k: usize,
     out: *mut f32,
     stride: usize,

@@ -157,37 +157,49 @@ pub fn for_each(n: usize, f: &(dyn Fn(usize) + Sync)) {
 
 /// Runs `f(i, follows)` for every `i < n` as [`for_each`] does, except that each thread takes a run
 /// of consecutive indices — the j-th of [`threads`] equal shares, front to back — and, done with it,
-/// takes over the back half of what another has left (a late or descheduled thread costs no more
-/// than with [`for_each`]). `follows` is true when the same thread ran `i − 1` just before: a task
-/// streaming memory in index order can then prefetch the next task's data, which is most likely its
-/// own next. (Single indices claimed in turn send each thread's next task to where another left
-/// off, so every task would start cold.)
+/// takes over the back half of what another has left, so a late thread still finds work. `follows`
+/// is true only when the same thread ran `i − 1` just before: a task streaming memory in index order
+/// can then prefetch the next task's data, which is most likely its own next. (Single indices
+/// claimed in turn send each thread's next task to where another left off, so every task would
+/// start cold.)
 pub fn for_each_in_runs(n: usize, f: &(dyn Fn(usize, bool) + Sync)) {
     let runs = threads().min(n);
-    if runs <= 1 {
+    // One run, or the pool busy with another thread's loop (which would leave every chunk to this
+    // thread, out of order): in order here.
+    if runs <= 1 || !pool().job.load(SeqCst).is_null() {
         return (0..n).for_each(|i| f(i, i > 0));
     }
-    // Chunk c's indices not taken yet, `front..back`, in one atomic (front in the low half). Chunks
-    // below `runs` start with a share; the others (a thread that came late) start empty.
-    let bounds: Vec<AtomicU64> = (0..2 * runs)
-        .map(|c| AtomicU64::new(if c < runs { pack(c * n / runs, (c + 1) * n / runs) } else { 0 }))
+    if n > u32::MAX as usize {
+        return for_each(n, &|i| f(i, false)); // the ranges below hold 32-bit indices
+    }
+    // Chunk c's indices not taken yet, `front..back`, in one atomic (front in the low half), each on
+    // its own cache line. Chunks below `runs` start with a share; the others (a thread that came
+    // late) start empty.
+    let bounds: Vec<Range> = (0..2 * runs)
+        .map(|c| Range(AtomicU64::new(if c < runs { pack(c * n / runs, (c + 1) * n / runs) } else { 0 })))
         .collect();
     for_each(2 * runs, &|chunk| {
-        let mine = &bounds[chunk];
+        let mine = &bounds[chunk].0;
         let mut last: Option<usize> = None;
         loop {
             while let Some(i) = take_front(mine) {
                 f(i, last.is_some_and(|l| l + 1 == i));
                 last = Some(i);
             }
-            // Only this chunk adds to its own (empty) range, so a plain store is safe.
-            match (1..bounds.len()).find_map(|d| split_back(&bounds[(chunk + d) % bounds.len()])) {
+            // Only this chunk adds to its own range, and only while it is empty (no other chunk
+            // writes an empty range), so a plain store is safe.
+            match (1..bounds.len()).find_map(|d| split_back(&bounds[(chunk + d) % bounds.len()].0)) {
                 Some(stolen) => mine.store(stolen, SeqCst),
                 None => return,
             }
         }
     });
 }
+
+/// A run's remaining indices, alone on its cache line (threads taking from their own runs do not
+/// contend for one line).
+#[repr(align(64))]
+struct Range(AtomicU64);
 
 /// `front..back` as one atomic word.
 fn pack(front: usize, back: usize) -> u64 {

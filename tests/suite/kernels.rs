@@ -457,11 +457,12 @@ fn casts_between_f32_and_f16_round_as_candle_does() {
 fn runs_of_a_parallel_loop_take_every_index_once_and_say_which_follow_on_their_thread() {
     use std::collections::HashMap;
     use std::sync::Mutex;
-    for n in [0usize, 1, 2, 3, 17, 1000] {
+    let threads = ops::pool::threads();
+    for n in [0usize, 1, 2, 3, 17, 1000, 20_000] {
         // Each thread's indices in the order it ran them, with what it was told.
         let seen: Mutex<HashMap<std::thread::ThreadId, Vec<(usize, bool)>>> = Mutex::new(HashMap::new());
         ops::pool::for_each_in_runs(n, &|i, follows| {
-            // Some work, so that both threads take part.
+            // Some work outside the lock, so that the threads run side by side.
             std::hint::black_box((0..2_000).fold(i, |a, b| a ^ b));
             seen.lock().unwrap().entry(std::thread::current().id()).or_default().push((i, follows));
         });
@@ -481,7 +482,7 @@ fn runs_of_a_parallel_loop_take_every_index_once_and_say_which_follow_on_their_t
                 }
             }
         }
-        if n >= 17 {
+        if n >= 8 * threads {
             // Runs: most indices follow their predecessor on the same thread.
             let following = seen.values().flatten().filter(|&&(_, f)| f).count();
             assert!(following * 2 > n, "n = {n}: only {following} indices followed their predecessor");
