@@ -5,7 +5,9 @@ from the `llama-cpp-python` package (pip install llama-cpp-python), which bundle
 
     python bench/llama_cpp_reference.py model.gguf --threads 2 --prompt-len 128 --new-tokens 256
 
-Ends with `Generate throughput: N tokens/s`, like the Rust benchmark.
+Ends with `Generate throughput: N tokens/s`, like the Rust benchmark. To measure a llama.cpp library
+built for one instruction set (e.g. AVX2 only, beside `MINIMIND_SIMD=avx2`), point
+`LLAMA_CPP_LIB_PATH` at the folder holding its `libllama.so`; llama-cpp-python loads that one.
 """
 import argparse
 import statistics
