@@ -212,30 +212,29 @@ fn unpack(range: u64) -> (usize, usize) {
 
 /// The first index left in `range`.
 fn take_front(range: &AtomicU64) -> Option<usize> {
-    let mut current = range.load(SeqCst);
-    loop {
-        let (front, back) = unpack(current);
-        if front >= back {
-            return None;
-        }
-        match range.compare_exchange_weak(current, pack(front + 1, back), SeqCst, SeqCst) {
-            Ok(_) => return Some(front),
-            Err(seen) => current = seen,
-        }
-    }
+    claim(range, |front, back| (pack(front + 1, back), front))
 }
 
 /// The back half of what is left in `range` (at least one index), taken out of it.
 fn split_back(range: &AtomicU64) -> Option<u64> {
+    claim(range, |front, back| {
+        let middle = front + (back - front) / 2;
+        (pack(front, middle), pack(middle, back))
+    })
+}
+
+/// Replaces a non-empty `range` by `take(front, back).0` and returns `.1`, retrying while other
+/// threads change it first; `None` once it is empty.
+fn claim<T>(range: &AtomicU64, take: impl Fn(usize, usize) -> (u64, T)) -> Option<T> {
     let mut current = range.load(SeqCst);
     loop {
         let (front, back) = unpack(current);
         if front >= back {
             return None;
         }
-        let middle = front + (back - front) / 2;
-        match range.compare_exchange_weak(current, pack(front, middle), SeqCst, SeqCst) {
-            Ok(_) => return Some(pack(middle, back)),
+        let (rest, taken) = take(front, back);
+        match range.compare_exchange_weak(current, rest, SeqCst, SeqCst) {
+            Ok(_) => return Some(taken),
             Err(seen) => current = seen,
         }
     }
