@@ -137,10 +137,10 @@ impl Isa {
     }
 }
 
-/// `x·Wᵢᵀ` as `[m, nᵢ]` for each weight of `ws` (panels `[nᵢ/16, k, 16]`). Threads take four
-/// panels of one weight at a time and run every group of rows against them (a panel is read from
-/// memory once, then from cache), writing their columns of that weight's output in place. Weights
-/// that share an input (q, k and v; gate and up) go through one parallel loop.
+/// `x·Wᵢᵀ` as `[m, nᵢ]` for each weight of `ws` (panels `[nᵢ/16, k, 16]`). Each thread takes a run
+/// of tasks of a few panels of one weight and runs every group of rows against them (a panel is read
+/// from memory once, then from cache), writing their columns of that weight's output in place.
+/// Weights that share an input (q, k and v; gate and up) go through one parallel loop.
 fn product(x: &[f32], ws: &[&[f32]], m: usize, k: usize) -> Vec<Vec<f32>> {
     let isa = Isa::detect();
     let group = isa.group();

@@ -214,9 +214,10 @@ impl Isa {
     }
 }
 
-/// As [`super::panel`]'s product: threads take four panels of one weight, every row group runs
-/// against each (two panels at a time on AVX-512); weights that share the input go through one
-/// parallel loop. The activations are quantized once, straight into the tiles' layout.
+/// As [`super::panel`]'s product: each thread takes a run of tasks of a few panels of one weight,
+/// every row group runs against each (two panels at a time on AVX-512), and the tiles prefetch the
+/// panels their thread reads next; weights that share the input go through one parallel loop. The
+/// activations are quantized once, straight into the tiles' layout.
 fn product(x: &[f32], ws: &[&[u8]], m: usize, k: usize) -> Vec<Vec<f32>> {
     let isa = match Isa::detect() {
         Isa::Vnni512 if group(k) == WIDE && m >= AMX_MIN_ROWS && amx() => Isa::Amx,
