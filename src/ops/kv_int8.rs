@@ -8,7 +8,7 @@
 //! multiplies its score (`q·k = s·(q·c)`), a value's scale its softmax weight
 //! (`Σ p_j·v_j = Σ (p_j·s_j)·c_j`). Prompts, which attend with matmuls, read the rows dequantized.
 
-use candle_core::{CpuStorage, DType, Device, InplaceOp2, Layout, Result, Storage, Tensor};
+use candle_core::{CpuStorage, DType, Device, InplaceOp1, Layout, Result, Storage, Tensor};
 
 /// Codes and scale of one row: `s = max|x|/127`, codes rounded half to even (as the int8
 /// activations are), clamped to ±127.
@@ -88,7 +88,7 @@ pub(crate) fn with_scales<R>(scales: &Tensor, f: impl FnOnce(&[f32], &Layout) ->
 
 /// Writes row b of `x` `[1, K, B, D]` (a decode step's new keys or values, f32) quantized into the
 /// pool `codes` `[S, K, C, D]` and `scales` `[S, K, C]` at slot `places[b].0`, position `places[b].1`:
-/// one in-place op per tensor, reading `x` where it lies.
+/// each row quantized once, then one in-place copy per tensor.
 pub fn pool_write(codes: &Tensor, scales: &Tensor, x: &Tensor, places: &[(usize, usize)]) -> Result<()> {
     let (slots, kv, capacity, d) = codes.dims4()?;
     let (one, kx, b, dx) = x.dims4()?;
@@ -104,36 +104,37 @@ pub fn pool_write(codes: &Tensor, scales: &Tensor, x: &Tensor, places: &[(usize,
         .enumerate()
         .flat_map(|(row, &(slot, at))| (0..kv).map(move |g| ((slot * kv + g) * capacity + at, g * b + row)))
         .collect();
-    let x = x.contiguous()?;
-    codes.inplace_op2(&x, &PoolRows { rows: &rows, d })?;
-    scales.inplace_op2(&x, &PoolRows { rows: &rows, d })
+    let (x_codes, x_scales) = super::cpu::with_f32(x, |x| quantize_rows(x, d))?;
+    let quantized = QuantizedRows { rows: &rows, codes: &x_codes, scales: &x_scales, d };
+    codes.inplace_op1(&quantized)?;
+    scales.inplace_op1(&quantized)
 }
 
-/// Quantizes rows `from` of `x` (rows of `d`) into rows `to` of a contiguous pool: their codes into
-/// a U8 pool, their scales into an f32 one.
-struct PoolRows<'a> {
+/// Rows of `d` codes and their scales, quantized once, copied to rows `to` of a contiguous pool
+/// from rows `from`: the codes into a U8 pool, the scales into an f32 one.
+struct QuantizedRows<'a> {
+    /// `(to, from)` per row.
     rows: &'a [(usize, usize)],
+    codes: &'a [u8],
+    scales: &'a [f32],
     d: usize,
 }
 
-impl InplaceOp2 for PoolRows<'_> {
+impl InplaceOp1 for QuantizedRows<'_> {
     fn name(&self) -> &'static str {
         "int8-pool-rows"
     }
 
-    fn cpu_fwd(&self, pool: &mut CpuStorage, lp: &Layout, x: &CpuStorage, lx: &Layout) -> Result<()> {
-        let (Some((start, _)), Some((x0, _))) = (lp.contiguous_offsets(), lx.contiguous_offsets()) else {
-            candle_core::bail!("int8 pool write: the pool and the rows must be contiguous");
+    fn cpu_fwd(&self, pool: &mut CpuStorage, layout: &Layout) -> Result<()> {
+        let Some((start, _)) = layout.contiguous_offsets() else {
+            candle_core::bail!("int8 pool write: the pool must be contiguous");
         };
-        let (x, d) = (&x.as_slice::<f32>()?[x0..], self.d);
-        let source = |from: usize| &x[from * d..][..d];
+        let d = self.d;
         match pool {
             CpuStorage::U8(pool) => self.rows.iter().for_each(|&(to, from)| {
-                quantize_row(source(from), &mut pool[start + to * d..][..d]);
+                pool[start + to * d..][..d].copy_from_slice(&self.codes[from * d..][..d]);
             }),
-            CpuStorage::F32(pool) => {
-                self.rows.iter().for_each(|&(to, from)| pool[start + to] = row_scale(source(from)))
-            }
+            CpuStorage::F32(pool) => self.rows.iter().for_each(|&(to, from)| pool[start + to] = self.scales[from]),
             _ => candle_core::bail!("int8 pool write: U8 codes and f32 scales"),
         }
         Ok(())
