@@ -140,7 +140,6 @@ unsafe fn scores_vnni(
 ) {
     use std::arch::x86_64::*;
     let heads = a.len() / d;
-    let zeros = vec![0i8; d];
     let flip = _mm512_set1_epi8(-128);
     for h0 in (0..heads).step_by(4) {
         let hb = 4.min(heads - h0);
@@ -155,9 +154,8 @@ unsafe fn scores_vnni(
         let head_scale = _mm512_castsi512_ps(lanes(&|h| head_scales[head(h)].to_bits() as i32));
         for j0 in (0..keys).step_by(4) {
             let n = (keys - j0).min(4);
-            // Past the last key, a row of zeros (its sums are discarded).
-            let rows: [*const i8; 4] =
-                std::array::from_fn(|t| if t < n { k[(j0 + t) * d..].as_ptr() } else { zeros.as_ptr() });
+            // Past the last key, the last key again (its sums are discarded).
+            let rows: [*const i8; 4] = std::array::from_fn(|t| k[(j0 + t.min(n - 1)) * d..].as_ptr());
             if h0 == 0 {
                 for line in (0..4 * d).step_by(64) {
                     _mm_prefetch::<_MM_HINT_T0>(k.as_ptr().wrapping_add((j0 + AHEAD) * d + line));
