@@ -158,6 +158,17 @@ fn decoded_in_pieces(model: &minimind::MiniMindForCausalLM, ids: &Tensor, sizes:
     Tensor::cat(&pieces, 1).unwrap()
 }
 
+/// How far [`decoded_in_pieces`] lands from `full`, on the fused kernels and on the composed
+/// reference (the fused ones switched back on after).
+fn off_by_kernels(model: &minimind::MiniMindForCausalLM, ids: &Tensor, full: &Tensor, sizes: &[usize]) -> [f32; 2] {
+    let off = [true, false].map(|fused| {
+        ops::set_fused(fused);
+        max_abs_diff(full, &decoded_in_pieces(model, ids, sizes))
+    });
+    ops::set_fused(true);
+    off
+}
+
 #[test]
 fn an_f16_kv_cache_decodes_close_to_the_f32_one() {
     let (mut model, _) = micro_model(5);
@@ -167,12 +178,9 @@ fn an_f16_kv_cache_decodes_close_to_the_f32_one() {
     assert_eq!(model.kv_dtype(), DType::F16);
     // Prefill 6 (attending over its own keys and values rounded to f16), then one token at a time
     // (the fused kernel reading the f16 cache), on the fused kernels and the composed reference.
-    for fused in [true, false] {
-        ops::set_fused(fused);
-        let diff = max_abs_diff(&full, &decoded_in_pieces(&model, &ids, &[6, 1, 1, 1, 1, 1, 1]));
+    for (fused, diff) in [true, false].into_iter().zip(off_by_kernels(&model, &ids, &full, &[6, 1, 1, 1, 1, 1, 1])) {
         assert!(diff > 0.0 && diff < 2e-2, "fused {fused}: f16 cache off by {diff}");
     }
-    ops::set_fused(true);
     // Only f32 activations on the CPU cache in f16.
     let mut bf16 = model.with_weights_in(DType::BF16).unwrap();
     assert!(bf16.set_kv_f16(true).is_err());
@@ -188,12 +196,9 @@ fn an_int8_kv_cache_decodes_close_to_the_f32_one() {
     // Prefill 6 (attending over its own rows as cached), a chunk of 2 (over the cached prefix,
     // dequantized), then one token at a time (the fused kernel reading the codes), on the fused
     // kernels and the composed reference.
-    for fused in [true, false] {
-        ops::set_fused(fused);
-        let diff = max_abs_diff(&full, &decoded_in_pieces(&model, &ids, &[6, 2, 1, 1, 1, 1]));
+    for (fused, diff) in [true, false].into_iter().zip(off_by_kernels(&model, &ids, &full, &[6, 2, 1, 1, 1, 1])) {
         assert!(diff > 0.0 && diff < 0.1, "fused {fused}: int8 cache off by {diff}");
     }
-    ops::set_fused(true);
     // A pool takes over only a cache of its own format.
     let mut pool = minimind::model::KvPool::new(&model.config, 2, 12, DType::U8, &Device::Cpu).unwrap();
     let f16 = KvCache::new(&model.config, 1, 12, DType::F16, &Device::Cpu).unwrap();
