@@ -53,7 +53,8 @@ pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
 }
 
 /// One token (`q` `[B,H,1,D]`) attending over an int8 cache ([`super::kv_int8`]): codes `k`/`v`
-/// `[B,K,S,D]` (U8) and their scales `[B,K,S]`, read as stored.
+/// `[B,K,S,D]` (U8) and their scales `[B,K,S]`, read as stored — `k` a view of the first `S`
+/// positions of key codes in blocks, whose last block is read whole from the buffer behind it.
 pub fn decode_attention_int8(q: &Tensor, (k, v): (&Tensor, &Tensor), scales: (&Tensor, &Tensor)) -> Result<Tensor> {
     let d = q.dim(3)?;
     let row_scales = Some((scales.0.clone(), scales.1.clone()));
@@ -136,6 +137,15 @@ fn check_scales(scales: &Tensor, dims: (usize, usize, usize)) -> Result<()> {
     let l = scales.layout();
     if scales.dims3()? != dims || (dims.2 > 1 && l.stride()[2] != 1) {
         candle_core::bail!("int8 attention: scales {:?} for keys {dims:?}", scales.dims());
+    }
+    Ok(())
+}
+
+/// An int8 cache's key codes: whole blocks of positions behind the last (batch, KV head)'s view.
+fn check_key_blocks(stored: usize, l: &Layout, (b, kv, s, d): (usize, usize, usize, usize)) -> Result<()> {
+    let end = if b * kv == 0 { 0 } else { head_offset(l, b - 1, kv - 1) + super::kv_int8::block_capacity(s) * d };
+    if !d.is_multiple_of(4) || end > stored {
+        candle_core::bail!("int8 attention: key codes {:?} are not whole blocks of 16 positions", l.dims());
     }
     Ok(())
 }
@@ -269,6 +279,7 @@ impl CustomOp3 for FlashAttention {
             let (out, lse) = match (sk, sv, &self.row_scales) {
                 (CpuStorage::U8(k), CpuStorage::U8(v), Some((ks, vs))) => {
                     let (k, v) = (super::kv_int8::as_signed(k), super::kv_int8::as_signed(v));
+                    check_key_blocks(k.len(), lk, (b, kv, s, d))?;
                     check_scales(ks, (b, kv, s))?;
                     check_scales(vs, (b, kv, s))?;
                     super::kv_int8::with_scales(ks, |ks, lks| {

@@ -25,7 +25,7 @@ struct PoolAttention {
 /// `q` `[1, H, B, D]` (row b's query heads at time index b), `k`/`v` pools `[S, K, C, D]`: row b
 /// attends to positions `0..rows[b].len` of slot `rows[b].slot`. Returns `[1, B, H, D]` (each row's
 /// heads together, ready to be merged). With `row_scales`, the pools are an int8 cache's codes (U8)
-/// and these its scales `[S, K, C]` ([`super::kv_int8`]).
+/// and these its scales `[S, K, C]` ([`super::kv_int8`]; the keys in blocks of positions).
 pub fn pool_attention(
     q: &Tensor,
     (k, v): (&Tensor, &Tensor),
@@ -69,6 +69,9 @@ impl CustomOp3 for PoolAttention {
         let shape = PoolShape { b, h, kv, d, capacity };
         let out = match (sk, sv, &self.row_scales) {
             (CpuStorage::U8(k), CpuStorage::U8(v), Some((ks, vs))) => {
+                if !capacity.is_multiple_of(super::kv_int8::KEY_BLOCK) || !d.is_multiple_of(4) {
+                    candle_core::bail!("int8 pool attention: key codes {:?} are not whole blocks", lk.dims());
+                }
                 let (k, v) = (as_signed(&k[k0..]), as_signed(&v[v0..]));
                 let dims = [slots, kv, capacity];
                 pool_scales(ks, dims, |ks| {

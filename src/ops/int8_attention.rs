@@ -1,28 +1,28 @@
 //! Attention scores over an int8 KV cache ([`super::kv_int8`]) as integer dot products. Each query
 //! head is quantized as a cached row is (`q ≈ s_q·a`, `a ∈ [−127, 127]`), so that
-//! `scale·q·k_j ≈ ((a·c_j)·(s_q·scale))·s_j` with `a·c_j` an exact i32: on AVX-512 VNNI one
-//! `vpdpbusd` per 64 inputs of a key (its codes offset to unsigned bytes, the query's `128·Σa`
-//! subtracted after), elsewhere an integer loop the compiler vectorizes. The integers are the same
-//! everywhere and so are the f32 operations that follow, so a score has the same bits on every
-//! instruction set ([`int8_scores_reference`]), alone or in a batch. The key codes are read once
-//! for the query heads of a grouped-query group; an f16 cache's kernels spend as much on widening
-//! each key to f32 as on multiplying it.
+//! `scale·q·k_j ≈ ((a·c_j)·(s_q·scale))·s_j` with `a·c_j` an exact i32. The keys are stored in blocks
+//! of 16 positions with four values of each key side by side ([`super::kv_int8::key_offset`]), so a
+//! vector of 16 i32 lanes holds the dots of 16 keys: on AVX-512 VNNI one `vpdpbusd` per head and four
+//! values of 16 keys (the key codes offset to unsigned bytes, the query's four values repeated in
+//! every lane, the query's `128·Σa` subtracted after); on AVX2 `vpmaddubsw`/`vpmaddwd` on eight keys
+//! (magnitudes times signed query values, exact: `2·127·127` fits an i16); elsewhere an integer
+//! loop. No lane sums to fold; the integers are the same everywhere and so are the f32 operations
+//! that follow, so a score has the same bits on every instruction set ([`int8_scores_reference`]),
+//! alone or in a batch. The key codes are read once for the query heads of a grouped-query group.
 
-use super::kv_int8::quantize_row;
-#[cfg(target_arch = "x86_64")]
-use super::simd_attention::{fold_sixteen, store_sixteen};
+use super::kv_int8::{key_offset, quantize_row, KEY_BLOCK};
 
 /// Query heads of one grouped-query group, and their values, quantized on the stack (more on the
 /// heap).
 const MAX_HEADS: usize = 16;
 const MAX_QUERY: usize = 1024;
-/// Key rows asked for ahead of the one being read (the codes stream from memory; at a few cycles
-/// per key the next rows must be requested well before).
+/// Key rows asked for ahead of the block being read (the codes stream from memory).
 const AHEAD: usize = 64;
 
-/// `scores[h·keys + j] = scale·q_h·k_j` for query heads `q` `[heads, d]` over `keys` rows of key
-/// codes `k` (row stride `d`) with scales `k_scales`; the value rows `v` (same stride) are asked into
-/// L2 as the keys are read, for the weighted sum that follows (AVX-512).
+/// `scores[h·keys + j] = scale·q_h·k_j` for query heads `q` `[heads, d]` over `keys` keys of one KV
+/// head's codes `k` in blocks ([`super::kv_int8::key_offset`]; the last block read whole) with
+/// scales `k_scales`; the value rows `v` (row stride `d`) are asked into L2 as the keys are read,
+/// for the weighted sum that follows (AVX-512).
 pub fn int8_scores(
     q: &[f32],
     d: usize,
@@ -33,8 +33,9 @@ pub fn int8_scores(
     scores: &mut [f32],
 ) {
     let heads = q.len() / d.max(1);
-    let sizes = q.len() == heads * d && k.len() >= keys * d && v.len() >= keys * d && k_scales.len() >= keys;
-    assert!(sizes && scores.len() >= heads * keys, "int8 attention scores: sizes");
+    let blocks = keys.div_ceil(KEY_BLOCK) * KEY_BLOCK * d;
+    let sizes = q.len() == heads * d && d.is_multiple_of(4) && k.len() >= blocks && v.len() >= keys * d;
+    assert!(sizes && k_scales.len() >= keys && scores.len() >= heads * keys, "int8 attention scores: sizes");
     // The query heads quantized (a grouped-query group's few heads, on the stack): codes, and per
     // head `s_q·scale` and `128·Σa`.
     let (mut codes, mut head_scales, mut offsets) = ([0u8; MAX_QUERY], [0f32; MAX_HEADS], [0i32; MAX_HEADS]);
@@ -48,13 +49,13 @@ pub fn int8_scores(
     }
     let (a, head_scales, offsets) = (super::kv_int8::as_signed(codes), &*head_scales, &*offsets);
     #[cfg(target_arch = "x86_64")]
-    if d.is_multiple_of(64) && vnni() {
+    if vnni() {
         // SAFETY: AVX-512 VNNI was detected; the sizes were checked above.
         return unsafe { scores_vnni(a, d, (k, k_scales), v, keys, (head_scales, offsets), scores) };
     }
     #[cfg(target_arch = "x86_64")]
     if super::simd::level() >= 1 {
-        // SAFETY: AVX2 was detected.
+        // SAFETY: AVX2 was detected; the sizes were checked above.
         return unsafe { scores_avx2(a, d, (k, k_scales), keys, head_scales, scores) };
     }
     scores_portable(a, d, (k, k_scales), keys, head_scales, scores)
@@ -83,23 +84,29 @@ fn vnni() -> bool {
         && *VNNI.get_or_init(|| is_x86_feature_detected!("avx512vnni") && is_x86_feature_detected!("avx512bw"))
 }
 
-/// The integer dot product of query codes `a` and key codes `c`.
-#[inline(always)]
-fn dot(a: &[i8], c: &[i8]) -> i32 {
-    a.iter().zip(c).map(|(&x, &y)| x as i32 * y as i32).sum()
-}
-
 /// [`int8_scores`] by its definition, without vector code: the reference the dispatched kernels
-/// must equal bit for bit.
-pub fn int8_scores_reference(q: &[f32], d: usize, k: (&[i8], &[f32]), keys: usize, scale: f32, scores: &mut [f32]) {
+/// must equal bit for bit. Each key's codes are found through [`key_offset`].
+pub fn int8_scores_reference(
+    q: &[f32],
+    d: usize,
+    (k, k_scales): (&[i8], &[f32]),
+    keys: usize,
+    scale: f32,
+    scores: &mut [f32],
+) {
     let heads = q.len() / d.max(1);
     let (codes, q_scales) = super::kv_int8::quantize_rows(q, d);
-    let head_scales: Vec<f32> = q_scales.iter().map(|s| s * scale).collect();
-    scores_portable(super::kv_int8::as_signed(&codes), d, k, keys, &head_scales, &mut scores[..heads * keys]);
+    let a = super::kv_int8::as_signed(&codes);
+    for h in 0..heads {
+        for j in 0..keys {
+            let dot: i32 = (0..d).map(|i| a[h * d + i] as i32 * k[key_offset(j, i, d)] as i32).sum();
+            scores[h * keys + j] = (dot as f32 * (q_scales[h] * scale)) * k_scales[j];
+        }
+    }
 }
 
-/// Every (head, key) score by [`dot`], then `(dot·head_scale)·key_scale`.
-#[inline(always)]
+/// Block by block: the 16 dots of each head, four values of 16 keys at a time, then
+/// `(dot·head_scale)·key_scale`.
 fn scores_portable(
     a: &[i8],
     d: usize,
@@ -109,24 +116,103 @@ fn scores_portable(
     scores: &mut [f32],
 ) {
     for (h, (a, &hs)) in a.chunks_exact(d).zip(head_scales).enumerate() {
-        for (j, s) in scores[h * keys..(h + 1) * keys].iter_mut().enumerate() {
-            *s = (dot(a, &k[j * d..][..d]) as f32 * hs) * k_scales[j];
+        for j0 in (0..keys).step_by(KEY_BLOCK) {
+            let mut dots = [0i32; KEY_BLOCK];
+            for (fours, a) in k[j0 * d..][..KEY_BLOCK * d].chunks_exact(4 * KEY_BLOCK).zip(a.chunks_exact(4)) {
+                for (dot, c) in dots.iter_mut().zip(fours.chunks_exact(4)) {
+                    *dot += a.iter().zip(c).map(|(&x, &y)| x as i32 * y as i32).sum::<i32>();
+                }
+            }
+            let n = KEY_BLOCK.min(keys - j0);
+            for (t, s) in scores[h * keys + j0..][..n].iter_mut().enumerate() {
+                *s = (dots[t] as f32 * hs) * k_scales[j0 + t];
+            }
         }
     }
 }
 
-/// [`scores_portable`] compiled for AVX2 (the integer dot vectorizes to `vpmaddwd`).
+/// Four values of query head `h` (from `d` codes a head) as one i32, for repeating in every lane.
+///
+/// # Safety
+/// `4g + 4 ≤ d` and head `h` lies in `a`.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn scores_avx2(a: &[i8], d: usize, k: (&[i8], &[f32]), keys: usize, head_scales: &[f32], scores: &mut [f32]) {
-    scores_portable(a, d, k, keys, head_scales, scores)
+#[inline(always)]
+unsafe fn four_codes(a: &[i8], d: usize, h: usize, g: usize) -> i32 {
+    // SAFETY: the caller's contract.
+    unsafe { std::ptr::read_unaligned(a.as_ptr().add(h * d + 4 * g) as *const i32) }
 }
 
-/// AVX-512 VNNI: blocks of four keys × four heads in 16 accumulators, one `vpdpbusd` per (head, key)
-/// and 64 inputs (the key's codes XOR 0x80 are its unsigned bytes `c + 128`, the query's the signed
-/// operand, so the sums exceed `a·c` by `128·Σa`); the accumulators are folded into one register of
-/// 16 sums as the f32 kernels fold theirs (with integer adds), the offsets subtracted, then the f32
-/// scales applied in the portable order.
+/// `(dots·head_scale)·key_scales` for the `n ≤ 8` keys of eight lanes at `scores[at..]`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn store_eight(dots: std::arch::x86_64::__m256i, hs: f32, key_scales: &[f32], scores: &mut [f32], n: usize) {
+    use std::arch::x86_64::*;
+    let mut lanes = [1f32; 8];
+    lanes[..n].copy_from_slice(&key_scales[..n]);
+    let sums =
+        _mm256_mul_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(dots), _mm256_set1_ps(hs)), _mm256_loadu_ps(lanes.as_ptr()));
+    let mut out = [0f32; 8];
+    _mm256_storeu_ps(out.as_mut_ptr(), sums);
+    scores[..n].copy_from_slice(&out[..n]);
+}
+
+/// AVX2: each block of 16 keys as two halves of eight, against four heads at a time (eight
+/// accumulators): `vpmaddubsw` multiplies the keys' magnitudes `|c|` by the query values carrying
+/// the keys' signs (`vpsignb`) into pairs of i16 sums (at most `2·127·127`, exact), `vpmaddwd` adds
+/// the pairs into i32 lanes — one per key.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn scores_avx2(
+    a: &[i8],
+    d: usize,
+    (k, k_scales): (&[i8], &[f32]),
+    keys: usize,
+    head_scales: &[f32],
+    scores: &mut [f32],
+) {
+    use std::arch::x86_64::*;
+    let (heads, ones) = (a.len() / d, _mm256_set1_epi16(1));
+    for j0 in (0..keys).step_by(KEY_BLOCK) {
+        let block = &k[j0 * d..][..KEY_BLOCK * d];
+        let n = KEY_BLOCK.min(keys - j0);
+        for h0 in (0..heads).step_by(4) {
+            let hb = 4.min(heads - h0);
+            // Heads past the group's end repeat its first (their sums are discarded).
+            let head = |h: usize| h0 + if h < hb { h } else { 0 };
+            let mut acc = [[_mm256_setzero_si256(); 2]; 4];
+            for g in 0..d / 4 {
+                // SAFETY: 4g + 4 ≤ d, so the block holds these 64 bytes.
+                let c: [__m256i; 2] = std::array::from_fn(|half| unsafe {
+                    _mm256_loadu_si256(block.as_ptr().add(64 * g + 32 * half) as _)
+                });
+                let magnitude = c.map(|c| _mm256_sign_epi8(c, c));
+                for (h, acc) in acc.iter_mut().enumerate() {
+                    // SAFETY: 4g + 4 ≤ d and the head lies in the group.
+                    let x = _mm256_set1_epi32(unsafe { four_codes(a, d, head(h), g) });
+                    for half in 0..2 {
+                        let pairs = _mm256_maddubs_epi16(magnitude[half], _mm256_sign_epi8(x, c[half]));
+                        acc[half] = _mm256_add_epi32(acc[half], _mm256_madd_epi16(pairs, ones));
+                    }
+                }
+            }
+            for (h, acc) in acc.iter().enumerate().take(hb) {
+                let row = &mut scores[(h0 + h) * keys + j0..];
+                for (half, &dots) in acc.iter().enumerate() {
+                    let m = n.saturating_sub(8 * half).min(8);
+                    if m > 0 {
+                        store_eight(dots, head_scales[h0 + h], &k_scales[j0 + 8 * half..], &mut row[8 * half..], m);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// AVX-512 VNNI: each block of 16 keys against four heads at a time, one `vpdpbusd` per head and
+/// four values (the key codes XOR 0x80 are the unsigned bytes `c + 128`, the query's four values the
+/// signed operand repeated, so the sums exceed `a·c` by `128·Σa`), even and odd fours in separate
+/// accumulators (eight chains in flight); then the offsets subtracted and the f32 scales applied in
+/// the portable order, 16 scores a store.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 unsafe fn scores_vnni(
@@ -139,59 +225,45 @@ unsafe fn scores_vnni(
     scores: &mut [f32],
 ) {
     use std::arch::x86_64::*;
-    let heads = a.len() / d;
+    let (heads, fours) = (a.len() / d, d / 4);
     let flip = _mm512_set1_epi8(-128);
-    for h0 in (0..heads).step_by(4) {
-        let hb = 4.min(heads - h0);
-        // Heads past the group's end repeat its first (their sums are discarded). Lanes 4h..4h + 3
-        // carry head h's offset and scale.
-        let head = |h: usize| h0 + if h < hb { h } else { 0 };
-        let lanes = |f: &dyn Fn(usize) -> i32| {
-            let [w, x, y, z] = [f(0), f(1), f(2), f(3)];
-            _mm512_setr_epi32(w, w, w, w, x, x, x, x, y, y, y, y, z, z, z, z)
+    for j0 in (0..keys).step_by(KEY_BLOCK) {
+        let block = &k[j0 * d..][..KEY_BLOCK * d];
+        let n = KEY_BLOCK.min(keys - j0);
+        for line in (0..KEY_BLOCK * d).step_by(64) {
+            _mm_prefetch::<_MM_HINT_T0>(k.as_ptr().wrapping_add((j0 + AHEAD) * d + line));
+            _mm_prefetch::<_MM_HINT_T1>(v.as_ptr().wrapping_add(j0 * d + line));
+        }
+        let mask = ((1u32 << n) - 1) as u16;
+        // SAFETY: the masked lanes are keys j0..j0 + n, which have scales (checked sizes).
+        let key_scales = unsafe { _mm512_maskz_loadu_ps(mask, k_scales.as_ptr().add(j0)) };
+        let load = |g: usize| {
+            // SAFETY: 4g + 4 ≤ d, so the block holds these 64 bytes.
+            _mm512_xor_si512(unsafe { _mm512_loadu_si512(block.as_ptr().add(64 * g) as _) }, flip)
         };
-        let offset = lanes(&|h| offsets[head(h)]);
-        let head_scale = _mm512_castsi512_ps(lanes(&|h| head_scales[head(h)].to_bits() as i32));
-        for j0 in (0..keys).step_by(4) {
-            let n = (keys - j0).min(4);
-            // Past the last key, the last key again (its sums are discarded).
-            let rows: [*const i8; 4] = std::array::from_fn(|t| k[(j0 + t.min(n - 1)) * d..].as_ptr());
-            if h0 == 0 {
-                for line in (0..4 * d).step_by(64) {
-                    _mm_prefetch::<_MM_HINT_T0>(k.as_ptr().wrapping_add((j0 + AHEAD) * d + line));
-                    _mm_prefetch::<_MM_HINT_T1>(v.as_ptr().wrapping_add(j0 * d + line));
-                }
-            }
-            // Lane 4h + t: key j0 + t's scale (1 past the last key).
-            let key_scales = if n == 4 {
-                // SAFETY: keys j0..j0 + 4 have scales (checked sizes).
-                _mm512_broadcast_f32x4(unsafe { _mm_loadu_ps(k_scales.as_ptr().add(j0)) })
-            } else {
-                let mut padded = [1f32; 4];
-                padded[..n].copy_from_slice(&k_scales[j0..j0 + n]);
-                _mm512_broadcast_f32x4(_mm_loadu_ps(padded.as_ptr()))
-            };
-            let mut acc = [[_mm512_setzero_si512(); 4]; 4];
-            for c in (0..d).step_by(64) {
-                // SAFETY: c + 64 ≤ d and every row holds d codes.
-                let kc: [__m512i; 4] =
-                    std::array::from_fn(|t| _mm512_xor_si512(unsafe { _mm512_loadu_si512(rows[t].add(c) as _) }, flip));
+        for h0 in (0..heads).step_by(4) {
+            let hb = 4.min(heads - h0);
+            let head = |h: usize| h0 + if h < hb { h } else { 0 };
+            let mut acc = [[_mm512_setzero_si512(); 2]; 4];
+            for g in (0..fours).step_by(2) {
+                let c = [load(g), if g + 1 < fours { load(g + 1) } else { flip }];
                 for (h, acc) in acc.iter_mut().enumerate() {
-                    let x = unsafe { _mm512_loadu_si512(a.as_ptr().add(head(h) * d + c) as _) };
-                    for t in 0..4 {
-                        acc[t] = _mm512_dpbusd_epi32(acc[t], kc[t], x);
+                    for (odd, acc) in acc.iter_mut().enumerate().take(fours - g) {
+                        // SAFETY: 4(g + odd) + 4 ≤ d and the head lies in the group.
+                        let x = _mm512_set1_epi32(unsafe { four_codes(a, d, head(h), g + odd) });
+                        *acc = _mm512_dpbusd_epi32(*acc, c[odd], x);
                     }
                 }
             }
-            // The integer sums folded as the f32 kernels fold theirs, with integer adds.
-            let as_lanes = acc.map(|acc| acc.map(|a| _mm512_castsi512_ps(a)));
-            let add = |x: __m512, y: __m512| {
-                _mm512_castsi512_ps(_mm512_add_epi32(_mm512_castps_si512(x), _mm512_castps_si512(y)))
-            };
-            let dots = _mm512_sub_epi32(_mm512_castps_si512(fold_sixteen(&as_lanes, add)), offset);
-            let sums = _mm512_mul_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(dots), head_scale), key_scales);
-            // SAFETY: heads h0..h0 + hb and keys j0..j0 + n lie inside the scores (checked sizes).
-            unsafe { store_sixteen(scores, keys, (h0, hb), (j0, n), sums) };
+            for (h, [even, odd]) in acc.iter().enumerate().take(hb) {
+                let dots = _mm512_sub_epi32(_mm512_add_epi32(*even, *odd), _mm512_set1_epi32(offsets[h0 + h]));
+                let sums = _mm512_mul_ps(
+                    _mm512_mul_ps(_mm512_cvtepi32_ps(dots), _mm512_set1_ps(head_scales[h0 + h])),
+                    key_scales,
+                );
+                // SAFETY: keys j0..j0 + n of head h0 + h lie inside the scores (checked sizes).
+                unsafe { _mm512_mask_storeu_ps(scores.as_mut_ptr().add((h0 + h) * keys + j0), mask, sums) };
+            }
         }
     }
 }

@@ -7,6 +7,13 @@
 //! Decoding reads the codes as they are stored and applies each row's scale once: a key's scale
 //! multiplies its score (`q·k = s·(q·c)`), a value's scale its softmax weight
 //! (`Σ p_j·v_j = Σ (p_j·s_j)·c_j`). Prompts, which attend with matmuls, read the rows dequantized.
+//!
+//! Values are stored row after row. Keys are stored in blocks of [`KEY_BLOCK`] positions, and inside
+//! a block four values of each key side by side, key after key (`[p/16][i/4][p%16][i%4]`, see
+//! [`key_offset`]): the 64 bytes at `(block, i/4)` are values `i..i+4` of 16 keys, exactly the operand
+//! of one AVX-512 VNNI `vpdpbusd` against four query values repeated, which leaves one score per
+//! lane — no sums across a register to fold ([`super::int8_attention`]). A cache's capacity is
+//! rounded up to whole blocks.
 
 use candle_core::{CpuStorage, DType, Device, InplaceOp1, Layout, Result, Storage, Tensor};
 
@@ -48,33 +55,54 @@ pub fn as_signed(codes: &[u8]) -> &[i8] {
     unsafe { std::slice::from_raw_parts(codes.as_ptr() as *const i8, codes.len()) }
 }
 
-/// `x` `[…, D]` (f32) as codes `[…, D]` (U8) and scales `[…]` (f32), on the CPU.
-pub fn quantize(x: &Tensor) -> Result<(Tensor, Tensor)> {
-    let (dims, d) = (x.dims().to_vec(), x.dim(candle_core::D::Minus1)?);
-    if d == 0 {
-        candle_core::bail!("int8 KV rows of no values: {dims:?}");
-    }
-    let values = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-    let (codes, scales) = quantize_rows(&values, d);
-    Ok((
-        Tensor::from_vec(codes, dims.as_slice(), &Device::Cpu)?,
-        Tensor::from_vec(scales, &dims[..dims.len() - 1], &Device::Cpu)?,
-    ))
+/// Positions per block of an int8 cache's key codes.
+pub const KEY_BLOCK: usize = 16;
+
+/// A capacity rounded up to whole key blocks (an int8 cache's keys and values are allocated so).
+pub fn block_capacity(capacity: usize) -> usize {
+    capacity.next_multiple_of(KEY_BLOCK)
 }
 
-/// Rows `c·s` of codes `[…, D]` and scales `[…]`, as f32 `[…, D]`: what the cache holds.
-pub fn dequantize(codes: &Tensor, scales: &Tensor) -> Result<Tensor> {
-    let d = codes.dim(candle_core::D::Minus1)?;
-    let c = codes.flatten_all()?.to_vec1::<u8>()?;
-    let s = scales.flatten_all()?.to_vec1::<f32>()?;
-    if d == 0 || c.len() != s.len() * d {
-        candle_core::bail!("int8 KV rows: {:?} codes for {:?} scales", codes.dims(), scales.dims());
+/// Where value `i` of key `p` lies in one KV head's key codes of `d` values a row (`d` a multiple of
+/// 4): `[p/16][i/4][p%16][i%4]`.
+#[inline(always)]
+pub fn key_offset(p: usize, i: usize, d: usize) -> usize {
+    (p / KEY_BLOCK) * KEY_BLOCK * d + (i / 4) * 4 * KEY_BLOCK + (p % KEY_BLOCK) * 4 + i % 4
+}
+
+/// Key rows of `d` codes each, laid out in blocks ([`key_offset`]; the last block's missing keys are
+/// zeros).
+pub fn block_keys(rows: &[u8], d: usize) -> Vec<u8> {
+    let keys = rows.len() / d;
+    let mut blocked = vec![0u8; block_capacity(keys) * d];
+    for (p, row) in rows.chunks_exact(d).enumerate() {
+        for (i, &c) in row.iter().enumerate() {
+            blocked[key_offset(p, i, d)] = c;
+        }
     }
-    let mut values = vec![0f32; c.len()];
-    for ((out, row), &s) in values.chunks_exact_mut(d).zip(as_signed(&c).chunks_exact(d)).zip(&s) {
-        out.iter_mut().zip(row).for_each(|(o, &c)| *o = c as f32 * s);
+    blocked
+}
+
+/// Positions `0..len` of an int8 cache — codes `[B, K, C, D]` (keys in blocks when `keys`) and
+/// scales `[B, K, C]` — as the f32 rows `c·s` `[B, K, len, D]` it holds.
+pub fn dequantize(codes: &Tensor, scales: &Tensor, len: usize, keys: bool) -> Result<Tensor> {
+    let (b, kv, capacity, d) = codes.dims4()?;
+    let stored = if keys { block_capacity(len) } else { len };
+    let blocks_fit = !keys || (capacity.is_multiple_of(KEY_BLOCK) && d.is_multiple_of(4));
+    if d == 0 || stored > capacity || !blocks_fit || scales.dims() != [b, kv, capacity] {
+        candle_core::bail!("int8 KV: {len} rows of {:?} codes with {:?} scales", codes.dims(), scales.dims());
     }
-    Tensor::from_vec(values, codes.shape(), &Device::Cpu)
+    let c = codes.narrow(2, 0, stored)?.flatten_all()?.to_vec1::<u8>()?;
+    let s = scales.narrow(2, 0, len)?.flatten_all()?.to_vec1::<f32>()?;
+    let mut values = vec![0f32; b * kv * len * d];
+    for (head, (out, s)) in values.chunks_exact_mut(len * d).zip(s.chunks_exact(len)).enumerate() {
+        let c = as_signed(&c[head * stored * d..][..stored * d]);
+        for (p, (row, &s)) in out.chunks_exact_mut(d).zip(s).enumerate() {
+            let at = |i: usize| if keys { key_offset(p, i, d) } else { p * d + i };
+            row.iter_mut().enumerate().for_each(|(i, o)| *o = c[at(i)] as f32 * s);
+        }
+    }
+    Tensor::from_vec(values, (b, kv, len, d), &Device::Cpu)
 }
 
 /// The f32 storage behind a CPU tensor (the scales) and its layout, handed to `f`.
@@ -86,56 +114,88 @@ pub(crate) fn with_scales<R>(scales: &Tensor, f: impl FnOnce(&[f32], &Layout) ->
     }
 }
 
+/// Writes `x` `[B, K, T, D]` (f32) quantized into an int8 cache — codes `[B, K, C, D]` (keys in
+/// blocks when `keys`) and scales `[B, K, C]` — at positions `at..at + T` of every sequence.
+pub fn cache_write(codes: &Tensor, scales: &Tensor, x: &Tensor, at: usize, keys: bool) -> Result<()> {
+    let (b, kv, t, _) = x.dims4()?;
+    // Row (head, j) of x — head a flattened (sequence, KV head) — goes to position at + j.
+    let rows: Vec<Row> = (0..b * kv).flat_map(|head| (0..t).map(move |j| (head, at + j, head * t + j))).collect();
+    write_rows(codes, scales, x, &rows, keys)
+}
+
 /// Writes row b of `x` `[1, K, B, D]` (a decode step's new keys or values, f32) quantized into the
-/// pool `codes` `[S, K, C, D]` and `scales` `[S, K, C]` at slot `places[b].0`, position `places[b].1`:
-/// each row quantized once, then one in-place copy per tensor.
-pub fn pool_write(codes: &Tensor, scales: &Tensor, x: &Tensor, places: &[(usize, usize)]) -> Result<()> {
-    let (slots, kv, capacity, d) = codes.dims4()?;
-    let (one, kx, b, dx) = x.dims4()?;
-    let bad = places.iter().any(|&(s, at)| s >= slots || at >= capacity);
-    let dtypes = codes.dtype() == DType::U8 && scales.dtype() == DType::F32 && x.dtype() == DType::F32;
-    if one != 1 || kx != kv || dx != d || b != places.len() || bad || scales.dims() != [slots, kv, capacity] || !dtypes
-    {
-        candle_core::bail!("int8 pool write: {:?} into {:?} at {places:?}", x.dims(), codes.dims());
+/// pool — codes `[S, K, C, D]` (keys in blocks when `keys`) and scales `[S, K, C]` — at slot
+/// `places[b].0`, position `places[b].1`.
+pub fn pool_write(codes: &Tensor, scales: &Tensor, x: &Tensor, places: &[(usize, usize)], keys: bool) -> Result<()> {
+    let (one, kv, b, _) = x.dims4()?;
+    if one != 1 || b != places.len() {
+        candle_core::bail!("int8 pool write: {:?} for {} places", x.dims(), places.len());
     }
-    // Row (g, b) of x goes to pool row (slot_b, g, at_b).
-    let rows: Vec<(usize, usize)> = places
+    // Row (g, b) of x goes to (slot_b, g) at position at_b.
+    let rows: Vec<Row> = places
         .iter()
         .enumerate()
-        .flat_map(|(row, &(slot, at))| (0..kv).map(move |g| ((slot * kv + g) * capacity + at, g * b + row)))
+        .flat_map(|(row, &(slot, at))| (0..kv).map(move |g| (slot * kv + g, at, g * b + row)))
         .collect();
+    write_rows(codes, scales, x, &rows, keys)
+}
+
+/// Where one row goes: (head — the flattened first two axes of the cache —, position, row of x).
+type Row = (usize, usize, usize);
+
+/// Each row of `x` quantized once, then one in-place copy into the codes and one into the scales.
+fn write_rows(codes: &Tensor, scales: &Tensor, x: &Tensor, rows: &[Row], keys: bool) -> Result<()> {
+    let (b, kv, capacity, d) = codes.dims4()?;
+    let x_rows = x.elem_count() / d.max(1);
+    let dtypes = codes.dtype() == DType::U8 && scales.dtype() == DType::F32 && x.dtype() == DType::F32;
+    let fits = rows.iter().all(|&(head, at, from)| head < b * kv && at < capacity && from < x_rows);
+    let blocks_fit = !keys || (capacity.is_multiple_of(KEY_BLOCK) && d.is_multiple_of(4));
+    if x.dim(candle_core::D::Minus1)? != d || scales.dims() != [b, kv, capacity] || !dtypes || !fits || !blocks_fit {
+        candle_core::bail!("int8 KV write: {:?} into {:?} at {rows:?}", x.dims(), codes.dims());
+    }
     let (x_codes, x_scales) = super::cpu::with_f32(x, |x| quantize_rows(x, d))?;
-    let quantized = QuantizedRows { rows: &rows, codes: &x_codes, scales: &x_scales, d };
+    let quantized = QuantizedRows { rows, codes: &x_codes, scales: &x_scales, d, capacity, keys };
     codes.inplace_op1(&quantized)?;
     scales.inplace_op1(&quantized)
 }
 
-/// Rows of `d` codes and their scales, quantized once, copied to rows `to` of a contiguous pool
-/// from rows `from`: the codes into a U8 pool, the scales into an f32 one.
+/// Rows of `d` codes and their scales, quantized once, copied into a contiguous cache: the codes
+/// into its U8 tensor (key rows spread over their block), the scales into its f32 one.
 struct QuantizedRows<'a> {
-    /// `(to, from)` per row.
-    rows: &'a [(usize, usize)],
+    rows: &'a [Row],
     codes: &'a [u8],
     scales: &'a [f32],
     d: usize,
+    capacity: usize,
+    keys: bool,
 }
 
 impl InplaceOp1 for QuantizedRows<'_> {
     fn name(&self) -> &'static str {
-        "int8-pool-rows"
+        "int8-kv-rows"
     }
 
-    fn cpu_fwd(&self, pool: &mut CpuStorage, layout: &Layout) -> Result<()> {
+    fn cpu_fwd(&self, cache: &mut CpuStorage, layout: &Layout) -> Result<()> {
         let Some((start, _)) = layout.contiguous_offsets() else {
-            candle_core::bail!("int8 pool write: the pool must be contiguous");
+            candle_core::bail!("int8 KV write: the cache must be contiguous");
         };
-        let d = self.d;
-        match pool {
-            CpuStorage::U8(pool) => self.rows.iter().for_each(|&(to, from)| {
-                pool[start + to * d..][..d].copy_from_slice(&self.codes[from * d..][..d]);
+        let (d, capacity) = (self.d, self.capacity);
+        match cache {
+            CpuStorage::U8(cache) => self.rows.iter().for_each(|&(head, at, from)| {
+                let (to, row) = (&mut cache[start + head * capacity * d..], &self.codes[from * d..][..d]);
+                if self.keys {
+                    // Four values at a time: each four are side by side in the block.
+                    for (i, four) in row.chunks_exact(4).enumerate() {
+                        to[key_offset(at, 4 * i, d)..][..4].copy_from_slice(four);
+                    }
+                } else {
+                    to[at * d..][..d].copy_from_slice(row);
+                }
             }),
-            CpuStorage::F32(pool) => self.rows.iter().for_each(|&(to, from)| pool[start + to] = self.scales[from]),
-            _ => candle_core::bail!("int8 pool write: U8 codes and f32 scales"),
+            CpuStorage::F32(cache) => {
+                self.rows.iter().for_each(|&(head, at, from)| cache[start + head * capacity + at] = self.scales[from])
+            }
+            _ => candle_core::bail!("int8 KV write: U8 codes and f32 scales"),
         }
         Ok(())
     }

@@ -281,14 +281,15 @@ pub fn pool_attention(
         .iter()
         .enumerate()
         .map(|(i, r)| {
-            let slot = |pool: &Tensor, scales: Option<&Tensor>| -> Result<Tensor> {
-                let rows = pool.narrow(0, r.slot, 1)?.narrow(2, 0, r.len)?;
+            // (An int8 pool's key codes are in blocks of positions.)
+            let slot = |pool: &Tensor, scales: Option<&Tensor>, keys: bool| -> Result<Tensor> {
+                let pool = pool.narrow(0, r.slot, 1)?;
                 match scales {
-                    Some(s) => kv_int8::dequantize(&rows, &s.narrow(0, r.slot, 1)?.narrow(2, 0, r.len)?),
-                    None => cpu::cast(&rows, q.dtype()),
+                    Some(s) => kv_int8::dequantize(&pool, &s.narrow(0, r.slot, 1)?, r.len, keys),
+                    None => cpu::cast(&pool.narrow(2, 0, r.len)?, q.dtype()),
                 }
             };
-            let (k, v) = (slot(k, row_scales.map(|s| s.0))?, slot(v, row_scales.map(|s| s.1))?);
+            let (k, v) = (slot(k, row_scales.map(|s| s.0), true)?, slot(v, row_scales.map(|s| s.1), false)?);
             composed::causal_attention(&q.narrow(2, i, 1)?, &k, &v, None)
         })
         .collect::<Result<Vec<_>>>()?;

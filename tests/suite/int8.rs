@@ -211,21 +211,24 @@ fn int8_panels_are_exact(k: usize, group: usize) {
 #[test]
 fn int8_kv_scores_equal_their_reference_bit_for_bit() {
     use minimind::ops::int8_attention::{int8_scores, int8_scores_reference};
-    use minimind::ops::kv_int8::{as_signed, quantize_rows};
-    // Query heads of one grouped-query group against cached key rows quantized as the cache holds
-    // them; 64-wide heads take AVX-512 VNNI where the CPU has it, 32-wide ones the integer loop; odd
-    // key counts leave a partial block of four.
-    // More heads or values than the stack buffers hold (20 heads; 5 × 256 values) take the heap.
-    for (heads, d, keys) in [(4, 64, 37), (3, 64, 8), (4, 128, 5), (2, 32, 19), (5, 64, 1), (20, 64, 9), (5, 256, 3)] {
+    use minimind::ops::kv_int8::{as_signed, block_keys, quantize_rows};
+    // Query heads of one grouped-query group against cached key rows quantized and laid out in
+    // blocks of 16 positions as the cache holds them; AVX-512 VNNI or AVX2 where the CPU has them
+    // (odd numbers of four values: d = 36, 20); key counts that leave a partial last block, heads
+    // past a multiple of four. More heads or values than the stack buffers hold (20 heads;
+    // 5 × 256 values) take the heap.
+    let shapes = [(4, 64, 37), (3, 64, 8), (4, 128, 5), (2, 32, 19), (5, 64, 1), (20, 64, 9), (5, 256, 3), (4, 64, 48)];
+    for (heads, d, keys) in shapes.into_iter().chain([(4, 36, 17), (1, 20, 33), (7, 16, 16)]) {
         let values = |n: usize, seed: u32| -> Vec<f32> {
             (0..n as u32).map(|i| (i.wrapping_mul(2654435761) ^ seed) % 2001).map(|x| x as f32 / 1000.0 - 1.0).collect()
         };
         let q = values(heads * d, 7);
         let (codes, scales) = quantize_rows(&values(keys * d, 11), d);
+        let blocked = block_keys(&codes, d);
         let v = vec![0i8; keys * d];
         let (mut ours, mut reference) = (vec![0f32; heads * keys], vec![0f32; heads * keys]);
-        int8_scores(&q, d, (as_signed(&codes), &scales), &v, keys, 0.125, &mut ours);
-        int8_scores_reference(&q, d, (as_signed(&codes), &scales), keys, 0.125, &mut reference);
+        int8_scores(&q, d, (as_signed(&blocked), &scales), &v, keys, 0.125, &mut ours);
+        int8_scores_reference(&q, d, (as_signed(&blocked), &scales), keys, 0.125, &mut reference);
         let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
         assert_eq!(bits(&ours), bits(&reference), "heads {heads}, d {d}, keys {keys}");
         // And close to the f32 scores of the rows as cached (the queries are quantized too).

@@ -189,14 +189,16 @@ fn an_f16_kv_cache_decodes_close_to_the_f32_one() {
 #[test]
 fn an_int8_kv_cache_decodes_close_to_the_f32_one() {
     let (mut model, _) = micro_model(5);
-    let ids = random_ids(2, 12, 97, 9);
+    let ids = random_ids(2, 40, 97, 9);
     let full = model.forward(&ids, None).unwrap();
     model.set_kv_int8(true).unwrap();
     assert_eq!(model.kv_dtype(), DType::U8);
-    // Prefill 6 (attending over its own rows as cached), a chunk of 2 (over the cached prefix,
-    // dequantized), then one token at a time (the fused kernel reading the codes), on the fused
-    // kernels and the composed reference.
-    for (fused, diff) in [true, false].into_iter().zip(off_by_kernels(&model, &ids, &full, &[6, 2, 1, 1, 1, 1])) {
+    // Prefill 19 (attending over its own rows as cached, its keys across two blocks of 16
+    // positions), a chunk of 2 (over the cached prefix, dequantized), then one token at a time past
+    // the next block's start (the fused kernel reading the codes), on the fused kernels and the
+    // composed reference.
+    let sizes: Vec<usize> = [19, 2].into_iter().chain([1; 19]).collect();
+    for (fused, diff) in [true, false].into_iter().zip(off_by_kernels(&model, &ids, &full, &sizes)) {
         assert!(diff > 0.0 && diff < 0.1, "fused {fused}: int8 cache off by {diff}");
     }
     // A pool takes over only a cache of its own format.
