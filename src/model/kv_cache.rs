@@ -4,6 +4,7 @@
 use crate::model::config::ModelConfig;
 use crate::model::MiniMindForCausalLM;
 use crate::ops;
+use crate::ops::kv_int8::Stored;
 use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor};
 
@@ -101,7 +102,7 @@ fn allocate(
     if dtype == DType::U8 && !device.is_cpu() {
         bail!("an int8 KV cache lives on the CPU");
     }
-    // An int8 cache keeps its keys in blocks of positions: whole blocks are allocated.
+    // An int8 cache keeps its codes in blocks of positions: whole blocks are allocated.
     let capacity = if dtype == DType::U8 { ops::kv_int8::block_capacity(capacity) } else { capacity };
     let rows = [batch, config.num_key_value_heads, capacity];
     let pairs = |shape: &[usize], dtype| -> Result<Layers> {
@@ -176,17 +177,17 @@ impl KvCache {
             v_buf.slice_set(&ops::cast(v, v_buf.dtype())?.contiguous()?, 2, self.len)?;
             return Ok(ops::causal_attention(q, &k_buf.narrow(2, 0, end)?, &v_buf.narrow(2, 0, end)?, dropout)?);
         };
-        ops::kv_int8::cache_write(k_buf, k_scales, &k.to_dtype(DType::F32)?, self.len, true)?;
-        ops::kv_int8::cache_write(v_buf, v_scales, &v.to_dtype(DType::F32)?, self.len, false)?;
+        ops::kv_int8::cache_write(k_buf, k_scales, &k.to_dtype(DType::F32)?, self.len, Stored::Keys)?;
+        ops::kv_int8::cache_write(v_buf, v_scales, &v.to_dtype(DType::F32)?, self.len, Stored::Values)?;
         if t == 1 && ops::fused_enabled() {
-            // (The kernel reads the last block of keys whole, from the buffer behind the view.)
+            // (The kernels read the last block whole, from the buffer behind the view.)
             let (kc, vc) = (k_buf.narrow(2, 0, end)?, v_buf.narrow(2, 0, end)?);
             let (ks, vs) = (k_scales.narrow(2, 0, end)?, v_scales.narrow(2, 0, end)?);
             return Ok(ops::attention::decode_attention_int8(q, (&kc, &vc), (&ks, &vs))?);
         }
         // A prompt attends with matmuls over the rows as cached, dequantized.
-        let k = ops::kv_int8::dequantize(k_buf, k_scales, end, true)?;
-        let v = ops::kv_int8::dequantize(v_buf, v_scales, end, false)?;
+        let k = ops::kv_int8::dequantize(k_buf, k_scales, end, Stored::Keys)?;
+        let v = ops::kv_int8::dequantize(v_buf, v_scales, end, Stored::Values)?;
         Ok(ops::causal_attention(q, &k, &v, None)?)
     }
 
@@ -234,7 +235,7 @@ impl KvPool {
         if cache.scales.len() != self.scales.len() {
             bail!("the cache and the pool hold keys and values in different formats");
         }
-        // An int8 cache's keys are copied in whole blocks (both capacities are whole blocks).
+        // An int8 cache is copied in whole blocks (both capacities are whole blocks).
         let copied = if self.scales.is_empty() { len } else { ops::kv_int8::block_capacity(len) };
         let pairs = self.layers.iter().zip(&cache.layers).chain(self.scales.iter().zip(&cache.scales));
         for ((k_pool, v_pool), (k, v)) in pairs {
@@ -266,8 +267,8 @@ impl KvPool {
         let (k_pool, v_pool) = &self.layers[layer];
         let places: Vec<(usize, usize)> = slots.iter().map(|&s| (s, self.lens[s])).collect();
         if let Some((k_scales, v_scales)) = self.scales.get(layer) {
-            ops::kv_int8::pool_write(k_pool, k_scales, k, &places, true)?;
-            return Ok(ops::kv_int8::pool_write(v_pool, v_scales, v, &places, false)?);
+            ops::kv_int8::pool_write(k_pool, k_scales, k, &places, Stored::Keys)?;
+            return Ok(ops::kv_int8::pool_write(v_pool, v_scales, v, &places, Stored::Values)?);
         }
         let pool_dtype = matches!(k_pool.dtype(), DType::F32 | DType::F16);
         if k_pool.device().is_cpu() && pool_dtype && k.dtype() == DType::F32 {

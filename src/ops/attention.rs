@@ -185,7 +185,8 @@ fn softmax_row_weighted(row: &mut [f32], len: usize, weights: Option<&[f32]>) ->
 /// log-sum-exp in `lse`. A head gets the same bits alone as in its group. `scores` holds at least
 /// `heads·keys` values. With `row_scales` (an int8 cache's key and value scales, one per row), `k`
 /// and `v` are codes: the scores are integer dot products with the quantized queries
-/// ([`super::int8_attention`]), and each softmax weight is multiplied by its value row's scale.
+/// ([`super::int8_attention`]), each softmax weight is multiplied by its value row's scale, and the
+/// weighted sum is an integer one too ([`super::int8_values`]).
 #[allow(clippy::too_many_arguments)]
 pub(super) fn decode_heads<T: simd::KvElem>(
     q: &[f32],
@@ -210,7 +211,10 @@ pub(super) fn decode_heads<T: simd::KvElem>(
     for (row, lse) in scores.chunks_exact_mut(keys).zip(lse.iter_mut()) {
         *lse = softmax_row_weighted(row, keys, v_scales);
     }
-    simd::weighted_rows(scores, keys, v, d, out);
+    match (v_scales, T::codes(v)) {
+        (Some(_), Some(v)) => super::int8_values::int8_weighted(scores, keys, v, d, out),
+        _ => simd::weighted_rows(scores, keys, v, d, out),
+    }
 }
 
 impl FlashAttention {

@@ -1,7 +1,7 @@
 //! Attention scores over an int8 KV cache ([`super::kv_int8`]) as integer dot products. Each query
 //! head is quantized as a cached row is (`q ≈ s_q·a`, `a ∈ [−127, 127]`), so that
 //! `scale·q·k_j ≈ ((a·c_j)·(s_q·scale))·s_j` with `a·c_j` an exact i32. The keys are stored in blocks
-//! of 16 positions with four values of each key side by side ([`super::kv_int8::key_offset`]), so a
+//! of 16 positions with four values of each key side by side ([`super::kv_int8::Stored::Keys`]), so a
 //! vector of 16 i32 lanes holds the dots of 16 keys: on AVX-512 VNNI one `vpdpbusd` per head and four
 //! values of 16 keys (the key codes offset to unsigned bytes, the query's four values repeated in
 //! every lane, the query's `128·Σa` subtracted after); on AVX2 `vpmaddubsw`/`vpmaddwd` on eight keys
@@ -10,7 +10,7 @@
 //! that follow, so a score has the same bits on every instruction set ([`int8_scores_reference`]),
 //! alone or in a batch. The key codes are read once for the query heads of a grouped-query group.
 
-use super::kv_int8::{key_offset, quantize_row, KEY_BLOCK};
+use super::kv_int8::{quantize_row, Stored, KEY_BLOCK};
 
 /// Query heads of one grouped-query group, and their values, quantized on the stack (more on the
 /// heap).
@@ -20,8 +20,8 @@ const MAX_QUERY: usize = 1024;
 const AHEAD: usize = 64;
 
 /// `scores[h·keys + j] = scale·q_h·k_j` for query heads `q` `[heads, d]` over `keys` keys of one KV
-/// head's codes `k` in blocks ([`super::kv_int8::key_offset`]; the last block read whole) with
-/// scales `k_scales`; the value rows `v` (row stride `d`) are asked into L2 as the keys are read,
+/// head's codes `k` in blocks ([`super::kv_int8::Stored::Keys`]; the last block read whole) with
+/// scales `k_scales`; the value codes `v` of those positions are asked into L2 as the keys are read,
 /// for the weighted sum that follows (AVX-512).
 pub fn int8_scores(
     q: &[f32],
@@ -62,7 +62,7 @@ pub fn int8_scores(
 }
 
 /// The first `n` values of `stack`, or of `heap` grown to `n` when the stack buffer is too small.
-fn on_stack_or_heap<'a, T: Copy + Default, const N: usize>(
+pub(super) fn on_stack_or_heap<'a, T: Copy + Default, const N: usize>(
     stack: &'a mut [T; N],
     heap: &'a mut Vec<T>,
     n: usize,
@@ -77,7 +77,7 @@ fn on_stack_or_heap<'a, T: Copy + Default, const N: usize>(
 
 /// Whether the CPU has AVX-512 VNNI (and the AVX-512 level is allowed).
 #[cfg(target_arch = "x86_64")]
-fn vnni() -> bool {
+pub(super) fn vnni() -> bool {
     use std::sync::OnceLock;
     static VNNI: OnceLock<bool> = OnceLock::new();
     super::simd::level() == 2
@@ -85,7 +85,7 @@ fn vnni() -> bool {
 }
 
 /// [`int8_scores`] by its definition, without vector code: the reference the dispatched kernels
-/// must equal bit for bit. Each key's codes are found through [`key_offset`].
+/// must equal bit for bit. Each key's codes are found through [`Stored::offset`].
 pub fn int8_scores_reference(
     q: &[f32],
     d: usize,
@@ -99,7 +99,7 @@ pub fn int8_scores_reference(
     let a = super::kv_int8::as_signed(&codes);
     for h in 0..heads {
         for j in 0..keys {
-            let dot: i32 = (0..d).map(|i| a[h * d + i] as i32 * k[key_offset(j, i, d)] as i32).sum();
+            let dot: i32 = (0..d).map(|i| a[h * d + i] as i32 * k[Stored::Keys.offset(j, i, d)] as i32).sum();
             scores[h * keys + j] = (dot as f32 * (q_scales[h] * scale)) * k_scales[j];
         }
     }

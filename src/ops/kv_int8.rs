@@ -8,38 +8,54 @@
 //! multiplies its score (`q·k = s·(q·c)`), a value's scale its softmax weight
 //! (`Σ p_j·v_j = Σ (p_j·s_j)·c_j`). Prompts, which attend with matmuls, read the rows dequantized.
 //!
-//! Values are stored row after row. Keys are stored in blocks of [`KEY_BLOCK`] positions, and inside
-//! a block four values of each key side by side, key after key (`[p/16][i/4][p%16][i%4]`, see
-//! [`key_offset`]): the 64 bytes at `(block, i/4)` are values `i..i+4` of 16 keys, exactly the operand
-//! of one AVX-512 VNNI `vpdpbusd` against four query values repeated, which leaves one score per
-//! lane — no sums across a register to fold ([`super::int8_attention`]). A cache's capacity is
+//! Both are stored for the vector instructions that read them, in blocks of [`KEY_BLOCK`] positions
+//! ([`Stored::offset`]). Keys: inside a block, four values of each key side by side, key after key
+//! (`[p/16][i/4][p%16][i%4]`): the 64 bytes at `(block, i/4)` are values `i..i+4` of 16 keys, the
+//! operand of one AVX-512 VNNI `vpdpbusd` against four query values repeated, which leaves one score
+//! per lane — no sums across a register to fold. Values: each value of two positions side by side
+//! (`[p/2][i][p%2]`): 32 bytes widened to 16-bit are 16 values of two positions, the operand of one
+//! `vpdpwssd` against the two positions' weights ([`super::int8_attention`]). A cache's capacity is
 //! rounded up to whole blocks.
 
 use candle_core::{CpuStorage, DType, Device, InplaceOp1, Layout, Result, Storage, Tensor};
 
-/// Codes and scale of one row: `s = max|x|/127`, codes rounded half to even (as the int8
-/// activations are), clamped to ±127.
-pub(super) fn quantize_row(x: &[f32], codes: &mut [u8]) -> f32 {
-    let scale = row_scale(x);
-    let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
-    // Adding 1.5·2²³ rounds y ∈ [−127, 127] to an integer n, half to even, and leaves n in the low
-    // bits of the sum (whose unit in the last place is 1): plain arithmetic that vectorizes, where
-    // `round_ties_even` is a library call without SSE4.1.
-    const ROUND: f32 = 12_582_912.0;
-    for (c, v) in codes.iter_mut().zip(x) {
-        let y = (v * inv).clamp(-127.0, 127.0);
-        *c = (y + ROUND).to_bits().wrapping_sub(ROUND.to_bits()) as u8;
+super::simd::dispatch! {
+    /// Codes and scale of one row: `s = max|x|/127`, codes rounded half to even (as the int8
+    /// activations are), clamped to ±127.
+    pub fn quantize_row(x: &[f32], codes: &mut [u8]) -> f32 {
+        let scale = row_scale(x);
+        let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
+        // Adding 1.5·2²³ rounds y ∈ [−127, 127] to an integer n, half to even, and leaves n in the
+        // low bits of the sum (whose unit in the last place is 1): plain arithmetic that vectorizes,
+        // where `round_ties_even` is a library call without SSE4.1.
+        const ROUND: f32 = 12_582_912.0;
+        for (c, v) in codes.iter_mut().zip(x) {
+            let y = (v * inv).clamp(-127.0, 127.0);
+            *c = (y + ROUND).to_bits().wrapping_sub(ROUND.to_bits()) as u8;
+        }
+        scale
     }
-    scale
 }
 
 /// A row's scale, `max|x|/127` — NaN if a value is NaN, so that it reaches the scores as an f32
-/// cache's NaN would (its codes are 0).
+/// cache's NaN would (its codes are 0). In 16 lanes without branches, so that it vectorizes.
+#[inline(always)]
 fn row_scale(x: &[f32]) -> f32 {
-    if x.iter().any(|v| v.is_nan()) {
+    let (mut max, mut nan) = ([0f32; 16], [false; 16]);
+    let chunks = x.chunks_exact(16);
+    let tail = chunks.remainder();
+    for chunk in chunks {
+        let chunk: &[f32; 16] = chunk.try_into().expect("a whole chunk");
+        for l in 0..16 {
+            max[l] = max[l].max(chunk[l].abs());
+            nan[l] |= chunk[l].is_nan();
+        }
+    }
+    // (The tail apart: indexing the lanes with it would keep them out of registers.)
+    if nan.iter().any(|&n| n) || tail.iter().any(|v| v.is_nan()) {
         return f32::NAN;
     }
-    x.iter().fold(0f32, |m, v| m.max(v.abs())) / 127.0
+    max.iter().chain(tail).fold(0f32, |m, &v| m.max(v.abs())) / 127.0
 }
 
 /// Rows of `d` values quantized: codes (`i8` bits) and one scale per row.
@@ -55,41 +71,54 @@ pub fn as_signed(codes: &[u8]) -> &[i8] {
     unsafe { std::slice::from_raw_parts(codes.as_ptr() as *const i8, codes.len()) }
 }
 
-/// Positions per block of an int8 cache's key codes.
+/// Positions per block of an int8 cache's codes.
 pub const KEY_BLOCK: usize = 16;
 
-/// A capacity rounded up to whole key blocks (an int8 cache's keys and values are allocated so).
+/// A capacity rounded up to whole blocks (an int8 cache is allocated so).
 pub fn block_capacity(capacity: usize) -> usize {
     capacity.next_multiple_of(KEY_BLOCK)
 }
 
-/// Where value `i` of key `p` lies in one KV head's key codes of `d` values a row (`d` a multiple of
-/// 4): `[p/16][i/4][p%16][i%4]`.
-#[inline(always)]
-pub fn key_offset(p: usize, i: usize, d: usize) -> usize {
-    (p / KEY_BLOCK) * KEY_BLOCK * d + (i / 4) * 4 * KEY_BLOCK + (p % KEY_BLOCK) * 4 + i % 4
+/// How an int8 cache lays out one KV head's codes, `d` (a multiple of 4) values a position.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stored {
+    /// `[p/16][i/4][p%16][i%4]`: four values of each of 16 keys side by side.
+    Keys,
+    /// `[p/2][i][p%2]`: each value of two positions side by side.
+    Values,
 }
 
-/// Key rows of `d` codes each, laid out in blocks ([`key_offset`]; the last block's missing keys are
-/// zeros).
-pub fn block_keys(rows: &[u8], d: usize) -> Vec<u8> {
-    let keys = rows.len() / d;
-    let mut blocked = vec![0u8; block_capacity(keys) * d];
-    for (p, row) in rows.chunks_exact(d).enumerate() {
-        for (i, &c) in row.iter().enumerate() {
-            blocked[key_offset(p, i, d)] = c;
+impl Stored {
+    /// Where value `i` of position `p` lies.
+    #[inline(always)]
+    pub fn offset(self, p: usize, i: usize, d: usize) -> usize {
+        match self {
+            Stored::Keys => (p / KEY_BLOCK) * KEY_BLOCK * d + (i / 4) * 4 * KEY_BLOCK + (p % KEY_BLOCK) * 4 + i % 4,
+            Stored::Values => (p / 2) * 2 * d + 2 * i + p % 2,
         }
     }
-    blocked
+
+    /// Rows of `d` codes each laid out so (the last block's missing positions are zeros).
+    pub fn lay_out(self, rows: &[u8], d: usize) -> Vec<u8> {
+        let mut stored = vec![0u8; block_capacity(rows.len() / d) * d];
+        for (p, row) in rows.chunks_exact(d).enumerate() {
+            row.iter().enumerate().for_each(|(i, &c)| stored[self.offset(p, i, d)] = c);
+        }
+        stored
+    }
 }
 
-/// Positions `0..len` of an int8 cache — codes `[B, K, C, D]` (keys in blocks when `keys`) and
-/// scales `[B, K, C]` — as the f32 rows `c·s` `[B, K, len, D]` it holds.
-pub fn dequantize(codes: &Tensor, scales: &Tensor, len: usize, keys: bool) -> Result<Tensor> {
+/// Whether a cache of `capacity` positions of `d` values can hold blocks.
+fn holds_blocks(capacity: usize, d: usize) -> bool {
+    capacity.is_multiple_of(KEY_BLOCK) && d.is_multiple_of(4)
+}
+
+/// Positions `0..len` of an int8 cache — codes `[B, K, C, D]` laid out as `layout` and scales
+/// `[B, K, C]` — as the f32 rows `c·s` `[B, K, len, D]` it holds.
+pub fn dequantize(codes: &Tensor, scales: &Tensor, len: usize, layout: Stored) -> Result<Tensor> {
     let (b, kv, capacity, d) = codes.dims4()?;
-    let stored = if keys { block_capacity(len) } else { len };
-    let blocks_fit = !keys || (capacity.is_multiple_of(KEY_BLOCK) && d.is_multiple_of(4));
-    if d == 0 || stored > capacity || !blocks_fit || scales.dims() != [b, kv, capacity] {
+    let stored = block_capacity(len);
+    if d == 0 || stored > capacity || !holds_blocks(capacity, d) || scales.dims() != [b, kv, capacity] {
         candle_core::bail!("int8 KV: {len} rows of {:?} codes with {:?} scales", codes.dims(), scales.dims());
     }
     let c = codes.narrow(2, 0, stored)?.flatten_all()?.to_vec1::<u8>()?;
@@ -98,8 +127,7 @@ pub fn dequantize(codes: &Tensor, scales: &Tensor, len: usize, keys: bool) -> Re
     for (head, (out, s)) in values.chunks_exact_mut(len * d).zip(s.chunks_exact(len)).enumerate() {
         let c = as_signed(&c[head * stored * d..][..stored * d]);
         for (p, (row, &s)) in out.chunks_exact_mut(d).zip(s).enumerate() {
-            let at = |i: usize| if keys { key_offset(p, i, d) } else { p * d + i };
-            row.iter_mut().enumerate().for_each(|(i, o)| *o = c[at(i)] as f32 * s);
+            row.iter_mut().enumerate().for_each(|(i, o)| *o = c[layout.offset(p, i, d)] as f32 * s);
         }
     }
     Tensor::from_vec(values, (b, kv, len, d), &Device::Cpu)
@@ -114,19 +142,25 @@ pub(crate) fn with_scales<R>(scales: &Tensor, f: impl FnOnce(&[f32], &Layout) ->
     }
 }
 
-/// Writes `x` `[B, K, T, D]` (f32) quantized into an int8 cache — codes `[B, K, C, D]` (keys in
-/// blocks when `keys`) and scales `[B, K, C]` — at positions `at..at + T` of every sequence.
-pub fn cache_write(codes: &Tensor, scales: &Tensor, x: &Tensor, at: usize, keys: bool) -> Result<()> {
+/// Writes `x` `[B, K, T, D]` (f32) quantized into an int8 cache — codes `[B, K, C, D]` laid out as
+/// `layout` and scales `[B, K, C]` — at positions `at..at + T` of every sequence.
+pub fn cache_write(codes: &Tensor, scales: &Tensor, x: &Tensor, at: usize, layout: Stored) -> Result<()> {
     let (b, kv, t, _) = x.dims4()?;
     // Row (head, j) of x — head a flattened (sequence, KV head) — goes to position at + j.
     let rows: Vec<Row> = (0..b * kv).flat_map(|head| (0..t).map(move |j| (head, at + j, head * t + j))).collect();
-    write_rows(codes, scales, x, &rows, keys)
+    write_rows(codes, scales, x, &rows, layout)
 }
 
 /// Writes row b of `x` `[1, K, B, D]` (a decode step's new keys or values, f32) quantized into the
-/// pool — codes `[S, K, C, D]` (keys in blocks when `keys`) and scales `[S, K, C]` — at slot
-/// `places[b].0`, position `places[b].1`.
-pub fn pool_write(codes: &Tensor, scales: &Tensor, x: &Tensor, places: &[(usize, usize)], keys: bool) -> Result<()> {
+/// pool — codes `[S, K, C, D]` laid out as `layout` and scales `[S, K, C]` — at slot `places[b].0`,
+/// position `places[b].1`.
+pub fn pool_write(
+    codes: &Tensor,
+    scales: &Tensor,
+    x: &Tensor,
+    places: &[(usize, usize)],
+    layout: Stored,
+) -> Result<()> {
     let (one, kv, b, _) = x.dims4()?;
     if one != 1 || b != places.len() {
         candle_core::bail!("int8 pool write: {:?} for {} places", x.dims(), places.len());
@@ -137,37 +171,37 @@ pub fn pool_write(codes: &Tensor, scales: &Tensor, x: &Tensor, places: &[(usize,
         .enumerate()
         .flat_map(|(row, &(slot, at))| (0..kv).map(move |g| (slot * kv + g, at, g * b + row)))
         .collect();
-    write_rows(codes, scales, x, &rows, keys)
+    write_rows(codes, scales, x, &rows, layout)
 }
 
 /// Where one row goes: (head — the flattened first two axes of the cache —, position, row of x).
 type Row = (usize, usize, usize);
 
 /// Each row of `x` quantized once, then one in-place copy into the codes and one into the scales.
-fn write_rows(codes: &Tensor, scales: &Tensor, x: &Tensor, rows: &[Row], keys: bool) -> Result<()> {
+fn write_rows(codes: &Tensor, scales: &Tensor, x: &Tensor, rows: &[Row], layout: Stored) -> Result<()> {
     let (b, kv, capacity, d) = codes.dims4()?;
     let x_rows = x.elem_count() / d.max(1);
     let dtypes = codes.dtype() == DType::U8 && scales.dtype() == DType::F32 && x.dtype() == DType::F32;
     let fits = rows.iter().all(|&(head, at, from)| head < b * kv && at < capacity && from < x_rows);
-    let blocks_fit = !keys || (capacity.is_multiple_of(KEY_BLOCK) && d.is_multiple_of(4));
-    if x.dim(candle_core::D::Minus1)? != d || scales.dims() != [b, kv, capacity] || !dtypes || !fits || !blocks_fit {
+    let blocks = holds_blocks(capacity, d);
+    if x.dim(candle_core::D::Minus1)? != d || scales.dims() != [b, kv, capacity] || !dtypes || !fits || !blocks {
         candle_core::bail!("int8 KV write: {:?} into {:?} at {rows:?}", x.dims(), codes.dims());
     }
     let (x_codes, x_scales) = super::cpu::with_f32(x, |x| quantize_rows(x, d))?;
-    let quantized = QuantizedRows { rows, codes: &x_codes, scales: &x_scales, d, capacity, keys };
+    let quantized = QuantizedRows { rows, codes: &x_codes, scales: &x_scales, d, capacity, layout };
     codes.inplace_op1(&quantized)?;
     scales.inplace_op1(&quantized)
 }
 
 /// Rows of `d` codes and their scales, quantized once, copied into a contiguous cache: the codes
-/// into its U8 tensor (key rows spread over their block), the scales into its f32 one.
+/// into its U8 tensor (each row spread over its block), the scales into its f32 one.
 struct QuantizedRows<'a> {
     rows: &'a [Row],
     codes: &'a [u8],
     scales: &'a [f32],
     d: usize,
     capacity: usize,
-    keys: bool,
+    layout: Stored,
 }
 
 impl InplaceOp1 for QuantizedRows<'_> {
@@ -183,13 +217,14 @@ impl InplaceOp1 for QuantizedRows<'_> {
         match cache {
             CpuStorage::U8(cache) => self.rows.iter().for_each(|&(head, at, from)| {
                 let (to, row) = (&mut cache[start + head * capacity * d..], &self.codes[from * d..][..d]);
-                if self.keys {
+                match self.layout {
                     // Four values at a time: each four are side by side in the block.
-                    for (i, four) in row.chunks_exact(4).enumerate() {
-                        to[key_offset(at, 4 * i, d)..][..4].copy_from_slice(four);
+                    Stored::Keys => row.chunks_exact(4).enumerate().for_each(|(i, four)| {
+                        to[Stored::Keys.offset(at, 4 * i, d)..][..4].copy_from_slice(four);
+                    }),
+                    Stored::Values => {
+                        row.iter().enumerate().for_each(|(i, &c)| to[Stored::Values.offset(at, i, d)] = c)
                     }
-                } else {
-                    to[at * d..][..d].copy_from_slice(row);
                 }
             }),
             CpuStorage::F32(cache) => {

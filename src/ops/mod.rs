@@ -19,6 +19,7 @@ pub mod heads;
 pub mod int8;
 pub mod int8_attention;
 mod int8_rows;
+pub mod int8_values;
 pub mod kv_int8;
 pub mod mlp;
 pub mod norm;
@@ -281,15 +282,18 @@ pub fn pool_attention(
         .iter()
         .enumerate()
         .map(|(i, r)| {
-            // (An int8 pool's key codes are in blocks of positions.)
-            let slot = |pool: &Tensor, scales: Option<&Tensor>, keys: bool| -> Result<Tensor> {
+            // (An int8 pool's codes are in blocks of positions.)
+            let slot = |pool: &Tensor, scales: Option<&Tensor>, layout: kv_int8::Stored| -> Result<Tensor> {
                 let pool = pool.narrow(0, r.slot, 1)?;
                 match scales {
-                    Some(s) => kv_int8::dequantize(&pool, &s.narrow(0, r.slot, 1)?, r.len, keys),
+                    Some(s) => kv_int8::dequantize(&pool, &s.narrow(0, r.slot, 1)?, r.len, layout),
                     None => cpu::cast(&pool.narrow(2, 0, r.len)?, q.dtype()),
                 }
             };
-            let (k, v) = (slot(k, row_scales.map(|s| s.0), true)?, slot(v, row_scales.map(|s| s.1), false)?);
+            let (k, v) = (
+                slot(k, row_scales.map(|s| s.0), kv_int8::Stored::Keys)?,
+                slot(v, row_scales.map(|s| s.1), kv_int8::Stored::Values)?,
+            );
             composed::causal_attention(&q.narrow(2, i, 1)?, &k, &v, None)
         })
         .collect::<Result<Vec<_>>>()?;

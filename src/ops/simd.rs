@@ -38,7 +38,7 @@ macro_rules! dispatch {
                 #[target_feature(enable = "avx2,fma")]
                 unsafe fn avx2($($arg: $ty),*) -> $ret { imp($($arg),*) }
                 // SAFETY: each variant runs only where its target feature was detected.
-                match level() {
+                match $crate::ops::simd::level() {
                     2 => return unsafe { avx512($($arg),*) },
                     1 => return unsafe { avx2($($arg),*) },
                     _ => {}
@@ -48,6 +48,8 @@ macro_rules! dispatch {
         }
     };
 }
+/// For the int8 kernels' scalar-looking loops (quantizing a row), compiled the same three ways.
+pub(crate) use dispatch;
 
 /// 2: AVX-512F, 1: AVX2+FMA, 0: baseline (detected once). `MINIMIND_SIMD=avx2` or `portable` picks a
 /// lower level than the CPU has, to measure or test that path (`avx512`: AVX-512 without AMX, see

@@ -211,7 +211,7 @@ fn int8_panels_are_exact(k: usize, group: usize) {
 #[test]
 fn int8_kv_scores_equal_their_reference_bit_for_bit() {
     use minimind::ops::int8_attention::{int8_scores, int8_scores_reference};
-    use minimind::ops::kv_int8::{as_signed, block_keys, quantize_rows};
+    use minimind::ops::kv_int8::{as_signed, quantize_rows, Stored};
     // Query heads of one grouped-query group against cached key rows quantized and laid out in
     // blocks of 16 positions as the cache holds them; AVX-512 VNNI or AVX2 where the CPU has them
     // (odd numbers of four values: d = 36, 20); key counts that leave a partial last block, heads
@@ -224,7 +224,7 @@ fn int8_kv_scores_equal_their_reference_bit_for_bit() {
         };
         let q = values(heads * d, 7);
         let (codes, scales) = quantize_rows(&values(keys * d, 11), d);
-        let blocked = block_keys(&codes, d);
+        let blocked = Stored::Keys.lay_out(&codes, d);
         let v = vec![0i8; keys * d];
         let (mut ours, mut reference) = (vec![0f32; heads * keys], vec![0f32; heads * keys]);
         int8_scores(&q, d, (as_signed(&blocked), &scales), &v, keys, 0.125, &mut ours);
@@ -245,4 +245,49 @@ fn int8_kv_scores_equal_their_reference_bit_for_bit() {
             }
         }
     }
+}
+
+#[test]
+fn int8_kv_weighted_values_equal_their_reference_bit_for_bit() {
+    use minimind::ops::int8_values::{int8_weighted, int8_weighted_reference};
+    use minimind::ops::kv_int8::{as_signed, quantize_rows, Stored};
+    // Softmax-like weights (times value scales) of a group's heads over value rows quantized and
+    // laid out in pairs of positions as the cache holds them; AVX-512 VNNI for 64-wide heads, AVX2
+    // for 32-wide, the integer loop otherwise; odd key counts leave a last pair half empty; heads
+    // past a multiple of four (two on AVX2); more weights than the stack holds take the heap.
+    let shapes = [(4, 64, 37), (3, 64, 8), (4, 128, 5), (2, 32, 19), (5, 64, 1), (3, 32, 2), (1, 16, 7), (2, 64, 2100)];
+    for (heads, d, keys) in shapes {
+        let values = |n: usize, seed: u32| -> Vec<f32> {
+            (0..n as u32).map(|i| (i.wrapping_mul(2654435761) ^ seed) % 2001).map(|x| x as f32 / 1000.0 - 1.0).collect()
+        };
+        // Positive weights spanning a few decades, one head's all zero.
+        let w: Vec<f32> = values(heads * keys, 5)
+            .iter()
+            .enumerate()
+            .map(|(n, x)| if heads > 2 && n / keys == 2 { 0.0 } else { (4.0 * x).exp() / keys as f32 })
+            .collect();
+        let (codes, scales) = quantize_rows(&values(keys * d, 13), d);
+        let stored = Stored::Values.lay_out(&codes, d);
+        let (mut ours, mut reference) = (vec![f32::NAN; heads * d], vec![f32::NAN; heads * d]);
+        int8_weighted(&w, keys, as_signed(&stored), d, &mut ours);
+        int8_weighted_reference(&w, keys, as_signed(&stored), d, &mut reference);
+        let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&ours), bits(&reference), "heads {heads}, d {d}, keys {keys}");
+        // And close to the f32 sums over the codes (the weights are quantized to 16 bits).
+        for h in 0..heads {
+            let top = (0..keys).map(|j| w[h * keys + j]).fold(0f32, f32::max);
+            for i in 0..d {
+                let exact: f32 = (0..keys).map(|j| w[h * keys + j] * as_signed(&codes)[j * d + i] as f32).sum();
+                let got = ours[h * d + i];
+                let bound = 127.0 * keys as f32 * top / 65534.0 + 1e-4 * exact.abs();
+                assert!((got - exact).abs() <= bound, "value ({h}, {i}): {got} vs {exact}");
+            }
+        }
+        let _ = scales;
+    }
+    // A NaN weight reaches every output value of its head; all-zero weights give zeros.
+    let stored = Stored::Values.lay_out(&[1u8; 64 * 3], 64);
+    let mut out = vec![0f32; 2 * 64];
+    int8_weighted(&[0.5, f32::NAN, 0.25, 0.0, 0.0, 0.0], 3, as_signed(&stored), 64, &mut out);
+    assert!(out[..64].iter().all(|v| v.is_nan()) && out[64..].iter().all(|&v| v == 0.0));
 }
