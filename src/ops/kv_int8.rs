@@ -98,6 +98,34 @@ impl Stored {
         }
     }
 
+    /// The rows `c·s` of one KV head's `codes` (laid out so) into `out`, one row per scale in `s`:
+    /// block by block, in the order the codes lie.
+    fn unpack(self, codes: &[i8], s: &[f32], d: usize, out: &mut [f32]) {
+        match self {
+            Stored::Keys => {
+                for (block, codes) in codes.chunks_exact(KEY_BLOCK * d).enumerate() {
+                    for (g, fours) in codes.chunks_exact(4 * KEY_BLOCK).enumerate() {
+                        for (t, four) in fours.chunks_exact(4).enumerate() {
+                            let p = block * KEY_BLOCK + t;
+                            if p < s.len() {
+                                let row = &mut out[p * d + 4 * g..][..4];
+                                row.iter_mut().zip(four).for_each(|(o, &c)| *o = c as f32 * s[p]);
+                            }
+                        }
+                    }
+                }
+            }
+            Stored::Values => {
+                for (m, pair) in codes.chunks_exact(2 * d).enumerate().take(s.len().div_ceil(2)) {
+                    for (half, s) in s[2 * m..].iter().take(2).enumerate() {
+                        let row = &mut out[(2 * m + half) * d..][..d];
+                        row.iter_mut().zip(pair.iter().skip(half).step_by(2)).for_each(|(o, &c)| *o = c as f32 * s);
+                    }
+                }
+            }
+        }
+    }
+
     /// Rows of `d` codes each laid out so (the last block's missing positions are zeros).
     pub fn lay_out(self, rows: &[u8], d: usize) -> Vec<u8> {
         let mut stored = vec![0u8; block_capacity(rows.len() / d) * d];
@@ -124,10 +152,9 @@ pub fn dequantize(codes: &Tensor, scales: &Tensor, len: usize, layout: Stored) -
     let c = codes.narrow(2, 0, stored)?.flatten_all()?.to_vec1::<u8>()?;
     let s = scales.narrow(2, 0, len)?.flatten_all()?.to_vec1::<f32>()?;
     let mut values = vec![0f32; b * kv * len * d];
-    for (head, (out, s)) in values.chunks_exact_mut(len * d).zip(s.chunks_exact(len)).enumerate() {
-        let c = as_signed(&c[head * stored * d..][..stored * d]);
-        for (p, (row, &s)) in out.chunks_exact_mut(d).zip(s).enumerate() {
-            row.iter_mut().enumerate().for_each(|(i, o)| *o = c[layout.offset(p, i, d)] as f32 * s);
+    if len > 0 {
+        for (head, (out, s)) in values.chunks_exact_mut(len * d).zip(s.chunks_exact(len)).enumerate() {
+            layout.unpack(as_signed(&c[head * stored * d..][..stored * d]), s, d, out);
         }
     }
     Tensor::from_vec(values, (b, kv, len, d), &Device::Cpu)

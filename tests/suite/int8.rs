@@ -291,3 +291,44 @@ fn int8_kv_weighted_values_equal_their_reference_bit_for_bit() {
     int8_weighted(&[0.5, f32::NAN, 0.25, 0.0, 0.0, 0.0], 3, as_signed(&stored), 64, &mut out);
     assert!(out[..64].iter().all(|v| v.is_nan()) && out[64..].iter().all(|&v| v == 0.0));
 }
+
+#[test]
+fn an_int8_kv_cache_holds_exactly_the_rows_it_was_written() {
+    use minimind::ops::kv_int8::{
+        as_signed, block_capacity, cache_write, dequantize, pool_write, quantize_rows, Stored,
+    };
+    // Two sequences × two KV heads, 37 positions written in pieces (across blocks of 16 and pairs),
+    // read back for 37 and for 22 positions: exactly the quantized rows `c·s`, for keys and values.
+    let (b, kv, d, len) = (2, 2, 8, 37);
+    let capacity = block_capacity(40);
+    let x: Vec<f32> = (0..b * kv * len * d).map(|i| ((i * 7919) % 211) as f32 / 50.0 - 2.0).collect();
+    let x = Tensor::from_vec(x, (b, kv, len, d), &Device::Cpu).unwrap();
+    for layout in [Stored::Keys, Stored::Values] {
+        let codes = Tensor::zeros((b, kv, capacity, d), DType::U8, &Device::Cpu).unwrap();
+        let scales = Tensor::zeros((b, kv, capacity), DType::F32, &Device::Cpu).unwrap();
+        let mut at = 0;
+        for piece in [5, 1, 16, 15] {
+            cache_write(&codes, &scales, &x.narrow(2, at, piece).unwrap(), at, layout).unwrap();
+            at += piece;
+        }
+        for n in [len, 22] {
+            let rows = x.narrow(2, 0, n).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let (c, s) = quantize_rows(&rows, d);
+            let expected: Vec<f32> =
+                as_signed(&c).chunks(d).zip(&s).flat_map(|(r, &s)| r.iter().map(move |&c| c as f32 * s)).collect();
+            let got = dequantize(&codes, &scales, n, layout).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            assert_eq!(got, expected, "{layout:?}, {n} positions");
+        }
+        // A decode step's rows into a pool (sequence b's row to slot 1 − b, past the written ones).
+        let step = x.narrow(2, 0, 1).unwrap().transpose(0, 2).unwrap().contiguous().unwrap(); // [1, K, B, D]
+        pool_write(&codes, &scales, &step, &[(1, len), (0, len)], layout).unwrap();
+        let tail = dequantize(&codes, &scales, len + 1, layout).unwrap().narrow(2, len, 1).unwrap();
+        let first = dequantize(&codes, &scales, 1, layout).unwrap();
+        let swapped = Tensor::cat(&[first.narrow(0, 1, 1).unwrap(), first.narrow(0, 0, 1).unwrap()], 0).unwrap();
+        assert_eq!(max_abs_diff(&tail, &swapped), 0.0, "{layout:?}: pool write");
+        // Not whole blocks: an error, not a wrong read.
+        let odd = Tensor::zeros((1, 1, 20, d), DType::U8, &Device::Cpu).unwrap();
+        let odd_scales = Tensor::zeros((1, 1, 20), DType::F32, &Device::Cpu).unwrap();
+        assert!(dequantize(&odd, &odd_scales, 3, layout).is_err());
+    }
+}
