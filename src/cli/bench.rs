@@ -27,6 +27,9 @@ pub enum BenchMode {
     Parity,
     /// The server's engine (continuous batching) under 1, 4, 16, 64 concurrent streaming clients.
     Serve,
+    /// Continuous batching's decode attention alone: batch-size rows, each over seq-len cached
+    /// positions of its own KV slot, through every layer (f32, --kv-f16 or --kv-int8 cache).
+    Attention,
 }
 
 #[derive(Args)]
@@ -183,6 +186,7 @@ pub fn run(a: &BenchArgs) -> Result<()> {
     match a.mode {
         BenchMode::Parity => return super::parity::run(&a.preset, &device, a.dtype),
         BenchMode::Serve => return super::bench_serve::run(a),
+        BenchMode::Attention => return super::bench_attention::run(a),
         _ => {}
     }
     let config = ModelConfig::preset(&a.preset)?;
@@ -216,7 +220,7 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         }
     }
     if (a.kv_f16 || a.kv_int8) && a.mode != BenchMode::Generate {
-        bail!("--kv-f16 and --kv-int8 are for decoding (generate, serve)");
+        bail!("--kv-f16 and --kv-int8 are for decoding (generate, serve, attention)");
     }
     model.set_kv_format(a.kv_format()?)?;
     let ceiling =
@@ -279,7 +283,7 @@ pub fn run(a: &BenchArgs) -> Result<()> {
             let flops = 2.0 * config.num_active_parameters() as f64 * (prompt.len() + a.new_tokens) as f64;
             (a.new_tokens, flops, times)
         }
-        BenchMode::Parity | BenchMode::Serve => unreachable!("handled above"),
+        BenchMode::Parity | BenchMode::Serve | BenchMode::Attention => unreachable!("handled above"),
     };
     let step = median(&times);
     let gflops = flops_per_step / step / 1e9;

@@ -1,6 +1,7 @@
 //! Command-line interface: one subcommand per job.
 
 pub mod bench;
+mod bench_attention;
 mod bench_serve;
 pub mod chat;
 pub mod demo;

@@ -555,4 +555,16 @@ fn bench_generate_and_serve_report_their_figures() {
     let medians: Vec<&str> = medians.lines().filter(|l| l.contains("clients:")).collect();
     assert_eq!(medians.len(), 2, "{out}");
     assert!(medians[0].contains("1.00× one client (rounds: 1.00, 1.00)"), "{out}");
+    // Decode attention alone, in each cache format: a time per step and the rate keys and values
+    // are read at.
+    for (flag, label) in
+        [(None, "f32 KV cache"), (Some("--kv-f16"), "f16 KV cache"), (Some("--kv-int8"), "int8 KV cache")]
+    {
+        let mut args = vec!["--threads", "2", "bench", "attention", "--preset", "tiny", "--batch-size", "3"];
+        args.extend(["--seq-len", "21", "--steps", "2"]);
+        args.extend(flag);
+        let out = ok(minimind(&args));
+        let ms: f64 = out.split(" ms a step").next().and_then(|s| s.rsplit(' ').next()).unwrap().parse().unwrap();
+        assert!(out.contains(label) && out.contains("3 rows × 21 cached positions") && ms > 0.0, "{out}");
+    }
 }

@@ -1,0 +1,78 @@
+//! `minimind bench attention`: continuous batching's decode attention alone — `--batch-size` rows,
+//! each over its own slot of a KV pool holding `--seq-len` positions, through every layer of the
+//! preset — in the cache format asked for (f32, `--kv-f16`, `--kv-int8`). The cost a decode step
+//! pays beside its matmuls, measured without them (their weights would evict the pool from cache).
+
+use super::bench::{median, BenchArgs};
+use crate::model::{KvFormat, ModelConfig};
+use crate::ops::decode_attention::PoolRow;
+use anyhow::Result;
+use candle_core::{DType, Device, Tensor};
+use std::time::Instant;
+
+pub fn run(a: &BenchArgs) -> Result<()> {
+    let config = ModelConfig::preset(&a.preset)?;
+    let (b, len, d, kv) = (a.batch_size, a.seq_len, config.head_dim(), config.num_key_value_heads);
+    let format = a.kv_format()?;
+    // Whole blocks of positions, as an int8 pool is allocated.
+    let capacity = crate::ops::kv_int8::block_capacity(len);
+    // One pool per layer, filled with varied codes or values (the cost depends on none of them).
+    let layers: Vec<_> =
+        (0..config.num_hidden_layers).map(|l| pool_layer(format, (b, kv, capacity, d), l)).collect::<Result<_>>()?;
+    let q = Tensor::randn(0f32, 1.0, (1, config.num_attention_heads, b, d), &Device::Cpu)?;
+    let rows: Vec<PoolRow> = (0..b).map(|slot| PoolRow { slot, len }).collect();
+    let step = || -> Result<()> {
+        for ((k, v), scales) in &layers {
+            crate::ops::pool_attention(&q, (k, v), scales.as_ref().map(|(ks, vs)| (ks, vs)), &rows)?;
+        }
+        Ok(())
+    };
+    for _ in 0..a.warmup {
+        step()?;
+    }
+    let mut times = Vec::with_capacity(a.steps);
+    for _ in 0..a.steps {
+        let start = Instant::now();
+        step()?;
+        times.push(start.elapsed().as_secs_f64());
+    }
+    let per_step = median(&times);
+    let bytes_per_value = match format {
+        KvFormat::Int8 => 1.0,
+        KvFormat::F16 => 2.0,
+        KvFormat::Activations => 4.0,
+    };
+    let read = (2 * config.num_hidden_layers * b * kv * len * d) as f64 * bytes_per_value;
+    println!(
+        "Decode attention: {} ({}), {b} rows × {len} cached positions, {} layers, {} threads: {:.3} ms a step (median of {}), keys and values read at {:.1} GB/s",
+        a.preset,
+        a.kv_label().unwrap_or("f32 KV cache"),
+        config.num_hidden_layers,
+        candle_core::utils::get_num_threads(),
+        per_step * 1e3,
+        a.steps,
+        read / per_step / 1e9
+    );
+    Ok(())
+}
+
+/// A pool's keys and values `[B, K, C, D]` in `format` (and an int8 pool's scales `[B, K, C]`).
+type PoolLayer = ((Tensor, Tensor), Option<(Tensor, Tensor)>);
+
+fn pool_layer(format: KvFormat, (b, kv, capacity, d): (usize, usize, usize, usize), seed: usize) -> Result<PoolLayer> {
+    let n = b * kv * capacity * d;
+    let values: Vec<f32> = (0..n).map(|i| ((i * 2654435761 + seed) % 2001) as f32 / 1000.0 - 1.0).collect();
+    let x = Tensor::from_vec(values, (b, kv, capacity, d), &Device::Cpu)?;
+    Ok(match format {
+        KvFormat::Int8 => {
+            let codes = || Tensor::zeros((b, kv, capacity, d), DType::U8, &Device::Cpu);
+            let scales = || Tensor::zeros((b, kv, capacity), DType::F32, &Device::Cpu);
+            let (k, v, ks, vs) = (codes()?, codes()?, scales()?, scales()?);
+            crate::ops::kv_int8::cache_write(&k, &ks, &x, 0, crate::ops::kv_int8::Stored::Keys)?;
+            crate::ops::kv_int8::cache_write(&v, &vs, &x, 0, crate::ops::kv_int8::Stored::Values)?;
+            ((k, v), Some((ks, vs)))
+        }
+        KvFormat::F16 => ((x.to_dtype(DType::F16)?, x.to_dtype(DType::F16)?), None),
+        KvFormat::Activations => ((x.clone(), x), None),
+    })
+}
