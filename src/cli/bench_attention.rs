@@ -44,7 +44,7 @@ pub fn run(a: &BenchArgs) -> Result<()> {
     };
     let read = (2 * config.num_hidden_layers * b * kv * len * d) as f64 * bytes_per_value;
     println!(
-        "Decode attention: {} ({}), {b} rows × {len} cached positions, {} layers, {} threads: {:.3} ms a step (median of {}), keys and values read at {:.1} GB/s",
+        "Decode attention: {} ({}), {b} rows × {len} cached positions, {} layers, {} threads: {:.3} ms a step (median of {}), keys and values (codes, without int8 scales) read at {:.1} GB/s",
         a.preset,
         a.kv_label().unwrap_or("f32 KV cache"),
         config.num_hidden_layers,
@@ -61,7 +61,7 @@ type PoolLayer = ((Tensor, Tensor), Option<(Tensor, Tensor)>);
 
 fn pool_layer(format: KvFormat, (b, kv, capacity, d): (usize, usize, usize, usize), seed: usize) -> Result<PoolLayer> {
     let n = b * kv * capacity * d;
-    let values: Vec<f32> = (0..n).map(|i| ((i * 2654435761 + seed) % 2001) as f32 / 1000.0 - 1.0).collect();
+    let values: Vec<f32> = (0..n).map(|i| ((i.wrapping_mul(2654435761) + seed) % 2001) as f32 / 1000.0 - 1.0).collect();
     let x = Tensor::from_vec(values, (b, kv, capacity, d), &Device::Cpu)?;
     Ok(match format {
         KvFormat::Int8 => {

@@ -77,6 +77,10 @@ impl MiniMindForCausalLM {
                 self.device()
             );
         }
+        let d = self.config.head_dim();
+        if format == KvFormat::Int8 && !d.is_multiple_of(4) {
+            bail!("an int8 KV cache stores four values of a key together: head_dim must be a multiple of 4 (not {d})");
+        }
         self.kv = format;
         Ok(())
     }

@@ -141,11 +141,12 @@ fn check_scales(scales: &Tensor, dims: (usize, usize, usize)) -> Result<()> {
     Ok(())
 }
 
-/// An int8 cache's key codes: whole blocks of positions behind the last (batch, KV head)'s view.
-fn check_key_blocks(stored: usize, l: &Layout, (b, kv, s, d): (usize, usize, usize, usize)) -> Result<()> {
+/// An int8 cache's key or value codes: whole blocks of positions behind the last (batch, KV head)'s
+/// view (the kernels read the last block whole).
+fn check_blocks(stored: usize, l: &Layout, (b, kv, s, d): (usize, usize, usize, usize)) -> Result<()> {
     let end = if b * kv == 0 { 0 } else { head_offset(l, b - 1, kv - 1) + super::kv_int8::block_capacity(s) * d };
     if !d.is_multiple_of(4) || end > stored {
-        candle_core::bail!("int8 attention: key codes {:?} are not whole blocks of 16 positions", l.dims());
+        candle_core::bail!("int8 attention: codes {:?} are not whole blocks of 16 positions", l.dims());
     }
     Ok(())
 }
@@ -279,11 +280,13 @@ impl CustomOp3 for FlashAttention {
         check_rows_contiguous(lv, d, "v")?;
         let q = &sq.as_slice::<f32>()?[lq.start_offset()..];
         if t == 1 {
-            // One token reads the cache as it is stored: f32, f16 or int8 codes widened as read.
+            // One token reads the cache as it is stored: f32 or f16 widened as read, int8 codes by
+            // integer dot products.
             let (out, lse) = match (sk, sv, &self.row_scales) {
                 (CpuStorage::U8(k), CpuStorage::U8(v), Some((ks, vs))) => {
                     let (k, v) = (super::kv_int8::as_signed(k), super::kv_int8::as_signed(v));
-                    check_key_blocks(k.len(), lk, (b, kv, s, d))?;
+                    check_blocks(k.len(), lk, (b, kv, s, d))?;
+                    check_blocks(v.len(), lv, (b, kv, s, d))?;
                     check_scales(ks, (b, kv, s))?;
                     check_scales(vs, (b, kv, s))?;
                     super::kv_int8::with_scales(ks, |ks, lks| {

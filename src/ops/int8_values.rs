@@ -2,9 +2,11 @@
 //! The weights `w_hj` are a head's softmax weights already multiplied by their value rows' scales
 //! (so the rows are their codes `c_j`). Each head's weights are quantized to 16-bit integers,
 //! `u_j = round(w_j·t)`, with the largest `t` that keeps every `u_j` in an i16 and every sum in an
-//! i32 — `t = min(32767/max w, 2³⁰/(127·Σw))` —, the sums `Σ_j u_j·c_j` taken exactly, then scaled
-//! back, `out = Σ·(1/t)`. A weight is off by at most half a unit, `max w/65534` (a value code is
-//! off by up to `max|v|/254`): the weighted values are as exact as the cache they read.
+//! i32 — `t = min(32767/max w, 2³⁰/(127·Σw))`; 2³⁰ rather than 2³¹ leaves room for each weight's
+//! rounding up by half a unit —, the sums `Σ_j u_j·c_j` taken exactly, then scaled back,
+//! `out = Σ·(1/t)`. A weight is off by at most half a unit, `1/(2t)`: `max w/65534`, or
+//! `127·Σw/2³¹` when the weights are so flat that `Σw > 258·max w` (a value code itself is off by up
+//! to `max|v|/254`): the weighted values are as exact as the cache they read.
 //!
 //! The values are stored with each value of two positions side by side
 //! ([`super::kv_int8::Stored::Values`]), so 32 bytes widened to i16 are 16 values of two positions:
@@ -29,6 +31,9 @@ pub fn int8_weighted(w: &[f32], keys: usize, v: &[i8], d: usize, out: &mut [f32]
     let pairs = keys.div_ceil(2);
     let sizes = out.len() == heads * d && w.len() >= heads * keys && v.len() >= pairs * 2 * d;
     assert!(sizes, "int8 weighted values: sizes");
+    if keys == 0 {
+        return out.fill(0.0);
+    }
     WEIGHTS.with_borrow_mut(|u| {
         if u.len() < heads * pairs * 2 {
             u.resize(heads * pairs * 2, 0);
@@ -40,24 +45,24 @@ pub fn int8_weighted(w: &[f32], keys: usize, v: &[i8], d: usize, out: &mut [f32]
 /// [`int8_weighted`] with `u` to quantize the weights into.
 fn weighted_quantized(w: &[f32], keys: usize, v: &[i8], d: usize, u: &mut [i16], out: &mut [f32]) {
     let (heads, pairs) = (out.len() / d, keys.div_ceil(2));
-    // Each head's weights as i16 (a last odd position's partner weighs 0), and their scale back.
-    let (mut back, mut back_heap) = ([0f32; 16], Vec::new());
-    let back = on_stack_or_heap(&mut back, &mut back_heap, heads);
-    for (h, (u, back)) in u.chunks_exact_mut(pairs * 2).zip(back.iter_mut()).enumerate() {
-        *back = quantize_weights(&w[h * keys..][..keys], u);
+    // Each head's weights as i16 (a last odd position's partner weighs 0), and its 1/t.
+    let (mut inv_t, mut inv_t_heap) = ([0f32; 16], Vec::new());
+    let inv_t = on_stack_or_heap(&mut inv_t, &mut inv_t_heap, heads);
+    for (h, (u, inv_t)) in u.chunks_exact_mut(pairs * 2).zip(inv_t.iter_mut()).enumerate() {
+        *inv_t = quantize_weights(&w[h * keys..][..keys], u);
     }
-    let (u, back) = (&*u, &*back);
+    let (u, inv_t) = (&*u, &*inv_t);
     #[cfg(target_arch = "x86_64")]
     if d.is_multiple_of(64) && super::int8_attention::vnni() {
         // SAFETY: AVX-512 VNNI was detected; the sizes were checked above.
-        return unsafe { weighted_vnni(u, pairs, v, d, back, out) };
+        return unsafe { weighted_vnni(u, pairs, v, d, inv_t, out) };
     }
     #[cfg(target_arch = "x86_64")]
     if d.is_multiple_of(32) && super::simd::level() >= 1 {
         // SAFETY: AVX2 was detected; the sizes were checked above.
-        return unsafe { weighted_avx2(u, pairs, v, d, back, out) };
+        return unsafe { weighted_avx2(u, pairs, v, d, inv_t, out) };
     }
-    weighted_portable(u, pairs, v, d, back, out)
+    weighted_portable(u, pairs, v, d, inv_t, out)
 }
 
 super::simd::dispatch! {
@@ -100,16 +105,16 @@ fn max_and_sum(w: &[f32]) -> (f32, f32) {
 pub fn int8_weighted_reference(w: &[f32], keys: usize, v: &[i8], d: usize, out: &mut [f32]) {
     let mut u = vec![0i16; keys];
     for (h, out) in out.chunks_exact_mut(d).enumerate() {
-        let back = quantize_weights(&w[h * keys..][..keys], &mut u);
+        let inv_t = quantize_weights(&w[h * keys..][..keys], &mut u);
         for (i, o) in out.iter_mut().enumerate() {
             let sum: i32 = (0..keys).map(|j| u[j] as i32 * v[Stored::Values.offset(j, i, d)] as i32).sum();
-            *o = sum as f32 * back;
+            *o = sum as f32 * inv_t;
         }
     }
 }
 
 /// Pair by pair, every output value's two products added to its sum.
-fn weighted_portable(u: &[i16], pairs: usize, v: &[i8], d: usize, back: &[f32], out: &mut [f32]) {
+fn weighted_portable(u: &[i16], pairs: usize, v: &[i8], d: usize, inv_t: &[f32], out: &mut [f32]) {
     let mut sums = vec![0i32; d];
     for (h, out) in out.chunks_exact_mut(d).enumerate() {
         sums.fill(0);
@@ -118,11 +123,13 @@ fn weighted_portable(u: &[i16], pairs: usize, v: &[i8], d: usize, back: &[f32], 
                 *s += w[0] as i32 * c[0] as i32 + w[1] as i32 * c[1] as i32;
             }
         }
-        out.iter_mut().zip(&sums).for_each(|(o, &s)| *o = s as f32 * back[h]);
+        out.iter_mut().zip(&sums).for_each(|(o, &s)| *o = s as f32 * inv_t[h]);
     }
 }
 
-/// A head's two weights of pair `m` as one i32, for repeating in every lane.
+/// A head's two weights of pair `m` as one i32, for repeating in every lane: the even position's in
+/// the low half, so that lane k of `vpdpwssd`/`vpmaddwd` adds `u_even·c[2k] + u_odd·c[2k + 1]` — the
+/// two positions' codes of value k, side by side.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 fn weight_pair(u: &[i16], pairs: usize, h: usize, m: usize) -> i32 {
@@ -135,32 +142,34 @@ fn weight_pair(u: &[i16], pairs: usize, h: usize, m: usize) -> i32 {
 /// i16 serve the four heads' `vpdpwssd`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-unsafe fn weighted_vnni(u: &[i16], pairs: usize, v: &[i8], d: usize, back: &[f32], out: &mut [f32]) {
+unsafe fn weighted_vnni(u: &[i16], pairs: usize, v: &[i8], d: usize, inv_t: &[f32], out: &mut [f32]) {
     use std::arch::x86_64::*;
     let heads = out.len() / d;
     for h0 in (0..heads).step_by(4) {
         let hb = 4.min(heads - h0);
         let head = |h: usize| h0 + if h < hb { h } else { 0 };
-        for c in (0..d).step_by(64) {
+        // Values i0..i0 + 64, a quarter (16 values) a register.
+        for i0 in (0..d).step_by(64) {
             let mut acc = [[_mm512_setzero_si512(); 4]; 4];
             for m in 0..pairs {
-                // SAFETY: pair m holds 2d codes and c + 64 ≤ d.
-                let codes: [__m512i; 4] = std::array::from_fn(|q| unsafe {
-                    _mm512_cvtepi8_epi16(_mm256_loadu_si256(v.as_ptr().add(m * 2 * d + 2 * (c + 16 * q)) as _))
+                // SAFETY: pair m holds 2d codes and i0 + 64 ≤ d.
+                let codes: [__m512i; 4] = std::array::from_fn(|quarter| unsafe {
+                    let at = m * 2 * d + 2 * (i0 + 16 * quarter);
+                    _mm512_cvtepi8_epi16(_mm256_loadu_si256(v.as_ptr().add(at) as _))
                 });
                 for (h, acc) in acc.iter_mut().enumerate() {
                     let w = _mm512_set1_epi32(weight_pair(u, pairs, head(h), m));
-                    for q in 0..4 {
-                        acc[q] = _mm512_dpwssd_epi32(acc[q], codes[q], w);
+                    for quarter in 0..4 {
+                        acc[quarter] = _mm512_dpwssd_epi32(acc[quarter], codes[quarter], w);
                     }
                 }
             }
             for (h, acc) in acc.iter().enumerate().take(hb) {
-                let scale = _mm512_set1_ps(back[h0 + h]);
-                for (q, &sums) in acc.iter().enumerate() {
+                let scale = _mm512_set1_ps(inv_t[h0 + h]);
+                for (quarter, &sums) in acc.iter().enumerate() {
                     let values = _mm512_mul_ps(_mm512_cvtepi32_ps(sums), scale);
-                    // SAFETY: head h0 + h's values c + 16q.. lie inside `out`.
-                    unsafe { _mm512_storeu_ps(out.as_mut_ptr().add((h0 + h) * d + c + 16 * q), values) };
+                    // SAFETY: head h0 + h's values i0 + 16·quarter.. lie inside `out`.
+                    unsafe { _mm512_storeu_ps(out.as_mut_ptr().add((h0 + h) * d + i0 + 16 * quarter), values) };
                 }
             }
         }
@@ -171,32 +180,34 @@ unsafe fn weighted_vnni(u: &[i16], pairs: usize, v: &[i8], d: usize, back: &[f32
 /// codes widened to i16 serve both heads' `vpmaddwd`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn weighted_avx2(u: &[i16], pairs: usize, v: &[i8], d: usize, back: &[f32], out: &mut [f32]) {
+unsafe fn weighted_avx2(u: &[i16], pairs: usize, v: &[i8], d: usize, inv_t: &[f32], out: &mut [f32]) {
     use std::arch::x86_64::*;
     let heads = out.len() / d;
     for h0 in (0..heads).step_by(2) {
         let hb = 2.min(heads - h0);
         let head = |h: usize| h0 + if h < hb { h } else { 0 };
-        for c in (0..d).step_by(32) {
+        // Values i0..i0 + 32, a quarter (8 values) a register.
+        for i0 in (0..d).step_by(32) {
             let mut acc = [[_mm256_setzero_si256(); 4]; 2];
             for m in 0..pairs {
-                // SAFETY: pair m holds 2d codes and c + 32 ≤ d.
-                let codes: [__m256i; 4] = std::array::from_fn(|q| unsafe {
-                    _mm256_cvtepi8_epi16(_mm_loadu_si128(v.as_ptr().add(m * 2 * d + 2 * (c + 8 * q)) as _))
+                // SAFETY: pair m holds 2d codes and i0 + 32 ≤ d.
+                let codes: [__m256i; 4] = std::array::from_fn(|quarter| unsafe {
+                    let at = m * 2 * d + 2 * (i0 + 8 * quarter);
+                    _mm256_cvtepi8_epi16(_mm_loadu_si128(v.as_ptr().add(at) as _))
                 });
                 for (h, acc) in acc.iter_mut().enumerate() {
                     let w = _mm256_set1_epi32(weight_pair(u, pairs, head(h), m));
-                    for q in 0..4 {
-                        acc[q] = _mm256_add_epi32(acc[q], _mm256_madd_epi16(codes[q], w));
+                    for quarter in 0..4 {
+                        acc[quarter] = _mm256_add_epi32(acc[quarter], _mm256_madd_epi16(codes[quarter], w));
                     }
                 }
             }
             for (h, acc) in acc.iter().enumerate().take(hb) {
-                let scale = _mm256_set1_ps(back[h0 + h]);
-                for (q, &sums) in acc.iter().enumerate() {
+                let scale = _mm256_set1_ps(inv_t[h0 + h]);
+                for (quarter, &sums) in acc.iter().enumerate() {
                     let values = _mm256_mul_ps(_mm256_cvtepi32_ps(sums), scale);
-                    // SAFETY: head h0 + h's values c + 8q.. lie inside `out`.
-                    unsafe { _mm256_storeu_ps(out.as_mut_ptr().add((h0 + h) * d + c + 8 * q), values) };
+                    // SAFETY: head h0 + h's values i0 + 8·quarter.. lie inside `out`.
+                    unsafe { _mm256_storeu_ps(out.as_mut_ptr().add((h0 + h) * d + i0 + 8 * quarter), values) };
                 }
             }
         }

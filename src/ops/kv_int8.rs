@@ -14,7 +14,7 @@
 //! operand of one AVX-512 VNNI `vpdpbusd` against four query values repeated, which leaves one score
 //! per lane — no sums across a register to fold. Values: each value of two positions side by side
 //! (`[p/2][i][p%2]`): 32 bytes widened to 16-bit are 16 values of two positions, the operand of one
-//! `vpdpwssd` against the two positions' weights ([`super::int8_attention`]). A cache's capacity is
+//! `vpdpwssd` against the two positions' weights ([`super::int8_values`]). A cache's capacity is
 //! rounded up to whole blocks.
 
 use candle_core::{CpuStorage, DType, Device, InplaceOp1, Layout, Result, Storage, Tensor};
@@ -173,6 +173,9 @@ pub(crate) fn with_scales<R>(scales: &Tensor, f: impl FnOnce(&[f32], &Layout) ->
 /// `layout` and scales `[B, K, C]` — at positions `at..at + T` of every sequence.
 pub fn cache_write(codes: &Tensor, scales: &Tensor, x: &Tensor, at: usize, layout: Stored) -> Result<()> {
     let (b, kv, t, _) = x.dims4()?;
+    if codes.dims().get(..2) != Some(&[b, kv][..]) {
+        candle_core::bail!("int8 KV write: rows {:?} for a cache of {:?}", x.dims(), codes.dims());
+    }
     // Row (head, j) of x — head a flattened (sequence, KV head) — goes to position at + j.
     let rows: Vec<Row> = (0..b * kv).flat_map(|head| (0..t).map(move |j| (head, at + j, head * t + j))).collect();
     write_rows(codes, scales, x, &rows, layout)
@@ -189,7 +192,7 @@ pub fn pool_write(
     layout: Stored,
 ) -> Result<()> {
     let (one, kv, b, _) = x.dims4()?;
-    if one != 1 || b != places.len() {
+    if one != 1 || b != places.len() || codes.dims().get(1) != Some(&kv) {
         candle_core::bail!("int8 pool write: {:?} for {} places", x.dims(), places.len());
     }
     // Row (g, b) of x goes to (slot_b, g) at position at_b.
@@ -209,10 +212,18 @@ fn write_rows(codes: &Tensor, scales: &Tensor, x: &Tensor, rows: &[Row], layout:
     let (b, kv, capacity, d) = codes.dims4()?;
     let x_rows = x.elem_count() / d.max(1);
     let dtypes = codes.dtype() == DType::U8 && scales.dtype() == DType::F32 && x.dtype() == DType::F32;
-    let fits = rows.iter().all(|&(head, at, from)| head < b * kv && at < capacity && from < x_rows);
-    let blocks = holds_blocks(capacity, d);
-    if x.dim(candle_core::D::Minus1)? != d || scales.dims() != [b, kv, capacity] || !dtypes || !fits || !blocks {
-        candle_core::bail!("int8 KV write: {:?} into {:?} at {rows:?}", x.dims(), codes.dims());
+    let outside = rows.iter().find(|&&(head, at, from)| head >= b * kv || at >= capacity || from >= x_rows);
+    if x.dim(candle_core::D::Minus1)? != d || scales.dims() != [b, kv, capacity] || !dtypes {
+        candle_core::bail!("int8 KV write: f32 rows {:?} into U8 codes {:?} with f32 scales", x.dims(), codes.dims());
+    }
+    if !holds_blocks(capacity, d) {
+        candle_core::bail!(
+            "int8 KV write: codes {:?} are not whole blocks of 16 positions of 4·n values",
+            codes.dims()
+        );
+    }
+    if let Some(&(head, at, _)) = outside {
+        candle_core::bail!("int8 KV write: position {at} of head {head} is outside codes {:?}", codes.dims());
     }
     let (x_codes, x_scales) = super::cpu::with_f32(x, |x| quantize_rows(x, d))?;
     let quantized = QuantizedRows { rows, codes: &x_codes, scales: &x_scales, d, capacity, layout };

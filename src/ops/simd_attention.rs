@@ -6,8 +6,10 @@
 use super::simd::{level, LANES};
 
 /// An element of cached keys and values: f32, f16 (half the memory a step streams) or the i8 codes
-/// of an int8 cache ([`super::kv_int8`]; a quarter), widened to f32 exactly as it is read, so the
-/// arithmetic is the f32 kernels' on the widened values.
+/// of an int8 cache ([`super::kv_int8`]; a quarter). These kernels widen an element to f32 exactly as
+/// it is read and run the f32 arithmetic on it (i8 too, for plain rows of codes); decoding reads an
+/// int8 cache, laid out in blocks, with its own integer kernels ([`super::int8_attention`],
+/// [`super::int8_values`]), found through [`KvElem::codes`].
 pub trait KvElem: Copy + Default + Send + Sync + 'static {
     /// Stored as IEEE half precision.
     const HALF: bool;

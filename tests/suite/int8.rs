@@ -266,7 +266,7 @@ fn int8_kv_weighted_values_equal_their_reference_bit_for_bit() {
             .enumerate()
             .map(|(n, x)| if heads > 2 && n / keys == 2 { 0.0 } else { (4.0 * x).exp() / keys as f32 })
             .collect();
-        let (codes, scales) = quantize_rows(&values(keys * d, 13), d);
+        let (codes, _) = quantize_rows(&values(keys * d, 13), d);
         let stored = Stored::Values.lay_out(&codes, d);
         let (mut ours, mut reference) = (vec![f32::NAN; heads * d], vec![f32::NAN; heads * d]);
         int8_weighted(&w, keys, as_signed(&stored), d, &mut ours);
@@ -283,13 +283,16 @@ fn int8_kv_weighted_values_equal_their_reference_bit_for_bit() {
                 assert!((got - exact).abs() <= bound, "value ({h}, {i}): {got} vs {exact}");
             }
         }
-        let _ = scales;
     }
     // A NaN weight reaches every output value of its head; all-zero weights give zeros.
     let stored = Stored::Values.lay_out(&[1u8; 64 * 3], 64);
     let mut out = vec![0f32; 2 * 64];
     int8_weighted(&[0.5, f32::NAN, 0.25, 0.0, 0.0, 0.0], 3, as_signed(&stored), 64, &mut out);
     assert!(out[..64].iter().all(|v| v.is_nan()) && out[64..].iter().all(|&v| v == 0.0));
+    // No positions: zeros.
+    out.fill(1.0);
+    int8_weighted(&[], 0, &[], 64, &mut out);
+    assert!(out.iter().all(|&v| v == 0.0));
 }
 
 #[test]
@@ -326,6 +329,11 @@ fn an_int8_kv_cache_holds_exactly_the_rows_it_was_written() {
         let first = dequantize(&codes, &scales, 1, layout).unwrap();
         let swapped = Tensor::cat(&[first.narrow(0, 1, 1).unwrap(), first.narrow(0, 0, 1).unwrap()], 0).unwrap();
         assert_eq!(max_abs_diff(&tail, &swapped), 0.0, "{layout:?}: pool write");
+        // Rows of another shape than the cache's (one KV head of two): an error, not a wrong write.
+        let one_head = x.narrow(1, 0, 1).unwrap();
+        let err = cache_write(&codes, &scales, &one_head, 0, layout).unwrap_err().to_string();
+        assert!(err.contains("for a cache of [2, 2, 48, 8]"), "{err}");
+        assert!(pool_write(&codes, &scales, &one_head.narrow(0, 0, 1).unwrap(), &[(0, 0)], layout).is_err());
         // Not whole blocks: an error, not a wrong read.
         let odd = Tensor::zeros((1, 1, 20, d), DType::U8, &Device::Cpu).unwrap();
         let odd_scales = Tensor::zeros((1, 1, 20), DType::F32, &Device::Cpu).unwrap();

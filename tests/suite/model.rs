@@ -205,9 +205,13 @@ fn an_int8_kv_cache_decodes_close_to_the_f32_one() {
     let mut pool = minimind::model::KvPool::new(&model.config, 2, 12, DType::U8, &Device::Cpu).unwrap();
     let f16 = KvCache::new(&model.config, 1, 12, DType::F16, &Device::Cpu).unwrap();
     assert!(pool.load(0, &f16).is_err());
-    // Only f32 activations on the CPU cache in int8.
+    // Only f32 activations on the CPU cache in int8, and only heads of a multiple of 4 values (a
+    // key's values are stored four together).
     let mut bf16 = model.with_weights_in(DType::BF16).unwrap();
     assert!(bf16.set_kv_int8(true).is_err());
+    let (mut six, _) = init(&micro_config(97, 4, 2, 6), 1);
+    let err = six.set_kv_int8(true).unwrap_err().to_string();
+    assert!(err.contains("head_dim must be a multiple of 4 (not 6)"), "{err}");
 }
 
 #[test]
