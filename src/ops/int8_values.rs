@@ -19,6 +19,10 @@
 use super::int8_attention::on_stack_or_heap;
 use super::kv_int8::Stored;
 
+/// Pairs of positions whose codes are asked for ahead of the pair being read (64 positions: inside
+/// a decode step the values stream from memory, the step's weights having evicted them).
+const AHEAD_PAIRS: usize = 32;
+
 thread_local! {
     /// The quantized weights of a call's heads, kept for the thread's next call.
     static WEIGHTS: std::cell::RefCell<Vec<i16>> = const { std::cell::RefCell::new(Vec::new()) };
@@ -152,6 +156,13 @@ unsafe fn weighted_vnni(u: &[i16], pairs: usize, v: &[i8], d: usize, inv_t: &[f3
         for i0 in (0..d).step_by(64) {
             let mut acc = [[_mm512_setzero_si512(); 4]; 4];
             for m in 0..pairs {
+                // The 128 bytes of these 64 values' codes in the pair AHEAD_PAIRS on (once for the heads).
+                if h0 == 0 {
+                    for line in (0..128).step_by(64) {
+                        let at = (m + AHEAD_PAIRS) * 2 * d + 2 * i0 + line;
+                        _mm_prefetch::<_MM_HINT_T0>(v.as_ptr().wrapping_add(at));
+                    }
+                }
                 // SAFETY: pair m holds 2d codes and i0 + 64 ≤ d.
                 let codes: [__m512i; 4] = std::array::from_fn(|quarter| unsafe {
                     let at = m * 2 * d + 2 * (i0 + 16 * quarter);
@@ -190,6 +201,10 @@ unsafe fn weighted_avx2(u: &[i16], pairs: usize, v: &[i8], d: usize, inv_t: &[f3
         for i0 in (0..d).step_by(32) {
             let mut acc = [[_mm256_setzero_si256(); 4]; 2];
             for m in 0..pairs {
+                // The 64 bytes of these 32 values' codes in the pair AHEAD_PAIRS on (once for the heads).
+                if h0 == 0 {
+                    _mm_prefetch::<_MM_HINT_T0>(v.as_ptr().wrapping_add((m + AHEAD_PAIRS) * 2 * d + 2 * i0));
+                }
                 // SAFETY: pair m holds 2d codes and i0 + 32 ≤ d.
                 let codes: [__m256i; 4] = std::array::from_fn(|quarter| unsafe {
                     let at = m * 2 * d + 2 * (i0 + 8 * quarter);
