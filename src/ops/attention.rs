@@ -202,19 +202,22 @@ pub(super) fn decode_heads<T: simd::KvElem>(
 ) {
     let heads = q.len() / d;
     let scores = &mut scores[..heads * keys];
-    match (row_scales, T::codes(k), T::codes(v)) {
-        (Some((k_scales, _)), Some(k), Some(v)) => {
-            super::int8_attention::int8_scores(q, d, (k, k_scales), v, keys, scale, scores);
-        }
-        _ => simd::attention_scores_fetching_values(q, d, (k, v), keys, scale, scores),
+    // An int8 cache: its codes and scales, read by the integer kernels.
+    let int8 = match (row_scales, T::codes(k), T::codes(v)) {
+        (Some(scales), Some(k), Some(v)) => Some((scales, k, v)),
+        _ => None,
+    };
+    match int8 {
+        Some(((k_scales, _), k, v)) => super::int8_attention::int8_scores(q, d, (k, k_scales), v, keys, scale, scores),
+        None => simd::attention_scores_fetching_values(q, d, (k, v), keys, scale, scores),
     }
-    let v_scales = row_scales.map(|(_, v_scales)| v_scales);
+    let v_scales = int8.map(|((_, v_scales), ..)| v_scales);
     for (row, lse) in scores.chunks_exact_mut(keys).zip(lse.iter_mut()) {
         *lse = softmax_row_weighted(row, keys, v_scales);
     }
-    match (v_scales, T::codes(v)) {
-        (Some(_), Some(v)) => super::int8_values::int8_weighted(scores, keys, v, d, out),
-        _ => simd::weighted_rows(scores, keys, v, d, out),
+    match int8 {
+        Some((_, _, v)) => super::int8_values::int8_weighted(scores, keys, v, d, out),
+        None => simd::weighted_rows(scores, keys, v, d, out),
     }
 }
 

@@ -69,7 +69,7 @@ impl CustomOp3 for PoolAttention {
         let shape = PoolShape { b, h, kv, d, capacity };
         let out = match (sk, sv, &self.row_scales) {
             (CpuStorage::U8(k), CpuStorage::U8(v), Some((ks, vs))) => {
-                if !capacity.is_multiple_of(super::kv_int8::KEY_BLOCK) || !d.is_multiple_of(4) {
+                if !super::kv_int8::holds_blocks(capacity, d) {
                     candle_core::bail!("int8 pool attention: key codes {:?} are not whole blocks", lk.dims());
                 }
                 let (k, v) = (as_signed(&k[k0..]), as_signed(&v[v0..]));

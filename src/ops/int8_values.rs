@@ -80,10 +80,8 @@ super::simd::dispatch! {
             return if total.is_finite() { 0.0 } else { f32::NAN };
         }
         let t = (32767.0 / max).min((1u32 << 30) as f32 / (127.0 * total));
-        // Adding 1.5·2²³ rounds y ∈ [0, 32767] to an integer, half to even, left in the low bits.
-        const ROUND: f32 = 12_582_912.0;
         for (u, &x) in u.iter_mut().zip(w) {
-            *u = ((x * t).max(0.0) + ROUND).to_bits().wrapping_sub(ROUND.to_bits()) as i16;
+            *u = super::kv_int8::round_half_even((x * t).max(0.0)) as i16;
         }
         1.0 / t
     }

@@ -25,16 +25,20 @@ super::simd::dispatch! {
     pub fn quantize_row(x: &[f32], codes: &mut [u8]) -> f32 {
         let scale = row_scale(x);
         let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
-        // Adding 1.5·2²³ rounds y ∈ [−127, 127] to an integer n, half to even, and leaves n in the
-        // low bits of the sum (whose unit in the last place is 1): plain arithmetic that vectorizes,
-        // where `round_ties_even` is a library call without SSE4.1.
-        const ROUND: f32 = 12_582_912.0;
         for (c, v) in codes.iter_mut().zip(x) {
-            let y = (v * inv).clamp(-127.0, 127.0);
-            *c = (y + ROUND).to_bits().wrapping_sub(ROUND.to_bits()) as u8;
+            *c = round_half_even((v * inv).clamp(-127.0, 127.0)) as u8;
         }
         scale
     }
+}
+
+/// `y` (|y| < 2²²) rounded to an integer, half to even. Adding 1.5·2²³ leaves the integer in the low
+/// bits of the sum (whose unit in the last place is 1): plain arithmetic that vectorizes, where
+/// `round_ties_even` is a library call without SSE4.1.
+#[inline(always)]
+pub(super) fn round_half_even(y: f32) -> i32 {
+    const ROUND: f32 = 12_582_912.0;
+    (y + ROUND).to_bits().wrapping_sub(ROUND.to_bits()) as i32
 }
 
 /// A row's scale, `max|x|/127` — NaN if a value is NaN, so that it reaches the scores as an f32
@@ -137,7 +141,7 @@ impl Stored {
 }
 
 /// Whether a cache of `capacity` positions of `d` values can hold blocks.
-fn holds_blocks(capacity: usize, d: usize) -> bool {
+pub(super) fn holds_blocks(capacity: usize, d: usize) -> bool {
     capacity.is_multiple_of(KEY_BLOCK) && d.is_multiple_of(4)
 }
 
