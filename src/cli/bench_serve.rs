@@ -105,41 +105,46 @@ pub fn run(a: &BenchArgs) -> Result<()> {
     Ok(())
 }
 
-/// `clients` threads, each sending one request after another until the run's deadline; the
-/// engine's token counter at the deadline gives the aggregate rate.
+/// `clients` streaming clients, each sending one request after another until the run's deadline;
+/// the engine's token counter at the deadline gives the aggregate rate. The clients are tasks on one
+/// thread, as `serve`'s connections are tasks of its runtime: a step's events wake that thread once,
+/// where a thread per client would have the engine wake each client's thread for every token.
 fn measure(engine: &Engine, clients: usize, seconds: f64, a: &BenchArgs) -> Result<RunFigures> {
     use std::sync::atomic::Ordering;
     let start = Instant::now();
     let deadline = start + Duration::from_secs_f64(seconds);
     let before = engine.generated.load(Ordering::SeqCst);
     let vocab = engine.models[0].model.config.vocab_size as u32;
+    let runtime = tokio::runtime::Builder::new_current_thread().build()?;
     let (tokens, firsts, rss) = std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..clients)
-            .map(|c| {
-                scope.spawn(move || -> Result<Vec<f64>> {
-                    let mut first = Vec::new();
-                    let mut request = 0u32;
-                    while Instant::now() < deadline {
-                        // Distinct prompts (ids above the special tokens), one per client and request.
-                        let seed = (c as u32) * 7919 + request * 104_729;
-                        let prompt = (0..a.prompt_len as u32).map(|i| 10 + (seed + i * 31) % (vocab - 10)).collect();
-                        first.extend(one_request(engine, prompt, a.new_tokens)?);
-                        request += 1;
-                    }
-                    Ok(first)
-                })
+        let runtime = &runtime;
+        let clients = scope.spawn(move || {
+            runtime.block_on(async {
+                let tasks: Vec<_> = (0..clients)
+                    .map(|c| async move {
+                        let mut first = Vec::new();
+                        let mut request = 0u32;
+                        while Instant::now() < deadline {
+                            // Distinct prompts (ids above the special tokens), one per client and request.
+                            let seed = (c as u32) * 7919 + request * 104_729;
+                            let prompt =
+                                (0..a.prompt_len as u32).map(|i| 10 + (seed + i * 31) % (vocab - 10)).collect();
+                            first.extend(one_request(engine, prompt, a.new_tokens).await?);
+                            request += 1;
+                        }
+                        Ok::<_, anyhow::Error>(first)
+                    })
+                    .collect();
+                futures_util::future::join_all(tasks).await
             })
-            .collect();
+        });
         let mut rss = Vec::new();
         while Instant::now() < deadline {
             std::thread::sleep(deadline.saturating_duration_since(Instant::now()).min(Duration::from_secs(1)));
             rss.push(rss_bytes());
         }
         let tokens = engine.generated.load(Ordering::SeqCst) - before;
-        let firsts: Vec<Result<Vec<f64>>> = handles
-            .into_iter()
-            .map(|h| h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("a client thread panicked"))))
-            .collect();
+        let firsts = clients.join().unwrap_or_else(|_| vec![Err(anyhow::anyhow!("the clients panicked"))]);
         (tokens, firsts, rss)
     });
     let mut first_token = Vec::new();
@@ -151,7 +156,7 @@ fn measure(engine: &Engine, clients: usize, seconds: f64, a: &BenchArgs) -> Resu
 
 /// Streams one greedy request to its end; returns its time to first token (the engine's count: a
 /// randomly initialized model's first text can wait many tokens for a character's remaining bytes).
-fn one_request(engine: &Engine, prompt: Vec<u32>, new_tokens: usize) -> Result<Option<f64>> {
+async fn one_request(engine: &Engine, prompt: Vec<u32>, new_tokens: usize) -> Result<Option<f64>> {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let sampling = SamplingParams { temperature: 0.0, ..Default::default() };
     let sent = Instant::now();
@@ -168,7 +173,7 @@ fn one_request(engine: &Engine, prompt: Vec<u32>, new_tokens: usize) -> Result<O
     };
     engine.submit(job).map_err(|e| anyhow::anyhow!("{e}"))?;
     loop {
-        match rx.blocking_recv() {
+        match rx.recv().await {
             Some(Event::Text(_)) | Some(Event::Logprobs(_)) => {}
             Some(Event::Done { first_token, .. }) => return Ok(first_token.map(|t| t.as_secs_f64())),
             Some(Event::Error(e)) => bail!("request failed: {e}"),
