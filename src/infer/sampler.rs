@@ -57,15 +57,15 @@ impl Sampler {
     /// Picks the next token from `logits` (one row, length V) given the ids seen so far. NaN or +∞
     /// logits (a model with corrupt weights) are an error, never a panic.
     pub fn sample(&mut self, logits: &[f32], seen: &[u32]) -> Result<u32> {
-        // Folded with `|` (no branch), so it vectorizes.
-        let corrupt = logits.iter().fold(false, |bad, &l| bad | l.is_nan() | (l == f32::INFINITY));
+        // One pass finds the argmax and checks every logit.
+        let (first_max, corrupt) = crate::ops::simd::argmax_checked(logits);
         if logits.is_empty() || corrupt {
             bail!("the model produced NaN or infinite logits; its weights may be corrupt");
         }
         let p = &self.params;
         let greedy = p.temperature < GREEDY_BELOW;
         if greedy && p.repetition_penalty == 1.0 {
-            return Ok(argmax(logits)); // nothing to rescale: no copy
+            return Ok(first_max as u32); // nothing to rescale: no copy
         }
         let mut logits = logits.to_vec();
         if !greedy {
@@ -126,8 +126,7 @@ pub fn apply_repetition_penalty(logits: &mut [f32], seen: &[u32], penalty: f32) 
 }
 
 /// The position of the largest value, the first of equals (NaNs are ignored; 0 for an empty slice
-/// or one of NaNs): the maximum by a vectorized pass, then its first position.
+/// or one of NaNs), in one vectorized pass.
 pub fn argmax(values: &[f32]) -> u32 {
-    let max = crate::ops::simd::max(values);
-    values.iter().position(|&v| v == max).unwrap_or(0) as u32
+    crate::ops::simd::argmax_checked(values).0 as u32
 }

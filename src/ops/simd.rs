@@ -274,6 +274,33 @@ dispatch! {
 }
 
 dispatch! {
+    /// The first index of the largest element (0 for an empty slice or one of only NaN and −∞), and
+    /// whether an element is NaN or +∞: the maximum and the check in 16 lanes, then the first
+    /// chunk of 16 holding the maximum (compared a whole chunk at a time).
+    pub fn argmax_checked(x: &[f32]) -> (usize, bool) {
+        let (mut max, mut bad) = ([f32::NEG_INFINITY; 16], [false; 16]);
+        let chunks = x.chunks_exact(16);
+        let tail = chunks.remainder();
+        for chunk in chunks.clone() {
+            let chunk: &[f32; 16] = chunk.try_into().expect("a whole chunk");
+            for l in 0..16 {
+                max[l] = max[l].max(chunk[l]);
+                bad[l] |= chunk[l].is_nan() | (chunk[l] == f32::INFINITY);
+            }
+        }
+        let bad = bad.iter().any(|&b| b) || tail.iter().any(|v| v.is_nan() || *v == f32::INFINITY);
+        let max = max.iter().chain(tail).fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+        let found = chunks.enumerate().find_map(|(c, chunk)| {
+            let chunk: &[f32; 16] = chunk.try_into().expect("a whole chunk");
+            let hits = (0..16).fold(0u32, |hits, l| hits | u32::from(chunk[l] == max) << l);
+            (hits != 0).then(|| c * 16 + hits.trailing_zeros() as usize)
+        });
+        let at = found.or_else(|| tail.iter().position(|&v| v == max).map(|j| x.len() - tail.len() + j));
+        (at.unwrap_or(0), bad)
+    }
+}
+
+dispatch! {
     /// `x_i ← (x_i · s) · w_i`.
     pub fn scale_weighted(x: &mut [f32], s: f32, w: &[f32]) -> () {
         for (x, w) in x.iter_mut().zip(w) {

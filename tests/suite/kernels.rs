@@ -489,3 +489,37 @@ fn runs_of_a_parallel_loop_take_every_index_once_and_say_which_follow_on_their_t
         }
     }
 }
+
+#[test]
+fn argmax_is_the_first_largest_and_flags_nan_and_infinity() {
+    // The scan it replaces: the first position of the largest value, NaNs ignored.
+    fn scan(x: &[f32]) -> usize {
+        let max = x.iter().copied().filter(|v| !v.is_nan()).fold(f32::NEG_INFINITY, f32::max);
+        x.iter().position(|&v| v == max).unwrap_or(0)
+    }
+    let mut state = 7u64;
+    let mut draw = move |n: u64| {
+        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (state >> 33) % n
+    };
+    for len in (0..70).chain([6400, 6401]) {
+        for _ in 0..20 {
+            // Few distinct values, so that ties across lanes, chunks and the tail are common.
+            let mut x: Vec<f32> = (0..len).map(|_| draw(7) as f32 - 3.0).collect();
+            if len > 0 && draw(3) == 0 {
+                x[draw(len as u64) as usize] = f32::NEG_INFINITY;
+            }
+            let (at, bad) = ops::simd::argmax_checked(&x);
+            assert_eq!((at, bad), (scan(&x), false), "{x:?}");
+            assert_eq!(minimind::infer::sampler::argmax(&x) as usize, at);
+            if len > 0 {
+                let mut corrupt = x.clone();
+                let special = if draw(2) == 0 { f32::NAN } else { f32::INFINITY };
+                corrupt[draw(len as u64) as usize] = special;
+                assert!(ops::simd::argmax_checked(&corrupt).1, "{special} at some position of {len}");
+            }
+        }
+    }
+    assert_eq!(ops::simd::argmax_checked(&[f32::NEG_INFINITY; 20]), (0, false));
+    assert_eq!(ops::simd::argmax_checked(&[f32::NAN, 1.0, 2.0]), (2, true));
+}
