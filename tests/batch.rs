@@ -89,6 +89,10 @@ fn staggered_batched_decoding_equals_one_at_a_time_exactly() {
     let config = micro_preset("minimind3-moe");
     let (moe, _) = init_model(&config, InitScheme::Normal, 3, &candle_core::Device::Cpu).unwrap();
     check_against_one_at_a_time(&moe);
+    // Its q/k norm over an int8 KV cache (the fused decode step normalizes before it stores).
+    let mut moe_int8_kv = moe.clone();
+    moe_int8_kv.set_kv_int8(true).unwrap();
+    check_against_one_at_a_time(&moe_int8_kv);
     // Panel-packed weights (what inference loads): one kernel for prompts and batches of any size.
     for plain in [&model, &moe] {
         let mut packed = plain.clone();

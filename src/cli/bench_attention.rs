@@ -1,11 +1,12 @@
 //! `minimind bench attention`: continuous batching's decode attention alone — `--batch-size` rows,
-//! each over its own slot of a KV pool holding `--seq-len` positions, through every layer of the
-//! preset — in the cache format asked for (f32, `--kv-f16`, `--kv-int8`). The cost a decode step
-//! pays beside its matmuls, measured without them (their weights would evict the pool from cache).
+//! each storing its new key and value as the last of `--seq-len` positions of its own slot of a KV
+//! pool and attending over them, through every layer of the preset ([`decode_step`]) — in the cache
+//! format asked for (f32, `--kv-f16`, `--kv-int8`). The cost a decode step pays beside its matmuls,
+//! measured without them (their weights would evict the pool from cache).
 
 use super::bench::{median, BenchArgs};
 use crate::model::{KvFormat, ModelConfig};
-use crate::ops::decode_attention::PoolRow;
+use crate::ops::decode_step::{decode_step, NewRows, PoolRow};
 use anyhow::Result;
 use candle_core::{DType, Device, Tensor};
 use std::time::Instant;
@@ -19,11 +20,16 @@ pub fn run(a: &BenchArgs) -> Result<()> {
     // One pool per layer, filled with varied codes or values (the cost depends on none of them).
     let layers: Vec<_> =
         (0..config.num_hidden_layers).map(|l| pool_layer(format, (b, kv, capacity, d), l)).collect::<Result<_>>()?;
-    let q = Tensor::randn(0f32, 1.0, (1, config.num_attention_heads, b, d), &Device::Cpu)?;
+    // Each row's new query, key and value, stored at its last position (RoPE at angle 0.1·i).
+    let rows_of = |n: usize| Tensor::randn(0f32, 1.0, (b, n * d), &Device::Cpu);
+    let (q, k, v) = (rows_of(config.num_attention_heads)?, rows_of(kv)?, rows_of(kv)?);
+    let angles = (Tensor::arange(0u32, (b * d) as u32, &Device::Cpu)?.to_dtype(DType::F32)? * 0.1)?.reshape((b, d))?;
+    let (cos, sin) = (angles.cos()?, angles.sin()?);
+    let new = NewRows { q: &q, k: &k, v: &v, rope: (&cos, &sin), q_norm: None, k_norm: None };
     let rows: Vec<PoolRow> = (0..b).map(|slot| PoolRow { slot, len }).collect();
     let step = || -> Result<()> {
         for ((k, v), scales) in &layers {
-            crate::ops::pool_attention(&q, (k, v), scales.as_ref().map(|(ks, vs)| (ks, vs)), &rows)?;
+            decode_step(&new, (k, v), scales.as_ref().map(|(ks, vs)| (ks, vs)), &rows)?;
         }
         Ok(())
     };
@@ -73,6 +79,6 @@ fn pool_layer(format: KvFormat, (b, kv, capacity, d): (usize, usize, usize, usiz
             ((k, v), Some((ks, vs)))
         }
         KvFormat::F16 => ((x.to_dtype(DType::F16)?, x.to_dtype(DType::F16)?), None),
-        KvFormat::Activations => ((x.clone(), x), None),
+        KvFormat::Activations => ((x.copy()?, x), None),
     })
 }

@@ -11,17 +11,18 @@
 use crate::model::transformer::{Attention, MiniMindForCausalLM, RmsNorm};
 use crate::model::KvPool;
 use crate::ops;
-use crate::ops::decode_attention::PoolRow;
+use crate::ops::decode_step::{NewRows, PoolRow};
 use anyhow::{bail, Result};
 use candle_core::{Module, Tensor, D};
 
 impl Attention {
     /// `x` `[B, 1, d]`, row b the next position of slot `slots[b]`; writes each row's key and value
-    /// into the pool and returns `[B, 1, d]`.
+    /// into the pool and returns `[B, 1, d]`. `cos`/`sin` are each row's RoPE table row `[B, D]`.
     ///
-    /// The B rows are laid out as the time axis of one sequence (`[1, heads, B, D]`) for the head
-    /// split, the q/k norm and RoPE — with each row's own position's table row — which are all per
-    /// row, so they run once for the batch. `cos`/`sin` are each row's RoPE table row `[B, D]`.
+    /// On the CPU one op rotates, caches and attends for every (row, KV head) in parallel
+    /// ([`ops::decode_step`]). Composed, the B rows are laid out as the time axis of one sequence
+    /// (`[1, heads, B, D]`) for the head split, the q/k norm and RoPE — with each row's own
+    /// position's table row — which are all per row, so they run once for the batch.
     fn decode_rows(
         &self,
         x: &Tensor,
@@ -34,23 +35,40 @@ impl Attention {
         let weights = [self.q_proj.weight_for(x)?, self.k_proj.weight_for(x)?, self.v_proj.weight_for(x)?];
         let qkv = ops::matmul_nt_many(x, &[&weights[0], &weights[1], &weights[2]])?; // [B, 1, n·D] each
         let (q, k, v) = (&qkv[0], &qkv[1], &qkv[2]);
-        // As `Attention::forward` does for one row: heads, then RoPE (after the q/k norm if any).
-        let heads = |z: &Tensor, n: usize, rotate: bool, norm: Option<&RmsNorm>| -> Result<Tensor> {
-            let z = z.reshape((1, b, z.dim(D::Minus1)?))?;
-            let z = ops::composed::split_heads(&z, n, None)?;
-            match (rotate, norm) {
-                (false, _) => Ok(z),
-                (true, None) => Ok(ops::apply_rope(&z, cos, sin)?),
-                (true, Some(norm)) => Ok(ops::apply_rope(&norm.forward(&z)?, cos, sin)?),
-            }
-        };
-        let q = heads(q, self.num_heads, true, self.q_norm.as_ref())?; // [1, H, B, D]
-        let k = heads(k, self.num_kv_heads, true, self.k_norm.as_ref())?;
-        let v = heads(v, self.num_kv_heads, false, None)?;
-        pool.write_rows(layer, slots, &k, &v)?;
         let rows: Vec<PoolRow> = slots.iter().map(|&slot| PoolRow { slot, len: pool.len(slot) + 1 }).collect();
         let (pools, scales) = pool.layer(layer);
-        let y = ops::pool_attention(&q, pools, scales, &rows)?.transpose(1, 2)?; // [1, H, B, D]
+        let y = if ops::fused_decode_step(q, pools.0, scales.is_some()) {
+            // One op: each row's key and queries rotated, its key and value cached, its attention.
+            let flat = |z: &Tensor| z.reshape((b, z.dim(D::Minus1)?));
+            let (q, k, v) = (flat(q)?, flat(k)?, flat(v)?);
+            let new = NewRows {
+                q: &q,
+                k: &k,
+                v: &v,
+                rope: (cos, sin),
+                q_norm: self.q_norm.as_ref().map(|n| (&n.weight, n.eps())),
+                k_norm: self.k_norm.as_ref().map(|n| (&n.weight, n.eps())),
+            };
+            ops::decode_step::decode_step(&new, pools, scales, &rows)?
+        } else {
+            // As `Attention::forward` does for one row: heads, then RoPE (after the q/k norm if
+            // any); the new keys and values written into the pool, then the attention over it.
+            let heads = |z: &Tensor, n: usize, rotate: bool, norm: Option<&RmsNorm>| -> Result<Tensor> {
+                let z = z.reshape((1, b, z.dim(D::Minus1)?))?;
+                let z = ops::composed::split_heads(&z, n, None)?;
+                match (rotate, norm) {
+                    (false, _) => Ok(z),
+                    (true, None) => Ok(ops::apply_rope(&z, cos, sin)?),
+                    (true, Some(norm)) => Ok(ops::apply_rope(&norm.forward(&z)?, cos, sin)?),
+                }
+            };
+            let q = heads(q, self.num_heads, true, self.q_norm.as_ref())?; // [1, H, B, D]
+            let k = heads(k, self.num_kv_heads, true, self.k_norm.as_ref())?;
+            let v = heads(v, self.num_kv_heads, false, None)?;
+            pool.write_rows(layer, slots, &k, &v)?;
+            ops::pool_attention(&q, pools, scales, &rows)?
+        };
+        let y = y.transpose(1, 2)?; // [1, H, B, D]
         let out = ops::merge_heads(&y, &self.o_proj.weight_for(&y)?)?; // [1, B, d]
         Ok(out.reshape((b, 1, out.dim(D::Minus1)?))?)
     }

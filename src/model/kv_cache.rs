@@ -276,8 +276,8 @@ impl KvPool {
         }
         let pool_dtype = matches!(k_pool.dtype(), DType::F32 | DType::F16);
         if k_pool.device().is_cpu() && pool_dtype && k.dtype() == DType::F32 {
-            ops::decode_attention::pool_write(k_pool, k, &places)?;
-            return Ok(ops::decode_attention::pool_write(v_pool, v, &places)?);
+            ops::decode_step::pool_write(k_pool, k, &places)?;
+            return Ok(ops::decode_step::pool_write(v_pool, v, &places)?);
         }
         for (i, &slot) in slots.iter().enumerate() {
             self.write(layer, slot, &k.narrow(2, i, 1)?, &v.narrow(2, i, 1)?)?;

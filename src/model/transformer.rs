@@ -84,6 +84,11 @@ impl RmsNorm {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         Ok(ops::rms_norm(x, &self.weight.to_dtype(x.dtype())?, self.eps)?)
     }
+
+    /// ε, added to the mean square under the root.
+    pub fn eps(&self) -> f64 {
+        self.eps
+    }
 }
 
 /// `inv_freq[i] = θ^(−2i/D)` for i < D/2, computed in f32 as PyTorch does.

@@ -9,7 +9,7 @@ use super::cpu::{f32_slice, sgemm, with_f32};
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 
 /// Rotates pair `(v_i, v_{i+D/2})` by the angle whose cos/sin are `c_i`, `s_i` (sign −1: inverse).
-fn rotate_row(v: &mut [f32], c: &[f32], s: &[f32], sign: f32) {
+pub(super) fn rotate_row(v: &mut [f32], c: &[f32], s: &[f32], sign: f32) {
     let half = v.len() / 2;
     for i in 0..half {
         let (a, b, sn) = (v[i], v[i + half], sign * s[i]);

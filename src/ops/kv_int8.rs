@@ -69,6 +69,12 @@ pub fn quantize_rows(x: &[f32], d: usize) -> (Vec<u8>, Vec<f32>) {
     (codes, scales)
 }
 
+/// The codes as the signed bytes they are, to write.
+pub fn as_signed_mut(codes: &mut [u8]) -> &mut [i8] {
+    // SAFETY: as `as_signed`; the borrow is handed on whole.
+    unsafe { std::slice::from_raw_parts_mut(codes.as_mut_ptr() as *mut i8, codes.len()) }
+}
+
 /// The codes as the signed bytes they are.
 pub fn as_signed(codes: &[u8]) -> &[i8] {
     // SAFETY: i8 and u8 have the same size and alignment, and every bit pattern is valid for both.
@@ -127,6 +133,18 @@ impl Stored {
                     }
                 }
             }
+        }
+    }
+
+    /// Writes one row of codes as position `at` of one KV head's codes (laid out so).
+    pub fn place<B: Copy>(self, row: &[B], at: usize, to: &mut [B]) {
+        let d = row.len();
+        match self {
+            // Four values at a time: each four are side by side in the block.
+            Stored::Keys => row.chunks_exact(4).enumerate().for_each(|(i, four)| {
+                to[Stored::Keys.offset(at, 4 * i, d)..][..4].copy_from_slice(four);
+            }),
+            Stored::Values => row.iter().enumerate().for_each(|(i, &c)| to[Stored::Values.offset(at, i, d)] = c),
         }
     }
 
@@ -258,16 +276,7 @@ impl InplaceOp1 for QuantizedRows<'_> {
         let (d, capacity) = (self.d, self.capacity);
         match cache {
             CpuStorage::U8(cache) => self.rows.iter().for_each(|&(head, at, from)| {
-                let (to, row) = (&mut cache[start + head * capacity * d..], &self.codes[from * d..][..d]);
-                match self.layout {
-                    // Four values at a time: each four are side by side in the block.
-                    Stored::Keys => row.chunks_exact(4).enumerate().for_each(|(i, four)| {
-                        to[Stored::Keys.offset(at, 4 * i, d)..][..4].copy_from_slice(four);
-                    }),
-                    Stored::Values => {
-                        row.iter().enumerate().for_each(|(i, &c)| to[Stored::Values.offset(at, i, d)] = c)
-                    }
-                }
+                self.layout.place(&self.codes[from * d..][..d], at, &mut cache[start + head * capacity * d..])
             }),
             CpuStorage::F32(cache) => {
                 self.rows.iter().for_each(|&(head, at, from)| cache[start + head * capacity + at] = self.scales[from])

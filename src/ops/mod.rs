@@ -12,7 +12,7 @@ pub mod blas;
 pub mod composed;
 mod cpu;
 pub use cpu::cast;
-pub mod decode_attention;
+pub mod decode_step;
 pub mod gemm;
 pub mod gemv;
 pub mod heads;
@@ -263,21 +263,25 @@ pub fn swiglu_in(x: &Tensor, w_gate: &Tensor, w_up: &Tensor) -> Result<Tensor> {
     }
 }
 
-/// Continuous batching's decode attention: `q` `[1, H, B, D]` (row b's heads at time index b), KV
-/// pools `[slots, K, capacity, D]`; row b attends to positions `0..rows[b].len` of slot
-/// `rows[b].slot`. Returns `[1, B, H, D]`, each row's heads together. One fused op on the CPU (f32,
-/// f16 or int8 pools — `row_scales` the int8 pools' scales `[slots, K, capacity]`); per row with the
-/// composed reference elsewhere.
+/// Whether a decode step's rotation, KV writes and attention run as one op
+/// ([`decode_step::decode_step`]): f32 projections on the CPU over an f32 or f16 pool, or an int8
+/// one (its codes U8, `int8` its scales present).
+pub fn fused_decode_step(q: &Tensor, k_pool: &Tensor, int8: bool) -> bool {
+    let pool = matches!((k_pool.dtype(), int8), (DType::F32 | DType::F16, false) | (DType::U8, true));
+    pool && fused_f32(&[q]) && k_pool.device().is_cpu()
+}
+
+/// Continuous batching's decode attention, composed (the reference of [`decode_step`], and the path
+/// of devices without it): `q` `[1, H, B, D]` (row b's heads at time index b), KV pools
+/// `[slots, K, capacity, D]` (f32, f16, or an int8 cache's codes with `row_scales`
+/// `[slots, K, capacity]`); row b attends to positions `0..rows[b].len` of slot `rows[b].slot`.
+/// Returns `[1, B, H, D]`, each row's heads together.
 pub fn pool_attention(
     q: &Tensor,
     (k, v): (&Tensor, &Tensor),
     row_scales: Option<(&Tensor, &Tensor)>,
-    rows: &[decode_attention::PoolRow],
+    rows: &[decode_step::PoolRow],
 ) -> Result<Tensor> {
-    let stored = matches!((k.dtype(), row_scales.is_some()), (DType::F16, false) | (DType::U8, true));
-    if fused_f32(&[q, k, v]) || (stored && k.dtype() == v.dtype() && fused_f32(&[q])) {
-        return decode_attention::pool_attention(q, (k, v), row_scales, rows);
-    }
     let per_row = rows
         .iter()
         .enumerate()

@@ -13,6 +13,16 @@ struct RmsNorm {
     inv_rms: Mutex<Vec<f32>>,
 }
 
+/// One row: `y = w ⊙ x·r`; returns `r = 1/√(mean(x²) + ε)`.
+pub(super) fn normalize_row(x: &[f32], w: &[f32], eps: f32, y: &mut [f32]) -> f32 {
+    let mean_square = simd::dot(x, x) / w.len() as f32;
+    let r = 1.0 / (mean_square + eps).sqrt();
+    for ((yi, xi), wi) in y.iter_mut().zip(x).zip(w) {
+        *yi = wi * (xi * r);
+    }
+    r
+}
+
 /// RMSNorm of `x` `[.., d]` with weight `w` `[d]` (both f32 on the CPU).
 pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
     let op = RmsNorm { eps: eps as f32, inv_rms: Mutex::new(Vec::new()) };
@@ -31,17 +41,10 @@ impl CustomOp2 for RmsNorm {
             candle_core::bail!("rms-norm: weight of {d} for input {:?}", l1.dims());
         }
         let mut inv = vec![0f32; x.len() / d];
-        let row = |((y, x), r): ((&mut [f32], &[f32]), &mut f32)| {
-            let mean_square = simd::dot(x, x) / d as f32;
-            *r = 1.0 / (mean_square + self.eps).sqrt();
-            for ((yi, xi), wi) in y.iter_mut().zip(x).zip(w) {
-                *yi = wi * (xi * *r);
-            }
-        };
         let inv_rows = super::pool::Disjoint::new(&mut inv);
         // SAFETY: row i writes inv[i] alone.
-        let y = super::pool::filled(x.len(), d, |i, y| {
-            row(((y, &x[i * d..][..d]), unsafe { &mut inv_rows.part(i, 1)[0] }))
+        let y = super::pool::filled(x.len(), d, |i, y| unsafe {
+            inv_rows.part(i, 1)[0] = normalize_row(&x[i * d..][..d], w, self.eps, y)
         });
         *self.inv_rms.lock().map_err(|_| candle_core::Error::Msg("lock poisoned".into()))? = inv;
         Ok((CpuStorage::F32(y), l1.shape().clone()))

@@ -523,3 +523,106 @@ fn argmax_is_the_first_largest_and_flags_nan_and_infinity() {
     assert_eq!(ops::simd::argmax_checked(&[f32::NEG_INFINITY; 20]), (0, false));
     assert_eq!(ops::simd::argmax_checked(&[f32::NAN, 1.0, 2.0]), (2, true));
 }
+
+/// The composed decode step the fused one replaces: heads, q/k norm, RoPE, pool writes, attention.
+fn composed_decode_step(
+    new: &ops::decode_step::NewRows,
+    (k_pool, v_pool): (&Tensor, &Tensor),
+    scales: Option<(&Tensor, &Tensor)>,
+    rows: &[ops::decode_step::PoolRow],
+) -> Tensor {
+    let d = k_pool.dim(3).unwrap();
+    let heads = |z: &Tensor, norm: Option<(&Tensor, f64)>, rotate: bool| {
+        let (b, nd) = z.dims2().unwrap();
+        let z = ops::composed::split_heads(&z.reshape((1, b, nd)).unwrap(), nd / d, None).unwrap();
+        let z = match norm {
+            Some((w, eps)) => ops::rms_norm(&z, w, eps).unwrap(),
+            None => z,
+        };
+        if rotate {
+            ops::apply_rope(&z, new.rope.0, new.rope.1).unwrap()
+        } else {
+            z
+        }
+    };
+    let (q, k, v) = (heads(new.q, new.q_norm, true), heads(new.k, new.k_norm, true), heads(new.v, None, false));
+    let places: Vec<(usize, usize)> = rows.iter().map(|r| (r.slot, r.len - 1)).collect();
+    match scales {
+        Some((ks, vs)) => {
+            ops::kv_int8::pool_write(k_pool, ks, &k, &places, ops::kv_int8::Stored::Keys).unwrap();
+            ops::kv_int8::pool_write(v_pool, vs, &v, &places, ops::kv_int8::Stored::Values).unwrap();
+        }
+        None => {
+            ops::decode_step::pool_write(k_pool, &k, &places).unwrap();
+            ops::decode_step::pool_write(v_pool, &v, &places).unwrap();
+        }
+    }
+    ops::pool_attention(&q, (k_pool, v_pool), scales, rows).unwrap()
+}
+
+#[test]
+fn a_fused_decode_step_caches_the_same_rows_and_attends_as_the_composed_one() {
+    use ops::decode_step::PoolRow;
+    use ops::decode_step::{decode_step, NewRows};
+    let (slots, kv, h, d, capacity) = (5, 2, 6, 12, 32);
+    // Rows of different lengths in scattered slots; the pools hold earlier positions already.
+    let rows = [PoolRow { slot: 3, len: 1 }, PoolRow { slot: 0, len: 17 }, PoolRow { slot: 4, len: 32 }];
+    let b = rows.len();
+    let (q, k, v) = (randn(&[b, h * d]), randn(&[b, kv * d]), randn(&[b, kv * d]));
+    let angles = randn(&[b, d]);
+    let rope = (angles.cos().unwrap(), angles.sin().unwrap());
+    let (q_w, k_w) = (randn(&[d]), randn(&[d]));
+    let history = randn(&[slots, kv, capacity, d]);
+    for format in ["f32", "f16", "int8"] {
+        for norms in [false, true] {
+            let pools = || -> (Tensor, Tensor, Option<(Tensor, Tensor)>) {
+                match format {
+                    "int8" => {
+                        let codes = || Tensor::zeros((slots, kv, capacity, d), DType::U8, &Device::Cpu).unwrap();
+                        let scales = || Tensor::zeros((slots, kv, capacity), DType::F32, &Device::Cpu).unwrap();
+                        let (kp, vp, ks, vs) = (codes(), codes(), scales(), scales());
+                        ops::kv_int8::cache_write(&kp, &ks, &history, 0, ops::kv_int8::Stored::Keys).unwrap();
+                        ops::kv_int8::cache_write(&vp, &vs, &history, 0, ops::kv_int8::Stored::Values).unwrap();
+                        (kp, vp, Some((ks, vs)))
+                    }
+                    "f16" => (history.to_dtype(DType::F16).unwrap(), history.to_dtype(DType::F16).unwrap(), None),
+                    _ => (history.copy().unwrap(), history.copy().unwrap(), None),
+                }
+            };
+            let new = NewRows {
+                q: &q,
+                k: &k,
+                v: &v,
+                rope: (&rope.0, &rope.1),
+                q_norm: norms.then_some((&q_w, 1e-5)),
+                k_norm: norms.then_some((&k_w, 1e-5)),
+            };
+            let (fk, fv, fs) = pools();
+            let fs_ref = fs.as_ref().map(|(a, b)| (a, b));
+            let fused = decode_step(&new, (&fk, &fv), fs_ref, &rows).unwrap();
+            let (ck, cv, cs) = pools();
+            let composed = composed_decode_step(&new, (&ck, &cv), cs.as_ref().map(|(a, b)| (a, b)), &rows);
+            let what = format!("{format} pools, norms {norms}");
+            assert_eq!(fused.dims(), [1, b, h, d], "{what}");
+            // The attention sums in another order than the composed one (int8: integer scores of
+            // quantized queries, 16-bit weights); the caches hold the same bits.
+            let tolerance = if format == "int8" { 2e-2 } else { 1e-5 };
+            assert!(max_abs_diff(&fused, &composed) < tolerance, "{what}: attention");
+            let bytes = |t: &Tensor| t.flatten_all().unwrap().to_dtype(DType::F32).unwrap().to_vec1::<f32>().unwrap();
+            assert_eq!(bytes(&fk), bytes(&ck), "{what}: keys cached");
+            assert_eq!(bytes(&fv), bytes(&cv), "{what}: values cached");
+            if let (Some(f), Some(c)) = (&fs, &cs) {
+                assert_eq!((bytes(&f.0), bytes(&f.1)), (bytes(&c.0), bytes(&c.1)), "{what}: scales");
+            }
+        }
+    }
+    // Two rows in one slot would write one place twice: an error, as are lengths past the slot.
+    let (kp, vp) = (history.copy().unwrap(), history.copy().unwrap());
+    let new = NewRows { q: &q, k: &k, v: &v, rope: (&rope.0, &rope.1), q_norm: None, k_norm: None };
+    let twice = [rows[0], rows[1], PoolRow { slot: 0, len: 3 }];
+    assert!(decode_step(&new, (&kp, &vp), None, &twice).is_err());
+    let past = [rows[0], rows[1], PoolRow { slot: 2, len: capacity + 1 }];
+    assert!(decode_step(&new, (&kp, &vp), None, &past).is_err());
+    // Keys and values in one storage would be borrowed twice: an error, not a hang.
+    assert!(decode_step(&new, (&kp, &kp.clone()), None, &rows).is_err());
+}
