@@ -45,45 +45,67 @@ pub struct NewRows<'a> {
 /// and returns the attention of its queries over positions `0..rows[b].len`: `[1, B, H, D]`.
 pub fn decode_step(
     new: &NewRows,
-    (k_pool, v_pool): (&Tensor, &Tensor),
+    pools: (&Tensor, &Tensor),
     row_scales: Option<(&Tensor, &Tensor)>,
     rows: &[PoolRow],
 ) -> Result<Tensor> {
+    let shape = check(new, pools, row_scales, rows)?;
+    let out = with_inputs(new, rows, shape, |step| {
+        with_pools(pools, row_scales, |pools| match pools {
+            Pools::F32(k, v) => step.run(k, v, None),
+            Pools::F16(k, v) => step.run(k, v, None),
+            Pools::Int8(k, v, scales) => step.run(k, v, Some(scales)),
+        })
+    })?;
+    Tensor::from_vec(out, (1, rows.len(), shape.h, shape.d), pools.0.device())
+}
+
+/// The step's sizes, once its shapes agree: distinct slots, lengths within them, tables and norms
+/// of the head size, pools that share no storage (borrowing one twice would wait on itself).
+fn check(
+    new: &NewRows,
+    (k_pool, v_pool): (&Tensor, &Tensor),
+    row_scales: Option<(&Tensor, &Tensor)>,
+    rows: &[PoolRow],
+) -> Result<Shape> {
     let (slots, kv, capacity, d) = k_pool.dims4()?;
     let ((b, hd), (bk, kd)) = (new.q.dims2()?, new.k.dims2()?);
     let h = hd / d.max(1);
+    let shapes = d > 0 && d % 2 == 0 && hd == h * d && kv > 0 && h % kv == 0 && (bk, kd) == (b, kv * d);
+    if !(shapes && b == rows.len() && new.v.dims() == new.k.dims() && v_pool.dims() == k_pool.dims()) {
+        let (q, k, v) = (new.q.dims(), new.k.dims(), new.v.dims());
+        candle_core::bail!("decode step: q {q:?}, k {k:?}, v {v:?} into pools {:?}", k_pool.dims());
+    }
     let mut seen = vec![false; slots];
     let distinct = rows.iter().all(|r| r.slot < slots && !std::mem::replace(&mut seen[r.slot], true));
     let fits = rows.iter().all(|r| (1..=capacity).contains(&r.len));
     let tables = [new.rope.0, new.rope.1].iter().all(|t| t.dims() == [b, d]);
     let norms = [new.q_norm, new.k_norm].iter().flatten().all(|(w, _)| w.dims() == [d]);
-    let shapes = d > 0 && d % 2 == 0 && hd == h * d && kv > 0 && h % kv == 0 && (bk, kd) == (b, kv * d);
-    if !(shapes && b == rows.len() && new.v.dims() == new.k.dims() && v_pool.dims() == k_pool.dims()) {
-        candle_core::bail!(
-            "decode step: q {:?}, k {:?}, v {:?} into pools {:?}",
-            new.q.dims(),
-            new.k.dims(),
-            new.v.dims(),
-            k_pool.dims()
-        );
-    }
     if !(distinct && fits && tables && norms) {
         candle_core::bail!(
             "decode step: rows {rows:?} (distinct slots of {capacity} positions), tables and norms of {d}"
         );
     }
-    // The pools are written in place: each must be a storage of its own (borrowing one twice would
-    // wait on itself).
+    if let Some((k_scales, v_scales)) = row_scales {
+        let dims = [slots, kv, capacity];
+        if !super::kv_int8::holds_blocks(capacity, d) || k_scales.dims() != dims || v_scales.dims() != dims {
+            candle_core::bail!("int8 decode step: codes {:?}, scales {:?}", k_pool.dims(), k_scales.dims());
+        }
+    }
     let written: Vec<&Tensor> =
         [k_pool, v_pool].into_iter().chain(row_scales.into_iter().flat_map(|(a, b)| [a, b])).collect();
     let guards: Vec<_> = written.iter().map(|t| t.storage_and_layout().0).collect();
     if guards.iter().enumerate().any(|(i, a)| guards[..i].iter().any(|b| std::ptr::eq(&**a, &**b))) {
         candle_core::bail!("decode step: the key and value pools (and scales) must not share storage");
     }
-    drop(guards);
-    // The inputs' f32 data, borrowed (the guards live until the step is done).
+    Ok(Shape { h, kv, d, capacity })
+}
+
+/// Runs `f` on the step's inputs as f32 slices, borrowed from their tensors.
+fn with_inputs<R>(new: &NewRows, rows: &[PoolRow], shape: Shape, f: impl FnOnce(&Step) -> Result<R>) -> Result<R> {
+    let norms = [new.q_norm, new.k_norm];
     let mut inputs = vec![new.q, new.k, new.v, new.rope.0, new.rope.1];
-    inputs.extend([new.q_norm, new.k_norm].iter().flatten().map(|(w, _)| *w));
+    inputs.extend(norms.iter().flatten().map(|(w, _)| *w));
     let inputs: Vec<Tensor> = inputs.into_iter().map(|t| t.contiguous()).collect::<Result<_>>()?;
     let guards: Vec<_> = inputs.iter().map(|t| t.storage_and_layout()).collect();
     let data = guards
@@ -93,45 +115,57 @@ pub fn decode_step(
             _ => candle_core::bail!("decode step: CPU tensors"),
         })
         .collect::<Result<Vec<_>>>()?;
-    let mut norm_weights = data[5..].iter();
-    let mut norm =
-        |n: Option<(&Tensor, f64)>| n.map(|(_, eps)| (norm_weights.next().copied().unwrap_or_default(), eps as f32));
+    // The norms' weights follow the tables, the q norm's first.
+    let q_weight = new.q_norm.map(|_| data[5]);
+    let k_weight = new.k_norm.map(|_| data[5 + usize::from(new.q_norm.is_some())]);
     let step = Step {
         q: data[0],
         k: data[1],
         v: data[2],
         rope: (data[3], data[4]),
-        q_norm: norm(new.q_norm),
-        k_norm: norm(new.k_norm),
+        q_norm: q_weight.zip(new.q_norm.map(|(_, eps)| eps as f32)),
+        k_norm: k_weight.zip(new.k_norm.map(|(_, eps)| eps as f32)),
         rows,
-        shape: Shape { h, kv, d, capacity },
+        shape,
     };
-    let out = with_storage_mut(k_pool, |ks, kl| {
+    f(&step)
+}
+
+/// The pools' data, borrowed mutably: f32 or f16 rows, or an int8 cache's codes and scales.
+enum Pools<'a> {
+    F32(&'a mut [f32], &'a mut [f32]),
+    F16(&'a mut [f16], &'a mut [f16]),
+    Int8(&'a mut [i8], &'a mut [i8], (&'a mut [f32], &'a mut [f32])),
+}
+
+/// Runs `f` on the pools (and an int8 cache's scales) borrowed mutably, each inside an in-place op.
+fn with_pools<R>(
+    (k_pool, v_pool): (&Tensor, &Tensor),
+    row_scales: Option<(&Tensor, &Tensor)>,
+    f: impl FnOnce(Pools) -> R,
+) -> Result<R> {
+    with_storage_mut(k_pool, |ks, kl| {
         with_storage_mut(v_pool, |vs, vl| {
             let (k0, v0) = (start(kl)?, start(vl)?);
             match (ks, vs, row_scales) {
                 (CpuStorage::U8(k), CpuStorage::U8(v), Some((k_scales, v_scales))) => {
-                    if !super::kv_int8::holds_blocks(capacity, d) || k_scales.dims() != [slots, kv, capacity] {
-                        candle_core::bail!("int8 decode step: codes {:?}, scales {:?}", k_pool.dims(), k_scales.dims());
-                    }
                     with_storage_mut(k_scales, |kss, ksl| {
                         with_storage_mut(v_scales, |vss, vsl| match (kss, vss) {
-                            (CpuStorage::F32(kss), CpuStorage::F32(vss)) if v_scales.dims() == k_scales.dims() => {
+                            (CpuStorage::F32(kss), CpuStorage::F32(vss)) => {
                                 let scales = (&mut kss[start(ksl)?..], &mut vss[start(vsl)?..]);
-                                Ok(step.run(as_signed_mut(&mut k[k0..]), as_signed_mut(&mut v[v0..]), Some(scales)))
+                                Ok(f(Pools::Int8(as_signed_mut(&mut k[k0..]), as_signed_mut(&mut v[v0..]), scales)))
                             }
-                            _ => candle_core::bail!("int8 decode step: f32 scales of {:?}", k_scales.dims()),
+                            _ => candle_core::bail!("int8 decode step: f32 scales"),
                         })
                     })
                 }
                 (_, _, Some(_)) => candle_core::bail!("int8 decode step: the pools must be U8"),
-                (CpuStorage::F16(k), CpuStorage::F16(v), None) => Ok(step.run(&mut k[k0..], &mut v[v0..], None)),
-                (CpuStorage::F32(k), CpuStorage::F32(v), None) => Ok(step.run(&mut k[k0..], &mut v[v0..], None)),
+                (CpuStorage::F16(k), CpuStorage::F16(v), None) => Ok(f(Pools::F16(&mut k[k0..], &mut v[v0..]))),
+                (CpuStorage::F32(k), CpuStorage::F32(v), None) => Ok(f(Pools::F32(&mut k[k0..], &mut v[v0..]))),
                 _ => candle_core::bail!("decode step: f32 or f16 pools, or an int8 cache's U8 codes"),
             }
         })
-    })?;
-    Tensor::from_vec(out, (1, b, h, d), k_pool.device())
+    })
 }
 
 /// The sizes of a step: query heads, KV heads, head size, slot capacity.
