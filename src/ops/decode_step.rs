@@ -196,7 +196,9 @@ impl Step<'_> {
         let x = &x[(row * n + head) * d..][..d];
         match norm {
             Some((w, eps)) => {
-                super::norm::normalize_row(x, w, eps, out);
+                // As the norm's rows are: `w ⊙ x·r`.
+                let r = super::norm::inv_rms(x, eps);
+                out.iter_mut().zip(x).zip(w).for_each(|((o, xi), wi)| *o = wi * (xi * r));
             }
             None => out.copy_from_slice(x),
         }

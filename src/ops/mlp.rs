@@ -48,10 +48,13 @@ impl CustomOp3 for SwiGluIn {
         let rows = x.len() / d;
         let gate = sgemm(false, true, rows, f, d, x, f32_slice(s2, l2)?);
         let up = sgemm(false, true, rows, f, d, x, f32_slice(s3, l3)?);
-        let mut h = vec![0f32; rows * f];
-        h.par_chunks_mut(CHUNK).zip(gate.par_chunks(CHUNK).zip(up.par_chunks(CHUNK))).for_each(|(h, (g, u))| {
+        let mut h: Vec<f32> = Vec::with_capacity(rows * f);
+        let pieces = h.spare_capacity_mut()[..rows * f].par_chunks_mut(CHUNK);
+        pieces.zip(gate.par_chunks(CHUNK).zip(up.par_chunks(CHUNK))).for_each(|(h, (g, u))| {
             simd::swiglu(h, g, u);
         });
+        // SAFETY: `simd::swiglu` wrote every value of every piece.
+        unsafe { h.set_len(rows * f) };
         *self.saved.lock().map_err(lock_err)? = (gate, up);
         let mut dims = l1.dims().to_vec();
         *dims.last_mut().expect("x has a last axis") = f;

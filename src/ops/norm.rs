@@ -13,12 +13,17 @@ struct RmsNorm {
     inv_rms: Mutex<Vec<f32>>,
 }
 
-/// One row: `y = w ⊙ x·r`; returns `r = 1/√(mean(x²) + ε)`.
-pub(super) fn normalize_row(x: &[f32], w: &[f32], eps: f32, y: &mut [f32]) -> f32 {
-    let mean_square = simd::dot(x, x) / w.len() as f32;
-    let r = 1.0 / (mean_square + eps).sqrt();
+/// One row's `r = 1/√(mean(x²) + ε)`.
+pub(super) fn inv_rms(x: &[f32], eps: f32) -> f32 {
+    let mean_square = simd::dot(x, x) / x.len() as f32;
+    1.0 / (mean_square + eps).sqrt()
+}
+
+/// One row: `y = w ⊙ x·r` (every value of `y` written); returns `r`.
+fn normalize_row(x: &[f32], w: &[f32], eps: f32, y: &mut [std::mem::MaybeUninit<f32>]) -> f32 {
+    let r = inv_rms(x, eps);
     for ((yi, xi), wi) in y.iter_mut().zip(x).zip(w) {
-        *yi = wi * (xi * r);
+        yi.write(wi * (xi * r));
     }
     r
 }
@@ -42,10 +47,12 @@ impl CustomOp2 for RmsNorm {
         }
         let mut inv = vec![0f32; x.len() / d];
         let inv_rows = super::pool::Disjoint::new(&mut inv);
-        // SAFETY: row i writes inv[i] alone.
-        let y = super::pool::filled(x.len(), d, |i, y| unsafe {
-            inv_rows.part(i, 1)[0] = normalize_row(&x[i * d..][..d], w, self.eps, y)
-        });
+        // SAFETY: row i writes inv[i] alone, and every value of its row of y.
+        let y = unsafe {
+            super::pool::written(x.len(), d, |i, y| {
+                inv_rows.part(i, 1)[0] = normalize_row(&x[i * d..][..d], w, self.eps, y)
+            })
+        };
         *self.inv_rms.lock().map_err(|_| candle_core::Error::Msg("lock poisoned".into()))? = inv;
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }

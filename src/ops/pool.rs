@@ -9,6 +9,7 @@
 //! One loop runs at a time; a caller that finds the pool busy (another thread's loop) runs its chunks
 //! itself.
 
+use std::mem::MaybeUninit;
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering::SeqCst};
 use std::sync::{Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -276,16 +277,26 @@ fn par_chunks_mut<T: Send>(out: &mut [T], chunk: usize, f: impl Fn(usize, &mut [
 /// other workers wait (`vec![0.0; n]`: 7 % of a 128-token int8 prompt's calling thread; prompts
 /// 4–5 % faster without it).
 pub fn par_filled(n: usize, chunk: usize, f: impl Fn(usize, &mut [f32]) + Sync + Send) -> Vec<f32> {
-    use std::mem::MaybeUninit;
+    // SAFETY: every piece is zeroed before `f` sees it.
+    unsafe { par_written(n, chunk, |i, piece| f(i, zeroed(piece))) }
+}
+
+/// As [`par_filled`] for kernels that write every value of their piece: the pieces are handed over
+/// unwritten, so nothing is zeroed first (for the residual adds, SwiGLU, RMSNorm and RoPE: 128-token
+/// int8 prompts 2–5 % faster, 16-row decode steps 0–2 %).
+///
+/// # Safety
+/// `f` must write every value of each piece it is given.
+pub unsafe fn par_written(
+    n: usize,
+    chunk: usize,
+    f: impl Fn(usize, &mut [MaybeUninit<f32>]) + Sync + Send,
+) -> Vec<f32> {
     // Pieces of no values would leave the vector unwritten.
-    assert!(n == 0 || chunk > 0, "par_filled: {n} values in pieces of 0");
+    assert!(n == 0 || chunk > 0, "par_written: {n} values in pieces of 0");
     let mut out: Vec<f32> = Vec::with_capacity(n);
-    par_chunks_mut(&mut out.spare_capacity_mut()[..n], chunk, |i, piece: &mut [MaybeUninit<f32>]| {
-        piece.fill(MaybeUninit::new(0.0));
-        // SAFETY: every value of the piece was just written.
-        f(i, unsafe { &mut *(piece as *mut [MaybeUninit<f32>] as *mut [f32]) })
-    });
-    // SAFETY: the pieces cover `0..n`, and each was written (the loop returns after all have run;
+    par_chunks_mut(&mut out.spare_capacity_mut()[..n], chunk, f);
+    // SAFETY: the pieces cover `0..n`, and `f` wrote each (the loop returns after all have run;
     // a panic in one propagates before this line).
     unsafe { out.set_len(n) };
     out
@@ -294,12 +305,30 @@ pub fn par_filled(n: usize, chunk: usize, f: impl Fn(usize, &mut [f32]) + Sync +
 /// As [`par_filled`], except that outputs of up to [`SMALL`] values (a decode step's few rows) are
 /// filled on the calling thread, piece after piece: for them a fork-join costs more than the work.
 pub fn filled(n: usize, chunk: usize, f: impl Fn(usize, &mut [f32]) + Sync + Send) -> Vec<f32> {
+    // SAFETY: every piece is zeroed before `f` sees it.
+    unsafe { written(n, chunk, |i, piece| f(i, zeroed(piece))) }
+}
+
+/// As [`filled`] for kernels that write every value of their piece (see [`par_written`]).
+///
+/// # Safety
+/// `f` must write every value of each piece it is given.
+pub unsafe fn written(n: usize, chunk: usize, f: impl Fn(usize, &mut [MaybeUninit<f32>]) + Sync + Send) -> Vec<f32> {
     if n > SMALL {
-        return par_filled(n, chunk, f);
+        return unsafe { par_written(n, chunk, f) };
     }
-    let mut out = vec![0f32; n];
-    out.chunks_mut(chunk.max(1)).enumerate().for_each(|(i, piece)| f(i, piece));
+    let mut out: Vec<f32> = Vec::with_capacity(n);
+    out.spare_capacity_mut()[..n].chunks_mut(chunk.max(1)).enumerate().for_each(|(i, piece)| f(i, piece));
+    // SAFETY: the pieces cover `0..n`, and `f` wrote each.
+    unsafe { out.set_len(n) };
     out
+}
+
+/// A piece zeroed, as the `f32`s it now holds.
+fn zeroed(piece: &mut [MaybeUninit<f32>]) -> &mut [f32] {
+    piece.fill(MaybeUninit::new(0.0));
+    // SAFETY: every value of the piece was just written.
+    unsafe { &mut *(piece as *mut [MaybeUninit<f32>] as *mut [f32]) }
 }
 
 /// A slice that parallel chunks write disjoint parts of (borrowed mutably while it lives).

@@ -15,18 +15,19 @@ pub fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
 /// Rotates every `[T, D]` head block of `x` by `sign·φ` into `y`.
 fn rotate(x: &[f32], cos: &[f32], sin: &[f32], t: usize, d: usize, sign: f32) -> Vec<f32> {
     let half = d / 2;
-    let head = |(y, x): (&mut [f32], &[f32])| {
+    let head = |(y, x): (&mut [std::mem::MaybeUninit<f32>], &[f32])| {
         for p in 0..t {
             let (c, s) = (&cos[p * d..p * d + half], &sin[p * d..p * d + half]);
             let (x, y) = (&x[p * d..(p + 1) * d], &mut y[p * d..(p + 1) * d]);
             for i in 0..half {
                 let (a, b, sn) = (x[i], x[i + half], sign * s[i]);
-                y[i] = a * c[i] - b * sn;
-                y[i + half] = b * c[i] + a * sn;
+                y[i].write(a * c[i] - b * sn);
+                y[i + half].write(b * c[i] + a * sn);
             }
         }
     };
-    super::pool::filled(x.len(), t * d, |i, y| head((y, &x[i * t * d..][..t * d])))
+    // SAFETY: each head block's every value is written (`d` is even: pairs cover it).
+    unsafe { super::pool::written(x.len(), t * d, |i, y| head((y, &x[i * t * d..][..t * d]))) }
 }
 
 impl CustomOp3 for Rope {
@@ -44,7 +45,7 @@ impl CustomOp3 for Rope {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let (_, _, t, d) = l1.shape().dims4()?;
-        if l2.dims() != [t, d] || l3.dims() != [t, d] {
+        if l2.dims() != [t, d] || l3.dims() != [t, d] || d % 2 != 0 {
             candle_core::bail!("rope: tables {:?} for input {:?}", l2.dims(), l1.dims());
         }
         let y = rotate(f32_slice(s1, l1)?, f32_slice(s2, l2)?, f32_slice(s3, l3)?, t, d, 1.0);

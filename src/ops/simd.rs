@@ -319,10 +319,10 @@ dispatch! {
 }
 
 dispatch! {
-    /// SwiGLU forward over a chunk: `y = g·σ(g)·u`.
-    pub fn swiglu(y: &mut [f32], g: &[f32], u: &[f32]) -> () {
+    /// SwiGLU forward over a chunk: `y = g·σ(g)·u`, every value of `y` written.
+    pub fn swiglu(y: &mut [std::mem::MaybeUninit<f32>], g: &[f32], u: &[f32]) -> () {
         for i in 0..y.len() {
-            y[i] = g[i] / (1.0 + exp(-g[i])) * u[i];
+            y[i].write(g[i] / (1.0 + exp(-g[i])) * u[i]);
         }
     }
 }

@@ -155,6 +155,9 @@ fn rope_matches_composed() {
         );
         assert_close(&format!("rope {b}x{h}x{t}x{d}"), run, 1e-5);
     }
+    // Pairs (x_i, x_{i+D/2}) need an even head size: an odd one is an error, not unwritten values.
+    let odd = randn(&[1, 1, 2, 5]);
+    assert!(ops::rope::apply_rope(&odd, &randn(&[2, 5]), &randn(&[2, 5])).is_err());
 }
 
 #[test]
