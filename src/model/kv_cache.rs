@@ -266,18 +266,14 @@ impl KvPool {
     }
 
     /// Writes a decode step's new keys and values `[1, K, B, D]` (row b for `slots[b]`) after each
-    /// slot's cached positions: one in-place op per pool on the CPU, a copy per row elsewhere.
+    /// slot's cached positions, for the composed decode step (the fused one writes its rows itself):
+    /// an int8 pool's rows quantized in one op per pool, other pools a copy per row.
     pub(crate) fn write_rows(&self, layer: usize, slots: &[usize], k: &Tensor, v: &Tensor) -> Result<()> {
-        let (k_pool, v_pool) = &self.layers[layer];
-        let places: Vec<(usize, usize)> = slots.iter().map(|&s| (s, self.lens[s])).collect();
         if let Some((k_scales, v_scales)) = self.scales.get(layer) {
+            let (k_pool, v_pool) = &self.layers[layer];
+            let places: Vec<(usize, usize)> = slots.iter().map(|&s| (s, self.lens[s])).collect();
             ops::kv_int8::pool_write(k_pool, k_scales, k, &places, Stored::Keys)?;
             return Ok(ops::kv_int8::pool_write(v_pool, v_scales, v, &places, Stored::Values)?);
-        }
-        let pool_dtype = matches!(k_pool.dtype(), DType::F32 | DType::F16);
-        if k_pool.device().is_cpu() && pool_dtype && k.dtype() == DType::F32 {
-            ops::decode_step::pool_write(k_pool, k, &places)?;
-            return Ok(ops::decode_step::pool_write(v_pool, v, &places)?);
         }
         for (i, &slot) in slots.iter().enumerate() {
             self.write(layer, slot, &k.narrow(2, i, 1)?, &v.narrow(2, i, 1)?)?;

@@ -195,11 +195,7 @@ impl Step<'_> {
         let d = self.shape.d;
         let x = &x[(row * n + head) * d..][..d];
         match norm {
-            Some((w, eps)) => {
-                // As the norm's rows are: `w ⊙ x·r`.
-                let r = super::norm::inv_rms(x, eps);
-                out.iter_mut().zip(x).zip(w).for_each(|((o, xi), wi)| *o = wi * (xi * r));
-            }
+            Some((w, eps)) => out.iter_mut().zip(super::norm::normalized(x, w, eps).1).for_each(|(o, v)| *o = v),
             None => out.copy_from_slice(x),
         }
         super::heads::rotate_row(out, &self.rope.0[row * d..][..d], &self.rope.1[row * d..][..d], 1.0);
@@ -305,49 +301,5 @@ fn with_storage_mut<R>(t: &Tensor, f: impl FnOnce(&mut CpuStorage, &Layout) -> R
     match borrow.out.into_inner() {
         Some(out) => out,
         None => candle_core::bail!("decode step: a CPU tensor"),
-    }
-}
-
-/// Writes row b of `x` `[1, K, B, D]` (a decode step's new keys or values, f32) into `pool`
-/// `[S, K, C, D]` (f32 or f16) at slot `places[b].0`, position `places[b].1`, in place: one op for
-/// the batch instead of a copy per sequence.
-pub fn pool_write(pool: &Tensor, x: &Tensor, places: &[(usize, usize)]) -> Result<()> {
-    pool.inplace_op2(&x.contiguous()?, &PoolWrite { places: places.to_vec() })
-}
-
-struct PoolWrite {
-    places: Vec<(usize, usize)>,
-}
-
-impl candle_core::InplaceOp2 for PoolWrite {
-    fn name(&self) -> &'static str {
-        "pool-write"
-    }
-
-    fn cpu_fwd(&self, s1: &mut CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<()> {
-        let (slots, kv, capacity, d) = l1.shape().dims4()?;
-        let (one, kx, b, dx) = l2.shape().dims4()?;
-        let bad = self.places.iter().any(|&(s, at)| s >= slots || at >= capacity);
-        if one != 1 || kx != kv || dx != d || b != self.places.len() || bad {
-            candle_core::bail!("pool write: {:?} into {:?} at {:?}", l2.dims(), l1.dims(), self.places);
-        }
-        let (Some((p0, _)), Some((x0, _))) = (l1.contiguous_offsets(), l2.contiguous_offsets()) else {
-            candle_core::bail!("pool write: the pool and the rows must be contiguous");
-        };
-        let x = &s2.as_slice::<f32>()?[x0..];
-        // Row `row` of KV head `g` goes to the pool at (slot, g, at): copied, or rounded to f16
-        // (to nearest, as a cache's `to_dtype` rounds).
-        let places = self.places.iter().enumerate().flat_map(|(row, &(slot, at))| {
-            (0..kv).map(move |g| (p0 + ((slot * kv + g) * capacity + at) * d, (g * b + row) * d))
-        });
-        match s1 {
-            CpuStorage::F32(pool) => places.for_each(|(to, from)| pool[to..to + d].copy_from_slice(&x[from..][..d])),
-            CpuStorage::F16(pool) => places.for_each(|(to, from)| {
-                use half::slice::HalfFloatSliceExt;
-                pool[to..to + d].convert_from_f32_slice(&x[from..][..d])
-            }),
-            _ => candle_core::bail!("pool write: an f32 or f16 pool"),
-        }
-        Ok(())
     }
 }

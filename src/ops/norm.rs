@@ -13,18 +13,19 @@ struct RmsNorm {
     inv_rms: Mutex<Vec<f32>>,
 }
 
-/// One row's `r = 1/√(mean(x²) + ε)`.
-pub(super) fn inv_rms(x: &[f32], eps: f32) -> f32 {
+/// One row normalized: `r = 1/√(mean(x²) + ε)` and the values `w ⊙ x·r`.
+pub(super) fn normalized<'a>(x: &'a [f32], w: &'a [f32], eps: f32) -> (f32, impl Iterator<Item = f32> + 'a) {
     let mean_square = simd::dot(x, x) / x.len() as f32;
-    1.0 / (mean_square + eps).sqrt()
+    let r = 1.0 / (mean_square + eps).sqrt();
+    (r, x.iter().zip(w).map(move |(xi, wi)| wi * (xi * r)))
 }
 
 /// One row: `y = w ⊙ x·r` (every value of `y` written); returns `r`.
 fn normalize_row(x: &[f32], w: &[f32], eps: f32, y: &mut [std::mem::MaybeUninit<f32>]) -> f32 {
-    let r = inv_rms(x, eps);
-    for ((yi, xi), wi) in y.iter_mut().zip(x).zip(w) {
-        yi.write(wi * (xi * r));
-    }
+    let (r, values) = normalized(x, w, eps);
+    y.iter_mut().zip(values).for_each(|(yi, v)| {
+        yi.write(v);
+    });
     r
 }
 

@@ -556,8 +556,13 @@ fn composed_decode_step(
             ops::kv_int8::pool_write(v_pool, vs, &v, &places, ops::kv_int8::Stored::Values).unwrap();
         }
         None => {
-            ops::decode_step::pool_write(k_pool, &k, &places).unwrap();
-            ops::decode_step::pool_write(v_pool, &v, &places).unwrap();
+            // Row b into its slot at its position, rounded to the pool's type as a cache rounds.
+            for (b, &(slot, at)) in places.iter().enumerate() {
+                for (pool, x) in [(k_pool, &k), (v_pool, &v)] {
+                    let row = ops::cast(&x.narrow(2, b, 1).unwrap(), pool.dtype()).unwrap().contiguous().unwrap();
+                    pool.narrow(0, slot, 1).unwrap().slice_set(&row, 2, at).unwrap();
+                }
+            }
         }
     }
     ops::pool_attention(&q, (k_pool, v_pool), scales, rows).unwrap()
