@@ -91,6 +91,10 @@ pub struct BenchArgs {
     /// serve: KV slots, i.e. requests decoded together.
     #[arg(long, default_value_t = 16)]
     pub max_batch: usize,
+    /// attention: evict the caches before each step (64 MiB written), as a serving step's weights
+    /// evict the KV cache it reads.
+    #[arg(long)]
+    pub cold: bool,
     /// serve: tokenizer folder (its stop tokens end answers).
     #[arg(long, default_value = "assets/tokenizers/v2")]
     pub tokenizer: std::path::PathBuf,
@@ -187,6 +191,7 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         BenchMode::Parity => return super::parity::run(&a.preset, &device, a.dtype),
         BenchMode::Serve => return super::bench_serve::run(a),
         BenchMode::Attention => return super::bench_attention::run(a),
+        _ if a.cold => bail!("--cold is for `bench attention`"),
         _ => {}
     }
     let config = ModelConfig::preset(&a.preset)?;

@@ -2,7 +2,8 @@
 //! each storing its new key and value as the last of `--seq-len` positions of its own slot of a KV
 //! pool and attending over them, through every layer of the preset ([`decode_step`]) — in the cache
 //! format asked for (f32, `--kv-f16`, `--kv-int8`). The cost a decode step pays beside its matmuls,
-//! measured without them (their weights would evict the pool from cache).
+//! measured without them; their weights evict the pool from cache, which `--cold` does before each
+//! step (outside the timing).
 
 use super::bench::{median, BenchArgs};
 use crate::model::{KvFormat, ModelConfig};
@@ -37,7 +38,12 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         step()?;
     }
     let mut times = Vec::with_capacity(a.steps);
+    let mut eviction = vec![0u64; if a.cold { 8 << 20 } else { 0 }];
     for _ in 0..a.steps {
+        for (i, e) in eviction.iter_mut().enumerate() {
+            *e = e.wrapping_add(i as u64);
+        }
+        std::hint::black_box(&eviction);
         let start = Instant::now();
         step()?;
         times.push(start.elapsed().as_secs_f64());
@@ -50,9 +56,10 @@ pub fn run(a: &BenchArgs) -> Result<()> {
     };
     let read = (2 * config.num_hidden_layers * b * kv * len * d) as f64 * bytes_per_value;
     println!(
-        "Decode attention: {} ({}), {b} rows × {len} cached positions, {} layers, {} threads: {:.3} ms a step (median of {}), keys and values (codes, without int8 scales) read at {:.1} GB/s",
+        "Decode attention: {} ({}{}), {b} rows × {len} cached positions, {} layers, {} threads: {:.3} ms a step (median of {}), keys and values (codes, without int8 scales) read at {:.1} GB/s",
         a.preset,
         a.kv_label().unwrap_or("f32 KV cache"),
+        if a.cold { ", caches evicted before each step" } else { "" },
         config.num_hidden_layers,
         candle_core::utils::get_num_threads(),
         per_step * 1e3,

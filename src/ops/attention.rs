@@ -10,6 +10,7 @@
 //! `dK += scale·dSᵀ·Q`. Matmuls inside a tile run single-threaded (OpenBLAS in 64-wide blocks, or the
 //! `gemm` crate); threads split the (batch, head) pairs.
 
+use super::int8_attention::Upcoming;
 use super::simd;
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use gemm::{gemm, Parallelism};
@@ -187,7 +188,8 @@ fn softmax_row_weighted(row: &mut [f32], len: usize, weights: Option<&[f32]>) ->
 /// `heads·keys` values. With `row_scales` (an int8 cache's key and value scales, one per row), `k`
 /// and `v` are codes: the scores are integer dot products with the quantized queries
 /// ([`super::int8_attention`]), each softmax weight is multiplied by its value row's scale, and the
-/// weighted sum is an integer one too ([`super::int8_values`]).
+/// weighted sum is an integer one too ([`super::int8_values`]), and the int8 scores ask for
+/// `upcoming` (memory the thread reads next) as they go.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn decode_heads<T: simd::KvElem>(
     q: &[f32],
@@ -199,6 +201,7 @@ pub(super) fn decode_heads<T: simd::KvElem>(
     scores: &mut [f32],
     out: &mut [f32],
     lse: &mut [f32],
+    upcoming: Upcoming,
 ) {
     let heads = q.len() / d;
     let scores = &mut scores[..heads * keys];
@@ -208,7 +211,9 @@ pub(super) fn decode_heads<T: simd::KvElem>(
         _ => None,
     };
     match int8 {
-        Some(((k_scales, _), k, v)) => super::int8_attention::int8_scores(q, d, (k, k_scales), v, keys, scale, scores),
+        Some(((k_scales, _), k, v)) => {
+            super::int8_attention::int8_scores(q, d, (k, k_scales), v, keys, scale, scores, upcoming)
+        }
         None => simd::attention_scores_fetching_values(q, d, (k, v), keys, scale, scores),
     }
     let v_scales = int8.map(|((_, v_scales), ..)| v_scales);
@@ -248,7 +253,7 @@ impl FlashAttention {
                 (&ks[head_offset(lks, bi, g)..][..s], &vs[head_offset(lvs, bi, g)..][..s])
             });
             let q = &q[i * rep * d..][..rep * d];
-            decode_heads(q, (k, v), row_scales, s, d, self.scale, &mut scores, &mut out, &mut lse);
+            decode_heads(q, (k, v), row_scales, s, d, self.scale, &mut scores, &mut out, &mut lse, Upcoming::NONE);
             group[0] = (out, lse);
         });
         (

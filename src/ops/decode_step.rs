@@ -15,7 +15,8 @@
 
 use super::attention::decode_heads;
 use super::int8_attention::on_stack_or_heap;
-use super::kv_int8::{as_signed_mut, quantize_row, Stored};
+use super::int8_attention::Upcoming;
+use super::kv_int8::{as_signed_mut, quantize_row, Stored, KEY_BLOCK};
 use super::pool::Disjoint;
 use candle_core::{CpuStorage, InplaceOp1, Layout, Result, Storage, Tensor};
 use half::f16;
@@ -207,7 +208,21 @@ impl Step<'_> {
         let (rep, scale) = (h / kv, 1.0 / (d as f32).sqrt());
         let (k, v) = (Disjoint::new(k), Disjoint::new(v));
         let scales = scales.map(|(ks, vs)| (Disjoint::new(ks), Disjoint::new(vs)));
-        super::pool::par_filled(self.rows.len() * h * d, rep * d, |i, o| {
+        // The keys task i reads: its slot's KV head, whole blocks of its positions.
+        let keys_of = |i: usize| {
+            let PoolRow { slot, len } = self.rows[i / kv];
+            let bytes = len.div_ceil(KEY_BLOCK) * KEY_BLOCK * d * std::mem::size_of::<T>();
+            Upcoming { from: k.address((slot * kv + i % kv) * capacity * d) as *const u8, bytes }
+        };
+        let tasks = self.rows.len() * kv;
+        let mut out = vec![0f32; tasks * rep * d];
+        let outs = Disjoint::new(&mut out);
+        // Each thread takes a run of tasks, so its next task is most likely i + 1: its keys are
+        // asked for while task i reads its own.
+        super::pool::for_each_in_runs(tasks, &|i, _| {
+            let upcoming = if i + 1 < tasks { keys_of(i + 1) } else { Upcoming::NONE };
+            // SAFETY: task i alone writes its output heads.
+            let o = unsafe { outs.part(i * rep * d, rep * d) };
             let (row, group) = (i / kv, i % kv);
             let PoolRow { slot, len } = self.rows[row];
             let head = slot * kv + group;
@@ -232,8 +247,9 @@ impl Step<'_> {
                 vs[len - 1] = value_scale;
                 (&*ks, &*vs)
             });
-            decode_heads(queries, (&*k, &*v), row_scales, len, d, scale, &mut scores, o, &mut lse);
-        })
+            decode_heads(queries, (&*k, &*v), row_scales, len, d, scale, &mut scores, o, &mut lse, upcoming);
+        });
+        out
     }
 }
 

@@ -342,6 +342,11 @@ impl<'a, T> Disjoint<'a, T> {
         Disjoint(v.as_mut_ptr(), v.len(), std::marker::PhantomData)
     }
 
+    /// The address of `v[at]`, for prefetch hints (never read through it).
+    pub fn address(&self, at: usize) -> *const T {
+        self.0.wrapping_add(at)
+    }
+
     /// `v[at..at + len]`.
     ///
     /// # Safety

@@ -210,7 +210,7 @@ fn int8_panels_are_exact(k: usize, group: usize) {
 
 #[test]
 fn int8_kv_scores_equal_their_reference_bit_for_bit() {
-    use minimind::ops::int8_attention::{int8_scores, int8_scores_reference};
+    use minimind::ops::int8_attention::{int8_scores, int8_scores_reference, Upcoming};
     use minimind::ops::kv_int8::{as_signed, quantize_rows, Stored};
     // Query heads of one grouped-query group against cached key rows quantized and laid out in
     // blocks of 16 positions as the cache holds them; AVX-512 VNNI or AVX2 where the CPU has them
@@ -227,7 +227,10 @@ fn int8_kv_scores_equal_their_reference_bit_for_bit() {
         let blocked = Stored::Keys.lay_out(&codes, d);
         let v = vec![0i8; keys * d];
         let (mut ours, mut reference) = (vec![0f32; heads * keys], vec![0f32; heads * keys]);
-        int8_scores(&q, d, (as_signed(&blocked), &scales), &v, keys, 0.125, &mut ours);
+        // Asking for memory read next (here: a buffer of 5 KiB) changes nothing.
+        let upcoming = vec![1u8; 5 << 10];
+        let next = Upcoming { from: upcoming.as_ptr(), bytes: upcoming.len() };
+        int8_scores(&q, d, (as_signed(&blocked), &scales), &v, keys, 0.125, &mut ours, next);
         int8_scores_reference(&q, d, (as_signed(&blocked), &scales), keys, 0.125, &mut reference);
         let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
         assert_eq!(bits(&ours), bits(&reference), "heads {heads}, d {d}, keys {keys}");
