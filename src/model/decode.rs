@@ -94,14 +94,21 @@ impl MiniMindForCausalLM {
         let positions = Tensor::from_vec(positions, b, self.device())?;
         let rotary = &self.model.rotary;
         let (cos, sin) = (rotary.cos.index_select(&positions, 0)?, rotary.sin.index_select(&positions, 0)?);
-        for (i, layer) in self.model.layers.iter().enumerate() {
-            let normed = layer.input_layernorm.forward(&x)?;
-            let h = ops::residual_add(&x, &layer.self_attn.decode_rows(&normed, pool, slots, i, (&cos, &sin))?)?;
-            let (m, _) = layer.mlp.forward(&layer.post_attention_layernorm.forward(&h)?, false)?;
-            x = ops::residual_add(&h, &m)?;
+        // Each residual connection is added together with the norm that follows it (the next
+        // layer's input norm, after the last layer the final norm).
+        let layers = &self.model.layers;
+        let mut normed = layers.first().map_or(Ok(x.clone()), |l| l.input_layernorm.forward(&x))?;
+        for (i, layer) in layers.iter().enumerate() {
+            let attention = layer.self_attn.decode_rows(&normed, pool, slots, i, (&cos, &sin))?;
+            let (h, h_normed) = layer.post_attention_layernorm.add_and_forward(&x, &attention)?;
+            let (m, _) = layer.mlp.forward(&h_normed, false)?;
+            let next_norm = layers.get(i + 1).map_or(&self.model.norm, |next| &next.input_layernorm);
+            (x, normed) = next_norm.add_and_forward(&h, &m)?;
         }
         pool.advance(slots);
-        let hidden = self.model.norm.forward(&x)?;
-        Ok(self.lm_head.forward(&hidden.reshape((b, hidden.dim(D::Minus1)?))?)?)
+        if layers.is_empty() {
+            normed = self.model.norm.forward(&x)?;
+        }
+        Ok(self.lm_head.forward(&normed.reshape((b, normed.dim(D::Minus1)?))?)?)
     }
 }

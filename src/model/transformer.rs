@@ -85,6 +85,12 @@ impl RmsNorm {
         Ok(ops::rms_norm(x, &self.weight.to_dtype(x.dtype())?, self.eps)?)
     }
 
+    /// The residual connection before this norm, and the norm of its sum: `(x + y, norm(x + y))`
+    /// (inference: one pass on the CPU).
+    pub fn add_and_forward(&self, x: &Tensor, y: &Tensor) -> Result<(Tensor, Tensor)> {
+        Ok(ops::residual_add_norm(x, y, &self.weight.to_dtype(x.dtype())?, self.eps)?)
+    }
+
     /// ε, added to the mean square under the root.
     pub fn eps(&self) -> f64 {
         self.eps

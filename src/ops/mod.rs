@@ -87,6 +87,18 @@ pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
     }
 }
 
+/// A residual connection and the RMSNorm after it, for inference: `(h, rms_norm(h))` with
+/// `h = x + y` — in one pass on CPU fp32 ([`norm::add_rms_norm`]), else the two ops.
+pub fn residual_add_norm(x: &Tensor, y: &Tensor, weight: &Tensor, eps: f64) -> Result<(Tensor, Tensor)> {
+    if fused_f32(&[x, y, weight]) && x.shape() == y.shape() {
+        norm::add_rms_norm(x, y, weight, eps)
+    } else {
+        let h = residual_add(x, y)?;
+        let normed = rms_norm(&h, weight, eps)?;
+        Ok((h, normed))
+    }
+}
+
 /// A residual connection `x + y` (same shapes).
 pub fn residual_add(x: &Tensor, y: &Tensor) -> Result<Tensor> {
     if fused_f32(&[x, y]) && x.shape() == y.shape() {

@@ -96,3 +96,37 @@ impl CustomOp2 for RmsNorm {
         Ok((Some(Tensor::from_vec(dx, x.shape(), dev)?), Some(Tensor::from_vec(dw, d, dev)?)))
     }
 }
+
+/// The residual connection and the RMSNorm after it, for inference: `h = x + y` and `w ⊙ h·r`,
+/// each row added and normalized by one task while it is in cache (the rows split between the
+/// threads; a decode step's few rows otherwise took two serial passes on the calling thread). The
+/// same bits as [`super::residual::add`] then [`rms_norm`]; no gradient.
+pub fn add_rms_norm(x: &Tensor, y: &Tensor, w: &Tensor, eps: f64) -> Result<(Tensor, Tensor)> {
+    let d = w.elem_count();
+    if x.shape() != y.shape() || x.dims().last() != Some(&d) {
+        candle_core::bail!("add + rms-norm: {:?} + {:?}, weight of {d}", x.dims(), y.dims());
+    }
+    let (sum, normed) = with_f32(&x.contiguous()?, |x| {
+        with_f32(&y.contiguous()?, |y| with_f32(w, |w| add_normalize_rows(x, y, w, eps as f32)))
+    })???;
+    Ok((Tensor::from_vec(sum, x.shape(), x.device())?, Tensor::from_vec(normed, x.shape(), x.device())?))
+}
+
+/// [`add_rms_norm`] on slices: `(x + y, its rows normalized)`.
+fn add_normalize_rows(x: &[f32], y: &[f32], w: &[f32], eps: f32) -> (Vec<f32>, Vec<f32>) {
+    let (d, rows) = (w.len(), x.len() / w.len().max(1));
+    let per_task = rows.div_ceil(super::pool::threads()).max(1);
+    let (mut sum, mut normed) = (vec![0f32; x.len()], vec![0f32; x.len()]);
+    let (sums, normeds) = (super::pool::Disjoint::new(&mut sum), super::pool::Disjoint::new(&mut normed));
+    super::pool::for_each(rows.div_ceil(per_task), &|t| {
+        for r in t * per_task..((t + 1) * per_task).min(rows) {
+            // SAFETY: row r is written by this task alone.
+            let (h, n) = unsafe { (sums.part(r * d, d), normeds.part(r * d, d)) };
+            for ((h, a), b) in h.iter_mut().zip(&x[r * d..][..d]).zip(&y[r * d..][..d]) {
+                *h = a + b;
+            }
+            n.iter_mut().zip(normalized(h, w, eps).1).for_each(|(n, v)| *n = v);
+        }
+    });
+    (sum, normed)
+}

@@ -119,6 +119,30 @@ fn rms_norm_matches_composed() {
 }
 
 #[test]
+fn a_residual_add_with_its_norm_gives_the_bits_of_the_two_ops() {
+    // A decode step's rows (split between the threads), one row, an odd count; a bad shape fails.
+    for shape in [[16, 1, 96], [1, 1, 64], [7, 1, 80]] {
+        let (x, y) = (randn(&shape), randn(&shape));
+        let w = ((randn(&[shape[2]]) * 0.3).unwrap() + 1.0).unwrap();
+        let (h, normed) = ops::norm::add_rms_norm(&x, &y, &w, 1e-5).unwrap();
+        let h_apart = ops::residual_add(&x, &y).unwrap();
+        let normed_apart = ops::norm::rms_norm(&h_apart, &w, 1e-5).unwrap();
+        let bits = |t: &Tensor| {
+            t.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+        };
+        assert_eq!(bits(&h), bits(&h_apart), "sum {shape:?}");
+        assert_eq!(bits(&normed), bits(&normed_apart), "norm {shape:?}");
+        assert_eq!(h.dims(), &shape, "shape kept");
+        // The dispatcher (and the composed path it takes elsewhere) agrees.
+        let (_, dispatched) = ops::residual_add_norm(&x, &y, &w, 1e-5).unwrap();
+        assert_eq!(bits(&dispatched), bits(&normed_apart), "dispatched {shape:?}");
+    }
+    let (x, w) = (randn(&[2, 1, 64]), randn(&[64]));
+    assert!(ops::norm::add_rms_norm(&x, &randn(&[2, 1, 32]), &w, 1e-5).is_err(), "shapes differ");
+    assert!(ops::norm::add_rms_norm(&x, &x, &randn(&[32]), 1e-5).is_err(), "weight of another width");
+}
+
+#[test]
 fn swiglu_matches_composed() {
     for shape in [[3, 11, 37], [1, 130, 520]] {
         let (g, u) = (randn(&shape), randn(&shape));
