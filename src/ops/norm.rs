@@ -100,7 +100,7 @@ impl CustomOp2 for RmsNorm {
 /// The residual connection and the RMSNorm after it, for inference: `h = x + y` and `w ⊙ h·r`,
 /// each row added and normalized by one task while it is in cache (the rows split between the
 /// threads; a decode step's few rows otherwise took two serial passes on the calling thread). The
-/// same bits as [`super::residual::add`] then [`rms_norm`]; no gradient.
+/// same bits as [`super::residual_add`] then [`rms_norm`]; no gradient.
 pub fn add_rms_norm(x: &Tensor, y: &Tensor, w: &Tensor, eps: f64) -> Result<(Tensor, Tensor)> {
     let d = w.elem_count();
     if x.shape() != y.shape() || x.dims().last() != Some(&d) {
