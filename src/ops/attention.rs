@@ -10,8 +10,8 @@
 //! `dK += scale·dSᵀ·Q`. Matmuls inside a tile run single-threaded (OpenBLAS in 64-wide blocks, or the
 //! `gemm` crate); threads split the (batch, head) pairs.
 
-use super::int8_attention::Upcoming;
 use super::simd;
+use super::simd_attention::Upcoming;
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use gemm::{gemm, Parallelism};
 use rayon::prelude::*;
@@ -188,8 +188,8 @@ fn softmax_row_weighted(row: &mut [f32], len: usize, weights: Option<&[f32]>) ->
 /// `heads·keys` values. With `row_scales` (an int8 cache's key and value scales, one per row), `k`
 /// and `v` are codes: the scores are integer dot products with the quantized queries
 /// ([`super::int8_attention`]), each softmax weight is multiplied by its value row's scale, and the
-/// weighted sum is an integer one too ([`super::int8_values`]), and the int8 scores ask for
-/// `upcoming` (memory the thread reads next) as they go.
+/// weighted sum is an integer one too ([`super::int8_values`]). The scores ask for `upcoming`
+/// (memory the thread reads next) as they go.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn decode_heads<T: simd::KvElem>(
     q: &[f32],
@@ -214,7 +214,7 @@ pub(super) fn decode_heads<T: simd::KvElem>(
         Some(((k_scales, _), k, v)) => {
             super::int8_attention::int8_scores(q, d, (k, k_scales), v, keys, scale, scores, upcoming)
         }
-        None => simd::attention_scores_fetching_values(q, d, (k, v), keys, scale, scores),
+        None => simd::attention_scores_fetching_values(q, d, (k, v), keys, scale, scores, upcoming),
     }
     let v_scales = int8.map(|((_, v_scales), ..)| v_scales);
     for (row, lse) in scores.chunks_exact_mut(keys).zip(lse.iter_mut()) {

@@ -15,9 +15,9 @@
 
 use super::attention::decode_heads;
 use super::int8_attention::on_stack_or_heap;
-use super::int8_attention::Upcoming;
 use super::kv_int8::{as_signed_mut, quantize_row, Stored, KEY_BLOCK};
 use super::pool::Disjoint;
+use super::simd_attention::Upcoming;
 use candle_core::{CpuStorage, InplaceOp1, Layout, Result, Storage, Tensor};
 use half::f16;
 use std::cell::Cell;

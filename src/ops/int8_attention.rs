@@ -11,6 +11,9 @@
 //! alone or in a batch. The key codes are read once for the query heads of a grouped-query group.
 
 use super::kv_int8::{quantize_row, Stored, KEY_BLOCK};
+#[cfg(target_arch = "x86_64")]
+use super::simd_attention::Asking;
+pub use super::simd_attention::Upcoming;
 
 /// Query heads of one grouped-query group, and their values, quantized on the stack (more on the
 /// heap).
@@ -18,49 +21,6 @@ const MAX_HEADS: usize = 16;
 const MAX_QUERY: usize = 1024;
 /// Key rows asked for ahead of the block being read (the codes stream from memory).
 const AHEAD: usize = 64;
-
-/// Memory the calling thread reads next — the next task's keys —, asked into L2 a share a block
-/// while these keys are read. Inside a decode step each task's keys stream from memory (the step's
-/// weights evicted them), and a stream that starts cold waits for its first lines: asked for
-/// during the task before, they are on their way (a 16-row int8 step with evicted caches, `bench
-/// attention --cold`: −8 to −13 %). Only a hint: the memory is never read through it.
-#[derive(Clone, Copy)]
-pub struct Upcoming {
-    pub from: *const u8,
-    pub bytes: usize,
-}
-
-impl Upcoming {
-    pub const NONE: Upcoming = Upcoming { from: std::ptr::null(), bytes: 0 };
-}
-
-/// An [`Upcoming`] spread over the `blocks` blocks of a pass: each block asks for the next share.
-#[cfg(target_arch = "x86_64")]
-struct Asking {
-    from: *const u8,
-    lines: usize,
-    asked: usize,
-    per_block: usize,
-}
-
-#[cfg(target_arch = "x86_64")]
-impl Asking {
-    fn new(upcoming: Upcoming, blocks: usize) -> Self {
-        let lines = upcoming.bytes / 64;
-        Asking { from: upcoming.from, lines, asked: 0, per_block: lines.div_ceil(blocks.max(1)) }
-    }
-
-    #[inline(always)]
-    fn block(&mut self) {
-        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T1};
-        let end = (self.asked + self.per_block).min(self.lines);
-        while self.asked < end {
-            // A prefetch is only a hint: it never faults, whatever the address.
-            unsafe { _mm_prefetch::<_MM_HINT_T1>(self.from.wrapping_add(self.asked * 64) as *const i8) };
-            self.asked += 1;
-        }
-    }
-}
 
 /// `scores[h·keys + j] = scale·q_h·k_j` for query heads `q` `[heads, d]` over `keys` keys of one KV
 /// head's codes `k` in blocks ([`super::kv_int8::Stored::Keys`]; the last block read whole) with
