@@ -97,7 +97,7 @@ impl MiniMindForCausalLM {
         // Each residual connection is added together with the norm that follows it (the next
         // layer's input norm, after the last layer the final norm).
         let layers = &self.model.layers;
-        let mut normed = layers.first().map_or(Ok(x.clone()), |l| l.input_layernorm.forward(&x))?;
+        let mut normed = layers.first().map_or(&self.model.norm, |first| &first.input_layernorm).forward(&x)?;
         for (i, layer) in layers.iter().enumerate() {
             let attention = layer.self_attn.decode_rows(&normed, pool, slots, i, (&cos, &sin))?;
             let (h, h_normed) = layer.post_attention_layernorm.add_and_forward(&x, &attention)?;
@@ -106,9 +106,6 @@ impl MiniMindForCausalLM {
             (x, normed) = next_norm.add_and_forward(&h, &m)?;
         }
         pool.advance(slots);
-        if layers.is_empty() {
-            normed = self.model.norm.forward(&x)?;
-        }
         Ok(self.lm_head.forward(&normed.reshape((b, normed.dim(D::Minus1)?))?)?)
     }
 }

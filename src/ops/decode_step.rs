@@ -208,24 +208,21 @@ impl Step<'_> {
         let (rep, scale) = (h / kv, 1.0 / (d as f32).sqrt());
         let (k, v) = (Disjoint::new(k), Disjoint::new(v));
         let scales = scales.map(|(ks, vs)| (Disjoint::new(ks), Disjoint::new(vs)));
-        // The keys task i reads: its slot's KV head, whole blocks of its positions.
-        let keys_of = |i: usize| {
-            let PoolRow { slot, len } = self.rows[i / kv];
-            let bytes = len.div_ceil(KEY_BLOCK) * KEY_BLOCK * d * std::mem::size_of::<T>();
-            Upcoming { from: k.address((slot * kv + i % kv) * capacity * d) as *const u8, bytes }
-        };
+        // Task i: row i / kv, and the pool's KV head of its slot and group i % kv.
+        let head_of = |i: usize| self.rows[i / kv].slot * kv + i % kv;
         let tasks = self.rows.len() * kv;
-        let mut out = vec![0f32; tasks * rep * d];
-        let outs = Disjoint::new(&mut out);
-        // Each thread takes a run of tasks, so its next task is most likely i + 1: its keys are
-        // asked for while task i reads its own.
-        super::pool::for_each_in_runs(tasks, &|i, _| {
-            let upcoming = if i + 1 < tasks { keys_of(i + 1) } else { Upcoming::NONE };
-            // SAFETY: task i alone writes its output heads.
-            let o = unsafe { outs.part(i * rep * d, rep * d) };
-            let (row, group) = (i / kv, i % kv);
-            let PoolRow { slot, len } = self.rows[row];
-            let head = slot * kv + group;
+        // Each thread takes a run of tasks, so its next task is most likely i + 1: that task's keys
+        // (whole blocks of its positions) are asked for while task i reads its own.
+        super::pool::filled_in_runs(tasks * rep * d, rep * d, |i, o| {
+            let upcoming = match i + 1 < tasks {
+                true => Upcoming {
+                    from: k.address(head_of(i + 1) * capacity * d) as *const u8,
+                    bytes: self.rows[(i + 1) / kv].len.div_ceil(KEY_BLOCK) * KEY_BLOCK * d * size_of::<T>(),
+                },
+                false => Upcoming::NONE,
+            };
+            let (row, group, head) = (i / kv, i % kv, head_of(i));
+            let len = self.rows[row].len;
             // SAFETY: the slots are distinct, so each task owns its (slot, KV head) rows.
             let (k, v) =
                 unsafe { (k.part(head * capacity * d, capacity * d), v.part(head * capacity * d, capacity * d)) };
@@ -248,8 +245,7 @@ impl Step<'_> {
                 (&*ks, &*vs)
             });
             decode_heads(queries, (&*k, &*v), row_scales, len, d, scale, &mut scores, o, &mut lse, upcoming);
-        });
-        out
+        })
     }
 }
 

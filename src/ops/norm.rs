@@ -112,21 +112,31 @@ pub fn add_rms_norm(x: &Tensor, y: &Tensor, w: &Tensor, eps: f64) -> Result<(Ten
     Ok((Tensor::from_vec(sum, x.shape(), x.device())?, Tensor::from_vec(normed, x.shape(), x.device())?))
 }
 
-/// [`add_rms_norm`] on slices: `(x + y, its rows normalized)`.
+/// [`add_rms_norm`] on slices: `(x + y, its rows normalized)`, each written once by the task of its
+/// rows (nothing zeroed first).
 fn add_normalize_rows(x: &[f32], y: &[f32], w: &[f32], eps: f32) -> (Vec<f32>, Vec<f32>) {
+    use std::mem::MaybeUninit;
     let (d, rows) = (w.len(), x.len() / w.len().max(1));
     let per_task = rows.div_ceil(super::pool::threads()).max(1);
-    let (mut sum, mut normed) = (vec![0f32; x.len()], vec![0f32; x.len()]);
-    let (sums, normeds) = (super::pool::Disjoint::new(&mut sum), super::pool::Disjoint::new(&mut normed));
+    let (mut sum, mut normed) = (Vec::<f32>::with_capacity(x.len()), Vec::<f32>::with_capacity(x.len()));
+    let sums = super::pool::Disjoint::new(&mut sum.spare_capacity_mut()[..x.len()]);
+    let normeds = super::pool::Disjoint::new(&mut normed.spare_capacity_mut()[..x.len()]);
     super::pool::for_each(rows.div_ceil(per_task), &|t| {
         for r in t * per_task..((t + 1) * per_task).min(rows) {
             // SAFETY: row r is written by this task alone.
             let (h, n) = unsafe { (sums.part(r * d, d), normeds.part(r * d, d)) };
             for ((h, a), b) in h.iter_mut().zip(&x[r * d..][..d]).zip(&y[r * d..][..d]) {
-                *h = a + b;
+                h.write(a + b);
             }
-            n.iter_mut().zip(normalized(h, w, eps).1).for_each(|(n, v)| *n = v);
+            // SAFETY: every value of the row was just written.
+            let h = unsafe { &*(h as *const [MaybeUninit<f32>] as *const [f32]) };
+            normalize_row(h, w, eps, n);
         }
     });
+    // SAFETY: the tasks wrote every row of both, and have all finished.
+    unsafe {
+        sum.set_len(x.len());
+        normed.set_len(x.len());
+    }
     (sum, normed)
 }
