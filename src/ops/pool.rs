@@ -318,14 +318,8 @@ pub unsafe fn par_written(
     out
 }
 
-/// As [`par_filled`], except that outputs of up to [`SMALL`] values (a decode step's few rows) are
-/// filled on the calling thread, piece after piece: for them a fork-join costs more than the work.
-pub fn filled(n: usize, chunk: usize, f: impl Fn(usize, &mut [f32]) + Sync + Send) -> Vec<f32> {
-    // SAFETY: every piece is zeroed before `f` sees it.
-    unsafe { written(n, chunk, |i, piece| f(i, zeroed(piece))) }
-}
-
-/// As [`filled`] for kernels that write every value of their piece (see [`par_written`]).
+/// As [`par_written`], except that outputs of up to [`SMALL`] values (a decode step's few rows) are
+/// written on the calling thread, piece after piece: for them a fork-join costs more than the work.
 ///
 /// # Safety
 /// `f` must write every value of each piece it is given.
