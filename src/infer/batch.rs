@@ -12,7 +12,7 @@ use super::grammar::{mask_logits, Constraint};
 use super::sampler::Sampler;
 use crate::model::{KvCache, KvPool, MiniMindForCausalLM};
 use anyhow::{bail, Result};
-use candle_core::{DType, Tensor};
+use candle_core::{DType, Device, Tensor};
 
 /// A sequence's handle inside its batcher.
 pub type SeqId = u64;
@@ -192,16 +192,28 @@ impl<'m> Batcher<'m> {
                 return Err(e);
             }
         };
-        // One copy of the batch's logits, a row per sequence.
-        let rows: Vec<Vec<f32>> = match logits.to_dtype(DType::F32).and_then(|l| l.to_vec2()) {
-            Ok(rows) => rows,
+        // The batch's logits read in place (on the host), a row per sequence.
+        let logits = match logits.to_dtype(DType::F32).and_then(|l| l.to_device(&Device::Cpu)) {
+            Ok(logits) => logits,
             Err(e) => {
                 self.free.extend(slots);
                 return Err(e.into());
             }
         };
+        match crate::ops::cpu::with_f32(&logits, |all| self.sample_rows(running, all)) {
+            Ok(sampled) => sampled,
+            Err(e) => {
+                self.free.extend(slots);
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Samples each running sequence's next token from its row of `logits` `[running, V]`.
+    fn sample_rows(&mut self, running: Vec<Sequence>, logits: &[f32]) -> Result<Vec<(SeqId, Vec<Decoded>)>> {
+        let vocab = logits.len() / running.len().max(1);
         let mut out = Vec::with_capacity(running.len());
-        let mut pending = running.into_iter().zip(rows);
+        let mut pending = running.into_iter().zip(logits.chunks_exact(vocab));
         while let Some((mut seq, row)) = pending.next() {
             match self.advance(&mut seq, row) {
                 Ok(events) => {
@@ -237,17 +249,22 @@ impl<'m> Batcher<'m> {
         let input = Tensor::new(prompt, self.model.device())?.unsqueeze(0)?;
         let logits = self.model.forward_last(&input, Some(&mut self.scratch))?.squeeze(0)?;
         self.pool.load(seq.slot, &self.scratch)?;
-        self.advance(seq, logits.to_dtype(DType::F32)?.to_vec1()?)
+        self.advance(seq, &logits.to_dtype(DType::F32)?.to_vec1::<f32>()?)
     }
 
     /// Samples `seq`'s next token from its logits (`V` values) as [`super::generate`] does: a stop token
     /// finishes it; a token is kept, and finishes it when its budget or its slot is used up.
-    fn advance(&self, seq: &mut Sequence, mut logits: Vec<f32>) -> Result<Vec<Decoded>> {
-        let raw = seq.logprobs.map(|_| logits.clone());
-        if let Some(grammar) = seq.constraint.as_mut() {
-            mask_logits(grammar, &mut logits)?;
-        }
-        let next = seq.sampler.sample(&logits, &seq.seen)?;
+    fn advance(&self, seq: &mut Sequence, raw: &[f32]) -> Result<Vec<Decoded>> {
+        // A grammar masks a copy; the raw logits give the log-probabilities.
+        let masked = match seq.constraint.as_mut() {
+            Some(grammar) => {
+                let mut logits = raw.to_vec();
+                mask_logits(grammar, &mut logits)?;
+                Some(logits)
+            }
+            None => None,
+        };
+        let next = seq.sampler.sample(masked.as_deref().unwrap_or(raw), &seq.seen)?;
         if self.stop_ids.contains(&next) {
             return Ok(vec![Decoded::Stopped(next), Decoded::Finished(FinishReason::Stop)]);
         }
@@ -259,8 +276,8 @@ impl<'m> Batcher<'m> {
         seq.seen.push(next);
         seq.generated += 1;
         let mut events = Vec::with_capacity(3);
-        if let (Some(k), Some(raw)) = (seq.logprobs, raw) {
-            events.push(Decoded::Logprobs(logprobs_of(&raw, next, k)));
+        if let Some(k) = seq.logprobs {
+            events.push(Decoded::Logprobs(logprobs_of(raw, next, k)));
         }
         events.push(Decoded::Token(next));
         if complete {

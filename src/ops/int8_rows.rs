@@ -7,9 +7,8 @@
 
 use super::panel_int8::group;
 use super::pool;
+use std::mem::MaybeUninit;
 
-/// The largest group size.
-const MAX_GROUP: usize = 128;
 /// Inputs per vector pass of the AVX2 quantizer.
 const PASS: usize = 32;
 
@@ -42,39 +41,51 @@ impl<T> SyncPtr<T> {
     }
 }
 
-/// Quantizes `row` group by group (`group` values each, a multiple of 32), handing each group's index,
-/// codes, scale and offset `128·Σa` to `put`; the loop runs inside the detected instruction set's code.
-fn quantize_row(row: &[f32], group: usize, put: &mut impl FnMut(usize, &[i8], f32, i32)) {
+/// Quantizes `row` group by group (`group` values each, a multiple of 32), each group's codes
+/// straight into `codes(g)` (`group` of them) and its scale and offset `128·Σa` handed to `put`; the
+/// loop runs inside the detected instruction set's code.
+fn quantize_row<'c>(
+    row: &[f32],
+    group: usize,
+    codes: &mut impl FnMut(usize) -> &'c mut [MaybeUninit<i8>],
+    put: &mut impl FnMut(usize, f32, i32),
+) {
     #[cfg(target_arch = "x86_64")]
     if super::simd::level() >= 1 {
         // SAFETY: AVX2 was detected (AVX-512 machines included: 16-lane groups measured no faster).
-        return unsafe { quantize_row_avx2(row, group, put) };
+        return unsafe { quantize_row_avx2(row, group, codes, put) };
     }
     for (g, values) in row.chunks_exact(group).enumerate() {
-        let mut codes = [0; MAX_GROUP];
-        let (scale, offset) = quantize_group(values, &mut codes[..group]);
-        put(g, &codes[..group], scale, offset);
+        let (scale, offset) = quantize_group(values, codes(g));
+        put(g, scale, offset);
     }
 }
 
-/// One group of activations: its scale and offset, its codes into `codes`.
-fn quantize_group(values: &[f32], codes: &mut [i8]) -> (f32, i32) {
+/// One group of activations: its codes into `codes`, its scale and offset returned.
+fn quantize_group(values: &[f32], codes: &mut [MaybeUninit<i8>]) -> (f32, i32) {
     let max = values.iter().fold(0f32, |m, v| m.max(v.abs()));
     let scale = max / 127.0;
     let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
+    let mut sum = 0;
     for (c, v) in codes.iter_mut().zip(values) {
-        *c = (v * inv).round_ties_even().clamp(-127.0, 127.0) as i8;
+        let q = (v * inv).round_ties_even().clamp(-127.0, 127.0) as i8;
+        c.write(q);
+        sum += q as i32;
     }
-    (scale, 128 * codes.iter().map(|&c| c as i32).sum::<i32>())
+    (scale, 128 * sum)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn quantize_row_avx2(row: &[f32], group: usize, put: &mut impl FnMut(usize, &[i8], f32, i32)) {
+unsafe fn quantize_row_avx2<'c>(
+    row: &[f32],
+    group: usize,
+    codes: &mut impl FnMut(usize) -> &'c mut [MaybeUninit<i8>],
+    put: &mut impl FnMut(usize, f32, i32),
+) {
     for (g, values) in row.chunks_exact(group).enumerate() {
-        let mut codes = [0; MAX_GROUP];
-        let (scale, offset) = quantize_group_avx2(values, &mut codes[..group]);
-        put(g, &codes[..group], scale, offset);
+        let (scale, offset) = quantize_group_avx2(values, codes(g));
+        put(g, scale, offset);
     }
 }
 
@@ -82,7 +93,7 @@ unsafe fn quantize_row_avx2(row: &[f32], group: usize, put: &mut impl FnMut(usiz
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 #[inline]
-fn quantize_group_avx2(values: &[f32], codes: &mut [i8]) -> (f32, i32) {
+fn quantize_group_avx2(values: &[f32], codes: &mut [MaybeUninit<i8>]) -> (f32, i32) {
     use std::arch::x86_64::*;
     let sign = _mm256_set1_ps(-0.0);
     let mut m = _mm256_setzero_ps();
@@ -157,12 +168,15 @@ impl QuantizedTiles {
             for r in t * per_task..((t + 1) * per_task).min(m) {
                 let (t0, i) = (r - r % per_tile, r % per_tile);
                 let rows = per_tile.min(m - t0);
-                quantize_row(&x[r * k..][..k], size, &mut |g, group, scale, offset| {
+                // SAFETY (both closures): row r's codes, scales and offsets are written by this
+                // task alone, and lie inside the vectors (tile t0's rows·k codes and rows·groups
+                // scales).
+                let mut place = |g: usize| unsafe {
+                    std::slice::from_raw_parts_mut(codes.at(t0 * k + (g * rows + i) * size).cast(), size)
+                };
+                quantize_row(&x[r * k..][..k], size, &mut place, &mut |g, scale, offset| {
                     let at = t0 * groups + g * rows + i;
-                    // SAFETY: row r's codes, scales and offsets are written by this task alone, and
-                    // lie inside the vectors (tile t0's rows·k codes and rows·groups scales).
                     unsafe {
-                        std::ptr::copy_nonoverlapping(group.as_ptr(), codes.at(t0 * k + (g * rows + i) * size), size);
                         scales.at(at).write(scale);
                         neg.at(at).write(-offset);
                     }

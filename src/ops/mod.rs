@@ -10,7 +10,7 @@ mod amx;
 pub mod attention;
 pub mod blas;
 pub mod composed;
-mod cpu;
+pub(crate) mod cpu;
 pub use cpu::cast;
 pub mod decode_step;
 pub mod gemm;
