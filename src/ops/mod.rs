@@ -19,6 +19,7 @@ pub mod heads;
 pub mod int8;
 pub mod int8_attention;
 mod int8_rows;
+mod int8_tiles;
 pub mod int8_values;
 pub mod kv_int8;
 pub mod mlp;
