@@ -27,6 +27,7 @@ mod report;
 mod rl;
 mod robustness;
 mod serve;
+mod serve_api;
 mod sft;
 mod template;
 mod tokenizer;
