@@ -1,6 +1,6 @@
-//! The model: its hyper-parameters, the transformer itself, the decoding cache, LoRA adapters, how
-//! weights come to be (random initialization or a checkpoint, by tensor name) and are saved, and
-//! how they are made ready for inference (panels, int8, bf16).
+//! The model: its hyper-parameters, the transformer itself (its RoPE tables in [`rope`]), the
+//! decoding cache, LoRA adapters, how weights come to be (random initialization or a checkpoint, by
+//! tensor name) and are saved, and how they are made ready for inference (panels, int8, bf16).
 //!
 //! Read [`transformer`] top to bottom for the whole forward pass.
 
@@ -12,6 +12,7 @@ pub mod kv_cache;
 pub mod lora;
 pub mod moe;
 pub mod params;
+pub mod rope;
 pub mod transformer;
 
 pub use config::ModelConfig;
