@@ -193,14 +193,22 @@ impl<'m> Batcher<'m> {
             }
         };
         // The batch's logits read in place (on the host), a row per sequence.
-        let logits = match logits.to_dtype(DType::F32).and_then(|l| l.to_device(&Device::Cpu)) {
-            Ok(logits) => logits,
+        let n = running.len();
+        let checked = logits.to_dtype(DType::F32).and_then(|l| l.to_device(&Device::Cpu)).map_err(Into::into).and_then(
+            |logits: Tensor| match logits.dims2()? {
+                (rows, vocab) if rows == n && vocab > 0 => Ok((logits, vocab)),
+                dims => bail!("a decode step of {n} rows gave logits {dims:?}"),
+            },
+        );
+        let (logits, vocab) = match checked {
+            Ok(checked) => checked,
             Err(e) => {
                 self.free.extend(slots);
-                return Err(e.into());
+                return Err(e);
             }
         };
-        match crate::ops::cpu::with_f32(&logits, |all| self.sample_rows(running, all)) {
+        // `sample_rows` frees the slots itself when sampling fails.
+        match crate::ops::cpu::with_f32(&logits, |all| self.sample_rows(running, all, vocab)) {
             Ok(sampled) => sampled,
             Err(e) => {
                 self.free.extend(slots);
@@ -209,9 +217,13 @@ impl<'m> Batcher<'m> {
         }
     }
 
-    /// Samples each running sequence's next token from its row of `logits` `[running, V]`.
-    fn sample_rows(&mut self, running: Vec<Sequence>, logits: &[f32]) -> Result<Vec<(SeqId, Vec<Decoded>)>> {
-        let vocab = logits.len() / running.len().max(1);
+    /// Samples each running sequence's next token from its row of `logits` `[running, vocab]`.
+    fn sample_rows(
+        &mut self,
+        running: Vec<Sequence>,
+        logits: &[f32],
+        vocab: usize,
+    ) -> Result<Vec<(SeqId, Vec<Decoded>)>> {
         let mut out = Vec::with_capacity(running.len());
         let mut pending = running.into_iter().zip(logits.chunks_exact(vocab));
         while let Some((mut seq, row)) = pending.next() {

@@ -63,6 +63,8 @@ fn quantize_row<'c>(
 
 /// One group of activations: its codes into `codes`, its scale and offset returned.
 fn quantize_group(values: &[f32], codes: &mut [MaybeUninit<i8>]) -> (f32, i32) {
+    // Every code is written: the caller marks them initialized afterwards.
+    assert_eq!(codes.len(), values.len(), "int8 activations: a group's codes");
     let max = values.iter().fold(0f32, |m, v| m.max(v.abs()));
     let scale = max / 127.0;
     let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
@@ -95,6 +97,8 @@ unsafe fn quantize_row_avx2<'c>(
 #[inline]
 fn quantize_group_avx2(values: &[f32], codes: &mut [MaybeUninit<i8>]) -> (f32, i32) {
     use std::arch::x86_64::*;
+    // Every code is written: the caller marks them initialized afterwards.
+    assert_eq!(codes.len(), values.len(), "int8 activations: a group's codes");
     let sign = _mm256_set1_ps(-0.0);
     let mut m = _mm256_setzero_ps();
     for eight in values.chunks_exact(8) {
@@ -168,14 +172,15 @@ impl QuantizedTiles {
             for r in t * per_task..((t + 1) * per_task).min(m) {
                 let (t0, i) = (r - r % per_tile, r % per_tile);
                 let rows = per_tile.min(m - t0);
-                // SAFETY (both closures): row r's codes, scales and offsets are written by this
-                // task alone, and lie inside the vectors (tile t0's rows·k codes and rows·groups
-                // scales).
+                // SAFETY: row r's codes of group g are written by this task alone, and lie inside
+                // the vector (tile t0's rows·k codes).
                 let mut place = |g: usize| unsafe {
                     std::slice::from_raw_parts_mut(codes.at(t0 * k + (g * rows + i) * size).cast(), size)
                 };
                 quantize_row(&x[r * k..][..k], size, &mut place, &mut |g, scale, offset| {
                     let at = t0 * groups + g * rows + i;
+                    // SAFETY: row r's scales and offsets are written by this task alone, and lie
+                    // inside the vectors (tile t0's rows·groups).
                     unsafe {
                         scales.at(at).write(scale);
                         neg.at(at).write(-offset);

@@ -125,6 +125,7 @@ impl Spread {
 ///
 /// # Safety
 /// `R` must be the tile's rows, and `r`, `g` and `c` must lie inside the tile that [`tile`] checked.
+#[cfg(target_arch = "x86_64")]
 #[inline(always)]
 unsafe fn lane<const R: usize, const G: usize>(x: &TileRows<'_>, r: usize, g: usize, c: usize) -> i32 {
     unsafe { (x.codes.as_ptr().add((g * R + r) * G + c * CHUNK) as *const i32).read_unaligned() }

@@ -15,14 +15,14 @@
 //! y[r][f] = Σ_g fma((Σ_{i∈g} q[f][i]·a[r][i]) as f32 · scale[f][g],  s[r][g],  …)
 //! ```
 //!
-//! accumulated over the groups in order. AVX-512 VNNI multiplies the unsigned weight bytes by the
-//! signed activations (`vpdpbusd`) and subtracts the offset `128·Σa` (computed with the activations);
-//! AVX2 multiplies `|q|` (taken once per chunk, for all the rows) by `a` with `q`'s sign
-//! (`vpmaddubsw`; signing the weights by each row's activations costs a step more per row); AMX
-//! ([`super::amx`], for 8 rows or more and 128-input groups) multiplies 16 rows × 64 inputs × 16
-//! features per instruction. All give the same integers, so every instruction set — and every batch
-//! size, since rows are quantized on their own — gives the same bits. Weights are read as bytes
-//! (≈ 3.6× fewer than f32).
+//! accumulated over the groups in order ([`super::int8_tiles`], a few rows at a time). AVX-512 VNNI
+//! multiplies the unsigned weight bytes by the signed activations (`vpdpbusd`) and subtracts the
+//! offset `128·Σa` (computed with the activations); AVX2 multiplies `|q|` (taken once per chunk,
+//! for all the rows) by `a` with `q`'s sign (`vpmaddubsw`; signing the weights by each row's
+//! activations costs a step more per row); AMX ([`super::amx`], for 8 rows or more and 128-input
+//! groups) multiplies 16 rows × 64 inputs × 16 features per instruction. All give the same
+//! integers, so every instruction set — and every batch size, since rows are quantized on their own
+//! — gives the same bits. Weights are read as bytes (≈ 3.6× fewer than f32).
 //!
 //! Why 128: a group's sums must be scaled before the next group starts, and AMX's leave the unit
 //! through memory; every 32 inputs that costs more than the unit saves, every 128 it does not. Fewer
