@@ -11,6 +11,7 @@ pub mod demo_tools;
 pub mod engine;
 pub mod metrics;
 pub mod request;
+mod running;
 pub mod tokens;
 pub mod tools;
 pub mod votes;
