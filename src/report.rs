@@ -100,7 +100,7 @@ pub fn render(runs: &[RunReport], title: &str) -> String {
     charts.extend(extra.into_iter().map(|k| (k.as_str(), k.replace('_', " "))));
     html += "<h2>Curves</h2><div class=\"charts\">";
     for (key, label) in &charts {
-        let series: Vec<(String, &str, Vec<(f64, f64)>)> = runs
+        let series: Vec<Series> = runs
             .iter()
             .enumerate()
             .map(|(i, r)| {
@@ -249,8 +249,11 @@ fn evals_section(run: &RunReport) -> String {
     html + "</table>"
 }
 
+/// One line of a chart: its name, its colour and its (x, y) points.
+pub type Series<'a> = (String, &'a str, Vec<(f64, f64)>);
+
 /// An SVG line chart: one polyline per series over shared axes, 5 ticks each way, a legend.
-pub fn line_chart(title: &str, series: &[(String, &str, Vec<(f64, f64)>)]) -> String {
+pub fn line_chart(title: &str, series: &[Series]) -> String {
     let (w, h, left, right, top, bottom) = (440.0, 260.0, 62.0, 12.0, 28.0, 34.0);
     let points: Vec<(f64, f64)> = series.iter().flat_map(|s| s.2.iter().copied()).collect();
     if points.is_empty() {

@@ -19,13 +19,12 @@ fn tolerance(precision: Precision) -> f64 {
     }
 }
 
+/// Every parameter's gradient by name (`None` for an expert no token was routed to).
+type NamedGrads = Vec<(String, Option<Tensor>)>;
+
 /// The loss and the gradient of every parameter (by name) of one step, on `device` in `precision`
 /// (`None` for an expert no token was routed to).
-fn one_step(
-    config: &ModelConfig,
-    device: &Device,
-    precision: Precision,
-) -> Result<(f64, Vec<(String, Option<Tensor>)>)> {
+fn one_step(config: &ModelConfig, device: &Device, precision: Precision) -> Result<(f64, NamedGrads)> {
     let (mut model, params) = init_model(config, InitScheme::Minimind2, 7, device)?;
     model.set_compute_dtype(precision.dtype());
     let (b, t) = (2, 64);

@@ -138,6 +138,9 @@ pub fn cross_entropy(logits: &Tensor, targets: &Tensor, mask: &Tensor) -> Result
     }
 }
 
+/// A packed weight's own `x · Wᵀ`.
+type PackedProduct = fn(&Tensor, &Tensor) -> Result<Tensor>;
+
 /// `x · wᵀ` for `x` `[.., in]` and a PyTorch-layout weight `w` `[out, in]` (a bias-free Linear),
 /// f32, packed int8 ([`int8`]) or f32 panels ([`panel`]). The leading axes are flattened so one 2-D
 /// matmul serves any batch shape.
@@ -146,7 +149,7 @@ pub fn matmul_nt(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     let inp = dims[dims.len() - 1];
     let rows = x.elem_count() / inp;
     // A packed weight's own product, and its output width.
-    let packed: Option<(fn(&Tensor, &Tensor) -> Result<Tensor>, usize)> = if panel_int8::is_packed(w) {
+    let packed: Option<(PackedProduct, usize)> = if panel_int8::is_packed(w) {
         Some((panel_int8::matmul_nt, w.dim(0)? * panel::WIDTH))
     } else if int8::is_int8(w) {
         Some((int8::matmul_nt, w.dim(0)?))

@@ -22,6 +22,9 @@ use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError, TrySendE
 use std::sync::Arc;
 use tokio::sync::mpsc::UnboundedSender;
 
+/// A model's tokenizer indexed for constrained decoding (or why it could not be), built once.
+type GrammarSlot = std::sync::OnceLock<Result<Arc<Grammars>, String>>;
+
 /// A model the server can run.
 pub struct LoadedModel {
     /// The id `/v1/models` lists.
@@ -116,7 +119,7 @@ pub struct Engine {
     pub alive: Arc<AtomicBool>,
     pub metrics: Arc<Metrics>,
     /// Each model's tokenizer indexed for constrained decoding, built on first use.
-    grammars: Arc<Vec<std::sync::OnceLock<Result<Arc<Grammars>, String>>>>,
+    grammars: Arc<Vec<GrammarSlot>>,
 }
 
 /// Called with each job as it joins a batch: the seam through which tests make serving fail in

@@ -128,6 +128,7 @@ pub struct PpoStage<'a> {
 
 impl<'a> PpoStage<'a> {
     /// `head` is filled in when the trainer builds the model (with the value head beside it).
+    #[allow(clippy::too_many_arguments)] // a stage's parts, each named at the one call site
     pub fn new(
         data: RlData<'a>,
         tokenizer: &'a Tokenizer,

@@ -22,6 +22,9 @@ use candle_core::Device;
 use std::collections::HashMap;
 use std::path::PathBuf;
 
+/// A reward component's name and its mean over a batch.
+pub type NamedMean = (String, f64);
+
 /// How completions are sampled and scored.
 #[derive(Debug, Clone)]
 pub struct RolloutConfig {
@@ -240,7 +243,7 @@ impl<'a> Rollouts<'a> {
     }
 
     /// Each completion's reward and its components' means (logged).
-    pub fn rewards(&self, batch: &PromptBatch, completions: &[Completion]) -> Result<(Vec<f64>, Vec<(String, f64)>)> {
+    pub fn rewards(&self, batch: &PromptBatch, completions: &[Completion]) -> Result<(Vec<f64>, Vec<NamedMean>)> {
         let texts: Vec<String> = completions.iter().map(|c| self.answer_text(c)).collect::<Result<_>>()?;
         let mut total = vec![0.0; completions.len()];
         let mut logged = Vec::new();
