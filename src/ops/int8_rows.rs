@@ -29,18 +29,6 @@ pub fn quantize_rows(x: &[f32], k: usize) -> QuantizedRows {
     QuantizedRows { codes: tiles.codes, scales: tiles.scales, offsets: tiles.neg_offsets.iter().map(|o| -o).collect() }
 }
 
-struct SyncPtr<T>(*mut T);
-// SAFETY: the tasks of `QuantizedTiles::new` write disjoint rows.
-unsafe impl<T> Sync for SyncPtr<T> {}
-
-impl<T> SyncPtr<T> {
-    /// # Safety
-    /// `i` must lie inside the vector.
-    unsafe fn at(&self, i: usize) -> *mut T {
-        unsafe { self.0.add(i) }
-    }
-}
-
 /// Quantizes `row` group by group (`group` values each, a multiple of 32), each group's codes
 /// straight into `codes(g)` (`group` of them) and its scale and offset `128·Σa` handed to `put`; the
 /// loop runs inside the detected instruction set's code.
@@ -164,26 +152,24 @@ impl QuantizedTiles {
             scales: Vec::with_capacity(m * groups),
             neg_offsets: Vec::with_capacity(m * groups),
         };
-        let (codes, scales, neg) =
-            (SyncPtr(q.codes.as_mut_ptr()), SyncPtr(q.scales.as_mut_ptr()), SyncPtr(q.neg_offsets.as_mut_ptr()));
+        let n = m * groups;
+        let codes = pool::Disjoint::new(&mut q.codes.spare_capacity_mut()[..x.len()]);
+        let scales = pool::Disjoint::new(&mut q.scales.spare_capacity_mut()[..n]);
+        let neg = pool::Disjoint::new(&mut q.neg_offsets.spare_capacity_mut()[..n]);
         // Rows per parallel task: a few thousand values, so one decode row stays on the calling thread.
         let per_task = (4096 / k).max(1);
         pool::for_each(m.div_ceil(per_task), &|t| {
             for r in t * per_task..((t + 1) * per_task).min(m) {
                 let (t0, i) = (r - r % per_tile, r % per_tile);
                 let rows = per_tile.min(m - t0);
-                // SAFETY: row r's codes of group g are written by this task alone, and lie inside
-                // the vector (tile t0's rows·k codes).
-                let mut place = |g: usize| unsafe {
-                    std::slice::from_raw_parts_mut(codes.at(t0 * k + (g * rows + i) * size).cast(), size)
-                };
+                // SAFETY (both closures): row r's codes, scales and offsets (in tile t0) are written
+                // by this task alone.
+                let mut place = |g: usize| unsafe { codes.part(t0 * k + (g * rows + i) * size, size) };
                 quantize_row(&x[r * k..][..k], size, &mut place, &mut |g, scale, offset| {
                     let at = t0 * groups + g * rows + i;
-                    // SAFETY: row r's scales and offsets are written by this task alone, and lie
-                    // inside the vectors (tile t0's rows·groups).
                     unsafe {
-                        scales.at(at).write(scale);
-                        neg.at(at).write(-offset);
+                        scales.part(at, 1)[0].write(scale);
+                        neg.part(at, 1)[0].write(-offset);
                     }
                 });
             }
