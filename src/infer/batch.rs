@@ -14,6 +14,16 @@ use crate::model::{KvCache, KvPool, MiniMindForCausalLM};
 use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor};
 
+/// A decode step's logits as f32 on the host, to be read in place, and their width; an error
+/// unless there is one row per running sequence.
+fn host_rows(logits: &Tensor, running: usize) -> Result<(Tensor, usize)> {
+    let logits = logits.to_dtype(DType::F32)?.to_device(&Device::Cpu)?;
+    match logits.dims2()? {
+        (rows, vocab) if rows == running && vocab > 0 => Ok((logits, vocab)),
+        dims => bail!("a decode step of {running} rows gave logits {dims:?}"),
+    }
+}
+
 /// A sequence's handle inside its batcher.
 pub type SeqId = u64;
 
@@ -185,23 +195,9 @@ impl<'m> Batcher<'m> {
         let running = std::mem::take(&mut self.active);
         let tokens: Vec<u32> = running.iter().map(|s| *s.seen.last().unwrap_or(&0)).collect();
         let slots: Vec<usize> = running.iter().map(|s| s.slot).collect();
-        let logits = match self.model.forward_decode(&tokens, &mut self.pool, &slots) {
+        let decoded = self.model.forward_decode(&tokens, &mut self.pool, &slots);
+        let (logits, vocab) = match decoded.and_then(|logits| host_rows(&logits, running.len())) {
             Ok(logits) => logits,
-            Err(e) => {
-                self.free.extend(slots);
-                return Err(e);
-            }
-        };
-        // The batch's logits read in place (on the host), a row per sequence.
-        let n = running.len();
-        let checked = logits.to_dtype(DType::F32).and_then(|l| l.to_device(&Device::Cpu)).map_err(Into::into).and_then(
-            |logits: Tensor| match logits.dims2()? {
-                (rows, vocab) if rows == n && vocab > 0 => Ok((logits, vocab)),
-                dims => bail!("a decode step of {n} rows gave logits {dims:?}"),
-            },
-        );
-        let (logits, vocab) = match checked {
-            Ok(checked) => checked,
             Err(e) => {
                 self.free.extend(slots);
                 return Err(e);
